@@ -1,0 +1,155 @@
+//! Every limit and setting of the server, each a named value with its unit last.
+//!
+//! Values come from defaults, then an optional TOML file (`--config stead.toml`, same field
+//! names), then command-line flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Limits on what one HTTP request may carry. Past a limit the request gets its status code
+/// (413, 431, 400) and the connection is closed cleanly.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpLimits {
+    /// Request line plus all headers, in bytes (431 past it).
+    pub header_bytes_max: usize,
+    /// Number of header fields (431 past it).
+    pub header_count_max: usize,
+    /// Request body, in bytes (413 past it).
+    pub body_bytes_max: usize,
+    /// Object name after percent-decoding, in bytes (400 past it).
+    pub object_name_bytes_max: usize,
+    /// Requests of one connection being answered at once (pipelining depth); reading pauses
+    /// past it.
+    pub pipeline_requests_max: usize,
+    /// A connection with no complete request for this long is closed.
+    pub idle_connection_timeout_ms: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits {
+            header_bytes_max: 16 * 1024,
+            header_count_max: 64,
+            body_bytes_max: 1024 * 1024,
+            object_name_bytes_max: 1024,
+            pipeline_requests_max: 128,
+            idle_connection_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// How objects are hosted on a core.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObjectLimits {
+    /// Events of one object waiting or running at once; past it requests get 503.
+    pub object_events_queued_max: usize,
+    /// An object with no event for this long is evicted from memory.
+    pub idle_evict_ms: u64,
+    /// Requests in flight between two cores, per direction; past it requests get 503.
+    pub cross_core_requests_max: usize,
+}
+
+impl Default for ObjectLimits {
+    fn default() -> ObjectLimits {
+        ObjectLimits {
+            object_events_queued_max: 1024,
+            idle_evict_ms: 30_000,
+            cross_core_requests_max: 4096,
+        }
+    }
+}
+
+/// Storage settings passed to each core's storage engine.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    /// Largest stored value, in bytes.
+    pub value_bytes_max: usize,
+    /// A log segment is sealed past this size.
+    pub segment_bytes_max: u64,
+    /// Partitions of a new data directory (fixed once it is created).
+    pub partitions: u32,
+}
+
+impl Default for StorageSettings {
+    fn default() -> StorageSettings {
+        StorageSettings {
+            value_bytes_max: 128 * 1024,
+            segment_bytes_max: 64 * 1024 * 1024,
+            partitions: 4096,
+        }
+    }
+}
+
+/// The built-in rate limiter's defaults, overridable per call with `?limit=N&windowMs=M`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitDefaults {
+    /// Requests allowed per window.
+    pub limit: u32,
+    /// Window length, in milliseconds.
+    pub window_ms: u64,
+}
+
+impl Default for RateLimitDefaults {
+    fn default() -> RateLimitDefaults {
+        RateLimitDefaults { limit: 100, window_ms: 60_000 }
+    }
+}
+
+/// The whole server configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address every core listens on (SO_REUSEPORT spreads connections over cores).
+    pub listen: SocketAddr,
+    /// Where each core's storage lives.
+    pub data_dir: PathBuf,
+    /// Cores to run on; 0 means every core of the machine.
+    pub cores: usize,
+    /// When set, every request but `/healthz` needs `Authorization: Bearer <token>`.
+    pub auth_token: Option<String>,
+    /// Serve a fixed body on every route (the benchmark floor), no objects.
+    pub hello: bool,
+    pub http: HttpLimits,
+    pub objects: ObjectLimits,
+    pub storage: StorageSettings,
+    pub ratelimit: RateLimitDefaults,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./stead-data"),
+            cores: 0,
+            auth_token: None,
+            hello: false,
+            http: HttpLimits::default(),
+            objects: ObjectLimits::default(),
+            storage: StorageSettings::default(),
+            ratelimit: RateLimitDefaults::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; fields it leaves out keep their defaults.
+    pub fn from_toml_file(path: &std::path::Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        toml::from_str(&text).map_err(|error| format!("invalid config {}: {error}", path.display()))
+    }
+
+    /// The number of cores to run on, resolving 0 to every available core.
+    pub fn cores_resolved(&self) -> usize {
+        if self.cores > 0 {
+            return self.cores;
+        }
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    }
+}

@@ -1,0 +1,52 @@
+//! stead: a Durable Objects engine.
+//!
+//! A Durable Object is a named, single-threaded object with its own durable storage and alarms,
+//! reached over HTTP. stead runs one pinned glommio executor per core (thread-per-core on
+//! io_uring); an object id hashes to exactly one core, and only that core ever touches the
+//! object. Each core has its own storage engine instance (`stead-storage`).
+//!
+//! Use it as a binary (`stead serve`) or embed it:
+//!
+//! ```no_run
+//! use stead::{DurableObject, ObjectContext, ObjectError, Request, Response};
+//!
+//! struct Hello {
+//!     context: ObjectContext,
+//! }
+//!
+//! impl DurableObject for Hello {
+//!     fn new(context: ObjectContext) -> Hello {
+//!         Hello { context }
+//!     }
+//!     async fn fetch(&self, _request: Request) -> Result<Response, ObjectError> {
+//!         Ok(Response::text(200, format!("hello from {}", self.context.id())))
+//!     }
+//! }
+//!
+//! let server = stead::Server::builder().class::<Hello>("hello").build();
+//! server.run().expect("server failed");
+//! ```
+//!
+//! Layout:
+//! - `config`: every limit, named with its unit last.
+//! - `id`: object ids and their placement on cores.
+//! - `http`: request parsing, routing, responses, the connection loop.
+//! - `object`: the object model: the [`DurableObject`] trait, its context and storage, the
+//!   per-core host that activates objects, delivers events and gates output on durability.
+//! - `shard`: one core: executor start-up, the listener, forwarding to the owning core.
+//! - `objects`: the built-in classes (`counter`, `ratelimiter`).
+//! - `server`: the builder and the running server.
+//!
+//! What it is not: a distributed system. One server, one machine; no replication.
+
+pub mod config;
+pub mod http;
+pub mod id;
+pub mod object;
+pub mod objects;
+pub mod shutdown;
+
+pub use config::Config;
+pub use http::{Method, Request, Response};
+pub use id::ObjectId;
+pub use object::{AlarmInfo, DurableObject, ObjectContext, ObjectError, Storage};

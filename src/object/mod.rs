@@ -1,0 +1,106 @@
+//! The object model: what a Durable Object class implements and what it is given.
+//!
+//! A class implements [`DurableObject`]. The host constructs one instance per active object id,
+//! after loading all of the object's storage into memory, so reads through [`Storage`] never
+//! suspend. Events of one object (requests, alarms) are delivered one at a time; a handler that
+//! awaits something other than its own storage (a timer, another event's signal) lets the next
+//! event in, as in the hosted JavaScript runtime.
+//!
+//! Writes made through [`Storage`] are visible at once to the object's later reads and events.
+//! The writes an event makes between two of its suspension points form one atomic batch (an
+//! event that never awaits anything commits exactly one batch), and no response leaves the
+//! server before every write it could have observed is durable (the output gate).
+
+use std::fmt;
+use std::future::Future;
+
+use crate::http::{Request, Response};
+
+mod context;
+mod host;
+mod storage;
+
+pub use context::ObjectContext;
+pub use host::ObjectHost;
+pub use storage::{Storage, StorageError};
+pub use stead_storage::ListOptions;
+
+/// What the alarm handler is told about the firing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AlarmInfo {
+    /// When the alarm was set to fire, in milliseconds since the Unix epoch.
+    pub scheduled_ms: i64,
+    /// 0 on the first delivery, then 1, 2, … for retries after the handler failed.
+    pub retry_count: u32,
+}
+
+impl AlarmInfo {
+    pub fn is_retry(&self) -> bool {
+        self.retry_count > 0
+    }
+}
+
+/// A failed handler. The client gets 500 with `{"error": message}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectError {
+    pub message: String,
+}
+
+impl ObjectError {
+    pub fn new(message: impl Into<String>) -> ObjectError {
+        ObjectError { message: message.into() }
+    }
+}
+
+impl fmt::Display for ObjectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ObjectError {}
+
+impl From<StorageError> for ObjectError {
+    fn from(error: StorageError) -> ObjectError {
+        ObjectError::new(error.to_string())
+    }
+}
+
+impl From<serde_json::Error> for ObjectError {
+    fn from(error: serde_json::Error) -> ObjectError {
+        ObjectError::new(error.to_string())
+    }
+}
+
+/// A Durable Object class. One instance exists per active object, on the core that owns it.
+///
+/// Handlers must not panic: a panic takes down the core's executor. Return an [`ObjectError`]
+/// instead.
+pub trait DurableObject: Sized + 'static {
+    /// Builds the instance when the object activates. Its storage is already loaded.
+    fn new(context: ObjectContext) -> Self;
+
+    /// Runs once after `new` and before the first event (like `blockConcurrencyWhile` in the
+    /// constructor): no event is delivered until it finishes.
+    fn init(&self) -> impl Future<Output = Result<(), ObjectError>> {
+        async { Ok(()) }
+    }
+
+    /// Answers one HTTP request addressed to this object. `request.path` is the path after the
+    /// object's name (`/objects/{class}/{name}/increment` arrives as `/increment`).
+    fn fetch(&self, request: Request) -> impl Future<Output = Result<Response, ObjectError>>;
+
+    /// Runs when the object's alarm fires. An error schedules a retry with backoff.
+    fn alarm(&self, alarm: AlarmInfo) -> impl Future<Output = Result<(), ObjectError>> {
+        let _ = alarm;
+        async { Ok(()) }
+    }
+}
+
+/// Milliseconds since the Unix epoch, the clock of alarms and of the built-in classes.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
+}

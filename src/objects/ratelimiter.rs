@@ -1,0 +1,147 @@
+//! `ratelimiter`: a sliding-window limiter, as in the design's RateLimiter.
+//!
+//! Each call first forgets timestamps that left the window (`now - t >= windowMs`). If `limit`
+//! timestamps remain, it answers 429 `{"allowed":false,"remaining":0,"resetAt":oldest+window}`
+//! and records nothing; else it records `now` and answers 200
+//! `{"allowed":true,"remaining":limit-count,"resetAt":now+window}`. The defaults come from the
+//! server's configuration; `?limit=N&windowMs=M` overrides them per call.
+//!
+//! Storage: one key per recorded timestamp, `r` ‖ timestamp (8 bytes, big-endian, offset so
+//! that key order is time order) ‖ a sequence number (4 bytes, big-endian), with an empty
+//! value. A call writes one key and deletes the keys that expired, instead of rewriting the
+//! whole window as the design's version does; the answers are the same.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+
+use serde_json::json;
+
+use crate::http::{Request, Response};
+use crate::object::{now_ms, DurableObject, ListOptions, ObjectContext, ObjectError};
+
+/// Prefix of the timestamp keys.
+const KEY_PREFIX: u8 = b'r';
+
+pub struct RateLimiter {
+    /// Storage and configuration of this object.
+    context: ObjectContext,
+    /// Recorded timestamps and their storage keys, oldest first (mirrors storage).
+    window: RefCell<VecDeque<(i64, [u8; 13])>>,
+    /// Sequence number of the next key, so that keys recorded in the same millisecond differ.
+    next_sequence: RefCell<u32>,
+}
+
+fn timestamp_key(timestamp_ms: i64, sequence: u32) -> [u8; 13] {
+    let mut key = [0u8; 13];
+    key[0] = KEY_PREFIX;
+    // Flipping the sign bit makes big-endian byte order match numeric order for negatives too.
+    key[1..9].copy_from_slice(&((timestamp_ms as u64) ^ (1 << 63)).to_be_bytes());
+    key[9..].copy_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+fn parse_key(key: &[u8]) -> Option<(i64, u32)> {
+    if key.len() != 13 || key[0] != KEY_PREFIX {
+        return None;
+    }
+    let timestamp = u64::from_be_bytes(key[1..9].try_into().ok()?) ^ (1 << 63);
+    let sequence = u32::from_be_bytes(key[9..].try_into().ok()?);
+    Some((timestamp as i64, sequence))
+}
+
+/// Reads a positive integer query parameter, or the default when absent.
+fn positive_param(request: &Request, name: &str, default: u64) -> Result<u64, Response> {
+    match request.query_param(name) {
+        None => Ok(default),
+        Some(text) => match text.parse::<u64>() {
+            Ok(value) if value > 0 && value <= i64::MAX as u64 => Ok(value),
+            _ => Err(Response::json_error(
+                400,
+                &format!("{name} must be a positive integer, got {text:?}"),
+            )),
+        },
+    }
+}
+
+impl RateLimiter {
+    fn check(&self, limit: u64, window_ms: u64) -> Result<Response, ObjectError> {
+        let now = now_ms();
+        let window_ms = window_ms as i64;
+        let storage = self.context.storage();
+        let mut window = self.window.borrow_mut();
+        while let Some((timestamp, key)) = window.front() {
+            if now.saturating_sub(*timestamp) < window_ms {
+                break;
+            }
+            storage.delete(key)?;
+            window.pop_front();
+        }
+        if window.len() as u64 >= limit {
+            let oldest = window.front().map(|(timestamp, _)| *timestamp).unwrap_or(now);
+            let body = json!({
+                "allowed": false,
+                "remaining": 0,
+                "resetAt": oldest.saturating_add(window_ms),
+            });
+            return Ok(Response::json(429, &body));
+        }
+        let mut sequence = self.next_sequence.borrow_mut();
+        let key = timestamp_key(now, *sequence);
+        *sequence = sequence.wrapping_add(1);
+        storage.put(&key, Vec::new())?;
+        window.push_back((now, key));
+        let body = json!({
+            "allowed": true,
+            "remaining": limit - window.len() as u64,
+            "resetAt": now.saturating_add(window_ms),
+        });
+        Ok(Response::json(200, &body))
+    }
+}
+
+impl DurableObject for RateLimiter {
+    fn new(context: ObjectContext) -> RateLimiter {
+        let options = ListOptions { prefix: Some(vec![KEY_PREFIX]), ..ListOptions::default() };
+        let mut window = VecDeque::new();
+        let mut next_sequence = 0u32;
+        for (key, _) in context.storage().list(&options) {
+            if let Some((timestamp, sequence)) = parse_key(&key) {
+                window.push_back((timestamp, timestamp_key(timestamp, sequence)));
+                next_sequence = sequence.wrapping_add(1);
+            }
+        }
+        RateLimiter {
+            context,
+            window: RefCell::new(window),
+            next_sequence: RefCell::new(next_sequence),
+        }
+    }
+
+    async fn fetch(&self, request: Request) -> Result<Response, ObjectError> {
+        let defaults = &self.context.config().ratelimit;
+        let limit = match positive_param(&request, "limit", u64::from(defaults.limit)) {
+            Ok(limit) => limit,
+            Err(response) => return Ok(response),
+        };
+        let window_ms = match positive_param(&request, "windowMs", defaults.window_ms) {
+            Ok(window_ms) => window_ms,
+            Err(response) => return Ok(response),
+        };
+        self.check(limit, window_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_by_time_and_round_trip() {
+        let a = timestamp_key(-5, 9);
+        let b = timestamp_key(1_700_000_000_000, 0);
+        let c = timestamp_key(1_700_000_000_000, 1);
+        assert!(a < b && b < c);
+        assert_eq!(parse_key(&c), Some((1_700_000_000_000, 1)));
+        assert_eq!(parse_key(b"value"), None);
+    }
+}
