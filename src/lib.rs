@@ -39,6 +39,7 @@
 //!
 //! What it is not: a distributed system. One server, one machine; no replication.
 
+pub mod alarm;
 pub mod config;
 pub mod http;
 pub mod id;
