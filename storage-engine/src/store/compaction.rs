@@ -1,0 +1,336 @@
+//! Compaction: rewrite the live state held in sealed segments into new base segments, switch
+//! the manifest to them, and delete the old files.
+//!
+//! Steps: seal the active log segment (new commits go to a fresh one, id `seal`); wait until
+//! everything committed before is durable; copy every entry whose put lives in a segment
+//! older than `seal`, plus every alarm, into `base-*` files; fdatasync them and the directory;
+//! write the manifest (these bases, log starts at `seal`); point the index at the new copies
+//! (only entries that did not change meanwhile); delete the old files. Commits keep flowing
+//! into the log throughout, and the loop yields so they are never stalled for long.
+
+use std::rc::Rc;
+
+use super::durable::{Durable, FailureReport};
+use super::index::Entry;
+use super::log::poison;
+use super::read::read_value;
+use super::segments::{segment_file_name, Segment, SegmentKind};
+use super::{io_error, manifest, Inner};
+use crate::codec::{self, ManifestData, RECORD_HEADER_BYTES};
+use crate::{DiskFile, ObjectId, Op, StoreError};
+
+/// A base record is written once its payload passes this.
+const RECORD_PAYLOAD_BYTES_TARGET: usize = 1024 * 1024;
+/// A base batch is closed once it holds this many puts, keeping decode buffers small.
+const BATCH_OPS_MAX: usize = 1024;
+
+/// Starts a background compaction if automatic compaction is on and the thresholds are met.
+pub fn start_if_due(inner: &Rc<Inner>) {
+    let due = {
+        let state = inner.state.borrow();
+        let config = &inner.config;
+        let written = state.segments.written_bytes_total();
+        let dead = written.saturating_sub(state.index.live_bytes_total());
+        config.compaction_automatic
+            && !state.compacting
+            && !state.closed
+            && !state.poisoned
+            && dead >= config.compaction_dead_bytes_min
+            && dead * 100 >= u64::from(config.compaction_dead_percent_min) * written
+    };
+    if due {
+        let inner = inner.clone();
+        glommio::spawn_local(async move {
+            if let Err(error) = compact(&inner).await {
+                tracing::warn!(%error, "automatic compaction failed");
+            }
+        })
+        .detach();
+    }
+}
+
+pub async fn compact(inner: &Inner) -> Result<(), StoreError> {
+    let (seal, seal_seq) = {
+        let mut state = inner.state.borrow_mut();
+        if state.closed {
+            return Err(StoreError::Closed);
+        }
+        if state.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        if state.compacting {
+            return Ok(());
+        }
+        state.compacting = true;
+        let seal = state.allocate_segment_id();
+        state.active_segment = seal;
+        state.active_assigned_bytes = 0;
+        (seal, state.next_seq - 1)
+    };
+    let result = run(inner, seal, seal_seq).await;
+    inner.state.borrow_mut().compacting = false;
+    if let Err(error @ StoreError::Io { .. }) = &result {
+        poison(inner, error);
+    }
+    result
+}
+
+async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> {
+    Durable::new(inner.durable.clone(), seal_seq, FailureReport::Poisoned).await?;
+    let mut objects: Vec<ObjectId> = inner.state.borrow().index.objects.keys().copied().collect();
+    objects.sort_unstable();
+    let mut base = BaseWriter::new(inner, seal_seq);
+    for object in objects {
+        let (snapshot, alarm_ms) = {
+            let state = inner.state.borrow();
+            let Some(object_state) = state.index.objects.get(&object) else { continue };
+            let old = object_state.keys.iter().filter(|(_, entry)| u64::from(entry.segment()) < seal);
+            let snapshot: Vec<(Box<[u8]>, Entry)> =
+                old.map(|(key, entry)| (key.clone(), entry.clone())).collect();
+            (snapshot, object_state.alarm_ms)
+        };
+        for (key, entry) in snapshot {
+            let value = match &entry {
+                Entry::Inline { value, .. } => value.to_vec(),
+                Entry::Pending { value, .. } => value.to_vec(),
+                Entry::OnDisk { segment, offset, len, crc } => {
+                    let file = inner.state.borrow().segments.file(*segment);
+                    let Some(file) = file else {
+                        unreachable!("index points into segment {segment}, which is not open")
+                    };
+                    read_value(&*file, *offset, *len, *crc).await?
+                }
+            };
+            base.batch_ops.push(Op::Put { key: key.to_vec(), value });
+            base.batch_keys.push((key, entry.segment()));
+            if base.batch_ops.len() >= BATCH_OPS_MAX {
+                base.close_batch(&object).await?;
+            }
+            glommio::yield_if_needed().await;
+        }
+        if let Some(time_ms) = alarm_ms {
+            base.batch_ops.push(Op::SetAlarm { time_ms });
+        }
+        base.close_batch(&object).await?;
+    }
+    base.write_record().await?;
+    let BaseWriter { files, relocations, .. } = base;
+    if let Some(last) = files.last() {
+        sync_file(inner, &*last.file).await?;
+    }
+    let dir = "store directory";
+    inner.disk.sync_dir().await.map_err(|source| io_error("sync_dir", dir, source))?;
+
+    let base_segments = files.iter().map(|file| file.id).collect();
+    let manifest = ManifestData { log_start: seal, base_segments };
+    manifest::write(inner.disk.as_ref(), &manifest).await?;
+
+    let old_files = {
+        let mut state = inner.state.borrow_mut();
+        let state = &mut *state;
+        state.stats.record_fdatasync(0);
+        state.manifest = manifest;
+        for file in &files {
+            let segment = Segment {
+                kind: SegmentKind::Base,
+                file: file.file.clone(),
+                written_bytes: file.written_bytes,
+            };
+            state.segments.by_id.insert(file.id, segment);
+        }
+        let inline_max = inner.config.inline_value_bytes_max;
+        for relocation in relocations {
+            state.index.relocate(&relocation.object, &relocation.key, |entry| {
+                relocation.apply(entry, inline_max)
+            });
+        }
+        let old_ids: Vec<u64> = state.segments.by_id.range(..seal).map(|(id, _)| *id).collect();
+        let mut old_files = Vec::new();
+        for id in old_ids {
+            if let Some(segment) = state.segments.by_id.remove(&id) {
+                old_files.push(segment_file_name(segment.kind, id));
+            }
+            let live = state.index.live_bytes.remove(&(id as u32)).unwrap_or(0);
+            debug_assert_eq!(live, 0, "segment {id} still holds live entries after compaction");
+        }
+        state.stats.compactions_total += 1;
+        old_files
+    };
+    for name in &old_files {
+        inner.disk.remove(name).await.map_err(|source| io_error("remove", name, source))?;
+    }
+    inner.disk.sync_dir().await.map_err(|source| io_error("sync_dir", dir, source))?;
+    Ok(())
+}
+
+async fn sync_file(inner: &Inner, file: &dyn DiskFile) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    file.fdatasync().await.map_err(|source| io_error("fdatasync", file.name(), source))?;
+    inner.state.borrow_mut().stats.record_fdatasync(started.elapsed().as_micros() as u64);
+    Ok(())
+}
+
+/// An entry copied into a base segment, waiting for the manifest switch to point at the copy.
+struct Relocation {
+    object: ObjectId,
+    key: Box<[u8]>,
+    /// The segment the entry lived in when copied; if it changed since, the copy is stale.
+    old_segment: u32,
+    new_segment: u32,
+    /// Where the copied value starts in the base file.
+    offset: u32,
+    len: u32,
+    crc: u32,
+}
+
+impl Relocation {
+    /// The entry pointing at the copy, or `None` if the entry changed since it was copied.
+    /// Any change gives an entry a segment at or after the seal, so an unchanged segment id
+    /// means an unchanged entry.
+    fn apply(&self, entry: &Entry, inline_max: usize) -> Option<Entry> {
+        if entry.segment() != self.old_segment {
+            return None;
+        }
+        Some(match entry {
+            Entry::Inline { value, .. } => {
+                Entry::Inline { value: value.clone(), segment: self.new_segment }
+            }
+            _ => {
+                debug_assert!(self.len as usize > inline_max, "small values are inline");
+                let (segment, offset, len, crc) = (self.new_segment, self.offset, self.len, self.crc);
+                Entry::OnDisk { segment, offset, len, crc }
+            }
+        })
+    }
+}
+
+/// One base file being written.
+struct BaseFile {
+    id: u64,
+    file: Rc<dyn DiskFile>,
+    written_bytes: u64,
+}
+
+/// Packs copied entries into batches, batches into records, records into base files.
+struct BaseWriter<'a> {
+    inner: &'a Inner,
+    /// Every base record carries the sequence number of the snapshot it belongs to.
+    seal_seq: u64,
+    /// Files written so far; the last one is the one being appended to.
+    files: Vec<BaseFile>,
+    /// The payload of the record being built.
+    payload: Vec<u8>,
+    batch_count: u32,
+    /// Puts inside `payload`, waiting for the record's file offset: (relocation, value offset
+    /// inside the payload).
+    puts: Vec<(Relocation, usize)>,
+    /// The batch being built, with each put's key and original segment.
+    batch_ops: Vec<Op>,
+    batch_keys: Vec<(Box<[u8]>, u32)>,
+    /// Entries written to base files, to be pointed at after the manifest switch.
+    relocations: Vec<Relocation>,
+}
+
+impl<'a> BaseWriter<'a> {
+    fn new(inner: &'a Inner, seal_seq: u64) -> BaseWriter<'a> {
+        BaseWriter {
+            inner,
+            seal_seq,
+            files: Vec::new(),
+            payload: Vec::new(),
+            batch_count: 0,
+            puts: Vec::new(),
+            batch_ops: Vec::new(),
+            batch_keys: Vec::new(),
+            relocations: Vec::new(),
+        }
+    }
+
+    /// Encodes the batch being built into the record payload.
+    async fn close_batch(&mut self, object: &ObjectId) -> Result<(), StoreError> {
+        if self.batch_ops.is_empty() {
+            return Ok(());
+        }
+        let ops = std::mem::take(&mut self.batch_ops);
+        let mut keys = std::mem::take(&mut self.batch_keys).into_iter();
+        let mut offsets = Vec::new();
+        codec::encode_batch(&mut self.payload, object, &ops, |offset, crc| offsets.push((offset, crc)));
+        let puts = ops.iter().filter_map(|op| match op {
+            Op::Put { value, .. } => Some(value.len()),
+            _ => None,
+        });
+        for (len, (offset, crc)) in puts.zip(offsets) {
+            let Some((key, old_segment)) = keys.next() else {
+                unreachable!("every put has its key recorded")
+            };
+            let relocation = Relocation {
+                object: *object,
+                key,
+                old_segment,
+                new_segment: 0,
+                offset: 0,
+                len: len as u32,
+                crc,
+            };
+            self.puts.push((relocation, offset));
+        }
+        self.batch_count += 1;
+        if self.payload.len() >= RECORD_PAYLOAD_BYTES_TARGET {
+            self.write_record().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the record being built to the current base file, starting a new file first
+    /// when the current one is full.
+    async fn write_record(&mut self) -> Result<(), StoreError> {
+        if self.batch_count == 0 {
+            return Ok(());
+        }
+        let full = self.files.last().is_none_or(|file| file.written_bytes >= self.inner.config.segment_bytes_max);
+        if full {
+            self.start_file().await?;
+        }
+        let Some(current) = self.files.last_mut() else { unreachable!("start_file added one") };
+        let record = codec::encode_record(self.seal_seq, current.id, self.batch_count, &self.payload);
+        let offset = current.written_bytes;
+        assert!(offset + record.len() as u64 <= u64::from(u32::MAX), "base file outgrew u32 offsets");
+        let file = &current.file;
+        let written = file
+            .write_at(offset, &record)
+            .await
+            .map_err(|source| io_error("write", file.name(), source))?;
+        if written != record.len() {
+            let short = std::io::Error::other(format!("short write: {written} of {}", record.len()));
+            return Err(io_error("write", file.name(), short));
+        }
+        current.written_bytes += record.len() as u64;
+        let payload_start = offset + RECORD_HEADER_BYTES as u64;
+        for (mut relocation, value_offset) in self.puts.drain(..) {
+            relocation.new_segment = current.id as u32;
+            relocation.offset = (payload_start + value_offset as u64) as u32;
+            self.relocations.push(relocation);
+        }
+        self.inner.state.borrow_mut().stats.bytes_written_total += record.len() as u64;
+        self.payload.clear();
+        self.batch_count = 0;
+        Ok(())
+    }
+
+    /// Finishes the current base file (fdatasync) and creates the next one.
+    async fn start_file(&mut self) -> Result<(), StoreError> {
+        if let Some(previous) = self.files.last() {
+            sync_file(self.inner, &*previous.file).await?;
+        }
+        let id = self.inner.state.borrow_mut().allocate_segment_id();
+        let name = segment_file_name(SegmentKind::Base, id);
+        let file = self
+            .inner
+            .disk
+            .open_file(&name, true)
+            .await
+            .map_err(|source| io_error("create", &name, source))?;
+        self.files.push(BaseFile { id, file, written_bytes: 0 });
+        Ok(())
+    }
+}

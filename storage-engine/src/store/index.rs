@@ -1,0 +1,166 @@
+//! The in-memory index: every object's keys with where their values are, and its alarm.
+//!
+//! Keys always live in memory; small values too. A large value is either still in memory
+//! because its write has not completed (`Entry::Pending`) or only on disk (`Entry::OnDisk`).
+//! Every entry knows the segment its put was assigned to, so the index can keep the live byte
+//! count of each segment, which drives compaction.
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use crate::codec::PUT_HEADER_BYTES;
+use crate::ObjectId;
+
+/// Where one key's current value is. 24 bytes, so a key costs its length plus little more.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    /// A small value, kept in memory for good.
+    Inline {
+        value: Box<[u8]>,
+        /// The segment the put was assigned to.
+        segment: u32,
+    },
+    /// A large value whose write has not completed; it switches to `OnDisk` after the write.
+    /// The `Rc` identifies this version: the switch happens only if the entry still holds it.
+    Pending { value: Rc<[u8]>, segment: u32 },
+    /// A large value read from disk on demand and checked against `crc` every time.
+    OnDisk { segment: u32, offset: u32, len: u32, crc: u32 },
+}
+
+const _: () = assert!(std::mem::size_of::<Entry>() <= 24);
+
+impl Entry {
+    pub fn segment(&self) -> u32 {
+        match self {
+            Entry::Inline { segment, .. }
+            | Entry::Pending { segment, .. }
+            | Entry::OnDisk { segment, .. } => *segment,
+        }
+    }
+
+    pub fn value_len(&self) -> usize {
+        match self {
+            Entry::Inline { value, .. } => value.len(),
+            Entry::Pending { value, .. } => value.len(),
+            Entry::OnDisk { len, .. } => *len as usize,
+        }
+    }
+}
+
+/// Bytes a put of this key and value occupies in its segment: what becomes dead when the key
+/// is overwritten or deleted.
+fn footprint(key: &[u8], entry: &Entry) -> u64 {
+    (PUT_HEADER_BYTES + key.len() + entry.value_len()) as u64
+}
+
+/// One object's state.
+#[derive(Debug, Default)]
+pub struct ObjectState {
+    /// The object's keys in order, for point reads and ordered lists.
+    pub keys: BTreeMap<Box<[u8]>, Entry>,
+    /// The object's one alarm, milliseconds since the Unix epoch.
+    pub alarm_ms: Option<i64>,
+}
+
+/// Every object of the store.
+#[derive(Debug, Default)]
+pub struct Index {
+    /// Objects with at least one key or an alarm; empty objects are removed at once.
+    pub objects: HashMap<ObjectId, ObjectState, ahash::RandomState>,
+    /// Total keys over all objects, kept so stats need no walk.
+    pub keys_total: u64,
+    /// Live bytes per segment id: the footprint of every put that is still current.
+    pub live_bytes: HashMap<u32, u64, ahash::RandomState>,
+}
+
+impl Index {
+    pub fn get(&self, object: &ObjectId, key: &[u8]) -> Option<&Entry> {
+        self.objects.get(object)?.keys.get(key)
+    }
+
+    fn charge(&mut self, key: &[u8], entry: &Entry) {
+        *self.live_bytes.entry(entry.segment()).or_insert(0) += footprint(key, entry);
+    }
+
+    fn discharge(&mut self, key: &[u8], entry: &Entry) {
+        let live = self.live_bytes.entry(entry.segment()).or_insert(0);
+        let bytes = footprint(key, entry);
+        debug_assert!(*live >= bytes, "segment {} live bytes underflow", entry.segment());
+        *live = live.saturating_sub(bytes);
+    }
+
+    pub fn put(&mut self, object: &ObjectId, key: &[u8], entry: Entry) {
+        self.charge(key, &entry);
+        let state = self.objects.entry(*object).or_default();
+        let old = match state.keys.get_mut(key) {
+            Some(slot) => Some(std::mem::replace(slot, entry)),
+            None => {
+                state.keys.insert(key.into(), entry);
+                None
+            }
+        };
+        match old {
+            Some(old) => self.discharge(key, &old),
+            None => self.keys_total += 1,
+        }
+    }
+
+    pub fn delete(&mut self, object: &ObjectId, key: &[u8]) {
+        let Some(state) = self.objects.get_mut(object) else { return };
+        let Some((key, old)) = state.keys.remove_entry(key) else { return };
+        self.keys_total -= 1;
+        self.discharge(&key, &old);
+        self.remove_if_empty(object);
+    }
+
+    pub fn delete_all(&mut self, object: &ObjectId) {
+        let Some(state) = self.objects.get_mut(object) else { return };
+        let keys = std::mem::take(&mut state.keys);
+        self.keys_total -= keys.len() as u64;
+        for (key, old) in &keys {
+            self.discharge(key, old);
+        }
+        self.remove_if_empty(object);
+    }
+
+    pub fn set_alarm(&mut self, object: &ObjectId, time_ms: i64) {
+        self.objects.entry(*object).or_default().alarm_ms = Some(time_ms);
+    }
+
+    pub fn delete_alarm(&mut self, object: &ObjectId) {
+        if let Some(state) = self.objects.get_mut(object) {
+            state.alarm_ms = None;
+            self.remove_if_empty(object);
+        }
+    }
+
+    fn remove_if_empty(&mut self, object: &ObjectId) {
+        if self.objects.get(object).is_some_and(|s| s.keys.is_empty() && s.alarm_ms.is_none()) {
+            self.objects.remove(object);
+        }
+    }
+
+    /// Moves an entry to a new place: `relocate` sees the current entry and returns its new
+    /// form, or `None` when the entry is no longer the version being moved. The live bytes
+    /// move with it. Returns whether it moved.
+    pub fn relocate(
+        &mut self,
+        object: &ObjectId,
+        key: &[u8],
+        relocate: impl FnOnce(&Entry) -> Option<Entry>,
+    ) -> bool {
+        let Some(slot) = self.objects.get_mut(object).and_then(|s| s.keys.get_mut(key)) else {
+            return false;
+        };
+        let Some(new_entry) = relocate(slot) else { return false };
+        debug_assert_eq!(slot.value_len(), new_entry.value_len());
+        let old = std::mem::replace(slot, new_entry.clone());
+        self.discharge(key, &old);
+        self.charge(key, &new_entry);
+        true
+    }
+
+    pub fn live_bytes_total(&self) -> u64 {
+        self.live_bytes.values().sum()
+    }
+}

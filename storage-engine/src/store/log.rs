@@ -1,0 +1,209 @@
+//! The group-commit writer: one background task per store that turns queued batches into
+//! records, one record per write, each followed by one fdatasync.
+//!
+//! There is no timer: while a write is in flight, new commits queue up, and the next round
+//! takes all of them at once. A failed or short write or fdatasync poisons the store: every
+//! queued batch fails, nothing is retried.
+
+use std::rc::{Rc, Weak};
+use std::time::Instant;
+
+use super::durable::{Failure, Signal};
+use super::index::Entry;
+use super::segments::{segment_file_name, Segment, SegmentKind};
+use super::{compaction, io_error, Inner};
+use crate::codec::{self, RECORD_HEADER_BYTES};
+use crate::{DiskFile, ObjectId, StoreError};
+
+/// A round takes queued batches until their encoded bytes pass this (always at least one).
+const GROUP_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// A large value waiting for its write, so the index can point at it on disk afterwards.
+pub struct LargeValue {
+    pub key: Box<[u8]>,
+    /// The version the index holds; the switch happens only if the index still holds it.
+    pub value: Rc<[u8]>,
+    /// Where the value starts inside the encoded batch.
+    pub offset_in_batch: u32,
+    pub crc: u32,
+}
+
+/// A committed batch waiting for the writer.
+pub struct PendingBatch {
+    pub seq: u64,
+    /// The log segment the commit assigned it to; a round never spans two segments.
+    pub segment: u64,
+    pub object: ObjectId,
+    /// The batch as it goes into the record payload.
+    pub encoded: Vec<u8>,
+    pub large_values: Vec<LargeValue>,
+}
+
+/// The log segment currently appended to.
+pub struct Writer {
+    pub segment: u64,
+    pub file: Rc<dyn DiskFile>,
+    /// Where the next record starts: the end of the last durable record, block-aligned.
+    pub offset: u64,
+}
+
+/// The writer task. Holds the store only weakly while idle, so dropping every handle ends it.
+pub async fn run_writer(inner: Weak<Inner>, signal: Rc<Signal>) {
+    loop {
+        let Some(store) = inner.upgrade() else { return };
+        let (has_pending, closed) = {
+            let state = store.state.borrow();
+            (!state.pending.is_empty() && !state.poisoned, state.closed)
+        };
+        if has_pending {
+            if let Err(error) = write_group(&store).await {
+                poison(&store, &error);
+            } else {
+                compaction::start_if_due(&store);
+            }
+            continue;
+        }
+        if closed {
+            return;
+        }
+        drop(store);
+        signal.wait().await;
+    }
+}
+
+/// Marks the store poisoned and fails every queued batch with `error`.
+pub fn poison(inner: &Inner, error: &StoreError) {
+    tracing::error!(%error, "storage write failed; the store is poisoned until reopened");
+    {
+        let mut state = inner.state.borrow_mut();
+        state.poisoned = true;
+        state.pending.clear();
+    }
+    inner.durable.fail(Failure::from_error(error));
+}
+
+/// Writes one round: takes the queued batches of one segment, appends them as one record,
+/// fdatasyncs, then publishes durability.
+async fn write_group(inner: &Inner) -> Result<(), StoreError> {
+    let group = take_group(inner);
+    let Some(first) = group.first() else { return Ok(()) };
+    let segment = first.segment;
+    let first_seq = first.seq;
+    let last_seq = group.last().map_or(first_seq, |batch| batch.seq);
+    debug_assert_eq!(last_seq - first_seq + 1, group.len() as u64, "a group is consecutive");
+
+    let writer_segment = inner.state.borrow().writer.as_ref().map(|writer| writer.segment);
+    if writer_segment != Some(segment) {
+        rotate(inner, segment).await?;
+    }
+    let (file, offset) = {
+        let state = inner.state.borrow();
+        let Some(writer) = state.writer.as_ref() else { unreachable!("rotate opened a writer") };
+        (writer.file.clone(), writer.offset)
+    };
+
+    let payload_bytes: usize = group.iter().map(|batch| batch.encoded.len()).sum();
+    let mut payload = Vec::with_capacity(payload_bytes);
+    let mut batch_offsets = Vec::with_capacity(group.len());
+    for batch in &group {
+        batch_offsets.push(payload.len());
+        payload.extend_from_slice(&batch.encoded);
+    }
+    let record = codec::encode_record(first_seq, segment, group.len() as u32, &payload);
+    assert_eq!(offset % codec::BLOCK_BYTES as u64, 0, "records start on a block boundary");
+    assert!(offset + record.len() as u64 <= u64::from(u32::MAX), "segment outgrew u32 offsets");
+
+    let written = file
+        .write_at(offset, &record)
+        .await
+        .map_err(|source| io_error("write", file.name(), source))?;
+    if written != record.len() {
+        return Err(io_error(
+            "write",
+            file.name(),
+            std::io::Error::other(format!("short write: {written} of {} bytes", record.len())),
+        ));
+    }
+    let started = Instant::now();
+    file.fdatasync().await.map_err(|source| io_error("fdatasync", file.name(), source))?;
+    let micros = started.elapsed().as_micros() as u64;
+
+    let mut state = inner.state.borrow_mut();
+    let state = &mut *state;
+    if let Some(writer) = state.writer.as_mut() {
+        writer.offset += record.len() as u64;
+    }
+    if let Some(segment_entry) = state.segments.by_id.get_mut(&segment) {
+        segment_entry.written_bytes += record.len() as u64;
+    }
+    state.stats.record_fdatasync(micros);
+    state.stats.record_group(group.len() as u64);
+    state.stats.bytes_written_total += record.len() as u64;
+    for (batch, batch_offset) in group.iter().zip(batch_offsets) {
+        for large in &batch.large_values {
+            let value_offset = offset
+                + (RECORD_HEADER_BYTES + batch_offset) as u64
+                + u64::from(large.offset_in_batch);
+            let on_disk = Entry::OnDisk {
+                segment: segment as u32,
+                offset: value_offset as u32,
+                len: large.value.len() as u32,
+                crc: large.crc,
+            };
+            let still_pending = |entry: &Entry| match entry {
+                Entry::Pending { value, .. } if Rc::ptr_eq(value, &large.value) => Some(on_disk),
+                _ => None,
+            };
+            state.index.relocate(&batch.object, &large.key, still_pending);
+        }
+    }
+    inner.durable.advance(last_seq);
+    Ok(())
+}
+
+/// Takes the next round's batches off the queue.
+fn take_group(inner: &Inner) -> Vec<PendingBatch> {
+    let mut state = inner.state.borrow_mut();
+    let mut group = Vec::new();
+    let mut bytes = 0;
+    while let Some(next) = state.pending.front() {
+        let same_segment = group.first().is_none_or(|first: &PendingBatch| first.segment == next.segment);
+        if !same_segment || (bytes >= GROUP_BYTES_MAX && !group.is_empty()) {
+            break;
+        }
+        bytes += next.encoded.len();
+        if let Some(batch) = state.pending.pop_front() {
+            group.push(batch);
+        }
+    }
+    group
+}
+
+/// Starts log segment `segment`: create, fdatasync, sync the directory, then append to it.
+async fn rotate(inner: &Inner, segment: u64) -> Result<(), StoreError> {
+    let name = segment_file_name(SegmentKind::Log, segment);
+    let file = inner
+        .disk
+        .open_file(&name, true)
+        .await
+        .map_err(|source| io_error("create", &name, source))?;
+    let length = file.len().await.map_err(|source| io_error("stat", &name, source))?;
+    if length != 0 {
+        return Err(StoreError::Corruption {
+            file: name,
+            offset: 0,
+            reason: format!("a new log segment already holds {length} bytes"),
+        });
+    }
+    let started = Instant::now();
+    file.fdatasync().await.map_err(|source| io_error("fdatasync", &name, source))?;
+    inner.disk.sync_dir().await.map_err(|source| io_error("sync_dir", &name, source))?;
+    let mut state = inner.state.borrow_mut();
+    state.stats.record_fdatasync(started.elapsed().as_micros() as u64);
+    state.segments.by_id.insert(
+        segment,
+        Segment { kind: SegmentKind::Log, file: file.clone(), written_bytes: 0 },
+    );
+    state.writer = Some(Writer { segment, file, offset: 0 });
+    Ok(())
+}

@@ -1,0 +1,312 @@
+//! The public handle of one store: commit with group commit, reads, alarms, compaction.
+//!
+//! Layout: `index` (keys in memory), `durable` (waiters on fdatasync), `log` (the background
+//! group-commit writer), `segments` (file table and names), `manifest`, `recovery` (open),
+//! `compaction`, `read` (values from memory or disk), `stats`.
+
+mod compaction;
+mod durable;
+mod index;
+mod log;
+mod manifest;
+mod read;
+mod recovery;
+mod segments;
+mod stats;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+
+pub use durable::Durable;
+pub use stats::StoreStats;
+
+use crate::codec::{self, ManifestData};
+use crate::{Batch, Disk, GlommioDisk, ObjectId, Op, StoreConfig, StoreError};
+use durable::{DurableShared, FailureReport, Signal};
+use index::{Entry, Index};
+use log::{LargeValue, PendingBatch, Writer};
+use segments::Segments;
+
+/// Options of `Store::list`: which keys, in which order, how many.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListOptions {
+    /// Only keys starting with these bytes.
+    pub prefix: Option<Vec<u8>>,
+    /// Only keys ≥ this.
+    pub start: Option<Vec<u8>>,
+    /// Only keys > this (wins over `start` when both are set and it is larger).
+    pub start_after: Option<Vec<u8>>,
+    /// Only keys < this.
+    pub end: Option<Vec<u8>>,
+    /// Descending key order.
+    pub reverse: bool,
+    /// At most this many entries.
+    pub limit: Option<usize>,
+}
+
+/// Everything of one object, as loaded when the object activates.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectData {
+    pub entries: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub alarm_ms: Option<i64>,
+}
+
+/// A handle on one store. Cheap to clone; `!Send`: it belongs to the executor that opened it.
+#[derive(Clone)]
+pub struct Store {
+    inner: Rc<Inner>,
+}
+
+/// The store's shared state. Never borrowed across an await.
+struct Inner {
+    /// Limits, sizes, thresholds, recovery mode.
+    config: StoreConfig,
+    /// Every file operation goes through here, so tests can inject faults.
+    disk: Rc<dyn Disk>,
+    /// Index, file table, queue of batches waiting for the writer.
+    state: RefCell<State>,
+    /// Where `Durable` futures learn about fdatasyncs.
+    durable: Rc<DurableShared>,
+    /// Wakes the background writer when a batch is queued or the store closes.
+    signal: Rc<Signal>,
+}
+
+/// Mutable state of a store.
+struct State {
+    index: Index,
+    segments: Segments,
+    /// Committed batches not yet handed to a write, in sequence order.
+    pending: VecDeque<PendingBatch>,
+    /// The sequence number the next commit gets.
+    next_seq: u64,
+    /// The log segment new commits are assigned to; the writer rotates when it changes.
+    active_segment: u64,
+    /// Encoded bytes assigned to the active segment, to decide when to rotate.
+    active_assigned_bytes: u64,
+    /// The open log segment the writer appends to, if one is open yet.
+    writer: Option<Writer>,
+    /// The id the next new segment file gets (log and base share the counter).
+    next_segment_id: u64,
+    /// The manifest as last written.
+    manifest: ManifestData,
+    /// Counters reported by `stats`.
+    stats: StoreStats,
+    /// Set by a failed write or fdatasync: commits are refused from then on.
+    poisoned: bool,
+    /// Set by `close`: commits are refused and background tasks stop.
+    closed: bool,
+    /// True while a compaction runs, so two never overlap.
+    compacting: bool,
+}
+
+impl State {
+    /// Hands out a fresh segment id. Ids fit an index entry's u32.
+    fn allocate_segment_id(&mut self) -> u64 {
+        let id = self.next_segment_id;
+        assert!(id < u64::from(u32::MAX), "segment ids exhausted at {id}");
+        self.next_segment_id += 1;
+        id
+    }
+}
+
+/// Builds the error of a failed system call.
+fn io_error(operation: &'static str, file: &str, source: std::io::Error) -> StoreError {
+    StoreError::Io { operation, file: file.to_string(), source }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `config.dir` on the real disk, recovering it.
+    pub async fn open(config: StoreConfig) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(&config.dir)
+            .map_err(|source| io_error("create_dir_all", &config.dir.display().to_string(), source))?;
+        let disk: Rc<dyn Disk> = Rc::new(GlommioDisk::new(config.dir.clone()));
+        Store::open_with_disk(config, disk).await
+    }
+
+    /// Opens the store through another disk (tests: faults, power loss).
+    pub async fn open_with_disk(
+        config: StoreConfig,
+        disk: Rc<dyn Disk>,
+    ) -> Result<Store, StoreError> {
+        assert!(
+            config.segment_bytes_max <= u64::from(u32::MAX) / 2,
+            "segment_bytes_max {} must leave value offsets within u32",
+            config.segment_bytes_max
+        );
+        let recovered = recovery::recover(&config, disk.as_ref()).await?;
+        let salvaged = recovered.losses > 0;
+        let durable = Rc::new(DurableShared::new(recovered.next_seq - 1));
+        let inner = Rc::new(Inner {
+            config,
+            disk,
+            state: RefCell::new(recovered.into_state()),
+            durable,
+            signal: Rc::new(Signal::default()),
+        });
+        glommio::spawn_local(log::run_writer(Rc::downgrade(&inner), inner.signal.clone())).detach();
+        let store = Store { inner };
+        if salvaged {
+            // Rewrite what survived into base segments, so the damaged files are gone and
+            // the next strict open succeeds.
+            store.compact().await?;
+        }
+        Ok(store)
+    }
+
+    /// Validates `batch` against the limits, applies it to the in-memory index at once (visible
+    /// to reads immediately) and queues it for the next group commit. Returns the batch's
+    /// sequence number and a future that resolves when it is durable.
+    pub fn commit(&self, object: &ObjectId, batch: Batch) -> Result<(u64, Durable), StoreError> {
+        let inner = &self.inner;
+        let ops = batch.into_ops();
+        let encoded_bytes = validate(&inner.config, &ops)?;
+        let mut state = inner.state.borrow_mut();
+        if state.closed {
+            return Err(StoreError::Closed);
+        }
+        if state.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        if state.active_assigned_bytes >= inner.config.segment_bytes_max {
+            state.active_segment = state.allocate_segment_id();
+            state.active_assigned_bytes = 0;
+        }
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        let segment = state.active_segment;
+        state.active_assigned_bytes += encoded_bytes as u64;
+
+        let mut encoded = Vec::with_capacity(encoded_bytes);
+        let mut puts = Vec::new();
+        codec::encode_batch(&mut encoded, object, &ops, |offset, crc| puts.push((offset, crc)));
+        debug_assert_eq!(encoded.len(), encoded_bytes);
+        let mut large_values = Vec::new();
+        let mut puts = puts.into_iter();
+        for op in ops {
+            match op {
+                Op::Put { key, value } => {
+                    let Some((offset, crc)) = puts.next() else {
+                        unreachable!("encode_batch reports every put")
+                    };
+                    let entry = if value.len() > inner.config.inline_value_bytes_max {
+                        let value: Rc<[u8]> = value.into();
+                        large_values.push(LargeValue {
+                            key: key.clone().into_boxed_slice(),
+                            value: value.clone(),
+                            offset_in_batch: offset as u32,
+                            crc,
+                        });
+                        Entry::Pending { value, segment: segment as u32 }
+                    } else {
+                        Entry::Inline { value: value.into_boxed_slice(), segment: segment as u32 }
+                    };
+                    state.index.put(object, &key, entry);
+                }
+                Op::Delete { key } => state.index.delete(object, &key),
+                Op::DeleteAll => state.index.delete_all(object),
+                Op::SetAlarm { time_ms } => state.index.set_alarm(object, time_ms),
+                Op::DeleteAlarm => state.index.delete_alarm(object),
+            }
+        }
+        state.pending.push_back(PendingBatch { seq, segment, object: *object, encoded, large_values });
+        state.stats.commits_total += 1;
+        drop(state);
+        inner.signal.notify();
+        Ok((seq, Durable::new(inner.durable.clone(), seq, FailureReport::Io)))
+    }
+
+    /// Resolves when every batch with a sequence number ≤ `seq` is durable.
+    pub fn wait_durable(&self, seq: u64) -> Durable {
+        Durable::new(self.inner.durable.clone(), seq, FailureReport::Poisoned)
+    }
+
+    pub fn alarm(&self, object: &ObjectId) -> Option<i64> {
+        self.inner.state.borrow().index.objects.get(object).and_then(|state| state.alarm_ms)
+    }
+
+    pub fn objects_with_alarms(&self) -> Vec<(ObjectId, i64)> {
+        let state = self.inner.state.borrow();
+        let objects = state.index.objects.iter();
+        objects.filter_map(|(id, object)| object.alarm_ms.map(|alarm| (*id, alarm))).collect()
+    }
+
+    /// Every object that has at least one key or an alarm.
+    pub fn objects(&self) -> Vec<ObjectId> {
+        self.inner.state.borrow().index.objects.keys().copied().collect()
+    }
+
+    /// Rewrites live data of sealed segments and drops the old segments. Runs by itself when
+    /// the thresholds of the config are passed and automatic compaction is on.
+    pub async fn compact(&self) -> Result<(), StoreError> {
+        compaction::compact(&self.inner).await
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let state = self.inner.state.borrow();
+        let mut stats = state.stats.clone();
+        stats.objects = state.index.objects.len() as u64;
+        stats.keys = state.index.keys_total;
+        stats.segments = state.segments.by_id.len() as u64;
+        stats.live_bytes = state.index.live_bytes_total();
+        stats.dead_bytes = state.segments.written_bytes_total().saturating_sub(stats.live_bytes);
+        stats.poisoned = state.poisoned;
+        stats
+    }
+
+    /// Waits for every queued batch to be durable, stops compaction, closes files.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let last_seq = {
+            let mut state = self.inner.state.borrow_mut();
+            state.closed = true;
+            state.next_seq - 1
+        };
+        self.inner.signal.notify();
+        self.wait_durable(last_seq).await
+    }
+}
+
+/// Checks a batch against the limits; returns its encoded size.
+fn validate(config: &StoreConfig, ops: &[Op]) -> Result<usize, StoreError> {
+    let limits = &config.limits;
+    let (mut puts, mut deletes) = (0usize, 0usize);
+    for op in ops {
+        let key = match op {
+            Op::Put { key, value } => {
+                puts += 1;
+                if value.len() > limits.value_bytes_max {
+                    return Err(StoreError::ValueTooLarge {
+                        value_bytes: value.len(),
+                        value_bytes_max: limits.value_bytes_max,
+                    });
+                }
+                key
+            }
+            Op::Delete { key } => {
+                deletes += 1;
+                key
+            }
+            Op::DeleteAll | Op::SetAlarm { .. } | Op::DeleteAlarm => continue,
+        };
+        if key.len() > limits.key_bytes_max {
+            return Err(StoreError::KeyTooLarge {
+                key_bytes: key.len(),
+                key_bytes_max: limits.key_bytes_max,
+            });
+        }
+    }
+    for (op_kind, keys) in [("put", puts), ("delete", deletes)] {
+        if keys > limits.batch_keys_max {
+            return Err(StoreError::BatchTooManyKeys {
+                op_kind,
+                keys,
+                batch_keys_max: limits.batch_keys_max,
+            });
+        }
+    }
+    let batch_bytes = codec::batch_encoded_bytes(ops);
+    if batch_bytes > limits.batch_bytes_max {
+        return Err(StoreError::BatchTooLarge { batch_bytes, batch_bytes_max: limits.batch_bytes_max });
+    }
+    Ok(batch_bytes)
+}

@@ -1,0 +1,180 @@
+//! Reads: values come from the index when in memory, from their segment file otherwise, and
+//! a value read from disk is checked against its crc every time.
+
+use std::ops::Bound;
+use std::rc::Rc;
+
+use super::index::Entry;
+use super::{io_error, ListOptions, ObjectData, Store};
+use crate::{DiskFile, ObjectId, StoreError};
+
+/// A value found in the index, taken out so no borrow is held while reading the disk.
+enum ValueRef {
+    Bytes(Vec<u8>),
+    Disk { file: Rc<dyn DiskFile>, offset: u32, len: u32, crc: u32 },
+}
+
+impl Store {
+    /// Copies a value out of an index entry, or says where on disk it is.
+    fn value_ref(&self, entry: &Entry) -> Result<ValueRef, StoreError> {
+        Ok(match entry {
+            Entry::Inline { value, .. } => ValueRef::Bytes(value.to_vec()),
+            Entry::Pending { value, .. } => ValueRef::Bytes(value.to_vec()),
+            Entry::OnDisk { segment, offset, len, crc } => {
+                let state = self.inner.state.borrow();
+                let Some(file) = state.segments.file(*segment) else {
+                    unreachable!("index points into segment {segment}, which is not open")
+                };
+                ValueRef::Disk { file, offset: *offset, len: *len, crc: *crc }
+            }
+        })
+    }
+
+    async fn resolve(value: ValueRef) -> Result<Vec<u8>, StoreError> {
+        match value {
+            ValueRef::Bytes(bytes) => Ok(bytes),
+            ValueRef::Disk { file, offset, len, crc } => read_value(&*file, offset, len, crc).await,
+        }
+    }
+
+    pub async fn get(&self, object: &ObjectId, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let value = {
+            let state = self.inner.state.borrow();
+            match state.index.get(object, key) {
+                None => return Ok(None),
+                Some(Entry::Inline { value, .. }) => return Ok(Some(value.to_vec())),
+                Some(entry) => {
+                    let entry = entry.clone();
+                    drop(state);
+                    self.value_ref(&entry)?
+                }
+            }
+        };
+        Ok(Some(Store::resolve(value).await?))
+    }
+
+    pub async fn get_many(
+        &self,
+        object: &ObjectId,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.get(object, key).await?);
+        }
+        Ok(values)
+    }
+
+    pub async fn list(
+        &self,
+        object: &ObjectId,
+        options: &ListOptions,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let found = self.collect_range(object, options)?;
+        let mut out = Vec::with_capacity(found.len());
+        for (key, value) in found {
+            out.push((key, Store::resolve(value).await?));
+        }
+        Ok(out)
+    }
+
+    /// The keys `options` selects, in order, with their values or value locations.
+    fn collect_range(
+        &self,
+        object: &ObjectId,
+        options: &ListOptions,
+    ) -> Result<Vec<(Vec<u8>, ValueRef)>, StoreError> {
+        let limit = options.limit.unwrap_or(usize::MAX);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let entries: Vec<(Vec<u8>, Entry)> = {
+            let state = self.inner.state.borrow();
+            let Some(object_state) = state.index.objects.get(object) else {
+                return Ok(Vec::new());
+            };
+            let Some((lower, upper)) = bounds(options) else { return Ok(Vec::new()) };
+            let range = object_state.keys.range::<[u8], _>((lower, upper));
+            let prefix = options.prefix.as_deref().unwrap_or(&[]);
+            let selected = |(key, _): &(&Box<[u8]>, &Entry)| key.starts_with(prefix);
+            let owned = |(key, entry): (&Box<[u8]>, &Entry)| (key.to_vec(), entry.clone());
+            if options.reverse {
+                range.rev().take_while(selected).take(limit).map(owned).collect()
+            } else {
+                range.take_while(selected).take(limit).map(owned).collect()
+            }
+        };
+        entries
+            .into_iter()
+            .map(|(key, entry)| Ok((key, self.value_ref(&entry)?)))
+            .collect()
+    }
+
+    pub async fn load_object(&self, object: &ObjectId) -> Result<ObjectData, StoreError> {
+        let alarm_ms = self.alarm(object);
+        let found = self.collect_range(object, &ListOptions::default())?;
+        let mut data = ObjectData { entries: Default::default(), alarm_ms };
+        for (key, value) in found {
+            data.entries.insert(key, Store::resolve(value).await?);
+        }
+        Ok(data)
+    }
+}
+
+/// The key range `options` selects, or `None` when it is empty. Keys outside the prefix are
+/// cut off by the caller; here the prefix only raises the lower bound.
+fn bounds(options: &ListOptions) -> Option<(Bound<&[u8]>, Bound<&[u8]>)> {
+    let mut lower: Bound<&[u8]> = Bound::Unbounded;
+    let candidates = [
+        options.prefix.as_deref().map(Bound::Included),
+        options.start.as_deref().map(Bound::Included),
+        options.start_after.as_deref().map(Bound::Excluded),
+    ];
+    for candidate in candidates.into_iter().flatten() {
+        lower = match (lower, candidate) {
+            (Bound::Unbounded, new) => new,
+            (old @ (Bound::Included(a) | Bound::Excluded(a)), new @ (Bound::Included(b) | Bound::Excluded(b))) => {
+                if b > a || (b == a && matches!(new, Bound::Excluded(_))) {
+                    new
+                } else {
+                    old
+                }
+            }
+            (old, Bound::Unbounded) => old,
+        };
+    }
+    let upper: Bound<&[u8]> = options.end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+    // BTreeMap::range panics on an inverted range; such a range is simply empty.
+    if let (Bound::Included(a) | Bound::Excluded(a), Bound::Excluded(b)) = (lower, upper) {
+        if a >= b {
+            return None;
+        }
+    }
+    Some((lower, upper))
+}
+
+/// Reads one value from its segment and checks its length and crc.
+pub(super) async fn read_value(
+    file: &dyn DiskFile,
+    offset: u32,
+    len: u32,
+    crc: u32,
+) -> Result<Vec<u8>, StoreError> {
+    let bytes = file
+        .read_at(u64::from(offset), len as usize)
+        .await
+        .map_err(|source| io_error("read", file.name(), source))?;
+    let corruption = |reason: String| StoreError::Corruption {
+        file: file.name().to_string(),
+        offset: u64::from(offset),
+        reason,
+    };
+    if bytes.len() != len as usize {
+        return Err(corruption(format!("value of {len} bytes, only {} readable", bytes.len())));
+    }
+    let found = crc32fast::hash(&bytes);
+    if found != crc {
+        return Err(corruption(format!("value crc {found:#010x}, index expects {crc:#010x}")));
+    }
+    Ok(bytes)
+}

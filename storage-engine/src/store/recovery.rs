@@ -1,0 +1,292 @@
+//! Opening a store: read the manifest, drop orphans of a crash, replay base segments then log
+//! segments in id order, verify every record, rebuild the index, cut a torn tail.
+
+use std::rc::Rc;
+
+use super::index::{Entry, Index};
+use super::log::Writer;
+use super::manifest;
+use super::segments::{
+    parse_segment_file_name, segment_file_name, Segment, SegmentKind, Segments, MANIFEST_NAME,
+    MANIFEST_TMP_NAME,
+};
+use super::{io_error, State, StoreStats};
+use crate::codec::{self, DecodedOp, ManifestData, PayloadReader, BLOCK_BYTES, RECORD_HEADER_BYTES};
+use crate::{Disk, DiskFile, ObjectId, RecoveryMode, StoreConfig, StoreError};
+
+/// What recovery rebuilt, ready to become the store's state.
+pub struct Recovered {
+    index: Index,
+    segments: Segments,
+    manifest: ManifestData,
+    /// The newest log segment, appended to from its end; `None` if no log segment exists yet.
+    writer: Option<Writer>,
+    /// The segment new commits go to, and how full it already is.
+    active_segment: u64,
+    active_bytes: u64,
+    next_segment_id: u64,
+    /// One past the highest sequence number found.
+    pub next_seq: u64,
+    /// Records dropped by salvage recovery.
+    pub losses: u64,
+}
+
+impl Recovered {
+    pub(super) fn into_state(self) -> State {
+        State {
+            index: self.index,
+            segments: self.segments,
+            pending: Default::default(),
+            next_seq: self.next_seq,
+            active_segment: self.active_segment,
+            active_assigned_bytes: self.active_bytes,
+            writer: self.writer,
+            next_segment_id: self.next_segment_id,
+            manifest: self.manifest,
+            stats: StoreStats::default(),
+            poisoned: false,
+            closed: false,
+            compacting: false,
+        }
+    }
+}
+
+pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered, StoreError> {
+    let names = disk.list().await.map_err(|source| io_error("list", "store directory", source))?;
+    if names.iter().any(|name| name == MANIFEST_TMP_NAME) {
+        // A manifest replacement that did not reach its rename: the old manifest stands.
+        disk.remove(MANIFEST_TMP_NAME)
+            .await
+            .map_err(|source| io_error("remove", MANIFEST_TMP_NAME, source))?;
+    }
+    let mut files: Vec<(SegmentKind, u64)> =
+        names.iter().filter_map(|name| parse_segment_file_name(name)).collect();
+    files.sort_by_key(|(kind, id)| (*id, *kind == SegmentKind::Log));
+
+    let manifest = if names.iter().any(|name| name == MANIFEST_NAME) {
+        manifest::read(disk).await?
+    } else if files.is_empty() {
+        let fresh = ManifestData { log_start: 1, base_segments: Vec::new() };
+        manifest::write(disk, &fresh).await?;
+        fresh
+    } else {
+        return Err(StoreError::Corruption {
+            file: MANIFEST_NAME.to_string(),
+            offset: 0,
+            reason: format!("missing while {} segment files exist", files.len()),
+        });
+    };
+    for id in &manifest.base_segments {
+        if !files.contains(&(SegmentKind::Base, *id)) {
+            return Err(StoreError::Corruption {
+                file: segment_file_name(SegmentKind::Base, *id),
+                offset: 0,
+                reason: "listed in MANIFEST but missing".to_string(),
+            });
+        }
+    }
+
+    let is_orphan = |(kind, id): &(SegmentKind, u64)| match kind {
+        SegmentKind::Base => !manifest.base_segments.contains(id),
+        SegmentKind::Log => *id < manifest.log_start,
+    };
+    let (orphans, live): (Vec<_>, Vec<_>) = files.into_iter().partition(is_orphan);
+    for (kind, id) in &orphans {
+        let name = segment_file_name(*kind, *id);
+        tracing::warn!(file = %name, "removing a segment file left over by an interrupted compaction");
+        disk.remove(&name).await.map_err(|source| io_error("remove", &name, source))?;
+    }
+    if !orphans.is_empty() {
+        disk.sync_dir().await.map_err(|source| io_error("sync_dir", "store directory", source))?;
+    }
+
+    let newest_log = live.iter().filter(|(kind, _)| *kind == SegmentKind::Log).map(|(_, id)| *id).max();
+    let mut replay = Replay {
+        config,
+        index: Index::default(),
+        segments: Segments::default(),
+        last_log_seq: 0,
+        max_seq: 0,
+        losses: 0,
+    };
+    let mut writer = None;
+    // Bases first (they hold the oldest state), then the log in id order.
+    let ordered = live
+        .iter()
+        .filter(|(kind, _)| *kind == SegmentKind::Base)
+        .chain(live.iter().filter(|(kind, _)| *kind == SegmentKind::Log));
+    for &(kind, id) in ordered {
+        let newest = kind == SegmentKind::Log && Some(id) == newest_log;
+        let (file, end) = replay.replay_file(disk, kind, id, newest).await?;
+        replay.segments.by_id.insert(id, Segment { kind, file: file.clone(), written_bytes: end });
+        if newest {
+            writer = Some(Writer { segment: id, file, offset: codec::block_align_up(end as usize) as u64 });
+        }
+    }
+
+    let highest_id = live.iter().map(|(_, id)| *id).chain([manifest.log_start]).max().unwrap_or(1);
+    let (active_segment, active_bytes) = match &writer {
+        Some(writer) => (writer.segment, writer.offset),
+        None => (manifest.log_start, 0),
+    };
+    Ok(Recovered {
+        index: replay.index,
+        segments: replay.segments,
+        manifest,
+        writer,
+        active_segment,
+        active_bytes,
+        next_segment_id: highest_id + 1,
+        next_seq: replay.last_log_seq.max(replay.max_seq) + 1,
+        losses: replay.losses,
+    })
+}
+
+/// The state built while replaying files one after another.
+struct Replay<'a> {
+    config: &'a StoreConfig,
+    index: Index,
+    segments: Segments,
+    /// The last sequence number of the log so far; log records must exceed it.
+    last_log_seq: u64,
+    /// The highest sequence number seen in any file (base records carry their snapshot's).
+    max_seq: u64,
+    losses: u64,
+}
+
+impl Replay<'_> {
+    /// Replays one file; returns it and where its valid records end.
+    async fn replay_file(
+        &mut self,
+        disk: &dyn Disk,
+        kind: SegmentKind,
+        id: u64,
+        newest: bool,
+    ) -> Result<(Rc<dyn DiskFile>, u64), StoreError> {
+        let name = segment_file_name(kind, id);
+        let file = disk.open_file(&name, false).await.map_err(|source| io_error("open", &name, source))?;
+        let length = file.len().await.map_err(|source| io_error("stat", &name, source))?;
+        let corruption = |offset: usize, reason: String| StoreError::Corruption {
+            file: name.clone(),
+            offset: offset as u64,
+            reason,
+        };
+        if length > u64::from(u32::MAX) {
+            return Err(corruption(0, format!("{length} bytes, more than value offsets can name")));
+        }
+        let bytes = file
+            .read_at(0, length as usize)
+            .await
+            .map_err(|source| io_error("read", &name, source))?;
+        if bytes.len() as u64 != length {
+            return Err(corruption(bytes.len(), format!("read {} of {length} bytes", bytes.len())));
+        }
+
+        let mut offset = 0;
+        let mut end = 0;
+        while offset < bytes.len() {
+            match self.replay_record(&bytes[offset..], offset, kind, id) {
+                Ok(record_bytes) => {
+                    offset += codec::block_align_up(record_bytes);
+                    end = offset.min(bytes.len());
+                }
+                Err(reason) if self.config.recovery == RecoveryMode::Salvage => {
+                    tracing::warn!(file = %name, offset, %reason, "salvage: skipping a record that does not verify");
+                    self.losses += 1;
+                    offset += BLOCK_BYTES;
+                }
+                Err(reason) if newest && !self.valid_record_after(&bytes, offset, id) => {
+                    tracing::warn!(
+                        file = %name,
+                        offset,
+                        bytes = bytes.len() - offset,
+                        %reason,
+                        "cutting a torn tail off the newest log segment"
+                    );
+                    end = offset;
+                    break;
+                }
+                Err(reason) => return Err(corruption(offset, reason)),
+            }
+        }
+        if newest && (end as u64) < length {
+            file.truncate(end as u64).await.map_err(|source| io_error("truncate", &name, source))?;
+            file.fdatasync().await.map_err(|source| io_error("fdatasync", &name, source))?;
+        }
+        Ok((file, end as u64))
+    }
+
+    /// Verifies the record at the start of `bytes` and applies it whole, or not at all.
+    /// Returns the record's length without padding.
+    fn replay_record(
+        &mut self,
+        bytes: &[u8],
+        file_offset: usize,
+        kind: SegmentKind,
+        id: u64,
+    ) -> Result<usize, String> {
+        let (header, payload) = codec::decode_record(bytes).map_err(|error| error.0)?;
+        if header.segment != id {
+            return Err(format!("record belongs to segment {}, not {id}", header.segment));
+        }
+        if kind == SegmentKind::Log && header.seq <= self.last_log_seq {
+            return Err(format!("sequence {} does not follow {}", header.seq, self.last_log_seq));
+        }
+        // Decode everything before applying anything, so a bad record leaves no trace.
+        let mut reader = PayloadReader::new(payload);
+        let mut batches: Vec<(ObjectId, Vec<DecodedOp<'_>>)> = Vec::new();
+        for _ in 0..header.batch_count {
+            let mut ops = Vec::new();
+            let object = reader.next_batch(&mut ops).map_err(|error| error.0)?;
+            batches.push((object, ops));
+        }
+        if !reader.is_done() {
+            return Err("payload has bytes after its last batch".to_string());
+        }
+        let payload_offset = file_offset + RECORD_HEADER_BYTES;
+        for (object, ops) in &batches {
+            self.apply(object, ops, id as u32, payload_offset);
+        }
+        if kind == SegmentKind::Log {
+            self.last_log_seq = header.seq + u64::from(header.batch_count.max(1)) - 1;
+        }
+        self.max_seq = self.max_seq.max(header.seq);
+        Ok(header.length as usize)
+    }
+
+    fn apply(&mut self, object: &ObjectId, ops: &[DecodedOp<'_>], segment: u32, payload_offset: usize) {
+        for op in ops {
+            match *op {
+                DecodedOp::Put { key, value, value_offset, value_crc } => {
+                    let entry = if value.len() > self.config.inline_value_bytes_max {
+                        Entry::OnDisk {
+                            segment,
+                            offset: (payload_offset + value_offset) as u32,
+                            len: value.len() as u32,
+                            crc: value_crc,
+                        }
+                    } else {
+                        Entry::Inline { value: value.into(), segment }
+                    };
+                    self.index.put(object, key, entry);
+                }
+                DecodedOp::Delete { key } => self.index.delete(object, key),
+                DecodedOp::DeleteAll => self.index.delete_all(object),
+                DecodedOp::SetAlarm { time_ms } => self.index.set_alarm(object, time_ms),
+                DecodedOp::DeleteAlarm => self.index.delete_alarm(object),
+            }
+        }
+    }
+
+    /// Whether a record that verifies starts at a later block: then the damage at `offset` is
+    /// not a torn tail but lost acknowledged data.
+    fn valid_record_after(&self, bytes: &[u8], offset: usize, id: u64) -> bool {
+        let magic = codec::RECORD_MAGIC.to_le_bytes();
+        (offset + BLOCK_BYTES..bytes.len()).step_by(BLOCK_BYTES).any(|start| {
+            bytes[start..].starts_with(&magic)
+                && codec::decode_record(&bytes[start..]).is_ok_and(|(header, _)| {
+                    header.segment == id && header.seq > self.last_log_seq
+                })
+        })
+    }
+}

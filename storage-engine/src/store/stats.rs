@@ -1,0 +1,59 @@
+//! Counters of one store and the power-of-two histograms behind them.
+
+/// Counters of one store, for metrics and benchmarks.
+#[derive(Clone, Debug, Default)]
+pub struct StoreStats {
+    pub commits_total: u64,
+    pub fdatasyncs_total: u64,
+    pub bytes_written_total: u64,
+    /// fdatasync latency: bucket i counts syncs of ≤ 2^i microseconds; the last bucket the rest.
+    pub fdatasync_micros_buckets: [u64; 20],
+    pub fdatasync_micros_sum: u64,
+    /// Commits per fdatasync: bucket i counts groups of ≤ 2^i commits; the last bucket the rest.
+    pub group_commits_buckets: [u64; 12],
+    pub objects: u64,
+    pub keys: u64,
+    pub segments: u64,
+    pub live_bytes: u64,
+    pub dead_bytes: u64,
+    pub compactions_total: u64,
+    pub poisoned: bool,
+}
+
+/// The bucket of `value` in a histogram whose bucket i holds values ≤ 2^i.
+pub fn power_of_two_bucket(value: u64, buckets: usize) -> usize {
+    let bucket = if value <= 1 { 0 } else { (64 - (value - 1).leading_zeros()) as usize };
+    bucket.min(buckets - 1)
+}
+
+impl StoreStats {
+    /// Counts one fdatasync of the log or of a compaction file.
+    pub fn record_fdatasync(&mut self, micros: u64) {
+        self.fdatasyncs_total += 1;
+        self.fdatasync_micros_sum += micros;
+        let buckets = self.fdatasync_micros_buckets.len();
+        self.fdatasync_micros_buckets[power_of_two_bucket(micros, buckets)] += 1;
+    }
+
+    /// Counts one group commit of `commits` batches.
+    pub fn record_group(&mut self, commits: u64) {
+        let buckets = self.group_commits_buckets.len();
+        self.group_commits_buckets[power_of_two_bucket(commits, buckets)] += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::power_of_two_bucket;
+
+    #[test]
+    fn buckets() {
+        assert_eq!(power_of_two_bucket(0, 12), 0);
+        assert_eq!(power_of_two_bucket(1, 12), 0);
+        assert_eq!(power_of_two_bucket(2, 12), 1);
+        assert_eq!(power_of_two_bucket(3, 12), 2);
+        assert_eq!(power_of_two_bucket(4, 12), 2);
+        assert_eq!(power_of_two_bucket(5, 12), 3);
+        assert_eq!(power_of_two_bucket(1 << 40, 12), 11);
+    }
+}
