@@ -1,0 +1,351 @@
+//! The per-connection loop: read, parse, handle, write — with keep-alive and pipelining.
+//!
+//! One task per connection drives everything from a single `poll`: it parses every complete
+//! request in the read buffer, starts each handler at once (up to `pipeline_requests_max` in
+//! flight), polls them in place, and writes every response that is ready, in request order,
+//! with one write. Reading pauses while the pipeline is full, so a client that never reads its
+//! responses cannot make the server buffer without bound.
+//!
+//! The connection ends:
+//! - after a parse error: the error response is written after the responses already in flight,
+//!   then the write side is shut and unread input drained for a moment (so the client sees the
+//!   response rather than a reset);
+//! - after a request that does not keep the connection alive, or on server shutdown: in-flight
+//!   requests are answered, then it closes;
+//! - when the client goes away (EOF or an I/O error): at once, dropping the in-flight handler
+//!   futures — which is how, for example, a waiting lock client leaves its queue;
+//! - after `idle_connection_timeout_ms` with no complete request and nothing in flight.
+
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
+use glommio::net::TcpStream;
+use glommio::timer::Timer;
+
+use super::encode::encode_response;
+use super::parse::{parse_request, request_bytes_max};
+use super::{HttpError, Method, Request, Response};
+use crate::config::HttpLimits;
+use crate::shutdown::{Shutdown, Wait};
+
+/// Serves requests; each call's future runs on the connection's core and may outlive nothing
+/// but the connection (it is dropped if the client goes away).
+pub trait Handler {
+    fn handle(&self, request: Request) -> Pin<Box<dyn Future<Output = Response>>>;
+}
+
+/// A read buffer starts this small and doubles up to `request_bytes_max` only for a request
+/// that needs it, so idle connections stay cheap.
+const READ_BUFFER_BYTES_INITIAL: usize = 16 * 1024;
+
+/// Past this size an empty read buffer or written output buffer is given back to the allocator.
+const BUFFER_BYTES_RETAINED_MAX: usize = 256 * 1024;
+
+/// Rounds of read-parse-write one poll may run before yielding to the other tasks of the core.
+const ROUNDS_PER_POLL_MAX: usize = 16;
+
+/// After an error response: how long, and how many bytes, unread input is drained for.
+const LINGER_DURATION: Duration = Duration::from_secs(1);
+const LINGER_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Serves one client connection until it ends (see the module documentation).
+pub async fn serve_connection(
+    stream: TcpStream,
+    handler: Rc<dyn Handler>,
+    limits: Rc<HttpLimits>,
+    shutdown: Rc<Shutdown>,
+) {
+    // Responses are batched by the loop itself; Nagle would only add latency.
+    let _ = stream.set_nodelay(true);
+    let mut connection = Connection::new(stream, handler, limits);
+    let outcome = {
+        let mut shutdown_wait = pin!(shutdown.wait());
+        poll_fn(|cx| connection.poll(cx, shutdown_wait.as_mut())).await
+    };
+    if outcome == (Outcome::Finished { linger: true }) {
+        connection.linger().await;
+    }
+}
+
+/// How the loop ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// EOF or an I/O error: nothing more can be said.
+    PeerGone,
+    /// No request for `idle_connection_timeout_ms`.
+    Idle,
+    /// Every response is written. `linger`: the client may still be sending (after an error).
+    Finished { linger: bool },
+}
+
+/// A request being answered, in arrival order.
+struct InFlight {
+    state: Slot,
+    /// HEAD: the response goes out without its body.
+    head_only: bool,
+    /// Whether the request allows the connection to stay open after its response.
+    keep_alive: bool,
+}
+
+enum Slot {
+    Running(Pin<Box<dyn Future<Output = Response>>>),
+    Ready(Response),
+}
+
+struct Connection {
+    stream: TcpStream,
+    handler: Rc<dyn Handler>,
+    limits: Rc<HttpLimits>,
+    /// Bytes read and not yet parsed live in `read_buffer[..filled]`; the rest is room to read
+    /// into. Never longer than `read_buffer_bytes_max`.
+    read_buffer: Vec<u8>,
+    filled: usize,
+    /// The largest request the limits accept, in bytes: the bound of `read_buffer`.
+    read_buffer_bytes_max: usize,
+    /// Requests being answered, oldest first; at most `pipeline_requests_max`.
+    in_flight: VecDeque<InFlight>,
+    /// Encoded responses; `output[written..]` is still to be sent.
+    output: Vec<u8>,
+    written: usize,
+    /// False once no more requests will be read: after an error, a closing request, shutdown.
+    reading: bool,
+    /// Whether a parse error ended reading (the close then lingers).
+    failed: bool,
+    /// Fires after `idle_connection_timeout_ms` without a request; created on first idle wait.
+    idle_timer: Option<Timer>,
+    /// A request arrived since the timer was last armed, so it must be re-armed before waiting.
+    idle_timer_stale: bool,
+}
+
+impl Connection {
+    fn new(stream: TcpStream, handler: Rc<dyn Handler>, limits: Rc<HttpLimits>) -> Connection {
+        let read_buffer_bytes_max = request_bytes_max(&limits);
+        Connection {
+            stream,
+            handler,
+            read_buffer: vec![0; READ_BUFFER_BYTES_INITIAL.min(read_buffer_bytes_max)],
+            filled: 0,
+            read_buffer_bytes_max,
+            in_flight: VecDeque::with_capacity(limits.pipeline_requests_max.min(64)),
+            output: Vec::new(),
+            written: 0,
+            reading: true,
+            failed: false,
+            idle_timer: None,
+            idle_timer_stale: true,
+            limits,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>, mut shutdown: Pin<&mut Wait<'_>>) -> Poll<Outcome> {
+        for _ in 0..ROUNDS_PER_POLL_MAX {
+            if self.reading && shutdown.as_mut().poll(cx).is_ready() {
+                self.reading = false;
+            }
+            self.parse_available();
+            self.poll_handlers(cx);
+            self.encode_ready();
+            match self.poll_write(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(())) => return Poll::Ready(Outcome::PeerGone),
+                Poll::Pending => {}
+            }
+            let output_empty = self.written == self.output.len();
+            if !self.reading && self.in_flight.is_empty() && output_empty {
+                return Poll::Ready(Outcome::Finished {
+                    linger: self.failed,
+                });
+            }
+            let mut progress = false;
+            if self.reading && self.in_flight.len() < self.limits.pipeline_requests_max {
+                match self.poll_read(cx) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(Outcome::PeerGone)
+                    }
+                    Poll::Ready(Ok(_)) => progress = true,
+                    Poll::Pending => {}
+                }
+            }
+            let idle = self.reading && self.in_flight.is_empty() && output_empty && !progress;
+            if idle && self.poll_idle_timer(cx).is_ready() {
+                return Poll::Ready(Outcome::Idle);
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        // Still busy: let the core's other tasks run, and come back at once.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Starts a handler for every complete request in the buffer, up to the pipeline limit.
+    fn parse_available(&mut self) {
+        let mut consumed = 0;
+        while self.reading && self.in_flight.len() < self.limits.pipeline_requests_max {
+            match parse_request(&self.read_buffer[consumed..self.filled], &self.limits) {
+                Ok(Some(parsed)) => {
+                    consumed += parsed.consumed;
+                    self.idle_timer_stale = true;
+                    if !parsed.keep_alive {
+                        self.reading = false;
+                    }
+                    let head_only = parsed.request.method == Method::Head;
+                    let future = self.handler.handle(parsed.request);
+                    self.in_flight.push_back(InFlight {
+                        state: Slot::Running(future),
+                        head_only,
+                        keep_alive: parsed.keep_alive,
+                    });
+                }
+                Ok(None) => {
+                    let unparsed = self.filled - consumed;
+                    // The parser refuses any request larger than the buffer may grow, so a full
+                    // buffer here means a bug in that bound; refuse rather than stall.
+                    if unparsed >= self.read_buffer_bytes_max {
+                        let max = self.read_buffer_bytes_max as u64;
+                        self.fail(HttpError::BodyTooLarge {
+                            bytes: unparsed as u64,
+                            max,
+                        });
+                    }
+                    break;
+                }
+                Err(error) => self.fail(error),
+            }
+        }
+        if consumed > 0 {
+            self.read_buffer.copy_within(consumed..self.filled, 0);
+            self.filled -= consumed;
+            if self.filled == 0 && self.read_buffer.len() > BUFFER_BYTES_RETAINED_MAX {
+                self.read_buffer =
+                    vec![0; READ_BUFFER_BYTES_INITIAL.min(self.read_buffer_bytes_max)];
+            }
+        }
+    }
+
+    /// Answers `error` after the requests already in flight, and reads nothing more.
+    fn fail(&mut self, error: HttpError) {
+        tracing::debug!(%error, "bad request; closing the connection");
+        self.in_flight.push_back(InFlight {
+            state: Slot::Ready(error.to_response()),
+            head_only: false,
+            keep_alive: false,
+        });
+        self.reading = false;
+        self.failed = true;
+    }
+
+    fn poll_handlers(&mut self, cx: &mut Context<'_>) {
+        for in_flight in &mut self.in_flight {
+            if let Slot::Running(future) = &mut in_flight.state {
+                if let Poll::Ready(response) = future.as_mut().poll(cx) {
+                    in_flight.state = Slot::Ready(response);
+                }
+            }
+        }
+    }
+
+    /// Moves the responses that are ready at the front of the queue into the output buffer.
+    fn encode_ready(&mut self) {
+        while let Some(InFlight {
+            state: Slot::Ready(_),
+            ..
+        }) = self.in_flight.front()
+        {
+            let Some(InFlight {
+                state: Slot::Ready(response),
+                head_only,
+                keep_alive,
+            }) = self.in_flight.pop_front()
+            else {
+                break;
+            };
+            // Once reading has stopped, every remaining response tells the client so.
+            let keep_alive = keep_alive && self.reading;
+            encode_response(&response, head_only, keep_alive, &mut self.output);
+        }
+    }
+
+    /// Writes as much output as the socket takes. `Err`: the peer is gone.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        while self.written < self.output.len() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.output[self.written..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+                Poll::Ready(Ok(bytes)) => self.written += bytes,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.output.clear();
+        self.written = 0;
+        if self.output.capacity() > BUFFER_BYTES_RETAINED_MAX {
+            self.output = Vec::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads into the free part of the buffer, growing it (up to its bound) when full.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.filled == self.read_buffer.len() {
+            let grown = (self.read_buffer.len() * 2).min(self.read_buffer_bytes_max);
+            if grown == self.read_buffer.len() {
+                // Cannot happen (see parse_available); never read into an empty slice, which
+                // would look like EOF.
+                return Poll::Pending;
+            }
+            self.read_buffer.resize(grown, 0);
+        }
+        let result = Pin::new(&mut self.stream).poll_read(cx, &mut self.read_buffer[self.filled..]);
+        if let Poll::Ready(Ok(bytes)) = result {
+            self.filled += bytes;
+        }
+        result
+    }
+
+    fn poll_idle_timer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let timeout = Duration::from_millis(self.limits.idle_connection_timeout_ms);
+        let timer = self.idle_timer.get_or_insert_with(|| Timer::new(timeout));
+        if std::mem::take(&mut self.idle_timer_stale) {
+            timer.reset(timeout);
+        }
+        Pin::new(timer).poll(cx).map(|_| ())
+    }
+
+    /// Shuts the write side, then drains what the client still sends for a bounded time, so
+    /// that closing with unread input does not reset the connection before the client has read
+    /// the error response.
+    async fn linger(&mut self) {
+        if self
+            .stream
+            .shutdown(std::net::Shutdown::Write)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let stream = &mut self.stream;
+        let scratch = &mut self.read_buffer;
+        let drain = async {
+            let mut drained = 0;
+            while drained < LINGER_BYTES_MAX {
+                match stream.read(scratch).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(bytes) => drained += bytes,
+                }
+            }
+        };
+        futures_lite::future::or(drain, async {
+            Timer::new(LINGER_DURATION).await;
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+#[path = "conn_tests.rs"]
+mod tests;
