@@ -26,6 +26,9 @@ pub struct HttpLimits {
     pub pipeline_requests_max: usize,
     /// A connection with no complete request for this long is closed.
     pub idle_connection_timeout_ms: u64,
+    /// Open connections of one core; past it the core stops accepting until one closes (new
+    /// clients wait in the kernel's backlog rather than costing memory here).
+    pub connections_per_core_max: usize,
 }
 
 impl Default for HttpLimits {
@@ -37,6 +40,7 @@ impl Default for HttpLimits {
             object_name_bytes_max: 1024,
             pipeline_requests_max: 128,
             idle_connection_timeout_ms: 60_000,
+            connections_per_core_max: 10_000,
         }
     }
 }

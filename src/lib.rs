@@ -36,10 +36,12 @@
 //! - `shard`: one core: executor start-up, the listener, forwarding to the owning core.
 //! - `objects`: the built-in classes (`counter`, `ratelimiter`).
 //! - `server`: the builder and the running server.
+//! - `bench`: the load generator behind `stead bench`.
 //!
 //! What it is not: a distributed system. One server, one machine; no replication.
 
 pub mod alarm;
+pub mod bench;
 pub mod config;
 pub mod http;
 pub mod id;

@@ -17,11 +17,18 @@ use std::future::Future;
 use crate::http::{Request, Response};
 
 mod context;
+mod gate;
 mod host;
+mod pending;
+mod registry;
+mod slot;
 mod storage;
+#[cfg(test)]
+mod tests;
 
 pub use context::ObjectContext;
-pub use host::ObjectHost;
+pub use host::{store_limits, AlarmListener, HostStats, ObjectHost};
+pub use registry::{ClassRegistry, Constructor, DynObject, RegistryError, CLASS_NAME_BYTES_MAX};
 pub use storage::{Storage, StorageError};
 pub use stead_storage::ListOptions;
 

@@ -8,9 +8,11 @@ mod ratelimiter;
 pub use counter::Counter;
 pub use ratelimiter::RateLimiter;
 
-use crate::server::ServerBuilder;
+use crate::object::{ClassRegistry, RegistryError};
 
 /// Registers every built-in class under its route name.
-pub fn register_builtins(builder: ServerBuilder) -> ServerBuilder {
-    builder.class::<Counter>("counter").class::<RateLimiter>("ratelimiter")
+pub fn register_builtins(registry: &mut ClassRegistry) -> Result<(), RegistryError> {
+    registry.register::<Counter>("counter")?;
+    registry.register::<RateLimiter>("ratelimiter")?;
+    Ok(())
 }

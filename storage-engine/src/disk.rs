@@ -48,11 +48,13 @@ pub trait DiskFile {
 pub struct GlommioDisk {
     /// The directory every name is relative to.
     dir: std::path::PathBuf,
+    /// Whether glommio's poll-ring probe has run against a non-empty file (see `probe_iopoll`).
+    probed: std::cell::Cell<bool>,
 }
 
 impl GlommioDisk {
     pub fn new(dir: impl Into<std::path::PathBuf>) -> GlommioDisk {
-        GlommioDisk { dir: dir.into() }
+        GlommioDisk { dir: dir.into(), probed: std::cell::Cell::new(false) }
     }
 }
 
@@ -66,9 +68,30 @@ impl GlommioDisk {
     }
 }
 
+impl GlommioDisk {
+    /// glommio decides once per block device whether reads may use the io_uring poll ring, by
+    /// reading the first file it opens on that device. If that file is empty the probe read
+    /// succeeds vacuously, the poll ring is chosen, and every later read fails with
+    /// EOPNOTSUPP on devices without polling. Opening a non-empty file first makes the probe
+    /// read real data, so it answers truthfully.
+    async fn probe_iopoll(&self) -> io::Result<()> {
+        if self.probed.replace(true) {
+            return Ok(());
+        }
+        let path = self.path(".iopoll-probe");
+        std::fs::write(&path, [0u8; 4096])?;
+        let opened = glommio::io::DmaFile::open(&path).await.map_err(io::Error::from);
+        if let Ok(file) = opened {
+            file.close().await.map_err(io::Error::from)?;
+        }
+        std::fs::remove_file(&path)
+    }
+}
+
 impl Disk for GlommioDisk {
     fn open_file<'a>(&'a self, name: &'a str, create: bool) -> IoFuture<'a, Rc<dyn DiskFile>> {
         Box::pin(async move {
+            self.probe_iopoll().await?;
             let file = glommio::io::OpenOptions::new()
                 .read(true)
                 .write(true)

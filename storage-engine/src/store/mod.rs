@@ -310,3 +310,6 @@ fn validate(config: &StoreConfig, ops: &[Op]) -> Result<usize, StoreError> {
     }
     Ok(batch_bytes)
 }
+
+#[cfg(test)]
+mod tests;

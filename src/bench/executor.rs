@@ -1,0 +1,274 @@
+//! The bench's own glommio executors: each runs its share of the connections and keeps its own
+//! figures; the main thread starts them together and merges their figures at the end.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use glommio::{LocalExecutorBuilder, Placement};
+use hdrhistogram::Histogram;
+
+use super::args::{Plan, Stop, Target};
+use super::client::RequestEncoder;
+use super::connection;
+use super::error::BenchError;
+use super::schedule::{share, Budget};
+use super::stats::{micros, new_histogram, Live, Stats};
+
+/// io_uring buffer memory per executor: small, since glommio locks it and the limit is low.
+const IO_MEMORY_BYTES: usize = 512 * 1024;
+/// io_uring submission queue depth per executor.
+const RING_DEPTH: usize = 256;
+/// How often each executor adds its latest latencies to the live figures.
+const LIVE_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// Extra time, past the connect timeout, that the executors get to become ready.
+const READY_SLACK: Duration = Duration::from_secs(10);
+/// Time between the executors being ready and the first request, so they all start together.
+const START_DELAY: Duration = Duration::from_millis(2);
+
+/// The run's time line, the same on every executor.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// Time zero: the warm-up starts.
+    pub start: Instant,
+    /// Requests meant to leave before this are warm-up, not measured.
+    pub measure_start: Instant,
+    /// No request is meant to leave at or after this (`--duration` runs); None for
+    /// `--requests` runs.
+    pub end: Option<Instant>,
+}
+
+impl Clock {
+    /// May a request meant to leave at `start` be sent? Takes it from the budget if so.
+    pub fn claim(&self, shared: &Shared, start: Instant) -> bool {
+        if start < self.measure_start {
+            return true;
+        }
+        match self.end {
+            Some(end) => start < end,
+            None => shared.budget.claim(),
+        }
+    }
+
+    /// True when no more requests are to be sent.
+    pub fn is_over(&self, shared: &Shared, now: Instant) -> bool {
+        match self.end {
+            Some(end) => now >= end,
+            None => shared.budget.is_spent(),
+        }
+    }
+}
+
+/// How one request (or connect) ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Status(u16),
+    ConnectFailed,
+    Timeout,
+    Closed,
+    Io,
+    Protocol,
+}
+
+/// What the connections of one executor share.
+pub struct Shared {
+    /// The run's settings.
+    pub plan: Plan,
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// Encodes the scenario's requests for the target.
+    pub encoder: RequestEncoder,
+    /// This executor's share of a `--requests` run.
+    pub budget: Budget,
+    /// The time line, known once every executor is ready.
+    pub clock: Cell<Option<Clock>>,
+    /// This executor's figures.
+    pub stats: RefCell<Stats>,
+    /// Latencies since the last flush to `live`.
+    pub recent: RefCell<Histogram<u64>>,
+    /// The figures of the progress line.
+    pub live: Arc<Live>,
+}
+
+impl Shared {
+    /// Counts one outcome of a request meant to leave at `start` and ended at `now`.
+    pub fn record(&self, start: Instant, now: Instant, outcome: Outcome) {
+        let mut stats = self.stats.borrow_mut();
+        if outcome == Outcome::ConnectFailed {
+            stats.failures.connect += 1;
+            self.live.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        let measured = self.clock.get().is_some_and(|clock| start >= clock.measure_start);
+        if !measured {
+            stats.warmup_requests += 1;
+            return;
+        }
+        stats.last_completion = Some(stats.last_completion.map_or(now, |last| last.max(now)));
+        let error = match outcome {
+            Outcome::Status(status) => {
+                let latency = micros(now.saturating_duration_since(start));
+                stats.histogram.saturating_record(latency);
+                self.recent.borrow_mut().saturating_record(latency);
+                *stats.statuses.entry(status).or_insert(0) += 1;
+                !(200..300).contains(&status)
+            }
+            Outcome::Timeout => {
+                stats.failures.timeout += 1;
+                true
+            }
+            Outcome::Closed => {
+                stats.failures.closed += 1;
+                true
+            }
+            Outcome::Io => {
+                stats.failures.io += 1;
+                true
+            }
+            Outcome::Protocol | Outcome::ConnectFailed => {
+                stats.failures.protocol += 1;
+                true
+            }
+        };
+        self.live.add_completed(error);
+    }
+}
+
+/// Runs the plan on its executors and returns the merged figures and the start of the measured
+/// interval.
+pub fn run_load(plan: &Plan, target: &Target, live: Arc<Live>) -> Result<(Stats, Instant), BenchError> {
+    let executors = plan.cores.len() as u64;
+    let encoder = RequestEncoder::new(target, plan.auth_token.as_deref());
+    let (ready_sender, ready_receiver) = mpsc::channel::<()>();
+    let mut clock_senders = Vec::new();
+    let mut handles = Vec::new();
+    for (executor, core) in (0..executors).zip(&plan.cores) {
+        let (clock_sender, clock_receiver) = mpsc::channel::<Clock>();
+        let indexes: Vec<u64> =
+            (0..plan.connections as u64).filter(|index| index % executors == executor).collect();
+        let budget = match plan.stop {
+            Stop::Requests(requests) => Some(share(requests, executors, executor)),
+            Stop::Duration(_) => None,
+        };
+        let shared = SharedParts {
+            plan: plan.clone(),
+            addr: target.addr,
+            encoder: encoder.clone(),
+            budget,
+            live: live.clone(),
+        };
+        let ready = ready_sender.clone();
+        let placement = core.map(Placement::Fixed).unwrap_or(Placement::Unbound);
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("stead-bench-{executor}"))
+            .io_memory(IO_MEMORY_BYTES)
+            .ring_depth(RING_DEPTH)
+            .spawn(move || executor_main(shared, indexes, ready, clock_receiver))
+            .map_err(|error| BenchError::Executor(error.to_string()))?;
+        clock_senders.push(clock_sender);
+        handles.push(handle);
+    }
+    drop(ready_sender);
+    let waited = Instant::now();
+    let ready_timeout = plan.timeout + READY_SLACK;
+    for _ in 0..executors {
+        let left = ready_timeout.saturating_sub(waited.elapsed());
+        if ready_receiver.recv_timeout(left).is_err() {
+            // Dropping the clock senders tells the executors that are waiting to stop.
+            drop(clock_senders);
+            for handle in handles {
+                if let Err(error) = handle.join() {
+                    return Err(BenchError::Executor(error.to_string()));
+                }
+            }
+            return Err(BenchError::StartTimedOut { waited_ms: waited.elapsed().as_millis() as u64 });
+        }
+    }
+    let start = Instant::now() + START_DELAY;
+    let measure_start = start + plan.warmup;
+    let end = match plan.stop {
+        Stop::Duration(duration) => Some(measure_start + duration),
+        Stop::Requests(_) => None,
+    };
+    let clock = Clock { start, measure_start, end };
+    for sender in &clock_senders {
+        let _ = sender.send(clock);
+    }
+    let mut stats = Stats::default();
+    for handle in handles {
+        let executor_stats = handle.join().map_err(|error| BenchError::Executor(error.to_string()))?;
+        stats.merge(&executor_stats);
+    }
+    Ok((stats, measure_start))
+}
+
+/// What an executor thread is handed (all `Send`); it builds its `Shared` from it.
+struct SharedParts {
+    plan: Plan,
+    addr: SocketAddr,
+    encoder: RequestEncoder,
+    budget: Option<u64>,
+    live: Arc<Live>,
+}
+
+async fn executor_main(
+    parts: SharedParts,
+    indexes: Vec<u64>,
+    ready: mpsc::Sender<()>,
+    clock: mpsc::Receiver<Clock>,
+) -> Stats {
+    let shared = Rc::new(Shared {
+        plan: parts.plan,
+        addr: parts.addr,
+        encoder: parts.encoder,
+        budget: Budget::new(parts.budget),
+        clock: Cell::new(None),
+        stats: RefCell::new(Stats::default()),
+        recent: RefCell::new(new_histogram()),
+        live: parts.live,
+    });
+    // Connect every connection first, so that connecting is not part of the measurement.
+    let connects: Vec<_> = indexes
+        .iter()
+        .map(|_| {
+            let shared = shared.clone();
+            glommio::spawn_local(async move { connection::connect(&shared).await })
+        })
+        .collect();
+    let mut firsts = Vec::with_capacity(connects.len());
+    for connect in connects {
+        firsts.push(connect.await);
+    }
+    let _ = ready.send(());
+    // Blocking this thread is fine: nothing runs on it until the start.
+    let Ok(clock) = clock.recv() else {
+        return shared.stats.take();
+    };
+    shared.clock.set(Some(clock));
+    let done = Rc::new(Cell::new(false));
+    let flusher = {
+        let (shared, done) = (shared.clone(), done.clone());
+        glommio::spawn_local(async move {
+            while !done.get() {
+                glommio::timer::sleep(LIVE_FLUSH_INTERVAL).await;
+                shared.live.flush(&mut shared.recent.borrow_mut());
+            }
+        })
+    };
+    let tasks: Vec<_> = firsts
+        .into_iter()
+        .zip(indexes)
+        .map(|(first, index)| glommio::spawn_local(connection::run(shared.clone(), clock, index, first)))
+        .collect();
+    for task in tasks {
+        task.await;
+    }
+    done.set(true);
+    drop(flusher);
+    shared.live.flush(&mut shared.recent.borrow_mut());
+    let mut stats = shared.stats.take();
+    stats.unsent = shared.budget.left();
+    stats
+}

@@ -1,0 +1,117 @@
+//! The workloads `stead bench` can send: which path the n-th request of a run asks for.
+
+use std::io::Write;
+
+use super::error::BenchError;
+
+/// Scenario names that run today, in the order the help lists them.
+pub const AVAILABLE: &[&str] = &["hello", "counter-hot", "counter-spread", "counter-read", "ratelimit"];
+
+/// Scenario names that are reserved for later releases: refused with a clear message.
+pub const NOT_YET_AVAILABLE: &[&str] = &["lock", "chat-fanout", "alarms"];
+
+/// The name of the one object that `counter-hot` and `counter-read` use.
+pub const HOT_OBJECT: &str = "hot";
+
+/// The rate limiter parameters of `ratelimit`: a limit no run can reach, so that every check is
+/// allowed and a 429 stays an error.
+pub const RATELIMIT_QUERY: &str = "limit=1000000000&windowMs=60000";
+
+/// One workload: a rule from a request's number to its path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// `GET` of one fixed path (default `/healthz`): the floor of the server.
+    Hello { path: String },
+    /// Increments of the one counter `hot`: every request goes to one object on one core.
+    CounterHot,
+    /// Increments spread over `objects` counters `c0`…: every core gets work.
+    CounterSpread { objects: u64 },
+    /// Reads of the counter `hot`: no write, no fdatasync.
+    CounterRead,
+    /// Checks of `objects` rate limiter keys `k0`…, each one allowed.
+    RateLimit { objects: u64 },
+}
+
+impl Scenario {
+    /// The scenario called `name`; `path` is used by `hello`, `objects` by the spread ones.
+    pub fn parse(name: &str, path: &str, objects: u64) -> Result<Scenario, BenchError> {
+        match name {
+            "hello" => Ok(Scenario::Hello { path: path.to_string() }),
+            "counter-hot" => Ok(Scenario::CounterHot),
+            "counter-spread" => Ok(Scenario::CounterSpread { objects }),
+            "counter-read" => Ok(Scenario::CounterRead),
+            "ratelimit" => Ok(Scenario::RateLimit { objects }),
+            _ if NOT_YET_AVAILABLE.contains(&name) => {
+                Err(BenchError::ScenarioNotYetAvailable(name.to_string()))
+            }
+            _ => Err(BenchError::UnknownScenario(name.to_string())),
+        }
+    }
+
+    /// The name the scenario was parsed from.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scenario::Hello { .. } => "hello",
+            Scenario::CounterHot => "counter-hot",
+            Scenario::CounterSpread { .. } => "counter-spread",
+            Scenario::CounterRead => "counter-read",
+            Scenario::RateLimit { .. } => "ratelimit",
+        }
+    }
+
+    /// Appends the path (and query) of request number `number` to `out`. Numbers are spread
+    /// round-robin over connections, so consecutive numbers hit different objects.
+    pub fn write_path(&self, number: u64, out: &mut Vec<u8>) {
+        // Writing to a Vec cannot fail.
+        let _ = match self {
+            Scenario::Hello { path } => out.write_all(path.as_bytes()),
+            Scenario::CounterHot => write!(out, "/objects/counter/{HOT_OBJECT}/increment"),
+            Scenario::CounterSpread { objects } => {
+                write!(out, "/objects/counter/c{}/increment", number % objects.max(&1))
+            }
+            Scenario::CounterRead => write!(out, "/objects/counter/{HOT_OBJECT}/value"),
+            Scenario::RateLimit { objects } => write!(
+                out,
+                "/objects/ratelimiter/k{}/check?{RATELIMIT_QUERY}",
+                number % objects.max(&1)
+            ),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(scenario: &Scenario, number: u64) -> String {
+        let mut out = Vec::new();
+        scenario.write_path(number, &mut out);
+        String::from_utf8(out).expect("ascii")
+    }
+
+    #[test]
+    fn paths_follow_the_routes() {
+        let hello = Scenario::parse("hello", "/healthz", 1).expect("hello");
+        assert_eq!(path(&hello, 7), "/healthz");
+        assert_eq!(path(&Scenario::CounterHot, 7), "/objects/counter/hot/increment");
+        assert_eq!(path(&Scenario::CounterRead, 7), "/objects/counter/hot/value");
+        let spread = Scenario::parse("counter-spread", "", 5).expect("spread");
+        assert_eq!(path(&spread, 7), "/objects/counter/c2/increment");
+        let limiter = Scenario::parse("ratelimit", "", 3).expect("ratelimit");
+        assert_eq!(
+            path(&limiter, 4),
+            "/objects/ratelimiter/k1/check?limit=1000000000&windowMs=60000"
+        );
+    }
+
+    #[test]
+    fn later_scenarios_are_refused_by_name() {
+        for name in NOT_YET_AVAILABLE {
+            assert!(matches!(
+                Scenario::parse(name, "/", 1),
+                Err(BenchError::ScenarioNotYetAvailable(_))
+            ));
+        }
+        assert!(matches!(Scenario::parse("nope", "/", 1), Err(BenchError::UnknownScenario(_))));
+    }
+}

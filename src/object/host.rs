@@ -1,0 +1,422 @@
+//! [`ObjectHost`]: the objects of one core: activation, event admission, the commit and output
+//! gates, idle eviction and shutdown.
+//!
+//! Every event (a request or an alarm) goes through the same steps: admit it (refusing it with
+//! 503 past `object_events_queued_max` events of the object, or while shutting down), find or
+//! activate the object (one activation per object; events that arrive meanwhile wait for it),
+//! run the handler under the commit gate (`gate.rs`: the writes of each poll become one batch),
+//! then hold the answer until the object's last commit is durable (the output gate). Events of
+//! one object never run at the same time, since a core runs one poll at a time; a handler that
+//! awaits something other than storage lets the next event of its object in, and the next
+//! event may start while earlier ones wait for durability, so a hot object's writes share
+//! fdatasyncs.
+//!
+//! Handlers must not panic: glommio cannot catch a panic of a task, and it takes down the core.
+//! A handler that returns `Err` after writing still has its writes committed, as in the hosted
+//! runtime: the batches of its earlier polls are already in the store.
+//! Writes made outside any event (by a task the handler spawned) are committed with the next
+//! event of the object, or when it is evicted; no response waits for them.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future::BoxedLocal;
+use serde_json::json;
+use stead_storage::{Limits, Store};
+
+use super::gate::Gated;
+use super::registry::{ClassRegistry, Constructor, DynObject};
+use super::slot::{Signal, Slot, SlotState};
+use super::{AlarmInfo, ObjectContext, ObjectError, Storage};
+use crate::config::Config;
+use crate::http::{Request, Response};
+use crate::id::ObjectId;
+
+/// Bounds on the idle-eviction sweep interval (a quarter of `idle_evict_ms`), in milliseconds.
+const SWEEP_INTERVAL_MIN_MS: u64 = 10;
+const SWEEP_INTERVAL_MAX_MS: u64 = 60_000;
+
+/// Told `(object, Some(time_ms))` when an object's alarm is committed, `(object, None)` when its
+/// deletion is: the hook for the alarm scheduler.
+pub type AlarmListener = Rc<dyn Fn(ObjectId, Option<i64>)>;
+
+/// The storage limits the host checks on each write. The core's store must be opened with the
+/// same limits, or a commit could be refused after the object's memory changed.
+pub fn store_limits(config: &Config) -> Limits {
+    Limits { value_bytes_max: config.storage.value_bytes_max, ..Limits::default() }
+}
+
+/// Counters and gauges of one host, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostStats {
+    pub active_objects: usize,
+    pub events_queued: usize,
+    pub events_total: u64,
+    pub activations_total: u64,
+    pub activation_failures_total: u64,
+    pub evictions_total: u64,
+    pub overload_rejections_total: u64,
+}
+
+/// The objects of one core. One per core, behind an `Rc`.
+pub struct ObjectHost {
+    /// This core's store; every commit and activation goes through it.
+    store: Store,
+    /// Constructors of every class.
+    registry: Arc<ClassRegistry>,
+    /// The server's configuration, handed to every object.
+    config: Rc<Config>,
+    /// Limits checked on each write (see [`store_limits`]).
+    limits: Limits,
+    /// Active and activating objects.
+    objects: RefCell<HashMap<ObjectId, Rc<Slot>>>,
+    /// Admitted events of every object not yet answered; shutdown waits for it to reach 0.
+    events_in_flight: Cell<usize>,
+    /// Set by `shutdown`: new events are refused.
+    closing: Cell<bool>,
+    /// Fired when `events_in_flight` reaches 0 while closing.
+    drained: Signal,
+    /// The highest sequence number this host committed. A new activation starts its
+    /// `last_submitted_seq` here, since its loaded data may come from a commit whose
+    /// durability nobody waited for (an event whose caller went away).
+    highest_submitted_seq: Cell<u64>,
+    /// Counters for [`HostStats`].
+    stats: Cell<HostStats>,
+    /// The alarm scheduler's hook, if one is installed.
+    alarm_listener: RefCell<Option<AlarmListener>>,
+}
+
+/// An admitted event; dropping it (answered or abandoned) releases its place.
+struct Event<'a> {
+    /// The host whose in-flight count includes this event.
+    host: &'a ObjectHost,
+    /// The object it is addressed to.
+    slot: Rc<Slot>,
+}
+
+impl Drop for Event<'_> {
+    fn drop(&mut self) {
+        self.slot.events.set(self.slot.events.get() - 1);
+        self.slot.last_event.set(Instant::now());
+        let in_flight = self.host.events_in_flight.get() - 1;
+        self.host.events_in_flight.set(in_flight);
+        if in_flight == 0 && self.host.closing.get() {
+            self.host.drained.fire();
+        }
+    }
+}
+
+fn overloaded() -> Response {
+    Response::json(503, &json!({ "error": "overloaded", "retryable": true }))
+        .with_header("Retry-After", "1")
+}
+
+impl ObjectHost {
+    pub fn new(store: Store, registry: Arc<ClassRegistry>, config: Rc<Config>) -> Rc<ObjectHost> {
+        let limits = store_limits(&config);
+        Rc::new(ObjectHost {
+            store,
+            registry,
+            config,
+            limits,
+            objects: RefCell::new(HashMap::new()),
+            events_in_flight: Cell::new(0),
+            closing: Cell::new(false),
+            drained: Signal::default(),
+            highest_submitted_seq: Cell::new(0),
+            stats: Cell::new(HostStats::default()),
+            alarm_listener: RefCell::new(None),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn registry(&self) -> &Arc<ClassRegistry> {
+        &self.registry
+    }
+
+    /// Installs the hook told about every committed alarm change.
+    pub fn set_alarm_listener(&self, listener: AlarmListener) {
+        *self.alarm_listener.borrow_mut() = Some(listener);
+    }
+
+    /// Answers one request to the object `id` of `class`. The caller has checked that the class
+    /// is registered and that this core owns `id`.
+    pub async fn dispatch(self: &Rc<Self>, class: &str, id: ObjectId, request: Request) -> Response {
+        let event = match self.admit(class, id) {
+            Ok(event) => event,
+            Err(response) => return response,
+        };
+        let instance = match ready(&event.slot).await {
+            Ok(instance) => instance,
+            Err(message) => return Response::json_error(500, &message),
+        };
+        match self.run(&event.slot, instance.fetch(request)).await {
+            Ok(response) => response,
+            Err(message) => Response::json_error(500, &message),
+        }
+    }
+
+    /// Runs the object's alarm handler as an event, activating the object if needed. After the
+    /// handler succeeds, the alarm that fired is deleted in the same batch, unless the handler
+    /// set another time; after an error it is kept, for the scheduler to retry.
+    pub async fn deliver_alarm(
+        self: &Rc<Self>,
+        class: &str,
+        id: ObjectId,
+        info: AlarmInfo,
+    ) -> Result<(), ObjectError> {
+        let event = self.admit(class, id).map_err(|response| {
+            ObjectError::new(format!("alarm of {id} not delivered: status {}", response.status))
+        })?;
+        let instance = ready(&event.slot).await.map_err(ObjectError::new)?;
+        let storage = event.slot.storage.clone();
+        let handler = instance.alarm(info);
+        let handler: BoxedLocal<Result<(), ObjectError>> = Box::pin(async move {
+            handler.await?;
+            if storage.get_alarm() == Some(info.scheduled_ms) {
+                storage.delete_alarm()?;
+            }
+            Ok(())
+        });
+        self.run(&event.slot, handler).await.map_err(ObjectError::new)
+    }
+
+    /// Objects in memory (active or activating).
+    pub fn active_objects(&self) -> usize {
+        self.objects.borrow().len()
+    }
+
+    /// Events admitted and not yet answered, over every object.
+    pub fn events_queued(&self) -> usize {
+        self.events_in_flight.get()
+    }
+
+    pub fn stats(&self) -> HostStats {
+        HostStats {
+            active_objects: self.active_objects(),
+            events_queued: self.events_queued(),
+            ..self.stats.get()
+        }
+    }
+
+    /// Spawns the idle-eviction sweep on the current executor. It holds only a weak reference
+    /// and stops once the host is dropped or shutting down.
+    pub fn start_background(self: &Rc<Self>) {
+        let host = Rc::downgrade(self);
+        let interval_ms =
+            (self.config.objects.idle_evict_ms / 4).clamp(SWEEP_INTERVAL_MIN_MS, SWEEP_INTERVAL_MAX_MS);
+        glommio::spawn_local(sweep(host, Duration::from_millis(interval_ms))).detach();
+    }
+
+    /// Drops every object that had no event for `idle_evict_ms` and has none in flight.
+    /// Returns how many were dropped. Their writes are already committed.
+    pub fn evict_idle(&self, now: Instant) -> usize {
+        let idle = Duration::from_millis(self.config.objects.idle_evict_ms);
+        let mut evicted = Vec::new();
+        self.objects.borrow_mut().retain(|_, slot| {
+            let busy = slot.events.get() > 0 || slot.is_activating();
+            let keep = busy || now.saturating_duration_since(slot.last_event.get()) < idle;
+            if !keep {
+                evicted.push(slot.clone());
+            }
+            keep
+        });
+        for slot in &evicted {
+            self.retire(slot, "the object was evicted");
+        }
+        self.count(|stats| stats.evictions_total += evicted.len() as u64);
+        evicted.len()
+    }
+
+    /// Stops taking events (new ones answer 503), waits for those in flight, drops every
+    /// object and closes the store.
+    pub async fn shutdown(&self) {
+        self.closing.set(true);
+        if self.events_in_flight.get() > 0 {
+            self.drained.wait().await;
+        }
+        let slots: Vec<Rc<Slot>> = self.objects.borrow_mut().drain().map(|(_, slot)| slot).collect();
+        for slot in &slots {
+            self.retire(slot, "the server is shutting down");
+        }
+        drop(slots);
+        if let Err(error) = self.store.close().await {
+            tracing::error!(%error, "closing the store failed");
+        }
+    }
+
+    /// Hands the object's writes since the last call to the store. On failure the object takes
+    /// no more writes and leaves the map, so its next event reloads it from the store.
+    pub(super) fn commit_pending(&self, slot: &Slot) -> Result<(), String> {
+        let Some((batch, alarm_change)) = slot.storage.take_pending() else {
+            return Ok(());
+        };
+        match self.store.commit(&slot.id.0, batch) {
+            Ok((seq, _durable)) => {
+                slot.last_submitted_seq.set(seq);
+                self.highest_submitted_seq.set(self.highest_submitted_seq.get().max(seq));
+                let listener = self.alarm_listener.borrow().clone();
+                if let (Some(change), Some(listener)) = (alarm_change, listener) {
+                    listener(slot.id, change);
+                }
+                Ok(())
+            }
+            Err(error) => {
+                let message = format!("commit of object {} failed: {error}", slot.id);
+                tracing::error!("{message}");
+                slot.storage.make_unavailable(message.clone());
+                self.detach(slot);
+                Err(message)
+            }
+        }
+    }
+
+    /// Admits an event of `id`, starting its activation if it is not in memory.
+    fn admit(self: &Rc<Self>, class: &str, id: ObjectId) -> Result<Event<'_>, Response> {
+        if self.closing.get() {
+            self.count(|stats| stats.overload_rejections_total += 1);
+            return Err(overloaded());
+        }
+        let existing = self.objects.borrow().get(&id).cloned();
+        let slot = match existing {
+            Some(slot) => slot,
+            None => self.start_activation(class, id)?,
+        };
+        if &*slot.class != class {
+            let message = format!("object {id} is active as class {}", slot.class);
+            return Err(Response::json_error(500, &message));
+        }
+        if slot.events.get() >= self.config.objects.object_events_queued_max {
+            self.count(|stats| stats.overload_rejections_total += 1);
+            return Err(overloaded());
+        }
+        slot.events.set(slot.events.get() + 1);
+        self.events_in_flight.set(self.events_in_flight.get() + 1);
+        self.count(|stats| stats.events_total += 1);
+        Ok(Event { host: self, slot })
+    }
+
+    /// Puts a new slot in the map and spawns its activation. The activation is a task of its
+    /// own, so it completes (and wakes its waiters) even if the event that started it goes away.
+    fn start_activation(self: &Rc<Self>, class: &str, id: ObjectId) -> Result<Rc<Slot>, Response> {
+        let Some(constructor) = self.registry.constructor(class) else {
+            return Err(Response::json_error(500, &format!("unknown class {class:?}")));
+        };
+        let storage = Storage::new(self.limits.clone());
+        let slot = Rc::new(Slot::new(id, Rc::from(class), storage, self.highest_submitted_seq.get()));
+        self.objects.borrow_mut().insert(id, slot.clone());
+        self.count(|stats| stats.activations_total += 1);
+        glommio::spawn_local(activate(self.clone(), slot.clone(), constructor)).detach();
+        Ok(slot)
+    }
+
+    /// Runs one handler under the commit gate, then the output gate.
+    async fn run<T>(
+        &self,
+        slot: &Slot,
+        handler: BoxedLocal<Result<T, ObjectError>>,
+    ) -> Result<T, String> {
+        let (result, commit_error) = Gated::new(self, slot, handler).await;
+        if let Some(message) = commit_error {
+            return Err(message);
+        }
+        let seq = slot.last_submitted_seq.get();
+        if seq > 0 {
+            if let Err(error) = self.store.wait_durable(seq).await {
+                return Err(format!("write of object {} is not durable: {error}", slot.id));
+            }
+        }
+        result.map_err(|error| error.message)
+    }
+
+    /// Builds the instance of an activating object: load, construct, `init`.
+    async fn build(&self, slot: &Slot, constructor: Constructor) -> Result<Rc<dyn DynObject>, String> {
+        let data = self
+            .store
+            .load_object(&slot.id.0)
+            .await
+            .map_err(|error| format!("cannot load object {}: {error}", slot.id))?;
+        slot.storage.load(data);
+        let context =
+            ObjectContext::new(slot.id, slot.class.clone(), slot.storage.clone(), self.config.clone());
+        let instance = constructor(context);
+        let (result, commit_error) = Gated::new(self, slot, instance.clone().init()).await;
+        if let Some(message) = commit_error {
+            return Err(message);
+        }
+        result.map_err(|error| format!("init of object {} failed: {error}", slot.id))?;
+        Ok(instance)
+    }
+
+    /// Removes `slot` from the map if it is still the one there.
+    fn detach(&self, slot: &Slot) {
+        let mut objects = self.objects.borrow_mut();
+        if objects.get(&slot.id).is_some_and(|entry| std::ptr::eq(Rc::as_ptr(entry), slot)) {
+            objects.remove(&slot.id);
+        }
+    }
+
+    /// Commits writes made outside any event, then refuses later ones (from tasks that still
+    /// hold the object's context).
+    fn retire(&self, slot: &Slot, reason: &str) {
+        // A failure is logged by commit_pending; the object is going away either way.
+        let _ = self.commit_pending(slot);
+        slot.storage.make_unavailable(reason.to_string());
+    }
+
+    fn count(&self, update: impl FnOnce(&mut HostStats)) {
+        let mut stats = self.stats.get();
+        update(&mut stats);
+        self.stats.set(stats);
+    }
+}
+
+/// Waits for the object's activation to end; its instance, or why it failed.
+async fn ready(slot: &Slot) -> Result<Rc<dyn DynObject>, String> {
+    loop {
+        let outcome = match &*slot.state.borrow() {
+            SlotState::Ready(instance) => Some(Ok(instance.clone())),
+            SlotState::Failed(message) => Some(Err(message.clone())),
+            SlotState::Activating => None,
+        };
+        match outcome {
+            Some(outcome) => return outcome,
+            None => slot.activated.wait().await,
+        }
+    }
+}
+
+/// The activation task of one object.
+async fn activate(host: Rc<ObjectHost>, slot: Rc<Slot>, constructor: Constructor) {
+    let state = match host.build(&slot, constructor).await {
+        Ok(instance) => SlotState::Ready(instance),
+        Err(message) => {
+            tracing::warn!("{message}");
+            host.count(|stats| stats.activation_failures_total += 1);
+            slot.storage.make_unavailable(message.clone());
+            host.detach(&slot);
+            SlotState::Failed(message)
+        }
+    };
+    *slot.state.borrow_mut() = state;
+    slot.last_event.set(Instant::now());
+    slot.activated.fire();
+}
+
+/// The idle-eviction loop of one host.
+async fn sweep(host: Weak<ObjectHost>, interval: Duration) {
+    loop {
+        glommio::timer::sleep(interval).await;
+        let Some(host) = host.upgrade() else { return };
+        if host.closing.get() {
+            return;
+        }
+        host.evict_idle(Instant::now());
+    }
+}

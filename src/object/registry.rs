@@ -1,0 +1,152 @@
+//! The class registry: class name → constructor, shared by every core.
+//!
+//! A class is a type implementing [`DurableObject`]; its RPITIT handlers cannot be called through
+//! a trait object, so each class is stored as a plain `fn` pointer that builds an
+//! `Rc<dyn DynObject>` ([`DynObject`] boxes the handler futures). Plain `fn` pointers and strings
+//! make the registry `Send + Sync`: one `Arc<ClassRegistry>` serves every core, while the objects
+//! it builds stay on the core that built them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::rc::Rc;
+
+use futures_lite::future::BoxedLocal;
+
+use super::{AlarmInfo, DurableObject, ObjectContext, ObjectError};
+use crate::http::{Request, Response};
+use crate::id::ObjectId;
+
+/// An object-safe view of a [`DurableObject`]: the same handlers, with boxed futures that own an
+/// `Rc` of the instance, so a running event keeps its object alive.
+pub trait DynObject {
+    fn init(self: Rc<Self>) -> BoxedLocal<Result<(), ObjectError>>;
+    fn fetch(self: Rc<Self>, request: Request) -> BoxedLocal<Result<Response, ObjectError>>;
+    fn alarm(self: Rc<Self>, alarm: AlarmInfo) -> BoxedLocal<Result<(), ObjectError>>;
+}
+
+impl<T: DurableObject> DynObject for T {
+    fn init(self: Rc<Self>) -> BoxedLocal<Result<(), ObjectError>> {
+        Box::pin(async move { <T as DurableObject>::init(&self).await })
+    }
+
+    fn fetch(self: Rc<Self>, request: Request) -> BoxedLocal<Result<Response, ObjectError>> {
+        Box::pin(async move { <T as DurableObject>::fetch(&self, request).await })
+    }
+
+    fn alarm(self: Rc<Self>, alarm: AlarmInfo) -> BoxedLocal<Result<(), ObjectError>> {
+        Box::pin(async move { <T as DurableObject>::alarm(&self, alarm).await })
+    }
+}
+
+/// Builds one instance of a class when an object activates.
+pub type Constructor = fn(ObjectContext) -> Rc<dyn DynObject>;
+
+fn make<T: DurableObject>(context: ObjectContext) -> Rc<dyn DynObject> {
+    Rc::new(T::new(context))
+}
+
+/// Why a class could not be registered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// Another class already has this name.
+    DuplicateClass { name: String },
+    /// Empty, longer than [`CLASS_NAME_BYTES_MAX`], or with a byte other than `a-z 0-9 _ -`
+    /// (the name is a URL path segment).
+    InvalidName { name: String },
+}
+
+impl fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegistryError::DuplicateClass { name } => {
+                write!(f, "class {name:?} is registered twice")
+            }
+            RegistryError::InvalidName { name } => write!(
+                f,
+                "invalid class name {name:?}: use 1 to {CLASS_NAME_BYTES_MAX} bytes of a-z 0-9 _ -"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RegistryError {}
+
+/// Longest class name, in bytes.
+pub const CLASS_NAME_BYTES_MAX: usize = 64;
+
+/// One registered class.
+#[derive(Clone)]
+struct ClassEntry {
+    /// The first 8 bytes of every id of this class, so an alarm (which knows only the id) can
+    /// find its class.
+    tag: [u8; 8],
+    /// Builds an instance.
+    constructor: Constructor,
+}
+
+/// Every class the server hosts, by route name.
+#[derive(Clone, Default)]
+pub struct ClassRegistry {
+    /// Ordered by name, so listings are stable; lookups are over a handful of classes.
+    classes: BTreeMap<String, ClassEntry>,
+}
+
+impl ClassRegistry {
+    pub fn new() -> ClassRegistry {
+        ClassRegistry::default()
+    }
+
+    /// Registers `T` under `name`, the `{class}` of `/objects/{class}/...`.
+    pub fn register<T: DurableObject>(&mut self, name: &str) -> Result<(), RegistryError> {
+        let valid = !name.is_empty()
+            && name.len() <= CLASS_NAME_BYTES_MAX
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(RegistryError::InvalidName { name: name.to_string() });
+        }
+        if self.classes.contains_key(name) {
+            return Err(RegistryError::DuplicateClass { name: name.to_string() });
+        }
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&ObjectId::from_name(name, "").0[..8]);
+        self.classes.insert(name.to_string(), ClassEntry { tag, constructor: make::<T> });
+        Ok(())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.classes.contains_key(name)
+    }
+
+    /// The constructor of the class called `name`.
+    pub fn constructor(&self, name: &str) -> Option<Constructor> {
+        self.classes.get(name).map(|entry| entry.constructor)
+    }
+
+    /// The class an id belongs to, from the class tag in its first 8 bytes.
+    pub fn class_of(&self, id: &ObjectId) -> Option<&str> {
+        self.classes
+            .iter()
+            .find(|(_, entry)| entry.tag[..] == id.0[..8])
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// Class names in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.classes.keys().map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.classes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.classes.is_empty()
+    }
+}
+
+impl fmt::Debug for ClassRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}

@@ -1,0 +1,299 @@
+//! [`Storage`]: an object's view of its durable key-value space and alarm.
+//!
+//! The whole object is in memory while it is active (loaded at activation), so the API is
+//! synchronous: reads never suspend. Writes change the in-memory copy at once, so the same
+//! event and every later one read them, and are recorded in the object's pending batch, which
+//! the host commits after every poll of the handler (see `gate.rs`). A write that would pass a
+//! limit is refused with a [`StorageError`] and changes nothing.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Bound;
+use std::rc::Rc;
+
+use stead_storage::{Batch, Limits, ListOptions, ObjectData};
+
+use super::pending::Pending;
+
+/// Why a write was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StorageError {
+    KeyTooLarge { key_bytes: usize, key_bytes_max: usize },
+    ValueTooLarge { value_bytes: usize, value_bytes_max: usize },
+    /// The writes since the handler last suspended name too many keys of one kind (`put`,
+    /// `delete`); awaiting anything (even `glommio::yield_if_needed`) starts a new batch.
+    BatchTooManyKeys { op_kind: &'static str, keys: usize, batch_keys_max: usize },
+    /// The writes since the handler last suspended are too large for one batch.
+    BatchTooLarge { batch_bytes: usize, batch_bytes_max: usize },
+    /// The store failed (an I/O error, a poisoned store, shutdown) or the object was evicted;
+    /// this instance takes no more writes.
+    Unavailable { reason: String },
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::KeyTooLarge { key_bytes, key_bytes_max } => {
+                write!(f, "key of {key_bytes} bytes exceeds key_bytes_max {key_bytes_max}")
+            }
+            StorageError::ValueTooLarge { value_bytes, value_bytes_max } => write!(
+                f,
+                "value of {value_bytes} bytes exceeds value_bytes_max {value_bytes_max}"
+            ),
+            StorageError::BatchTooManyKeys { op_kind, keys, batch_keys_max } => write!(
+                f,
+                "{keys} keys to {op_kind} in one batch, more than batch_keys_max {batch_keys_max}"
+            ),
+            StorageError::BatchTooLarge { batch_bytes, batch_bytes_max } => write!(
+                f,
+                "batch of {batch_bytes} bytes exceeds batch_bytes_max {batch_bytes_max}"
+            ),
+            StorageError::Unavailable { reason } => write!(f, "storage unavailable: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+/// The state behind one object's [`Storage`].
+#[derive(Debug)]
+struct State {
+    /// Every key of the object, including writes not yet durable.
+    entries: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// The object's alarm, including a change not yet durable.
+    alarm_ms: Option<i64>,
+    /// Writes not yet handed to the store.
+    pending: Pending,
+    /// The engine's limits, checked on each write.
+    limits: Limits,
+    /// Set once this instance may no longer write (store failure, eviction).
+    unavailable: Option<String>,
+}
+
+/// An object's storage. Cheap to clone; all clones are the same storage.
+#[derive(Clone, Debug)]
+pub struct Storage {
+    /// Shared with the host, which takes the pending batch after every poll.
+    state: Rc<RefCell<State>>,
+}
+
+impl Storage {
+    /// Empty storage; the host fills it with [`Storage::load`] during activation.
+    pub(super) fn new(limits: Limits) -> Storage {
+        let state = State {
+            entries: BTreeMap::new(),
+            alarm_ms: None,
+            pending: Pending::default(),
+            limits,
+            unavailable: None,
+        };
+        Storage { state: Rc::new(RefCell::new(state)) }
+    }
+
+    pub(super) fn load(&self, data: ObjectData) {
+        let mut state = self.state.borrow_mut();
+        state.entries = data.entries;
+        state.alarm_ms = data.alarm_ms;
+    }
+
+    /// The writes since the last call, as one batch plus the alarm change it carries; `None`
+    /// when there were none.
+    pub(super) fn take_pending(&self) -> Option<(Batch, Option<Option<i64>>)> {
+        let mut state = self.state.borrow_mut();
+        if state.pending.is_empty() {
+            return None;
+        }
+        Some(state.pending.take())
+    }
+
+    /// Refuses every later write with [`StorageError::Unavailable`].
+    pub(super) fn make_unavailable(&self, reason: String) {
+        self.state.borrow_mut().unavailable.get_or_insert(reason);
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.state.borrow().entries.get(key).cloned()
+    }
+
+    /// The values of `keys`, in the same order.
+    pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<Option<Vec<u8>>> {
+        let state = self.state.borrow();
+        keys.iter().map(|key| state.entries.get(key.as_ref()).cloned()).collect()
+    }
+
+    /// Entries in key order (or reverse), filtered as `options` says.
+    pub fn list(&self, options: &ListOptions) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let limit = options.limit.unwrap_or(usize::MAX);
+        let Some((lower, upper)) = list_bounds(options) else {
+            return Vec::new();
+        };
+        let state = self.state.borrow();
+        let range = state.entries.range::<[u8], _>((as_ref(&lower), as_ref(&upper)));
+        let prefix = options.prefix.as_deref().unwrap_or(&[]);
+        let matching = |(key, _): &(&Vec<u8>, &Vec<u8>)| key.starts_with(prefix);
+        let copy = |(key, value): (&Vec<u8>, &Vec<u8>)| (key.clone(), value.clone());
+        if options.reverse {
+            range.rev().filter(matching).take(limit).map(copy).collect()
+        } else {
+            range.filter(matching).take(limit).map(copy).collect()
+        }
+    }
+
+    pub fn put(&self, key: &[u8], value: impl Into<Vec<u8>>) -> Result<(), StorageError> {
+        let value = value.into();
+        let mut state = self.state.borrow_mut();
+        state.check_writable(key)?;
+        if value.len() > state.limits.value_bytes_max {
+            return Err(StorageError::ValueTooLarge {
+                value_bytes: value.len(),
+                value_bytes_max: state.limits.value_bytes_max,
+            });
+        }
+        let state = &mut *state;
+        state.pending.write(key, Some(value.clone()), &state.limits)?;
+        state.entries.insert(key.to_vec(), value);
+        Ok(())
+    }
+
+    /// Removes `key`; true if it was there.
+    pub fn delete(&self, key: &[u8]) -> Result<bool, StorageError> {
+        let mut state = self.state.borrow_mut();
+        state.check_writable(key)?;
+        if !state.entries.contains_key(key) {
+            // The in-memory copy is the whole object: an absent key is absent on disk too.
+            return Ok(false);
+        }
+        let state = &mut *state;
+        state.pending.write(key, None, &state.limits)?;
+        state.entries.remove(key);
+        Ok(true)
+    }
+
+    /// Removes every key; the alarm is kept.
+    pub fn delete_all(&self) -> Result<(), StorageError> {
+        let mut state = self.state.borrow_mut();
+        state.check_writable(&[])?;
+        state.pending.delete_all();
+        state.entries.clear();
+        Ok(())
+    }
+
+    pub fn get_alarm(&self) -> Option<i64> {
+        self.state.borrow().alarm_ms
+    }
+
+    /// Sets the object's one alarm (milliseconds since the Unix epoch), replacing any other.
+    pub fn set_alarm(&self, time_ms: i64) -> Result<(), StorageError> {
+        let mut state = self.state.borrow_mut();
+        state.check_writable(&[])?;
+        state.pending.alarm(Some(time_ms));
+        state.alarm_ms = Some(time_ms);
+        Ok(())
+    }
+
+    pub fn delete_alarm(&self) -> Result<(), StorageError> {
+        let mut state = self.state.borrow_mut();
+        state.check_writable(&[])?;
+        if state.alarm_ms.take().is_some() {
+            state.pending.alarm(None);
+        }
+        Ok(())
+    }
+
+    /// Keys of the object (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.state.borrow().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl State {
+    fn check_writable(&self, key: &[u8]) -> Result<(), StorageError> {
+        if let Some(reason) = &self.unavailable {
+            return Err(StorageError::Unavailable { reason: reason.clone() });
+        }
+        if key.len() > self.limits.key_bytes_max {
+            return Err(StorageError::KeyTooLarge {
+                key_bytes: key.len(),
+                key_bytes_max: self.limits.key_bytes_max,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn as_ref(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match bound {
+        Bound::Included(key) => Bound::Included(key.as_slice()),
+        Bound::Excluded(key) => Bound::Excluded(key.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`; `None` when there is none
+/// (the prefix is empty or all 0xff).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// The key range `options` selects, or `None` when it is empty (`BTreeMap::range` panics on
+/// an inverted range, and these bounds come from clients).
+fn list_bounds(options: &ListOptions) -> Option<(Bound<Vec<u8>>, Bound<Vec<u8>>)> {
+    if options.limit == Some(0) {
+        return None;
+    }
+    let mut lower = Bound::Unbounded;
+    let mut candidates = Vec::new();
+    if let Some(start) = &options.start {
+        candidates.push(Bound::Included(start.clone()));
+    }
+    if let Some(prefix) = &options.prefix {
+        candidates.push(Bound::Included(prefix.clone()));
+    }
+    if let Some(after) = &options.start_after {
+        candidates.push(Bound::Excluded(after.clone()));
+    }
+    for candidate in candidates {
+        lower = tighter_lower(lower, candidate);
+    }
+    let mut upper = options.end.clone().map_or(Bound::Unbounded, Bound::Excluded);
+    if let Some(end) = options.prefix.as_deref().and_then(prefix_end) {
+        upper = match upper {
+            Bound::Excluded(current) if current <= end => Bound::Excluded(current),
+            _ => Bound::Excluded(end),
+        };
+    }
+    let empty = match (&lower, &upper) {
+        (Bound::Included(low), Bound::Excluded(high)) => low >= high,
+        (Bound::Excluded(low), Bound::Excluded(high)) => low >= high,
+        _ => false,
+    };
+    (!empty).then_some((lower, upper))
+}
+
+/// The larger of two lower bounds; at an equal key, excluding wins.
+fn tighter_lower(current: Bound<Vec<u8>>, candidate: Bound<Vec<u8>>) -> Bound<Vec<u8>> {
+    let key_of = |bound: &Bound<Vec<u8>>| match bound {
+        Bound::Included(key) | Bound::Excluded(key) => Some(key.clone()),
+        Bound::Unbounded => None,
+    };
+    match (key_of(&current), key_of(&candidate)) {
+        (None, _) => candidate,
+        (_, None) => current,
+        (Some(a), Some(b)) if b > a => candidate,
+        (Some(a), Some(b)) if b == a && matches!(candidate, Bound::Excluded(_)) => candidate,
+        _ => current,
+    }
+}
