@@ -24,7 +24,10 @@ impl DurableObject for KeyValue {
     async fn fetch(&self, request: Request) -> Result<Response, ObjectError> {
         let key = request.path.trim_start_matches('/').as_bytes();
         if key.is_empty() {
-            return Ok(Response::text(400, "a key is needed: /objects/kv/{name}/{key}"));
+            return Ok(Response::text(
+                400,
+                "a key is needed: /objects/kv/{name}/{key}",
+            ));
         }
         let storage = self.context.storage();
         match request.method {
@@ -51,8 +54,15 @@ fn main() {
         data_dir: "./kv-data".into(),
         ..Config::default()
     };
-    println!("kv example: listening on {}, data in {}", config.listen, config.data_dir.display());
-    let server = stead::Server::builder().config(config).class::<KeyValue>("kv").build();
+    println!(
+        "kv example: listening on {}, data in {}",
+        config.listen,
+        config.data_dir.display()
+    );
+    let server = stead::Server::builder()
+        .config(config)
+        .class::<KeyValue>("kv")
+        .build();
     if let Err(error) = server.run() {
         eprintln!("kv example: {error}");
         std::process::exit(1);

@@ -101,7 +101,10 @@ pub struct RateLimitDefaults {
 
 impl Default for RateLimitDefaults {
     fn default() -> RateLimitDefaults {
-        RateLimitDefaults { limit: 100, window_ms: 60_000 }
+        RateLimitDefaults {
+            limit: 100,
+            window_ms: 60_000,
+        }
     }
 }
 
@@ -154,6 +157,8 @@ impl Config {
         if self.cores > 0 {
             return self.cores;
         }
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     }
 }

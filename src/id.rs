@@ -35,7 +35,10 @@ impl fmt::Display for IdError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             IdError::Malformed { length } => {
-                write!(f, "an object id is 64 lowercase hex digits, got {length} characters")
+                write!(
+                    f,
+                    "an object id is 64 lowercase hex digits, got {length} characters"
+                )
             }
             IdError::WrongClass => write!(f, "the object id belongs to another class"),
         }
@@ -163,7 +166,10 @@ mod tests {
         let text = id.to_string();
         assert_eq!(text.len(), 64);
         assert_eq!(ObjectId::from_string("counter", &text), Ok(id));
-        assert_eq!(ObjectId::from_string("lock", &text), Err(IdError::WrongClass));
+        assert_eq!(
+            ObjectId::from_string("lock", &text),
+            Err(IdError::WrongClass)
+        );
         assert_eq!(
             ObjectId::from_string("counter", "abc"),
             Err(IdError::Malformed { length: 3 })
@@ -188,7 +194,10 @@ mod tests {
             per_core[id.core(4096, 4)] += 1;
         }
         for count in per_core {
-            assert!((800..1200).contains(&count), "uneven placement {per_core:?}");
+            assert!(
+                (800..1200).contains(&count),
+                "uneven placement {per_core:?}"
+            );
         }
     }
 }

@@ -45,11 +45,16 @@ pub mod bench;
 pub mod config;
 pub mod http;
 pub mod id;
+pub mod layout;
+pub mod metrics;
 pub mod object;
 pub mod objects;
+pub mod server;
+mod shard;
 pub mod shutdown;
 
 pub use config::Config;
 pub use http::{Method, Request, Response};
 pub use id::ObjectId;
 pub use object::{AlarmInfo, DurableObject, ObjectContext, ObjectError, Storage};
+pub use server::{RunningServer, Server, ServerBuilder, ServerError};

@@ -1,1 +1,111 @@
-fn main() {}
+//! The `stead` binary: `stead serve` runs the server with the built-in classes, `stead bench`
+//! load-tests a server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use stead::{Config, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "stead",
+    version,
+    about = "A Durable Objects engine: named, single-threaded objects with durable storage"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server with the built-in classes.
+    Serve(ServeArgs),
+    /// Load-test a server that serves stead's routes.
+    Bench(stead::bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (every core shares it).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Where objects are stored.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Cores to run on (0: all of them).
+    #[arg(long)]
+    cores: Option<usize>,
+    /// A TOML configuration file; the flags above override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Require `Authorization: Bearer TOKEN` on every request but /healthz.
+    #[arg(long, env = "STEAD_AUTH_TOKEN", hide_env_values = true)]
+    auth_token: Option<String>,
+    /// Answer every request with a fixed body (the benchmark floor); no objects.
+    #[arg(long)]
+    hello: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args),
+        Command::Bench(args) => stead::bench::run(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let mut config = match &args.config {
+        Some(path) => match Config::from_toml_file(path) {
+            Ok(config) => config,
+            Err(error) => {
+                eprintln!("stead: {error}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(data_dir) = args.data_dir {
+        config.data_dir = data_dir;
+    }
+    if let Some(cores) = args.cores {
+        config.cores = cores;
+    }
+    if args.auth_token.is_some() {
+        config.auth_token = args.auth_token;
+    }
+    config.hello |= args.hello;
+    let data_dir = config.data_dir.clone();
+    let cores = config.cores_resolved();
+    let running = match Server::builder().config(config).builtins().build().start() {
+        Ok(running) => running,
+        Err(error) => {
+            eprintln!("stead: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "stead: listening on {} with {cores} cores, data in {}",
+        running.local_addr(),
+        data_dir.display()
+    );
+    match stead::server::wait_for_signal(running) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("stead: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

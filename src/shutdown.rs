@@ -36,7 +36,10 @@ impl Shutdown {
 
     /// Resolves once shutdown is requested.
     pub fn wait(&self) -> Wait<'_> {
-        Wait { shutdown: self, registered: false }
+        Wait {
+            shutdown: self,
+            registered: false,
+        }
     }
 }
 

@@ -11,12 +11,20 @@ fn counter_answers_as_the_design_says() {
     let mut client = server.client();
     assert_eq!(client.get("/objects/counter/a/value").text(), "0");
     assert_eq!(client.get("/objects/counter/a/increment").text(), "1");
-    assert_eq!(client.request("POST", "/objects/counter/a/increment", b"").text(), "2");
+    assert_eq!(
+        client
+            .request("POST", "/objects/counter/a/increment", b"")
+            .text(),
+        "2"
+    );
     assert_eq!(client.get("/objects/counter/a/decrement").text(), "1");
     assert_eq!(client.get("/objects/counter/a/value").text(), "1");
     assert_eq!(client.get("/objects/counter/b/value").text(), "0");
     let missing = client.get("/objects/counter/a/reset");
-    assert_eq!((missing.status, missing.text().as_str()), (404, "Not Found"));
+    assert_eq!(
+        (missing.status, missing.text().as_str()),
+        (404, "Not Found")
+    );
     let names = client.get("/objects/counter/with%20space%2Fslash/increment");
     assert_eq!(names.text(), "1");
     assert_eq!(server.stop(), Some(0));
@@ -29,7 +37,11 @@ fn unknown_routes_and_classes_are_404() {
     let mut client = server.client();
     for path in ["/", "/nothing", "/objects", "/objects/nosuchclass/x/value"] {
         let reply = client.get(path);
-        assert_eq!((reply.status, reply.text().as_str()), (404, "Not Found"), "{path}");
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (404, "Not Found"),
+            "{path}"
+        );
     }
     assert_eq!(client.get("/healthz").status, 200);
 }
@@ -70,8 +82,10 @@ fn ratelimiter_allows_then_denies_without_recording() {
     let short = "/objects/ratelimiter/user-3/check?limit=1&windowMs=200";
     assert_eq!(client.get(short).status, 200);
     assert_eq!(client.get(short).status, 429);
-    assert!(common::wait_until(std::time::Duration::from_secs(5), || client.get(short).status
-        == 200));
+    assert!(common::wait_until(
+        std::time::Duration::from_secs(5),
+        || client.get(short).status == 200
+    ));
     let bad = client.get("/objects/ratelimiter/user-4/check?limit=zero");
     assert_eq!(bad.status, 400);
 }
@@ -104,9 +118,24 @@ fn unique_ids_address_objects() {
     assert_eq!(created.status, 200);
     let id = created.json()["id"].as_str().expect("id").to_string();
     assert_eq!(id.len(), 64);
-    assert_eq!(client.get(&format!("/objects/counter/id:{id}/increment")).text(), "1");
-    assert_eq!(client.get(&format!("/objects/counter/id:{id}/value")).text(), "1");
-    assert_eq!(client.get(&format!("/objects/ratelimiter/id:{id}/check")).status, 400);
+    assert_eq!(
+        client
+            .get(&format!("/objects/counter/id:{id}/increment"))
+            .text(),
+        "1"
+    );
+    assert_eq!(
+        client
+            .get(&format!("/objects/counter/id:{id}/value"))
+            .text(),
+        "1"
+    );
+    assert_eq!(
+        client
+            .get(&format!("/objects/ratelimiter/id:{id}/check"))
+            .status,
+        400
+    );
     assert_eq!(client.get("/objects/counter/id:xyz/value").status, 400);
     assert_eq!(client.request("POST", "/ids/nosuchclass", b"").status, 404);
 }

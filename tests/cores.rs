@@ -20,7 +20,12 @@ fn one_object_reached_from_connections_on_both_cores() {
                 let mut client = Client::connect(addr);
                 for name in ["left", "right", "a", "b", "c"] {
                     for _ in 0..10 {
-                        assert_eq!(client.get(&format!("/objects/counter/{name}/increment")).status, 200);
+                        assert_eq!(
+                            client
+                                .get(&format!("/objects/counter/{name}/increment"))
+                                .status,
+                            200
+                        );
                     }
                 }
             })
@@ -31,8 +36,36 @@ fn one_object_reached_from_connections_on_both_cores() {
     }
     let mut client = server.client();
     for name in ["left", "right", "a", "b", "c"] {
-        assert_eq!(client.get(&format!("/objects/counter/{name}/value")).text(), "160");
+        assert_eq!(
+            client.get(&format!("/objects/counter/{name}/value")).text(),
+            "160"
+        );
     }
+    // Both cores accepted connections, and requests crossed between them.
+    let metrics = client.get("/metrics").text();
+    for core in ["0", "1"] {
+        let accepted = metric(
+            &metrics,
+            &format!("stead_connections_total{{core=\"{core}\"}}"),
+        );
+        assert!(
+            accepted > 0.0,
+            "core {core} accepted no connection:\n{metrics}"
+        );
+    }
+    let forwarded = metric(&metrics, "stead_forwarded_total{core=\"0\"}")
+        + metric(&metrics, "stead_forwarded_total{core=\"1\"}");
+    assert!(forwarded > 0.0, "no request was forwarded:\n{metrics}");
+}
+
+/// The value of the sample `series` in Prometheus text, 0 when absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
 }
 
 #[test]
@@ -52,7 +85,10 @@ fn changing_cores_keeps_data_reachable() {
         let mut client = server.client();
         for (index, name) in names.iter().enumerate() {
             let expected = (index % 3 + 1).to_string();
-            assert_eq!(client.get(&format!("/objects/counter/{name}/value")).text(), expected);
+            assert_eq!(
+                client.get(&format!("/objects/counter/{name}/value")).text(),
+                expected
+            );
         }
         assert_eq!(server.stop(), Some(0));
     }
@@ -64,7 +100,8 @@ fn sigkill_loses_no_acknowledged_increment() {
     let server = TestServer::start(dir.path(), 2, &[]);
     let addr = server.addr;
     let objects = 4;
-    let acknowledged: Arc<Vec<AtomicU64>> = Arc::new((0..objects).map(|_| AtomicU64::new(0)).collect());
+    let acknowledged: Arc<Vec<AtomicU64>> =
+        Arc::new((0..objects).map(|_| AtomicU64::new(0)).collect());
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..objects).map(|_| AtomicU64::new(0)).collect());
     let threads: Vec<_> = (0..8)
         .map(|thread| {
@@ -75,7 +112,12 @@ fn sigkill_loses_no_acknowledged_increment() {
                 let object = thread % objects;
                 loop {
                     sent[object].fetch_add(1, Ordering::SeqCst);
-                    client.send_request("GET", &format!("/objects/counter/k{object}/increment"), &[], b"");
+                    client.send_request(
+                        "GET",
+                        &format!("/objects/counter/k{object}/increment"),
+                        &[],
+                        b"",
+                    );
                     match client.read_reply() {
                         Some(reply) if reply.status == 200 => {
                             acknowledged[object].fetch_add(1, Ordering::SeqCst);
@@ -94,11 +136,21 @@ fn sigkill_loses_no_acknowledged_increment() {
     let server = TestServer::start(dir.path(), 2, &[]);
     let mut client = server.client();
     for object in 0..objects {
-        let value: u64 = client.get(&format!("/objects/counter/k{object}/value")).text().parse().expect("number");
+        let value: u64 = client
+            .get(&format!("/objects/counter/k{object}/value"))
+            .text()
+            .parse()
+            .expect("number");
         let acked = acknowledged[object].load(Ordering::SeqCst);
         let attempted = sent[object].load(Ordering::SeqCst);
         assert!(acked > 0, "the load ran");
-        assert!(value >= acked, "object {object}: value {value} < acknowledged {acked}");
-        assert!(value <= attempted, "object {object}: value {value} > sent {attempted}");
+        assert!(
+            value >= acked,
+            "object {object}: value {value} < acknowledged {acked}"
+        );
+        assert!(
+            value <= attempted,
+            "object {object}: value {value} > sent {attempted}"
+        );
     }
 }

@@ -7,9 +7,19 @@ use common::{Client, TestServer};
 fn expect_status_and_close(server: &TestServer, raw: &[u8], status: u16) {
     let mut client = server.client();
     client.send_raw(raw);
-    let reply = client.read_reply().expect("an error response before the close");
-    assert_eq!(reply.status, status, "for {:?}", String::from_utf8_lossy(&raw[..raw.len().min(80)]));
-    assert!(client.is_closed(), "connection should close after a bad request");
+    let reply = client
+        .read_reply()
+        .expect("an error response before the close");
+    assert_eq!(
+        reply.status,
+        status,
+        "for {:?}",
+        String::from_utf8_lossy(&raw[..raw.len().min(80)])
+    );
+    assert!(
+        client.is_closed(),
+        "connection should close after a bad request"
+    );
 }
 
 #[test]
@@ -44,7 +54,9 @@ fn malformed_and_oversized_requests_get_their_status() {
           GET /objects/counter/p/increment HTTP/1.1\r\n\r\n\
           GET /objects/counter/p/value HTTP/1.1\r\n\r\n",
     );
-    let replies: Vec<String> = (0..3).map(|_| client.read_reply().expect("reply").text()).collect();
+    let replies: Vec<String> = (0..3)
+        .map(|_| client.read_reply().expect("reply").text())
+        .collect();
     assert_eq!(replies, ["1", "2", "2"]);
 
     // After all of that the server still serves.
@@ -105,9 +117,15 @@ fn overload_is_503_with_retry_after() {
             other => panic!("unexpected status {other}"),
         }
     }
-    assert!(ok >= 1 && overloaded >= 1, "ok {ok}, overloaded {overloaded}");
+    assert!(
+        ok >= 1 && overloaded >= 1,
+        "ok {ok}, overloaded {overloaded}"
+    );
     // Every success was counted, nothing more.
-    assert_eq!(client.get("/objects/counter/hot/value").text(), ok.to_string());
+    assert_eq!(
+        client.get("/objects/counter/hot/value").text(),
+        ok.to_string()
+    );
 }
 
 #[test]

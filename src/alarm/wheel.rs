@@ -41,7 +41,10 @@ struct Level<T> {
 
 impl<T> Level<T> {
     fn new() -> Level<T> {
-        Level { slots: (0..SLOTS).map(|_| Vec::new()).collect(), occupied: 0 }
+        Level {
+            slots: (0..SLOTS).map(|_| Vec::new()).collect(),
+            occupied: 0,
+        }
     }
 }
 

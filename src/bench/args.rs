@@ -139,22 +139,33 @@ pub struct Plan {
 }
 
 fn invalid(flag: &'static str, reason: impl Into<String>) -> BenchError {
-    BenchError::InvalidArgument { flag, reason: reason.into() }
+    BenchError::InvalidArgument {
+        flag,
+        reason: reason.into(),
+    }
 }
 
 /// Parses `250ms`, `10s`, `2m`, `1h`, or a bare number of seconds (`1.5`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("not a duration: {text:?}"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("not a duration: {text:?}"))?;
     let seconds = match unit {
         "" | "s" => value,
         "ms" => value / 1000.0,
         "us" => value / 1_000_000.0,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("unknown unit {unit:?} in {text:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?} (use ms, s, m or h)"
+            ))
+        }
     };
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("not a duration: {text:?}"))
 }
@@ -171,12 +182,14 @@ pub fn parse_url(url: &str) -> Result<Target, BenchError> {
     if authority.is_empty() {
         return Err(invalid("--url", format!("{url:?} has no host")));
     }
-    let with_port =
-        if authority.rsplit_once(':').is_some_and(|(_, port)| !port.contains(']')) {
-            authority.to_string()
-        } else {
-            format!("{authority}:80")
-        };
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.contains(']'))
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
     let addr = with_port
         .to_socket_addrs()
         .map_err(|error| invalid("--url", format!("cannot resolve {authority:?}: {error}")))?
@@ -198,7 +211,10 @@ impl BenchArgs {
             return Err(invalid("--path", "must start with /"));
         }
         if self.connections == 0 || self.connections > CONNECTIONS_MAX {
-            return Err(invalid("--connections", format!("must be 1..={CONNECTIONS_MAX}")));
+            return Err(invalid(
+                "--connections",
+                format!("must be 1..={CONNECTIONS_MAX}"),
+            ));
         }
         if self.pipeline == 0 || self.pipeline > PIPELINE_MAX {
             return Err(invalid("--pipeline", format!("must be 1..={PIPELINE_MAX}")));
@@ -243,7 +259,10 @@ impl BenchArgs {
             self.bench_cores.iter().map(|core| Some(*core)).collect()
         };
         if self.connections < cores.len() {
-            return Err(invalid("--connections", "must be at least the number of bench cores"));
+            return Err(invalid(
+                "--connections",
+                "must be at least the number of bench cores",
+            ));
         }
         Ok(Plan {
             scenario,

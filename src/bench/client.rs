@@ -31,6 +31,18 @@ pub enum ClientError {
     Io(std::io::Error),
 }
 
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Closed => f.write_str("the server closed the connection"),
+            ClientError::Protocol(reason) => write!(f, "not a valid response: {reason}"),
+            ClientError::Io(error) => write!(f, "socket error: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
 /// What the load generator needs of one response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResponseHead {
@@ -69,7 +81,9 @@ pub fn parse_head(bytes: &[u8]) -> Result<Option<ResponseHead>, ClientError> {
                 .ok_or_else(|| ClientError::Protocol("bad Content-Length".to_string()))?;
             body_bytes = Some(length);
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(ClientError::Protocol("Transfer-Encoding is not supported".to_string()));
+            return Err(ClientError::Protocol(
+                "Transfer-Encoding is not supported".to_string(),
+            ));
         } else if header.name.eq_ignore_ascii_case("connection") {
             close = header.value.eq_ignore_ascii_case(b"close");
         }
@@ -83,7 +97,12 @@ pub fn parse_head(bytes: &[u8]) -> Result<Option<ResponseHead>, ClientError> {
         (_, Some(length)) => length,
         (_, None) => return Err(ClientError::Protocol("no Content-Length".to_string())),
     };
-    Ok(Some(ResponseHead { status, head_bytes, body_bytes, close }))
+    Ok(Some(ResponseHead {
+        status,
+        head_bytes,
+        body_bytes,
+        close,
+    }))
 }
 
 /// Reads responses one after another from a connection, keeping the bytes of the next ones.
@@ -98,7 +117,11 @@ pub struct ResponseReader {
 
 impl Default for ResponseReader {
     fn default() -> ResponseReader {
-        ResponseReader { buffer: vec![0; READ_CHUNK_BYTES], start: 0, end: 0 }
+        ResponseReader {
+            buffer: vec![0; READ_CHUNK_BYTES],
+            start: 0,
+            end: 0,
+        }
     }
 }
 
@@ -146,7 +169,8 @@ impl ResponseReader {
         }
         let wanted = (self.start + needed).max(self.end + 1);
         if self.buffer.len() < wanted {
-            self.buffer.resize(wanted.max(self.end + READ_CHUNK_BYTES), 0);
+            self.buffer
+                .resize(wanted.max(self.end + READ_CHUNK_BYTES), 0);
         }
     }
 }
@@ -168,7 +192,10 @@ impl RequestEncoder {
             let _ = write!(headers, "Authorization: Bearer {token}\r\n");
         }
         headers.extend_from_slice(b"\r\n");
-        RequestEncoder { prefix: target.prefix.clone(), headers }
+        RequestEncoder {
+            prefix: target.prefix.clone(),
+            headers,
+        }
     }
 
     /// Appends request number `number` of `scenario` to `out`.
@@ -210,14 +237,17 @@ HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
             .into_iter()
             .map(|head| head.map(|head| (head.status, head.close)))
             .collect();
-        assert_eq!(statuses, vec![Ok((200, false)), Ok((503, false)), Ok((200, true))]);
+        assert_eq!(
+            statuses,
+            vec![Ok((200, false)), Ok((503, false)), Ok((200, true))]
+        );
     }
 
     #[test]
     fn bodies_larger_than_one_read_are_skipped_whole() {
         let body = vec![b'x'; 3 * READ_CHUNK_BYTES + 17];
-        let mut bytes = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())
-            .into_bytes();
+        let mut bytes =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
         bytes.extend_from_slice(&body);
         bytes.extend_from_slice(b"HTTP/1.1 204 No Content\r\n\r\n");
         let heads = read_all(&bytes, &mut ResponseReader::default());

@@ -4,9 +4,15 @@
 use super::report::{figures, Summary};
 
 /// The comparison table: each figure's value for A and B (means of their runs) and B / A.
-pub fn table(a_runs: &[Summary], b_runs: &[Summary]) -> (String, Vec<(&'static str, f64, f64, f64)>) {
+pub fn table(
+    a_runs: &[Summary],
+    b_runs: &[Summary],
+) -> (String, Vec<(&'static str, f64, f64, f64)>) {
     let mean = |runs: &[Summary], index: usize| {
-        runs.iter().map(|summary| figures(summary)[index].1).sum::<f64>() / runs.len().max(1) as f64
+        runs.iter()
+            .map(|summary| figures(summary)[index].1)
+            .sum::<f64>()
+            / runs.len().max(1) as f64
     };
     let names = a_runs.first().or(b_runs.first()).map(figures);
     let mut rows = Vec::new();
@@ -44,7 +50,10 @@ mod tests {
             statuses: Default::default(),
             errors: Default::default(),
             error_rate: 0.0,
-            latency_ms: Latency { p99, ..Latency::default() },
+            latency_ms: Latency {
+                p99,
+                ..Latency::default()
+            },
             warmup_requests: 0,
             unsent: 0,
         }

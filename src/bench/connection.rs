@@ -56,7 +56,12 @@ pub async fn run(shared: Rc<Shared>, clock: Clock, index: u64, first: Option<Tcp
         connections: shared.plan.connections as u64,
         index,
     });
-    let mut state = ConnectionState { index, sequence: 0, timetable, finished: false };
+    let mut state = ConnectionState {
+        index,
+        sequence: 0,
+        timetable,
+        finished: false,
+    };
     let mut stream = first;
     let mut failed_connects = u32::from(stream.is_none());
     // Each pass either sends at least one request (which spends budget or time) or counts a
@@ -101,7 +106,9 @@ async fn session(shared: &Shared, clock: &Clock, state: &mut ConnectionState, so
         let mut starts = Vec::with_capacity(pipeline);
         // Each pass sends at least one request or ends the session.
         while !broken.get() {
-            let intended = state.timetable.map(|timetable| timetable.intended(state.sequence));
+            let intended = state
+                .timetable
+                .map(|timetable| timetable.intended(state.sequence));
             if let Some(intended) = intended {
                 if clock.end.is_some_and(|end| intended >= end) {
                     state.finished = true;
@@ -135,12 +142,11 @@ async fn session(shared: &Shared, clock: &Clock, state: &mut ConnectionState, so
                     }
                     break;
                 }
-                let number = Timetable::number(
-                    shared.plan.connections as u64,
-                    state.index,
-                    state.sequence,
-                );
-                shared.encoder.encode(&shared.plan.scenario, number, &mut buffer);
+                let number =
+                    Timetable::number(shared.plan.connections as u64, state.index, state.sequence);
+                shared
+                    .encoder
+                    .encode(&shared.plan.scenario, number, &mut buffer);
                 state.sequence += 1;
                 starts.push(start);
             }
@@ -184,9 +190,14 @@ async fn session(shared: &Shared, clock: &Clock, state: &mut ConnectionState, so
                     }
                     Outcome::Status(head.status)
                 }
-                Ok(Err(ClientError::Closed)) => Outcome::Closed,
-                Ok(Err(ClientError::Io(_))) => Outcome::Io,
-                Ok(Err(ClientError::Protocol(_))) => Outcome::Protocol,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "response failed");
+                    match error {
+                        ClientError::Closed => Outcome::Closed,
+                        ClientError::Io(_) => Outcome::Io,
+                        ClientError::Protocol(_) => Outcome::Protocol,
+                    }
+                }
                 Err(_) => Outcome::Timeout,
             };
             if !matches!(outcome, Outcome::Status(_)) {

@@ -98,10 +98,15 @@ impl Shared {
         let mut stats = self.stats.borrow_mut();
         if outcome == Outcome::ConnectFailed {
             stats.failures.connect += 1;
-            self.live.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.live
+                .errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
-        let measured = self.clock.get().is_some_and(|clock| start >= clock.measure_start);
+        let measured = self
+            .clock
+            .get()
+            .is_some_and(|clock| start >= clock.measure_start);
         if !measured {
             stats.warmup_requests += 1;
             return;
@@ -138,7 +143,11 @@ impl Shared {
 
 /// Runs the plan on its executors and returns the merged figures and the start of the measured
 /// interval.
-pub fn run_load(plan: &Plan, target: &Target, live: Arc<Live>) -> Result<(Stats, Instant), BenchError> {
+pub fn run_load(
+    plan: &Plan,
+    target: &Target,
+    live: Arc<Live>,
+) -> Result<(Stats, Instant), BenchError> {
     let executors = plan.cores.len() as u64;
     let encoder = RequestEncoder::new(target, plan.auth_token.as_deref());
     let (ready_sender, ready_receiver) = mpsc::channel::<()>();
@@ -146,8 +155,9 @@ pub fn run_load(plan: &Plan, target: &Target, live: Arc<Live>) -> Result<(Stats,
     let mut handles = Vec::new();
     for (executor, core) in (0..executors).zip(&plan.cores) {
         let (clock_sender, clock_receiver) = mpsc::channel::<Clock>();
-        let indexes: Vec<u64> =
-            (0..plan.connections as u64).filter(|index| index % executors == executor).collect();
+        let indexes: Vec<u64> = (0..plan.connections as u64)
+            .filter(|index| index % executors == executor)
+            .collect();
         let budget = match plan.stop {
             Stop::Requests(requests) => Some(share(requests, executors, executor)),
             Stop::Duration(_) => None,
@@ -183,7 +193,9 @@ pub fn run_load(plan: &Plan, target: &Target, live: Arc<Live>) -> Result<(Stats,
                     return Err(BenchError::Executor(error.to_string()));
                 }
             }
-            return Err(BenchError::StartTimedOut { waited_ms: waited.elapsed().as_millis() as u64 });
+            return Err(BenchError::StartTimedOut {
+                waited_ms: waited.elapsed().as_millis() as u64,
+            });
         }
     }
     let start = Instant::now() + START_DELAY;
@@ -192,13 +204,19 @@ pub fn run_load(plan: &Plan, target: &Target, live: Arc<Live>) -> Result<(Stats,
         Stop::Duration(duration) => Some(measure_start + duration),
         Stop::Requests(_) => None,
     };
-    let clock = Clock { start, measure_start, end };
+    let clock = Clock {
+        start,
+        measure_start,
+        end,
+    };
     for sender in &clock_senders {
         let _ = sender.send(clock);
     }
     let mut stats = Stats::default();
     for handle in handles {
-        let executor_stats = handle.join().map_err(|error| BenchError::Executor(error.to_string()))?;
+        let executor_stats = handle
+            .join()
+            .map_err(|error| BenchError::Executor(error.to_string()))?;
         stats.merge(&executor_stats);
     }
     Ok((stats, measure_start))
@@ -260,7 +278,9 @@ async fn executor_main(
     let tasks: Vec<_> = firsts
         .into_iter()
         .zip(indexes)
-        .map(|(first, index)| glommio::spawn_local(connection::run(shared.clone(), clock, index, first)))
+        .map(|(first, index)| {
+            glommio::spawn_local(connection::run(shared.clone(), clock, index, first))
+        })
         .collect();
     for task in tasks {
         task.await;

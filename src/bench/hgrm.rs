@@ -81,7 +81,9 @@ mod tests {
             })
             .collect();
         assert!(rows.len() > 10);
-        assert!(rows.windows(2).all(|pair| pair[0].1 <= pair[1].1 && pair[0].2 <= pair[1].2));
+        assert!(rows
+            .windows(2)
+            .all(|pair| pair[0].1 <= pair[1].1 && pair[0].2 <= pair[1].2));
         let last = rows.last().expect("rows");
         assert_eq!(last.1, 1.0);
         assert_eq!(last.2, 1000);

@@ -22,8 +22,8 @@ mod hgrm;
 mod plot;
 mod progress;
 mod report;
-mod schedule;
 mod scenario;
+mod schedule;
 mod spawn;
 mod stats;
 
@@ -44,7 +44,10 @@ pub fn run(args: BenchArgs) -> ExitCode {
     match execute(&args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
-            eprintln!("stead bench: error rate above --max-error-rate {}", args.max_error_rate);
+            eprintln!(
+                "stead bench: error rate above --max-error-rate {}",
+                args.max_error_rate
+            );
             ExitCode::from(1)
         }
         Err(error) => {
@@ -58,7 +61,9 @@ pub fn run(args: BenchArgs) -> ExitCode {
 pub fn execute(args: &BenchArgs) -> Result<bool, BenchError> {
     let mut plan = args.plan()?;
     if args.spawn {
-        let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let available = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         // Keep the bench off the server's cores: the last core, unless told otherwise.
         if args.bench_cores.is_empty() && available >= 2 {
             plan.cores = vec![Some(available - 1)];
@@ -87,7 +92,10 @@ fn measure(plan: &Plan, target: &Target) -> Result<(Summary, Stats), BenchError>
     let result = executor::run_load(plan, target, live);
     progress.finish();
     let (stats, measure_start) = result?;
-    Ok((Summary::new(&target.url, plan, &stats, measure_start), stats))
+    Ok((
+        Summary::new(&target.url, plan, &stats, measure_start),
+        stats,
+    ))
 }
 
 fn single(args: &BenchArgs, plan: &Plan, target: &Target) -> Result<bool, BenchError> {
@@ -96,7 +104,12 @@ fn single(args: &BenchArgs, plan: &Plan, target: &Target) -> Result<bool, BenchE
     if let Some(path) = &args.json {
         write_json(path, &summary)?;
     }
-    write_distribution(args.hgrm.as_deref(), args.plot.as_deref(), &stats, &summary.scenario)?;
+    write_distribution(
+        args.hgrm.as_deref(),
+        args.plot.as_deref(),
+        &stats,
+        &summary.scenario,
+    )?;
     Ok(summary.error_rate <= args.max_error_rate)
 }
 
@@ -104,9 +117,10 @@ fn compare(args: &BenchArgs, plan: &Plan, a: &Target, b: &Target) -> Result<bool
     let (mut a_runs, mut b_runs) = (Vec::new(), Vec::new());
     let (mut a_stats, mut b_stats) = (Stats::default(), Stats::default());
     for round in 1..=2 {
-        for (label, target, runs, merged) in
-            [("A", a, &mut a_runs, &mut a_stats), ("B", b, &mut b_runs, &mut b_stats)]
-        {
+        for (label, target, runs, merged) in [
+            ("A", a, &mut a_runs, &mut a_stats),
+            ("B", b, &mut b_runs, &mut b_stats),
+        ] {
             let (summary, stats) = measure(plan, target)?;
             print!("[{label} run {round}] {}", summary.text());
             merged.merge(&stats);
@@ -116,22 +130,40 @@ fn compare(args: &BenchArgs, plan: &Plan, a: &Target, b: &Target) -> Result<bool
     let (text, rows) = compare::table(&a_runs, &b_runs);
     print!("\nA = {}\nB = {}\n{text}", a.url, b.url);
     if let Some(path) = &args.json {
-        let ratio: serde_json::Map<String, serde_json::Value> =
-            rows.iter().map(|(name, _, _, ratio)| (name.to_string(), (*ratio).into())).collect();
+        let ratio: serde_json::Map<String, serde_json::Value> = rows
+            .iter()
+            .map(|(name, _, _, ratio)| (name.to_string(), (*ratio).into()))
+            .collect();
         let value = serde_json::json!({ "a": a_runs, "b": b_runs, "ratio_b_over_a": ratio });
         write_file(path, &value.to_string())?;
     }
     let name = plan.scenario.name();
     let suffixed = |path: Option<&Path>, suffix: &str| path.map(|path| with_suffix(path, suffix));
-    write_distribution(suffixed(args.hgrm.as_deref(), "a").as_deref(), suffixed(args.plot.as_deref(), "a").as_deref(), &a_stats, name)?;
-    write_distribution(suffixed(args.hgrm.as_deref(), "b").as_deref(), suffixed(args.plot.as_deref(), "b").as_deref(), &b_stats, name)?;
-    let passed = a_runs.iter().chain(&b_runs).all(|summary| summary.error_rate <= args.max_error_rate);
+    write_distribution(
+        suffixed(args.hgrm.as_deref(), "a").as_deref(),
+        suffixed(args.plot.as_deref(), "a").as_deref(),
+        &a_stats,
+        name,
+    )?;
+    write_distribution(
+        suffixed(args.hgrm.as_deref(), "b").as_deref(),
+        suffixed(args.plot.as_deref(), "b").as_deref(),
+        &b_stats,
+        name,
+    )?;
+    let passed = a_runs
+        .iter()
+        .chain(&b_runs)
+        .all(|summary| summary.error_rate <= args.max_error_rate);
     Ok(passed)
 }
 
 /// `latency.svg` with suffix `a` becomes `latency-a.svg`.
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let stem = path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let name = match path.extension() {
         Some(extension) => format!("{stem}-{suffix}.{}", extension.to_string_lossy()),
         None => format!("{stem}-{suffix}"),
@@ -139,24 +171,40 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn write_distribution(hgrm: Option<&Path>, plot: Option<&Path>, stats: &Stats, title: &str) -> Result<(), BenchError> {
+fn write_distribution(
+    hgrm: Option<&Path>,
+    plot: Option<&Path>,
+    stats: &Stats,
+    title: &str,
+) -> Result<(), BenchError> {
     if let Some(path) = hgrm {
         write_file(path, &hgrm::percentile_distribution(&stats.histogram))?;
     }
     if let Some(path) = plot {
-        plot::draw(&stats.histogram, &format!("stead bench {title}: latency by percentile"), path)
-            .map_err(|reason| BenchError::Output { path: path.to_path_buf(), reason })?;
+        plot::draw(
+            &stats.histogram,
+            &format!("stead bench {title}: latency by percentile"),
+            path,
+        )
+        .map_err(|reason| BenchError::Output {
+            path: path.to_path_buf(),
+            reason,
+        })?;
     }
     Ok(())
 }
 
 fn write_json(path: &Path, summary: &Summary) -> Result<(), BenchError> {
-    let text = serde_json::to_string_pretty(summary)
-        .map_err(|error| BenchError::Output { path: path.to_path_buf(), reason: error.to_string() })?;
+    let text = serde_json::to_string_pretty(summary).map_err(|error| BenchError::Output {
+        path: path.to_path_buf(),
+        reason: error.to_string(),
+    })?;
     write_file(path, &text)
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), BenchError> {
-    std::fs::write(path, text)
-        .map_err(|error| BenchError::Output { path: path.to_path_buf(), reason: error.to_string() })
+    std::fs::write(path, text).map_err(|error| BenchError::Output {
+        path: path.to_path_buf(),
+        reason: error.to_string(),
+    })
 }

@@ -18,7 +18,12 @@ pub fn points(histogram: &Histogram<u64>) -> Vec<(f64, f64)> {
     }
     histogram
         .iter_quantiles(TICKS_PER_HALF_DISTANCE)
-        .map(|value| (value.quantile_iterated_to(), value.value_iterated_to() as f64 / 1000.0))
+        .map(|value| {
+            (
+                value.quantile_iterated_to(),
+                value.value_iterated_to() as f64 / 1000.0,
+            )
+        })
         .filter(|(quantile, _)| *quantile < 1.0)
         .map(|(quantile, millis)| (1.0 / (1.0 - quantile), millis))
         .collect()
@@ -52,7 +57,9 @@ pub fn draw(histogram: &Histogram<u64>, title: &str, path: &Path) -> Result<(), 
         .x_label_formatter(&percentile_label)
         .draw()
         .map_err(|error| error.to_string())?;
-    chart.draw_series(LineSeries::new(points, &BLUE)).map_err(|error| error.to_string())?;
+    chart
+        .draw_series(LineSeries::new(points, &BLUE))
+        .map_err(|error| error.to_string())?;
     root.present().map_err(|error| error.to_string())
 }
 
@@ -67,7 +74,9 @@ mod tests {
             histogram.record(micros).expect("record");
         }
         let points = points(&histogram);
-        assert!(points.windows(2).all(|pair| pair[0].0 < pair[1].0 && pair[0].1 <= pair[1].1));
+        assert!(points
+            .windows(2)
+            .all(|pair| pair[0].0 < pair[1].0 && pair[0].1 <= pair[1].1));
         assert_eq!(percentile_label(&1.0), "0%");
         assert_eq!(percentile_label(&100.0), "99%");
         assert_eq!(percentile_label(&1000.0), "99.9%");
@@ -76,7 +85,11 @@ mod tests {
         let file = directory.join("latency.svg");
         draw(&histogram, "test", &file).expect("draw");
         let svg = std::fs::read_to_string(&file).expect("svg");
-        assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{}", &svg[..200.min(svg.len())]);
+        assert!(
+            svg.starts_with("<svg") && svg.contains("polyline"),
+            "{}",
+            &svg[..200.min(svg.len())]
+        );
         let _ = std::fs::remove_dir_all(&directory);
     }
 }

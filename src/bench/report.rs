@@ -94,7 +94,11 @@ impl Summary {
             elapsed_s,
             requests,
             successes: stats.successes(),
-            throughput_rps: if elapsed_s > 0.0 { requests as f64 / elapsed_s } else { 0.0 },
+            throughput_rps: if elapsed_s > 0.0 {
+                requests as f64 / elapsed_s
+            } else {
+                0.0
+            },
             statuses: stats.statuses.clone(),
             errors: Errors {
                 total: stats.errors(),
@@ -120,8 +124,12 @@ impl Summary {
             None => "closed loop".to_string(),
         };
         let failures = &self.errors.failures;
-        let statuses: Vec<String> =
-            self.errors.status.iter().map(|(status, count)| format!("{status}: {count}")).collect();
+        let statuses: Vec<String> = self
+            .errors
+            .status
+            .iter()
+            .map(|(status, count)| format!("{status}: {count}"))
+            .collect();
         let latency = &self.latency_ms;
         let mut text = format!(
             "{} against {}: {} connections, pipeline {}, {} executor(s), {mode}\n\
@@ -153,10 +161,16 @@ impl Summary {
             latency.mean,
         );
         if self.warmup_requests > 0 {
-            text.push_str(&format!("warm-up    {} requests (not measured)\n", self.warmup_requests));
+            text.push_str(&format!(
+                "warm-up    {} requests (not measured)\n",
+                self.warmup_requests
+            ));
         }
         if self.unsent > 0 {
-            text.push_str(&format!("unsent     {} requests (every connection gave up)\n", self.unsent));
+            text.push_str(&format!(
+                "unsent     {} requests (every connection gave up)\n",
+                self.unsent
+            ));
         }
         text
     }

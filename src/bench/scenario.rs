@@ -5,7 +5,13 @@ use std::io::Write;
 use super::error::BenchError;
 
 /// Scenario names that run today, in the order the help lists them.
-pub const AVAILABLE: &[&str] = &["hello", "counter-hot", "counter-spread", "counter-read", "ratelimit"];
+pub const AVAILABLE: &[&str] = &[
+    "hello",
+    "counter-hot",
+    "counter-spread",
+    "counter-read",
+    "ratelimit",
+];
 
 /// Scenario names that are reserved for later releases: refused with a clear message.
 pub const NOT_YET_AVAILABLE: &[&str] = &["lock", "chat-fanout", "alarms"];
@@ -36,7 +42,9 @@ impl Scenario {
     /// The scenario called `name`; `path` is used by `hello`, `objects` by the spread ones.
     pub fn parse(name: &str, path: &str, objects: u64) -> Result<Scenario, BenchError> {
         match name {
-            "hello" => Ok(Scenario::Hello { path: path.to_string() }),
+            "hello" => Ok(Scenario::Hello {
+                path: path.to_string(),
+            }),
             "counter-hot" => Ok(Scenario::CounterHot),
             "counter-spread" => Ok(Scenario::CounterSpread { objects }),
             "counter-read" => Ok(Scenario::CounterRead),
@@ -67,7 +75,11 @@ impl Scenario {
             Scenario::Hello { path } => out.write_all(path.as_bytes()),
             Scenario::CounterHot => write!(out, "/objects/counter/{HOT_OBJECT}/increment"),
             Scenario::CounterSpread { objects } => {
-                write!(out, "/objects/counter/c{}/increment", number % objects.max(&1))
+                write!(
+                    out,
+                    "/objects/counter/c{}/increment",
+                    number % objects.max(&1)
+                )
             }
             Scenario::CounterRead => write!(out, "/objects/counter/{HOT_OBJECT}/value"),
             Scenario::RateLimit { objects } => write!(
@@ -93,8 +105,14 @@ mod tests {
     fn paths_follow_the_routes() {
         let hello = Scenario::parse("hello", "/healthz", 1).expect("hello");
         assert_eq!(path(&hello, 7), "/healthz");
-        assert_eq!(path(&Scenario::CounterHot, 7), "/objects/counter/hot/increment");
-        assert_eq!(path(&Scenario::CounterRead, 7), "/objects/counter/hot/value");
+        assert_eq!(
+            path(&Scenario::CounterHot, 7),
+            "/objects/counter/hot/increment"
+        );
+        assert_eq!(
+            path(&Scenario::CounterRead, 7),
+            "/objects/counter/hot/value"
+        );
         let spread = Scenario::parse("counter-spread", "", 5).expect("spread");
         assert_eq!(path(&spread, 7), "/objects/counter/c2/increment");
         let limiter = Scenario::parse("ratelimit", "", 3).expect("ratelimit");
@@ -112,6 +130,9 @@ mod tests {
                 Err(BenchError::ScenarioNotYetAvailable(_))
             ));
         }
-        assert!(matches!(Scenario::parse("nope", "/", 1), Err(BenchError::UnknownScenario(_))));
+        assert!(matches!(
+            Scenario::parse("nope", "/", 1),
+            Err(BenchError::UnknownScenario(_))
+        ));
     }
 }

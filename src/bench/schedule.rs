@@ -33,8 +33,11 @@ impl Timetable {
     /// When this connection's request `sequence` is meant to leave.
     pub fn intended(&self, sequence: u64) -> Instant {
         let number = Timetable::number(self.connections, self.index, sequence);
-        let offset = Duration::try_from_secs_f64(number as f64 / self.rate).unwrap_or(Duration::MAX);
-        self.start.checked_add(offset).unwrap_or(self.start + Duration::from_secs(86_400 * 365))
+        let offset =
+            Duration::try_from_secs_f64(number as f64 / self.rate).unwrap_or(Duration::MAX);
+        self.start
+            .checked_add(offset)
+            .unwrap_or(self.start + Duration::from_secs(86_400 * 365))
     }
 }
 
@@ -48,7 +51,9 @@ pub struct Budget {
 
 impl Budget {
     pub fn new(requests: Option<u64>) -> Budget {
-        Budget { left: Cell::new(requests) }
+        Budget {
+            left: Cell::new(requests),
+        }
     }
 
     /// Takes one request; false when none is left.
@@ -92,7 +97,12 @@ mod tests {
         let connections = 4;
         let mut times: Vec<Duration> = (0..connections)
             .flat_map(|index| {
-                let timetable = Timetable { start, rate: 2000.0, connections, index };
+                let timetable = Timetable {
+                    start,
+                    rate: 2000.0,
+                    connections,
+                    index,
+                };
                 (0..500).map(move |sequence| timetable.intended(sequence) - start)
             })
             .collect();
@@ -115,7 +125,10 @@ mod tests {
         let unbounded = Budget::new(None);
         assert!((0..1000).all(|_| unbounded.claim()));
         assert!(!unbounded.is_spent());
-        assert_eq!((0..3).map(|part| share(10, 3, part)).collect::<Vec<_>>(), vec![4, 3, 3]);
+        assert_eq!(
+            (0..3).map(|part| share(10, 3, part)).collect::<Vec<_>>(),
+            vec![4, 3, 3]
+        );
         assert_eq!((0..4).map(|part| share(2, 4, part)).sum::<u64>(), 2);
     }
 }

@@ -65,11 +65,17 @@ impl SpawnedServer {
             Ok(child) => child,
             Err(error) => {
                 let _ = std::fs::remove_dir_all(&data_dir);
-                return Err(BenchError::Spawn(format!("cannot start the server: {error}")));
+                return Err(BenchError::Spawn(format!(
+                    "cannot start the server: {error}"
+                )));
             }
         };
         // From here on, dropping `server` kills the child and removes the directory.
-        let mut server = SpawnedServer { child, url: String::new(), data_dir };
+        let mut server = SpawnedServer {
+            child,
+            url: String::new(),
+            data_dir,
+        };
         server.url = server.wait_for_address()?;
         Ok(server)
     }
@@ -91,9 +97,9 @@ impl SpawnedServer {
                 }
             }
         });
-        let addr = receiver
-            .recv_timeout(START_TIMEOUT)
-            .map_err(|_| BenchError::Spawn("the server did not print `listening on ADDR`".to_string()))?;
+        let addr = receiver.recv_timeout(START_TIMEOUT).map_err(|_| {
+            BenchError::Spawn("the server did not print `listening on ADDR`".to_string())
+        })?;
         Ok(format!("http://{addr}"))
     }
 
@@ -109,13 +115,17 @@ impl SpawnedServer {
             match self.child.try_wait() {
                 Ok(Some(status)) if status.success() => return Ok(()),
                 Ok(Some(status)) => {
-                    return Err(BenchError::Spawn(format!("the server exited with {status}")));
+                    return Err(BenchError::Spawn(format!(
+                        "the server exited with {status}"
+                    )));
                 }
                 Ok(None) => std::thread::sleep(STOP_POLL_INTERVAL),
                 Err(error) => return Err(BenchError::Spawn(format!("cannot wait: {error}"))),
             }
         }
-        Err(BenchError::Spawn("the server did not stop after SIGTERM; killed".to_string()))
+        Err(BenchError::Spawn(
+            "the server did not stop after SIGTERM; killed".to_string(),
+        ))
     }
 }
 

@@ -126,7 +126,9 @@ impl Stats {
 
 /// Latency in whole microseconds, at least 1 (the histogram's lowest value).
 pub fn micros(latency: Duration) -> u64 {
-    u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(latency.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// Counters every executor adds to as it goes, read by the progress line.
@@ -164,7 +166,10 @@ impl Live {
 
     /// The 99th percentile so far, in microseconds.
     pub fn p99_micros(&self) -> u64 {
-        self.histogram.lock().map(|histogram| histogram.value_at_quantile(0.99)).unwrap_or(0)
+        self.histogram
+            .lock()
+            .map(|histogram| histogram.value_at_quantile(0.99))
+            .unwrap_or(0)
     }
 
     pub fn add_completed(&self, error: bool) {

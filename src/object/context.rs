@@ -34,7 +34,14 @@ impl ObjectContext {
         storage: Storage,
         config: Rc<Config>,
     ) -> ObjectContext {
-        ObjectContext { inner: Rc::new(Inner { id, class, storage, config }) }
+        ObjectContext {
+            inner: Rc::new(Inner {
+                id,
+                class,
+                storage,
+                config,
+            }),
+        }
     }
 
     pub fn id(&self) -> ObjectId {

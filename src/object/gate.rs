@@ -29,7 +29,12 @@ pub(super) struct Gated<'a, T> {
 
 impl<'a, T> Gated<'a, T> {
     pub(super) fn new(host: &'a ObjectHost, slot: &'a Slot, handler: BoxedLocal<T>) -> Self {
-        Gated { host, slot, handler, commit_error: None }
+        Gated {
+            host,
+            slot,
+            handler,
+            commit_error: None,
+        }
     }
 }
 

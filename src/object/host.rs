@@ -46,7 +46,10 @@ pub type AlarmListener = Rc<dyn Fn(ObjectId, Option<i64>)>;
 /// The storage limits the host checks on each write. The core's store must be opened with the
 /// same limits, or a commit could be refused after the object's memory changed.
 pub fn store_limits(config: &Config) -> Limits {
-    Limits { value_bytes_max: config.storage.value_bytes_max, ..Limits::default() }
+    Limits {
+        value_bytes_max: config.storage.value_bytes_max,
+        ..Limits::default()
+    }
 }
 
 /// Counters and gauges of one host, for `/metrics`.
@@ -147,7 +150,12 @@ impl ObjectHost {
 
     /// Answers one request to the object `id` of `class`. The caller has checked that the class
     /// is registered and that this core owns `id`.
-    pub async fn dispatch(self: &Rc<Self>, class: &str, id: ObjectId, request: Request) -> Response {
+    pub async fn dispatch(
+        self: &Rc<Self>,
+        class: &str,
+        id: ObjectId,
+        request: Request,
+    ) -> Response {
         let event = match self.admit(class, id) {
             Ok(event) => event,
             Err(response) => return response,
@@ -172,7 +180,10 @@ impl ObjectHost {
         info: AlarmInfo,
     ) -> Result<(), ObjectError> {
         let event = self.admit(class, id).map_err(|response| {
-            ObjectError::new(format!("alarm of {id} not delivered: status {}", response.status))
+            ObjectError::new(format!(
+                "alarm of {id} not delivered: status {}",
+                response.status
+            ))
         })?;
         let instance = ready(&event.slot).await.map_err(ObjectError::new)?;
         let storage = event.slot.storage.clone();
@@ -184,7 +195,9 @@ impl ObjectHost {
             }
             Ok(())
         });
-        self.run(&event.slot, handler).await.map_err(ObjectError::new)
+        self.run(&event.slot, handler)
+            .await
+            .map_err(ObjectError::new)
     }
 
     /// Objects in memory (active or activating).
@@ -209,8 +222,8 @@ impl ObjectHost {
     /// and stops once the host is dropped or shutting down.
     pub fn start_background(self: &Rc<Self>) {
         let host = Rc::downgrade(self);
-        let interval_ms =
-            (self.config.objects.idle_evict_ms / 4).clamp(SWEEP_INTERVAL_MIN_MS, SWEEP_INTERVAL_MAX_MS);
+        let interval_ms = (self.config.objects.idle_evict_ms / 4)
+            .clamp(SWEEP_INTERVAL_MIN_MS, SWEEP_INTERVAL_MAX_MS);
         glommio::spawn_local(sweep(host, Duration::from_millis(interval_ms))).detach();
     }
 
@@ -241,7 +254,12 @@ impl ObjectHost {
         if self.events_in_flight.get() > 0 {
             self.drained.wait().await;
         }
-        let slots: Vec<Rc<Slot>> = self.objects.borrow_mut().drain().map(|(_, slot)| slot).collect();
+        let slots: Vec<Rc<Slot>> = self
+            .objects
+            .borrow_mut()
+            .drain()
+            .map(|(_, slot)| slot)
+            .collect();
         for slot in &slots {
             self.retire(slot, "the server is shutting down");
         }
@@ -260,7 +278,8 @@ impl ObjectHost {
         match self.store.commit(&slot.id.0, batch) {
             Ok((seq, _durable)) => {
                 slot.last_submitted_seq.set(seq);
-                self.highest_submitted_seq.set(self.highest_submitted_seq.get().max(seq));
+                self.highest_submitted_seq
+                    .set(self.highest_submitted_seq.get().max(seq));
                 let listener = self.alarm_listener.borrow().clone();
                 if let (Some(change), Some(listener)) = (alarm_change, listener) {
                     listener(slot.id, change);
@@ -306,10 +325,18 @@ impl ObjectHost {
     /// own, so it completes (and wakes its waiters) even if the event that started it goes away.
     fn start_activation(self: &Rc<Self>, class: &str, id: ObjectId) -> Result<Rc<Slot>, Response> {
         let Some(constructor) = self.registry.constructor(class) else {
-            return Err(Response::json_error(500, &format!("unknown class {class:?}")));
+            return Err(Response::json_error(
+                500,
+                &format!("unknown class {class:?}"),
+            ));
         };
         let storage = Storage::new(self.limits.clone());
-        let slot = Rc::new(Slot::new(id, Rc::from(class), storage, self.highest_submitted_seq.get()));
+        let slot = Rc::new(Slot::new(
+            id,
+            Rc::from(class),
+            storage,
+            self.highest_submitted_seq.get(),
+        ));
         self.objects.borrow_mut().insert(id, slot.clone());
         self.count(|stats| stats.activations_total += 1);
         glommio::spawn_local(activate(self.clone(), slot.clone(), constructor)).detach();
@@ -329,22 +356,33 @@ impl ObjectHost {
         let seq = slot.last_submitted_seq.get();
         if seq > 0 {
             if let Err(error) = self.store.wait_durable(seq).await {
-                return Err(format!("write of object {} is not durable: {error}", slot.id));
+                return Err(format!(
+                    "write of object {} is not durable: {error}",
+                    slot.id
+                ));
             }
         }
         result.map_err(|error| error.message)
     }
 
     /// Builds the instance of an activating object: load, construct, `init`.
-    async fn build(&self, slot: &Slot, constructor: Constructor) -> Result<Rc<dyn DynObject>, String> {
+    async fn build(
+        &self,
+        slot: &Slot,
+        constructor: Constructor,
+    ) -> Result<Rc<dyn DynObject>, String> {
         let data = self
             .store
             .load_object(&slot.id.0)
             .await
             .map_err(|error| format!("cannot load object {}: {error}", slot.id))?;
         slot.storage.load(data);
-        let context =
-            ObjectContext::new(slot.id, slot.class.clone(), slot.storage.clone(), self.config.clone());
+        let context = ObjectContext::new(
+            slot.id,
+            slot.class.clone(),
+            slot.storage.clone(),
+            self.config.clone(),
+        );
         let instance = constructor(context);
         let (result, commit_error) = Gated::new(self, slot, instance.clone().init()).await;
         if let Some(message) = commit_error {
@@ -357,7 +395,10 @@ impl ObjectHost {
     /// Removes `slot` from the map if it is still the one there.
     fn detach(&self, slot: &Slot) {
         let mut objects = self.objects.borrow_mut();
-        if objects.get(&slot.id).is_some_and(|entry| std::ptr::eq(Rc::as_ptr(entry), slot)) {
+        if objects
+            .get(&slot.id)
+            .is_some_and(|entry| std::ptr::eq(Rc::as_ptr(entry), slot))
+        {
             objects.remove(&slot.id);
         }
     }

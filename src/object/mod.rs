@@ -29,8 +29,8 @@ mod tests;
 pub use context::ObjectContext;
 pub use host::{store_limits, AlarmListener, HostStats, ObjectHost};
 pub use registry::{ClassRegistry, Constructor, DynObject, RegistryError, CLASS_NAME_BYTES_MAX};
-pub use storage::{Storage, StorageError};
 pub use stead_storage::ListOptions;
+pub use storage::{Storage, StorageError};
 
 /// What the alarm handler is told about the firing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +55,9 @@ pub struct ObjectError {
 
 impl ObjectError {
     pub fn new(message: impl Into<String>) -> ObjectError {
-        ObjectError { message: message.into() }
+        ObjectError {
+            message: message.into(),
+        }
     }
 }
 

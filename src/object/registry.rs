@@ -101,16 +101,28 @@ impl ClassRegistry {
     pub fn register<T: DurableObject>(&mut self, name: &str) -> Result<(), RegistryError> {
         let valid = !name.is_empty()
             && name.len() <= CLASS_NAME_BYTES_MAX
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
         if !valid {
-            return Err(RegistryError::InvalidName { name: name.to_string() });
+            return Err(RegistryError::InvalidName {
+                name: name.to_string(),
+            });
         }
         if self.classes.contains_key(name) {
-            return Err(RegistryError::DuplicateClass { name: name.to_string() });
+            return Err(RegistryError::DuplicateClass {
+                name: name.to_string(),
+            });
         }
         let mut tag = [0u8; 8];
         tag.copy_from_slice(&ObjectId::from_name(name, "").0[..8]);
-        self.classes.insert(name.to_string(), ClassEntry { tag, constructor: make::<T> });
+        self.classes.insert(
+            name.to_string(),
+            ClassEntry {
+                tag,
+                constructor: make::<T>,
+            },
+        );
         Ok(())
     }
 

@@ -85,7 +85,10 @@ impl Signal {
     }
 
     pub(super) fn wait(&self) -> SignalWait<'_> {
-        SignalWait { signal: self, registered: false }
+        SignalWait {
+            signal: self,
+            registered: false,
+        }
     }
 }
 

@@ -20,13 +20,26 @@ use super::pending::Pending;
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StorageError {
-    KeyTooLarge { key_bytes: usize, key_bytes_max: usize },
-    ValueTooLarge { value_bytes: usize, value_bytes_max: usize },
+    KeyTooLarge {
+        key_bytes: usize,
+        key_bytes_max: usize,
+    },
+    ValueTooLarge {
+        value_bytes: usize,
+        value_bytes_max: usize,
+    },
     /// The writes since the handler last suspended name too many keys of one kind (`put`,
     /// `delete`); awaiting anything (even `glommio::yield_if_needed`) starts a new batch.
-    BatchTooManyKeys { op_kind: &'static str, keys: usize, batch_keys_max: usize },
+    BatchTooManyKeys {
+        op_kind: &'static str,
+        keys: usize,
+        batch_keys_max: usize,
+    },
     /// The writes since the handler last suspended are too large for one batch.
-    BatchTooLarge { batch_bytes: usize, batch_bytes_max: usize },
+    BatchTooLarge {
+        batch_bytes: usize,
+        batch_bytes_max: usize,
+    },
     /// The store failed (an I/O error, a poisoned store, shutdown) or the object was evicted;
     /// this instance takes no more writes.
     Unavailable { reason: String },
@@ -35,18 +48,34 @@ pub enum StorageError {
 impl fmt::Display for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StorageError::KeyTooLarge { key_bytes, key_bytes_max } => {
-                write!(f, "key of {key_bytes} bytes exceeds key_bytes_max {key_bytes_max}")
+            StorageError::KeyTooLarge {
+                key_bytes,
+                key_bytes_max,
+            } => {
+                write!(
+                    f,
+                    "key of {key_bytes} bytes exceeds key_bytes_max {key_bytes_max}"
+                )
             }
-            StorageError::ValueTooLarge { value_bytes, value_bytes_max } => write!(
+            StorageError::ValueTooLarge {
+                value_bytes,
+                value_bytes_max,
+            } => write!(
                 f,
                 "value of {value_bytes} bytes exceeds value_bytes_max {value_bytes_max}"
             ),
-            StorageError::BatchTooManyKeys { op_kind, keys, batch_keys_max } => write!(
+            StorageError::BatchTooManyKeys {
+                op_kind,
+                keys,
+                batch_keys_max,
+            } => write!(
                 f,
                 "{keys} keys to {op_kind} in one batch, more than batch_keys_max {batch_keys_max}"
             ),
-            StorageError::BatchTooLarge { batch_bytes, batch_bytes_max } => write!(
+            StorageError::BatchTooLarge {
+                batch_bytes,
+                batch_bytes_max,
+            } => write!(
                 f,
                 "batch of {batch_bytes} bytes exceeds batch_bytes_max {batch_bytes_max}"
             ),
@@ -89,7 +118,9 @@ impl Storage {
             limits,
             unavailable: None,
         };
-        Storage { state: Rc::new(RefCell::new(state)) }
+        Storage {
+            state: Rc::new(RefCell::new(state)),
+        }
     }
 
     pub(super) fn load(&self, data: ObjectData) {
@@ -120,7 +151,9 @@ impl Storage {
     /// The values of `keys`, in the same order.
     pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<Option<Vec<u8>>> {
         let state = self.state.borrow();
-        keys.iter().map(|key| state.entries.get(key.as_ref()).cloned()).collect()
+        keys.iter()
+            .map(|key| state.entries.get(key.as_ref()).cloned())
+            .collect()
     }
 
     /// Entries in key order (or reverse), filtered as `options` says.
@@ -130,7 +163,9 @@ impl Storage {
             return Vec::new();
         };
         let state = self.state.borrow();
-        let range = state.entries.range::<[u8], _>((as_ref(&lower), as_ref(&upper)));
+        let range = state
+            .entries
+            .range::<[u8], _>((as_ref(&lower), as_ref(&upper)));
         let prefix = options.prefix.as_deref().unwrap_or(&[]);
         let matching = |(key, _): &(&Vec<u8>, &Vec<u8>)| key.starts_with(prefix);
         let copy = |(key, value): (&Vec<u8>, &Vec<u8>)| (key.clone(), value.clone());
@@ -152,7 +187,9 @@ impl Storage {
             });
         }
         let state = &mut *state;
-        state.pending.write(key, Some(value.clone()), &state.limits)?;
+        state
+            .pending
+            .write(key, Some(value.clone()), &state.limits)?;
         state.entries.insert(key.to_vec(), value);
         Ok(())
     }
@@ -215,7 +252,9 @@ impl Storage {
 impl State {
     fn check_writable(&self, key: &[u8]) -> Result<(), StorageError> {
         if let Some(reason) = &self.unavailable {
-            return Err(StorageError::Unavailable { reason: reason.clone() });
+            return Err(StorageError::Unavailable {
+                reason: reason.clone(),
+            });
         }
         if key.len() > self.limits.key_bytes_max {
             return Err(StorageError::KeyTooLarge {
@@ -268,7 +307,10 @@ fn list_bounds(options: &ListOptions) -> Option<(Bound<Vec<u8>>, Bound<Vec<u8>>)
     for candidate in candidates {
         lower = tighter_lower(lower, candidate);
     }
-    let mut upper = options.end.clone().map_or(Bound::Unbounded, Bound::Excluded);
+    let mut upper = options
+        .end
+        .clone()
+        .map_or(Bound::Unbounded, Bound::Excluded);
     if let Some(end) = options.prefix.as_deref().and_then(prefix_end) {
         upper = match upper {
             Bound::Excluded(current) if current <= end => Bound::Excluded(current),

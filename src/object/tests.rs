@@ -77,7 +77,9 @@ impl DurableObject for Probe {
             return Ok(Response::text(200, "many"));
         }
         if let Some(ms) = path.strip_prefix("/alarm/") {
-            let ms = ms.parse::<i64>().map_err(|error| ObjectError::new(error.to_string()))?;
+            let ms = ms
+                .parse::<i64>()
+                .map_err(|error| ObjectError::new(error.to_string()))?;
             storage.set_alarm(ms)?;
             return Ok(Response::text(200, "set"));
         }
@@ -85,7 +87,9 @@ impl DurableObject for Probe {
     }
 
     async fn alarm(&self, alarm: AlarmInfo) -> Result<(), ObjectError> {
-        self.context.storage().put(b"fired", alarm.scheduled_ms.to_string())?;
+        self.context
+            .storage()
+            .put(b"fired", alarm.scheduled_ms.to_string())?;
         Ok(())
     }
 }
@@ -160,14 +164,24 @@ fn writes_are_read_by_later_events_and_durable_before_the_response() {
         let id = counter("a");
         for expected in 1..=3 {
             let response = host.dispatch("counter", id, get("/increment")).await;
-            assert_eq!((response.status, body(&response)), (200, expected.to_string()));
+            assert_eq!(
+                (response.status, body(&response)),
+                (200, expected.to_string())
+            );
             let stats = host.store().stats();
             assert_eq!(stats.commits_total, expected);
-            assert!(stats.fdatasyncs_total >= expected, "answered before fdatasync: {stats:?}");
+            assert!(
+                stats.fdatasyncs_total >= expected,
+                "answered before fdatasync: {stats:?}"
+            );
         }
         let response = host.dispatch("counter", id, get("/value")).await;
         assert_eq!(body(&response), "3");
-        assert_eq!(host.store().stats().commits_total, 3, "a read commits nothing");
+        assert_eq!(
+            host.store().stats().commits_total,
+            3,
+            "a read commits nothing"
+        );
     });
 }
 
@@ -178,7 +192,9 @@ fn concurrent_increments_of_one_object_share_fdatasyncs() {
         let tasks: Vec<_> = (0..200)
             .map(|_| {
                 let host = host.clone();
-                glommio::spawn_local(async move { host.dispatch("counter", id, get("/increment")).await })
+                glommio::spawn_local(async move {
+                    host.dispatch("counter", id, get("/increment")).await
+                })
             })
             .collect();
         let mut values = Vec::new();
@@ -189,7 +205,10 @@ fn concurrent_increments_of_one_object_share_fdatasyncs() {
         }
         values.sort_unstable();
         assert_eq!(values, (1..=200).collect::<Vec<_>>());
-        assert_eq!(body(&host.dispatch("counter", id, get("/value")).await), "200");
+        assert_eq!(
+            body(&host.dispatch("counter", id, get("/value")).await),
+            "200"
+        );
         let stats = host.store().stats();
         assert_eq!(stats.commits_total, 200);
         assert!(stats.fdatasyncs_total < 100, "no group commit: {stats:?}");
@@ -213,7 +232,10 @@ fn a_waiting_handler_lets_the_next_event_in() {
         .await
         .expect("the second event was blocked behind the first");
         assert_eq!(body(&released), "released");
-        assert_eq!(body(&host.dispatch("probe", id, get("/get/waited")).await), "yes");
+        assert_eq!(
+            body(&host.dispatch("probe", id, get("/get/waited")).await),
+            "yes"
+        );
     });
 }
 
@@ -234,13 +256,21 @@ fn events_past_the_queue_bound_get_503() {
         }
         let refused = host.dispatch("probe", id, get("/release")).await;
         assert_eq!(refused.status, 503);
-        assert!(refused.headers.contains(&("Retry-After".to_string(), "1".to_string())));
+        assert!(refused
+            .headers
+            .contains(&("Retry-After".to_string(), "1".to_string())));
         let json: serde_json::Value = serde_json::from_slice(&refused.body).expect("json");
-        assert_eq!(json, serde_json::json!({ "error": "overloaded", "retryable": true }));
+        assert_eq!(
+            json,
+            serde_json::json!({ "error": "overloaded", "retryable": true })
+        );
         assert_eq!(host.stats().overload_rejections_total, 1);
         // Another object is not affected.
         let other = ObjectId::from_name("probe", "idle");
-        assert_eq!(host.dispatch("probe", other, get("/get/x")).await.status, 404);
+        assert_eq!(
+            host.dispatch("probe", other, get("/get/x")).await.status,
+            404
+        );
         signal_of(id).fire();
         for waiter in waiters {
             assert_eq!(waiter.await.status, 200);
@@ -254,10 +284,16 @@ fn evicted_objects_reactivate_with_their_data_and_busy_ones_stay() {
     config.objects.idle_evict_ms = 0;
     with_host(config, |host| async move {
         let id = counter("evicted");
-        assert_eq!(body(&host.dispatch("counter", id, get("/increment")).await), "1");
+        assert_eq!(
+            body(&host.dispatch("counter", id, get("/increment")).await),
+            "1"
+        );
         assert_eq!(host.evict_idle(Instant::now()), 1);
         assert_eq!(host.active_objects(), 0);
-        assert_eq!(body(&host.dispatch("counter", id, get("/increment")).await), "2");
+        assert_eq!(
+            body(&host.dispatch("counter", id, get("/increment")).await),
+            "2"
+        );
         assert_eq!(host.stats().activations_total, 2);
 
         let busy = ObjectId::from_name("probe", "busy");
@@ -268,7 +304,11 @@ fn evicted_objects_reactivate_with_their_data_and_busy_ones_stay() {
         while host.events_queued() < 1 {
             yield_now().await;
         }
-        assert_eq!(host.evict_idle(Instant::now() + Duration::from_secs(3600)), 1, "only the idle counter");
+        assert_eq!(
+            host.evict_idle(Instant::now() + Duration::from_secs(3600)),
+            1,
+            "only the idle counter"
+        );
         assert_eq!(host.active_objects(), 1);
         signal_of(busy).fire();
         assert_eq!(waiter.await.status, 200);
@@ -282,13 +322,21 @@ fn the_background_sweep_evicts_idle_objects() {
     config.objects.idle_evict_ms = 20;
     with_host(config, |host| async move {
         host.start_background();
-        host.dispatch("counter", counter("swept"), get("/increment")).await;
+        host.dispatch("counter", counter("swept"), get("/increment"))
+            .await;
         let deadline = Instant::now() + Duration::from_secs(10);
         while host.active_objects() > 0 && Instant::now() < deadline {
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(host.active_objects(), 0);
-        assert_eq!(body(&host.dispatch("counter", counter("swept"), get("/value")).await), "1");
+        assert_eq!(
+            body(
+                &host
+                    .dispatch("counter", counter("swept"), get("/value"))
+                    .await
+            ),
+            "1"
+        );
     });
 }
 
@@ -297,17 +345,32 @@ fn refused_writes_change_nothing_and_handler_errors_keep_earlier_writes() {
     with_host(Config::default(), |host| async move {
         let id = ObjectId::from_name("probe", "limits");
         let large = "x".repeat(Config::default().storage.value_bytes_max + 1);
-        let response = host.dispatch("probe", id, request(Method::Put, "/put/big", &large)).await;
+        let response = host
+            .dispatch("probe", id, request(Method::Put, "/put/big", &large))
+            .await;
         assert_eq!(response.status, 500);
-        assert!(body(&response).contains("value_bytes_max"), "{}", body(&response));
-        assert_eq!(host.dispatch("probe", id, get("/get/big")).await.status, 404);
+        assert!(
+            body(&response).contains("value_bytes_max"),
+            "{}",
+            body(&response)
+        );
+        assert_eq!(
+            host.dispatch("probe", id, get("/get/big")).await.status,
+            404
+        );
 
         let response = host.dispatch("probe", id, get("/fail-after-put")).await;
         assert_eq!(response.status, 500);
         let json: serde_json::Value = serde_json::from_slice(&response.body).expect("json");
         assert_eq!(json, serde_json::json!({ "error": "failed on purpose" }));
-        assert_eq!(host.evict_idle(Instant::now() + Duration::from_secs(3600)), 1);
-        assert_eq!(body(&host.dispatch("probe", id, get("/get/partial")).await), "kept");
+        assert_eq!(
+            host.evict_idle(Instant::now() + Duration::from_secs(3600)),
+            1
+        );
+        assert_eq!(
+            body(&host.dispatch("probe", id, get("/get/partial")).await),
+            "kept"
+        );
     });
 }
 
@@ -330,7 +393,9 @@ fn concurrent_first_events_share_one_activation_and_failures_leave_nothing() {
         let tasks: Vec<_> = (0..10)
             .map(|_| {
                 let host = host.clone();
-                glommio::spawn_local(async move { host.dispatch("counter", id, get("/value")).await })
+                glommio::spawn_local(
+                    async move { host.dispatch("counter", id, get("/value")).await },
+                )
             })
             .collect();
         for task in tasks {
@@ -341,7 +406,11 @@ fn concurrent_first_events_share_one_activation_and_failures_leave_nothing() {
         let broken = ObjectId::from_name("broken", "b");
         let response = host.dispatch("broken", broken, get("/")).await;
         assert_eq!(response.status, 500);
-        assert!(body(&response).contains("init refuses"), "{}", body(&response));
+        assert!(
+            body(&response).contains("init refuses"),
+            "{}",
+            body(&response)
+        );
         assert_eq!(host.active_objects(), 1, "the failed object is gone");
         assert_eq!(host.stats().activation_failures_total, 1);
         assert_eq!(host.events_queued(), 0);
@@ -353,14 +422,25 @@ fn alarms_run_as_events_and_clear_themselves() {
     with_host(Config::default(), |host| async move {
         let changes = Rc::new(RefCell::new(Vec::new()));
         let seen = changes.clone();
-        host.set_alarm_listener(Rc::new(move |id, change| seen.borrow_mut().push((id, change))));
+        host.set_alarm_listener(Rc::new(move |id, change| {
+            seen.borrow_mut().push((id, change))
+        }));
         let id = ObjectId::from_name("probe", "alarm");
-        assert_eq!(host.dispatch("probe", id, get("/alarm/1234")).await.status, 200);
+        assert_eq!(
+            host.dispatch("probe", id, get("/alarm/1234")).await.status,
+            200
+        );
         assert_eq!(host.store().alarm(&id.0), Some(1234));
         assert_eq!(host.registry().class_of(&id), Some("probe"));
-        let info = AlarmInfo { scheduled_ms: 1234, retry_count: 0 };
+        let info = AlarmInfo {
+            scheduled_ms: 1234,
+            retry_count: 0,
+        };
         host.deliver_alarm("probe", id, info).await.expect("alarm");
-        assert_eq!(body(&host.dispatch("probe", id, get("/get/fired")).await), "1234");
+        assert_eq!(
+            body(&host.dispatch("probe", id, get("/get/fired")).await),
+            "1234"
+        );
         assert_eq!(host.store().alarm(&id.0), None);
         assert_eq!(*changes.borrow(), vec![(id, Some(1234)), (id, None)]);
     });
@@ -382,7 +462,12 @@ fn shutdown_waits_for_events_then_refuses_new_ones() {
             glommio::spawn_local(async move { host.shutdown().await })
         };
         yield_now().await;
-        assert_eq!(host.dispatch("counter", counter("late"), get("/value")).await.status, 503);
+        assert_eq!(
+            host.dispatch("counter", counter("late"), get("/value"))
+                .await
+                .status,
+            503
+        );
         signal_of(id).fire();
         assert_eq!(waiter.await.status, 200);
         closer.await;
@@ -398,32 +483,73 @@ fn storage_lists_like_the_store_and_checks_limits_per_batch() {
     }
     let keys = |options: ListOptions| -> Vec<String> {
         let list = storage.list(&options);
-        list.into_iter().map(|(key, _)| String::from_utf8_lossy(&key).into_owned()).collect()
+        list.into_iter()
+            .map(|(key, _)| String::from_utf8_lossy(&key).into_owned())
+            .collect()
     };
     let prefix = |text: &str| Some(text.as_bytes().to_vec());
-    assert_eq!(keys(ListOptions { prefix: prefix("a"), ..Default::default() }), ["a", "ab", "abc"]);
     assert_eq!(
-        keys(ListOptions { prefix: prefix("a"), reverse: true, limit: Some(2), ..Default::default() }),
+        keys(ListOptions {
+            prefix: prefix("a"),
+            ..Default::default()
+        }),
+        ["a", "ab", "abc"]
+    );
+    assert_eq!(
+        keys(ListOptions {
+            prefix: prefix("a"),
+            reverse: true,
+            limit: Some(2),
+            ..Default::default()
+        }),
         ["abc", "ab"]
     );
     assert_eq!(
-        keys(ListOptions { start: prefix("ab"), start_after: prefix("ab"), end: prefix("ba"), ..Default::default() }),
+        keys(ListOptions {
+            start: prefix("ab"),
+            start_after: prefix("ab"),
+            end: prefix("ba"),
+            ..Default::default()
+        }),
         ["abc", "b"]
     );
-    assert!(keys(ListOptions { start: prefix("c"), end: prefix("a"), ..Default::default() }).is_empty());
-    assert!(keys(ListOptions { start_after: prefix("b"), end: prefix("b"), ..Default::default() }).is_empty());
+    assert!(keys(ListOptions {
+        start: prefix("c"),
+        end: prefix("a"),
+        ..Default::default()
+    })
+    .is_empty());
+    assert!(keys(ListOptions {
+        start_after: prefix("b"),
+        end: prefix("b"),
+        ..Default::default()
+    })
+    .is_empty());
     assert_eq!(storage.delete(b"zz"), Ok(false));
     assert_eq!(storage.delete(b"c"), Ok(true));
-    assert_eq!(storage.get_many(&[b"a".as_slice(), b"c"]), [Some(b"a".to_vec()), None]);
+    assert_eq!(
+        storage.get_many(&[b"a".as_slice(), b"c"]),
+        [Some(b"a".to_vec()), None]
+    );
 
     let (batch, _) = storage.take_pending().expect("writes");
     assert_eq!(batch.len(), 6, "the put and delete of c coalesce");
     for index in 0..128u32 {
-        storage.put(&index.to_be_bytes(), "v").expect("within the batch limit");
-        storage.put(&index.to_be_bytes(), "w").expect("a rewrite adds no key");
+        storage
+            .put(&index.to_be_bytes(), "v")
+            .expect("within the batch limit");
+        storage
+            .put(&index.to_be_bytes(), "w")
+            .expect("a rewrite adds no key");
     }
     let refused = storage.put(b"one more", "v");
-    assert!(matches!(refused, Err(StorageError::BatchTooManyKeys { keys: 129, .. })), "{refused:?}");
+    assert!(
+        matches!(
+            refused,
+            Err(StorageError::BatchTooManyKeys { keys: 129, .. })
+        ),
+        "{refused:?}"
+    );
     assert_eq!(storage.get(b"one more"), None);
     storage.delete_all().expect("delete all");
     assert!(storage.is_empty());

@@ -77,7 +77,10 @@ impl RateLimiter {
             window.pop_front();
         }
         if window.len() as u64 >= limit {
-            let oldest = window.front().map(|(timestamp, _)| *timestamp).unwrap_or(now);
+            let oldest = window
+                .front()
+                .map(|(timestamp, _)| *timestamp)
+                .unwrap_or(now);
             let body = json!({
                 "allowed": false,
                 "remaining": 0,
@@ -101,7 +104,10 @@ impl RateLimiter {
 
 impl DurableObject for RateLimiter {
     fn new(context: ObjectContext) -> RateLimiter {
-        let options = ListOptions { prefix: Some(vec![KEY_PREFIX]), ..ListOptions::default() };
+        let options = ListOptions {
+            prefix: Some(vec![KEY_PREFIX]),
+            ..ListOptions::default()
+        };
         let mut window = VecDeque::new();
         let mut next_sequence = 0u32;
         for (key, _) in context.storage().list(&options) {

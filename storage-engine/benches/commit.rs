@@ -59,7 +59,9 @@ fn stead_commits(dir: &std::path::Path, committers: usize, iterations: u64) -> (
 
 fn bench_stead(c: &mut Criterion) {
     let mut group = c.benchmark_group("durable_commit/stead");
-    group.sample_size(10).measurement_time(Duration::from_secs(4));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(4));
     for committers in COMMITTERS {
         let dir = tempfile::tempdir_in(".").expect("tempdir");
         group.throughput(Throughput::Elements(1));
@@ -82,7 +84,9 @@ fn bench_sqlite(c: &mut Criterion) {
     use std::sync::Arc;
 
     let mut group = c.benchmark_group("durable_commit/sqlite");
-    group.sample_size(10).measurement_time(Duration::from_secs(4));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(4));
     for committers in COMMITTERS {
         let dir = tempfile::tempdir_in(".").expect("tempdir");
         let path = dir.path().join("bench.sqlite");
@@ -108,15 +112,23 @@ fn bench_sqlite(c: &mut Criterion) {
                             connection
                                 .execute_batch("PRAGMA synchronous=FULL;")
                                 .expect("pragma");
-                            connection.busy_timeout(Duration::from_secs(60)).expect("busy");
+                            connection
+                                .busy_timeout(Duration::from_secs(60))
+                                .expect("busy");
                             while remaining
-                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                                    n.checked_sub(1)
+                                })
                                 .is_ok()
                             {
                                 connection
                                     .execute(
                                         "INSERT OR REPLACE INTO kv VALUES (?1, ?2, ?3)",
-                                        rusqlite::params![committer as i64, b"key".as_slice(), VALUE.as_slice()],
+                                        rusqlite::params![
+                                            committer as i64,
+                                            b"key".as_slice(),
+                                            VALUE.as_slice()
+                                        ],
                                     )
                                     .expect("insert");
                             }

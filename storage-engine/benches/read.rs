@@ -43,7 +43,10 @@ fn timed_gets(value_bytes: usize, iterations: u64) -> Duration {
             let start = Instant::now();
             for i in 0..iterations {
                 let n = i.wrapping_mul(7919) % KEYS;
-                let value = store.get(&object_of(n), &n.to_be_bytes()).await.expect("get");
+                let value = store
+                    .get(&object_of(n), &n.to_be_bytes())
+                    .await
+                    .expect("get");
                 assert_eq!(value.map(|v| v.len()), Some(value_bytes));
             }
             let elapsed = start.elapsed();
@@ -54,7 +57,9 @@ fn timed_gets(value_bytes: usize, iterations: u64) -> Duration {
 
 fn bench_reads(c: &mut Criterion) {
     let mut group = c.benchmark_group("point_read");
-    group.sample_size(10).measurement_time(Duration::from_secs(3));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3));
     group.bench_function("in_memory_100B", |b| b.iter_custom(|n| timed_gets(100, n)));
     group.bench_function("on_disk_4KiB", |b| b.iter_custom(|n| timed_gets(4096, n)));
     group.finish();

@@ -40,7 +40,10 @@ const KEY_BYTES: usize = 16;
 const VALUE_BYTES: usize = 180;
 
 fn keys() -> u64 {
-    std::env::var("STEAD_RECOVERY_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000)
+    std::env::var("STEAD_RECOVERY_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
 }
 
 fn config(path: &std::path::Path) -> StoreConfig {
@@ -116,7 +119,9 @@ fn bench_recovery(c: &mut Criterion) {
         KEY_BYTES
     );
     let mut group = c.benchmark_group("recovery");
-    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
     group.bench_function(format!("open_{keys}_keys"), |b| {
         b.iter_custom(|iterations| (0..iterations).map(|_| recover(dir.path()).0).sum())
     });

@@ -4,7 +4,7 @@
 //! never trust their input: every length is checked against the bytes that are there, and a
 //! failure is a `DecodeError` naming what was wrong, never a panic.
 
-use crate::{Op, ObjectId};
+use crate::{ObjectId, Op};
 
 /// Every write is a multiple of this, at an offset that is a multiple of this (O_DIRECT).
 pub const BLOCK_BYTES: usize = 4096;
@@ -56,7 +56,10 @@ pub struct RecordHeader {
 /// Builds a whole record: header, payload, zero padding to the block boundary.
 pub fn encode_record(seq: u64, segment: u64, batch_count: u32, payload: &[u8]) -> Vec<u8> {
     let length = RECORD_HEADER_BYTES + payload.len();
-    assert!(length <= u32::MAX as usize, "record of {length} bytes does not fit its header");
+    assert!(
+        length <= u32::MAX as usize,
+        "record of {length} bytes does not fit its header"
+    );
     let mut out = Vec::with_capacity(block_align_up(length));
     out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
     out.extend_from_slice(&(length as u32).to_le_bytes());
@@ -76,7 +79,10 @@ pub fn encode_record(seq: u64, segment: u64, batch_count: u32, payload: &[u8]) -
 /// Verifies the record starting at `bytes[0]` and returns its header and payload.
 pub fn decode_record(bytes: &[u8]) -> Result<(RecordHeader, &[u8]), DecodeError> {
     if bytes.len() < RECORD_HEADER_BYTES {
-        return Err(DecodeError(format!("only {} bytes left, a header needs 32", bytes.len())));
+        return Err(DecodeError(format!(
+            "only {} bytes left, a header needs 32",
+            bytes.len()
+        )));
     }
     let magic = read_u32(bytes, 0);
     if magic != RECORD_MAGIC {
@@ -95,7 +101,9 @@ pub fn decode_record(bytes: &[u8]) -> Result<(RecordHeader, &[u8]), DecodeError>
     hasher.update(&bytes[RECORD_HEADER_BYTES..length]);
     let crc = hasher.finalize();
     if crc != stored_crc {
-        return Err(DecodeError(format!("crc {crc:#010x} does not match stored {stored_crc:#010x}")));
+        return Err(DecodeError(format!(
+            "crc {crc:#010x} does not match stored {stored_crc:#010x}"
+        )));
     }
     let header = RecordHeader {
         length: length as u32,
@@ -189,7 +197,10 @@ pub struct PayloadReader<'a> {
 
 impl<'a> PayloadReader<'a> {
     pub fn new(payload: &'a [u8]) -> PayloadReader<'a> {
-        PayloadReader { payload, position: 0 }
+        PayloadReader {
+            payload,
+            position: 0,
+        }
     }
 
     /// True once every byte has been consumed.
@@ -206,7 +217,9 @@ impl<'a> PayloadReader<'a> {
         let count = self.take_u32()? as usize;
         // Every op takes at least one byte, which bounds the count before anything is reserved.
         if count > self.payload.len() - self.position {
-            return Err(DecodeError(format!("op count {count} exceeds the bytes left")));
+            return Err(DecodeError(format!(
+                "op count {count} exceeds the bytes left"
+            )));
         }
         for _ in 0..count {
             let tag = self.take(1)?[0];
@@ -223,16 +236,25 @@ impl<'a> PayloadReader<'a> {
                             "value crc mismatch at payload offset {value_offset}"
                         )));
                     }
-                    DecodedOp::Put { key, value, value_offset, value_crc }
+                    DecodedOp::Put {
+                        key,
+                        value,
+                        value_offset,
+                        value_crc,
+                    }
                 }
                 TAG_DELETE => {
                     let key_len = self.take_u32()? as usize;
-                    DecodedOp::Delete { key: self.take(key_len)? }
+                    DecodedOp::Delete {
+                        key: self.take(key_len)?,
+                    }
                 }
                 TAG_DELETE_ALL => DecodedOp::DeleteAll,
                 TAG_SET_ALARM => {
                     let bytes = self.take(8)?;
-                    DecodedOp::SetAlarm { time_ms: i64::from_le_bytes(to_array(bytes)) }
+                    DecodedOp::SetAlarm {
+                        time_ms: i64::from_le_bytes(to_array(bytes)),
+                    }
                 }
                 TAG_DELETE_ALARM => DecodedOp::DeleteAlarm,
                 other => return Err(DecodeError(format!("unknown op tag {other}"))),
@@ -243,7 +265,10 @@ impl<'a> PayloadReader<'a> {
     }
 
     fn take(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
-        let end = self.position.checked_add(len).filter(|end| *end <= self.payload.len());
+        let end = self
+            .position
+            .checked_add(len)
+            .filter(|end| *end <= self.payload.len());
         match end {
             Some(end) => {
                 let bytes = &self.payload[self.position..end];
@@ -304,7 +329,10 @@ pub enum ManifestError {
 pub fn decode_manifest(bytes: &[u8]) -> Result<ManifestData, ManifestError> {
     let damaged = |why: String| ManifestError::Damaged(why);
     if bytes.len() < MANIFEST_HEADER_BYTES {
-        return Err(damaged(format!("{} bytes, the header alone needs 16", bytes.len())));
+        return Err(damaged(format!(
+            "{} bytes, the header alone needs 16",
+            bytes.len()
+        )));
     }
     if read_u32(bytes, 0) != MANIFEST_MAGIC {
         return Err(damaged(format!("bad magic {:#010x}", read_u32(bytes, 0))));
@@ -327,10 +355,15 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<ManifestData, ManifestError> {
     let log_start = read_u64(payload, 0);
     let count = read_u32(payload, 8) as usize;
     if 12 + count * 8 != length {
-        return Err(damaged(format!("{count} base segments do not fill {length} bytes")));
+        return Err(damaged(format!(
+            "{count} base segments do not fill {length} bytes"
+        )));
     }
     let base_segments = (0..count).map(|i| read_u64(payload, 12 + 8 * i)).collect();
-    Ok(ManifestData { log_start, base_segments })
+    Ok(ManifestData {
+        log_start,
+        base_segments,
+    })
 }
 
 fn to_array<const N: usize>(bytes: &[u8]) -> [u8; N] {
@@ -356,15 +389,22 @@ mod tests {
     #[test]
     fn record_and_batch_roundtrip() {
         let ops = vec![
-            Op::Put { key: b"k".to_vec(), value: b"value".to_vec() },
-            Op::Delete { key: b"gone".to_vec() },
+            Op::Put {
+                key: b"k".to_vec(),
+                value: b"value".to_vec(),
+            },
+            Op::Delete {
+                key: b"gone".to_vec(),
+            },
             Op::DeleteAll,
             Op::SetAlarm { time_ms: -5 },
             Op::DeleteAlarm,
         ];
         let mut payload = Vec::new();
         let mut puts = Vec::new();
-        encode_batch(&mut payload, &[7u8; 32], &ops, |offset, crc| puts.push((offset, crc)));
+        encode_batch(&mut payload, &[7u8; 32], &ops, |offset, crc| {
+            puts.push((offset, crc))
+        });
         assert_eq!(payload.len(), batch_encoded_bytes(&ops));
         let record = encode_record(9, 3, 1, &payload);
         assert_eq!(record.len(), BLOCK_BYTES);
@@ -377,7 +417,12 @@ mod tests {
         assert!(reader.is_done());
         assert_eq!(decoded_ops.len(), 5);
         match decoded_ops[0] {
-            DecodedOp::Put { key, value, value_offset, value_crc } => {
+            DecodedOp::Put {
+                key,
+                value,
+                value_offset,
+                value_crc,
+            } => {
                 assert_eq!((key, value), (&b"k"[..], &b"value"[..]));
                 assert_eq!((value_offset, value_crc), puts[0]);
             }
@@ -396,10 +441,16 @@ mod tests {
 
     #[test]
     fn manifest_roundtrip_and_version() {
-        let manifest = ManifestData { log_start: 12, base_segments: vec![3, 4] };
+        let manifest = ManifestData {
+            log_start: 12,
+            base_segments: vec![3, 4],
+        };
         let mut bytes = encode_manifest(&manifest);
         assert_eq!(decode_manifest(&bytes), Ok(manifest));
         bytes[4] = 9;
-        assert_eq!(decode_manifest(&bytes), Err(ManifestError::UnknownVersion(9)));
+        assert_eq!(
+            decode_manifest(&bytes),
+            Err(ManifestError::UnknownVersion(9))
+        );
     }
 }

@@ -54,7 +54,10 @@ pub struct GlommioDisk {
 
 impl GlommioDisk {
     pub fn new(dir: impl Into<std::path::PathBuf>) -> GlommioDisk {
-        GlommioDisk { dir: dir.into(), probed: std::cell::Cell::new(false) }
+        GlommioDisk {
+            dir: dir.into(),
+            probed: std::cell::Cell::new(false),
+        }
     }
 }
 
@@ -63,7 +66,10 @@ const READ_CHUNK_BYTES: usize = 1024 * 1024;
 
 impl GlommioDisk {
     fn path(&self, name: &str) -> std::path::PathBuf {
-        debug_assert!(!name.contains('/'), "file names carry no separators: {name}");
+        debug_assert!(
+            !name.contains('/'),
+            "file names carry no separators: {name}"
+        );
         self.dir.join(name)
     }
 }
@@ -79,8 +85,15 @@ impl GlommioDisk {
             return Ok(());
         }
         let path = self.path(".iopoll-probe");
-        std::fs::write(&path, [0u8; 4096])?;
-        let opened = glommio::io::DmaFile::open(&path).await.map_err(io::Error::from);
+        // Synced, so the file's blocks are allocated on the device: a read of a file whose
+        // data still sits in delayed allocation does not reach the device and proves nothing.
+        let mut probe = std::fs::File::create(&path)?;
+        std::io::Write::write_all(&mut probe, &[0u8; 4096])?;
+        probe.sync_all()?;
+        drop(probe);
+        let opened = glommio::io::DmaFile::open(&path)
+            .await
+            .map_err(io::Error::from);
         if let Ok(file) = opened {
             file.close().await.map_err(io::Error::from)?;
         }
@@ -99,7 +112,10 @@ impl Disk for GlommioDisk {
                 .dma_open(self.path(name))
                 .await
                 .map_err(io::Error::from)?;
-            let file: Rc<dyn DiskFile> = Rc::new(GlommioFile { file, name: name.to_string() });
+            let file: Rc<dyn DiskFile> = Rc::new(GlommioFile {
+                file,
+                name: name.to_string(),
+            });
             Ok(file)
         })
     }
@@ -117,18 +133,26 @@ impl Disk for GlommioDisk {
     }
 
     fn remove<'a>(&'a self, name: &'a str) -> IoFuture<'a, ()> {
-        Box::pin(async move { glommio::io::remove(self.path(name)).await.map_err(io::Error::from) })
+        Box::pin(async move {
+            glommio::io::remove(self.path(name))
+                .await
+                .map_err(io::Error::from)
+        })
     }
 
     fn rename<'a>(&'a self, from: &'a str, to: &'a str) -> IoFuture<'a, ()> {
         Box::pin(async move {
-            glommio::io::rename(self.path(from), self.path(to)).await.map_err(io::Error::from)
+            glommio::io::rename(self.path(from), self.path(to))
+                .await
+                .map_err(io::Error::from)
         })
     }
 
     fn sync_dir(&self) -> IoFuture<'_, ()> {
         Box::pin(async move {
-            let dir = glommio::io::Directory::open(&self.dir).await.map_err(io::Error::from)?;
+            let dir = glommio::io::Directory::open(&self.dir)
+                .await
+                .map_err(io::Error::from)?;
             let synced = dir.sync().await.map_err(io::Error::from);
             dir.close().await.map_err(io::Error::from)?;
             synced
@@ -151,11 +175,23 @@ impl DiskFile for GlommioFile {
 
     fn write_at<'a>(&'a self, offset: u64, data: &'a [u8]) -> IoFuture<'a, usize> {
         Box::pin(async move {
-            assert_eq!(offset % 4096, 0, "O_DIRECT write at unaligned offset {offset}");
-            assert_eq!(data.len() % 4096, 0, "O_DIRECT write of unaligned length {}", data.len());
+            assert_eq!(
+                offset % 4096,
+                0,
+                "O_DIRECT write at unaligned offset {offset}"
+            );
+            assert_eq!(
+                data.len() % 4096,
+                0,
+                "O_DIRECT write of unaligned length {}",
+                data.len()
+            );
             let mut buffer = self.file.alloc_dma_buffer(data.len());
             buffer.as_bytes_mut().copy_from_slice(data);
-            self.file.write_at(buffer, offset).await.map_err(io::Error::from)
+            self.file
+                .write_at(buffer, offset)
+                .await
+                .map_err(io::Error::from)
         })
     }
 
@@ -165,7 +201,11 @@ impl DiskFile for GlommioFile {
             while out.len() < len {
                 let want = (len - out.len()).min(READ_CHUNK_BYTES);
                 let position = offset + out.len() as u64;
-                let got = self.file.read_at(position, want).await.map_err(io::Error::from)?;
+                let got = self
+                    .file
+                    .read_at(position, want)
+                    .await
+                    .map_err(io::Error::from)?;
                 out.extend_from_slice(&got);
                 if got.len() < want {
                     break;

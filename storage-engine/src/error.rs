@@ -8,19 +8,44 @@ use std::io;
 #[non_exhaustive]
 pub enum StoreError {
     /// A system call failed. After a failed write or fdatasync the store is also poisoned.
-    Io { operation: &'static str, file: String, source: io::Error },
+    Io {
+        operation: &'static str,
+        file: String,
+        source: io::Error,
+    },
     /// The log holds a record that does not verify and is not a torn tail.
-    Corruption { file: String, offset: u64, reason: String },
+    Corruption {
+        file: String,
+        offset: u64,
+        reason: String,
+    },
     /// The manifest names a format this build does not know.
-    UnknownFormatVersion { file: String, found: u32, supported: u32 },
+    UnknownFormatVersion {
+        file: String,
+        found: u32,
+        supported: u32,
+    },
     /// An earlier write or fdatasync failed; nothing more is written until the store is reopened.
     Poisoned,
     /// The store was closed.
     Closed,
-    KeyTooLarge { key_bytes: usize, key_bytes_max: usize },
-    ValueTooLarge { value_bytes: usize, value_bytes_max: usize },
-    BatchTooManyKeys { op_kind: &'static str, keys: usize, batch_keys_max: usize },
-    BatchTooLarge { batch_bytes: usize, batch_bytes_max: usize },
+    KeyTooLarge {
+        key_bytes: usize,
+        key_bytes_max: usize,
+    },
+    ValueTooLarge {
+        value_bytes: usize,
+        value_bytes_max: usize,
+    },
+    BatchTooManyKeys {
+        op_kind: &'static str,
+        keys: usize,
+        batch_keys_max: usize,
+    },
+    BatchTooLarge {
+        batch_bytes: usize,
+        batch_bytes_max: usize,
+    },
 }
 
 impl StoreError {
@@ -39,13 +64,25 @@ impl StoreError {
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StoreError::Io { operation, file, source } => {
+            StoreError::Io {
+                operation,
+                file,
+                source,
+            } => {
                 write!(f, "{operation} failed on {file}: {source}")
             }
-            StoreError::Corruption { file, offset, reason } => {
+            StoreError::Corruption {
+                file,
+                offset,
+                reason,
+            } => {
                 write!(f, "corrupt log: {file} at offset {offset}: {reason}")
             }
-            StoreError::UnknownFormatVersion { file, found, supported } => write!(
+            StoreError::UnknownFormatVersion {
+                file,
+                found,
+                supported,
+            } => write!(
                 f,
                 "{file} has format version {found}, this build reads only version {supported}"
             ),
@@ -54,18 +91,34 @@ impl fmt::Display for StoreError {
                 "store is poisoned by an earlier failed write or fdatasync; reopen it to recover"
             ),
             StoreError::Closed => write!(f, "store is closed"),
-            StoreError::KeyTooLarge { key_bytes, key_bytes_max } => {
-                write!(f, "key of {key_bytes} bytes exceeds key_bytes_max {key_bytes_max}")
+            StoreError::KeyTooLarge {
+                key_bytes,
+                key_bytes_max,
+            } => {
+                write!(
+                    f,
+                    "key of {key_bytes} bytes exceeds key_bytes_max {key_bytes_max}"
+                )
             }
-            StoreError::ValueTooLarge { value_bytes, value_bytes_max } => write!(
+            StoreError::ValueTooLarge {
+                value_bytes,
+                value_bytes_max,
+            } => write!(
                 f,
                 "value of {value_bytes} bytes exceeds value_bytes_max {value_bytes_max}"
             ),
-            StoreError::BatchTooManyKeys { op_kind, keys, batch_keys_max } => write!(
+            StoreError::BatchTooManyKeys {
+                op_kind,
+                keys,
+                batch_keys_max,
+            } => write!(
                 f,
                 "batch names {keys} keys to {op_kind}, more than batch_keys_max {batch_keys_max}"
             ),
-            StoreError::BatchTooLarge { batch_bytes, batch_bytes_max } => write!(
+            StoreError::BatchTooLarge {
+                batch_bytes,
+                batch_bytes_max,
+            } => write!(
                 f,
                 "batch of {batch_bytes} bytes exceeds batch_bytes_max {batch_bytes_max}"
             ),

@@ -59,7 +59,11 @@ impl TestServer {
             .expect("server did not print its address")
             .parse()
             .expect("address");
-        TestServer { child, addr, data_dir: data_dir.to_path_buf() }
+        TestServer {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+        }
     }
 
     pub fn client(&self) -> Client {
@@ -130,9 +134,13 @@ pub struct Client {
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
         stream.set_nodelay(true).expect("nodelay");
-        Client { reader: BufReader::new(stream) }
+        Client {
+            reader: BufReader::new(stream),
+        }
     }
 
     pub fn stream(&mut self) -> &mut TcpStream {
@@ -159,7 +167,13 @@ impl Client {
         self.read_reply().expect("reply")
     }
 
-    pub fn send_request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) {
+    pub fn send_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) {
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
@@ -199,7 +213,11 @@ impl Client {
             .unwrap_or(0);
         let mut body = vec![0; length];
         self.reader.read_exact(&mut body).ok()?;
-        Some(Reply { status, headers, body })
+        Some(Reply {
+            status,
+            headers,
+            body,
+        })
     }
 
     /// True when the server has closed the connection (reads EOF or reset).

@@ -83,17 +83,28 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
     for object in objects {
         let (snapshot, alarm_ms) = {
             let state = inner.state.borrow();
-            let Some(object_state) = state.index.objects.get(&object) else { continue };
-            let old = object_state.keys.iter().filter(|(_, entry)| u64::from(entry.segment()) < seal);
-            let snapshot: Vec<(Box<[u8]>, Entry)> =
-                old.map(|(key, entry)| (key.clone(), entry.clone())).collect();
+            let Some(object_state) = state.index.objects.get(&object) else {
+                continue;
+            };
+            let old = object_state
+                .keys
+                .iter()
+                .filter(|(_, entry)| u64::from(entry.segment()) < seal);
+            let snapshot: Vec<(Box<[u8]>, Entry)> = old
+                .map(|(key, entry)| (key.clone(), entry.clone()))
+                .collect();
             (snapshot, object_state.alarm_ms)
         };
         for (key, entry) in snapshot {
             let value = match &entry {
                 Entry::Inline { value, .. } => value.to_vec(),
                 Entry::Pending { value, .. } => value.to_vec(),
-                Entry::OnDisk { segment, offset, len, crc } => {
+                Entry::OnDisk {
+                    segment,
+                    offset,
+                    len,
+                    crc,
+                } => {
                     let file = inner.state.borrow().segments.file(*segment);
                     let Some(file) = file else {
                         unreachable!("index points into segment {segment}, which is not open")
@@ -101,7 +112,10 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
                     read_value(&*file, *offset, *len, *crc).await?
                 }
             };
-            base.batch_ops.push(Op::Put { key: key.to_vec(), value });
+            base.batch_ops.push(Op::Put {
+                key: key.to_vec(),
+                value,
+            });
             base.batch_keys.push((key, entry.segment()));
             if base.batch_ops.len() >= BATCH_OPS_MAX {
                 base.close_batch(&object).await?;
@@ -114,15 +128,24 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
         base.close_batch(&object).await?;
     }
     base.write_record().await?;
-    let BaseWriter { files, relocations, .. } = base;
+    let BaseWriter {
+        files, relocations, ..
+    } = base;
     if let Some(last) = files.last() {
         sync_file(inner, &*last.file).await?;
     }
     let dir = "store directory";
-    inner.disk.sync_dir().await.map_err(|source| io_error("sync_dir", dir, source))?;
+    inner
+        .disk
+        .sync_dir()
+        .await
+        .map_err(|source| io_error("sync_dir", dir, source))?;
 
     let base_segments = files.iter().map(|file| file.id).collect();
-    let manifest = ManifestData { log_start: seal, base_segments };
+    let manifest = ManifestData {
+        log_start: seal,
+        base_segments,
+    };
     manifest::write(inner.disk.as_ref(), &manifest).await?;
 
     let old_files = {
@@ -140,33 +163,57 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
         }
         let inline_max = inner.config.inline_value_bytes_max;
         for relocation in relocations {
-            state.index.relocate(&relocation.object, &relocation.key, |entry| {
-                relocation.apply(entry, inline_max)
-            });
+            state
+                .index
+                .relocate(&relocation.object, &relocation.key, |entry| {
+                    relocation.apply(entry, inline_max)
+                });
         }
-        let old_ids: Vec<u64> = state.segments.by_id.range(..seal).map(|(id, _)| *id).collect();
+        let old_ids: Vec<u64> = state
+            .segments
+            .by_id
+            .range(..seal)
+            .map(|(id, _)| *id)
+            .collect();
         let mut old_files = Vec::new();
         for id in old_ids {
             if let Some(segment) = state.segments.by_id.remove(&id) {
                 old_files.push(segment_file_name(segment.kind, id));
             }
             let live = state.index.live_bytes.remove(&(id as u32)).unwrap_or(0);
-            debug_assert_eq!(live, 0, "segment {id} still holds live entries after compaction");
+            debug_assert_eq!(
+                live, 0,
+                "segment {id} still holds live entries after compaction"
+            );
         }
         state.stats.compactions_total += 1;
         old_files
     };
     for name in &old_files {
-        inner.disk.remove(name).await.map_err(|source| io_error("remove", name, source))?;
+        inner
+            .disk
+            .remove(name)
+            .await
+            .map_err(|source| io_error("remove", name, source))?;
     }
-    inner.disk.sync_dir().await.map_err(|source| io_error("sync_dir", dir, source))?;
+    inner
+        .disk
+        .sync_dir()
+        .await
+        .map_err(|source| io_error("sync_dir", dir, source))?;
     Ok(())
 }
 
 async fn sync_file(inner: &Inner, file: &dyn DiskFile) -> Result<(), StoreError> {
     let started = std::time::Instant::now();
-    file.fdatasync().await.map_err(|source| io_error("fdatasync", file.name(), source))?;
-    inner.state.borrow_mut().stats.record_fdatasync(started.elapsed().as_micros() as u64);
+    file.fdatasync()
+        .await
+        .map_err(|source| io_error("fdatasync", file.name(), source))?;
+    inner
+        .state
+        .borrow_mut()
+        .stats
+        .record_fdatasync(started.elapsed().as_micros() as u64);
     Ok(())
 }
 
@@ -192,13 +239,20 @@ impl Relocation {
             return None;
         }
         Some(match entry {
-            Entry::Inline { value, .. } => {
-                Entry::Inline { value: value.clone(), segment: self.new_segment }
-            }
+            Entry::Inline { value, .. } => Entry::Inline {
+                value: value.clone(),
+                segment: self.new_segment,
+            },
             _ => {
                 debug_assert!(self.len as usize > inline_max, "small values are inline");
-                let (segment, offset, len, crc) = (self.new_segment, self.offset, self.len, self.crc);
-                Entry::OnDisk { segment, offset, len, crc }
+                let (segment, offset, len, crc) =
+                    (self.new_segment, self.offset, self.len, self.crc);
+                Entry::OnDisk {
+                    segment,
+                    offset,
+                    len,
+                    crc,
+                }
             }
         })
     }
@@ -254,7 +308,9 @@ impl<'a> BaseWriter<'a> {
         let ops = std::mem::take(&mut self.batch_ops);
         let mut keys = std::mem::take(&mut self.batch_keys).into_iter();
         let mut offsets = Vec::new();
-        codec::encode_batch(&mut self.payload, object, &ops, |offset, crc| offsets.push((offset, crc)));
+        codec::encode_batch(&mut self.payload, object, &ops, |offset, crc| {
+            offsets.push((offset, crc))
+        });
         let puts = ops.iter().filter_map(|op| match op {
             Op::Put { value, .. } => Some(value.len()),
             _ => None,
@@ -287,21 +343,31 @@ impl<'a> BaseWriter<'a> {
         if self.batch_count == 0 {
             return Ok(());
         }
-        let full = self.files.last().is_none_or(|file| file.written_bytes >= self.inner.config.segment_bytes_max);
+        let full = self
+            .files
+            .last()
+            .is_none_or(|file| file.written_bytes >= self.inner.config.segment_bytes_max);
         if full {
             self.start_file().await?;
         }
-        let Some(current) = self.files.last_mut() else { unreachable!("start_file added one") };
-        let record = codec::encode_record(self.seal_seq, current.id, self.batch_count, &self.payload);
+        let Some(current) = self.files.last_mut() else {
+            unreachable!("start_file added one")
+        };
+        let record =
+            codec::encode_record(self.seal_seq, current.id, self.batch_count, &self.payload);
         let offset = current.written_bytes;
-        assert!(offset + record.len() as u64 <= u64::from(u32::MAX), "base file outgrew u32 offsets");
+        assert!(
+            offset + record.len() as u64 <= u64::from(u32::MAX),
+            "base file outgrew u32 offsets"
+        );
         let file = &current.file;
         let written = file
             .write_at(offset, &record)
             .await
             .map_err(|source| io_error("write", file.name(), source))?;
         if written != record.len() {
-            let short = std::io::Error::other(format!("short write: {written} of {}", record.len()));
+            let short =
+                std::io::Error::other(format!("short write: {written} of {}", record.len()));
             return Err(io_error("write", file.name(), short));
         }
         current.written_bytes += record.len() as u64;
@@ -330,7 +396,11 @@ impl<'a> BaseWriter<'a> {
             .open_file(&name, true)
             .await
             .map_err(|source| io_error("create", &name, source))?;
-        self.files.push(BaseFile { id, file, written_bytes: 0 });
+        self.files.push(BaseFile {
+            id,
+            file,
+            written_bytes: 0,
+        });
         Ok(())
     }
 }

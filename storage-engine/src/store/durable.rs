@@ -24,7 +24,11 @@ pub struct Failure {
 impl Failure {
     pub fn from_error(error: &StoreError) -> Failure {
         match error {
-            StoreError::Io { operation, file, source } => Failure {
+            StoreError::Io {
+                operation,
+                file,
+                source,
+            } => Failure {
                 operation,
                 file: file.clone(),
                 kind: source.kind(),
@@ -66,14 +70,22 @@ pub struct DurableShared {
 
 impl DurableShared {
     pub fn new(durable_seq: u64) -> DurableShared {
-        DurableShared { state: RefCell::new(DurableState { durable_seq, ..Default::default() }) }
+        DurableShared {
+            state: RefCell::new(DurableState {
+                durable_seq,
+                ..Default::default()
+            }),
+        }
     }
 
     /// Marks everything up to `seq` durable and wakes whoever waited for it.
     pub fn advance(&self, seq: u64) {
         let ready: Vec<Waker> = {
             let mut state = self.state.borrow_mut();
-            assert!(seq >= state.durable_seq, "durable sequence went back to {seq}");
+            assert!(
+                seq >= state.durable_seq,
+                "durable sequence went back to {seq}"
+            );
             state.durable_seq = seq;
             let mut ready = Vec::new();
             state.waiters.retain(|(waiting_for, waker)| {
@@ -123,7 +135,12 @@ pub struct Durable {
 
 impl Durable {
     pub(crate) fn new(shared: Rc<DurableShared>, seq: u64, report: FailureReport) -> Durable {
-        Durable { shared, seq, report, registered: Cell::new(false) }
+        Durable {
+            shared,
+            seq,
+            report,
+            registered: Cell::new(false),
+        }
     }
 }
 
@@ -141,7 +158,11 @@ impl Future for Durable {
                 FailureReport::Poisoned => StoreError::Poisoned,
             }));
         }
-        match state.waiters.iter_mut().find(|(seq, waker)| *seq == self.seq && waker.will_wake(cx.waker())) {
+        match state
+            .waiters
+            .iter_mut()
+            .find(|(seq, waker)| *seq == self.seq && waker.will_wake(cx.waker()))
+        {
             Some(_) if self.registered.get() => {}
             _ => {
                 state.waiters.push((self.seq, cx.waker().clone()));

@@ -24,7 +24,12 @@ pub enum Entry {
     /// The `Rc` identifies this version: the switch happens only if the entry still holds it.
     Pending { value: Rc<[u8]>, segment: u32 },
     /// A large value read from disk on demand and checked against `crc` every time.
-    OnDisk { segment: u32, offset: u32, len: u32, crc: u32 },
+    OnDisk {
+        segment: u32,
+        offset: u32,
+        len: u32,
+        crc: u32,
+    },
 }
 
 const _: () = assert!(std::mem::size_of::<Entry>() <= 24);
@@ -85,7 +90,11 @@ impl Index {
     fn discharge(&mut self, key: &[u8], entry: &Entry) {
         let live = self.live_bytes.entry(entry.segment()).or_insert(0);
         let bytes = footprint(key, entry);
-        debug_assert!(*live >= bytes, "segment {} live bytes underflow", entry.segment());
+        debug_assert!(
+            *live >= bytes,
+            "segment {} live bytes underflow",
+            entry.segment()
+        );
         *live = live.saturating_sub(bytes);
     }
 
@@ -106,15 +115,21 @@ impl Index {
     }
 
     pub fn delete(&mut self, object: &ObjectId, key: &[u8]) {
-        let Some(state) = self.objects.get_mut(object) else { return };
-        let Some((key, old)) = state.keys.remove_entry(key) else { return };
+        let Some(state) = self.objects.get_mut(object) else {
+            return;
+        };
+        let Some((key, old)) = state.keys.remove_entry(key) else {
+            return;
+        };
         self.keys_total -= 1;
         self.discharge(&key, &old);
         self.remove_if_empty(object);
     }
 
     pub fn delete_all(&mut self, object: &ObjectId) {
-        let Some(state) = self.objects.get_mut(object) else { return };
+        let Some(state) = self.objects.get_mut(object) else {
+            return;
+        };
         let keys = std::mem::take(&mut state.keys);
         self.keys_total -= keys.len() as u64;
         for (key, old) in &keys {
@@ -135,7 +150,11 @@ impl Index {
     }
 
     fn remove_if_empty(&mut self, object: &ObjectId) {
-        if self.objects.get(object).is_some_and(|s| s.keys.is_empty() && s.alarm_ms.is_none()) {
+        if self
+            .objects
+            .get(object)
+            .is_some_and(|s| s.keys.is_empty() && s.alarm_ms.is_none())
+        {
             self.objects.remove(object);
         }
     }
@@ -149,10 +168,16 @@ impl Index {
         key: &[u8],
         relocate: impl FnOnce(&Entry) -> Option<Entry>,
     ) -> bool {
-        let Some(slot) = self.objects.get_mut(object).and_then(|s| s.keys.get_mut(key)) else {
+        let Some(slot) = self
+            .objects
+            .get_mut(object)
+            .and_then(|s| s.keys.get_mut(key))
+        else {
             return false;
         };
-        let Some(new_entry) = relocate(slot) else { return false };
+        let Some(new_entry) = relocate(slot) else {
+            return false;
+        };
         debug_assert_eq!(slot.value_len(), new_entry.value_len());
         let old = std::mem::replace(slot, new_entry.clone());
         self.discharge(key, &old);

@@ -86,19 +86,32 @@ pub fn poison(inner: &Inner, error: &StoreError) {
 /// fdatasyncs, then publishes durability.
 async fn write_group(inner: &Inner) -> Result<(), StoreError> {
     let group = take_group(inner);
-    let Some(first) = group.first() else { return Ok(()) };
+    let Some(first) = group.first() else {
+        return Ok(());
+    };
     let segment = first.segment;
     let first_seq = first.seq;
     let last_seq = group.last().map_or(first_seq, |batch| batch.seq);
-    debug_assert_eq!(last_seq - first_seq + 1, group.len() as u64, "a group is consecutive");
+    debug_assert_eq!(
+        last_seq - first_seq + 1,
+        group.len() as u64,
+        "a group is consecutive"
+    );
 
-    let writer_segment = inner.state.borrow().writer.as_ref().map(|writer| writer.segment);
+    let writer_segment = inner
+        .state
+        .borrow()
+        .writer
+        .as_ref()
+        .map(|writer| writer.segment);
     if writer_segment != Some(segment) {
         rotate(inner, segment).await?;
     }
     let (file, offset) = {
         let state = inner.state.borrow();
-        let Some(writer) = state.writer.as_ref() else { unreachable!("rotate opened a writer") };
+        let Some(writer) = state.writer.as_ref() else {
+            unreachable!("rotate opened a writer")
+        };
         (writer.file.clone(), writer.offset)
     };
 
@@ -110,8 +123,15 @@ async fn write_group(inner: &Inner) -> Result<(), StoreError> {
         payload.extend_from_slice(&batch.encoded);
     }
     let record = codec::encode_record(first_seq, segment, group.len() as u32, &payload);
-    assert_eq!(offset % codec::BLOCK_BYTES as u64, 0, "records start on a block boundary");
-    assert!(offset + record.len() as u64 <= u64::from(u32::MAX), "segment outgrew u32 offsets");
+    assert_eq!(
+        offset % codec::BLOCK_BYTES as u64,
+        0,
+        "records start on a block boundary"
+    );
+    assert!(
+        offset + record.len() as u64 <= u64::from(u32::MAX),
+        "segment outgrew u32 offsets"
+    );
 
     let written = file
         .write_at(offset, &record)
@@ -125,7 +145,9 @@ async fn write_group(inner: &Inner) -> Result<(), StoreError> {
         ));
     }
     let started = Instant::now();
-    file.fdatasync().await.map_err(|source| io_error("fdatasync", file.name(), source))?;
+    file.fdatasync()
+        .await
+        .map_err(|source| io_error("fdatasync", file.name(), source))?;
     let micros = started.elapsed().as_micros() as u64;
 
     let mut state = inner.state.borrow_mut();
@@ -154,7 +176,9 @@ async fn write_group(inner: &Inner) -> Result<(), StoreError> {
                 Entry::Pending { value, .. } if Rc::ptr_eq(value, &large.value) => Some(on_disk),
                 _ => None,
             };
-            state.index.relocate(&batch.object, &large.key, still_pending);
+            state
+                .index
+                .relocate(&batch.object, &large.key, still_pending);
         }
     }
     inner.durable.advance(last_seq);
@@ -167,7 +191,9 @@ fn take_group(inner: &Inner) -> Vec<PendingBatch> {
     let mut group = Vec::new();
     let mut bytes = 0;
     while let Some(next) = state.pending.front() {
-        let same_segment = group.first().is_none_or(|first: &PendingBatch| first.segment == next.segment);
+        let same_segment = group
+            .first()
+            .is_none_or(|first: &PendingBatch| first.segment == next.segment);
         if !same_segment || (bytes >= GROUP_BYTES_MAX && !group.is_empty()) {
             break;
         }
@@ -187,7 +213,10 @@ async fn rotate(inner: &Inner, segment: u64) -> Result<(), StoreError> {
         .open_file(&name, true)
         .await
         .map_err(|source| io_error("create", &name, source))?;
-    let length = file.len().await.map_err(|source| io_error("stat", &name, source))?;
+    let length = file
+        .len()
+        .await
+        .map_err(|source| io_error("stat", &name, source))?;
     if length != 0 {
         return Err(StoreError::Corruption {
             file: name,
@@ -196,14 +225,30 @@ async fn rotate(inner: &Inner, segment: u64) -> Result<(), StoreError> {
         });
     }
     let started = Instant::now();
-    file.fdatasync().await.map_err(|source| io_error("fdatasync", &name, source))?;
-    inner.disk.sync_dir().await.map_err(|source| io_error("sync_dir", &name, source))?;
+    file.fdatasync()
+        .await
+        .map_err(|source| io_error("fdatasync", &name, source))?;
+    inner
+        .disk
+        .sync_dir()
+        .await
+        .map_err(|source| io_error("sync_dir", &name, source))?;
     let mut state = inner.state.borrow_mut();
-    state.stats.record_fdatasync(started.elapsed().as_micros() as u64);
+    state
+        .stats
+        .record_fdatasync(started.elapsed().as_micros() as u64);
     state.segments.by_id.insert(
         segment,
-        Segment { kind: SegmentKind::Log, file: file.clone(), written_bytes: 0 },
+        Segment {
+            kind: SegmentKind::Log,
+            file: file.clone(),
+            written_bytes: 0,
+        },
     );
-    state.writer = Some(Writer { segment, file, offset: 0 });
+    state.writer = Some(Writer {
+        segment,
+        file,
+        offset: 0,
+    });
     Ok(())
 }

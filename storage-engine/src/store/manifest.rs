@@ -15,7 +15,10 @@ pub async fn read(disk: &dyn Disk) -> Result<ManifestData, StoreError> {
         .open_file(MANIFEST_NAME, false)
         .await
         .map_err(|source| io_error("open", MANIFEST_NAME, source))?;
-    let length = file.len().await.map_err(|source| io_error("stat", MANIFEST_NAME, source))?;
+    let length = file
+        .len()
+        .await
+        .map_err(|source| io_error("stat", MANIFEST_NAME, source))?;
     // The manifest lists at most every segment id; a megabyte is far past any real store.
     if length > 1024 * 1024 {
         return Err(StoreError::Corruption {
@@ -34,9 +37,11 @@ pub async fn read(disk: &dyn Disk) -> Result<ManifestData, StoreError> {
             found,
             supported: FORMAT_VERSION,
         },
-        ManifestError::Damaged(reason) => {
-            StoreError::Corruption { file: MANIFEST_NAME.to_string(), offset: 0, reason }
-        }
+        ManifestError::Damaged(reason) => StoreError::Corruption {
+            file: MANIFEST_NAME.to_string(),
+            offset: 0,
+            reason,
+        },
     })
 }
 
@@ -44,19 +49,31 @@ pub async fn read(disk: &dyn Disk) -> Result<ManifestData, StoreError> {
 pub async fn write(disk: &dyn Disk, manifest: &ManifestData) -> Result<u64, StoreError> {
     let bytes = codec::encode_manifest(manifest);
     let tmp = MANIFEST_TMP_NAME;
-    let file = disk.open_file(tmp, true).await.map_err(|source| io_error("create", tmp, source))?;
+    let file = disk
+        .open_file(tmp, true)
+        .await
+        .map_err(|source| io_error("create", tmp, source))?;
     // A leftover temporary file from a crash may be longer than the new manifest.
-    file.truncate(0).await.map_err(|source| io_error("truncate", tmp, source))?;
-    let written = file.write_at(0, &bytes).await.map_err(|source| io_error("write", tmp, source))?;
+    file.truncate(0)
+        .await
+        .map_err(|source| io_error("truncate", tmp, source))?;
+    let written = file
+        .write_at(0, &bytes)
+        .await
+        .map_err(|source| io_error("write", tmp, source))?;
     if written != bytes.len() {
         let short = std::io::Error::other(format!("short write: {written} of {}", bytes.len()));
         return Err(io_error("write", tmp, short));
     }
-    file.fdatasync().await.map_err(|source| io_error("fdatasync", tmp, source))?;
+    file.fdatasync()
+        .await
+        .map_err(|source| io_error("fdatasync", tmp, source))?;
     drop(file);
     disk.rename(tmp, MANIFEST_NAME)
         .await
         .map_err(|source| io_error("rename", MANIFEST_NAME, source))?;
-    disk.sync_dir().await.map_err(|source| io_error("sync_dir", MANIFEST_NAME, source))?;
+    disk.sync_dir()
+        .await
+        .map_err(|source| io_error("sync_dir", MANIFEST_NAME, source))?;
     Ok(1)
 }

@@ -112,14 +112,19 @@ impl State {
 
 /// Builds the error of a failed system call.
 fn io_error(operation: &'static str, file: &str, source: std::io::Error) -> StoreError {
-    StoreError::Io { operation, file: file.to_string(), source }
+    StoreError::Io {
+        operation,
+        file: file.to_string(),
+        source,
+    }
 }
 
 impl Store {
     /// Opens (creating if needed) the store in `config.dir` on the real disk, recovering it.
     pub async fn open(config: StoreConfig) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(&config.dir)
-            .map_err(|source| io_error("create_dir_all", &config.dir.display().to_string(), source))?;
+        std::fs::create_dir_all(&config.dir).map_err(|source| {
+            io_error("create_dir_all", &config.dir.display().to_string(), source)
+        })?;
         let disk: Rc<dyn Disk> = Rc::new(GlommioDisk::new(config.dir.clone()));
         Store::open_with_disk(config, disk).await
     }
@@ -179,7 +184,9 @@ impl Store {
 
         let mut encoded = Vec::with_capacity(encoded_bytes);
         let mut puts = Vec::new();
-        codec::encode_batch(&mut encoded, object, &ops, |offset, crc| puts.push((offset, crc)));
+        codec::encode_batch(&mut encoded, object, &ops, |offset, crc| {
+            puts.push((offset, crc))
+        });
         debug_assert_eq!(encoded.len(), encoded_bytes);
         let mut large_values = Vec::new();
         let mut puts = puts.into_iter();
@@ -197,9 +204,15 @@ impl Store {
                             offset_in_batch: offset as u32,
                             crc,
                         });
-                        Entry::Pending { value, segment: segment as u32 }
+                        Entry::Pending {
+                            value,
+                            segment: segment as u32,
+                        }
                     } else {
-                        Entry::Inline { value: value.into_boxed_slice(), segment: segment as u32 }
+                        Entry::Inline {
+                            value: value.into_boxed_slice(),
+                            segment: segment as u32,
+                        }
                     };
                     state.index.put(object, &key, entry);
                 }
@@ -209,11 +222,20 @@ impl Store {
                 Op::DeleteAlarm => state.index.delete_alarm(object),
             }
         }
-        state.pending.push_back(PendingBatch { seq, segment, object: *object, encoded, large_values });
+        state.pending.push_back(PendingBatch {
+            seq,
+            segment,
+            object: *object,
+            encoded,
+            large_values,
+        });
         state.stats.commits_total += 1;
         drop(state);
         inner.signal.notify();
-        Ok((seq, Durable::new(inner.durable.clone(), seq, FailureReport::Io)))
+        Ok((
+            seq,
+            Durable::new(inner.durable.clone(), seq, FailureReport::Io),
+        ))
     }
 
     /// Resolves when every batch with a sequence number ≤ `seq` is durable.
@@ -222,18 +244,33 @@ impl Store {
     }
 
     pub fn alarm(&self, object: &ObjectId) -> Option<i64> {
-        self.inner.state.borrow().index.objects.get(object).and_then(|state| state.alarm_ms)
+        self.inner
+            .state
+            .borrow()
+            .index
+            .objects
+            .get(object)
+            .and_then(|state| state.alarm_ms)
     }
 
     pub fn objects_with_alarms(&self) -> Vec<(ObjectId, i64)> {
         let state = self.inner.state.borrow();
         let objects = state.index.objects.iter();
-        objects.filter_map(|(id, object)| object.alarm_ms.map(|alarm| (*id, alarm))).collect()
+        objects
+            .filter_map(|(id, object)| object.alarm_ms.map(|alarm| (*id, alarm)))
+            .collect()
     }
 
     /// Every object that has at least one key or an alarm.
     pub fn objects(&self) -> Vec<ObjectId> {
-        self.inner.state.borrow().index.objects.keys().copied().collect()
+        self.inner
+            .state
+            .borrow()
+            .index
+            .objects
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// Rewrites live data of sealed segments and drops the old segments. Runs by itself when
@@ -249,7 +286,10 @@ impl Store {
         stats.keys = state.index.keys_total;
         stats.segments = state.segments.by_id.len() as u64;
         stats.live_bytes = state.index.live_bytes_total();
-        stats.dead_bytes = state.segments.written_bytes_total().saturating_sub(stats.live_bytes);
+        stats.dead_bytes = state
+            .segments
+            .written_bytes_total()
+            .saturating_sub(stats.live_bytes);
         stats.poisoned = state.poisoned;
         stats
     }
@@ -306,7 +346,10 @@ fn validate(config: &StoreConfig, ops: &[Op]) -> Result<usize, StoreError> {
     }
     let batch_bytes = codec::batch_encoded_bytes(ops);
     if batch_bytes > limits.batch_bytes_max {
-        return Err(StoreError::BatchTooLarge { batch_bytes, batch_bytes_max: limits.batch_bytes_max });
+        return Err(StoreError::BatchTooLarge {
+            batch_bytes,
+            batch_bytes_max: limits.batch_bytes_max,
+        });
     }
     Ok(batch_bytes)
 }

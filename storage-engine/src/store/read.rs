@@ -11,7 +11,12 @@ use crate::{DiskFile, ObjectId, StoreError};
 /// A value found in the index, taken out so no borrow is held while reading the disk.
 enum ValueRef {
     Bytes(Vec<u8>),
-    Disk { file: Rc<dyn DiskFile>, offset: u32, len: u32, crc: u32 },
+    Disk {
+        file: Rc<dyn DiskFile>,
+        offset: u32,
+        len: u32,
+        crc: u32,
+    },
 }
 
 impl Store {
@@ -20,12 +25,22 @@ impl Store {
         Ok(match entry {
             Entry::Inline { value, .. } => ValueRef::Bytes(value.to_vec()),
             Entry::Pending { value, .. } => ValueRef::Bytes(value.to_vec()),
-            Entry::OnDisk { segment, offset, len, crc } => {
+            Entry::OnDisk {
+                segment,
+                offset,
+                len,
+                crc,
+            } => {
                 let state = self.inner.state.borrow();
                 let Some(file) = state.segments.file(*segment) else {
                     unreachable!("index points into segment {segment}, which is not open")
                 };
-                ValueRef::Disk { file, offset: *offset, len: *len, crc: *crc }
+                ValueRef::Disk {
+                    file,
+                    offset: *offset,
+                    len: *len,
+                    crc: *crc,
+                }
             }
         })
     }
@@ -33,7 +48,12 @@ impl Store {
     async fn resolve(value: ValueRef) -> Result<Vec<u8>, StoreError> {
         match value {
             ValueRef::Bytes(bytes) => Ok(bytes),
-            ValueRef::Disk { file, offset, len, crc } => read_value(&*file, offset, len, crc).await,
+            ValueRef::Disk {
+                file,
+                offset,
+                len,
+                crc,
+            } => read_value(&*file, offset, len, crc).await,
         }
     }
 
@@ -93,13 +113,20 @@ impl Store {
             let Some(object_state) = state.index.objects.get(object) else {
                 return Ok(Vec::new());
             };
-            let Some((lower, upper)) = bounds(options) else { return Ok(Vec::new()) };
+            let Some((lower, upper)) = bounds(options) else {
+                return Ok(Vec::new());
+            };
             let range = object_state.keys.range::<[u8], _>((lower, upper));
             let prefix = options.prefix.as_deref().unwrap_or(&[]);
             let selected = |(key, _): &(&Box<[u8]>, &Entry)| key.starts_with(prefix);
             let owned = |(key, entry): (&Box<[u8]>, &Entry)| (key.to_vec(), entry.clone());
             if options.reverse {
-                range.rev().take_while(selected).take(limit).map(owned).collect()
+                range
+                    .rev()
+                    .take_while(selected)
+                    .take(limit)
+                    .map(owned)
+                    .collect()
             } else {
                 range.take_while(selected).take(limit).map(owned).collect()
             }
@@ -113,7 +140,10 @@ impl Store {
     pub async fn load_object(&self, object: &ObjectId) -> Result<ObjectData, StoreError> {
         let alarm_ms = self.alarm(object);
         let found = self.collect_range(object, &ListOptions::default())?;
-        let mut data = ObjectData { entries: Default::default(), alarm_ms };
+        let mut data = ObjectData {
+            entries: Default::default(),
+            alarm_ms,
+        };
         for (key, value) in found {
             data.entries.insert(key, Store::resolve(value).await?);
         }
@@ -133,7 +163,10 @@ fn bounds(options: &ListOptions) -> Option<(Bound<&[u8]>, Bound<&[u8]>)> {
     for candidate in candidates.into_iter().flatten() {
         lower = match (lower, candidate) {
             (Bound::Unbounded, new) => new,
-            (old @ (Bound::Included(a) | Bound::Excluded(a)), new @ (Bound::Included(b) | Bound::Excluded(b))) => {
+            (
+                old @ (Bound::Included(a) | Bound::Excluded(a)),
+                new @ (Bound::Included(b) | Bound::Excluded(b)),
+            ) => {
                 if b > a || (b == a && matches!(new, Bound::Excluded(_))) {
                     new
                 } else {
@@ -143,7 +176,10 @@ fn bounds(options: &ListOptions) -> Option<(Bound<&[u8]>, Bound<&[u8]>)> {
             (old, Bound::Unbounded) => old,
         };
     }
-    let upper: Bound<&[u8]> = options.end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+    let upper: Bound<&[u8]> = options
+        .end
+        .as_deref()
+        .map_or(Bound::Unbounded, Bound::Excluded);
     // BTreeMap::range panics on an inverted range; such a range is simply empty.
     if let (Bound::Included(a) | Bound::Excluded(a), Bound::Excluded(b)) = (lower, upper) {
         if a >= b {
@@ -170,11 +206,16 @@ pub(super) async fn read_value(
         reason,
     };
     if bytes.len() != len as usize {
-        return Err(corruption(format!("value of {len} bytes, only {} readable", bytes.len())));
+        return Err(corruption(format!(
+            "value of {len} bytes, only {} readable",
+            bytes.len()
+        )));
     }
     let found = crc32fast::hash(&bytes);
     if found != crc {
-        return Err(corruption(format!("value crc {found:#010x}, index expects {crc:#010x}")));
+        return Err(corruption(format!(
+            "value crc {found:#010x}, index expects {crc:#010x}"
+        )));
     }
     Ok(bytes)
 }

@@ -11,7 +11,9 @@ use super::segments::{
     MANIFEST_TMP_NAME,
 };
 use super::{io_error, State, StoreStats};
-use crate::codec::{self, DecodedOp, ManifestData, PayloadReader, BLOCK_BYTES, RECORD_HEADER_BYTES};
+use crate::codec::{
+    self, DecodedOp, ManifestData, PayloadReader, BLOCK_BYTES, RECORD_HEADER_BYTES,
+};
 use crate::{Disk, DiskFile, ObjectId, RecoveryMode, StoreConfig, StoreError};
 
 /// What recovery rebuilt, ready to become the store's state.
@@ -52,21 +54,29 @@ impl Recovered {
 }
 
 pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered, StoreError> {
-    let names = disk.list().await.map_err(|source| io_error("list", "store directory", source))?;
+    let names = disk
+        .list()
+        .await
+        .map_err(|source| io_error("list", "store directory", source))?;
     if names.iter().any(|name| name == MANIFEST_TMP_NAME) {
         // A manifest replacement that did not reach its rename: the old manifest stands.
         disk.remove(MANIFEST_TMP_NAME)
             .await
             .map_err(|source| io_error("remove", MANIFEST_TMP_NAME, source))?;
     }
-    let mut files: Vec<(SegmentKind, u64)> =
-        names.iter().filter_map(|name| parse_segment_file_name(name)).collect();
+    let mut files: Vec<(SegmentKind, u64)> = names
+        .iter()
+        .filter_map(|name| parse_segment_file_name(name))
+        .collect();
     files.sort_by_key(|(kind, id)| (*id, *kind == SegmentKind::Log));
 
     let manifest = if names.iter().any(|name| name == MANIFEST_NAME) {
         manifest::read(disk).await?
     } else if files.is_empty() {
-        let fresh = ManifestData { log_start: 1, base_segments: Vec::new() };
+        let fresh = ManifestData {
+            log_start: 1,
+            base_segments: Vec::new(),
+        };
         manifest::write(disk, &fresh).await?;
         fresh
     } else {
@@ -94,13 +104,21 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
     for (kind, id) in &orphans {
         let name = segment_file_name(*kind, *id);
         tracing::warn!(file = %name, "removing a segment file left over by an interrupted compaction");
-        disk.remove(&name).await.map_err(|source| io_error("remove", &name, source))?;
+        disk.remove(&name)
+            .await
+            .map_err(|source| io_error("remove", &name, source))?;
     }
     if !orphans.is_empty() {
-        disk.sync_dir().await.map_err(|source| io_error("sync_dir", "store directory", source))?;
+        disk.sync_dir()
+            .await
+            .map_err(|source| io_error("sync_dir", "store directory", source))?;
     }
 
-    let newest_log = live.iter().filter(|(kind, _)| *kind == SegmentKind::Log).map(|(_, id)| *id).max();
+    let newest_log = live
+        .iter()
+        .filter(|(kind, _)| *kind == SegmentKind::Log)
+        .map(|(_, id)| *id)
+        .max();
     let mut replay = Replay {
         config,
         index: Index::default(),
@@ -118,13 +136,29 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
     for &(kind, id) in ordered {
         let newest = kind == SegmentKind::Log && Some(id) == newest_log;
         let (file, end) = replay.replay_file(disk, kind, id, newest).await?;
-        replay.segments.by_id.insert(id, Segment { kind, file: file.clone(), written_bytes: end });
+        replay.segments.by_id.insert(
+            id,
+            Segment {
+                kind,
+                file: file.clone(),
+                written_bytes: end,
+            },
+        );
         if newest {
-            writer = Some(Writer { segment: id, file, offset: codec::block_align_up(end as usize) as u64 });
+            writer = Some(Writer {
+                segment: id,
+                file,
+                offset: codec::block_align_up(end as usize) as u64,
+            });
         }
     }
 
-    let highest_id = live.iter().map(|(_, id)| *id).chain([manifest.log_start]).max().unwrap_or(1);
+    let highest_id = live
+        .iter()
+        .map(|(_, id)| *id)
+        .chain([manifest.log_start])
+        .max()
+        .unwrap_or(1);
     let (active_segment, active_bytes) = match &writer {
         Some(writer) => (writer.segment, writer.offset),
         None => (manifest.log_start, 0),
@@ -164,22 +198,34 @@ impl Replay<'_> {
         newest: bool,
     ) -> Result<(Rc<dyn DiskFile>, u64), StoreError> {
         let name = segment_file_name(kind, id);
-        let file = disk.open_file(&name, false).await.map_err(|source| io_error("open", &name, source))?;
-        let length = file.len().await.map_err(|source| io_error("stat", &name, source))?;
+        let file = disk
+            .open_file(&name, false)
+            .await
+            .map_err(|source| io_error("open", &name, source))?;
+        let length = file
+            .len()
+            .await
+            .map_err(|source| io_error("stat", &name, source))?;
         let corruption = |offset: usize, reason: String| StoreError::Corruption {
             file: name.clone(),
             offset: offset as u64,
             reason,
         };
         if length > u64::from(u32::MAX) {
-            return Err(corruption(0, format!("{length} bytes, more than value offsets can name")));
+            return Err(corruption(
+                0,
+                format!("{length} bytes, more than value offsets can name"),
+            ));
         }
         let bytes = file
             .read_at(0, length as usize)
             .await
             .map_err(|source| io_error("read", &name, source))?;
         if bytes.len() as u64 != length {
-            return Err(corruption(bytes.len(), format!("read {} of {length} bytes", bytes.len())));
+            return Err(corruption(
+                bytes.len(),
+                format!("read {} of {length} bytes", bytes.len()),
+            ));
         }
 
         let mut offset = 0;
@@ -210,8 +256,12 @@ impl Replay<'_> {
             }
         }
         if newest && (end as u64) < length {
-            file.truncate(end as u64).await.map_err(|source| io_error("truncate", &name, source))?;
-            file.fdatasync().await.map_err(|source| io_error("fdatasync", &name, source))?;
+            file.truncate(end as u64)
+                .await
+                .map_err(|source| io_error("truncate", &name, source))?;
+            file.fdatasync()
+                .await
+                .map_err(|source| io_error("fdatasync", &name, source))?;
         }
         Ok((file, end as u64))
     }
@@ -227,10 +277,16 @@ impl Replay<'_> {
     ) -> Result<usize, String> {
         let (header, payload) = codec::decode_record(bytes).map_err(|error| error.0)?;
         if header.segment != id {
-            return Err(format!("record belongs to segment {}, not {id}", header.segment));
+            return Err(format!(
+                "record belongs to segment {}, not {id}",
+                header.segment
+            ));
         }
         if kind == SegmentKind::Log && header.seq <= self.last_log_seq {
-            return Err(format!("sequence {} does not follow {}", header.seq, self.last_log_seq));
+            return Err(format!(
+                "sequence {} does not follow {}",
+                header.seq, self.last_log_seq
+            ));
         }
         // Decode everything before applying anything, so a bad record leaves no trace.
         let mut reader = PayloadReader::new(payload);
@@ -254,10 +310,21 @@ impl Replay<'_> {
         Ok(header.length as usize)
     }
 
-    fn apply(&mut self, object: &ObjectId, ops: &[DecodedOp<'_>], segment: u32, payload_offset: usize) {
+    fn apply(
+        &mut self,
+        object: &ObjectId,
+        ops: &[DecodedOp<'_>],
+        segment: u32,
+        payload_offset: usize,
+    ) {
         for op in ops {
             match *op {
-                DecodedOp::Put { key, value, value_offset, value_crc } => {
+                DecodedOp::Put {
+                    key,
+                    value,
+                    value_offset,
+                    value_crc,
+                } => {
                     let entry = if value.len() > self.config.inline_value_bytes_max {
                         Entry::OnDisk {
                             segment,
@@ -266,7 +333,10 @@ impl Replay<'_> {
                             crc: value_crc,
                         }
                     } else {
-                        Entry::Inline { value: value.into(), segment }
+                        Entry::Inline {
+                            value: value.into(),
+                            segment,
+                        }
                     };
                     self.index.put(object, key, entry);
                 }
@@ -282,11 +352,13 @@ impl Replay<'_> {
     /// not a torn tail but lost acknowledged data.
     fn valid_record_after(&self, bytes: &[u8], offset: usize, id: u64) -> bool {
         let magic = codec::RECORD_MAGIC.to_le_bytes();
-        (offset + BLOCK_BYTES..bytes.len()).step_by(BLOCK_BYTES).any(|start| {
-            bytes[start..].starts_with(&magic)
-                && codec::decode_record(&bytes[start..]).is_ok_and(|(header, _)| {
-                    header.segment == id && header.seq > self.last_log_seq
-                })
-        })
+        (offset + BLOCK_BYTES..bytes.len())
+            .step_by(BLOCK_BYTES)
+            .any(|start| {
+                bytes[start..].starts_with(&magic)
+                    && codec::decode_record(&bytes[start..]).is_ok_and(|(header, _)| {
+                        header.segment == id && header.seq > self.last_log_seq
+                    })
+            })
     }
 }

@@ -56,11 +56,16 @@ pub struct Segments {
 
 impl Segments {
     pub fn file(&self, id: u32) -> Option<Rc<dyn DiskFile>> {
-        self.by_id.get(&u64::from(id)).map(|segment| segment.file.clone())
+        self.by_id
+            .get(&u64::from(id))
+            .map(|segment| segment.file.clone())
     }
 
     pub fn written_bytes_total(&self) -> u64 {
-        self.by_id.values().map(|segment| segment.written_bytes).sum()
+        self.by_id
+            .values()
+            .map(|segment| segment.written_bytes)
+            .sum()
     }
 }
 
@@ -72,7 +77,10 @@ mod tests {
     fn names_roundtrip() {
         let name = segment_file_name(SegmentKind::Base, 0x2a);
         assert_eq!(name, "base-000000000000002a");
-        assert_eq!(parse_segment_file_name(&name), Some((SegmentKind::Base, 0x2a)));
+        assert_eq!(
+            parse_segment_file_name(&name),
+            Some((SegmentKind::Base, 0x2a))
+        );
         assert_eq!(parse_segment_file_name("log-12"), None);
         assert_eq!(parse_segment_file_name("MANIFEST"), None);
     }

@@ -22,7 +22,11 @@ pub struct StoreStats {
 
 /// The bucket of `value` in a histogram whose bucket i holds values ≤ 2^i.
 pub fn power_of_two_bucket(value: u64, buckets: usize) -> usize {
-    let bucket = if value <= 1 { 0 } else { (64 - (value - 1).leading_zeros()) as usize };
+    let bucket = if value <= 1 {
+        0
+    } else {
+        (64 - (value - 1).leading_zeros()) as usize
+    };
     bucket.min(buckets - 1)
 }
 

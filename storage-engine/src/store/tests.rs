@@ -40,17 +40,34 @@ fn commit_read_reopen_compact() {
             }
             batch.set_alarm(i64::from(i));
             let (seq, durable) = store.commit(&OBJECT, batch).expect("commit");
-            assert_eq!(store.get(&OBJECT, format!("k{i:03}").as_bytes()).await.expect("get"), Some(i.to_le_bytes().to_vec()));
+            assert_eq!(
+                store
+                    .get(&OBJECT, format!("k{i:03}").as_bytes())
+                    .await
+                    .expect("get"),
+                Some(i.to_le_bytes().to_vec())
+            );
             last = Some((seq, durable));
         }
         let (seq, durable) = last.expect("committed");
         durable.await.expect("durable");
         store.wait_durable(seq).await.expect("durable");
-        assert_eq!(store.get(&OBJECT, b"big010").await.expect("get"), Some(big.clone()));
-        let options = ListOptions { prefix: Some(b"k".to_vec()), reverse: true, limit: Some(3), ..Default::default() };
+        assert_eq!(
+            store.get(&OBJECT, b"big010").await.expect("get"),
+            Some(big.clone())
+        );
+        let options = ListOptions {
+            prefix: Some(b"k".to_vec()),
+            reverse: true,
+            limit: Some(3),
+            ..Default::default()
+        };
         let listed = store.list(&OBJECT, &options).await.expect("list");
         let keys: Vec<_> = listed.iter().map(|(k, _)| k.clone()).collect();
-        assert_eq!(keys, vec![b"k049".to_vec(), b"k048".to_vec(), b"k047".to_vec()]);
+        assert_eq!(
+            keys,
+            vec![b"k049".to_vec(), b"k048".to_vec(), b"k047".to_vec()]
+        );
         let before = store.load_object(&OBJECT).await.expect("load");
         assert_eq!(before.alarm_ms, Some(49));
         assert!(store.stats().segments > 1);
@@ -67,11 +84,20 @@ fn commit_read_reopen_compact() {
         durable.await.expect("durable");
         store.close().await.expect("close");
 
-        let store = Store::open(config(&path)).await.expect("reopen after compaction");
+        let store = Store::open(config(&path))
+            .await
+            .expect("reopen after compaction");
         let after = store.load_object(&OBJECT).await.expect("load");
         assert_eq!(after.entries.len(), 1);
         assert_eq!(after.alarm_ms, Some(49));
-        assert!(matches!(store.commit(&OBJECT, { let mut b = Batch::new(); b.put(vec![0u8; 4096], "x"); b.clone() }), Err(StoreError::KeyTooLarge { .. })));
+        assert!(matches!(
+            store.commit(&OBJECT, {
+                let mut b = Batch::new();
+                b.put(vec![0u8; 4096], "x");
+                b.clone()
+            }),
+            Err(StoreError::KeyTooLarge { .. })
+        ));
         store.close().await.expect("close");
     });
 }
@@ -96,9 +122,14 @@ fn torn_tail_is_cut() {
         bytes.resize(good + 4096, 0xAB);
         std::fs::write(&log, &bytes).expect("write log");
 
-        let store = Store::open(config(&path)).await.expect("reopen cuts the tail");
+        let store = Store::open(config(&path))
+            .await
+            .expect("reopen cuts the tail");
         assert_eq!(std::fs::metadata(&log).expect("stat").len(), good as u64);
-        assert_eq!(store.get(&OBJECT, b"a").await.expect("get"), Some(b"1".to_vec()));
+        assert_eq!(
+            store.get(&OBJECT, b"a").await.expect("get"),
+            Some(b"1".to_vec())
+        );
         store.close().await.expect("close");
     });
 }
@@ -111,12 +142,20 @@ fn probe_reopen() {
         let disk = GlommioDisk::new(path.clone());
         for (name, trunc) in [("a", false), ("b", true)] {
             let f = disk.open_file(name, true).await.expect("c");
-            if trunc { f.truncate(0).await.expect("t"); }
+            if trunc {
+                f.truncate(0).await.expect("t");
+            }
             f.write_at(0, &[5u8; 4096]).await.expect("w");
-            eprintln!("{name} same handle: {:?}", f.read_at(0, 4096).await.map(|r| r.len()));
+            eprintln!(
+                "{name} same handle: {:?}",
+                f.read_at(0, 4096).await.map(|r| r.len())
+            );
             drop(f);
             let f = disk.open_file(name, false).await.expect("o");
-            eprintln!("{name} reopened: {:?}", f.read_at(0, 4096).await.map(|r| r.len()));
+            eprintln!(
+                "{name} reopened: {:?}",
+                f.read_at(0, 4096).await.map(|r| r.len())
+            );
         }
     });
 }

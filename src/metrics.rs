@@ -1,0 +1,400 @@
+//! Counters of one core, and the Prometheus text that `/metrics` renders from every core's
+//! snapshot.
+//!
+//! Each core counts into its own [`CoreMetrics`] (no atomics, no sharing). `/metrics` asks every
+//! core for a [`CoreSnapshot`] (a plain, `Send` copy) over the cross-core channels and renders
+//! them together, so the figures are current when the scrape is answered.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+use stead_storage::StoreStats;
+
+use crate::object::HostStats;
+
+/// Upper bounds of the request latency histogram, in seconds (Prometheus `le` labels).
+pub const LATENCY_BUCKETS_SECONDS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Distinct (route, class, status) series one core keeps; requests past it count under
+/// `class="_other"`, so a client cannot grow the table (classes are registered, but statuses
+/// and routes are few anyway).
+const SERIES_MAX: usize = 4096;
+
+/// What a request was addressed to, for labels.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RequestLabels {
+    /// `object`, `ids`, `healthz`, `metrics`, `hello` or `none` (no route).
+    pub route: &'static str,
+    /// The class for `object` and `ids` requests, else empty.
+    pub class: String,
+}
+
+/// Latency of one (route, class): cumulative buckets as Prometheus wants them are computed at
+/// render time; here bucket i counts requests ≤ `LATENCY_BUCKETS_SECONDS[i]`, the last slot
+/// the rest.
+#[derive(Clone, Debug, Default)]
+pub struct LatencyHistogram {
+    pub buckets: [u64; LATENCY_BUCKETS_SECONDS.len() + 1],
+    pub sum_seconds: f64,
+    pub count: u64,
+}
+
+impl LatencyHistogram {
+    fn record(&mut self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = LATENCY_BUCKETS_SECONDS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BUCKETS_SECONDS.len());
+        self.buckets[bucket] += 1;
+        self.sum_seconds += seconds;
+        self.count += 1;
+    }
+}
+
+/// The counters of one core.
+#[derive(Default)]
+pub struct CoreMetrics {
+    /// Requests answered, by labels and status.
+    requests: RefCell<HashMap<(RequestLabels, u16), u64>>,
+    /// Latency by labels.
+    latency: RefCell<HashMap<RequestLabels, LatencyHistogram>>,
+    /// Client connections open on this core.
+    pub connections_open: Cell<usize>,
+    /// Connections accepted since start.
+    pub connections_total: Cell<u64>,
+    /// Requests this core sent to the owning core of their object.
+    pub forwarded_total: Cell<u64>,
+    /// Requests refused because too many were already waiting on other cores.
+    pub forward_rejections_total: Cell<u64>,
+}
+
+impl CoreMetrics {
+    /// Counts one answered request.
+    pub fn record(&self, labels: RequestLabels, status: u16, elapsed: Duration) {
+        let labels = {
+            let requests = self.requests.borrow();
+            if requests.len() >= SERIES_MAX && !requests.contains_key(&(labels.clone(), status)) {
+                RequestLabels {
+                    route: labels.route,
+                    class: "_other".to_string(),
+                }
+            } else {
+                labels
+            }
+        };
+        self.latency
+            .borrow_mut()
+            .entry(labels.clone())
+            .or_default()
+            .record(elapsed);
+        *self
+            .requests
+            .borrow_mut()
+            .entry((labels, status))
+            .or_insert(0) += 1;
+    }
+
+    /// A copy of everything, with the host's and the store's figures.
+    pub fn snapshot(&self, core: usize, host: HostStats, store: StoreStats) -> CoreSnapshot {
+        CoreSnapshot {
+            core,
+            requests: self
+                .requests
+                .borrow()
+                .iter()
+                .map(|((labels, status), count)| (labels.clone(), *status, *count))
+                .collect(),
+            latency: self
+                .latency
+                .borrow()
+                .iter()
+                .map(|(labels, histogram)| (labels.clone(), histogram.clone()))
+                .collect(),
+            connections_open: self.connections_open.get(),
+            connections_total: self.connections_total.get(),
+            forwarded_total: self.forwarded_total.get(),
+            forward_rejections_total: self.forward_rejections_total.get(),
+            host,
+            store,
+        }
+    }
+}
+
+/// One core's figures at one moment; sent between cores.
+#[derive(Clone, Debug)]
+pub struct CoreSnapshot {
+    pub core: usize,
+    pub requests: Vec<(RequestLabels, u16, u64)>,
+    pub latency: Vec<(RequestLabels, LatencyHistogram)>,
+    pub connections_open: usize,
+    pub connections_total: u64,
+    pub forwarded_total: u64,
+    pub forward_rejections_total: u64,
+    pub host: HostStats,
+    pub store: StoreStats,
+}
+
+/// Renders every core's snapshot in the Prometheus text exposition format (version 0.0.4).
+pub fn render(snapshots: &[CoreSnapshot]) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    render_requests(&mut out, snapshots);
+    render_latency(&mut out, snapshots);
+    let per_core: [(&str, &str, &str, fn(&CoreSnapshot) -> f64); 14] = [
+        (
+            "stead_connections_open",
+            "gauge",
+            "Client connections open.",
+            |s| s.connections_open as f64,
+        ),
+        (
+            "stead_connections_total",
+            "counter",
+            "Client connections accepted.",
+            |s| s.connections_total as f64,
+        ),
+        (
+            "stead_forwarded_total",
+            "counter",
+            "Requests forwarded to the core owning their object.",
+            |s| s.forwarded_total as f64,
+        ),
+        (
+            "stead_forward_rejections_total",
+            "counter",
+            "Requests refused: too many in flight to other cores.",
+            |s| s.forward_rejections_total as f64,
+        ),
+        ("stead_active_objects", "gauge", "Objects in memory.", |s| {
+            s.host.active_objects as f64
+        }),
+        (
+            "stead_events_queued",
+            "gauge",
+            "Events admitted and not yet answered.",
+            |s| s.host.events_queued as f64,
+        ),
+        (
+            "stead_activations_total",
+            "counter",
+            "Object activations.",
+            |s| s.host.activations_total as f64,
+        ),
+        (
+            "stead_evictions_total",
+            "counter",
+            "Idle objects evicted.",
+            |s| s.host.evictions_total as f64,
+        ),
+        (
+            "stead_overload_rejections_total",
+            "counter",
+            "Events refused with 503.",
+            |s| s.host.overload_rejections_total as f64,
+        ),
+        (
+            "stead_storage_commits_total",
+            "counter",
+            "Batches committed.",
+            |s| s.store.commits_total as f64,
+        ),
+        (
+            "stead_storage_fdatasyncs_total",
+            "counter",
+            "fdatasync calls.",
+            |s| s.store.fdatasyncs_total as f64,
+        ),
+        (
+            "stead_storage_bytes_written_total",
+            "counter",
+            "Bytes appended to the log.",
+            |s| s.store.bytes_written_total as f64,
+        ),
+        ("stead_storage_keys", "gauge", "Keys in the index.", |s| {
+            s.store.keys as f64
+        }),
+        (
+            "stead_storage_poisoned",
+            "gauge",
+            "1 after a failed write or fdatasync.",
+            |s| f64::from(u8::from(s.store.poisoned)),
+        ),
+    ];
+    for (name, kind, help, value) in per_core {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for snapshot in snapshots {
+            let _ = writeln!(
+                out,
+                "{name}{{core=\"{}\"}} {}",
+                snapshot.core,
+                value(snapshot)
+            );
+        }
+    }
+    render_power_of_two(
+        &mut out,
+        "stead_storage_fdatasync_seconds",
+        "fdatasync latency.",
+        snapshots,
+        |s| &s.store.fdatasync_micros_buckets,
+        1e-6,
+        |s| s.store.fdatasync_micros_sum as f64 * 1e-6,
+    );
+    render_power_of_two(
+        &mut out,
+        "stead_storage_group_commit_batches",
+        "Batches made durable by one fdatasync.",
+        snapshots,
+        |s| &s.store.group_commits_buckets,
+        1.0,
+        |_| f64::NAN,
+    );
+    out
+}
+
+fn render_requests(out: &mut String, snapshots: &[CoreSnapshot]) {
+    let mut totals: HashMap<(&RequestLabels, u16), u64> = HashMap::new();
+    for snapshot in snapshots {
+        for (labels, status, count) in &snapshot.requests {
+            *totals.entry((labels, *status)).or_insert(0) += count;
+        }
+    }
+    let mut series: Vec<_> = totals.into_iter().collect();
+    series.sort_by(|a, b| {
+        (a.0 .0.route, &a.0 .0.class, a.0 .1).cmp(&(b.0 .0.route, &b.0 .0.class, b.0 .1))
+    });
+    out.push_str("# HELP stead_requests_total HTTP requests answered.\n");
+    out.push_str("# TYPE stead_requests_total counter\n");
+    for ((labels, status), count) in series {
+        let _ = writeln!(
+            out,
+            "stead_requests_total{{route=\"{}\",class=\"{}\",status=\"{status}\"}} {count}",
+            labels.route, labels.class
+        );
+    }
+}
+
+fn render_latency(out: &mut String, snapshots: &[CoreSnapshot]) {
+    let mut merged: HashMap<&RequestLabels, LatencyHistogram> = HashMap::new();
+    for snapshot in snapshots {
+        for (labels, histogram) in &snapshot.latency {
+            let total = merged.entry(labels).or_default();
+            for (sum, add) in total.buckets.iter_mut().zip(histogram.buckets) {
+                *sum += add;
+            }
+            total.sum_seconds += histogram.sum_seconds;
+            total.count += histogram.count;
+        }
+    }
+    let mut series: Vec<_> = merged.into_iter().collect();
+    series.sort_by(|a, b| (a.0.route, &a.0.class).cmp(&(b.0.route, &b.0.class)));
+    out.push_str("# HELP stead_request_duration_seconds Time from parsed request to response.\n");
+    out.push_str("# TYPE stead_request_duration_seconds histogram\n");
+    for (labels, histogram) in series {
+        let label = format!("route=\"{}\",class=\"{}\"", labels.route, labels.class);
+        let mut cumulative = 0;
+        for (bound, count) in LATENCY_BUCKETS_SECONDS.iter().zip(histogram.buckets) {
+            cumulative += count;
+            let _ = writeln!(
+                out,
+                "stead_request_duration_seconds_bucket{{{label},le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "stead_request_duration_seconds_bucket{{{label},le=\"+Inf\"}} {}",
+            histogram.count
+        );
+        let _ = writeln!(
+            out,
+            "stead_request_duration_seconds_sum{{{label}}} {}",
+            histogram.sum_seconds
+        );
+        let _ = writeln!(
+            out,
+            "stead_request_duration_seconds_count{{{label}}} {}",
+            histogram.count
+        );
+    }
+}
+
+/// Renders a per-core histogram whose bucket i counts values ≤ 2^i (times `unit`).
+fn render_power_of_two(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    snapshots: &[CoreSnapshot],
+    buckets: fn(&CoreSnapshot) -> &[u64],
+    unit: f64,
+    sum: fn(&CoreSnapshot) -> f64,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for snapshot in snapshots {
+        let counts = buckets(snapshot);
+        let mut cumulative = 0;
+        for (i, count) in counts
+            .iter()
+            .enumerate()
+            .take(counts.len().saturating_sub(1))
+        {
+            cumulative += count;
+            let bound = (1u64 << i) as f64 * unit;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{core=\"{}\",le=\"{bound}\"}} {cumulative}",
+                snapshot.core
+            );
+        }
+        let total: u64 = counts.iter().sum();
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{core=\"{}\",le=\"+Inf\"}} {total}",
+            snapshot.core
+        );
+        let sum = sum(snapshot);
+        if !sum.is_nan() {
+            let _ = writeln!(out, "{name}_sum{{core=\"{}\"}} {sum}", snapshot.core);
+        }
+        let _ = writeln!(out, "{name}_count{{core=\"{}\"}} {total}", snapshot.core);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_and_cumulative_buckets() {
+        let metrics = CoreMetrics::default();
+        let labels = RequestLabels {
+            route: "object",
+            class: "counter".to_string(),
+        };
+        metrics.record(labels.clone(), 200, Duration::from_micros(50));
+        metrics.record(labels.clone(), 200, Duration::from_millis(3));
+        metrics.record(labels, 503, Duration::from_millis(3));
+        let snapshot = metrics.snapshot(0, HostStats::default(), StoreStats::default());
+        let text = render(&[
+            snapshot.clone(),
+            CoreSnapshot {
+                core: 1,
+                ..snapshot
+            },
+        ]);
+        assert!(text
+            .contains("stead_requests_total{route=\"object\",class=\"counter\",status=\"200\"} 4"));
+        assert!(text
+            .contains("stead_requests_total{route=\"object\",class=\"counter\",status=\"503\"} 2"));
+        assert!(text.contains(
+            "stead_request_duration_seconds_bucket{route=\"object\",class=\"counter\",le=\"0.0001\"} 2"
+        ));
+        assert!(text.contains(
+            "stead_request_duration_seconds_bucket{route=\"object\",class=\"counter\",le=\"0.005\"} 6"
+        ));
+        assert!(text.contains("stead_active_objects{core=\"1\"} 0"));
+    }
+}

@@ -1,0 +1,292 @@
+//! The public entry point: build a server from a configuration and classes, start its cores,
+//! stop it.
+//!
+//! ```no_run
+//! # use stead::{Config, Server};
+//! let server = Server::builder().config(Config::default()).builtins().build();
+//! server.run().expect("the server stopped with an error");
+//! ```
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::Config;
+use crate::layout::{self, LayoutError};
+use crate::object::{ClassRegistry, DurableObject, RegistryError};
+use crate::shard::{channels, run_core, CoreEvent, CoreStart};
+
+/// Locked memory each core's executor registers for I/O. The machine's locked-memory limit is
+/// shared by every core, and the storage engine reads through ordinary buffers when this pool
+/// is used up, so it stays small.
+const CORE_IO_MEMORY_BYTES: usize = 512 * 1024;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A class could not be registered.
+    Registry(RegistryError),
+    /// The configuration is not usable.
+    Config(String),
+    /// The data directory is not usable.
+    Layout(LayoutError),
+    /// A core could not start.
+    Core { core: usize, reason: String },
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Registry(error) => write!(f, "{error}"),
+            ServerError::Config(reason) => write!(f, "invalid configuration: {reason}"),
+            ServerError::Layout(error) => write!(f, "data directory: {error}"),
+            ServerError::Core { core, reason } => write!(f, "core {core}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// Collects the configuration and the classes of a server.
+#[derive(Default)]
+pub struct ServerBuilder {
+    /// Where, how many cores, limits.
+    config: Config,
+    /// The classes registered so far.
+    registry: ClassRegistry,
+    /// The first registration error; reported by `start`, so the builder chains.
+    error: Option<RegistryError>,
+}
+
+impl ServerBuilder {
+    pub fn config(mut self, config: Config) -> ServerBuilder {
+        self.config = config;
+        self
+    }
+
+    /// Registers class `T`, reached at `/objects/{name}/…`.
+    pub fn class<T: DurableObject>(mut self, name: &str) -> ServerBuilder {
+        if let Err(error) = self.registry.register::<T>(name) {
+            self.error.get_or_insert(error);
+        }
+        self
+    }
+
+    /// Registers the built-in classes (`counter`, `ratelimiter`, …).
+    pub fn builtins(mut self) -> ServerBuilder {
+        if let Err(error) = crate::objects::register_builtins(&mut self.registry) {
+            self.error.get_or_insert(error);
+        }
+        self
+    }
+
+    pub fn build(self) -> Server {
+        Server { builder: self }
+    }
+}
+
+/// A configured server, not yet started.
+pub struct Server {
+    /// What it was built from.
+    builder: ServerBuilder,
+}
+
+impl Server {
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// Starts, then serves until SIGINT or SIGTERM, then shuts down gracefully.
+    pub fn run(self) -> Result<(), ServerError> {
+        wait_for_signal(self.start()?)
+    }
+
+    /// Starts every core and returns once all of them serve.
+    pub fn start(self) -> Result<RunningServer, ServerError> {
+        let ServerBuilder {
+            config,
+            registry,
+            error,
+        } = self.builder;
+        if let Some(error) = error {
+            return Err(ServerError::Registry(error));
+        }
+        validate(&config)?;
+        let layout = layout::prepare(&config).map_err(ServerError::Layout)?;
+        let cores = layout.cores;
+        let available = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let config = Arc::new(config);
+        let registry = Arc::new(registry);
+        let stop = Arc::new(AtomicBool::new(false));
+        let drained = Arc::new(AtomicUsize::new(0));
+        let (events_sender, events) = mpsc::channel();
+        let capacity = 2 * config.objects.cross_core_requests_max.max(1);
+        let mut address_senders = Vec::new();
+        let mut threads = Vec::with_capacity(cores);
+        for (core, endpoints) in channels(cores, capacity).into_iter().enumerate() {
+            let bound_address = if core == 0 {
+                None
+            } else {
+                let (sender, receiver) = mpsc::channel();
+                address_senders.push(sender);
+                Some(receiver)
+            };
+            let start = CoreStart {
+                core,
+                layout,
+                config: config.clone(),
+                registry: registry.clone(),
+                endpoints,
+                stop: stop.clone(),
+                drained: drained.clone(),
+                events: events_sender.clone(),
+                bound_address,
+            };
+            let spawned = LocalExecutorBuilder::new(Placement::Fixed(core % available))
+                .name(&format!("stead-core-{core}"))
+                .io_memory(CORE_IO_MEMORY_BYTES)
+                .spawn(move || run_core(start));
+            match spawned {
+                Ok(handle) => threads.push(handle),
+                Err(error) => {
+                    stop.store(true, Ordering::SeqCst);
+                    drop(address_senders);
+                    join_all(threads);
+                    return Err(ServerError::Core {
+                        core,
+                        reason: format!("cannot start its executor: {error}"),
+                    });
+                }
+            }
+        }
+        drop(events_sender);
+        let running = RunningServer {
+            address: config.listen,
+            stop,
+            threads,
+        };
+        let mut ready = 0;
+        let mut address = None;
+        while ready < cores {
+            match events.recv() {
+                Ok(CoreEvent::Bound(bound)) => {
+                    address = Some(bound);
+                    for sender in address_senders.drain(..) {
+                        let _ = sender.send(bound);
+                    }
+                }
+                Ok(CoreEvent::Ready { core }) => {
+                    tracing::debug!(core, "core ready");
+                    ready += 1;
+                }
+                Ok(CoreEvent::Failed { core, reason }) => {
+                    drop(address_senders);
+                    running.stop();
+                    let _ = running.wait();
+                    return Err(ServerError::Core { core, reason });
+                }
+                Err(_) => {
+                    let _ = running.wait();
+                    return Err(ServerError::Core {
+                        core: 0,
+                        reason: "the cores stopped during start-up".into(),
+                    });
+                }
+            }
+        }
+        let address = address.unwrap_or(config.listen);
+        Ok(RunningServer { address, ..running })
+    }
+}
+
+/// Serves until SIGINT or SIGTERM, then shuts `running` down gracefully and waits for it.
+pub fn wait_for_signal(running: RunningServer) -> Result<(), ServerError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = running.stop.clone();
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|error| ServerError::Config(format!("cannot install signal handlers: {error}")))?;
+    let handle = signals.handle();
+    std::thread::Builder::new()
+        .name("stead-signals".to_string())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                tracing::info!(signal, "shutting down");
+                stop.store(true, Ordering::SeqCst);
+            }
+        })
+        .map_err(|error| ServerError::Config(format!("cannot start the signal thread: {error}")))?;
+    let result = running.wait();
+    handle.close();
+    result
+}
+
+/// Refuses settings that cannot work, before anything is opened.
+fn validate(config: &Config) -> Result<(), ServerError> {
+    let problem = if config.http.body_bytes_max == 0 {
+        Some("http.body_bytes_max must be positive")
+    } else if config.http.connections_per_core_max == 0 {
+        Some("http.connections_per_core_max must be positive")
+    } else if config.objects.object_events_queued_max == 0 {
+        Some("objects.object_events_queued_max must be positive")
+    } else if config.storage.partitions == 0 {
+        Some("storage.partitions must be positive")
+    } else if config.auth_token.as_deref() == Some("") {
+        Some("auth_token must not be empty")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(ServerError::Config(problem.to_string())),
+        None => Ok(()),
+    }
+}
+
+/// A server whose cores are serving.
+pub struct RunningServer {
+    /// Where it listens (the real port when 0 was asked for).
+    address: SocketAddr,
+    /// Set to stop every core.
+    stop: Arc<AtomicBool>,
+    /// The cores' executor threads.
+    threads: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl RunningServer {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Asks every core to shut down gracefully; `wait` returns when they have.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until every core has stopped.
+    pub fn wait(self) -> Result<(), ServerError> {
+        let failed = join_all(self.threads);
+        match failed {
+            Some(core) => Err(ServerError::Core {
+                core,
+                reason: "its executor panicked".to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Joins every thread; the first that panicked, if any.
+fn join_all(threads: Vec<glommio::ExecutorJoinHandle<()>>) -> Option<usize> {
+    let mut failed = None;
+    for (core, thread) in threads.into_iter().enumerate() {
+        if thread.join().is_err() {
+            failed.get_or_insert(core);
+        }
+    }
+    failed
+}

@@ -1,0 +1,259 @@
+//! One core: its executor, store, objects, listener, and the channels to the other cores.
+//!
+//! A core runs [`run_core`] on a pinned glommio executor. Start-up: connect the cross-core
+//! channels (every core at once), open this core's store and object host, bind the shared port
+//! (core 0 first, so that port 0 resolves to one port that the others then bind too), report
+//! ready. Shutdown, when the server's stop flag is set: stop accepting, let every connection
+//! answer what it has in flight, wait until every core got that far (a connection may be
+//! waiting on an object of another core), then close the objects and the store.
+
+mod accept;
+mod handler;
+mod mesh;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use glommio::channels::shared_channel::ConnectedReceiver;
+use glommio::net::TcpListener;
+use stead_storage::Store;
+
+pub use mesh::{channels, Endpoints};
+
+use crate::config::Config;
+use crate::layout::{store_config, store_dir, Layout};
+use crate::metrics::CoreMetrics;
+use crate::object::{ClassRegistry, ObjectHost};
+use crate::shutdown::Shutdown;
+use handler::CoreHandler;
+use mesh::{Mesh, Message, Reply};
+
+/// How often a core looks at the server's stop flag.
+const STOP_POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// How long shutdown waits for connections to finish their in-flight requests, and then for
+/// the other cores to get as far.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What a core tells the thread that started it.
+#[derive(Debug)]
+pub enum CoreEvent {
+    /// Core 0 bound the listening address (with the real port, if 0 was asked for).
+    Bound(SocketAddr),
+    /// The core serves.
+    Ready { core: usize },
+    /// The core could not start.
+    Failed { core: usize, reason: String },
+}
+
+/// Everything a core needs to start; made on the main thread and moved to the executor.
+pub struct CoreStart {
+    pub core: usize,
+    pub layout: Layout,
+    pub config: Arc<Config>,
+    pub registry: Arc<ClassRegistry>,
+    pub endpoints: Endpoints,
+    /// Set once to stop the server.
+    pub stop: Arc<AtomicBool>,
+    /// Counts cores that finished draining their connections.
+    pub drained: Arc<AtomicUsize>,
+    /// Start-up progress, to the starting thread.
+    pub events: mpsc::Sender<CoreEvent>,
+    /// For cores other than 0: the address core 0 bound, once it has.
+    pub bound_address: Option<mpsc::Receiver<SocketAddr>>,
+}
+
+/// The state of one core, shared by its tasks.
+pub struct Shard {
+    /// This core's index.
+    core: usize,
+    /// Cores serving; an id's owner is `id.core(partitions, cores)`.
+    cores: usize,
+    /// Fixed by the data directory.
+    partitions: u32,
+    /// The server's configuration.
+    config: Rc<Config>,
+    /// Which classes exist.
+    registry: Arc<ClassRegistry>,
+    /// The objects this core owns.
+    host: Rc<ObjectHost>,
+    /// The channels to the other cores.
+    mesh: Mesh,
+    /// Counters for `/metrics`.
+    metrics: CoreMetrics,
+    /// `Bearer <token>` when an auth token is configured.
+    auth_header: Option<String>,
+    /// Set when this core shuts down.
+    shutdown: Rc<Shutdown>,
+}
+
+impl Shard {
+    fn snapshot(&self) -> crate::metrics::CoreSnapshot {
+        self.metrics
+            .snapshot(self.core, self.host.stats(), self.host.store().stats())
+    }
+
+    /// Handles one message from core `from`.
+    fn receive(self: &Rc<Self>, from: usize, message: Message) {
+        match message {
+            Message::Dispatch {
+                tag,
+                class,
+                id,
+                request,
+            } => {
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    let response = shard.host.dispatch(&class, id, request).await;
+                    if shard
+                        .mesh
+                        .answer(from, Message::Response { tag, response })
+                        .is_err()
+                    {
+                        tracing::debug!(from, "a forwarded request's core is gone");
+                    }
+                })
+                .detach();
+            }
+            Message::Response { tag, response } => {
+                self.mesh.deliver(tag, Reply::Response(response))
+            }
+            Message::Snapshot { tag } => {
+                let snapshot = Box::new(self.snapshot());
+                if self
+                    .mesh
+                    .answer(from, Message::SnapshotReply { tag, snapshot })
+                    .is_err()
+                {
+                    tracing::debug!(from, "a metrics request's core is gone");
+                }
+            }
+            Message::SnapshotReply { tag, snapshot } => {
+                self.mesh.deliver(tag, Reply::Snapshot(snapshot))
+            }
+        }
+    }
+}
+
+/// The body of core `start.core`'s executor: start, serve until stopped, shut down.
+pub async fn run_core(start: CoreStart) {
+    let core = start.core;
+    let events = start.events.clone();
+    let drained = start.drained.clone();
+    if let Err(reason) = serve(start).await {
+        tracing::error!(core, "{reason}");
+        let _ = events.send(CoreEvent::Failed { core, reason });
+        drained.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+async fn serve(start: CoreStart) -> Result<(), String> {
+    let CoreStart {
+        core,
+        layout,
+        config,
+        registry,
+        endpoints,
+        stop,
+        drained,
+        events,
+        bound_address,
+    } = start;
+    let config = Rc::new((*config).clone());
+    let cores = layout.cores;
+    let in_flight_max = config.objects.cross_core_requests_max.max(1);
+    let (mesh, receivers) = Mesh::connect(endpoints, in_flight_max).await;
+    let shutdown = Rc::new(Shutdown::new());
+    glommio::spawn_local(watch_stop(stop.clone(), shutdown.clone())).detach();
+
+    let dir = store_dir(&config.data_dir, layout.generation, core);
+    let store = Store::open(store_config(&config, dir.clone()))
+        .await
+        .map_err(|error| {
+            format!(
+                "core {core}: cannot open the store in {}: {error}",
+                dir.display()
+            )
+        })?;
+    let host = ObjectHost::new(store, registry.clone(), config.clone());
+    host.start_background();
+    let auth_header = config
+        .auth_token
+        .as_ref()
+        .map(|token| format!("Bearer {token}"));
+    let shard = Rc::new(Shard {
+        core,
+        cores,
+        partitions: layout.partitions,
+        config: config.clone(),
+        registry,
+        host: host.clone(),
+        mesh,
+        metrics: CoreMetrics::default(),
+        auth_header,
+        shutdown: shutdown.clone(),
+    });
+    for (from, receiver) in receivers {
+        glommio::spawn_local(receive_loop(shard.clone(), from, receiver)).detach();
+    }
+
+    let address = match bound_address {
+        None => config.listen,
+        Some(receiver) => receiver
+            .recv()
+            .map_err(|_| format!("core {core}: core 0 did not start"))?,
+    };
+    let listener = TcpListener::bind(address)
+        .map_err(|error| format!("core {core}: cannot listen on {address}: {error}"))?;
+    if core == 0 {
+        let bound = listener
+            .local_addr()
+            .map_err(|error| format!("cannot read the bound address: {error}"))?;
+        let _ = events.send(CoreEvent::Bound(bound));
+    }
+    let _ = events.send(CoreEvent::Ready { core });
+
+    let handler = Rc::new(CoreHandler {
+        shard: shard.clone(),
+    });
+    let connections = accept::accept_loop(shard.clone(), listener, handler).await;
+
+    // Shutdown: connections first (they may wait on other cores), then every core together.
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    let connections_max = shard.config.http.connections_per_core_max as u64;
+    let finished = futures_lite::future::or(
+        async { connections.acquire(connections_max).await.is_ok() },
+        async {
+            glommio::timer::sleep(DRAIN_TIMEOUT).await;
+            false
+        },
+    )
+    .await;
+    if !finished {
+        tracing::warn!(core, "connections still open after the drain timeout");
+    }
+    drained.fetch_add(1, Ordering::SeqCst);
+    while drained.load(Ordering::SeqCst) < cores && Instant::now() < deadline + DRAIN_TIMEOUT {
+        glommio::timer::sleep(STOP_POLL_INTERVAL).await;
+    }
+    host.shutdown().await;
+    Ok(())
+}
+
+/// Turns the server-wide stop flag into this core's shutdown signal.
+async fn watch_stop(stop: Arc<AtomicBool>, shutdown: Rc<Shutdown>) {
+    while !stop.load(Ordering::SeqCst) {
+        glommio::timer::sleep(STOP_POLL_INTERVAL).await;
+    }
+    shutdown.request();
+}
+
+/// Handles every message from core `from` until that core stops.
+async fn receive_loop(shard: Rc<Shard>, from: usize, receiver: ConnectedReceiver<Message>) {
+    while let Some(message) = receiver.recv().await {
+        shard.receive(from, message);
+    }
+}
