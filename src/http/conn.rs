@@ -37,6 +37,43 @@ use crate::shutdown::{Shutdown, Wait};
 /// but the connection (it is dropped if the client goes away).
 pub trait Handler {
     fn handle(&self, request: Request) -> Pin<Box<dyn Future<Output = Response>>>;
+
+    /// Takes over the connection after a request asking to switch protocols (`Upgrade:
+    /// websocket`), once every earlier response is written. `unread` holds the bytes the client
+    /// sent after that request. The default refuses the upgrade.
+    fn upgrade(
+        &self,
+        stream: TcpStream,
+        unread: Vec<u8>,
+        request: Request,
+    ) -> Pin<Box<dyn Future<Output = ()>>> {
+        let _ = (unread, request);
+        Box::pin(async move {
+            let mut out = Vec::new();
+            encode_response(
+                &Response::text(501, "upgrades are not supported"),
+                false,
+                false,
+                &mut out,
+            );
+            let mut stream = stream;
+            let _ = futures_lite::AsyncWriteExt::write_all(&mut stream, &out).await;
+        })
+    }
+}
+
+/// Whether `request` asks to switch to the WebSocket protocol; such a request ends HTTP on its
+/// connection and goes to [`Handler::upgrade`].
+pub fn is_websocket_upgrade(request: &Request) -> bool {
+    let upgrade = request
+        .header("upgrade")
+        .is_some_and(|value| value.trim().eq_ignore_ascii_case("websocket"));
+    let connection = request.header("connection").is_some_and(|value| {
+        value
+            .split(',')
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+    });
+    upgrade && connection
 }
 
 /// A read buffer starts this small and doubles up to `request_bytes_max` only for a request
@@ -67,8 +104,18 @@ pub async fn serve_connection(
         let mut shutdown_wait = pin!(shutdown.wait());
         poll_fn(|cx| connection.poll(cx, shutdown_wait.as_mut())).await
     };
-    if outcome == (Outcome::Finished { linger: true }) {
-        connection.linger().await;
+    match outcome {
+        Outcome::Finished { linger: true } => connection.linger().await,
+        Outcome::Upgrade => {
+            if let Some(request) = connection.upgrade.take() {
+                let unread = connection.read_buffer[..connection.filled].to_vec();
+                let Connection {
+                    stream, handler, ..
+                } = connection;
+                handler.upgrade(stream, unread, request).await;
+            }
+        }
+        _ => {}
     }
 }
 
@@ -81,6 +128,8 @@ enum Outcome {
     Idle,
     /// Every response is written. `linger`: the client may still be sending (after an error).
     Finished { linger: bool },
+    /// Every response before an upgrade request is written; the connection changes hands.
+    Upgrade,
 }
 
 /// A request being answered, in arrival order.
@@ -116,6 +165,8 @@ struct Connection {
     reading: bool,
     /// Whether a parse error ended reading (the close then lingers).
     failed: bool,
+    /// An upgrade request that ended reading, handed over once the responses before it are out.
+    upgrade: Option<Request>,
     /// Fires after `idle_connection_timeout_ms` without a request; created on first idle wait.
     idle_timer: Option<Timer>,
     /// A request arrived since the timer was last armed, so it must be re-armed before waiting.
@@ -136,6 +187,7 @@ impl Connection {
             written: 0,
             reading: true,
             failed: false,
+            upgrade: None,
             idle_timer: None,
             idle_timer_stale: true,
             limits,
@@ -157,6 +209,9 @@ impl Connection {
             }
             let output_empty = self.written == self.output.len();
             if !self.reading && self.in_flight.is_empty() && output_empty {
+                if self.upgrade.is_some() {
+                    return Poll::Ready(Outcome::Upgrade);
+                }
                 return Poll::Ready(Outcome::Finished {
                     linger: self.failed,
                 });
@@ -192,6 +247,12 @@ impl Connection {
                 Ok(Some(parsed)) => {
                     consumed += parsed.consumed;
                     self.idle_timer_stale = true;
+                    if is_websocket_upgrade(&parsed.request) {
+                        // What follows belongs to the new protocol: stop parsing HTTP here.
+                        self.upgrade = Some(parsed.request);
+                        self.reading = false;
+                        break;
+                    }
                     if !parsed.keep_alive {
                         self.reading = false;
                     }

@@ -29,6 +29,23 @@ impl Handler for Echo {
             )
         })
     }
+
+    /// Writes `switched {path} {unread bytes}` raw, then closes.
+    fn upgrade(
+        &self,
+        mut stream: TcpStream,
+        unread: Vec<u8>,
+        request: Request,
+    ) -> Pin<Box<dyn Future<Output = ()>>> {
+        Box::pin(async move {
+            let text = format!(
+                "switched {} {}",
+                request.path,
+                String::from_utf8_lossy(&unread)
+            );
+            stream.write_all(text.as_bytes()).await.expect("write");
+        })
+    }
 }
 
 /// Runs `client` against one connection served with `limits`, on a fresh executor.
@@ -101,6 +118,18 @@ fn pipelined_requests_answer_in_order_and_a_bad_one_closes() {
             error.ends_with("\r\n\r\n{\"error\":\"malformed request: invalid request line\"}"),
             "{error}"
         );
+    });
+}
+
+#[test]
+fn an_upgrade_request_hands_over_the_connection_after_earlier_responses() {
+    with_server(HttpLimits::default(), |address| async move {
+        let raw = b"GET /slow/20 HTTP/1.1\r\n\r\n\
+            GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\r\n\
+            FRAME BYTES";
+        let reply = send_and_read_all(address, raw).await;
+        let expected = format!("{}switched /ws FRAME BYTES", ok("GET /slow/20 ", "close"));
+        assert_eq!(reply, expected);
     });
 }
 
