@@ -131,9 +131,18 @@ type InodeRef = Rc<RefCell<Inode>>;
 /// A volatile change to the directory, replayed (or not) at a power cut.
 #[derive(Clone, Debug)]
 enum DirChange {
-    Link { name: String, inode: InodeRef },
-    Unlink { name: String },
-    Rename { from: String, to: String, inode: InodeRef },
+    Link {
+        name: String,
+        inode: InodeRef,
+    },
+    Unlink {
+        name: String,
+    },
+    Rename {
+        from: String,
+        to: String,
+        inode: InodeRef,
+    },
 }
 
 /// A fault waiting for its operation.
@@ -171,6 +180,8 @@ struct World {
     yield_percent: u64,
     /// Writes that overwrote bytes an earlier fdatasync had made durable: (file, offset).
     synced_overwrites: Vec<(String, u64)>,
+    /// Whether every operation is printed to stderr, for debugging a failing seed.
+    trace: bool,
 }
 
 /// The simulated disk, shared by a test and the stores it opens. Cheap to clone.
@@ -209,19 +220,29 @@ impl SimDisk {
             crash_points: Vec::new(),
             yield_percent: 30,
             synced_overwrites: Vec::new(),
+            trace: false,
         };
-        SimDisk { world: Rc::new(RefCell::new(world)) }
+        SimDisk {
+            world: Rc::new(RefCell::new(world)),
+        }
     }
 
     /// A view of the disk as it is now, to open a store on. It dies at the next power cut.
     pub fn disk(&self) -> Rc<dyn Disk> {
         let epoch = self.world.borrow().epoch;
-        Rc::new(SimDir { world: self.world.clone(), epoch })
+        Rc::new(SimDir {
+            world: self.world.clone(),
+            epoch,
+        })
     }
 
     /// Arms a fault; it fires once.
     pub fn inject(&self, fault: Fault) {
-        let armed = ArmedFault { op: fault.op, remaining: fault.nth, kind: fault.kind };
+        let armed = ArmedFault {
+            op: fault.op,
+            remaining: fault.nth,
+            kind: fault.kind,
+        };
         self.world.borrow_mut().faults.push(armed);
     }
 
@@ -240,6 +261,11 @@ impl SimDisk {
         self.world.borrow_mut().crash_at = Some((ops_total, mode));
     }
 
+    /// Cancels a planned power cut that has not happened.
+    pub fn cancel_crash(&self) {
+        self.world.borrow_mut().crash_at = None;
+    }
+
     /// Whether a planned power cut is still to come.
     pub fn crash_pending(&self) -> bool {
         self.world.borrow().crash_at.is_some()
@@ -248,7 +274,9 @@ impl SimDisk {
     /// Cuts power now: the disk comes back holding only what was durable plus what `mode` lets
     /// survive, and every handle opened before fails from now on.
     pub fn crash(&self, mode: CrashMode) {
-        self.world.borrow_mut().power_cut(mode, "between operations".to_string());
+        self.world
+            .borrow_mut()
+            .power_cut(mode, "between operations".to_string());
     }
 
     /// Operations performed so far.
@@ -271,6 +299,11 @@ impl SimDisk {
         self.world.borrow_mut().yield_percent = percent.min(100);
     }
 
+    /// Prints every operation to stderr from now on (`true`), for debugging a failing seed.
+    pub fn set_trace(&self, trace: bool) {
+        self.world.borrow_mut().trace = trace;
+    }
+
     /// Every write that overwrote bytes already made durable, as (file, offset).
     pub fn synced_overwrites(&self) -> Vec<(String, u64)> {
         self.world.borrow().synced_overwrites.clone()
@@ -283,7 +316,11 @@ impl SimDisk {
 
     /// The bytes of `name` as reads see them.
     pub fn file_bytes(&self, name: &str) -> Option<Vec<u8>> {
-        self.world.borrow().names.get(name).map(|inode| inode.borrow().content.clone())
+        self.world
+            .borrow()
+            .names
+            .get(name)
+            .map(|inode| inode.borrow().content.clone())
     }
 }
 
@@ -321,9 +358,14 @@ impl World {
             }
             fault.remaining -= 1;
         }
+        if self.trace {
+            let fault = hit.map(|index| self.faults[index].kind);
+            eprintln!("sim op {}: {op:?} {what} fault {fault:?}", self.ops_total);
+        }
         Ok(hit.map(|index| {
             let fault = self.faults.remove(index);
-            self.fired.push(format!("{:?} on {op:?} {what}", fault.kind));
+            self.fired
+                .push(format!("{:?} on {op:?} {what}", fault.kind));
             fault.kind
         }))
     }
@@ -356,12 +398,19 @@ impl World {
         let mut rebuilt: Vec<(InodeRef, InodeRef)> = Vec::new();
         let mut survivors = BTreeMap::new();
         for (name, old) in names {
-            let existing = rebuilt.iter().find(|(from, _)| Rc::ptr_eq(from, &old)).map(|(_, to)| to.clone());
+            let existing = rebuilt
+                .iter()
+                .find(|(from, _)| Rc::ptr_eq(from, &old))
+                .map(|(_, to)| to.clone());
             let new = match existing {
                 Some(new) => new,
                 None => {
                     let bytes = self.surviving_bytes(&old.borrow(), mode);
-                    let inode = Inode { content: bytes.clone(), durable: bytes, unsynced: Vec::new() };
+                    let inode = Inode {
+                        content: bytes.clone(),
+                        durable: bytes,
+                        unsynced: Vec::new(),
+                    };
                     let new = Rc::new(RefCell::new(inode));
                     rebuilt.push((old.clone(), new.clone()));
                     new
@@ -417,10 +466,14 @@ impl World {
     fn write(&mut self, name: &str, inode: &InodeRef, offset: usize, data: &[u8]) {
         let mut inode = inode.borrow_mut();
         if offset < inode.durable.len() {
-            self.synced_overwrites.push((name.to_string(), offset as u64));
+            self.synced_overwrites
+                .push((name.to_string(), offset as u64));
         }
         apply_write(&mut inode.content, offset, data);
-        inode.unsynced.push(FileChange::Write { offset, data: data.to_vec() });
+        inode.unsynced.push(FileChange::Write {
+            offset,
+            data: data.to_vec(),
+        });
     }
 
     /// How many whole blocks of a `len`-byte write a fault lets through.
@@ -474,13 +527,21 @@ impl Disk for SimDir {
                 None if create => {
                     let inode: InodeRef = Rc::default();
                     world.names.insert(name.to_string(), inode.clone());
-                    let link = DirChange::Link { name: name.to_string(), inode: inode.clone() };
+                    let link = DirChange::Link {
+                        name: name.to_string(),
+                        inode: inode.clone(),
+                    };
                     world.unsynced_dir.push(link);
                     inode
                 }
                 None => return Err(io::Error::from(io::ErrorKind::NotFound)),
             };
-            let file = SimFile { world: self.world.clone(), epoch: self.epoch, inode, name: name.to_string() };
+            let file = SimFile {
+                world: self.world.clone(),
+                epoch: self.epoch,
+                inode,
+                name: name.to_string(),
+            };
             Ok(Rc::new(file) as Rc<dyn DiskFile>)
         })
     }
@@ -502,7 +563,9 @@ impl Disk for SimDir {
             if world.names.remove(name).is_none() {
                 return Err(io::Error::from(io::ErrorKind::NotFound));
             }
-            world.unsynced_dir.push(DirChange::Unlink { name: name.to_string() });
+            world.unsynced_dir.push(DirChange::Unlink {
+                name: name.to_string(),
+            });
             Ok(())
         })
     }
@@ -516,7 +579,11 @@ impl Disk for SimDir {
                 return Err(io::Error::from(io::ErrorKind::NotFound));
             };
             world.names.insert(to.to_string(), inode.clone());
-            let rename = DirChange::Rename { from: from.to_string(), to: to.to_string(), inode };
+            let rename = DirChange::Rename {
+                from: from.to_string(),
+                to: to.to_string(),
+                inode,
+            };
             world.unsynced_dir.push(rename);
             Ok(())
         })
@@ -552,8 +619,17 @@ impl DiskFile for SimFile {
 
     fn write_at<'a>(&'a self, offset: u64, data: &'a [u8]) -> IoFuture<'a, usize> {
         Box::pin(async move {
-            assert_eq!(offset % BLOCK_BYTES as u64, 0, "O_DIRECT write at unaligned offset {offset}");
-            assert_eq!(data.len() % BLOCK_BYTES, 0, "O_DIRECT write of unaligned length {}", data.len());
+            assert_eq!(
+                offset % BLOCK_BYTES as u64,
+                0,
+                "O_DIRECT write at unaligned offset {offset}"
+            );
+            assert_eq!(
+                data.len() % BLOCK_BYTES,
+                0,
+                "O_DIRECT write of unaligned length {}",
+                data.len()
+            );
             maybe_yield(&self.world).await;
             let mut world = self.world.borrow_mut();
             let fault = world.begin(self.epoch, OpKind::Write, &self.name)?;
@@ -608,7 +684,9 @@ impl DiskFile for SimFile {
             fail_unless_clean(world.begin(self.epoch, OpKind::Truncate, &self.name)?)?;
             let mut inode = self.inode.borrow_mut();
             inode.content.resize(len as usize, 0);
-            inode.unsynced.push(FileChange::Truncate { len: len as usize });
+            inode
+                .unsynced
+                .push(FileChange::Truncate { len: len as usize });
             Ok(())
         })
     }
@@ -671,7 +749,9 @@ mod tests {
         let disk = sim.disk();
         let file = block_on(async {
             let file = disk.open_file("a", true).await.expect("create");
-            file.write_at(0, &[block(1), block(2)].concat()).await.expect("write");
+            file.write_at(0, &[block(1), block(2)].concat())
+                .await
+                .expect("write");
             disk.rename("a", "b").await.expect("rename");
             file
         });
@@ -693,29 +773,53 @@ mod tests {
                 let file = disk.open_file("a", true).await.expect("create");
                 file.fdatasync().await.expect("sync");
                 disk.sync_dir().await.expect("sync dir");
-                file.write_at(0, &[block(1), block(2), block(3)].concat()).await.expect("write");
+                file.write_at(0, &[block(1), block(2), block(3)].concat())
+                    .await
+                    .expect("write");
             });
             sim.crash(CrashMode::Random);
             let bytes = sim.file_bytes("a").expect("synced name survives");
             assert_eq!(bytes.len() % BLOCK_BYTES, 0);
             for (index, chunk) in bytes.chunks(BLOCK_BYTES).enumerate() {
-                assert_eq!(chunk, block(index as u8 + 1).as_slice(), "a torn write keeps a prefix");
+                assert_eq!(
+                    chunk,
+                    block(index as u8 + 1).as_slice(),
+                    "a torn write keeps a prefix"
+                );
             }
             lengths.insert(bytes.len());
         }
-        assert_eq!(lengths.len(), 4, "dropped, kept and both torn prefixes all occur: {lengths:?}");
+        assert_eq!(
+            lengths.len(),
+            4,
+            "dropped, kept and both torn prefixes all occur: {lengths:?}"
+        );
     }
 
     #[test]
     fn faults_fire_once_at_the_nth_operation() {
         let sim = SimDisk::new(3);
         let disk = sim.disk();
-        sim.inject(Fault { op: Some(OpKind::Write), nth: 1, kind: FaultKind::ShortWrite });
-        sim.inject(Fault { op: Some(OpKind::Fdatasync), nth: 0, kind: FaultKind::Enospc });
+        sim.inject(Fault {
+            op: Some(OpKind::Write),
+            nth: 1,
+            kind: FaultKind::ShortWrite,
+        });
+        sim.inject(Fault {
+            op: Some(OpKind::Fdatasync),
+            nth: 0,
+            kind: FaultKind::Enospc,
+        });
         block_on(async {
             let file = disk.open_file("a", true).await.expect("create");
-            assert_eq!(file.write_at(0, &block(1)).await.expect("first write"), 4096);
-            let written = file.write_at(4096, &[block(2), block(3)].concat()).await.expect("short");
+            assert_eq!(
+                file.write_at(0, &block(1)).await.expect("first write"),
+                4096
+            );
+            let written = file
+                .write_at(4096, &[block(2), block(3)].concat())
+                .await
+                .expect("short");
             assert!(written < 8192);
             let error = file.fdatasync().await.expect_err("fault");
             assert_eq!(error.raw_os_error(), Some(libc::ENOSPC));

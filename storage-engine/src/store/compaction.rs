@@ -4,7 +4,7 @@
 //! Steps: seal the active log segment (new commits go to a fresh one, id `seal`); wait until
 //! everything committed before is durable; copy every entry whose put lives in a segment
 //! older than `seal`, plus every alarm, into `base-*` files; fdatasync them and the directory;
-//! write the manifest (these bases, log starts at `seal`); point the index at the new copies
+//! wait until every commit the copies saw is durable; write the manifest (these bases, log starts at `seal`); point the index at the new copies
 //! (only entries that did not change meanwhile); delete the old files. Commits keep flowing
 //! into the log throughout, and the loop yields so they are never stalled for long.
 
@@ -69,6 +69,7 @@ pub async fn compact(inner: &Inner) -> Result<(), StoreError> {
     };
     let result = run(inner, seal, seal_seq).await;
     inner.state.borrow_mut().compacting = false;
+    inner.compaction_ended.wake_all();
     if let Err(error @ StoreError::Io { .. }) = &result {
         poison(inner, error);
     }
@@ -83,6 +84,11 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
     for object in objects {
         let (snapshot, alarm_ms) = {
             let state = inner.state.borrow();
+            if state.closed {
+                // `close` waits for this task; the base files written so far are orphans
+                // that the next open removes.
+                return Err(StoreError::Closed);
+            }
             let Some(object_state) = state.index.objects.get(&object) else { continue };
             let old = object_state.keys.iter().filter(|(_, entry)| u64::from(entry.segment()) < seal);
             let snapshot: Vec<(Box<[u8]>, Entry)> =
@@ -113,6 +119,11 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
         }
         base.close_batch(&object).await?;
     }
+    // The copies above read the index as it was at their moment, which already includes
+    // commits after the seal: a key they overwrote or deleted is missing from the bases, an
+    // alarm they set is in them. That is sound only once those commits are durable in the
+    // log from `seal` on, which replays over the bases; until then the old segments must stay.
+    let copied_seq = inner.state.borrow().next_seq - 1;
     base.write_record().await?;
     let BaseWriter { files, relocations, .. } = base;
     if let Some(last) = files.last() {
@@ -121,6 +132,7 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
     let dir = "store directory";
     inner.disk.sync_dir().await.map_err(|source| io_error("sync_dir", dir, source))?;
 
+    Durable::new(inner.durable.clone(), copied_seq, FailureReport::Poisoned).await?;
     let base_segments = files.iter().map(|file| file.id).collect();
     let manifest = ManifestData { log_start: seal, base_segments };
     manifest::write(inner.disk.as_ref(), &manifest).await?;

@@ -23,7 +23,7 @@ pub use stats::StoreStats;
 
 use crate::codec::{self, ManifestData};
 use crate::{Batch, Disk, GlommioDisk, ObjectId, Op, StoreConfig, StoreError};
-use durable::{DurableShared, FailureReport, Signal};
+use durable::{DurableShared, FailureReport, Signal, Waiters};
 use index::{Entry, Index};
 use log::{LargeValue, PendingBatch, Writer};
 use segments::Segments;
@@ -70,6 +70,9 @@ struct Inner {
     durable: Rc<DurableShared>,
     /// Wakes the background writer when a batch is queued or the store closes.
     signal: Rc<Signal>,
+    /// Woken when a compaction ends, so `close` can wait for it: a compaction left running
+    /// would go on replacing the manifest and removing files under a reopened store.
+    compaction_ended: Waiters,
 }
 
 /// Mutable state of a store.
@@ -143,6 +146,7 @@ impl Store {
             state: RefCell::new(recovered.into_state()),
             durable,
             signal: Rc::new(Signal::default()),
+            compaction_ended: Waiters::default(),
         });
         glommio::spawn_local(log::run_writer(Rc::downgrade(&inner), inner.signal.clone())).detach();
         let store = Store { inner };
@@ -254,7 +258,8 @@ impl Store {
         stats
     }
 
-    /// Waits for every queued batch to be durable, stops compaction, closes files.
+    /// Waits for every queued batch to be durable and for a running compaction to stop (it
+    /// stops early, before its manifest switch, once it sees the store closed).
     pub async fn close(&self) -> Result<(), StoreError> {
         let last_seq = {
             let mut state = self.inner.state.borrow_mut();
@@ -262,7 +267,10 @@ impl Store {
             state.next_seq - 1
         };
         self.inner.signal.notify();
-        self.wait_durable(last_seq).await
+        let durable = self.wait_durable(last_seq).await;
+        let state = &self.inner.state;
+        self.inner.compaction_ended.wait_until(|| !state.borrow().compacting).await;
+        durable
     }
 }
 

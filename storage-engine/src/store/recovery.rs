@@ -96,9 +96,6 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
         tracing::warn!(file = %name, "removing a segment file left over by an interrupted compaction");
         disk.remove(&name).await.map_err(|source| io_error("remove", &name, source))?;
     }
-    if !orphans.is_empty() {
-        disk.sync_dir().await.map_err(|source| io_error("sync_dir", "store directory", source))?;
-    }
 
     let newest_log = live.iter().filter(|(kind, _)| *kind == SegmentKind::Log).map(|(_, id)| *id).max();
     let mut replay = Replay {
@@ -123,6 +120,10 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
             writer = Some(Writer { segment: id, file, offset: codec::block_align_up(end as usize) as u64 });
         }
     }
+
+    // Likewise a directory entry (a new segment, a renamed manifest) whose sync_dir failed
+    // before the reopen: the state just read must be durable before it is built on.
+    disk.sync_dir().await.map_err(|source| io_error("sync_dir", "store directory", source))?;
 
     let highest_id = live.iter().map(|(_, id)| *id).chain([manifest.log_start]).max().unwrap_or(1);
     let (active_segment, active_bytes) = match &writer {
@@ -211,6 +212,12 @@ impl Replay<'_> {
         }
         if newest && (end as u64) < length {
             file.truncate(end as u64).await.map_err(|source| io_error("truncate", &name, source))?;
+        }
+        if newest {
+            // Even uncut, the newest segment may end in a record whose fdatasync failed before
+            // a reopen without a power cut: readable now, not durable. The index is built on
+            // it and new commits may go to a later segment, so it must be made durable before
+            // anything is appended, or a power cut would leave a hole in the log.
             file.fdatasync().await.map_err(|source| io_error("fdatasync", &name, source))?;
         }
         Ok((file, end as u64))
