@@ -34,29 +34,65 @@ async fn fault_case(fault: Fault, seed: u64) -> bool {
     let store = open(sim.disk()).await;
     sim.inject(fault);
     sim.set_trace(std::env::var_os("SIM_TRACE").is_some());
-    let outcome = drive(&store, &mut rng, &Model::default(), ROUNDS, OBJECTS, || false).await;
+    let outcome = drive(&store, &mut rng, &Model::default(), ROUNDS, OBJECTS, || {
+        false
+    })
+    .await;
     sim.clear_faults();
     let fired = !sim.fired_faults().is_empty();
 
     if fired {
-        assert!(store.stats().poisoned, "{case}: a failed {:?} poisons the store", fault.op);
+        assert!(
+            store.stats().poisoned,
+            "{case}: a failed {:?} poisons the store",
+            fault.op
+        );
         let mut batch = Batch::new();
         batch.put("after", "fault");
         let refused = store.commit(&object_id(0), batch);
-        assert!(matches!(refused, Err(StoreError::Poisoned)), "{case}: commits are refused");
-        assert!(matches!(store.compact().await, Err(StoreError::Poisoned)), "{case}: no compaction");
+        assert!(
+            matches!(refused, Err(StoreError::Poisoned)),
+            "{case}: commits are refused"
+        );
+        assert!(
+            matches!(store.compact().await, Err(StoreError::Poisoned)),
+            "{case}: no compaction"
+        );
         for error in &outcome.durable_errors {
-            assert!(matches!(error, StoreError::Io { .. }), "{case}: a failed commit reports its I/O error, got {error}");
+            assert!(
+                matches!(error, StoreError::Io { .. }),
+                "{case}: a failed commit reports its I/O error, got {error}"
+            );
         }
         if let Some(last) = outcome.submitted.last() {
             let all_durable = store.wait_durable(last.seq).await;
-            assert_eq!(all_durable.is_ok(), outcome.acked == outcome.submitted.len(), "{case}");
+            assert_eq!(
+                all_durable.is_ok(),
+                outcome.acked == outcome.submitted.len(),
+                "{case}"
+            );
         }
     } else {
-        assert!(outcome.refused.is_none(), "{case}: no fault, no refusal: {:?}", outcome.refused);
-        assert!(outcome.durable_errors.is_empty(), "{case}: {:?}", outcome.durable_errors);
-        assert!(outcome.other_errors.is_empty(), "{case}: {:?}", outcome.other_errors);
-        assert_eq!(outcome.acked, outcome.submitted.len(), "{case}: every commit is durable");
+        assert!(
+            outcome.refused.is_none(),
+            "{case}: no fault, no refusal: {:?}",
+            outcome.refused
+        );
+        assert!(
+            outcome.durable_errors.is_empty(),
+            "{case}: {:?}",
+            outcome.durable_errors
+        );
+        assert!(
+            outcome.other_errors.is_empty(),
+            "{case}: {:?}",
+            outcome.other_errors
+        );
+        assert_eq!(
+            outcome.acked,
+            outcome.submitted.len(),
+            "{case}: every commit is durable"
+        );
     }
     drop(store);
 
@@ -75,12 +111,17 @@ async fn fault_case(fault: Fault, seed: u64) -> bool {
     // The reopened store takes new commits; all of them, and what the reopen showed, must
     // survive a power cut that drops everything unsynced.
     let more = drive(&store, &mut rng, &recovered, ROUNDS / 2, OBJECTS, || false).await;
-    assert!(more.durable_errors.is_empty() && more.refused.is_none(), "{case}: {more:?}");
+    assert!(
+        more.durable_errors.is_empty() && more.refused.is_none(),
+        "{case}: {more:?}"
+    );
     assert_eq!(more.acked, more.submitted.len(), "{case}");
     drop(store);
     sim.crash(CrashMode::DropUnsynced);
     let store = open(sim.disk()).await;
-    let after_crash = dump(&store).await.expect("read the store after the power cut");
+    let after_crash = dump(&store)
+        .await
+        .expect("read the store after the power cut");
     if let Err(message) = matching_prefix(&recovered, &more.submitted, more.acked, &after_crash) {
         panic!("{case}: after reopen, more commits and a power cut: {message}");
     }
@@ -95,19 +136,30 @@ fn sweep(op: OpKind, kinds: &'static [FaultKind], n_max: u64) {
         for &kind in kinds {
             let mut fired = 0;
             for nth in 0..n_max {
-                let fault = Fault { op: Some(op), nth, kind };
+                let fault = Fault {
+                    op: Some(op),
+                    nth,
+                    kind,
+                };
                 if fault_case(fault, nth * 7919 + kind as u64).await {
                     fired += 1;
                 }
             }
-            assert!(fired * 2 >= n_max, "{op:?} {kind:?}: only {fired} of {n_max} faults fired");
+            assert!(
+                fired * 2 >= n_max,
+                "{op:?} {kind:?}: only {fired} of {n_max} faults fired"
+            );
         }
     });
 }
 
 #[test]
 fn nth_write_fails() {
-    sweep(OpKind::Write, &[FaultKind::Eio, FaultKind::Enospc, FaultKind::ShortWrite], 40);
+    sweep(
+        OpKind::Write,
+        &[FaultKind::Eio, FaultKind::Enospc, FaultKind::ShortWrite],
+        40,
+    );
 }
 
 #[test]

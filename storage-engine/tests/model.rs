@@ -25,7 +25,10 @@ enum Action {
 
 /// Short keys over a tiny alphabet, with 0x00 and 0xff so prefix bounds meet their edges.
 fn key() -> impl Strategy<Value = Vec<u8>> {
-    prop::collection::vec(prop::sample::select(vec![b'a', b'b', b'c', 0x00, 0xff]), 0..4)
+    prop::collection::vec(
+        prop::sample::select(vec![b'a', b'b', b'c', 0x00, 0xff]),
+        0..4,
+    )
 }
 
 /// Small values stay in memory; values over 64 bytes are read back from disk.
@@ -103,7 +106,11 @@ impl Backend {
 
 async fn check_everything(store: &Store, model: &Model, when: &str) {
     match dump(store).await {
-        Ok(found) => assert!(found == *model, "{when}: {}", model.first_difference(&found)),
+        Ok(found) => assert!(
+            found == *model,
+            "{when}: {}",
+            model.first_difference(&found)
+        ),
         Err(error) => panic!("{when}: reading everything: {error}"),
     }
 }
@@ -126,7 +133,11 @@ async fn run_actions(backend: Backend, config: StoreConfig, actions: Vec<Action>
                     Err(error) => panic!("{when}: commit refused: {error}"),
                 }
                 model.apply(&id, &ops);
-                assert_eq!(store.alarm(&id), model.objects.get(&id).and_then(|data| data.alarm_ms), "{when}");
+                assert_eq!(
+                    store.alarm(&id),
+                    model.objects.get(&id).and_then(|data| data.alarm_ms),
+                    "{when}"
+                );
             }
             Action::Get { object, key } => {
                 let id = object_id(object);
@@ -136,7 +147,11 @@ async fn run_actions(backend: Backend, config: StoreConfig, actions: Vec<Action>
             Action::GetMany { object, keys } => {
                 let id = object_id(object);
                 let expected: Vec<_> = keys.iter().map(|key| model.get(&id, key)).collect();
-                assert_eq!(store.get_many(&id, &keys).await.ok(), Some(expected), "{when}");
+                assert_eq!(
+                    store.get_many(&id, &keys).await.ok(),
+                    Some(expected),
+                    "{when}"
+                );
             }
             Action::List { object, options } => {
                 let id = object_id(object);
@@ -154,7 +169,10 @@ async fn run_actions(backend: Backend, config: StoreConfig, actions: Vec<Action>
                     panic!("{when}: close: {error}");
                 }
                 for durable in durables.drain(..) {
-                    assert!(durable.await.is_ok(), "{when}: a commit before close is durable");
+                    assert!(
+                        durable.await.is_ok(),
+                        "{when}: a commit before close is durable"
+                    );
                 }
                 drop(store);
                 store = backend.open(&config).await;

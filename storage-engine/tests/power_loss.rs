@@ -61,11 +61,17 @@ async fn reopen(sim: &SimDisk, config: &StoreConfig, case: &str) -> Store {
         Ok(store) => return store,
         // Recovery met its power cut: the error is the cut's EIO.
         Err(_) if sim.epoch() != epoch => {}
-        Err(error) => panic!("{case}: reopen failed: {error} (cuts at {:?})", sim.crash_points()),
+        Err(error) => panic!(
+            "{case}: reopen failed: {error} (cuts at {:?})",
+            sim.crash_points()
+        ),
     }
     match Store::open_with_disk(config.clone(), sim.disk()).await {
         Ok(store) => store,
-        Err(error) => panic!("{case}: reopen after a cut during recovery failed: {error} (cuts at {:?})", sim.crash_points()),
+        Err(error) => panic!(
+            "{case}: reopen after a cut during recovery failed: {error} (cuts at {:?})",
+            sim.crash_points()
+        ),
     }
 }
 
@@ -80,10 +86,20 @@ async fn power_loss_case(seed: u64, coverage: &mut Coverage) {
         let mode = crash_mode(&mut rng);
         sim.crash_at(sim.ops_total() + 1 + rng.below(CRASH_WINDOW_OPS), mode);
         let before = sim.epoch();
-        let outcome = drive(&store, &mut rng, &state, ROUNDS, OBJECTS, || sim.epoch() != before).await;
+        let outcome = drive(&store, &mut rng, &state, ROUNDS, OBJECTS, || {
+            sim.epoch() != before
+        })
+        .await;
         if sim.epoch() == before {
-            assert!(outcome.refused.is_none() && outcome.durable_errors.is_empty(), "{case}: {outcome:?}");
-            assert!(outcome.other_errors.is_empty(), "{case}: {:?}", outcome.other_errors);
+            assert!(
+                outcome.refused.is_none() && outcome.durable_errors.is_empty(),
+                "{case}: {outcome:?}"
+            );
+            assert!(
+                outcome.other_errors.is_empty(),
+                "{case}: {:?}",
+                outcome.other_errors
+            );
             sim.crash(mode);
         }
         drop(store);
@@ -96,8 +112,12 @@ async fn power_loss_case(seed: u64, coverage: &mut Coverage) {
             Ok(recovered) => recovered,
             Err(error) => panic!("{case}: reading the recovered store: {error}"),
         };
-        if let Err(message) = matching_prefix(&state, &outcome.submitted, outcome.acked, &recovered) {
-            panic!("{case}: cut at {:?} in mode {mode:?}: {message}", sim.crash_points());
+        if let Err(message) = matching_prefix(&state, &outcome.submitted, outcome.acked, &recovered)
+        {
+            panic!(
+                "{case}: cut at {:?} in mode {mode:?}: {message}",
+                sim.crash_points()
+            );
         }
         state = recovered;
     }
@@ -106,7 +126,11 @@ async fn power_loss_case(seed: u64, coverage: &mut Coverage) {
     }
     drop(store);
     let store = reopen(&sim, &config, &format!("seed {seed} clean reopen")).await;
-    assert_eq!(dump(&store).await.ok(), Some(state), "seed {seed}: a clean close and reopen");
+    assert_eq!(
+        dump(&store).await.ok(),
+        Some(state),
+        "seed {seed}: a clean close and reopen"
+    );
     for point in sim.crash_points() {
         *coverage.entry(category(&point)).or_default() += 1;
     }
@@ -115,7 +139,10 @@ async fn power_loss_case(seed: u64, coverage: &mut Coverage) {
         .into_iter()
         .filter(|(name, _)| name.starts_with("log-") || name.starts_with("base-"))
         .collect();
-    assert!(rewrites.is_empty(), "seed {seed}: a segment block that held synced bytes was rewritten: {rewrites:?}");
+    assert!(
+        rewrites.is_empty(),
+        "seed {seed}: a segment block that held synced bytes was rewritten: {rewrites:?}"
+    );
 }
 
 fn seeds(range: std::ops::Range<u64>) -> Coverage {
@@ -125,7 +152,9 @@ fn seeds(range: std::ops::Range<u64>) -> Coverage {
         for seed in range {
             power_loss_case(seed, &mut coverage).await;
         }
-        sender.send(coverage).expect("the test thread waits for the coverage");
+        sender
+            .send(coverage)
+            .expect("the test thread waits for the coverage");
     });
     receiver.recv().expect("the executor sends its coverage")
 }
@@ -144,7 +173,10 @@ fn assert_covers(coverage: &Coverage) {
         "Remove log",
     ];
     for step in required {
-        assert!(coverage.get(step).is_some_and(|count| *count > 0), "no power cut fell on {step}: {coverage:?}");
+        assert!(
+            coverage.get(step).is_some_and(|count| *count > 0),
+            "no power cut fell on {step}: {coverage:?}"
+        );
     }
 }
 

@@ -66,15 +66,24 @@ impl Model {
 
     /// `Store::list` written the obvious way: filter every key, then order and cut.
     pub fn list(&self, object: &ObjectId, options: &ListOptions) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let Some(data) = self.objects.get(object) else { return Vec::new() };
+        let Some(data) = self.objects.get(object) else {
+            return Vec::new();
+        };
         let selected = data.entries.iter().filter(|(key, _)| {
-            options.prefix.as_ref().is_none_or(|prefix| key.starts_with(prefix))
+            options
+                .prefix
+                .as_ref()
+                .is_none_or(|prefix| key.starts_with(prefix))
                 && options.start.as_ref().is_none_or(|start| *key >= start)
-                && options.start_after.as_ref().is_none_or(|after| *key > after)
+                && options
+                    .start_after
+                    .as_ref()
+                    .is_none_or(|after| *key > after)
                 && options.end.as_ref().is_none_or(|end| *key < end)
         });
-        let mut found: Vec<(Vec<u8>, Vec<u8>)> =
-            selected.map(|(key, value)| (key.clone(), value.clone())).collect();
+        let mut found: Vec<(Vec<u8>, Vec<u8>)> = selected
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
         if options.reverse {
             found.reverse();
         }
@@ -84,7 +93,9 @@ impl Model {
 
     pub fn alarms(&self) -> Vec<(ObjectId, i64)> {
         let alarms = self.objects.iter();
-        alarms.filter_map(|(id, data)| data.alarm_ms.map(|alarm| (*id, alarm))).collect()
+        alarms
+            .filter_map(|(id, data)| data.alarm_ms.map(|alarm| (*id, alarm)))
+            .collect()
     }
 
     /// The first object whose state differs from `other`'s, for failure messages.
@@ -96,12 +107,20 @@ impl Model {
             if mine != theirs {
                 let summary = |data: Option<&ObjectData>| {
                     data.map(|data| {
-                        let keys: Vec<String> =
-                            data.entries.keys().map(|key| String::from_utf8_lossy(key).into_owned()).collect();
+                        let keys: Vec<String> = data
+                            .entries
+                            .keys()
+                            .map(|key| String::from_utf8_lossy(key).into_owned())
+                            .collect();
                         format!("keys {keys:?} alarm {:?}", data.alarm_ms)
                     })
                 };
-                return format!("object {}: {:?} vs {:?}", id[0], summary(mine), summary(theirs));
+                return format!(
+                    "object {}: {:?} vs {:?}",
+                    id[0],
+                    summary(mine),
+                    summary(theirs)
+                );
             }
         }
         "no difference".to_string()
@@ -112,11 +131,17 @@ impl Model {
 pub async fn dump(store: &Store) -> Result<Model, StoreError> {
     let mut model = Model::default();
     for object in store.objects() {
-        model.objects.insert(object, store.load_object(&object).await?);
+        model
+            .objects
+            .insert(object, store.load_object(&object).await?);
     }
     let mut alarms = store.objects_with_alarms();
     alarms.sort_unstable();
-    assert_eq!(alarms, model.alarms(), "objects_with_alarms agrees with load_object");
+    assert_eq!(
+        alarms,
+        model.alarms(),
+        "objects_with_alarms agrees with load_object"
+    );
     Ok(model)
 }
 
@@ -130,14 +155,22 @@ pub fn object_id(n: u8) -> ObjectId {
 /// A small key space, so batches overwrite, delete and share prefixes.
 pub fn random_key(rng: &mut SimRng) -> Vec<u8> {
     let length = 1 + rng.below(3) as usize;
-    (0..length).map(|_| b"abcd"[rng.below(4) as usize]).collect()
+    (0..length)
+        .map(|_| b"abcd"[rng.below(4) as usize])
+        .collect()
 }
 
 /// Mostly small values (kept in memory), sometimes large ones (read back from disk).
 pub fn random_value(rng: &mut SimRng) -> Vec<u8> {
-    let length = if rng.chance(25) { 65 + rng.below(6000) } else { rng.below(40) };
+    let length = if rng.chance(25) {
+        65 + rng.below(6000)
+    } else {
+        rng.below(40)
+    };
     let byte = rng.below(256) as u8;
-    (0..length).map(|index| byte.wrapping_add(index as u8)).collect()
+    (0..length)
+        .map(|index| byte.wrapping_add(index as u8))
+        .collect()
 }
 
 /// A batch of one to six ops of every kind on one of `objects` objects.
@@ -282,7 +315,13 @@ async fn finish_compaction(
 
 /// Reads a random key and a random range back and compares them with the model of every
 /// submitted commit (reads see commits at once). A failed read is recorded, not judged.
-async fn check_reads(store: &Store, rng: &mut SimRng, expected: &Model, objects: u8, outcome: &mut Outcome) {
+async fn check_reads(
+    store: &Store,
+    rng: &mut SimRng,
+    expected: &Model,
+    objects: u8,
+    outcome: &mut Outcome,
+) {
     let object = object_id(rng.below(u64::from(objects)) as u8);
     let key = random_key(rng);
     match store.get(&object, &key).await {
