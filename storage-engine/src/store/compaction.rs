@@ -4,9 +4,10 @@
 //! Steps: seal the active log segment (new commits go to a fresh one, id `seal`); wait until
 //! everything committed before is durable; copy every entry whose put lives in a segment
 //! older than `seal`, plus every alarm, into `base-*` files; fdatasync them and the directory;
-//! wait until every commit the copies saw is durable; write the manifest (these bases, log starts at `seal`); point the index at the new copies
-//! (only entries that did not change meanwhile); delete the old files. Commits keep flowing
-//! into the log throughout, and the loop yields so they are never stalled for long.
+//! wait until every commit the copies saw is durable; write the manifest (these bases, log
+//! starts at `seal`); point the index at the new copies (only entries that did not change
+//! meanwhile); delete the old files. Commits keep flowing into the log throughout, and the
+//! loop yields so they are never stalled for long.
 
 use std::rc::Rc;
 
@@ -69,7 +70,7 @@ pub async fn compact(inner: &Inner) -> Result<(), StoreError> {
     };
     let result = run(inner, seal, seal_seq).await;
     inner.state.borrow_mut().compacting = false;
-    inner.compaction_ended.wake_all();
+    inner.idle.wake_all();
     if let Err(error @ StoreError::Io { .. }) = &result {
         poison(inner, error);
     }
@@ -84,10 +85,13 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
     for object in objects {
         let (snapshot, alarm_ms) = {
             let state = inner.state.borrow();
+            // Stop once the store is closed (`close` waits for this task) or poisoned (nothing
+            // new is written): the base files written so far are orphans the next open removes.
             if state.closed {
-                // `close` waits for this task; the base files written so far are orphans
-                // that the next open removes.
                 return Err(StoreError::Closed);
+            }
+            if state.poisoned {
+                return Err(StoreError::Poisoned);
             }
             let Some(object_state) = state.index.objects.get(&object) else { continue };
             let old = object_state.keys.iter().filter(|(_, entry)| u64::from(entry.segment()) < seal);

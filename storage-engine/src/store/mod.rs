@@ -70,9 +70,10 @@ struct Inner {
     durable: Rc<DurableShared>,
     /// Wakes the background writer when a batch is queued or the store closes.
     signal: Rc<Signal>,
-    /// Woken when a compaction ends, so `close` can wait for it: a compaction left running
-    /// would go on replacing the manifest and removing files under a reopened store.
-    compaction_ended: Waiters,
+    /// Woken when the writer finishes a group or a compaction ends, so `close` can wait for
+    /// both: either left running would go on creating, renaming and removing files under a
+    /// store reopened in the same directory.
+    idle: Waiters,
 }
 
 /// Mutable state of a store.
@@ -101,6 +102,8 @@ struct State {
     closed: bool,
     /// True while a compaction runs, so two never overlap.
     compacting: bool,
+    /// True while the writer has a group in flight, so `close` can wait for it.
+    writing: bool,
 }
 
 impl State {
@@ -146,7 +149,7 @@ impl Store {
             state: RefCell::new(recovered.into_state()),
             durable,
             signal: Rc::new(Signal::default()),
-            compaction_ended: Waiters::default(),
+            idle: Waiters::default(),
         });
         glommio::spawn_local(log::run_writer(Rc::downgrade(&inner), inner.signal.clone())).detach();
         let store = Store { inner };
@@ -258,8 +261,10 @@ impl Store {
         stats
     }
 
-    /// Waits for every queued batch to be durable and for a running compaction to stop (it
-    /// stops early, before its manifest switch, once it sees the store closed).
+    /// Waits for every queued batch to be durable, for the writer's I/O in flight to end and
+    /// for a running compaction to stop (it stops early, before its manifest switch, once it
+    /// sees the store closed). Reopen a store's directory only after `close` returned, also
+    /// (especially) when the store is poisoned; the result reports a poisoned store.
     pub async fn close(&self) -> Result<(), StoreError> {
         let last_seq = {
             let mut state = self.inner.state.borrow_mut();
@@ -269,7 +274,11 @@ impl Store {
         self.inner.signal.notify();
         let durable = self.wait_durable(last_seq).await;
         let state = &self.inner.state;
-        self.inner.compaction_ended.wait_until(|| !state.borrow().compacting).await;
+        let idle = || {
+            let state = state.borrow();
+            !state.compacting && !state.writing
+        };
+        self.inner.idle.wait_until(idle).await;
         durable
     }
 }

@@ -47,6 +47,7 @@ impl Recovered {
             poisoned: false,
             closed: false,
             compacting: false,
+            writing: false,
         }
     }
 }
