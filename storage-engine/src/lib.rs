@@ -14,6 +14,7 @@
 //! - `disk`: the narrow file-system boundary ([`Disk`], [`DiskFile`]) and its glommio O_DIRECT
 //!   implementation; tests put a failing or power-cutting disk behind the same traits.
 //! - `codec`: the on-disk record format (see `DESIGN.md` for the byte layout).
+//! - `sim` (hidden, for tests): an in-memory disk that fails and loses power on demand.
 //! - `store`: the public handle: commit with group commit, reads, alarms, compaction.
 //!
 //! Limits (defaults, see [`Limits`]): key ≤ 2 KiB, value ≤ 128 KiB, a batch ≤ 128 keys per op
@@ -24,6 +25,8 @@ mod codec;
 mod config;
 mod disk;
 mod error;
+#[doc(hidden)]
+pub mod sim;
 mod store;
 
 pub use batch::{Batch, Op};

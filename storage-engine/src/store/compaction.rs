@@ -4,9 +4,10 @@
 //! Steps: seal the active log segment (new commits go to a fresh one, id `seal`); wait until
 //! everything committed before is durable; copy every entry whose put lives in a segment
 //! older than `seal`, plus every alarm, into `base-*` files; fdatasync them and the directory;
-//! write the manifest (these bases, log starts at `seal`); point the index at the new copies
-//! (only entries that did not change meanwhile); delete the old files. Commits keep flowing
-//! into the log throughout, and the loop yields so they are never stalled for long.
+//! wait until every commit the copies saw is durable; write the manifest (these bases, log
+//! starts at `seal`); point the index at the new copies (only entries that did not change
+//! meanwhile); delete the old files. Commits keep flowing into the log throughout, and the
+//! loop yields so they are never stalled for long.
 
 use std::rc::Rc;
 
@@ -69,6 +70,7 @@ pub async fn compact(inner: &Inner) -> Result<(), StoreError> {
     };
     let result = run(inner, seal, seal_seq).await;
     inner.state.borrow_mut().compacting = false;
+    inner.idle.wake_all();
     if let Err(error @ StoreError::Io { .. }) = &result {
         poison(inner, error);
     }
@@ -83,6 +85,14 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
     for object in objects {
         let (snapshot, alarm_ms) = {
             let state = inner.state.borrow();
+            // Stop once the store is closed (`close` waits for this task) or poisoned (nothing
+            // new is written): the base files written so far are orphans the next open removes.
+            if state.closed {
+                return Err(StoreError::Closed);
+            }
+            if state.poisoned {
+                return Err(StoreError::Poisoned);
+            }
             let Some(object_state) = state.index.objects.get(&object) else {
                 continue;
             };
@@ -127,6 +137,11 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
         }
         base.close_batch(&object).await?;
     }
+    // The copies above read the index as it was at their moment, which already includes
+    // commits after the seal: a key they overwrote or deleted is missing from the bases, an
+    // alarm they set is in them. That is sound only once those commits are durable in the
+    // log from `seal` on, which replays over the bases; until then the old segments must stay.
+    let copied_seq = inner.state.borrow().next_seq - 1;
     base.write_record().await?;
     let BaseWriter {
         files, relocations, ..
@@ -141,6 +156,7 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
         .await
         .map_err(|source| io_error("sync_dir", dir, source))?;
 
+    Durable::new(inner.durable.clone(), copied_seq, FailureReport::Poisoned).await?;
     let base_segments = files.iter().map(|file| file.id).collect();
     let manifest = ManifestData {
         log_start: seal,

@@ -201,3 +201,33 @@ impl Signal {
         })
     }
 }
+
+/// Wakes every task waiting for a condition the store's state tells (used by `close` to wait
+/// for a running compaction): waiters re-check the state after each wake, so a wake-up
+/// that comes early is harmless and none is lost.
+#[derive(Default)]
+pub struct Waiters {
+    /// Tasks parked until the next `wake_all`.
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl Waiters {
+    pub fn wake_all(&self) {
+        let wakers = std::mem::take(&mut *self.wakers.borrow_mut());
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// Resolves once `done()` holds; `done` is checked before parking and after every wake.
+    pub fn wait_until<'a>(&'a self, done: impl Fn() -> bool + 'a) -> impl Future<Output = ()> + 'a {
+        std::future::poll_fn(move |cx| {
+            if done() {
+                return Poll::Ready(());
+            }
+            let mut wakers = self.wakers.borrow_mut();
+            if !wakers.iter().any(|waker| waker.will_wake(cx.waker())) {
+                wakers.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+    }
+}

@@ -56,10 +56,15 @@ pub async fn run_writer(inner: Weak<Inner>, signal: Rc<Signal>) {
             (!state.pending.is_empty() && !state.poisoned, state.closed)
         };
         if has_pending {
-            if let Err(error) = write_group(&store).await {
-                poison(&store, &error);
-            } else {
-                compaction::start_if_due(&store);
+            store.state.borrow_mut().writing = true;
+            let written = write_group(&store).await;
+            store.state.borrow_mut().writing = false;
+            store.idle.wake_all();
+            match written {
+                Ok(()) => compaction::start_if_due(&store),
+                // Poisoned meanwhile (by a compaction): the failure is already reported.
+                Err(StoreError::Poisoned) => {}
+                Err(error) => poison(&store, &error),
             }
             continue;
         }
@@ -98,6 +103,10 @@ async fn write_group(inner: &Inner) -> Result<(), StoreError> {
         "a group is consecutive"
     );
 
+    // A compaction may have poisoned the store while this round waited: write nothing more.
+    if inner.state.borrow().poisoned {
+        return Err(StoreError::Poisoned);
+    }
     let writer_segment = inner
         .state
         .borrow()

@@ -23,7 +23,7 @@ pub use stats::StoreStats;
 
 use crate::codec::{self, ManifestData};
 use crate::{Batch, Disk, GlommioDisk, ObjectId, Op, StoreConfig, StoreError};
-use durable::{DurableShared, FailureReport, Signal};
+use durable::{DurableShared, FailureReport, Signal, Waiters};
 use index::{Entry, Index};
 use log::{LargeValue, PendingBatch, Writer};
 use segments::Segments;
@@ -70,6 +70,10 @@ struct Inner {
     durable: Rc<DurableShared>,
     /// Wakes the background writer when a batch is queued or the store closes.
     signal: Rc<Signal>,
+    /// Woken when the writer finishes a group or a compaction ends, so `close` can wait for
+    /// both: either left running would go on creating, renaming and removing files under a
+    /// store reopened in the same directory.
+    idle: Waiters,
 }
 
 /// Mutable state of a store.
@@ -98,6 +102,8 @@ struct State {
     closed: bool,
     /// True while a compaction runs, so two never overlap.
     compacting: bool,
+    /// True while the writer has a group in flight, so `close` can wait for it.
+    writing: bool,
 }
 
 impl State {
@@ -148,6 +154,7 @@ impl Store {
             state: RefCell::new(recovered.into_state()),
             durable,
             signal: Rc::new(Signal::default()),
+            idle: Waiters::default(),
         });
         glommio::spawn_local(log::run_writer(Rc::downgrade(&inner), inner.signal.clone())).detach();
         let store = Store { inner };
@@ -294,7 +301,10 @@ impl Store {
         stats
     }
 
-    /// Waits for every queued batch to be durable, stops compaction, closes files.
+    /// Waits for every queued batch to be durable, for the writer's I/O in flight to end and
+    /// for a running compaction to stop (it stops early, before its manifest switch, once it
+    /// sees the store closed). Reopen a store's directory only after `close` returned, also
+    /// (especially) when the store is poisoned; the result reports a poisoned store.
     pub async fn close(&self) -> Result<(), StoreError> {
         let last_seq = {
             let mut state = self.inner.state.borrow_mut();
@@ -302,7 +312,14 @@ impl Store {
             state.next_seq - 1
         };
         self.inner.signal.notify();
-        self.wait_durable(last_seq).await
+        let durable = self.wait_durable(last_seq).await;
+        let state = &self.inner.state;
+        let idle = || {
+            let state = state.borrow();
+            !state.compacting && !state.writing
+        };
+        self.inner.idle.wait_until(idle).await;
+        durable
     }
 }
 

@@ -113,7 +113,8 @@ impl Store {
             let Some(object_state) = state.index.objects.get(object) else {
                 return Ok(Vec::new());
             };
-            let Some((lower, upper)) = bounds(options) else {
+            let prefix_end = options.prefix.as_deref().and_then(prefix_successor);
+            let Some((lower, upper)) = bounds(options, prefix_end.as_deref()) else {
                 return Ok(Vec::new());
             };
             let range = object_state.keys.range::<[u8], _>((lower, upper));
@@ -151,9 +152,22 @@ impl Store {
     }
 }
 
-/// The key range `options` selects, or `None` when it is empty. Keys outside the prefix are
-/// cut off by the caller; here the prefix only raises the lower bound.
-fn bounds(options: &ListOptions) -> Option<(Bound<&[u8]>, Bound<&[u8]>)> {
+/// The smallest key above every key that starts with `prefix`: the prefix without its
+/// trailing 0xff bytes, last byte incremented. `None` when there is none (no bytes below 0xff).
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let last = prefix.iter().rposition(|byte| *byte != 0xff)?;
+    let mut successor = prefix[..=last].to_vec();
+    successor[last] += 1;
+    Some(successor)
+}
+
+/// The key range `options` selects, or `None` when it is empty. The prefix raises the lower
+/// bound and, through `prefix_end` (its successor), lowers the upper one, so a reverse list
+/// starts inside the prefix rather than at the object's last key.
+fn bounds<'a>(
+    options: &'a ListOptions,
+    prefix_end: Option<&'a [u8]>,
+) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
     let mut lower: Bound<&[u8]> = Bound::Unbounded;
     let candidates = [
         options.prefix.as_deref().map(Bound::Included),
@@ -176,10 +190,11 @@ fn bounds(options: &ListOptions) -> Option<(Bound<&[u8]>, Bound<&[u8]>)> {
             (old, Bound::Unbounded) => old,
         };
     }
-    let upper: Bound<&[u8]> = options
-        .end
-        .as_deref()
-        .map_or(Bound::Unbounded, Bound::Excluded);
+    let upper = match (options.end.as_deref(), prefix_end) {
+        (Some(end), Some(prefix_end)) => Some(end.min(prefix_end)),
+        (end, prefix_end) => end.or(prefix_end),
+    };
+    let upper: Bound<&[u8]> = upper.map_or(Bound::Unbounded, Bound::Excluded);
     // BTreeMap::range panics on an inverted range; such a range is simply empty.
     if let (Bound::Included(a) | Bound::Excluded(a), Bound::Excluded(b)) = (lower, upper) {
         if a >= b {

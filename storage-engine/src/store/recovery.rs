@@ -49,6 +49,7 @@ impl Recovered {
             poisoned: false,
             closed: false,
             compacting: false,
+            writing: false,
         }
     }
 }
@@ -108,11 +109,6 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
             .await
             .map_err(|source| io_error("remove", &name, source))?;
     }
-    if !orphans.is_empty() {
-        disk.sync_dir()
-            .await
-            .map_err(|source| io_error("sync_dir", "store directory", source))?;
-    }
 
     let newest_log = live
         .iter()
@@ -152,6 +148,12 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
             });
         }
     }
+
+    // Likewise a directory entry (a new segment, a renamed manifest) whose sync_dir failed
+    // before the reopen: the state just read must be durable before it is built on.
+    disk.sync_dir()
+        .await
+        .map_err(|source| io_error("sync_dir", "store directory", source))?;
 
     let highest_id = live
         .iter()
@@ -259,6 +261,12 @@ impl Replay<'_> {
             file.truncate(end as u64)
                 .await
                 .map_err(|source| io_error("truncate", &name, source))?;
+        }
+        if newest {
+            // Even uncut, the newest segment may end in a record whose fdatasync failed before
+            // a reopen without a power cut: readable now, not durable. The index is built on
+            // it and new commits may go to a later segment, so it must be made durable before
+            // anything is appended, or a power cut would leave a hole in the log.
             file.fdatasync()
                 .await
                 .map_err(|source| io_error("fdatasync", &name, source))?;
