@@ -141,6 +141,7 @@ impl AlarmScheduler {
         for (id, time_ms) in host.store().objects_with_alarms() {
             wheel.insert(deadline_of(time_ms), ObjectId(id));
         }
+        wheel.shrink_to_fit();
         let compact_above = config.compact_entries_min.max(2 * wheel.len());
         let state = State {
             wheel,

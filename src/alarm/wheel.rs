@@ -176,6 +176,15 @@ impl<T> TimerWheel<T> {
         due.len() - before
     }
 
+    /// Gives back the spare capacity of every slot: after a bulk load (start-up), slots grown
+    /// by doubling hold up to twice the memory their timers need.
+    pub fn shrink_to_fit(&mut self) {
+        for level in &mut self.levels {
+            level.slots.iter_mut().for_each(Vec::shrink_to_fit);
+        }
+        self.overflow.shrink_to_fit();
+    }
+
     /// Keeps only the timers for which `keep(deadline_ms, &value)` is true, and of several equal
     /// `(deadline, value)` pairs only one. Returns how many were dropped.
     ///
