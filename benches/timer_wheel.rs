@@ -2,33 +2,11 @@
 //!
 //! `cargo bench --bench timer_wheel`
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
-
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use stead::alarm::TimerWheel;
 
-/// Counts live heap bytes to read off the wheel's memory per timer.
-struct CountingAllocator;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged and only counts sizes.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: CountingAllocator = CountingAllocator;
+#[path = "support/counting_allocator.rs"]
+mod counting_allocator;
 
 /// Timers scheduled per measured batch.
 const TIMERS: u64 = 1_000_000;
@@ -40,12 +18,12 @@ fn deadline(start: u64, n: u64) -> u64 {
 
 fn bench_wheel(c: &mut Criterion) {
     let start = 1_764_000_000_000u64;
-    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    let before = counting_allocator::live_bytes();
     let mut wheel = TimerWheel::new(start);
     for n in 0..TIMERS {
         wheel.insert(deadline(start, n), [n as u8; 32]);
     }
-    let held = LIVE_BYTES.load(Ordering::Relaxed) - before;
+    let held = counting_allocator::live_bytes() - before;
     println!(
         "timer wheel: {TIMERS} pending timers carrying a 32-byte object id hold {held} heap bytes = {:.1} bytes per timer",
         held as f64 / TIMERS as f64

@@ -175,6 +175,52 @@ impl<T> TimerWheel<T> {
         due[before..].sort_by_key(|(deadline, _)| *deadline);
         due.len() - before
     }
+
+    /// Gives back the spare capacity of every slot: after a bulk load (start-up), slots grown
+    /// by doubling hold up to twice the memory their timers need.
+    pub fn shrink_to_fit(&mut self) {
+        for level in &mut self.levels {
+            level.slots.iter_mut().for_each(Vec::shrink_to_fit);
+        }
+        self.overflow.shrink_to_fit();
+    }
+
+    /// Keeps only the timers for which `keep(deadline_ms, &value)` is true, and of several equal
+    /// `(deadline, value)` pairs only one. Returns how many were dropped.
+    ///
+    /// The owner compacts this way when replaced timers pile up. Equal pairs always share a
+    /// slot (a timer's position depends only on its deadline and the wheel's current time), so
+    /// sorting each slot finds every duplicate without extra memory.
+    pub fn retain_unique(&mut self, mut keep: impl FnMut(u64, &T) -> bool) -> usize
+    where
+        T: Ord,
+    {
+        let before = self.len;
+        let mut compact = |entries: &mut Vec<Entry<T>>| {
+            entries.retain(|entry| keep(entry.deadline_ms, &entry.value));
+            entries
+                .sort_unstable_by(|a, b| (a.deadline_ms, &a.value).cmp(&(b.deadline_ms, &b.value)));
+            entries.dedup_by(|a, b| a.deadline_ms == b.deadline_ms && a.value == b.value);
+            entries.shrink_to_fit();
+            entries.len()
+        };
+        let mut len = 0;
+        for level in &mut self.levels {
+            for (index, slot) in level.slots.iter_mut().enumerate() {
+                if level.occupied & (1 << index) == 0 {
+                    continue;
+                }
+                let kept = compact(slot);
+                if kept == 0 {
+                    level.occupied &= !(1u64 << index);
+                }
+                len += kept;
+            }
+        }
+        len += compact(&mut self.overflow);
+        self.len = len;
+        before - len
+    }
 }
 
 #[cfg(test)]
@@ -208,6 +254,23 @@ mod tests {
         let mut due = Vec::new();
         assert_eq!(wheel.advance(far - 1, &mut due), 0);
         assert_eq!(wheel.advance(far, &mut due), 1);
+    }
+
+    #[test]
+    fn retain_unique_drops_rejected_and_duplicate_timers() {
+        let mut wheel = TimerWheel::new(0);
+        for value in [1u32, 2, 2, 3] {
+            wheel.insert(5_000, value);
+        }
+        wheel.insert(WHEEL_SPAN_MS + 9, 2);
+        wheel.insert(WHEEL_SPAN_MS + 9, 2);
+        assert_eq!(wheel.retain_unique(|_, value| *value != 3), 3);
+        assert_eq!(wheel.len(), 3);
+        let mut due = Vec::new();
+        wheel.advance(WHEEL_SPAN_MS * 2, &mut due);
+        assert_eq!(due, vec![(5_000, 1), (5_000, 2), (WHEEL_SPAN_MS + 9, 2)]);
+        assert!(wheel.is_empty());
+        assert_eq!(wheel.next_deadline_ms(), None);
     }
 
     proptest! {

@@ -3,16 +3,38 @@
 //! applies and answers.
 
 mod counter;
+mod lock;
 mod ratelimiter;
+mod scheduler;
+mod sessions;
+#[cfg(test)]
+mod tests;
 
 pub use counter::Counter;
+pub use lock::Lock;
 pub use ratelimiter::RateLimiter;
+pub use scheduler::Scheduler;
+pub use sessions::Sessions;
 
-use crate::object::{ClassRegistry, RegistryError};
+use crate::object::{AlarmInfo, ClassRegistry, RegistryError};
 
 /// Registers every built-in class under its route name.
 pub fn register_builtins(registry: &mut ClassRegistry) -> Result<(), RegistryError> {
     registry.register::<Counter>("counter")?;
     registry.register::<RateLimiter>("ratelimiter")?;
+    registry.register::<Lock>("lock")?;
+    registry.register::<Sessions>("sessions")?;
+    registry.register::<Scheduler>("scheduler")?;
     Ok(())
+}
+
+/// The time an alarm handler should set to run again at `next_ms`. The host deletes the alarm
+/// that fired unless the handler set a different time, so a next time equal to the fired one
+/// (possible only if the wall clock stepped back) moves 1 ms later rather than being lost.
+fn next_alarm_ms(fired: &AlarmInfo, next_ms: i64) -> i64 {
+    if next_ms == fired.scheduled_ms {
+        next_ms.saturating_add(1)
+    } else {
+        next_ms
+    }
 }
