@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use stead_storage::StoreStats;
 
+use crate::alarm::AlarmStats;
 use crate::object::HostStats;
 
 /// Upper bounds of the request latency histogram, in seconds (Prometheus `le` labels).
@@ -100,7 +101,13 @@ impl CoreMetrics {
     }
 
     /// A copy of everything, with the host's and the store's figures.
-    pub fn snapshot(&self, core: usize, host: HostStats, store: StoreStats) -> CoreSnapshot {
+    pub fn snapshot(
+        &self,
+        core: usize,
+        host: HostStats,
+        store: StoreStats,
+        alarms: AlarmStats,
+    ) -> CoreSnapshot {
         CoreSnapshot {
             core,
             requests: self
@@ -120,6 +127,7 @@ impl CoreMetrics {
             forwarded_total: self.forwarded_total.get(),
             forward_rejections_total: self.forward_rejections_total.get(),
             host,
+            alarms,
             store,
         }
     }
@@ -136,6 +144,7 @@ pub struct CoreSnapshot {
     pub forwarded_total: u64,
     pub forward_rejections_total: u64,
     pub host: HostStats,
+    pub alarms: AlarmStats,
     pub store: StoreStats,
 }
 
@@ -144,7 +153,7 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
     let mut out = String::with_capacity(8 * 1024);
     render_requests(&mut out, snapshots);
     render_latency(&mut out, snapshots);
-    let per_core: [(&str, &str, &str, fn(&CoreSnapshot) -> f64); 14] = [
+    let per_core: [(&str, &str, &str, fn(&CoreSnapshot) -> f64); 21] = [
         (
             "stead_connections_open",
             "gauge",
@@ -222,6 +231,48 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
             "gauge",
             "1 after a failed write or fdatasync.",
             |s| f64::from(u8::from(s.store.poisoned)),
+        ),
+        (
+            "stead_alarms_pending",
+            "gauge",
+            "Timer entries in the core's wheel.",
+            |s| s.alarms.pending as f64,
+        ),
+        (
+            "stead_alarms_backlog",
+            "gauge",
+            "Due alarms waiting for a delivery slot.",
+            |s| s.alarms.backlog as f64,
+        ),
+        (
+            "stead_alarms_fired_total",
+            "counter",
+            "Alarm handlers that succeeded.",
+            |s| s.alarms.fired_total as f64,
+        ),
+        (
+            "stead_alarms_failures_total",
+            "counter",
+            "Alarm deliveries that failed.",
+            |s| s.alarms.failures_total as f64,
+        ),
+        (
+            "stead_alarms_retries_total",
+            "counter",
+            "Alarm retries scheduled.",
+            |s| s.alarms.retries_total as f64,
+        ),
+        (
+            "stead_alarm_lateness_p99_seconds",
+            "gauge",
+            "99th percentile of alarm lateness.",
+            |s| s.alarms.lateness_p99_ms / 1000.0,
+        ),
+        (
+            "stead_alarm_lateness_max_seconds",
+            "gauge",
+            "Largest alarm lateness seen.",
+            |s| s.alarms.lateness_max_ms / 1000.0,
         ),
     ];
     for (name, kind, help, value) in per_core {
@@ -377,7 +428,12 @@ mod tests {
         metrics.record(labels.clone(), 200, Duration::from_micros(50));
         metrics.record(labels.clone(), 200, Duration::from_millis(3));
         metrics.record(labels, 503, Duration::from_millis(3));
-        let snapshot = metrics.snapshot(0, HostStats::default(), StoreStats::default());
+        let snapshot = metrics.snapshot(
+            0,
+            HostStats::default(),
+            StoreStats::default(),
+            AlarmStats::default(),
+        );
         let text = render(&[
             snapshot.clone(),
             CoreSnapshot {

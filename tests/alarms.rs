@@ -330,21 +330,27 @@ fn an_expired_lock_lease_goes_to_the_waiter() {
     assert_eq!(server.stop(), Some(0));
 }
 
-/// One core: a request forwarded to another core keeps running there after its client goes
-/// away (the forwarding layer does not cancel it yet), so only a same-core waiter can leave.
+/// Two cores, eight waiting connections: some land on the core that does not own the lock, so
+/// their requests were forwarded, and dropping the connection must cancel them there too.
 #[test]
-fn a_lock_waiter_that_disconnects_leaves_the_queue() {
+fn lock_waiters_that_disconnect_leave_the_queue() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(dir.path(), 1, &[]);
+    let server = TestServer::start(dir.path(), 2, &[]);
     let mut holder = server.client();
     assert_eq!(holder.get("/objects/lock/d/acquire?clientId=a").status, 200);
-    let mut gone = server.client();
-    gone.send_request("GET", "/objects/lock/d/acquire?clientId=gone", &[], b"");
+    let waiters: Vec<Client> = (0..8)
+        .map(|index| {
+            let mut waiter = server.client();
+            let path = format!("/objects/lock/d/acquire?clientId=gone{index}");
+            waiter.send_request("GET", &path, &[], b"");
+            waiter
+        })
+        .collect();
     assert!(wait_until(PATIENCE, || holder
         .get("/objects/lock/d/status")
         .json()["waiting"]
-        == 1));
-    drop(gone);
+        == 8));
+    drop(waiters);
     assert!(wait_until(PATIENCE, || holder
         .get("/objects/lock/d/status")
         .json()["waiting"]

@@ -34,6 +34,8 @@ pub enum Message {
     },
     /// The answer to a `Dispatch`.
     Response { tag: u64, response: Response },
+    /// The client of `Dispatch` `tag` went away: drop the request.
+    Cancel { tag: u64 },
     /// Send back your figures.
     Snapshot { tag: u64 },
     /// The answer to a `Snapshot`.
@@ -156,11 +158,15 @@ impl Mesh {
         let Some(Some(sender)) = self.senders.get(to) else {
             return Err(SendError::Closed);
         };
-        sender.try_send(make(tag)).map_err(|_| SendError::Closed)?;
+        let message = make(tag);
+        let cancel_on_drop = matches!(message, Message::Dispatch { .. });
+        sender.try_send(message).map_err(|_| SendError::Closed)?;
         self.waiting.borrow_mut().insert(tag, slot.clone());
         Ok(ReplyWait {
             mesh: self,
             tag,
+            to,
+            cancel_on_drop,
             slot,
         })
     }
@@ -191,6 +197,10 @@ pub struct ReplyWait<'a> {
     mesh: &'a Mesh,
     /// The request's tag.
     tag: u64,
+    /// The core the request went to.
+    to: usize,
+    /// Whether dropping the wait before the reply tells that core to drop the request.
+    cancel_on_drop: bool,
     /// Where the reply lands.
     slot: Rc<ReplySlot>,
 }
@@ -209,7 +219,11 @@ impl Future for ReplyWait<'_> {
 
 impl Drop for ReplyWait<'_> {
     fn drop(&mut self) {
-        self.mesh.waiting.borrow_mut().remove(&self.tag);
+        let still_waiting = self.mesh.waiting.borrow_mut().remove(&self.tag).is_some();
+        if still_waiting && self.cancel_on_drop {
+            // Best effort: if the channel is closed the other core is gone anyway.
+            let _ = self.mesh.answer(self.to, Message::Cancel { tag: self.tag });
+        }
     }
 }
 

@@ -11,10 +11,13 @@ mod accept;
 mod handler;
 mod mesh;
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use glommio::channels::shared_channel::ConnectedReceiver;
@@ -23,6 +26,7 @@ use stead_storage::Store;
 
 pub use mesh::{channels, Endpoints};
 
+use crate::alarm::AlarmScheduler;
 use crate::config::Config;
 use crate::layout::{store_config, store_dir, Layout};
 use crate::metrics::CoreMetrics;
@@ -80,6 +84,12 @@ pub struct Shard {
     registry: Arc<ClassRegistry>,
     /// The objects this core owns.
     host: Rc<ObjectHost>,
+    /// Delivers the alarms of this core's objects.
+    alarms: Rc<AlarmScheduler>,
+    /// Requests other cores forwarded here and still running, by (core, tag): a cancel from
+    /// the sending core (its client went away) drops the request here too, as a local client's
+    /// disconnect would. Bounded by `cross_core_requests_max` per sending core.
+    forwarded_running: RefCell<HashMap<(usize, u64), Rc<Cancel>>>,
     /// The channels to the other cores.
     mesh: Mesh,
     /// Counters for `/metrics`.
@@ -92,8 +102,12 @@ pub struct Shard {
 
 impl Shard {
     fn snapshot(&self) -> crate::metrics::CoreSnapshot {
-        self.metrics
-            .snapshot(self.core, self.host.stats(), self.host.store().stats())
+        self.metrics.snapshot(
+            self.core,
+            self.host.stats(),
+            self.host.store().stats(),
+            self.alarms.stats(),
+        )
     }
 
     /// Handles one message from core `from`.
@@ -106,8 +120,19 @@ impl Shard {
                 request,
             } => {
                 let shard = self.clone();
+                let cancel = Rc::new(Cancel::default());
+                self.forwarded_running
+                    .borrow_mut()
+                    .insert((from, tag), cancel.clone());
                 glommio::spawn_local(async move {
-                    let response = shard.host.dispatch(&class, id, request).await;
+                    let dispatch = async { Some(shard.host.dispatch(&class, id, request).await) };
+                    let response = futures_lite::future::or(dispatch, async {
+                        cancel.wait().await;
+                        None
+                    })
+                    .await;
+                    shard.forwarded_running.borrow_mut().remove(&(from, tag));
+                    let Some(response) = response else { return };
                     if shard
                         .mesh
                         .answer(from, Message::Response { tag, response })
@@ -117,6 +142,11 @@ impl Shard {
                     }
                 })
                 .detach();
+            }
+            Message::Cancel { tag } => {
+                if let Some(cancel) = self.forwarded_running.borrow_mut().remove(&(from, tag)) {
+                    cancel.fire();
+                }
             }
             Message::Response { tag, response } => {
                 self.mesh.deliver(tag, Reply::Response(response))
@@ -135,6 +165,35 @@ impl Shard {
                 self.mesh.deliver(tag, Reply::Snapshot(snapshot))
             }
         }
+    }
+}
+
+/// Set when the core that forwarded a request no longer wants its response.
+#[derive(Default)]
+struct Cancel {
+    /// Whether it fired.
+    fired: Cell<bool>,
+    /// The running request's task.
+    waker: Cell<Option<Waker>>,
+}
+
+impl Cancel {
+    fn fire(&self) {
+        self.fired.set(true);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.fired.get() {
+                return Poll::Ready(());
+            }
+            self.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
     }
 }
 
@@ -180,6 +239,7 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         })?;
     let host = ObjectHost::new(store, registry.clone(), config.clone());
     host.start_background();
+    let alarms = AlarmScheduler::start(host.clone(), shutdown.clone());
     let auth_header = config
         .auth_token
         .as_ref()
@@ -191,7 +251,9 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         config: config.clone(),
         registry,
         host: host.clone(),
+        alarms,
         mesh,
+        forwarded_running: RefCell::new(HashMap::new()),
         metrics: CoreMetrics::default(),
         auth_header,
         shutdown: shutdown.clone(),
@@ -239,7 +301,29 @@ async fn serve(start: CoreStart) -> Result<(), String> {
     while drained.load(Ordering::SeqCst) < cores && Instant::now() < deadline + DRAIN_TIMEOUT {
         glommio::timer::sleep(STOP_POLL_INTERVAL).await;
     }
-    host.shutdown().await;
+    // Events that wait on something that never comes (a lock waiter whose connection outlived
+    // the drain) must not hold the process forever: past the timeout the store is closed with
+    // whatever was committed, and the executor drops the rest.
+    let closed = futures_lite::future::or(
+        async {
+            host.shutdown().await;
+            true
+        },
+        async {
+            glommio::timer::sleep(DRAIN_TIMEOUT).await;
+            false
+        },
+    )
+    .await;
+    if !closed {
+        tracing::warn!(
+            core,
+            "events still running after the drain timeout; closing the store"
+        );
+        if let Err(error) = host.store().close().await {
+            tracing::error!(core, %error, "closing the store failed");
+        }
+    }
     Ok(())
 }
 
