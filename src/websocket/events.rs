@@ -158,3 +158,58 @@ impl EventSink for EventQueue {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    /// Counts its wake-ups.
+    struct Counter(AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn message(text: &str) -> SocketEvent {
+        SocketEvent::Message(Message::Text(text.into()))
+    }
+
+    #[test]
+    fn a_full_queue_refuses_and_wakes_its_producers_once_half_drained() {
+        let queue = EventQueue::new(4);
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        for index in 0..4 {
+            let accepted = queue.offer(&mut cx, SocketId(1), message(&index.to_string()));
+            assert_eq!(accepted, Ok(()));
+        }
+        // Two sockets are refused; each registers once however often it retries.
+        for socket in [2, 3, 3] {
+            let refused = queue.offer(&mut cx, SocketId(socket), message("late"));
+            assert_eq!(refused, Err(message("late")));
+        }
+        let noop = Waker::noop();
+        let mut consumer = Context::from_waker(noop);
+        assert_eq!(
+            queue.poll_next(&mut consumer),
+            Poll::Ready((SocketId(1), message("0")))
+        );
+        assert_eq!(counter.0.load(Ordering::Relaxed), 0, "still over half full");
+        assert!(queue.poll_next(&mut consumer).is_ready());
+        assert_eq!(
+            counter.0.load(Ordering::Relaxed),
+            2,
+            "both refused sockets woken"
+        );
+        assert!(queue.poll_next(&mut consumer).is_ready());
+        assert!(queue.poll_next(&mut consumer).is_ready());
+        assert!(queue.is_empty());
+        assert!(queue.poll_next(&mut consumer).is_pending());
+    }
+}

@@ -16,7 +16,8 @@
 //! - from the moment the socket starts closing, `close_timeout_ms` bounds how long it lives.
 //!
 //! The connection ends (the terminal event, `Closed` or `Failed`, is always delivered first):
-//! - the client sends a close frame: it is echoed, the output flushed, the write side shut;
+//! - the client sends a close frame: it is echoed at once, the output flushed, the write side
+//!   shut (so replies to messages the owner has not handled yet are refused, `Closed`);
 //! - the owner calls `close`: the client's close frame is awaited, up to the timeout;
 //! - the client breaks the protocol or a receive limit: a close frame with the code is sent;
 //! - the send queue overflows: a 1008 close frame is sent, the client's answer awaited;

@@ -125,6 +125,19 @@ fn serve<F>(limits: WebSocketLimits, clients: usize, client: F) -> Seen
 where
     F: FnOnce(SocketAddr, std::sync::mpsc::Receiver<SocketEvent>) + Send + 'static,
 {
+    serve_with_queue(limits, clients, 4, client)
+}
+
+/// `serve` with an event queue of `queue_capacity` events.
+fn serve_with_queue<F>(
+    limits: WebSocketLimits,
+    clients: usize,
+    queue_capacity: usize,
+    client: F,
+) -> Seen
+where
+    F: FnOnce(SocketAddr, std::sync::mpsc::Receiver<SocketEvent>) + Send + 'static,
+{
     let executor = LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(256 * 1024)
         .ring_depth(64)
@@ -142,7 +155,7 @@ where
             .send(listener.local_addr().expect("address"))
             .expect("send address");
         let limits = Rc::new(limits);
-        let queue = Rc::new(EventQueue::new(4));
+        let queue = Rc::new(EventQueue::new(queue_capacity));
         let set = Rc::new(RefCell::new(SocketSet::new(limits.sockets_per_object_max)));
         let acceptor = {
             let (queue, set, limits) = (queue.clone(), set.clone(), limits.clone());
@@ -215,8 +228,12 @@ async fn react(
 ) {
     let text = match message {
         Message::Binary(bytes) => {
-            socket.send_binary(bytes).expect("echo");
-            return;
+            // The client may have sent its close frame right behind this message; the close was
+            // then answered before this event was handled, and the echo is refused.
+            match socket.send_binary(bytes) {
+                Ok(()) | Err(SendError::Closed) => return,
+                Err(error) => panic!("echo: {error}"),
+            }
         }
         Message::Text(text) => text.as_str(),
     };
@@ -498,4 +515,41 @@ fn the_auto_response_is_answered_without_an_event() {
             closed(CloseCode::GOING_AWAY, "", true)
         ]
     );
+}
+
+#[test]
+fn a_full_sink_holds_messages_back_without_losing_or_reordering_them() {
+    const MESSAGES: usize = 300;
+    // One event at a time: almost every message is refused once and offered again.
+    let seen = serve_with_queue(WebSocketLimits::default(), 1, 1, |address, _| {
+        let mut burst = Vec::new();
+        for index in 0..MESSAGES {
+            burst.extend(frame(Opcode::Binary, true, &[index as u8]));
+        }
+        burst.extend(frame(Opcode::Close, true, b""));
+        let mut client = Client::connect(address, &burst);
+        // Echoes in order, until the echo of the close frame; the queue holds one event, so at
+        // most the last message was still unhandled when the close was answered.
+        let mut echoed = 0;
+        loop {
+            match client.next() {
+                Some(Incoming::Binary(payload)) => {
+                    assert_eq!(payload, vec![echoed as u8]);
+                    echoed += 1;
+                }
+                Some(Incoming::Close(None)) => break,
+                other => panic!("after {echoed} echoes: {other:?}"),
+            }
+        }
+        assert!(echoed >= MESSAGES - 1, "{echoed} echoes");
+        client.expect_eof();
+    });
+    let events = events(&seen);
+    assert_eq!(events.len(), MESSAGES + 1);
+    for (index, event) in events[..MESSAGES].iter().enumerate() {
+        assert_eq!(
+            *event,
+            SocketEvent::Message(Message::Binary(vec![index as u8]))
+        );
+    }
 }
