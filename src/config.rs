@@ -126,6 +126,8 @@ pub struct Config {
     pub objects: ObjectLimits,
     pub storage: StorageSettings,
     pub ratelimit: RateLimitDefaults,
+    /// Limits of every WebSocket.
+    pub websocket: crate::websocket::WebSocketLimits,
 }
 
 impl Default for Config {
@@ -140,6 +142,7 @@ impl Default for Config {
             objects: ObjectLimits::default(),
             storage: StorageSettings::default(),
             ratelimit: RateLimitDefaults::default(),
+            websocket: crate::websocket::WebSocketLimits::default(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Maps a request path to what serves it. Routing only looks at the method and the path;
 //! whether a class exists is the caller's question (it answers 404 for an unknown one).
 //!
-//! - `GET|HEAD /healthz`, `GET|HEAD /metrics`
+//! - `GET|HEAD /healthz`, `GET|HEAD /metrics`, `GET|HEAD /chat` (the chat page)
 //! - `POST /ids/{class}`: a new random object id
 //! - `/objects/{class}/{name}[/{rest…}]`: the object named `name` (percent-decoded), which sees
 //!   the path `/{rest…}` (`/` when absent), any method
@@ -25,6 +25,8 @@ const ID_HEX_DIGITS: usize = 64;
 pub enum Route {
     Healthz,
     Metrics,
+    /// The chat page (plain HTML and JavaScript) that joins a `chat` room.
+    ChatPage,
     /// Make a new random id for an object of `class`.
     NewId {
         class: String,
@@ -55,6 +57,7 @@ pub fn route(method: Method, path: &str, limits: &HttpLimits) -> Result<Route, R
     match path {
         "/healthz" => return read_only(method, Route::Healthz),
         "/metrics" => return read_only(method, Route::Metrics),
+        "/chat" => return read_only(method, Route::ChatPage),
         _ => {}
     }
     if let Some(class) = path.strip_prefix("/ids/") {

@@ -1,14 +1,31 @@
-//! [`ObjectContext`]: what an object instance is given: its identity, storage and the server's
-//! configuration.
+//! [`ObjectContext`]: what an object instance is given: its identity, storage, WebSockets and
+//! the server's configuration.
 
 use std::rc::Rc;
 
-use super::Storage;
+use serde_json::json;
+use stead_storage::Store;
+
+use super::{CoreSockets, ObjectError, Storage};
 use crate::config::Config;
+use crate::http::{Request, Response};
 use crate::id::ObjectId;
+use crate::websocket::{validate_upgrade, AutoResponse, SocketHandle};
+
+/// The header the server puts on a WebSocket upgrade request before the object sees it, naming
+/// the upgrade so that the socket its handler accepts is attached to that connection. Any
+/// client-sent header of this name is removed first.
+pub const UPGRADE_TOKEN_HEADER: &str = "x-stead-upgrade-token";
+
+/// A WebSocket a handler accepted.
+pub struct AcceptedSocket {
+    /// The socket, usable at once.
+    pub socket: SocketHandle,
+    /// The 101 response that `fetch` must return.
+    pub response: Response,
+}
 
 /// The fixed parts of one object's context, shared by all clones.
-#[derive(Debug)]
 struct Inner {
     /// The object's id (its class tag in the first 8 bytes).
     id: ObjectId,
@@ -18,13 +35,26 @@ struct Inner {
     storage: Storage,
     /// The server's configuration (built-in classes read their defaults from it).
     config: Rc<Config>,
+    /// The core's WebSockets; this object's outlive the instance (hibernation).
+    sockets: Rc<CoreSockets>,
+    /// The core's store, to wait for durability in [`ObjectContext::flush`].
+    store: Store,
 }
 
-/// An object's identity, storage and configuration. Cheap to clone.
-#[derive(Clone, Debug)]
+/// An object's identity, storage, sockets and configuration. Cheap to clone.
+#[derive(Clone)]
 pub struct ObjectContext {
     /// Shared so that cloning the context is one reference count.
     inner: Rc<Inner>,
+}
+
+impl std::fmt::Debug for ObjectContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectContext")
+            .field("id", &self.inner.id)
+            .field("class", &self.inner.class)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ObjectContext {
@@ -33,6 +63,8 @@ impl ObjectContext {
         class: Rc<str>,
         storage: Storage,
         config: Rc<Config>,
+        sockets: Rc<CoreSockets>,
+        store: Store,
     ) -> ObjectContext {
         ObjectContext {
             inner: Rc::new(Inner {
@@ -40,6 +72,8 @@ impl ObjectContext {
                 class,
                 storage,
                 config,
+                sockets,
+                store,
             }),
         }
     }
@@ -58,5 +92,67 @@ impl ObjectContext {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Accepts the WebSocket that `request` asks for, with `tags` to find it by later. On
+    /// success, return the accepted response (101) from `fetch`; the socket can be used at once
+    /// (what is sent now goes out right after the 101). On failure, return the given response
+    /// instead: 400 for a request that is not a valid upgrade, 503 when the object has too
+    /// many sockets. The socket's messages then arrive at
+    /// [`DurableObject::websocket_message`], even if the object was evicted in between.
+    ///
+    /// [`DurableObject::websocket_message`]: super::DurableObject::websocket_message
+    pub fn accept_websocket(
+        &self,
+        request: &Request,
+        tags: &[&str],
+    ) -> Result<AcceptedSocket, Response> {
+        let upgrade = validate_upgrade(request).map_err(|error| error.to_response())?;
+        let token = request
+            .header(UPGRADE_TOKEN_HEADER)
+            .and_then(|token| token.parse::<u64>().ok())
+            .ok_or_else(|| {
+                Response::json_error(400, "this request did not arrive as a WebSocket upgrade")
+            })?;
+        let tags = tags.iter().map(|tag| tag.to_string()).collect();
+        match self
+            .inner
+            .sockets
+            .accept(token, self.inner.id, self.inner.class.clone(), tags)
+        {
+            Ok(socket) => Ok(AcceptedSocket {
+                socket,
+                response: upgrade.response(),
+            }),
+            Err(error) => Err(Response::json(
+                503,
+                &json!({ "error": error.to_string(), "retryable": true }),
+            )),
+        }
+    }
+
+    /// The object's open WebSockets, all or those with `tag`, in accept order.
+    pub fn websockets(&self, tag: Option<&str>) -> Vec<SocketHandle> {
+        self.inner.sockets.list(&self.inner.id, tag)
+    }
+
+    /// A text message that the object's sockets answer themselves, without waking the object
+    /// (keep-alive pings); `None` removes it.
+    pub fn set_websocket_auto_response(&self, auto_response: Option<AutoResponse>) {
+        self.inner
+            .sockets
+            .set_auto_response(&self.inner.id, auto_response);
+    }
+
+    /// Commits the writes made so far and waits until they are durable: for effects outside
+    /// the response (a message to other sockets) that must not get ahead of the disk.
+    pub async fn flush(&self) -> Result<(), ObjectError> {
+        // The host commits an event's writes when its handler suspends: suspend once.
+        futures_lite::future::yield_now().await;
+        let store = &self.inner.store;
+        store
+            .wait_durable(store.last_seq())
+            .await
+            .map_err(|error| ObjectError::new(format!("writes are not durable: {error}")))
     }
 }

@@ -30,10 +30,11 @@ use stead_storage::{Limits, Store};
 use super::gate::Gated;
 use super::registry::{ClassRegistry, Constructor, DynObject};
 use super::slot::{Signal, Slot, SlotState};
-use super::{AlarmInfo, ObjectContext, ObjectError, Storage};
+use super::{AlarmInfo, CoreSockets, ObjectContext, ObjectError, SocketClose, Storage};
 use crate::config::Config;
 use crate::http::{Request, Response};
 use crate::id::ObjectId;
+use crate::websocket::{CloseCode, SocketEvent, SocketId};
 
 /// Bounds on the idle-eviction sweep interval (a quarter of `idle_evict_ms`), in milliseconds.
 const SWEEP_INTERVAL_MIN_MS: u64 = 10;
@@ -90,6 +91,8 @@ pub struct ObjectHost {
     stats: Cell<HostStats>,
     /// The alarm scheduler's hook, if one is installed.
     alarm_listener: RefCell<Option<AlarmListener>>,
+    /// The WebSockets of this core's objects; they outlive evictions.
+    sockets: Rc<CoreSockets>,
 }
 
 /// An admitted event; dropping it (answered or abandoned) releases its place.
@@ -120,6 +123,7 @@ fn overloaded() -> Response {
 impl ObjectHost {
     pub fn new(store: Store, registry: Arc<ClassRegistry>, config: Rc<Config>) -> Rc<ObjectHost> {
         let limits = store_limits(&config);
+        let config_websocket = config.websocket.clone();
         Rc::new(ObjectHost {
             store,
             registry,
@@ -132,6 +136,7 @@ impl ObjectHost {
             highest_submitted_seq: Cell::new(0),
             stats: Cell::new(HostStats::default()),
             alarm_listener: RefCell::new(None),
+            sockets: Rc::new(CoreSockets::new(config_websocket)),
         })
     }
 
@@ -225,6 +230,66 @@ impl ObjectHost {
         let interval_ms = (self.config.objects.idle_evict_ms / 4)
             .clamp(SWEEP_INTERVAL_MIN_MS, SWEEP_INTERVAL_MAX_MS);
         glommio::spawn_local(sweep(host, Duration::from_millis(interval_ms))).detach();
+        glommio::spawn_local(deliver_socket_events(
+            Rc::downgrade(self),
+            self.sockets.queue.clone(),
+        ))
+        .detach();
+    }
+
+    /// The WebSockets of this core's objects.
+    pub fn sockets(&self) -> &Rc<CoreSockets> {
+        &self.sockets
+    }
+
+    /// Delivers one socket event as an event of the socket's object, activating it if it was
+    /// evicted. After a terminal event the socket is forgotten. If the object cannot take the
+    /// event (overloaded, shutting down, failing), the socket is closed with 1011 rather than
+    /// losing messages silently.
+    pub async fn deliver_socket_event(self: &Rc<Self>, socket: SocketId, event: SocketEvent) {
+        let Some(owner) = self.sockets.owner(socket) else {
+            return;
+        };
+        let terminal = event.is_terminal();
+        let outcome = match self.admit(&owner.class, owner.object) {
+            Err(response) => Err(format!("status {}", response.status)),
+            Ok(event_guard) => match ready(&event_guard.slot).await {
+                Err(message) => Err(message),
+                Ok(instance) => {
+                    let handle = owner.handle.clone();
+                    let handler = match event {
+                        SocketEvent::Message(message) => {
+                            instance.websocket_message(handle, message)
+                        }
+                        SocketEvent::Closed {
+                            code,
+                            reason,
+                            clean,
+                        } => instance.websocket_close(
+                            handle,
+                            SocketClose {
+                                code: code.0,
+                                reason,
+                                clean,
+                            },
+                        ),
+                        SocketEvent::Failed(error) => {
+                            instance.websocket_error(handle, format!("{error:?}"))
+                        }
+                    };
+                    self.run(&event_guard.slot, handler).await
+                }
+            },
+        };
+        if let Err(message) = outcome {
+            tracing::warn!(socket = socket.0, object = %owner.object, "socket event not handled: {message}");
+            let _ = owner
+                .handle
+                .close(CloseCode(1011), "the object could not handle the message");
+        }
+        if terminal {
+            self.sockets.remove(socket);
+        }
     }
 
     /// Drops every object that had no event for `idle_evict_ms` and has none in flight.
@@ -251,6 +316,8 @@ impl ObjectHost {
     /// object and closes the store.
     pub async fn shutdown(&self) {
         self.closing.set(true);
+        self.sockets
+            .close_all(CloseCode::GOING_AWAY, "the server is shutting down");
         if self.events_in_flight.get() > 0 {
             self.drained.wait().await;
         }
@@ -382,6 +449,8 @@ impl ObjectHost {
             slot.class.clone(),
             slot.storage.clone(),
             self.config.clone(),
+            self.sockets.clone(),
+            self.store.clone(),
         );
         let instance = constructor(context);
         let (result, commit_error) = Gated::new(self, slot, instance.clone().init()).await;
@@ -459,5 +528,29 @@ async fn sweep(host: Weak<ObjectHost>, interval: Duration) {
             return;
         }
         host.evict_idle(Instant::now());
+    }
+}
+
+/// Socket event deliveries one core runs at once; past it the event queue fills and sockets
+/// stop reading.
+const SOCKET_DELIVERIES_IN_FLIGHT_MAX: u64 = 1024;
+
+/// Takes every socket event of the core and delivers it, at most
+/// `SOCKET_DELIVERIES_IN_FLIGHT_MAX` at a time, in the order they arrived.
+async fn deliver_socket_events(host: Weak<ObjectHost>, queue: Rc<crate::websocket::EventQueue>) {
+    let slots = Rc::new(glommio::sync::Semaphore::new(
+        SOCKET_DELIVERIES_IN_FLIGHT_MAX,
+    ));
+    loop {
+        let Ok(permit) = slots.acquire_static_permit(1).await else {
+            return;
+        };
+        let (socket, event) = queue.next().await;
+        let Some(host) = host.upgrade() else { return };
+        glommio::spawn_local(async move {
+            host.deliver_socket_event(socket, event).await;
+            drop(permit);
+        })
+        .detach();
     }
 }

@@ -22,13 +22,16 @@ mod host;
 mod pending;
 mod registry;
 mod slot;
+mod sockets;
 mod storage;
 #[cfg(test)]
 mod tests;
 
-pub use context::ObjectContext;
+pub use crate::websocket::{Message as WebSocketMessage, SocketHandle};
+pub use context::{AcceptedSocket, ObjectContext, UPGRADE_TOKEN_HEADER};
 pub use host::{store_limits, AlarmListener, HostStats, ObjectHost};
 pub use registry::{ClassRegistry, Constructor, DynObject, RegistryError, CLASS_NAME_BYTES_MAX};
+pub use sockets::CoreSockets;
 pub use stead_storage::ListOptions;
 pub use storage::{Storage, StorageError};
 
@@ -45,6 +48,16 @@ impl AlarmInfo {
     pub fn is_retry(&self) -> bool {
         self.retry_count > 0
     }
+}
+
+/// How a WebSocket ended, for [`DurableObject::websocket_close`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketClose {
+    /// The close code (1006 when the connection dropped without a close frame).
+    pub code: u16,
+    pub reason: String,
+    /// Whether both sides exchanged close frames.
+    pub clean: bool,
 }
 
 /// A failed handler. The client gets 500 with `{"error": message}`.
@@ -102,6 +115,40 @@ pub trait DurableObject: Sized + 'static {
     /// Runs when the object's alarm fires. An error schedules a retry with backoff.
     fn alarm(&self, alarm: AlarmInfo) -> impl Future<Output = Result<(), ObjectError>> {
         let _ = alarm;
+        async { Ok(()) }
+    }
+
+    /// A complete message arrived on one of the object's WebSockets (see
+    /// [`ObjectContext::accept_websocket`]). The object may have been evicted and rebuilt since
+    /// the socket was accepted; the socket, its tags and its attachment are the same.
+    fn websocket_message(
+        &self,
+        socket: SocketHandle,
+        message: WebSocketMessage,
+    ) -> impl Future<Output = Result<(), ObjectError>> {
+        let _ = (socket, message);
+        async { Ok(()) }
+    }
+
+    /// One of the object's WebSockets closed; it is gone from [`ObjectContext::websockets`]
+    /// once this returns.
+    fn websocket_close(
+        &self,
+        socket: SocketHandle,
+        close: SocketClose,
+    ) -> impl Future<Output = Result<(), ObjectError>> {
+        let _ = (socket, close);
+        async { Ok(()) }
+    }
+
+    /// The server failed one of the object's WebSockets (a protocol violation, or a client
+    /// that stopped reading); it was closed with the matching code.
+    fn websocket_error(
+        &self,
+        socket: SocketHandle,
+        error: String,
+    ) -> impl Future<Output = Result<(), ObjectError>> {
+        let _ = (socket, error);
         async { Ok(()) }
     }
 }

@@ -12,9 +12,10 @@ use std::rc::Rc;
 
 use futures_lite::future::BoxedLocal;
 
-use super::{AlarmInfo, DurableObject, ObjectContext, ObjectError};
+use super::{AlarmInfo, DurableObject, ObjectContext, ObjectError, SocketClose};
 use crate::http::{Request, Response};
 use crate::id::ObjectId;
+use crate::websocket::{Message as WebSocketMessage, SocketHandle};
 
 /// An object-safe view of a [`DurableObject`]: the same handlers, with boxed futures that own an
 /// `Rc` of the instance, so a running event keeps its object alive.
@@ -22,6 +23,21 @@ pub trait DynObject {
     fn init(self: Rc<Self>) -> BoxedLocal<Result<(), ObjectError>>;
     fn fetch(self: Rc<Self>, request: Request) -> BoxedLocal<Result<Response, ObjectError>>;
     fn alarm(self: Rc<Self>, alarm: AlarmInfo) -> BoxedLocal<Result<(), ObjectError>>;
+    fn websocket_message(
+        self: Rc<Self>,
+        socket: SocketHandle,
+        message: WebSocketMessage,
+    ) -> BoxedLocal<Result<(), ObjectError>>;
+    fn websocket_close(
+        self: Rc<Self>,
+        socket: SocketHandle,
+        close: SocketClose,
+    ) -> BoxedLocal<Result<(), ObjectError>>;
+    fn websocket_error(
+        self: Rc<Self>,
+        socket: SocketHandle,
+        error: String,
+    ) -> BoxedLocal<Result<(), ObjectError>>;
 }
 
 impl<T: DurableObject> DynObject for T {
@@ -35,6 +51,32 @@ impl<T: DurableObject> DynObject for T {
 
     fn alarm(self: Rc<Self>, alarm: AlarmInfo) -> BoxedLocal<Result<(), ObjectError>> {
         Box::pin(async move { <T as DurableObject>::alarm(&self, alarm).await })
+    }
+
+    fn websocket_message(
+        self: Rc<Self>,
+        socket: SocketHandle,
+        message: WebSocketMessage,
+    ) -> BoxedLocal<Result<(), ObjectError>> {
+        Box::pin(
+            async move { <T as DurableObject>::websocket_message(&self, socket, message).await },
+        )
+    }
+
+    fn websocket_close(
+        self: Rc<Self>,
+        socket: SocketHandle,
+        close: SocketClose,
+    ) -> BoxedLocal<Result<(), ObjectError>> {
+        Box::pin(async move { <T as DurableObject>::websocket_close(&self, socket, close).await })
+    }
+
+    fn websocket_error(
+        self: Rc<Self>,
+        socket: SocketHandle,
+        error: String,
+    ) -> BoxedLocal<Result<(), ObjectError>> {
+        Box::pin(async move { <T as DurableObject>::websocket_error(&self, socket, error).await })
     }
 }
 

@@ -2,7 +2,9 @@
 //! `new` reads what the object keeps from storage, `fetch` matches the path, then parses,
 //! applies and answers.
 
+mod chat;
 mod counter;
+mod doc;
 mod lock;
 mod ratelimiter;
 mod scheduler;
@@ -10,7 +12,9 @@ mod sessions;
 #[cfg(test)]
 mod tests;
 
+pub use chat::ChatRoom;
 pub use counter::Counter;
+pub use doc::Document;
 pub use lock::Lock;
 pub use ratelimiter::RateLimiter;
 pub use scheduler::Scheduler;
@@ -25,6 +29,8 @@ pub fn register_builtins(registry: &mut ClassRegistry) -> Result<(), RegistryErr
     registry.register::<Lock>("lock")?;
     registry.register::<Sessions>("sessions")?;
     registry.register::<Scheduler>("scheduler")?;
+    registry.register::<ChatRoom>("chat")?;
+    registry.register::<Document>("doc")?;
     Ok(())
 }
 

@@ -10,9 +10,17 @@ use serde_json::json;
 
 use super::mesh::{Message, Reply, SendError};
 use super::Shard;
-use crate::http::{route, Handler, ObjectTarget, Request, Response, Route};
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+
+use crate::http::{encode_response, route, Handler, ObjectTarget, Request, Response, Route};
 use crate::id::ObjectId;
 use crate::metrics::{render, RequestLabels};
+use crate::object::UPGRADE_TOKEN_HEADER;
+use crate::websocket::{serve_socket, EventSink};
+
+/// The chat page served at `/chat`.
+const CHAT_PAGE: &str = include_str!("../../static/chat.html");
 
 /// The fixed body of `--hello` mode.
 const HELLO_BODY: &str = "hello\n";
@@ -24,9 +32,26 @@ pub struct CoreHandler {
 }
 
 impl Handler for CoreHandler {
-    fn handle(&self, request: Request) -> Pin<Box<dyn Future<Output = Response>>> {
+    fn handle(&self, mut request: Request) -> Pin<Box<dyn Future<Output = Response>>> {
+        // Only the server names upgrades (see `UPGRADE_TOKEN_HEADER`).
+        request
+            .headers
+            .retain(|(name, _)| name != UPGRADE_TOKEN_HEADER);
         let shard = self.shard.clone();
         Box::pin(async move { shard.handle(request).await })
+    }
+
+    fn upgrade(
+        &self,
+        stream: TcpStream,
+        unread: Vec<u8>,
+        mut request: Request,
+    ) -> Pin<Box<dyn Future<Output = ()>>> {
+        request
+            .headers
+            .retain(|(name, _)| name != UPGRADE_TOKEN_HEADER);
+        let shard = self.shard.clone();
+        Box::pin(async move { shard.upgrade(stream, unread, request).await })
     }
 }
 
@@ -54,11 +79,17 @@ impl Shard {
             Ok(route) => route,
             Err(response) => return (no_class("none"), response),
         };
-        if self.config.hello && !matches!(route, Route::Healthz | Route::Metrics) {
+        if self.config.hello && !matches!(route, Route::Healthz | Route::Metrics | Route::ChatPage)
+        {
             return (no_class("hello"), Response::text(200, HELLO_BODY));
         }
         match route {
             Route::Healthz => (no_class("healthz"), Response::text(200, "ok")),
+            Route::ChatPage => {
+                let page = Response::new(200, CHAT_PAGE)
+                    .with_header("Content-Type", "text/html; charset=utf-8");
+                (no_class("chat"), page)
+            }
             Route::Metrics => (no_class("metrics"), self.metrics_response().await),
             Route::NotFound => (no_class("none"), Response::not_found()),
             Route::NewId { class } => {
@@ -158,6 +189,141 @@ impl Shard {
         }
     }
 
+    /// A WebSocket upgrade: route it like any request, then serve it on the core that owns its
+    /// object, moving the connection there if it was accepted here.
+    async fn upgrade(self: &Rc<Self>, stream: TcpStream, unread: Vec<u8>, request: Request) {
+        let start = Instant::now();
+        let target = self.upgrade_target(&request);
+        let (class, id) = match target {
+            Ok(target) => target,
+            Err((labels, response)) => {
+                self.metrics
+                    .record(labels, response.status, start.elapsed());
+                write_and_close(stream, &response).await;
+                return;
+            }
+        };
+        let owner = id.core(self.partitions, self.cores);
+        if owner == self.core {
+            self.serve_upgrade(stream, unread, class, id, request).await;
+            return;
+        }
+        // The owner gets its own descriptor of the connection; this core's closes when
+        // `stream` drops.
+        let fd = match duplicate_fd(&stream) {
+            Ok(fd) => fd,
+            Err(error) => {
+                tracing::warn!(%error, "cannot hand a WebSocket to its core");
+                let response = Response::json_error(503, "cannot hand the connection over");
+                write_and_close(stream, &response).await;
+                return;
+            }
+        };
+        let message = Message::Upgrade {
+            fd,
+            class,
+            id,
+            request,
+            unread,
+        };
+        if let Err(unsent) = self.mesh.send_upgrade(owner, message) {
+            close_fd(unsent);
+            let response = Response::json_error(503, "the owning core is not taking connections");
+            write_and_close(stream, &response).await;
+            return;
+        }
+        self.metrics
+            .forwarded_total
+            .set(self.metrics.forwarded_total.get() + 1);
+    }
+
+    /// Where an upgrade request goes, or the response that refuses it.
+    fn upgrade_target(
+        &self,
+        request: &Request,
+    ) -> Result<(String, ObjectId), (RequestLabels, Response)> {
+        let no_class = |route| RequestLabels {
+            route,
+            class: String::new(),
+        };
+        if !self.authorized(request) {
+            let response = Response::json_error(401, "missing or wrong bearer token")
+                .with_header("WWW-Authenticate", "Bearer");
+            return Err((no_class("none"), response));
+        }
+        let route = route(request.method, &request.path, &self.config.http)
+            .map_err(|response| (no_class("none"), response))?;
+        let Route::Object { class, target, .. } = route else {
+            return Err((no_class("none"), Response::not_found()));
+        };
+        if !self.registry.contains(&class) || self.config.hello {
+            return Err((no_class("none"), Response::not_found()));
+        }
+        let id = match target {
+            ObjectTarget::Name(name) => ObjectId::from_name(&class, &name),
+            ObjectTarget::Id(text) => ObjectId::from_string(&class, &text).map_err(|error| {
+                (
+                    RequestLabels {
+                        route: "object",
+                        class: class.clone(),
+                    },
+                    Response::json_error(400, &error.to_string()),
+                )
+            })?,
+        };
+        Ok((class, id))
+    }
+
+    /// Runs the upgrade request on its object (this core owns it); if the handler accepted a
+    /// socket, writes the 101 and serves the socket on this connection until it ends.
+    pub(super) async fn serve_upgrade(
+        self: &Rc<Self>,
+        mut stream: TcpStream,
+        unread: Vec<u8>,
+        class: String,
+        id: ObjectId,
+        mut request: Request,
+    ) {
+        let start = Instant::now();
+        let token = self.host.sockets().new_token();
+        request.headers.push((
+            UPGRADE_TOKEN_HEADER.to_string(),
+            token.to_string().into_bytes(),
+        ));
+        let route = route(request.method, &request.path, &self.config.http);
+        if let Ok(Route::Object { path, .. }) = route {
+            request.path = path;
+        }
+        let response = self.host.dispatch(&class, id, request).await;
+        let accepted = self.host.sockets().take_accepted(token);
+        self.metrics.record(
+            RequestLabels {
+                route: "object",
+                class,
+            },
+            response.status,
+            start.elapsed(),
+        );
+        match accepted {
+            Some(socket) if response.status == 101 => {
+                let mut head = Vec::new();
+                encode_response(&response, false, true, &mut head);
+                if stream.write_all(&head).await.is_err() {
+                    self.host.sockets().remove(socket.id());
+                    return;
+                }
+                let sink: Rc<dyn EventSink> = self.host.sockets().queue.clone();
+                serve_socket(stream, socket, sink, unread).await;
+            }
+            accepted => {
+                if let Some(socket) = accepted {
+                    self.host.sockets().remove(socket.id());
+                }
+                write_and_close(stream, &response).await;
+            }
+        }
+    }
+
     /// `/metrics`: this core's figures and every other core's, asked for over the mesh.
     async fn metrics_response(self: &Rc<Self>) -> Response {
         let mut snapshots = vec![self.snapshot()];
@@ -195,5 +361,34 @@ impl Shard {
             .zip(expected.bytes())
             .fold(0u8, |diff, (a, b)| diff | (a ^ b))
             == 0
+    }
+}
+
+/// Writes `response` and closes the connection.
+async fn write_and_close(mut stream: TcpStream, response: &Response) {
+    let mut out = Vec::new();
+    encode_response(response, false, false, &mut out);
+    if stream.write_all(&out).await.is_ok() {
+        let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    }
+}
+
+/// A second descriptor of the connection, for the core that will serve it.
+fn duplicate_fd(stream: &TcpStream) -> std::io::Result<std::os::fd::RawFd> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: dup(2) of a descriptor `stream` owns and keeps open for the duration of the call;
+    // the new descriptor is owned by the caller.
+    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Closes a descriptor that `duplicate_fd` made and nobody took.
+pub(super) fn close_fd(fd: std::os::fd::RawFd) {
+    // SAFETY: `fd` came from `duplicate_fd` and is owned by nobody else.
+    unsafe {
+        libc::close(fd);
     }
 }

@@ -36,6 +36,15 @@ pub enum Message {
     Response { tag: u64, response: Response },
     /// The client of `Dispatch` `tag` went away: drop the request.
     Cancel { tag: u64 },
+    /// Serve this WebSocket upgrade: the connection (a duplicate of the accepting core's
+    /// descriptor, now owned by the message), the request, and the bytes that followed it.
+    Upgrade {
+        fd: std::os::fd::RawFd,
+        class: String,
+        id: ObjectId,
+        request: Request,
+        unread: Vec<u8>,
+    },
     /// Send back your figures.
     Snapshot { tag: u64 },
     /// The answer to a `Snapshot`.
@@ -140,6 +149,18 @@ impl Mesh {
             return Err(SendError::Closed);
         };
         sender.try_send(message).map_err(|_| SendError::Closed)
+    }
+
+    /// Hands a WebSocket connection to core `to`; never waits. On failure the descriptor is
+    /// given back for the caller to close.
+    pub fn send_upgrade(&self, to: usize, message: Message) -> Result<(), std::os::fd::RawFd> {
+        let Message::Upgrade { fd, .. } = message else {
+            return Ok(());
+        };
+        let Some(Some(sender)) = self.senders.get(to) else {
+            return Err(fd);
+        };
+        sender.try_send(message).map_err(|_| fd)
     }
 
     /// Sends a request made by `make(tag)` to core `to` and waits for its reply. If the

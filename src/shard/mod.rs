@@ -32,6 +32,7 @@ use crate::layout::{store_config, store_dir, Layout};
 use crate::metrics::CoreMetrics;
 use crate::object::{ClassRegistry, ObjectHost};
 use crate::shutdown::Shutdown;
+use crate::websocket::CloseCode;
 use handler::CoreHandler;
 use mesh::{Mesh, Message, Reply};
 
@@ -150,6 +151,25 @@ impl Shard {
             }
             Message::Response { tag, response } => {
                 self.mesh.deliver(tag, Reply::Response(response))
+            }
+            Message::Upgrade {
+                fd,
+                class,
+                id,
+                request,
+                unread,
+            } => {
+                use std::os::fd::FromRawFd;
+                // SAFETY: the sending core made `fd` with dup(2) for this core alone and never
+                // touches it again; from here the stream owns it and closes it when dropped.
+                let stream = unsafe { glommio::net::TcpStream::from_raw_fd(fd) };
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    shard
+                        .serve_upgrade(stream, unread, class, id, request)
+                        .await;
+                })
+                .detach();
             }
             Message::Snapshot { tag } => {
                 let snapshot = Box::new(self.snapshot());
@@ -284,6 +304,9 @@ async fn serve(start: CoreStart) -> Result<(), String> {
     let connections = accept::accept_loop(shard.clone(), listener, handler).await;
 
     // Shutdown: connections first (they may wait on other cores), then every core together.
+    // WebSockets hold their connection until closed: start their closing handshakes now.
+    host.sockets()
+        .close_all(CloseCode::GOING_AWAY, "the server is shutting down");
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     let connections_max = shard.config.http.connections_per_core_max as u64;
     let finished = futures_lite::future::or(

@@ -245,6 +245,11 @@ impl Store {
         ))
     }
 
+    /// The sequence number of the latest batch committed (durable or not); 0 before any.
+    pub fn last_seq(&self) -> u64 {
+        self.inner.state.borrow().next_seq.saturating_sub(1)
+    }
+
     /// Resolves when every batch with a sequence number ≤ `seq` is durable.
     pub fn wait_durable(&self, seq: u64) -> Durable {
         Durable::new(self.inner.durable.clone(), seq, FailureReport::Poisoned)

@@ -1,0 +1,218 @@
+//! WebSockets through the real server: the `chat` and `doc` built-ins with clients on both
+//! cores, hibernation, a client that stops reading, and the chat page.
+
+mod common;
+
+use std::time::Duration;
+
+use common::ws::{Frame, WsClient};
+use common::{wait_until, TestServer};
+use serde_json::{json, Value};
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Sum of a per-core metric.
+fn metric_sum(server: &TestServer, name: &str) -> f64 {
+    let text = server.client().get("/metrics").text();
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn without_timestamp(mut message: Value) -> Value {
+    if let Some(object) = message.as_object_mut() {
+        assert!(object
+            .remove("timestamp")
+            .is_none_or(|stamp| stamp.is_i64()));
+    }
+    message
+}
+
+#[test]
+fn chat_room_with_members_on_both_cores() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path(), 2, &[]);
+    let plain = server.client().get("/objects/chat/lobby/websocket");
+    assert_eq!(
+        (plain.status, plain.text().as_str()),
+        (400, "Expected WebSocket")
+    );
+
+    // At least six members, and more until one connection landed on the core that does not
+    // own the room (SO_REUSEPORT spreads connections by hash) and was handed over.
+    let mut members: Vec<WsClient> = Vec::new();
+    while members.len() < 6 || metric_sum(&server, "stead_forwarded_total") == 0.0 {
+        assert!(members.len() < 40, "no connection was handed over");
+        let index = members.len();
+        let mut member = WsClient::connect(
+            server.addr,
+            &format!("/objects/chat/lobby/websocket?name=m{index}"),
+        );
+        let joined = json!({"type": "join", "name": format!("m{index}"), "count": index + 1});
+        assert_eq!(member.next_json(), joined);
+        for earlier in &mut members {
+            assert_eq!(earlier.next_json(), joined);
+        }
+        members.push(member);
+    }
+    let count = members.len();
+
+    members[2].send_text(r#"{"type":"message","text":"hello"}"#);
+    for member in &mut members {
+        let got = without_timestamp(member.next_json());
+        assert_eq!(
+            got,
+            json!({"type": "message", "name": "m2", "text": "hello"})
+        );
+    }
+    members[3].send_text("not json");
+    assert_eq!(members[3].next_json()["type"], "error");
+
+    let mut leaving = members.remove(0);
+    leaving.close(1000);
+    assert_eq!(leaving.next_frame(), Some(Frame::Close(Some(1000))));
+    for member in &mut members {
+        assert_eq!(
+            member.next_json(),
+            json!({"type": "leave", "name": "m0", "count": 5})
+        );
+    }
+    // An abrupt disconnect is a leave too.
+    drop(members.remove(0));
+    for member in &mut members {
+        assert_eq!(
+            member.next_json(),
+            json!({"type": "leave", "name": "m1", "count": 4})
+        );
+    }
+    drop(members);
+    assert_eq!(server.stop(), Some(0));
+}
+
+#[test]
+fn doc_edits_are_durable_and_forwarded_to_the_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path(), 2, &[]);
+    let mut writer = WsClient::connect(server.addr, "/objects/doc/notes/");
+    let mut reader = WsClient::connect(server.addr, "/objects/doc/notes/");
+    assert_eq!(writer.next_json(), json!({"type": "init", "content": ""}));
+    assert_eq!(reader.next_json(), json!({"type": "init", "content": ""}));
+    let edit = r#"{"type":"edit","content":"first draft","cursor":7}"#;
+    writer.send_text(edit);
+    assert_eq!(
+        reader.next_frame(),
+        Some(Frame::Text(edit.to_string())),
+        "forwarded unchanged"
+    );
+    let mut late = WsClient::connect(server.addr, "/objects/doc/notes/");
+    assert_eq!(
+        late.next_json(),
+        json!({"type": "init", "content": "first draft"})
+    );
+    drop((writer, reader, late));
+    server.kill();
+
+    let server = TestServer::start(dir.path(), 1, &[]);
+    let mut again = WsClient::connect(server.addr, "/objects/doc/notes/");
+    assert_eq!(
+        again.next_json(),
+        json!({"type": "init", "content": "first draft"})
+    );
+    let plain = server.client().get("/objects/doc/notes/");
+    assert_eq!(plain.status, 400);
+}
+
+#[test]
+fn an_evicted_room_wakes_with_its_sockets_and_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("stead.toml");
+    std::fs::write(&config, "[objects]\nidle_evict_ms = 100\n").expect("config");
+    let data = dir.path().join("data");
+    let server = TestServer::start(&data, 2, &["--config", config.to_str().expect("path")]);
+    let mut ada = WsClient::connect(server.addr, "/objects/chat/quiet/websocket?name=ada");
+    assert_eq!(ada.next_json()["count"], 1);
+    let mut bob = WsClient::connect(server.addr, "/objects/chat/quiet/websocket?name=bob");
+    assert_eq!(ada.next_json()["name"], "bob");
+    assert_eq!(bob.next_json()["count"], 2);
+    let activations = metric_sum(&server, "stead_activations_total");
+    assert!(
+        wait_until(PATIENCE, || metric_sum(&server, "stead_active_objects")
+            == 0.0),
+        "the room was not evicted"
+    );
+    bob.send_text(r#"{"type":"message","text":"still here?"}"#);
+    for member in [&mut ada, &mut bob] {
+        let got = without_timestamp(member.next_json());
+        assert_eq!(
+            got,
+            json!({"type": "message", "name": "bob", "text": "still here?"})
+        );
+    }
+    assert!(
+        metric_sum(&server, "stead_activations_total") > activations,
+        "the room was rebuilt"
+    );
+}
+
+#[test]
+fn a_member_that_stops_reading_is_closed_and_the_rest_go_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("stead.toml");
+    std::fs::write(
+        &config,
+        "[websocket]\nsend_queue_bytes_max = 65536\nclose_timeout_ms = 500\n",
+    )
+    .expect("config");
+    let data = dir.path().join("data");
+    let server = TestServer::start(&data, 1, &["--config", config.to_str().expect("path")]);
+    let mut sleeper = WsClient::connect(server.addr, "/objects/chat/busy/websocket?name=sleeper");
+    // The sleeper's receive buffer stays small, so the server's send queue is what fills.
+    sleeper
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut talker = WsClient::connect(server.addr, "/objects/chat/busy/websocket?name=talker");
+    assert_eq!(talker.next_json()["count"], 2);
+    let text = "x".repeat(4000);
+    let message = json!({"type": "message", "text": text}).to_string();
+    // Once its queue overflows, the sleeper gets a close frame and, since it does not answer,
+    // is dropped after `close_timeout_ms`; the room then sees it leave.
+    let mut left = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        talker.send_text(&message);
+        // Read our own echo (or the sleeper's leave) so the talker never stops reading.
+        let got = talker.next_json();
+        if got["type"] == "leave" {
+            assert_eq!(got["name"], "sleeper");
+            left = true;
+            break;
+        }
+    }
+    assert!(left, "the member that stopped reading was never closed");
+    // What the sleeper finally reads ends with a policy-violation close.
+    let mut last = None;
+    while let Some(frame) = sleeper.next_frame() {
+        let closing = matches!(frame, Frame::Close(_));
+        last = Some(frame);
+        if closing {
+            break;
+        }
+    }
+    assert_eq!(last, Some(Frame::Close(Some(1008))));
+    assert_eq!(server.stop(), Some(0));
+}
+
+#[test]
+fn the_chat_page_is_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path(), 1, &[]);
+    let page = server.client().get("/chat");
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(page.text().contains("new WebSocket("));
+}
