@@ -4,6 +4,7 @@
 //! Steps: seal the active log segment (new commits go to a fresh one, id `seal`); wait until
 //! everything committed before is durable; copy every entry whose put lives in a segment
 //! older than `seal`, plus every alarm, into `base-*` files; fdatasync them and the directory;
+//! wait until every commit the copy saw is durable (it skipped keys those commits changed);
 //! write the manifest (these bases, log starts at `seal`); point the index at the new copies
 //! (only entries that did not change meanwhile); delete the old files. Commits keep flowing
 //! into the log throughout, and the loop yields so they are never stalled for long.
@@ -127,6 +128,12 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
         }
         base.close_batch(&object).await?;
     }
+    // The snapshot skipped every key that a commit after the seal had changed, counting on the
+    // log from the seal on to hold that commit. The manifest switch below deletes the older
+    // segments, the only durable home of those keys' previous values, so every commit the
+    // snapshot saw must be durable first. Otherwise a crash loses the acknowledged old value
+    // together with the unacknowledged new one.
+    let snapshot_seq = inner.state.borrow().next_seq - 1;
     base.write_record().await?;
     let BaseWriter {
         files, relocations, ..
@@ -140,6 +147,8 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
         .sync_dir()
         .await
         .map_err(|source| io_error("sync_dir", dir, source))?;
+
+    Durable::new(inner.durable.clone(), snapshot_seq, FailureReport::Poisoned).await?;
 
     let base_segments = files.iter().map(|file| file.id).collect();
     let manifest = ManifestData {
