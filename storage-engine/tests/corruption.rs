@@ -10,6 +10,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use real_disk::{file_name, log_segments, record_spans, run, small_config, RecordSpan};
+use stead_storage::codec::{encode_manifest, ManifestData};
 use stead_storage::{Batch, ObjectData, ObjectId, RecoveryMode, Store, StoreConfig, StoreError};
 
 const OBJECT: ObjectId = [3u8; 32];
@@ -278,6 +279,29 @@ fn unknown_manifest_version_is_refused() {
         std::fs::write(&manifest, &original).expect("restore manifest");
         let store = open(&path, RecoveryMode::Strict).await.expect("restored");
         store.close().await.expect("close");
+    });
+}
+
+#[test]
+fn manifest_naming_a_base_before_the_log_start_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        open(&path, RecoveryMode::Strict)
+            .await
+            .expect("create")
+            .close()
+            .await
+            .expect("close");
+        // Compaction gives bases ids after the log start, whose id the next log segment takes;
+        // a manifest that breaks this would make the two collide (found by fuzzing).
+        let manifest = ManifestData {
+            log_start: 2,
+            base_segments: vec![2],
+        };
+        std::fs::write(path.join("MANIFEST"), encode_manifest(&manifest)).expect("manifest");
+        std::fs::write(path.join("base-0000000000000002"), b"").expect("base");
+        expect_corruption(&path, "MANIFEST", 0, "base at the log start").await;
     });
 }
 

@@ -95,6 +95,18 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
         });
     }
     for id in &manifest.base_segments {
+        // Compaction allocates its base ids after the seal that becomes the log start; the
+        // log start's own id is then still free for the first log segment.
+        if *id <= manifest.log_start {
+            return Err(StoreError::Corruption {
+                file: MANIFEST_NAME.to_string(),
+                offset: 0,
+                reason: format!(
+                    "base segment {id} is not after log start {}",
+                    manifest.log_start
+                ),
+            });
+        }
         if !files.contains(&(SegmentKind::Base, *id)) {
             return Err(StoreError::Corruption {
                 file: segment_file_name(SegmentKind::Base, *id),
