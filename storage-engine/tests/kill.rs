@@ -6,6 +6,7 @@
 //! `STEAD_KILL_ROUNDS` sets the number of rounds (default 20) for a longer soak;
 //! `STEAD_TEST_SEED` replays a run.
 
+mod crash_workload;
 mod real_disk;
 
 use std::collections::BTreeMap;
@@ -13,41 +14,13 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 
+use crash_workload::{object, object_after, step_of, TASKS};
 use real_disk::{run, seed, Rng};
-use stead_storage::{ObjectData, ObjectId, Store, StoreConfig};
+use stead_storage::{ObjectData, Store, StoreConfig};
 
-/// Must match the child: its tasks, and how it derives object ids and values.
-const TASKS: u8 = 16;
 const ROUNDS_DEFAULT: u64 = 20;
 /// A kill comes after at most this many acknowledged commits.
 const ACKS_BEFORE_KILL_MAX: u64 = 400;
-
-fn object(task: u8) -> ObjectId {
-    [task; 32]
-}
-
-fn big_value(task: u8, step: u64) -> Vec<u8> {
-    let len = 200 + (step as usize * 37 + usize::from(task) * 11) % 2800;
-    (0..len)
-        .map(|i| (step as usize * 13 + usize::from(task) * 7 + i) as u8)
-        .collect()
-}
-
-/// The object after step `step`, whatever came before: every batch rewrites all of it.
-fn object_after(task: u8, step: u64) -> ObjectData {
-    let mut data = ObjectData::default();
-    data.entries
-        .insert(b"n".to_vec(), step.to_le_bytes().to_vec());
-    data.entries
-        .insert(b"check".to_vec(), step.to_le_bytes().to_vec());
-    data.entries.insert(b"big".to_vec(), big_value(task, step));
-    data.entries.insert(
-        format!("k{step}").into_bytes(),
-        format!("step {step}").into_bytes(),
-    );
-    data.alarm_ms = Some(step as i64);
-    data
-}
 
 /// The child's config, read back the same way.
 fn config(dir: &Path) -> StoreConfig {
@@ -141,10 +114,7 @@ fn check_recovered(dir: &Path, acknowledged: &BTreeMap<u8, u64>, floor: &mut BTr
     });
     for (task, data) in (0..TASKS).zip(found) {
         let at_least = acknowledged.get(&task).max(floor.get(&task)).copied();
-        let step_bytes = data.entries.get(b"n".as_slice());
-        let step = step_bytes
-            .map(|bytes| u64::from_le_bytes(bytes.as_slice().try_into().expect("an 8-byte step")));
-        match (step, at_least) {
+        match (step_of(&data), at_least) {
             (None, None) => assert_eq!(data, ObjectData::default(), "task {task}: stray state"),
             (None, Some(want)) => panic!("task {task}: acknowledged step {want} is lost"),
             (Some(step), _) => {

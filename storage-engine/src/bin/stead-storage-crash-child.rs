@@ -2,48 +2,20 @@
 //! given as its one argument and commits from many tasks at once, forever, printing one line
 //! `<task> <step> <seq>` to stdout after each commit's `Durable` resolves, and only then.
 //!
-//! Task `t` owns object `[t; 32]`. Its step `i` is one batch that sets `n` and `check` to `i`,
-//! puts a large value derived from `(t, i)`, deletes `k{i-1}`, puts `k{i}` and sets the alarm
-//! to `i`, so a reader can tell a whole batch from a partial one. On start each task resumes
-//! after the step the store holds. Segments are small and compaction eager, so kills also land
-//! inside segment rotation and compaction.
+//! The workload (`tests/crash_workload`) lets a reader tell a whole batch from a partial one.
+//! On start each task resumes after the step the store holds. Segments are small and
+//! compaction eager, so kills also land inside segment rotation and compaction.
+
+#[path = "../../tests/crash_workload/mod.rs"]
+mod crash_workload;
 
 use std::io::Write;
 use std::process::ExitCode;
 
+use crash_workload::{batch, object, step_of, TASKS};
 use glommio::channels::local_channel;
 use glommio::{LocalExecutorBuilder, Placement};
-use stead_storage::{Batch, ObjectId, Store, StoreConfig, StoreError};
-
-/// Committing tasks, one object each: enough to make group commit batch several commits.
-const TASKS: u8 = 16;
-
-/// The object task `task` owns.
-fn object(task: u8) -> ObjectId {
-    [task; 32]
-}
-
-/// The large value of step `step` of task `task`: longer than the inline limit, so it is read
-/// back from disk, and different at every step.
-fn big_value(task: u8, step: u64) -> Vec<u8> {
-    let len = 200 + (step as usize * 37 + usize::from(task) * 11) % 2800;
-    (0..len)
-        .map(|i| (step as usize * 13 + usize::from(task) * 7 + i) as u8)
-        .collect()
-}
-
-fn batch(task: u8, step: u64) -> Batch {
-    let mut batch = Batch::new();
-    batch.put("n", step.to_le_bytes().to_vec());
-    batch.put("check", step.to_le_bytes().to_vec());
-    batch.put("big", big_value(task, step));
-    if let Some(previous) = step.checked_sub(1) {
-        batch.delete(format!("k{previous}"));
-    }
-    batch.put(format!("k{step}"), format!("step {step}"));
-    batch.set_alarm(step as i64);
-    batch
-}
+use stead_storage::{Store, StoreConfig, StoreError};
 
 fn config(dir: &str) -> StoreConfig {
     let mut config = StoreConfig::new(dir);
@@ -57,13 +29,8 @@ fn config(dir: &str) -> StoreConfig {
 
 /// The step after the last one the store holds for `task`.
 async fn next_step(store: &Store, task: u8) -> Result<u64, StoreError> {
-    let value = store.get(&object(task), b"n").await?;
-    Ok(
-        match value.and_then(|bytes| <[u8; 8]>::try_from(bytes).ok()) {
-            Some(bytes) => u64::from_le_bytes(bytes) + 1,
-            None => 0,
-        },
-    )
+    let data = store.load_object(&object(task)).await?;
+    Ok(step_of(&data).map_or(0, |step| step + 1))
 }
 
 /// Commits step after step; returns only on an error.
