@@ -21,7 +21,9 @@
 //! kind and ≤ 16 MiB.
 
 mod batch;
-mod codec;
+// Public only so the fuzz targets can reach the decoders; not a stable API.
+#[doc(hidden)]
+pub mod codec;
 mod config;
 mod disk;
 mod error;

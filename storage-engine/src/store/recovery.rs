@@ -70,6 +70,7 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
         .filter_map(|name| parse_segment_file_name(name))
         .collect();
     files.sort_by_key(|(kind, id)| (*id, *kind == SegmentKind::Log));
+    check_segment_ids(&files)?;
 
     let manifest = if names.iter().any(|name| name == MANIFEST_NAME) {
         manifest::read(disk).await?
@@ -87,7 +88,26 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
             reason: format!("missing while {} segment files exist", files.len()),
         });
     };
+    if manifest.log_start >= SEGMENT_ID_LIMIT {
+        return Err(StoreError::Corruption {
+            file: MANIFEST_NAME.to_string(),
+            offset: 0,
+            reason: format!("log start {} beyond the index's range", manifest.log_start),
+        });
+    }
     for id in &manifest.base_segments {
+        // Compaction allocates its base ids after the seal that becomes the log start; the
+        // log start's own id is then still free for the first log segment.
+        if *id <= manifest.log_start {
+            return Err(StoreError::Corruption {
+                file: MANIFEST_NAME.to_string(),
+                offset: 0,
+                reason: format!(
+                    "base segment {id} is not after log start {}",
+                    manifest.log_start
+                ),
+            });
+        }
         if !files.contains(&(SegmentKind::Base, *id)) {
             return Err(StoreError::Corruption {
                 file: segment_file_name(SegmentKind::Base, *id),
@@ -176,6 +196,36 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
         next_seq: replay.last_log_seq.max(replay.max_seq) + 1,
         losses: replay.losses,
     })
+}
+
+/// Segment ids found on disk must stay below this. Index entries hold a segment id as a u32, and
+/// new ids are counted up from the highest found, so half the range is left for them.
+const SEGMENT_ID_LIMIT: u64 = u32::MAX as u64 / 2;
+
+/// Refuses segment files the index could not name: an id must leave room below
+/// `SEGMENT_ID_LIMIT` and belong to one file only, since the index finds files by id alone.
+fn check_segment_ids(files: &[(SegmentKind, u64)]) -> Result<(), StoreError> {
+    let corruption = |(kind, id): (SegmentKind, u64), reason: &str| StoreError::Corruption {
+        file: segment_file_name(kind, id),
+        offset: 0,
+        reason: reason.to_string(),
+    };
+    for (index, &(kind, id)) in files.iter().enumerate() {
+        if id >= SEGMENT_ID_LIMIT {
+            return Err(corruption(
+                (kind, id),
+                "segment id beyond the index's range",
+            ));
+        }
+        // Sorted by id, so a log and a base of one id sit side by side.
+        if index > 0 && files[index - 1].1 == id {
+            return Err(corruption(
+                (kind, id),
+                "a log and a base segment share this id",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The state built while replaying files one after another.
@@ -296,6 +346,12 @@ impl Replay<'_> {
                 header.seq, self.last_log_seq
             ));
         }
+        // The record's last sequence number, and the next one after it, must be countable.
+        let last_seq = header
+            .seq
+            .checked_add(u64::from(header.batch_count.max(1)) - 1)
+            .filter(|last| *last < u64::MAX)
+            .ok_or_else(|| format!("sequence {} overflows", header.seq))?;
         // Decode everything before applying anything, so a bad record leaves no trace.
         let mut reader = PayloadReader::new(payload);
         let mut batches: Vec<(ObjectId, Vec<DecodedOp<'_>>)> = Vec::new();
@@ -312,7 +368,7 @@ impl Replay<'_> {
             self.apply(object, ops, id as u32, payload_offset);
         }
         if kind == SegmentKind::Log {
-            self.last_log_seq = header.seq + u64::from(header.batch_count.max(1)) - 1;
+            self.last_log_seq = last_seq;
         }
         self.max_seq = self.max_seq.max(header.seq);
         Ok(header.length as usize)
