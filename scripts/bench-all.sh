@@ -2,23 +2,29 @@
 # Regenerates BENCHMARKS.md from measurements taken now, on this machine, in one run.
 # Nothing in BENCHMARKS.md is typed by hand: edit this script instead.
 #
-# Usage: scripts/bench-all.sh            (about 15 minutes on 2 cores)
+# Usage: scripts/bench-all.sh            (about 20 minutes on 2 cores)
 #        STEAD_RECOVERY_KEYS=200000 scripts/bench-all.sh   (a quicker, smaller recovery run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=BENCHMARKS.md.new
-CRITERION=target/criterion
+CRITERION=${CARGO_TARGET_DIR:-target}/criterion
 LOG=$(mktemp)
 trap 'rm -f "$LOG"' EXIT
 median() { scripts/criterion-median.py "$CRITERION" "$1"; }
 per_second() { awk -v ns="$1" 'BEGIN { if (ns + 0 > 0) printf "%.0f", 1e9 / ns; else print "n/a" }'; }
+# Nanoseconds as text in the unit that reads best ("missing" passes through).
+duration_text() { awk -v ns="$1" 'BEGIN { if (ns !~ /^[0-9.]+$/) print ns; else if (ns >= 1e6) printf "%.2f ms", ns / 1e6; else if (ns >= 1e4) printf "%.1f µs", ns / 1e3; else printf "%.1f ns", ns }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0) printf "%.1f", a / b; else print "n/a" }'; }
 
 cargo bench -p stead-storage --features sqlite-compare --bench commit 2>&1 | tee -a "$LOG" >/dev/null
 cargo bench -p stead-storage --bench read 2>&1 | tee -a "$LOG" >/dev/null
 cargo bench -p stead-storage --bench recovery 2>&1 | tee -a "$LOG" >/dev/null
 cargo bench -p stead --bench timer_wheel 2>&1 | tee -a "$LOG" >/dev/null
+for bench in http_parse id_placement dispatch; do
+  cargo bench -p stead --bench "$bench" 2>&1 | tee -a "$LOG" >/dev/null
+done
 ENGINE=$(scripts/bench-engine.sh 10 3)
+STEAD_BENCH=$(scripts/bench-stead.sh 10 3)
 
 {
   echo "# Benchmarks"
@@ -69,6 +75,24 @@ ENGINE=$(scripts/bench-engine.sh 10 3)
   echo "| insert and fire, per timer | $(awk -v ns="$(median timer_wheel/insert_and_fire_1M)" 'BEGIN { printf "%.1f", ns / 1e6 }') ns |"
   echo "| heap bytes per pending timer | $(grep -E '^timer wheel:' "$LOG" | tail -n 1 | sed -E 's/.*= ([0-9.]+) bytes per timer.*/\1/') |"
   echo
+  echo "## Hot paths"
+  echo
+  echo "\`cargo bench --bench http_parse\`, \`--bench id_placement\`, \`--bench dispatch\`: the cost of one"
+  echo "operation. Dispatch runs \`ObjectHost::dispatch\` on a counter over a real store in a temporary"
+  echo "directory, inside a glommio executor (timed with criterion's \`iter_custom\`)."
+  echo
+  echo "| figure | measured |"
+  echo "|---|---:|"
+  echo "| parse a GET request | $(duration_text "$(median http/parse_get)") |"
+  echo "| parse and route a GET to an object | $(duration_text "$(median http/parse_and_route_get)") |"
+  echo "| parse and route a POST with query and body | $(duration_text "$(median http/parse_and_route_post_with_query_and_body)") |"
+  echo "| object id from class and name | $(duration_text "$(median id/from_name)") |"
+  echo "| object id and its core | $(duration_text "$(median id/from_name_and_core)") |"
+  echo "| core of an id | $(duration_text "$(median id/core)") |"
+  echo "| dispatch: counter value (read, active object) | $(duration_text "$(median dispatch/value)") |"
+  echo "| dispatch: counter increment, one at a time (each waits for its fdatasync) | $(duration_text "$(median dispatch/increment)") |"
+  echo "| dispatch: counter increment, 64 objects at once (shared fdatasync), per increment | $(duration_text "$(median dispatch/increment_64_objects)") |"
+  echo
   echo "## Engine over HTTP"
   echo
   echo "\`scripts/bench-engine.sh 10 3\`: wrk (\`scripts/wrk-spread.lua\`) against \`stead serve --cores 1\`,"
@@ -79,6 +103,12 @@ ENGINE=$(scripts/bench-engine.sh 10 3)
   echo
   echo "Targets: one hot object ≥ 70 % of the floor, spread increments ≥ 60 % of the floor;"
   echo "at least Redis on both INCR workloads and 1.5× Redis on rate limiting."
+  echo
+  echo "## stead bench"
+  echo
+  echo "\`scripts/bench-stead.sh 10 3\`: the bundled load generator, one \`stead bench --spawn\` per run."
+  echo
+  echo "$STEAD_BENCH"
 } >"$OUT"
 mv "$OUT" BENCHMARKS.md
 echo "wrote BENCHMARKS.md"

@@ -11,7 +11,7 @@ RUNS=${2:-3}
 CONNECTIONS=32
 PORT=18080
 REDIS_PORT=16390
-BIN=target/release/stead
+BIN=${CARGO_TARGET_DIR:-target}/release/stead
 cargo build --release --bin stead >/dev/null
 WORK=$(mktemp -d -p "$PWD" bench-engine.XXXXXX)
 cleanup() {

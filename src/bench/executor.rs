@@ -265,6 +265,11 @@ async fn executor_main(
         return shared.stats.take();
     };
     shared.clock.set(Some(clock));
+    // Every executor starts at the same instant; a request sent earlier would count as warm-up.
+    let now = Instant::now();
+    if clock.start > now {
+        glommio::timer::sleep(clock.start - now).await;
+    }
     let done = Rc::new(Cell::new(false));
     let flusher = {
         let (shared, done) = (shared.clone(), done.clone());

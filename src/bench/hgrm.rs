@@ -51,9 +51,15 @@ pub fn percentile_distribution(histogram: &Histogram<u64>) -> String {
         out,
         "#[Buckets = {:12}, SubBuckets     = {:12}]",
         histogram.buckets(),
-        histogram.distinct_values()
+        sub_bucket_count(histogram.sigfig())
     );
     out
+}
+
+/// Sub-buckets per bucket of a histogram with `significant_digits`, as HdrHistogram computes it:
+/// the smallest power of two that can tell apart 2·10^digits values.
+fn sub_bucket_count(significant_digits: u8) -> u64 {
+    (2 * 10u64.pow(u32::from(significant_digits))).next_power_of_two()
 }
 
 #[cfg(test)]
@@ -90,5 +96,6 @@ mod tests {
         assert!((last.0 - 10.0).abs() < 0.02, "{last:?}");
         assert!(text.contains("#[Max     ="));
         assert!(text.contains("Total count    =         1000]"));
+        assert!(text.contains("SubBuckets     =         2048]"), "{text}");
     }
 }

@@ -70,6 +70,13 @@ pub fn execute(args: &BenchArgs) -> Result<bool, BenchError> {
         }
         let bench_cores: Vec<usize> = plan.cores.iter().flatten().copied().collect();
         let cores = spawn::server_cores(args.server_cores, &bench_cores, available);
+        // `stead serve --cores N` pins itself to cores 0..N: say so when that is shared.
+        if let Some(shared) = bench_cores.iter().find(|core| **core < cores) {
+            eprintln!(
+                "stead bench: warning: the server runs on cores 0..{cores} and the bench on core \
+                 {shared} too; the figures include their contention"
+            );
+        }
         let server = spawn::SpawnedServer::start(cores)?;
         println!("spawned stead serve --cores {cores} at {}", server.url);
         let result = parse_url(&server.url).and_then(|target| single(args, &plan, &target));

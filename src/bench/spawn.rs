@@ -57,6 +57,12 @@ impl SpawnedServer {
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .args(["--cores", &cores.to_string()])
+            // The server's info lines would interleave with the summary; its warnings and
+            // errors still show. A RUST_LOG the user set is passed on unchanged.
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_string()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
