@@ -37,7 +37,10 @@ pub fn encode_response(response: &Response, head_only: bool, keep_alive: bool, o
     if !bodiless {
         let _ = write!(out, "Content-Length: {}\r\n", response.body.len());
     }
-    if status != 101 {
+    if status == 101 {
+        // The switch itself: RFC 6455 clients refuse a 101 without it.
+        out.extend_from_slice(b"Connection: Upgrade\r\n");
+    } else {
         out.extend_from_slice(if keep_alive {
             b"Connection: keep-alive\r\n".as_slice()
         } else {

@@ -66,7 +66,7 @@ fn bodiless_statuses_and_switching_protocols() {
     let upgrade = Response::new(101, "").with_header("Upgrade", "websocket");
     assert_eq!(
         encoded(&upgrade, false, true),
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
     );
     let no_content = Response::new(204, "ignored");
     assert_eq!(

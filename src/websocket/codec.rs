@@ -382,7 +382,11 @@ pub fn apply_mask(bytes: &mut [u8], mask: [u8; 4], offset: usize) {
         value.copy_from_slice(word);
         word.copy_from_slice(&(u64::from_ne_bytes(value) ^ key).to_ne_bytes());
     }
-    for (byte, key) in words.into_remainder().iter_mut().zip(rotated.iter().cycle()) {
+    for (byte, key) in words
+        .into_remainder()
+        .iter_mut()
+        .zip(rotated.iter().cycle())
+    {
         *byte ^= key;
     }
 }

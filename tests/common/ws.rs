@@ -69,6 +69,8 @@ impl WsClient {
                 head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
                 "{head}"
             );
+            assert!(head.contains("\r\nConnection: Upgrade\r\n"), "{head}");
+            assert!(head.contains("\r\nUpgrade: websocket\r\n"), "{head}");
         }
         client.buffer.drain(..head_end);
         (status, client)
