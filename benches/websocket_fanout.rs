@@ -135,7 +135,8 @@ fn fan_out(members: usize) {
             read_frame(socket);
         }
     }
-    let start = Arc::new(std::sync::Barrier::new(members + 1));
+    // The members other than the sender, and the sender.
+    let start = Arc::new(std::sync::Barrier::new(members));
     let mut readers = Vec::new();
     for mut socket in sockets.drain(1..) {
         let start = start.clone();

@@ -110,8 +110,16 @@ pub async fn serve_connection(
             if let Some(request) = connection.upgrade.take() {
                 let unread = connection.read_buffer[..connection.filled].to_vec();
                 let Connection {
-                    stream, handler, ..
+                    stream,
+                    handler,
+                    read_buffer,
+                    output,
+                    in_flight,
+                    ..
                 } = connection;
+                // The new protocol may hold the connection for hours: give the HTTP buffers
+                // back now rather than when the upgrade ends.
+                drop((read_buffer, output, in_flight));
                 handler.upgrade(stream, unread, request).await;
             }
         }
