@@ -100,7 +100,12 @@ impl<T> TimerWheel<T> {
         }
         let differing = (deadline_ms ^ self.now_ms) | (SLOTS as u64 - 1);
         let level = ((63 - differing.leading_zeros()) / SLOT_BITS) as usize;
-        debug_assert!(level < LEVELS);
+        // Near but across a boundary of the whole wheel (the top level's slots would wrap):
+        // it waits in the overflow list like a far timer, re-placed at the next advance.
+        if level >= LEVELS {
+            self.overflow.push(entry);
+            return;
+        }
         let slot = ((deadline_ms >> (level as u32 * SLOT_BITS)) as usize) & (SLOTS - 1);
         self.levels[level].slots[slot].push(entry);
         self.levels[level].occupied |= 1 << slot;
@@ -131,9 +136,15 @@ impl<T> TimerWheel<T> {
     /// The earliest deadline the wheel may fire next (a lower bound at higher levels: a slot's
     /// start), or None when it is empty. The driver sleeps until then.
     pub fn next_deadline_ms(&self) -> Option<u64> {
-        match self.next_slot() {
-            Some((_, _, start)) => Some(start.max(self.now_ms)),
-            None => self.overflow.iter().map(|entry| entry.deadline_ms).min(),
+        let wheel = self.next_slot().map(|(_, _, start)| start.max(self.now_ms));
+        let overflow = self
+            .overflow
+            .iter()
+            .map(|entry| entry.deadline_ms.max(self.now_ms))
+            .min();
+        match (wheel, overflow) {
+            (Some(wheel), Some(overflow)) => Some(wheel.min(overflow)),
+            (wheel, overflow) => wheel.or(overflow),
         }
     }
 
