@@ -115,7 +115,9 @@ impl Drop for Event<'_> {
     }
 }
 
-fn overloaded() -> Response {
+/// 503 `{"error":"overloaded","retryable":true}` with `Retry-After`: an object's queue, or
+/// the requests waiting on another core, is full.
+pub(crate) fn overloaded() -> Response {
     Response::json(503, &json!({ "error": "overloaded", "retryable": true }))
         .with_header("Retry-After", "1")
 }

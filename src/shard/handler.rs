@@ -16,7 +16,7 @@ use glommio::net::TcpStream;
 use crate::http::{encode_response, route, Handler, ObjectTarget, Request, Response, Route};
 use crate::id::ObjectId;
 use crate::metrics::{render, RequestLabels};
-use crate::object::UPGRADE_TOKEN_HEADER;
+use crate::object::{overloaded, UPGRADE_TOKEN_HEADER};
 use crate::websocket::{serve_socket, EventSink};
 
 /// The chat page served at `/chat`.
@@ -117,21 +117,17 @@ impl Shard {
                 if !self.registry.contains(&class) {
                     return (no_class("none"), Response::not_found());
                 }
-                let id = match target {
-                    ObjectTarget::Name(name) => ObjectId::from_name(&class, &name),
-                    ObjectTarget::Id(text) => match ObjectId::from_string(&class, &text) {
-                        Ok(id) => id,
-                        Err(error) => {
-                            let response = Response::json_error(400, &error.to_string());
-                            return (
-                                RequestLabels {
-                                    route: "object",
-                                    class,
-                                },
-                                response,
-                            );
-                        }
-                    },
+                let id = match object_id(&class, target) {
+                    Ok(id) => id,
+                    Err(response) => {
+                        return (
+                            RequestLabels {
+                                route: "object",
+                                class,
+                            },
+                            response,
+                        )
+                    }
                 };
                 request.path = path;
                 let response = self.run_on_owner(&class, id, request).await;
@@ -179,8 +175,7 @@ impl Shard {
             Err(SendError::Full) => {
                 let rejected = self.metrics.forward_rejections_total.get() + 1;
                 self.metrics.forward_rejections_total.set(rejected);
-                Response::json(503, &json!({ "error": "overloaded", "retryable": true }))
-                    .with_header("Retry-After", "1")
+                overloaded()
             }
             Err(SendError::Closed) => {
                 Response::json(503, &json!({ "error": "shutting down", "retryable": true }))
@@ -191,10 +186,10 @@ impl Shard {
 
     /// A WebSocket upgrade: route it like any request, then serve it on the core that owns its
     /// object, moving the connection there if it was accepted here.
-    async fn upgrade(self: &Rc<Self>, stream: TcpStream, unread: Vec<u8>, request: Request) {
+    async fn upgrade(self: &Rc<Self>, stream: TcpStream, unread: Vec<u8>, mut request: Request) {
         let start = Instant::now();
         let target = self.upgrade_target(&request);
-        let (class, id) = match target {
+        let (class, id, path) = match target {
             Ok(target) => target,
             Err((labels, response)) => {
                 self.metrics
@@ -203,6 +198,7 @@ impl Shard {
                 return;
             }
         };
+        request.path = path;
         let owner = id.core(self.partitions, self.cores);
         if owner == self.core {
             self.serve_upgrade(stream, unread, class, id, request).await;
@@ -237,11 +233,12 @@ impl Shard {
             .set(self.metrics.forwarded_total.get() + 1);
     }
 
-    /// Where an upgrade request goes, or the response that refuses it.
+    /// Where an upgrade request goes (class, object, the path the object sees), or the response
+    /// that refuses it.
     fn upgrade_target(
         &self,
         request: &Request,
-    ) -> Result<(String, ObjectId), (RequestLabels, Response)> {
+    ) -> Result<(String, ObjectId, String), (RequestLabels, Response)> {
         let no_class = |route| RequestLabels {
             route,
             class: String::new(),
@@ -253,29 +250,31 @@ impl Shard {
         }
         let route = route(request.method, &request.path, &self.config.http)
             .map_err(|response| (no_class("none"), response))?;
-        let Route::Object { class, target, .. } = route else {
+        let Route::Object {
+            class,
+            target,
+            path,
+        } = route
+        else {
             return Err((no_class("none"), Response::not_found()));
         };
         if !self.registry.contains(&class) || self.config.hello {
             return Err((no_class("none"), Response::not_found()));
         }
-        let id = match target {
-            ObjectTarget::Name(name) => ObjectId::from_name(&class, &name),
-            ObjectTarget::Id(text) => ObjectId::from_string(&class, &text).map_err(|error| {
-                (
-                    RequestLabels {
-                        route: "object",
-                        class: class.clone(),
-                    },
-                    Response::json_error(400, &error.to_string()),
-                )
-            })?,
-        };
-        Ok((class, id))
+        match object_id(&class, target) {
+            Ok(id) => Ok((class, id, path)),
+            Err(response) => Err((
+                RequestLabels {
+                    route: "object",
+                    class,
+                },
+                response,
+            )),
+        }
     }
 
-    /// Runs the upgrade request on its object (this core owns it); if the handler accepted a
-    /// socket, writes the 101 and serves the socket on this connection until it ends.
+    /// Runs the upgrade request (already routed: its path is the one the object sees) on its
+    /// object, which this core owns; if the handler accepted a socket, writes the 101 and serves the socket on this connection until it ends.
     pub(super) async fn serve_upgrade(
         self: &Rc<Self>,
         mut stream: TcpStream,
@@ -290,10 +289,6 @@ impl Shard {
             UPGRADE_TOKEN_HEADER.to_string(),
             token.to_string().into_bytes(),
         ));
-        let route = route(request.method, &request.path, &self.config.http);
-        if let Ok(Route::Object { path, .. }) = route {
-            request.path = path;
-        }
         let response = self.host.dispatch(&class, id, request).await;
         let accepted = self.host.sockets().take_accepted(token);
         self.metrics.record(
@@ -390,5 +385,15 @@ pub(super) fn close_fd(fd: std::os::fd::RawFd) {
     // SAFETY: `fd` came from `duplicate_fd` and is owned by nobody else.
     unsafe {
         libc::close(fd);
+    }
+}
+
+/// The id a route names: by name (always valid) or by id text (400 when it is not an id of
+/// `class`).
+fn object_id(class: &str, target: ObjectTarget) -> Result<ObjectId, Response> {
+    match target {
+        ObjectTarget::Name(name) => Ok(ObjectId::from_name(class, &name)),
+        ObjectTarget::Id(text) => ObjectId::from_string(class, &text)
+            .map_err(|error| Response::json_error(400, &error.to_string())),
     }
 }

@@ -3,35 +3,16 @@
 //!
 //! `cargo bench -p stead-storage --bench recovery` (set `STEAD_RECOVERY_KEYS` for another size)
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use glommio::{LocalExecutorBuilder, Placement};
 use stead_storage::{Batch, Store, StoreConfig};
 
-/// Counts live heap bytes so the index's footprint can be read off.
-struct CountingAllocator;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged and only counts sizes.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: CountingAllocator = CountingAllocator;
+/// Counts live heap bytes so the index's footprint can be read off (shared with the root
+/// crate's benches).
+#[path = "../../benches/support/counting_allocator.rs"]
+mod counting_allocator;
 
 /// Key length used: 16 bytes.
 const KEY_BYTES: usize = 16;
@@ -92,11 +73,11 @@ fn recover(path: &std::path::Path) -> (Duration, isize) {
         .make()
         .expect("executor")
         .run(async move {
-            let before = LIVE_BYTES.load(Ordering::Relaxed);
+            let before = counting_allocator::live_bytes();
             let start = Instant::now();
             let store = Store::open(config(&path)).await.expect("open");
             let elapsed = start.elapsed();
-            let held = LIVE_BYTES.load(Ordering::Relaxed) - before;
+            let held = counting_allocator::live_bytes() - before;
             store.close().await.expect("close");
             (elapsed, held)
         })
