@@ -149,6 +149,8 @@ impl ObjectContext {
     pub async fn flush(&self) -> Result<(), ObjectError> {
         // The host commits an event's writes when its handler suspends: suspend once.
         futures_lite::future::yield_now().await;
+        // A failed commit is not in the store's sequence, so waiting alone would pass it.
+        self.storage().check_available()?;
         let store = &self.inner.store;
         store
             .wait_durable(store.last_seq())

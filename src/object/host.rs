@@ -163,7 +163,7 @@ impl ObjectHost {
         id: ObjectId,
         request: Request,
     ) -> Response {
-        let event = match self.admit(class, id) {
+        let event = match self.admit(class, id, Queue::Bounded) {
             Ok(event) => event,
             Err(response) => return response,
         };
@@ -186,7 +186,7 @@ impl ObjectHost {
         id: ObjectId,
         info: AlarmInfo,
     ) -> Result<(), ObjectError> {
-        let event = self.admit(class, id).map_err(|response| {
+        let event = self.admit(class, id, Queue::Bounded).map_err(|response| {
             ObjectError::new(format!(
                 "alarm of {id} not delivered: status {}",
                 response.status
@@ -245,15 +245,16 @@ impl ObjectHost {
     }
 
     /// Delivers one socket event as an event of the socket's object, activating it if it was
-    /// evicted. After a terminal event the socket is forgotten. If the object cannot take the
-    /// event (overloaded, shutting down, failing), the socket is closed with 1011 rather than
-    /// losing messages silently.
+    /// evicted. After a terminal event the socket is forgotten. Socket events are not refused
+    /// for a full object queue: they are bounded by `SOCKET_DELIVERIES_IN_FLIGHT_MAX` instead,
+    /// and past that sockets stop reading. If the object cannot take the event (shutting
+    /// down, failing), the socket is closed with 1011 rather than losing messages silently.
     pub async fn deliver_socket_event(self: &Rc<Self>, socket: SocketId, event: SocketEvent) {
         let Some(owner) = self.sockets.owner(socket) else {
             return;
         };
         let terminal = event.is_terminal();
-        let outcome = match self.admit(&owner.class, owner.object) {
+        let outcome = match self.admit(&owner.class, owner.object, Queue::Unbounded) {
             Err(response) => Err(format!("status {}", response.status)),
             Ok(event_guard) => match ready(&event_guard.slot).await {
                 Err(message) => Err(message),
@@ -366,7 +367,12 @@ impl ObjectHost {
     }
 
     /// Admits an event of `id`, starting its activation if it is not in memory.
-    fn admit(self: &Rc<Self>, class: &str, id: ObjectId) -> Result<Event<'_>, Response> {
+    fn admit(
+        self: &Rc<Self>,
+        class: &str,
+        id: ObjectId,
+        queue: Queue,
+    ) -> Result<Event<'_>, Response> {
         if self.closing.get() {
             self.count(|stats| stats.overload_rejections_total += 1);
             return Err(overloaded());
@@ -380,7 +386,8 @@ impl ObjectHost {
             let message = format!("object {id} is active as class {}", slot.class);
             return Err(Response::json_error(500, &message));
         }
-        if slot.events.get() >= self.config.objects.object_events_queued_max {
+        if queue == Queue::Bounded && slot.events.get() >= self.config.objects.object_events_queued_max
+        {
             self.count(|stats| stats.overload_rejections_total += 1);
             return Err(overloaded());
         }
@@ -471,6 +478,7 @@ impl ObjectHost {
             .is_some_and(|entry| std::ptr::eq(Rc::as_ptr(entry), slot))
         {
             objects.remove(&slot.id);
+            self.sockets.object_left_memory(&slot.id);
         }
     }
 
@@ -480,6 +488,7 @@ impl ObjectHost {
         // A failure is logged by commit_pending; the object is going away either way.
         let _ = self.commit_pending(slot);
         slot.storage.make_unavailable(reason.to_string());
+        self.sockets.object_left_memory(&slot.id);
     }
 
     fn count(&self, update: impl FnOnce(&mut HostStats)) {
@@ -519,6 +528,16 @@ async fn activate(host: Rc<ObjectHost>, slot: Rc<Slot>, constructor: Constructor
     *slot.state.borrow_mut() = state;
     slot.last_event.set(Instant::now());
     slot.activated.fire();
+}
+
+/// Whether an event counts against its object's `object_events_queued_max`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    /// Refused with 503 past the bound: requests and alarms, whose senders can retry.
+    Bounded,
+    /// Admitted past it: socket events, which have no one to answer a 503 to. The core's
+    /// `SOCKET_DELIVERIES_IN_FLIGHT_MAX` bounds them, and past that sockets stop reading.
+    Unbounded,
 }
 
 /// The idle-eviction loop of one host.

@@ -36,8 +36,8 @@ pub(super) struct Slot {
     /// The object's storage (shared with its context).
     pub(super) storage: Storage,
     /// Events admitted and not yet answered (waiting for activation, running, or waiting for
-    /// durability): bounded by `object_events_queued_max`, and an object with any is never
-    /// evicted.
+    /// durability): bounded by `object_events_queued_max` for requests and alarms, plus the
+    /// core's socket deliveries in flight; an object with any is never evicted.
     pub(super) events: Cell<usize>,
     /// When the last event ended (or the slot was made), for idle eviction.
     pub(super) last_event: Cell<Instant>,
@@ -70,8 +70,7 @@ impl Slot {
 pub(super) struct Signal {
     /// Whether it fired.
     fired: Cell<bool>,
-    /// Tasks waiting; at most one entry per waiting event, so bounded by
-    /// `object_events_queued_max`.
+    /// Tasks waiting; at most one entry per waiting event, so bounded as `Slot::events` is.
     waiters: RefCell<Vec<Waker>>,
 }
 

@@ -107,9 +107,20 @@ impl CoreSockets {
         let mut by_object = self.by_object.borrow_mut();
         if let Some(set) = by_object.get_mut(&owner.object) {
             set.remove(socket);
-            if set.is_empty() {
+            // An auto response is the object's, not its sockets': it stays for the sockets
+            // accepted later, until the object leaves memory.
+            if set.is_empty() && set.auto_response().is_none() {
                 by_object.remove(&owner.object);
             }
+        }
+    }
+
+    /// Forgets what the core kept for `object` once it leaves memory, unless sockets still
+    /// hold it: a hibernating object keeps its sockets and its auto response.
+    pub(crate) fn object_left_memory(&self, object: &ObjectId) {
+        let mut by_object = self.by_object.borrow_mut();
+        if by_object.get(object).is_some_and(SocketSet::is_empty) {
+            by_object.remove(object);
         }
     }
 

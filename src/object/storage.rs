@@ -239,6 +239,12 @@ impl Storage {
         Ok(())
     }
 
+    /// An error once the object's writes can no longer reach the disk: a commit of them
+    /// failed, or the object was retired.
+    pub fn check_available(&self) -> Result<(), StorageError> {
+        self.state.borrow().check_available()
+    }
+
     /// Keys of the object (for tests and metrics).
     pub fn len(&self) -> usize {
         self.state.borrow().entries.len()
@@ -250,12 +256,17 @@ impl Storage {
 }
 
 impl State {
-    fn check_writable(&self, key: &[u8]) -> Result<(), StorageError> {
-        if let Some(reason) = &self.unavailable {
-            return Err(StorageError::Unavailable {
+    fn check_available(&self) -> Result<(), StorageError> {
+        match &self.unavailable {
+            Some(reason) => Err(StorageError::Unavailable {
                 reason: reason.clone(),
-            });
+            }),
+            None => Ok(()),
         }
+    }
+
+    fn check_writable(&self, key: &[u8]) -> Result<(), StorageError> {
+        self.check_available()?;
         if key.len() > self.limits.key_bytes_max {
             return Err(StorageError::KeyTooLarge {
                 key_bytes: key.len(),

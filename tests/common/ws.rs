@@ -33,12 +33,27 @@ impl WsClient {
 
     /// Connects and asks to upgrade `path`; the status and the client.
     pub fn try_connect(addr: SocketAddr, path: &str) -> (u16, WsClient) {
+        let (status, head, client) = WsClient::handshake(addr, path, "test");
+        if status == 101 {
+            assert!(
+                head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+                "{head}"
+            );
+            assert!(head.contains("\r\nConnection: Upgrade\r\n"), "{head}");
+            assert!(head.contains("\r\nUpgrade: websocket\r\n"), "{head}");
+        }
+        (status, client)
+    }
+
+    /// Connects to any RFC 6455 server with `Host: host` and asks to upgrade `path`: the
+    /// status, the response head and the client.
+    pub fn handshake(addr: SocketAddr, path: &str, host: &str) -> (u16, String, WsClient) {
         let mut stream = TcpStream::connect(addr).expect("connect");
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
         let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
         );
         stream.write_all(request.as_bytes()).expect("write");
@@ -64,16 +79,8 @@ impl WsClient {
             .nth(1)
             .and_then(|code| code.parse().ok())
             .expect("status");
-        if status == 101 {
-            assert!(
-                head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
-                "{head}"
-            );
-            assert!(head.contains("\r\nConnection: Upgrade\r\n"), "{head}");
-            assert!(head.contains("\r\nUpgrade: websocket\r\n"), "{head}");
-        }
         client.buffer.drain(..head_end);
-        (status, client)
+        (status, head, client)
     }
 
     /// Reads more bytes; false at EOF or error.
