@@ -41,12 +41,24 @@ fn two_pages_in_chromium_exchange_messages() {
     browser.wait_for(&ada, &log_has("event", "ada joined (1 here)"), "ada's join");
     let bob = browser.open(&format!("{base}?room=garden&name=bob"));
     browser.wait_for(&bob, &log_has("event", "bob joined (2 here)"), "bob's join");
-    browser.wait_for(&ada, &log_has("event", "bob joined (2 here)"), "bob's join at ada");
+    browser.wait_for(
+        &ada,
+        &log_has("event", "bob joined (2 here)"),
+        "bob's join at ada",
+    );
 
     say(&mut browser, &ada, "hello from ada");
-    browser.wait_for(&bob, &log_has("message", "ada: hello from ada"), "ada's message");
+    browser.wait_for(
+        &bob,
+        &log_has("message", "ada: hello from ada"),
+        "ada's message",
+    );
     // The room sends every message to everyone, the sender included, with the server's time.
-    browser.wait_for(&ada, &log_has("message", "ada: hello from ada"), "ada's echo");
+    browser.wait_for(
+        &ada,
+        &log_has("message", "ada: hello from ada"),
+        "ada's echo",
+    );
     assert_eq!(
         browser.evaluate(
             &bob,

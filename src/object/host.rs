@@ -386,7 +386,8 @@ impl ObjectHost {
             let message = format!("object {id} is active as class {}", slot.class);
             return Err(Response::json_error(500, &message));
         }
-        if queue == Queue::Bounded && slot.events.get() >= self.config.objects.object_events_queued_max
+        if queue == Queue::Bounded
+            && slot.events.get() >= self.config.objects.object_events_queued_max
         {
             self.count(|stats| stats.overload_rejections_total += 1);
             return Err(overloaded());

@@ -165,7 +165,10 @@ impl Browser {
             "Target.attachToTarget",
             json!({"targetId": target_id, "flatten": true}),
         );
-        let session_id = attached["sessionId"].as_str().expect("sessionId").to_string();
+        let session_id = attached["sessionId"]
+            .as_str()
+            .expect("sessionId")
+            .to_string();
         Page {
             target_id,
             session_id,
@@ -190,7 +193,11 @@ impl Browser {
             json!({"expression": expression, "awaitPromise": true, "returnByValue": true}),
         );
         if let Some(exception) = result.get("exceptionDetails") {
-            panic!("{expression} threw: {exception}");
+            let description = &exception["exception"]["description"];
+            panic!(
+                "the page threw: {}",
+                description.as_str().unwrap_or("(no description)")
+            );
         }
         result["result"]["value"].clone()
     }
@@ -226,7 +233,10 @@ impl Browser {
                            return [r.x + r.width / 2, r.y + r.height / 2]; }})()"
             ),
         );
-        let (x, y) = (centre[0].as_f64().expect("x"), centre[1].as_f64().expect("y"));
+        let (x, y) = (
+            centre[0].as_f64().expect("x"),
+            centre[1].as_f64().expect("y"),
+        );
         for kind in ["mousePressed", "mouseReleased"] {
             self.call(
                 Some(&page.session_id),
