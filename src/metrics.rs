@@ -72,6 +72,8 @@ pub struct CoreMetrics {
     pub forwarded_total: Cell<u64>,
     /// Requests refused because too many were already waiting on other cores.
     pub forward_rejections_total: Cell<u64>,
+    /// WebSocket upgrades this core handed (with their connection) to the owning core.
+    pub websocket_handoffs_total: Cell<u64>,
 }
 
 impl CoreMetrics {
@@ -126,6 +128,7 @@ impl CoreMetrics {
             connections_total: self.connections_total.get(),
             forwarded_total: self.forwarded_total.get(),
             forward_rejections_total: self.forward_rejections_total.get(),
+            websocket_handoffs_total: self.websocket_handoffs_total.get(),
             host,
             alarms,
             store,
@@ -143,6 +146,7 @@ pub struct CoreSnapshot {
     pub connections_total: u64,
     pub forwarded_total: u64,
     pub forward_rejections_total: u64,
+    pub websocket_handoffs_total: u64,
     pub host: HostStats,
     pub alarms: AlarmStats,
     pub store: StoreStats,
@@ -153,7 +157,7 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
     let mut out = String::with_capacity(8 * 1024);
     render_requests(&mut out, snapshots);
     render_latency(&mut out, snapshots);
-    let per_core: [(&str, &str, &str, fn(&CoreSnapshot) -> f64); 21] = [
+    let per_core: [(&str, &str, &str, fn(&CoreSnapshot) -> f64); 24] = [
         (
             "stead_connections_open",
             "gauge",
@@ -177,6 +181,24 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
             "counter",
             "Requests refused: too many in flight to other cores.",
             |s| s.forward_rejections_total as f64,
+        ),
+        (
+            "stead_websocket_handoffs_total",
+            "counter",
+            "WebSocket upgrades handed, with their connection, to the core owning their object.",
+            |s| s.websocket_handoffs_total as f64,
+        ),
+        (
+            "stead_websockets_open",
+            "gauge",
+            "WebSockets open on this core (held while their object is evicted).",
+            |s| s.host.websockets_open as f64,
+        ),
+        (
+            "stead_websocket_events_total",
+            "counter",
+            "WebSocket messages, closes and errors delivered to objects.",
+            |s| s.host.websocket_events_total as f64,
         ),
         ("stead_active_objects", "gauge", "Objects in memory.", |s| {
             s.host.active_objects as f64

@@ -42,7 +42,7 @@ fn chat_room_with_members_on_both_cores() {
     // At least six members, and more until one connection landed on the core that does not
     // own the room (SO_REUSEPORT spreads connections by hash) and was handed over.
     let mut members: Vec<WsClient> = Vec::new();
-    while members.len() < 6 || metric_sum(&server, "stead_forwarded_total") == 0.0 {
+    while members.len() < 6 || metric_sum(&server, "stead_websocket_handoffs_total") == 0.0 {
         assert!(members.len() < 40, "no connection was handed over");
         let index = members.len();
         let mut member = WsClient::connect(
@@ -95,22 +95,33 @@ fn doc_edits_are_durable_and_forwarded_to_the_others() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = TestServer::start(dir.path(), 2, &[]);
     let mut writer = WsClient::connect(server.addr, "/objects/doc/notes/");
-    let mut reader = WsClient::connect(server.addr, "/objects/doc/notes/");
     assert_eq!(writer.next_json(), json!({"type": "init", "content": ""}));
-    assert_eq!(reader.next_json(), json!({"type": "init", "content": ""}));
+    // Readers until at least one was handed over from the other core and one was not.
+    let mut readers: Vec<WsClient> = Vec::new();
+    loop {
+        let handoffs = metric_sum(&server, "stead_websocket_handoffs_total") as usize;
+        if readers.len() >= 2 && handoffs > 0 && handoffs < readers.len() + 1 {
+            break;
+        }
+        assert!(
+            readers.len() < 40,
+            "the doc's sockets all landed on one core"
+        );
+        let mut reader = WsClient::connect(server.addr, "/objects/doc/notes/");
+        assert_eq!(reader.next_json(), json!({"type": "init", "content": ""}));
+        readers.push(reader);
+    }
+
     let edit = r#"{"type":"edit","content":"first draft","cursor":7}"#;
     writer.send_text(edit);
-    assert_eq!(
-        reader.next_frame(),
-        Some(Frame::Text(edit.to_string())),
-        "forwarded unchanged"
-    );
-    let mut late = WsClient::connect(server.addr, "/objects/doc/notes/");
-    assert_eq!(
-        late.next_json(),
-        json!({"type": "init", "content": "first draft"})
-    );
-    drop((writer, reader, late));
+    for reader in &mut readers {
+        assert_eq!(
+            reader.next_frame(),
+            Some(Frame::Text(edit.to_string())),
+            "forwarded unchanged"
+        );
+    }
+    // The edit was durable before anyone saw it: kill the server the moment it arrived.
     server.kill();
 
     let server = TestServer::start(dir.path(), 1, &[]);
@@ -119,8 +130,22 @@ fn doc_edits_are_durable_and_forwarded_to_the_others() {
         again.next_json(),
         json!({"type": "init", "content": "first draft"})
     );
+    // What is not an edit gets an error back, is not forwarded and changes nothing.
+    let mut other = WsClient::connect(server.addr, "/objects/doc/notes/");
+    assert_eq!(other.next_json()["content"], "first draft");
+    for bad in ["not json", r#"{"type":"edit"}"#] {
+        again.send_text(bad);
+        assert_eq!(again.next_json()["type"], "error", "{bad}");
+    }
+    again.send_frame(0x2, b"\x01\x02", true);
+    assert_eq!(again.next_json()["type"], "error", "binary");
+    let second = r#"{"type":"edit","content":"second"}"#;
+    again.send_text(second);
+    assert_eq!(other.next_frame(), Some(Frame::Text(second.to_string())));
+    drop((again, other));
     let plain = server.client().get("/objects/doc/notes/");
     assert_eq!(plain.status, 400);
+    assert_eq!(server.stop(), Some(0));
 }
 
 #[test]

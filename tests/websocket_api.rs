@@ -172,6 +172,7 @@ fn sockets_are_listed_by_tag_and_attachments_are_bounded() {
     );
     // A refused attachment leaves the one before it.
     assert_eq!(ask(&mut plain, "attachment").len(), most);
+    drop((_red, _both, plain));
     stop(server);
 }
 
@@ -199,6 +200,7 @@ fn the_auto_response_answers_while_the_object_is_evicted() {
     // Any other message wakes it, with the socket's attachment in place.
     assert_eq!(ask(&mut socket, "attachment"), "kept");
     assert_eq!(BUILT[1].load(Ordering::SeqCst), 2);
+    drop(socket);
     stop(server);
 }
 
@@ -211,6 +213,7 @@ fn the_auto_response_outlives_the_last_socket_of_an_object_in_memory() {
     assert_eq!(ask(&mut first, "ping"), "pong");
     first.close(1000);
     assert_eq!(first.next_frame(), Some(Frame::Close(Some(1000))));
+    drop(first);
     let mut http = Client::connect(addr);
     assert!(
         wait_until(PATIENCE, || http.get("/objects/probe/o/count").text()
@@ -223,6 +226,7 @@ fn the_auto_response_outlives_the_last_socket_of_an_object_in_memory() {
     let mut second = WsClient::connect(addr, "/objects/probe/o/ws");
     assert_eq!(ask(&mut second, "ping"), "pong");
     assert_eq!(BUILT[2].load(Ordering::SeqCst), 1);
+    drop((second, http));
     stop(server);
 }
 
@@ -247,5 +251,6 @@ fn a_burst_to_a_slow_object_is_handled_whole_past_the_event_queue_bound() {
     answers.sort_by_key(|answer| answer.trim_start_matches("done:").parse::<usize>().ok());
     let expected: Vec<String> = (0..MESSAGES).map(|index| format!("done:{index}")).collect();
     assert_eq!(answers, expected);
+    drop(socket);
     stop(server);
 }

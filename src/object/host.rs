@@ -63,6 +63,8 @@ pub struct HostStats {
     pub activation_failures_total: u64,
     pub evictions_total: u64,
     pub overload_rejections_total: u64,
+    pub websockets_open: usize,
+    pub websocket_events_total: u64,
 }
 
 /// The objects of one core. One per core, behind an `Rc`.
@@ -221,6 +223,7 @@ impl ObjectHost {
         HostStats {
             active_objects: self.active_objects(),
             events_queued: self.events_queued(),
+            websockets_open: self.sockets.len(),
             ..self.stats.get()
         }
     }
@@ -254,6 +257,7 @@ impl ObjectHost {
             return;
         };
         let terminal = event.is_terminal();
+        self.count(|stats| stats.websocket_events_total += 1);
         let outcome = match self.admit(&owner.class, owner.object, Queue::Unbounded) {
             Err(response) => Err(format!("status {}", response.status)),
             Ok(event_guard) => match ready(&event_guard.slot).await {

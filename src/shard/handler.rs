@@ -229,8 +229,8 @@ impl Shard {
             return;
         }
         self.metrics
-            .forwarded_total
-            .set(self.metrics.forwarded_total.get() + 1);
+            .websocket_handoffs_total
+            .set(self.metrics.websocket_handoffs_total.get() + 1);
     }
 
     /// Where an upgrade request goes (class, object, the path the object sees), or the response
