@@ -19,6 +19,9 @@ pub const CONTROL_PAYLOAD_BYTES_MAX: usize = 125;
 /// The longest frame header: 2 bytes, an 8-byte length, a 4-byte mask.
 pub const FRAME_HEADER_BYTES_MAX: usize = 14;
 
+/// What a frame header may make the decoder allocate before any of its payload arrives.
+const MESSAGE_RESERVE_BYTES_MAX: usize = 64 * 1024;
+
 /// Which end of the connection decodes: a server requires masked frames, a client refuses them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -243,8 +246,10 @@ impl Decoder {
                     max: self.message_bytes_max,
                 });
             }
-            // Bounded by the limits just checked; one allocation for a single-frame message.
-            self.message.reserve(length as usize);
+            // A header alone costs at most `MESSAGE_RESERVE_BYTES_MAX`: past it the buffer grows
+            // with the payload that actually arrives, not with the length a client declares.
+            self.message
+                .reserve((length as usize).min(MESSAGE_RESERVE_BYTES_MAX));
         }
         self.state = State::Payload {
             header,

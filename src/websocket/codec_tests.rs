@@ -204,6 +204,30 @@ fn oversized_frames_and_messages_fail_with_1009_from_the_header_alone() {
 }
 
 #[test]
+fn a_header_declaring_a_large_frame_reserves_little_until_its_payload_arrives() {
+    const LARGE_BYTES: usize = 1024 * 1024;
+    let mut decoder = Decoder::new(Role::Server, LARGE_BYTES, LARGE_BYTES);
+    let payload = vec![7u8; LARGE_BYTES];
+    let wire = frame(Opcode::Binary, true, &payload);
+    let decoded = decoder
+        .decode(&wire[..FRAME_HEADER_BYTES_MAX])
+        .expect("header");
+    assert_eq!(
+        (decoded.consumed, decoded.item),
+        (FRAME_HEADER_BYTES_MAX, None)
+    );
+    assert!(
+        decoder.message.capacity() <= MESSAGE_RESERVE_BYTES_MAX,
+        "reserved {} bytes for a header",
+        decoder.message.capacity()
+    );
+    // The payload still decodes whole, however it is cut.
+    let items =
+        decode_in_pieces(&mut decoder, &wire[FRAME_HEADER_BYTES_MAX..], 100_000).expect("payload");
+    assert_eq!(items, vec![Incoming::Binary(payload)]);
+}
+
+#[test]
 fn close_frames_decode_with_and_without_a_code() {
     assert_eq!(
         decode_all(&frame(Opcode::Close, true, b"")),
