@@ -57,6 +57,14 @@ fn chat_room_with_members_on_both_cores() {
         members.push(member);
     }
     let count = members.len();
+    // Every socket holds a connection slot of the core it lives on, handed over or not (the
+    // scrape's own connection is the one more).
+    assert!(
+        wait_until(PATIENCE, || metric_sum(&server, "stead_connections_open")
+            == (count + 1) as f64),
+        "open connections: {} for {count} sockets",
+        metric_sum(&server, "stead_connections_open")
+    );
 
     members[2].send_text(r#"{"type":"message","text":"hello"}"#);
     for member in &mut members {
@@ -72,6 +80,7 @@ fn chat_room_with_members_on_both_cores() {
     let mut leaving = members.remove(0);
     leaving.close(1000);
     assert_eq!(leaving.next_frame(), Some(Frame::Close(Some(1000))));
+    drop(leaving);
     for member in &mut members {
         assert_eq!(
             member.next_json(),

@@ -1,11 +1,12 @@
-//! The accept loop of one core: one task per connection, at most `connections_per_core_max`.
+//! The accept loop of one core: one task per connection, at most `connections_per_core_max`
+//! (a WebSocket handed over from another core takes one of these slots too).
 
 use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::future::or;
 use glommio::net::TcpListener;
-use glommio::sync::Semaphore;
+use glommio::sync::{Semaphore, StaticPermit};
 
 use super::handler::CoreHandler;
 use super::Shard;
@@ -15,24 +16,58 @@ use crate::http::{serve_connection, Handler};
 /// instead of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Accepts until shutdown. Returns the connection slots: all of them are free again once every
-/// connection has ended.
-pub async fn accept_loop(
+/// One of the core's `connections_per_core_max` slots, held by a connection while it is open
+/// on this core; counted in `stead_connections_open`.
+pub struct ConnectionSlot {
+    /// The core whose count this is.
     shard: Rc<Shard>,
-    listener: TcpListener,
-    handler: Rc<CoreHandler>,
-) -> Rc<Semaphore> {
+    /// Returned to the core's slots on drop.
+    _permit: StaticPermit,
+}
+
+impl ConnectionSlot {
+    fn new(shard: Rc<Shard>, permit: StaticPermit) -> ConnectionSlot {
+        let open = &shard.metrics.connections_open;
+        open.set(open.get() + 1);
+        ConnectionSlot {
+            shard,
+            _permit: permit,
+        }
+    }
+
+    /// A slot for a connection handed over from another core, if one is free now (a socket
+    /// that arrives cannot wait in the kernel's backlog).
+    pub fn try_take(shard: &Rc<Shard>) -> Option<ConnectionSlot> {
+        let permit = shard.connection_slots.try_acquire_static_permit(1).ok()?;
+        Some(ConnectionSlot::new(shard.clone(), permit))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let open = &self.shard.metrics.connections_open;
+        open.set(open.get() - 1);
+    }
+}
+
+/// The core's connection slots; all of them are free again once every connection has ended.
+pub fn connection_slots(connections_per_core_max: usize) -> Rc<Semaphore> {
+    Rc::new(Semaphore::new(connections_per_core_max.max(1) as u64))
+}
+
+/// Accepts until shutdown.
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, handler: Rc<CoreHandler>) {
     let limits = Rc::new(shard.config.http.clone());
-    let slots = Rc::new(Semaphore::new(limits.connections_per_core_max.max(1) as u64));
+    let slots = shard.connection_slots.clone();
     let handler: Rc<dyn Handler> = handler;
     loop {
         // A slot first: at the limit, new clients wait in the kernel's backlog.
-        let slot = or(async { slots.acquire_static_permit(1).await.ok() }, async {
+        let permit = or(async { slots.acquire_static_permit(1).await.ok() }, async {
             shard.shutdown.wait().await;
             None
         })
         .await;
-        let Some(slot) = slot else { break };
+        let Some(permit) = permit else { break };
         let accepted = or(async { Some(listener.accept().await) }, async {
             shard.shutdown.wait().await;
             None
@@ -47,23 +82,14 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let metrics = &shard.metrics;
-        metrics
-            .connections_total
-            .set(metrics.connections_total.get() + 1);
-        metrics
-            .connections_open
-            .set(metrics.connections_open.get() + 1);
-        let (shard, handler, limits) = (shard.clone(), handler.clone(), limits.clone());
+        let total = &shard.metrics.connections_total;
+        total.set(total.get() + 1);
+        let slot = ConnectionSlot::new(shard.clone(), permit);
+        let (shutdown, handler, limits) = (shard.shutdown.clone(), handler.clone(), limits.clone());
         glommio::spawn_local(async move {
-            serve_connection(stream, handler, limits, shard.shutdown.clone()).await;
-            shard
-                .metrics
-                .connections_open
-                .set(shard.metrics.connections_open.get() - 1);
+            serve_connection(stream, handler, limits, shutdown).await;
             drop(slot);
         })
         .detach();
     }
-    slots
 }

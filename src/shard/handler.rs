@@ -360,6 +360,11 @@ impl Shard {
 }
 
 /// Writes `response` and closes the connection.
+/// Answers a handed-over upgrade that this core has no connection slot for.
+pub(super) async fn refuse_upgrade(stream: TcpStream) {
+    write_and_close(stream, &overloaded()).await;
+}
+
 async fn write_and_close(mut stream: TcpStream, response: &Response) {
     let mut out = Vec::new();
     encode_response(response, false, false, &mut out);

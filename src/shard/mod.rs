@@ -99,6 +99,9 @@ pub struct Shard {
     auth_header: Option<String>,
     /// Set when this core shuts down.
     shutdown: Rc<Shutdown>,
+    /// `connections_per_core_max` slots, for accepted connections and for WebSockets handed
+    /// over from other cores; shutdown waits until all are free.
+    connection_slots: Rc<glommio::sync::Semaphore>,
 }
 
 impl Shard {
@@ -165,9 +168,15 @@ impl Shard {
                 let stream = unsafe { glommio::net::TcpStream::from_raw_fd(fd) };
                 let shard = self.clone();
                 glommio::spawn_local(async move {
+                    // The socket will live here, so it counts against this core's limit.
+                    let Some(slot) = accept::ConnectionSlot::try_take(&shard) else {
+                        handler::refuse_upgrade(stream).await;
+                        return;
+                    };
                     shard
                         .serve_upgrade(stream, unread, class, id, request)
                         .await;
+                    drop(slot);
                 })
                 .detach();
             }
@@ -277,6 +286,7 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         metrics: CoreMetrics::default(),
         auth_header,
         shutdown: shutdown.clone(),
+        connection_slots: accept::connection_slots(config.http.connections_per_core_max),
     });
     for (from, receiver) in receivers {
         glommio::spawn_local(receive_loop(shard.clone(), from, receiver)).detach();
@@ -301,7 +311,8 @@ async fn serve(start: CoreStart) -> Result<(), String> {
     let handler = Rc::new(CoreHandler {
         shard: shard.clone(),
     });
-    let connections = accept::accept_loop(shard.clone(), listener, handler).await;
+    accept::accept_loop(shard.clone(), listener, handler).await;
+    let connections = shard.connection_slots.clone();
 
     // Shutdown: connections first (they may wait on other cores), then every core together.
     // WebSockets hold their connection until closed: start their closing handshakes now.
