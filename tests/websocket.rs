@@ -76,6 +76,14 @@ fn chat_room_with_members_on_both_cores() {
     }
     members[3].send_text("not json");
     assert_eq!(members[3].next_json()["type"], "error");
+    // A message without text is broadcast without it, as in the design.
+    members[4].send_text(r#"{"type":"message"}"#);
+    for member in &mut members {
+        assert_eq!(
+            without_timestamp(member.next_json()),
+            json!({"type": "message", "name": "m4"})
+        );
+    }
 
     let mut leaving = members.remove(0);
     leaving.close(1000);
@@ -151,7 +159,13 @@ fn doc_edits_are_durable_and_forwarded_to_the_others() {
     let second = r#"{"type":"edit","content":"second"}"#;
     again.send_text(second);
     assert_eq!(other.next_frame(), Some(Frame::Text(second.to_string())));
-    drop((again, other));
+    // As in the design (`get("doc") || ""`), a falsy document reads back as "".
+    let falsy = r#"{"type":"edit","content":0}"#;
+    again.send_text(falsy);
+    assert_eq!(other.next_frame(), Some(Frame::Text(falsy.to_string())));
+    let mut late = WsClient::connect(server.addr, "/objects/doc/notes/");
+    assert_eq!(late.next_json(), json!({"type": "init", "content": ""}));
+    drop((again, other, late));
     let plain = server.client().get("/objects/doc/notes/");
     assert_eq!(plain.status, 400);
     assert_eq!(server.stop(), Some(0));

@@ -7,6 +7,10 @@
 //! `{"type":"leave","name","count"}`. A message that is not JSON gets
 //! `{"type":"error","error":…}` back, to its sender only. Other paths are 404 `Not Found`.
 //!
+//! Unlike the design, a member whose socket the server fails (a protocol violation, or a
+//! client that stopped reading and was closed with 1008) is announced with a `leave` like any
+//! other, so the counts the others see stay true.
+//!
 //! The member's name lives in its socket's attachment, so the room survives hibernation: an
 //! evicted room is rebuilt with its sockets and names when the next message arrives.
 
@@ -118,12 +122,15 @@ impl DurableObject for ChatRoom {
             }
         };
         if data.get("type").and_then(Value::as_str) == Some("message") {
-            let message = json!({
+            let mut message = json!({
                 "type": "message",
                 "name": ChatRoom::name_of(&socket),
-                "text": data.get("text").cloned().unwrap_or(Value::Null),
                 "timestamp": now_ms(),
             });
+            // As in the design, a message without `text` is broadcast without it.
+            if let Some(text) = data.get("text") {
+                message["text"] = text.clone();
+            }
             self.broadcast(&message, None);
         }
         Ok(())

@@ -20,12 +20,26 @@ pub struct Document {
 }
 
 impl Document {
+    /// The stored document; `""` when there is none or it is empty, `false`, `0` or `null`
+    /// (the design's `get("doc") || ""`).
     fn content(&self) -> Value {
         self.context
             .storage()
             .get(DOCUMENT_KEY)
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+            .filter(is_truthy)
             .unwrap_or_else(|| Value::String(String::new()))
+    }
+}
+
+/// Whether JavaScript would take `value` for true.
+fn is_truthy(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(flag) => *flag,
+        Value::Number(number) => number.as_f64().is_some_and(|number| number != 0.0),
+        Value::String(text) => !text.is_empty(),
+        Value::Array(_) | Value::Object(_) => true,
     }
 }
 
