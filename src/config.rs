@@ -27,7 +27,8 @@ pub struct HttpLimits {
     /// A connection with no complete request for this long is closed.
     pub idle_connection_timeout_ms: u64,
     /// Open connections of one core; past it the core stops accepting until one closes (new
-    /// clients wait in the kernel's backlog rather than costing memory here).
+    /// clients wait in the kernel's backlog rather than costing memory here). A WebSocket
+    /// counts on the core that owns its object: one handed over to a full core gets 503.
     pub connections_per_core_max: usize,
 }
 
