@@ -32,6 +32,7 @@ use super::parse::{parse_request, request_bytes_max};
 use super::{HttpError, Method, Request, Response};
 use crate::config::HttpLimits;
 use crate::shutdown::{Shutdown, Wait};
+use crate::websocket::is_websocket_upgrade;
 
 /// Serves requests; each call's future runs on the connection's core and may outlive nothing
 /// but the connection (it is dropped if the client goes away).
@@ -60,20 +61,6 @@ pub trait Handler {
             let _ = futures_lite::AsyncWriteExt::write_all(&mut stream, &out).await;
         })
     }
-}
-
-/// Whether `request` asks to switch to the WebSocket protocol; such a request ends HTTP on its
-/// connection and goes to [`Handler::upgrade`].
-pub fn is_websocket_upgrade(request: &Request) -> bool {
-    let upgrade = request
-        .header("upgrade")
-        .is_some_and(|value| value.trim().eq_ignore_ascii_case("websocket"));
-    let connection = request.header("connection").is_some_and(|value| {
-        value
-            .split(',')
-            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
-    });
-    upgrade && connection
 }
 
 /// A read buffer starts this small and doubles up to `request_bytes_max` only for a request
@@ -389,30 +376,42 @@ impl Connection {
     /// that closing with unread input does not reset the connection before the client has read
     /// the error response.
     async fn linger(&mut self) {
-        if self
-            .stream
-            .shutdown(std::net::Shutdown::Write)
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let stream = &mut self.stream;
-        let scratch = &mut self.read_buffer;
-        let drain = async {
-            let mut drained = 0;
-            while drained < LINGER_BYTES_MAX {
-                match stream.read(scratch).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(bytes) => drained += bytes,
-                }
-            }
-        };
-        futures_lite::future::or(drain, async {
-            Timer::new(LINGER_DURATION).await;
-        })
+        let timer = Timer::new(LINGER_DURATION);
+        linger(
+            &mut self.stream,
+            &mut self.read_buffer,
+            LINGER_BYTES_MAX,
+            timer,
+        )
         .await;
     }
+}
+
+/// Shuts the write side of `stream`, then reads (into `scratch`) and drops what the peer still
+/// sends, until its FIN, `bytes_max` bytes, or `timer`: closing a socket with unread input
+/// resets the connection, which can destroy the last thing written before the peer reads it.
+pub(crate) async fn linger(
+    stream: &mut TcpStream,
+    scratch: &mut [u8],
+    bytes_max: usize,
+    timer: Timer,
+) {
+    if stream.shutdown(std::net::Shutdown::Write).await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut drained = 0;
+        while drained < bytes_max {
+            match stream.read(scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(bytes) => drained += bytes,
+            }
+        }
+    };
+    futures_lite::future::or(drain, async {
+        timer.await;
+    })
+    .await;
 }
 
 #[cfg(test)]

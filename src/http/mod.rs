@@ -9,7 +9,9 @@ mod message;
 mod parse;
 mod route;
 
-pub use conn::{is_websocket_upgrade, serve_connection, Handler};
+pub use crate::websocket::is_websocket_upgrade;
+pub(crate) use conn::linger;
+pub use conn::{serve_connection, Handler};
 pub use encode::{encode_response, reason_phrase};
 pub use error::HttpError;
 pub use message::{percent_decode, Method, Request, Response};

@@ -25,6 +25,19 @@ pub fn is_upgrade_request(request: &Request) -> bool {
         .is_some_and(|value| has_token(value, "websocket"))
 }
 
+/// Whether `request` asks to switch to the WebSocket protocol (`Upgrade: websocket` and
+/// `Connection: upgrade`; `validate_upgrade` checks the rest). Such a request ends HTTP on its
+/// connection and goes to `Handler::upgrade`.
+pub fn is_websocket_upgrade(request: &Request) -> bool {
+    is_upgrade_request(request) && has_connection_upgrade(request)
+}
+
+fn has_connection_upgrade(request: &Request) -> bool {
+    request
+        .header("connection")
+        .is_some_and(|value| has_token(value, "upgrade"))
+}
+
 /// Checks every header of the opening handshake.
 pub fn validate_upgrade(request: &Request) -> Result<Upgrade, HandshakeError> {
     if !is_upgrade_request(request) {
@@ -33,10 +46,7 @@ pub fn validate_upgrade(request: &Request) -> Result<Upgrade, HandshakeError> {
     if request.method != Method::Get {
         return Err(HandshakeError::MethodNotGet);
     }
-    if !request
-        .header("connection")
-        .is_some_and(|value| has_token(value, "upgrade"))
-    {
+    if !has_connection_upgrade(request) {
         return Err(HandshakeError::ConnectionNotUpgrade);
     }
     match request.header("sec-websocket-version").map(str::trim) {

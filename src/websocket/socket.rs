@@ -29,7 +29,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
+use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
@@ -416,33 +416,12 @@ impl Driver {
     /// Shuts the write side after the last frame, then drains the client's input until its FIN,
     /// `LINGER_BYTES_MAX`, or the close timeout.
     async fn linger(&mut self) {
-        if self
-            .stream
-            .shutdown(std::net::Shutdown::Write)
-            .await
-            .is_err()
-        {
-            return;
-        }
         let timer = self
             .close_timer
             .take()
             .unwrap_or_else(|| Timer::new(self.close_timeout));
-        let stream = &mut self.stream;
-        let drain = async {
-            let mut scratch = vec![0u8; 1024];
-            let mut drained = 0;
-            while drained < LINGER_BYTES_MAX {
-                match stream.read(&mut scratch).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(bytes) => drained += bytes,
-                }
-            }
-        };
-        futures_lite::future::or(drain, async {
-            timer.await;
-        })
-        .await;
+        let mut scratch = [0u8; 1024];
+        crate::http::linger(&mut self.stream, &mut scratch, LINGER_BYTES_MAX, timer).await;
     }
 }
 

@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 
+use futures_lite::AsyncReadExt;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 
