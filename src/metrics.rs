@@ -152,12 +152,20 @@ pub struct CoreSnapshot {
     pub store: StoreStats,
 }
 
+/// A per-core series: name, type, help text, and its value in a snapshot.
+type PerCoreMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&CoreSnapshot) -> f64,
+);
+
 /// Renders every core's snapshot in the Prometheus text exposition format (version 0.0.4).
 pub fn render(snapshots: &[CoreSnapshot]) -> String {
     let mut out = String::with_capacity(8 * 1024);
     render_requests(&mut out, snapshots);
     render_latency(&mut out, snapshots);
-    let per_core: [(&str, &str, &str, fn(&CoreSnapshot) -> f64); 24] = [
+    let per_core: [PerCoreMetric; 24] = [
         (
             "stead_connections_open",
             "gauge",

@@ -45,7 +45,7 @@ impl<const N: usize> DurableObject for Probe<N> {
         match request.path.as_str() {
             "/count" => Ok(Response::text(
                 200,
-                &self.context.websockets(None).len().to_string(),
+                self.context.websockets(None).len().to_string(),
             )),
             "/ws" => {
                 let tags = request.query_param("tags").unwrap_or_default();

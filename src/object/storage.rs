@@ -300,7 +300,10 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 
 /// The key range `options` selects, or `None` when it is empty (`BTreeMap::range` panics on
 /// an inverted range, and these bounds come from clients).
-fn list_bounds(options: &ListOptions) -> Option<(Bound<Vec<u8>>, Bound<Vec<u8>>)> {
+/// A lower and an upper bound on keys.
+type KeyRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+fn list_bounds(options: &ListOptions) -> Option<KeyRange> {
     if options.limit == Some(0) {
         return None;
     }

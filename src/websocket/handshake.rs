@@ -133,6 +133,24 @@ mod tests {
     ];
 
     #[test]
+    fn an_upgrade_needs_both_the_upgrade_and_the_connection_token() {
+        assert!(is_websocket_upgrade(&request(&VALID)));
+        assert!(is_websocket_upgrade(&request(&[
+            ("upgrade", "WebSocket"),
+            ("connection", "Upgrade")
+        ])));
+        assert!(!is_websocket_upgrade(&request(&[("upgrade", "websocket")])));
+        assert!(!is_websocket_upgrade(&request(&[(
+            "connection",
+            "upgrade"
+        )])));
+        assert!(!is_websocket_upgrade(&request(&[
+            ("upgrade", "h2c"),
+            ("connection", "upgrade")
+        ])));
+    }
+
+    #[test]
     fn the_rfc_example_key_is_accepted_with_its_known_answer() {
         let upgrade = validate_upgrade(&request(&VALID)).expect("valid");
         // RFC 6455 section 1.3.

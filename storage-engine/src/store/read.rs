@@ -119,7 +119,10 @@ impl Store {
             };
             let range = object_state.keys.range::<[u8], _>((lower, upper));
             let prefix = options.prefix.as_deref().unwrap_or(&[]);
+            // The index's own item type, spelled out so both directions share the closures.
+            #[allow(clippy::borrowed_box)]
             let selected = |(key, _): &(&Box<[u8]>, &Entry)| key.starts_with(prefix);
+            #[allow(clippy::borrowed_box)]
             let owned = |(key, entry): (&Box<[u8]>, &Entry)| (key.to_vec(), entry.clone());
             if options.reverse {
                 range
@@ -161,13 +164,13 @@ fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     Some(successor)
 }
 
+/// A lower and an upper bound on keys.
+type KeyRange<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
 /// The key range `options` selects, or `None` when it is empty. The prefix raises the lower
 /// bound and, through `prefix_end` (its successor), lowers the upper one, so a reverse list
 /// starts inside the prefix rather than at the object's last key.
-fn bounds<'a>(
-    options: &'a ListOptions,
-    prefix_end: Option<&'a [u8]>,
-) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+fn bounds<'a>(options: &'a ListOptions, prefix_end: Option<&'a [u8]>) -> Option<KeyRange<'a>> {
     let mut lower: Bound<&[u8]> = Bound::Unbounded;
     let candidates = [
         options.prefix.as_deref().map(Bound::Included),

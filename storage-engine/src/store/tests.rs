@@ -8,7 +8,7 @@ fn run<F: std::future::Future<Output = ()> + 'static>(make: impl FnOnce() -> F +
     LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(256 * 1024)
         .ring_depth(64)
-        .spawn(move || make())
+        .spawn(make)
         .expect("executor starts")
         .join()
         .expect("test body completes");
