@@ -420,7 +420,9 @@ impl Driver {
             .close_timer
             .take()
             .unwrap_or_else(|| Timer::new(self.close_timeout));
-        let mut scratch = [0u8; 1024];
+        // On the heap, and only now: a buffer in the future itself would cost every idle
+        // socket its size for as long as it is open.
+        let mut scratch = vec![0u8; 1024];
         crate::http::linger(&mut self.stream, &mut scratch, LINGER_BYTES_MAX, timer).await;
     }
 }

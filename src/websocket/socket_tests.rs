@@ -554,3 +554,35 @@ fn a_full_sink_holds_messages_back_without_losing_or_reordering_them() {
         );
     }
 }
+
+/// What one open socket's task holds, whatever it is doing: the future of `serve_socket`.
+/// Every idle socket of a hibernated object costs this much, so a buffer that slips into the
+/// future (an array across an `.await`) shows here rather than only in the idle-socket bench.
+const SOCKET_TASK_BYTES_MAX: usize = 1024;
+
+#[test]
+fn a_socket_task_stays_small() {
+    let executor = LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(256 * 1024)
+        .ring_depth(64)
+        .make()
+        .expect("executor");
+    executor.run(async {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        let client = std::thread::spawn(move || std::net::TcpStream::connect(address));
+        let stream = listener.accept().await.expect("accept");
+        let limits = Rc::new(WebSocketLimits::default());
+        let handle =
+            SocketHandle::new(SocketIds::default().next_id(), Vec::new(), limits).expect("no tags");
+        let sink: Rc<dyn EventSink> = Rc::new(EventQueue::new(4));
+        let task = serve_socket(stream, handle, sink, Vec::new());
+        let bytes = std::mem::size_of_val(&task);
+        assert!(
+            bytes <= SOCKET_TASK_BYTES_MAX,
+            "a socket's task holds {bytes} bytes (at most {SOCKET_TASK_BYTES_MAX})"
+        );
+        drop(task);
+        drop(client.join().expect("client thread"));
+    });
+}
