@@ -205,7 +205,7 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
         (
             "stead_websocket_events_total",
             "counter",
-            "WebSocket messages, closes and errors delivered to objects.",
+            "WebSocket messages, closes and errors taken from sockets for their objects.",
             |s| s.host.websocket_events_total as f64,
         ),
         ("stead_active_objects", "gauge", "Objects in memory.", |s| {

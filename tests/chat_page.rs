@@ -17,6 +17,7 @@ fn log_has(kind: &str, text: &str) -> String {
 
 /// Types `text` into the message box and clicks Send, as a person would.
 fn say(browser: &mut Browser, page: &Page, text: &str) {
+    browser.bring_to_front(page);
     browser.click(page, "#text");
     browser.type_text(page, text);
     browser.click(page, "#send");

@@ -113,7 +113,8 @@ fn doc_edits_are_durable_and_forwarded_to_the_others() {
     let server = TestServer::start(dir.path(), 2, &[]);
     let mut writer = WsClient::connect(server.addr, "/objects/doc/notes/");
     assert_eq!(writer.next_json(), json!({"type": "init", "content": ""}));
-    // Readers until at least one was handed over from the other core and one was not.
+    // Readers until at least one of the doc's sockets was handed over from the other core and
+    // one was not.
     let mut readers: Vec<WsClient> = Vec::new();
     loop {
         let handoffs = metric_sum(&server, "stead_websocket_handoffs_total") as usize;

@@ -150,7 +150,7 @@ impl ObjectContext {
         // The host commits an event's writes when its handler suspends: suspend once.
         futures_lite::future::yield_now().await;
         // A failed commit is not in the store's sequence, so waiting alone would pass it.
-        self.storage().check_available()?;
+        self.storage().check_committed()?;
         let store = &self.inner.store;
         store
             .wait_durable(store.last_seq())

@@ -29,7 +29,7 @@ use stead_storage::{Limits, Store};
 
 use super::gate::Gated;
 use super::registry::{ClassRegistry, Constructor, DynObject};
-use super::slot::{Signal, Slot, SlotState};
+use super::slot::{Signal, Slot, SlotState, TurnWait};
 use super::{AlarmInfo, CoreSockets, ObjectContext, ObjectError, SocketClose, Storage};
 use crate::config::Config;
 use crate::http::{Request, Response};
@@ -103,10 +103,37 @@ struct Event<'a> {
     host: &'a ObjectHost,
     /// The object it is addressed to.
     slot: Rc<Slot>,
+    /// Its place in the object's start order.
+    ticket: u64,
+    /// Whether its turn came; one that goes away before gives its turn up.
+    started: Cell<bool>,
+}
+
+impl Event<'_> {
+    /// Waits for the object's activation to end and for this event's turn; the instance, or
+    /// why the activation failed. The handler must start before the caller next suspends.
+    async fn ready(&self) -> Result<Rc<dyn DynObject>, String> {
+        TurnWait {
+            slot: &self.slot,
+            ticket: self.ticket,
+        }
+        .await;
+        let outcome = match &*self.slot.state.borrow() {
+            SlotState::Ready(instance) => Ok(instance.clone()),
+            SlotState::Failed(message) => Err(message.clone()),
+            SlotState::Activating => Err("the object is still activating".to_string()),
+        };
+        self.started.set(true);
+        self.slot.turns.advance();
+        outcome
+    }
 }
 
 impl Drop for Event<'_> {
     fn drop(&mut self) {
+        if !self.started.get() {
+            self.slot.turns.abandon(self.ticket);
+        }
         self.slot.events.set(self.slot.events.get() - 1);
         self.slot.last_event.set(Instant::now());
         let in_flight = self.host.events_in_flight.get() - 1;
@@ -169,7 +196,7 @@ impl ObjectHost {
             Ok(event) => event,
             Err(response) => return response,
         };
-        let instance = match ready(&event.slot).await {
+        let instance = match event.ready().await {
             Ok(instance) => instance,
             Err(message) => return Response::json_error(500, &message),
         };
@@ -194,7 +221,7 @@ impl ObjectHost {
                 response.status
             ))
         })?;
-        let instance = ready(&event.slot).await.map_err(ObjectError::new)?;
+        let instance = event.ready().await.map_err(ObjectError::new)?;
         let storage = event.slot.storage.clone();
         let handler = instance.alarm(info);
         let handler: BoxedLocal<Result<(), ObjectError>> = Box::pin(async move {
@@ -260,7 +287,7 @@ impl ObjectHost {
         self.count(|stats| stats.websocket_events_total += 1);
         let outcome = match self.admit(&owner.class, owner.object, Queue::Unbounded) {
             Err(response) => Err(format!("status {}", response.status)),
-            Ok(event_guard) => match ready(&event_guard.slot).await {
+            Ok(event_guard) => match event_guard.ready().await {
                 Err(message) => Err(message),
                 Ok(instance) => {
                     let handle = owner.handle.clone();
@@ -363,7 +390,7 @@ impl ObjectHost {
             Err(error) => {
                 let message = format!("commit of object {} failed: {error}", slot.id);
                 tracing::error!("{message}");
-                slot.storage.make_unavailable(message.clone());
+                slot.storage.fail_commits(message.clone());
                 self.detach(slot);
                 Err(message)
             }
@@ -399,7 +426,13 @@ impl ObjectHost {
         slot.events.set(slot.events.get() + 1);
         self.events_in_flight.set(self.events_in_flight.get() + 1);
         self.count(|stats| stats.events_total += 1);
-        Ok(Event { host: self, slot })
+        let ticket = slot.turns.take_ticket();
+        Ok(Event {
+            host: self,
+            slot,
+            ticket,
+            started: Cell::new(false),
+        })
     }
 
     /// Puts a new slot in the map and spawns its activation. The activation is a task of its
@@ -503,21 +536,6 @@ impl ObjectHost {
     }
 }
 
-/// Waits for the object's activation to end; its instance, or why it failed.
-async fn ready(slot: &Slot) -> Result<Rc<dyn DynObject>, String> {
-    loop {
-        let outcome = match &*slot.state.borrow() {
-            SlotState::Ready(instance) => Some(Ok(instance.clone())),
-            SlotState::Failed(message) => Some(Err(message.clone())),
-            SlotState::Activating => None,
-        };
-        match outcome {
-            Some(outcome) => return outcome,
-            None => slot.activated.wait().await,
-        }
-    }
-}
-
 /// The activation task of one object.
 async fn activate(host: Rc<ObjectHost>, slot: Rc<Slot>, constructor: Constructor) {
     let state = match host.build(&slot, constructor).await {
@@ -532,7 +550,7 @@ async fn activate(host: Rc<ObjectHost>, slot: Rc<Slot>, constructor: Constructor
     };
     *slot.state.borrow_mut() = state;
     slot.last_event.set(Instant::now());
-    slot.activated.fire();
+    slot.turns.wake_current();
 }
 
 /// Whether an event counts against its object's `object_events_queued_max`.

@@ -1,7 +1,8 @@
-//! [`Slot`]: one object known to the host, active or activating, and the one-shot signal that
-//! wakes the events waiting for its activation.
+//! [`Slot`]: one object known to the host, active or activating; [`Turns`], the order in which
+//! its events start; and [`Signal`], a one-shot wake-up.
 
 use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -31,8 +32,8 @@ pub(super) struct Slot {
     pub(super) class: Rc<str>,
     /// Activating, ready or failed.
     pub(super) state: RefCell<SlotState>,
-    /// Fired once activation ends, either way.
-    pub(super) activated: Signal,
+    /// Events start in the order they were admitted, once activation has ended.
+    pub(super) turns: Turns,
     /// The object's storage (shared with its context).
     pub(super) storage: Storage,
     /// Events admitted and not yet answered (waiting for activation, running, or waiting for
@@ -52,7 +53,7 @@ impl Slot {
             id,
             class,
             state: RefCell::new(SlotState::Activating),
-            activated: Signal::default(),
+            turns: Turns::default(),
             storage,
             events: Cell::new(0),
             last_event: Cell::new(Instant::now()),
@@ -65,12 +66,91 @@ impl Slot {
     }
 }
 
+/// The start order of one object's events. Each admitted event takes a ticket and starts its
+/// handler only on its turn, so events start in admission order: an event admitted as the
+/// activation ends cannot overtake those that waited for it, and a socket's messages are
+/// handled in the order they arrived.
+#[derive(Default)]
+pub(super) struct Turns {
+    /// The ticket the next admitted event gets.
+    next: Cell<u64>,
+    /// The ticket whose turn it is.
+    serving: Cell<u64>,
+    /// Tickets of events that went away before their turn; skipped when it comes. Bounded like
+    /// `Slot::events`.
+    abandoned: RefCell<BTreeSet<u64>>,
+    /// The waker of each event waiting for its turn; bounded like `Slot::events`.
+    waiting: RefCell<BTreeMap<u64, Waker>>,
+}
+
+impl Turns {
+    pub(super) fn take_ticket(&self) -> u64 {
+        let ticket = self.next.get();
+        self.next.set(ticket + 1);
+        ticket
+    }
+
+    /// The event holding the current turn has started: the next one's turn.
+    pub(super) fn advance(&self) {
+        let mut serving = self.serving.get() + 1;
+        {
+            let mut abandoned = self.abandoned.borrow_mut();
+            while abandoned.remove(&serving) {
+                serving += 1;
+            }
+        }
+        self.serving.set(serving);
+        self.wake_current();
+    }
+
+    /// The event with `ticket` went away before it started.
+    pub(super) fn abandon(&self, ticket: u64) {
+        self.waiting.borrow_mut().remove(&ticket);
+        let serving = self.serving.get();
+        if ticket == serving {
+            self.advance();
+        } else if ticket > serving {
+            self.abandoned.borrow_mut().insert(ticket);
+        }
+    }
+
+    /// Wakes the event whose turn it is, if it waits (when the activation ends, say).
+    pub(super) fn wake_current(&self) {
+        let waker = self.waiting.borrow_mut().remove(&self.serving.get());
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// Resolves once `slot` is activated (or failed) and it is `ticket`'s turn.
+pub(super) struct TurnWait<'a> {
+    pub(super) slot: &'a Slot,
+    pub(super) ticket: u64,
+}
+
+impl Future for TurnWait<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let turns = &self.slot.turns;
+        if !self.slot.is_activating() && turns.serving.get() == self.ticket {
+            return Poll::Ready(());
+        }
+        turns
+            .waiting
+            .borrow_mut()
+            .insert(self.ticket, cx.waker().clone());
+        Poll::Pending
+    }
+}
+
 /// A one-shot broadcast: `fire` once, and every `wait` resolves.
 #[derive(Default)]
 pub(super) struct Signal {
     /// Whether it fired.
     fired: Cell<bool>,
-    /// Tasks waiting; at most one entry per waiting event, so bounded as `Slot::events` is.
+    /// Tasks waiting: one entry per `wait` polled (the shutdown's, and the tests').
     waiters: RefCell<Vec<Waker>>,
 }
 

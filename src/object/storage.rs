@@ -99,6 +99,8 @@ struct State {
     limits: Limits,
     /// Set once this instance may no longer write (store failure, eviction).
     unavailable: Option<String>,
+    /// Set once a commit of this instance's writes failed: writes it made may not be stored.
+    commit_failed: Option<String>,
 }
 
 /// An object's storage. Cheap to clone; all clones are the same storage.
@@ -117,6 +119,7 @@ impl Storage {
             pending: Pending::default(),
             limits,
             unavailable: None,
+            commit_failed: None,
         };
         Storage {
             state: Rc::new(RefCell::new(state)),
@@ -239,10 +242,22 @@ impl Storage {
         Ok(())
     }
 
-    /// An error once the object's writes can no longer reach the disk: a commit of them
-    /// failed, or the object was retired.
-    pub fn check_available(&self) -> Result<(), StorageError> {
-        self.state.borrow().check_available()
+    /// A commit of this object's writes failed: refuse later writes, and make `flush` fail.
+    pub(super) fn fail_commits(&self, reason: String) {
+        let mut state = self.state.borrow_mut();
+        state.commit_failed.get_or_insert_with(|| reason.clone());
+        state.unavailable.get_or_insert(reason);
+    }
+
+    /// An error once a commit of the object's writes failed (an evicted object's writes were
+    /// committed as it left, so eviction alone is no error here).
+    pub(super) fn check_committed(&self) -> Result<(), StorageError> {
+        match &self.state.borrow().commit_failed {
+            Some(reason) => Err(StorageError::Unavailable {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Keys of the object (for tests and metrics).

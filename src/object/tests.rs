@@ -94,6 +94,39 @@ impl DurableObject for Probe {
     }
 }
 
+thread_local! {
+    /// The paths `Slow` objects started handling, in order.
+    static STARTED: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    /// Set while a `Slow` object's `init` waits for its signal.
+    static INIT_WAITING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Run by a `Slow` object's `init` as its last step.
+    static AT_INIT_END: RefCell<Option<Box<dyn FnOnce()>>> = const { RefCell::new(None) };
+}
+
+/// Test class whose `init` waits for the object's signal; `fetch` records its path.
+struct Slow {
+    context: ObjectContext,
+}
+
+impl DurableObject for Slow {
+    fn new(context: ObjectContext) -> Slow {
+        Slow { context }
+    }
+    async fn init(&self) -> Result<(), ObjectError> {
+        INIT_WAITING.with(|waiting| waiting.set(true));
+        signal_of(self.context.id()).wait().await;
+        INIT_WAITING.with(|waiting| waiting.set(false));
+        if let Some(last_step) = AT_INIT_END.with(|hook| hook.borrow_mut().take()) {
+            last_step();
+        }
+        Ok(())
+    }
+    async fn fetch(&self, request: Request) -> Result<Response, ObjectError> {
+        STARTED.with(|started| started.borrow_mut().push(request.path.clone()));
+        Ok(Response::text(200, "ok"))
+    }
+}
+
 /// Test class whose `init` always fails.
 struct Broken;
 
@@ -146,6 +179,7 @@ where
             registry.register::<Counter>("counter").expect("register");
             registry.register::<Probe>("probe").expect("register");
             registry.register::<Broken>("broken").expect("register");
+            registry.register::<Slow>("slow").expect("register");
             let host = ObjectHost::new(store, Arc::new(registry), Rc::new(config));
             test(host.clone()).await;
             host.shutdown().await;
@@ -236,6 +270,51 @@ fn a_waiting_handler_lets_the_next_event_in() {
             body(&host.dispatch("probe", id, get("/get/waited")).await),
             "yes"
         );
+    });
+}
+
+#[test]
+fn events_start_in_admission_order_even_as_the_activation_ends() {
+    with_host(Config::default(), |host| async move {
+        let id = ObjectId::from_name("slow", "ordered");
+        let spawn = |path: &'static str| {
+            let host = host.clone();
+            glommio::spawn_local(async move { host.dispatch("slow", id, get(path)).await })
+        };
+        // The first event starts the activation and waits for it; so do the others.
+        let first = spawn("/first");
+        let gone = spawn("/gone");
+        let second = spawn("/second");
+        let fourth = spawn("/fourth");
+        while !INIT_WAITING.with(|waiting| waiting.get()) {
+            yield_now().await;
+        }
+        // One waiting event goes away (its client left): its turn is skipped, not waited for.
+        drop(gone);
+        // A third event is spawned as the activation ends: it first runs once the object is
+        // ready, while those that waited are only just woken. It must not overtake them.
+        let third = Rc::new(RefCell::new(None));
+        {
+            let (host, third) = (host.clone(), third.clone());
+            AT_INIT_END.with(|hook| {
+                *hook.borrow_mut() = Some(Box::new(move || {
+                    let task = glommio::spawn_local(async move {
+                        host.dispatch("slow", id, get("/third")).await
+                    });
+                    *third.borrow_mut() = Some(task);
+                }))
+            });
+        }
+        signal_of(id).fire();
+        for task in [first, second, fourth] {
+            assert_eq!(task.await.status, 200);
+        }
+        let third = third.borrow_mut().take().expect("spawned by init");
+        for task in [third] {
+            assert_eq!(task.await.status, 200);
+        }
+        let started = STARTED.with(|started| started.borrow().clone());
+        assert_eq!(started, ["/first", "/second", "/fourth", "/third"]);
     });
 }
 

@@ -3,8 +3,8 @@
 //! `/websocket?name=NAME` (name defaults to `Anonymous`) accepts a WebSocket, or answers 400
 //! `Expected WebSocket` to a request that is not an upgrade. On join every member gets
 //! `{"type":"join","name","count"}`; a member's `{"type":"message","text"}` goes to everyone as
-//! `{"type":"message","name","text","timestamp"}`; on leave the others get
-//! `{"type":"leave","name","count"}`. A message that is not JSON gets
+//! `{"type":"message","name","text","timestamp"}` (without `text` if it had none); on leave
+//! the others get `{"type":"leave","name","count"}`. A message that is not JSON gets
 //! `{"type":"error","error":…}` back, to its sender only. Other paths are 404 `Not Found`.
 //!
 //! Unlike the design, a member whose socket the server fails (a protocol violation, or a

@@ -17,7 +17,7 @@ use crate::http::{encode_response, route, Handler, ObjectTarget, Request, Respon
 use crate::id::ObjectId;
 use crate::metrics::{render, RequestLabels};
 use crate::object::{overloaded, UPGRADE_TOKEN_HEADER};
-use crate::websocket::{serve_socket, EventSink};
+use crate::websocket::{serve_socket, CloseCode, EventSink};
 
 /// The chat page served at `/chat`.
 const CHAT_PAGE: &str = include_str!("../../static/chat.html");
@@ -307,6 +307,10 @@ impl Shard {
                     self.host.sockets().remove(socket.id());
                     return;
                 }
+                // Shutdown already asked every open socket to close: this one missed that.
+                if self.shutdown.is_requested() {
+                    let _ = socket.close(CloseCode::GOING_AWAY, "the server is shutting down");
+                }
                 let sink: Rc<dyn EventSink> = self.host.sockets().queue.clone();
                 serve_socket(stream, socket, sink, unread).await;
             }
@@ -359,12 +363,12 @@ impl Shard {
     }
 }
 
-/// Writes `response` and closes the connection.
 /// Answers a handed-over upgrade that this core has no connection slot for.
 pub(super) async fn refuse_upgrade(stream: TcpStream) {
     write_and_close(stream, &overloaded()).await;
 }
 
+/// Writes `response` and closes the connection.
 async fn write_and_close(mut stream: TcpStream, response: &Response) {
     let mut out = Vec::new();
     encode_response(response, false, false, &mut out);

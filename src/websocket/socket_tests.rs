@@ -558,7 +558,9 @@ fn a_full_sink_holds_messages_back_without_losing_or_reordering_them() {
 /// What one open socket's task holds, whatever it is doing: the future of `serve_socket`.
 /// Every idle socket of a hibernated object costs this much, so a buffer that slips into the
 /// future (an array across an `.await`) shows here rather than only in the idle-socket bench.
-const SOCKET_TASK_BYTES_MAX: usize = 1024;
+/// 936 bytes in a release build with Rust 1.95; the bound leaves room for another compiler or
+/// a debug build, not for a 1 KiB buffer.
+const SOCKET_TASK_BYTES_MAX: usize = 1536;
 
 #[test]
 fn a_socket_task_stays_small() {

@@ -24,14 +24,25 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a page condition is awaited before the test fails.
 pub const CONDITION_TIMEOUT_MS: u64 = 15_000;
 
-/// A headless Chromium process and its browser-level DevTools connection.
+/// A child process killed (and reaped) when dropped, so a failing test leaves none behind.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A headless Chromium process and its browser-level DevTools connection. Fields drop in
+/// order: the connection, then the process, then its profile directory.
 pub struct Browser {
-    /// The Chromium process; killed on drop.
-    child: Child,
     /// The DevTools WebSocket: commands out, their answers and events in.
     devtools: WsClient,
     /// The id of the next command, so an answer can be told from the others.
     next_id: u64,
+    /// The Chromium process.
+    _process: Process,
     /// Chromium's profile directory, fresh for this browser and removed with it.
     _profile: tempfile::TempDir,
 }
@@ -76,7 +87,7 @@ impl Browser {
         let profile = tempfile::tempdir().expect("profile dir");
         // The network-related flags keep Chromium from calling out at start-up: this machine
         // refuses everything but loopback.
-        let mut child = Command::new(&executable)
+        let child = Command::new(&executable)
             .args([
                 "--headless",
                 "--no-sandbox",
@@ -86,6 +97,7 @@ impl Browser {
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--disable-sync",
+                "--disable-dev-shm-usage",
                 "--remote-debugging-port=0",
                 "--window-size=900,700",
             ])
@@ -96,21 +108,37 @@ impl Browser {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|error| panic!("start {}: {error}", executable.display()));
-        let stderr = child.stderr.take().expect("stderr");
+        let mut process = Process(child);
+        let stderr = process.0.stderr.take().expect("stderr");
         let (sender, receiver) = std::sync::mpsc::channel();
+        let last_lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         // Chromium writes its DevTools address to stderr among its log lines; the rest is
-        // drained so that the pipe never fills and blocks it.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(url) = line.strip_prefix("DevTools listening on ") {
-                    let _ = sender.send(url.trim().to_string());
+        // drained so that the pipe never fills and blocks it, and the last few are kept to
+        // explain a failed start.
+        {
+            let last_lines = last_lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(url) = line.strip_prefix("DevTools listening on ") {
+                        let _ = sender.send(url.trim().to_string());
+                    }
+                    if let Ok(mut last) = last_lines.lock() {
+                        if last.len() == 20 {
+                            last.remove(0);
+                        }
+                        last.push(line);
+                    }
                 }
-            }
+            });
+        }
+        let url = receiver.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| {
+            let last = last_lines
+                .lock()
+                .map(|last| last.join("\n"))
+                .unwrap_or_default();
+            panic!("Chromium did not print its DevTools address; its last lines:\n{last}")
         });
-        let url = receiver
-            .recv_timeout(START_TIMEOUT)
-            .expect("Chromium did not print its DevTools address");
         let rest = url.strip_prefix("ws://").expect("ws:// DevTools address");
         let (host, path) = rest.split_at(rest.find('/').expect("DevTools path"));
         let addr: SocketAddr = host.parse().expect("DevTools address");
@@ -121,9 +149,9 @@ impl Browser {
             .set_read_timeout(Some(COMMAND_TIMEOUT))
             .expect("timeout");
         Browser {
-            child,
             devtools,
             next_id: 1,
+            _process: process,
             _profile: profile,
         }
     }
@@ -223,6 +251,12 @@ impl Browser {
         self.evaluate(page, &expression)
     }
 
+    /// Brings `page`'s tab to the front, as a person switching to it would: a background tab
+    /// draws no frames.
+    pub fn bring_to_front(&mut self, page: &Page) {
+        self.call(Some(&page.session_id), "Page.bringToFront", json!({}));
+    }
+
     /// Clicks the element `selector` with the mouse, at its centre.
     pub fn click(&mut self, page: &Page, selector: &str) {
         let selector_json = serde_json::to_string(selector).expect("JSON string");
@@ -259,7 +293,7 @@ impl Browser {
     /// frames to capture).
     pub fn screenshot(&mut self, page: &Page) -> Vec<u8> {
         use base64::Engine as _;
-        self.call(Some(&page.session_id), "Page.bringToFront", json!({}));
+        self.bring_to_front(page);
         let shot = self.call(
             Some(&page.session_id),
             "Page.captureScreenshot",
@@ -268,12 +302,5 @@ impl Browser {
         base64::engine::general_purpose::STANDARD
             .decode(shot["data"].as_str().expect("screenshot data"))
             .expect("base64 screenshot")
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
