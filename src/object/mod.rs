@@ -2,7 +2,8 @@
 //!
 //! A class implements [`DurableObject`]. The host constructs one instance per active object id,
 //! after loading all of the object's storage into memory, so reads through [`Storage`] never
-//! suspend. Events of one object (requests, alarms) are delivered one at a time; a handler that
+//! suspend. Events of one object (requests, alarms, socket messages) are delivered one at a
+//! time and start in the order they were admitted; a handler that
 //! awaits something other than its own storage (a timer, another event's signal) lets the next
 //! event in, as in the hosted JavaScript runtime.
 //!
