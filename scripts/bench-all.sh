@@ -23,7 +23,10 @@ cargo bench -p stead --bench timer_wheel 2>&1 | tee -a "$LOG" >/dev/null
 for bench in http_parse id_placement dispatch; do
   cargo bench -p stead --bench "$bench" 2>&1 | tee -a "$LOG" >/dev/null
 done
+# Each of these commits with fdatasync: write back what the benches before left dirty first, so
+# their fdatasyncs do not queue behind hundreds of MB of someone else's writeback.
 for bench in alarms websocket_codec websocket_fanout; do
+  sync
   cargo bench -p stead --bench "$bench" 2>&1 | tee -a "$LOG" >/dev/null
 done
 HOP=$(python3 scripts/cross-core-hop.py "${CARGO_TARGET_DIR:-target}/release/stead")
