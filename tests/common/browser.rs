@@ -21,6 +21,8 @@ use super::ws::{Frame, WsClient};
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one DevTools command may take to be answered.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Events kept for `wait_event`; older ones are dropped.
+const EVENTS_KEPT_MAX: usize = 1024;
 /// How long a page condition is awaited before the test fails.
 pub const CONDITION_TIMEOUT_MS: u64 = 15_000;
 
@@ -41,6 +43,9 @@ pub struct Browser {
     devtools: WsClient,
     /// The id of the next command, so an answer can be told from the others.
     next_id: u64,
+    /// Events that arrived while a command was pending, oldest first, for `wait_event`; at
+    /// most `EVENTS_KEPT_MAX`.
+    events: std::collections::VecDeque<Value>,
     /// The Chromium process.
     _process: Process,
     /// Chromium's profile directory, fresh for this browser and removed with it.
@@ -151,13 +156,25 @@ impl Browser {
         Browser {
             devtools,
             next_id: 1,
+            events: std::collections::VecDeque::new(),
             _process: process,
             _profile: profile,
         }
     }
 
-    /// Sends one DevTools command (to a tab when `session` is given) and returns its result,
-    /// skipping the events that arrive meanwhile. Panics on a protocol error.
+    /// The next DevTools message (an answer or an event); `waiting_for` names it in a panic.
+    fn next_message(&mut self, waiting_for: &str) -> Value {
+        loop {
+            match self.devtools.next_frame() {
+                Some(Frame::Text(text)) => return serde_json::from_str(&text).expect("JSON"),
+                Some(Frame::Ping(_)) | Some(Frame::Pong(_)) => continue,
+                other => panic!("DevTools sent {other:?} while waiting for {waiting_for}"),
+            }
+        }
+    }
+
+    /// Sends one DevTools command (to a tab when `session` is given) and returns its result;
+    /// events that arrive meanwhile are kept for `wait_event`. Panics on a protocol error.
     pub fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
         let id = self.next_id;
         self.next_id += 1;
@@ -168,12 +185,14 @@ impl Browser {
         self.devtools.send_text(&command.to_string());
         let deadline = Instant::now() + COMMAND_TIMEOUT;
         while Instant::now() < deadline {
-            let message = match self.devtools.next_frame() {
-                Some(Frame::Text(text)) => serde_json::from_str::<Value>(&text).expect("JSON"),
-                Some(Frame::Ping(_)) | Some(Frame::Pong(_)) => continue,
-                other => panic!("DevTools sent {other:?} while {method} was pending"),
-            };
+            let message = self.next_message(method);
             if message["id"] != json!(id) {
+                if message.get("method").is_some() {
+                    if self.events.len() == EVENTS_KEPT_MAX {
+                        self.events.pop_front();
+                    }
+                    self.events.push_back(message);
+                }
                 continue;
             }
             if let Some(error) = message.get("error") {
@@ -184,9 +203,27 @@ impl Browser {
         panic!("{method} was not answered within {COMMAND_TIMEOUT:?}");
     }
 
-    /// Opens `url` in a new tab.
+    /// Waits for the event `method` of the tab with `session`.
+    fn wait_event(&mut self, session: &str, method: &str) {
+        let matches =
+            |message: &Value| message["method"] == method && message["sessionId"] == session;
+        if let Some(at) = self.events.iter().position(matches) {
+            self.events.remove(at);
+            return;
+        }
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        while Instant::now() < deadline {
+            if matches(&self.next_message(method)) {
+                return;
+            }
+        }
+        panic!("no {method} within {COMMAND_TIMEOUT:?}");
+    }
+
+    /// Opens `url` in a new tab and waits until it has loaded, so that what is evaluated
+    /// next runs in the page and not in the blank document it replaces.
     pub fn open(&mut self, url: &str) -> Page {
-        let target = self.call(None, "Target.createTarget", json!({"url": url}));
+        let target = self.call(None, "Target.createTarget", json!({"url": "about:blank"}));
         let target_id = target["targetId"].as_str().expect("targetId").to_string();
         let attached = self.call(
             None,
@@ -197,6 +234,9 @@ impl Browser {
             .as_str()
             .expect("sessionId")
             .to_string();
+        self.call(Some(&session_id), "Page.enable", json!({}));
+        self.call(Some(&session_id), "Page.navigate", json!({"url": url}));
+        self.wait_event(&session_id, "Page.loadEventFired");
         Page {
             target_id,
             session_id,
