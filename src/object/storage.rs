@@ -252,12 +252,7 @@ impl Storage {
     /// An error once a commit of the object's writes failed (an evicted object's writes were
     /// committed as it left, so eviction alone is no error here).
     pub(super) fn check_committed(&self) -> Result<(), StorageError> {
-        match &self.state.borrow().commit_failed {
-            Some(reason) => Err(StorageError::Unavailable {
-                reason: reason.clone(),
-            }),
-            None => Ok(()),
-        }
+        refuse_if(&self.state.borrow().commit_failed)
     }
 
     /// Keys of the object (for tests and metrics).
@@ -271,17 +266,8 @@ impl Storage {
 }
 
 impl State {
-    fn check_available(&self) -> Result<(), StorageError> {
-        match &self.unavailable {
-            Some(reason) => Err(StorageError::Unavailable {
-                reason: reason.clone(),
-            }),
-            None => Ok(()),
-        }
-    }
-
     fn check_writable(&self, key: &[u8]) -> Result<(), StorageError> {
-        self.check_available()?;
+        refuse_if(&self.unavailable)?;
         if key.len() > self.limits.key_bytes_max {
             return Err(StorageError::KeyTooLarge {
                 key_bytes: key.len(),
@@ -317,6 +303,16 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 /// an inverted range, and these bounds come from clients).
 /// A lower and an upper bound on keys.
 type KeyRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+/// `Unavailable` with `reason`, if there is one.
+fn refuse_if(reason: &Option<String>) -> Result<(), StorageError> {
+    match reason {
+        Some(reason) => Err(StorageError::Unavailable {
+            reason: reason.clone(),
+        }),
+        None => Ok(()),
+    }
+}
 
 fn list_bounds(options: &ListOptions) -> Option<KeyRange> {
     if options.limit == Some(0) {

@@ -17,19 +17,17 @@ pub struct Upgrade {
     pub accept: String,
 }
 
-/// Whether `request` asks to become a WebSocket at all (`Upgrade: websocket`), so a router can
-/// send it down the upgrade path before checking the rest.
-pub fn is_upgrade_request(request: &Request) -> bool {
-    request
-        .header("upgrade")
-        .is_some_and(|value| has_token(value, "websocket"))
-}
-
 /// Whether `request` asks to switch to the WebSocket protocol (`Upgrade: websocket` and
 /// `Connection: upgrade`; `validate_upgrade` checks the rest). Such a request ends HTTP on its
 /// connection and goes to `Handler::upgrade`.
 pub fn is_websocket_upgrade(request: &Request) -> bool {
-    is_upgrade_request(request) && has_connection_upgrade(request)
+    has_upgrade_websocket(request) && has_connection_upgrade(request)
+}
+
+fn has_upgrade_websocket(request: &Request) -> bool {
+    request
+        .header("upgrade")
+        .is_some_and(|value| has_token(value, "websocket"))
 }
 
 fn has_connection_upgrade(request: &Request) -> bool {
@@ -40,7 +38,7 @@ fn has_connection_upgrade(request: &Request) -> bool {
 
 /// Checks every header of the opening handshake.
 pub fn validate_upgrade(request: &Request) -> Result<Upgrade, HandshakeError> {
-    if !is_upgrade_request(request) {
+    if !has_upgrade_websocket(request) {
         return Err(HandshakeError::NotUpgrade);
     }
     if request.method != Method::Get {

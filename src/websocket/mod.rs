@@ -34,9 +34,7 @@ pub use codec::{
 pub use error::{AttachError, HandshakeError, ProtocolError, SendError};
 pub use events::{EventQueue, EventSink, Message, SocketError, SocketEvent, SocketId};
 pub use handle::{AutoResponse, SocketHandle, SEND_OVERFLOW_CLOSE_CODE};
-pub use handshake::{
-    accept_key, is_upgrade_request, is_websocket_upgrade, validate_upgrade, Upgrade,
-};
+pub use handshake::{accept_key, is_websocket_upgrade, validate_upgrade, Upgrade};
 pub use limits::{WebSocketLimits, ATTACHMENT_BYTES_MAX, TAGS_PER_SOCKET_MAX, TAG_BYTES_MAX};
 pub use set::{SocketIds, SocketSet};
 pub use socket::serve_socket;
