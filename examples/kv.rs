@@ -49,21 +49,28 @@ impl DurableObject for KeyValue {
 }
 
 fn main() {
+    // STEAD_LISTEN overrides the address, as it does for `stead serve` (tests use port 0).
+    let listen = std::env::var("STEAD_LISTEN").unwrap_or_else(|_| "127.0.0.1:8090".into());
+    let Ok(listen) = listen.parse() else {
+        eprintln!("kv example: STEAD_LISTEN={listen:?} is not an address");
+        std::process::exit(2);
+    };
     let config = Config {
-        listen: "127.0.0.1:8090".parse().expect("address"),
+        listen,
         data_dir: "./kv-data".into(),
         ..Config::default()
     };
-    println!(
-        "kv example: listening on {}, data in {}",
-        config.listen,
-        config.data_dir.display()
-    );
+    let data_dir = config.data_dir.clone();
     let server = stead::Server::builder()
         .config(config)
         .class::<KeyValue>("kv")
         .build();
-    if let Err(error) = server.run() {
+    let result = server.start().and_then(|running| {
+        let addr = running.local_addr();
+        println!("kv example: listening on {addr} with data in {}", data_dir.display());
+        stead::server::wait_for_signal(running)
+    });
+    if let Err(error) = result {
         eprintln!("kv example: {error}");
         std::process::exit(1);
     }

@@ -32,7 +32,7 @@ enum Command {
 #[derive(clap::Args)]
 struct ServeArgs {
     /// Address to listen on (every core shares it).
-    #[arg(long)]
+    #[arg(long, env = "STEAD_LISTEN")]
     listen: Option<SocketAddr>,
     /// Where objects are stored.
     #[arg(long)]

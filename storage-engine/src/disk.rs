@@ -55,9 +55,13 @@ pub struct GlommioDisk {
 }
 
 impl GlommioDisk {
+    /// A relative `dir` is made absolute now (against the current directory): glommio's
+    /// `Directory::open` fails on a relative path with EBADF. If the current directory cannot
+    /// be read, `dir` is kept as given and the first operation reports the error.
     pub fn new(dir: impl Into<std::path::PathBuf>) -> GlommioDisk {
+        let dir = dir.into();
         GlommioDisk {
-            dir: dir.into(),
+            dir: std::path::absolute(&dir).unwrap_or(dir),
             probed: std::cell::Cell::new(false),
         }
     }

@@ -28,7 +28,8 @@ pub struct TestServer {
 impl TestServer {
     /// Starts `stead serve` on a free port with `cores` cores and extra arguments.
     pub fn start(data_dir: &Path, cores: usize, extra: &[&str]) -> TestServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_stead"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stead"));
+        command
             .arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -36,12 +37,19 @@ impl TestServer {
             .arg(data_dir)
             .arg("--cores")
             .arg(cores.to_string())
-            .args(extra)
+            .args(extra);
+        TestServer::spawn(command, data_dir)
+    }
+
+    /// Runs `command` (a server that prints `listening on ADDR` on stdout) and waits for its
+    /// address. `data_dir` is where the test expects its data.
+    pub fn spawn(mut command: Command, data_dir: &Path) -> TestServer {
+        let mut child = command
             .env("RUST_LOG", "warn,stead=info")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("spawn stead");
+            .expect("spawn the server");
         let stdout = child.stdout.take().expect("stdout");
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -57,11 +65,16 @@ impl TestServer {
                 }
             }
         });
-        let addr = receiver
-            .recv_timeout(START_TIMEOUT)
-            .expect("server did not print its address")
-            .parse()
-            .expect("address");
+        let printed = receiver.recv_timeout(START_TIMEOUT);
+        let addr = match printed.as_deref().map(str::parse) {
+            Ok(Ok(addr)) => addr,
+            other => {
+                // Never leave a server behind a failed start.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the server did not print its address: {other:?}");
+            }
+        };
         TestServer {
             child,
             addr,

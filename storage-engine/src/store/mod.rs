@@ -116,6 +116,35 @@ impl State {
     }
 }
 
+/// Creates `dir` and every missing parent, fsyncing the parent of each directory it creates,
+/// so a power cut right after start-up cannot lose the store's directory entry (creating a
+/// directory makes its own entry durable only when its parent is synced). Blocking; runs once
+/// at open. On failure, returns the directory whose creation or sync failed.
+fn create_dir_durably(dir: &std::path::Path) -> Result<(), (std::path::PathBuf, std::io::Error)> {
+    let mut missing = Vec::new();
+    let mut existing = dir;
+    while !existing.exists() {
+        missing.push(existing);
+        match existing.parent() {
+            Some(parent) => existing = parent,
+            None => break,
+        }
+    }
+    for created in missing.into_iter().rev() {
+        match std::fs::create_dir(created) {
+            Ok(()) => {}
+            // Another core creating the same parent at the same moment is fine.
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err((created.to_path_buf(), error)),
+        }
+        let parent = created.parent().unwrap_or(created);
+        std::fs::File::open(parent)
+            .and_then(|parent| parent.sync_all())
+            .map_err(|error| (parent.to_path_buf(), error))?;
+    }
+    Ok(())
+}
+
 /// Builds the error of a failed system call.
 fn io_error(operation: &'static str, file: &str, source: std::io::Error) -> StoreError {
     StoreError::Io {
@@ -127,10 +156,16 @@ fn io_error(operation: &'static str, file: &str, source: std::io::Error) -> Stor
 
 impl Store {
     /// Opens (creating if needed) the store in `config.dir` on the real disk, recovering it.
-    pub async fn open(config: StoreConfig) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(&config.dir).map_err(|source| {
-            io_error("create_dir_all", &config.dir.display().to_string(), source)
-        })?;
+    ///
+    /// A relative `config.dir` is resolved against the current directory once, here: glommio
+    /// opens directories through io_uring, which does not resolve a relative path the way
+    /// `open(2)` does.
+    pub async fn open(mut config: StoreConfig) -> Result<Store, StoreError> {
+        let shown = config.dir.display().to_string();
+        config.dir = std::path::absolute(&config.dir)
+            .map_err(|source| io_error("resolve", &shown, source))?;
+        create_dir_durably(&config.dir)
+            .map_err(|(dir, source)| io_error("create_dir", &dir.display().to_string(), source))?;
         let disk: Rc<dyn Disk> = Rc::new(GlommioDisk::new(config.dir.clone()));
         Store::open_with_disk(config, disk).await
     }
