@@ -32,6 +32,7 @@ done
 HOP=$(python3 scripts/cross-core-hop.py "${CARGO_TARGET_DIR:-target}/release/stead")
 ENGINE=$(scripts/bench-engine.sh 10 3)
 STEAD_BENCH=$(scripts/bench-stead.sh 10 3)
+SOAK=$(python3 scripts/soak-connections.py "${CARGO_TARGET_DIR:-target}/release/stead" 200000 4)
 
 {
   echo "# Benchmarks"
@@ -161,6 +162,13 @@ STEAD_BENCH=$(scripts/bench-stead.sh 10 3)
   echo "\`scripts/bench-stead.sh 10 3\`: the bundled load generator, one \`stead bench --spawn\` per run."
   echo
   echo "$STEAD_BENCH"
+  echo
+  echo "## Connection churn soak"
+  echo
+  echo "Short connections (one request, \`Connection: close\`) against \`stead serve --cores 2\`; the"
+  echo "server's RSS must stay flat and it must still answer and stop on SIGTERM."
+  echo
+  echo "$SOAK"
 } >"$OUT"
 mv "$OUT" BENCHMARKS.md
 echo "wrote BENCHMARKS.md"

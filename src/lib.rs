@@ -52,6 +52,7 @@ pub mod objects;
 pub mod server;
 mod shard;
 pub mod shutdown;
+pub mod wake;
 pub mod websocket;
 
 pub use config::Config;

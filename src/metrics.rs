@@ -109,6 +109,7 @@ impl CoreMetrics {
         host: HostStats,
         store: StoreStats,
         alarms: AlarmStats,
+        shutdown_waiters: usize,
     ) -> CoreSnapshot {
         CoreSnapshot {
             core,
@@ -129,6 +130,7 @@ impl CoreMetrics {
             forwarded_total: self.forwarded_total.get(),
             forward_rejections_total: self.forward_rejections_total.get(),
             websocket_handoffs_total: self.websocket_handoffs_total.get(),
+            shutdown_waiters,
             host,
             alarms,
             store,
@@ -147,6 +149,9 @@ pub struct CoreSnapshot {
     pub forwarded_total: u64,
     pub forward_rejections_total: u64,
     pub websocket_handoffs_total: u64,
+    /// Tasks registered to wake at shutdown: at most one per open connection plus the accept
+    /// loop. More would be a leak (one once grew by two per accepted connection).
+    pub shutdown_waiters: usize,
     pub host: HostStats,
     pub alarms: AlarmStats,
     pub store: StoreStats,
@@ -165,7 +170,13 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
     let mut out = String::with_capacity(8 * 1024);
     render_requests(&mut out, snapshots);
     render_latency(&mut out, snapshots);
-    let per_core: [PerCoreMetric; 24] = [
+    let per_core: [PerCoreMetric; 25] = [
+        (
+            "stead_shutdown_waiters",
+            "gauge",
+            "Tasks waiting for shutdown (connections and the accept loop).",
+            |s| s.shutdown_waiters as f64,
+        ),
         (
             "stead_connections_open",
             "gauge",
@@ -463,6 +474,7 @@ mod tests {
             HostStats::default(),
             StoreStats::default(),
             AlarmStats::default(),
+            1,
         );
         let text = render(&[
             snapshot.clone(),

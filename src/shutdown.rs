@@ -1,18 +1,16 @@
 //! A per-core shutdown signal: set once, awaited by the accept loop and every connection.
 
-use std::cell::{Cell, RefCell};
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use crate::wake::{Broadcast, BroadcastWait};
+
+/// The future of [`Shutdown::wait`]; dropping it unregisters its waker.
+pub type Wait<'a> = BroadcastWait<'a>;
 
 /// Set once when the server is asked to stop; every waiter wakes then.
 #[derive(Default)]
 pub struct Shutdown {
-    /// Whether shutdown was requested.
-    requested: Cell<bool>,
-    /// Tasks waiting for the request. Bounded by the tasks of the core (one entry per waiting
-    /// task; a task that polls again replaces nothing, so `Wait` registers at most once).
-    waiters: RefCell<Vec<Waker>>,
+    /// Set by `request`. Waiters leave it when their wait is dropped, so an accept loop that
+    /// waits once per connection keeps no waker per connection.
+    signal: Broadcast,
 }
 
 impl Shutdown {
@@ -22,46 +20,21 @@ impl Shutdown {
 
     /// Marks shutdown and wakes every waiter. Later calls do nothing.
     pub fn request(&self) {
-        if self.requested.replace(true) {
-            return;
-        }
-        for waker in self.waiters.borrow_mut().drain(..) {
-            waker.wake();
-        }
+        self.signal.set();
     }
 
     pub fn is_requested(&self) -> bool {
-        self.requested.get()
+        self.signal.is_set()
     }
 
     /// Resolves once shutdown is requested.
     pub fn wait(&self) -> Wait<'_> {
-        Wait {
-            shutdown: self,
-            registered: false,
-        }
+        self.signal.wait()
     }
-}
 
-/// The future of [`Shutdown::wait`].
-pub struct Wait<'a> {
-    /// The signal waited on.
-    shutdown: &'a Shutdown,
-    /// Whether this future's waker is already in the list (avoids growing it on every poll).
-    registered: bool,
-}
-
-impl Future for Wait<'_> {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.shutdown.requested.get() {
-            return Poll::Ready(());
-        }
-        if !self.registered {
-            self.shutdown.waiters.borrow_mut().push(cx.waker().clone());
-            self.registered = true;
-        }
-        Poll::Pending
+    /// How many waits are registered now: one per open connection and one for the accept loop
+    /// at most (a bound the accept tests check).
+    pub fn waiters(&self) -> usize {
+        self.signal.waiters()
     }
 }

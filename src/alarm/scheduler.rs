@@ -20,10 +20,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::stats::{AlarmStats, Lateness};
@@ -31,6 +28,7 @@ use super::TimerWheel;
 use crate::id::ObjectId;
 use crate::object::{AlarmInfo, ObjectError, ObjectHost};
 use crate::shutdown::Shutdown;
+use crate::wake::Notify;
 
 /// How the scheduler retries, how much it runs at once, and how it keeps its wheel small.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,7 +116,7 @@ pub struct AlarmScheduler {
     /// Wheel, backlog, deliveries in flight, retries, statistics.
     state: RefCell<State>,
     /// Wakes the driver before its timer: an earlier alarm, or shutdown.
-    wakeup: Wakeup,
+    wakeup: Notify,
     /// Whether the driver task is still running.
     running: Cell<bool>,
 }
@@ -158,7 +156,7 @@ impl AlarmScheduler {
             shutdown: shutdown.clone(),
             config,
             state: RefCell::new(state),
-            wakeup: Wakeup::default(),
+            wakeup: Notify::default(),
             running: Cell::new(true),
         });
         let listener = Rc::downgrade(&scheduler);
@@ -412,44 +410,4 @@ fn wall_clock_micros() -> u64 {
 /// The wheel deadline of an alarm time; times before the epoch are simply due.
 fn deadline_of(time_ms: i64) -> u64 {
     time_ms.max(0) as u64
-}
-
-/// A wake-up for the one driver task: `notify` makes the next (or current) `wait` resolve.
-#[derive(Default)]
-struct Wakeup {
-    /// Set by `notify`, cleared by the `wait` it resolves.
-    notified: Cell<bool>,
-    /// The driver's waker while it waits; one slot, as there is one driver.
-    waker: RefCell<Option<Waker>>,
-}
-
-impl Wakeup {
-    fn notify(&self) {
-        self.notified.set(true);
-        if let Some(waker) = self.waker.borrow_mut().take() {
-            waker.wake();
-        }
-    }
-
-    fn wait(&self) -> WakeupWait<'_> {
-        WakeupWait { wakeup: self }
-    }
-}
-
-/// The future of [`Wakeup::wait`].
-struct WakeupWait<'a> {
-    /// The wake-up waited on.
-    wakeup: &'a Wakeup,
-}
-
-impl Future for WakeupWait<'_> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.wakeup.notified.replace(false) {
-            return Poll::Ready(());
-        }
-        *self.wakeup.waker.borrow_mut() = Some(cx.waker().clone());
-        Poll::Pending
-    }
 }

@@ -29,11 +29,12 @@ use stead_storage::{Limits, Store};
 
 use super::gate::Gated;
 use super::registry::{ClassRegistry, Constructor, DynObject};
-use super::slot::{Signal, Slot, SlotState, TurnWait};
+use super::slot::{Slot, SlotState, TurnWait};
 use super::{AlarmInfo, CoreSockets, ObjectContext, ObjectError, SocketClose, Storage};
 use crate::config::Config;
 use crate::http::{Request, Response};
 use crate::id::ObjectId;
+use crate::wake::Broadcast;
 use crate::websocket::{CloseCode, SocketEvent, SocketId};
 
 /// Bounds on the idle-eviction sweep interval (a quarter of `idle_evict_ms`), in milliseconds.
@@ -84,7 +85,7 @@ pub struct ObjectHost {
     /// Set by `shutdown`: new events are refused.
     closing: Cell<bool>,
     /// Fired when `events_in_flight` reaches 0 while closing.
-    drained: Signal,
+    drained: Broadcast,
     /// The highest sequence number this host committed. A new activation starts its
     /// `last_submitted_seq` here, since its loaded data may come from a commit whose
     /// durability nobody waited for (an event whose caller went away).
@@ -139,7 +140,7 @@ impl Drop for Event<'_> {
         let in_flight = self.host.events_in_flight.get() - 1;
         self.host.events_in_flight.set(in_flight);
         if in_flight == 0 && self.host.closing.get() {
-            self.host.drained.fire();
+            self.host.drained.set();
         }
     }
 }
@@ -163,7 +164,7 @@ impl ObjectHost {
             objects: RefCell::new(HashMap::new()),
             events_in_flight: Cell::new(0),
             closing: Cell::new(false),
-            drained: Signal::default(),
+            drained: Broadcast::default(),
             highest_submitted_seq: Cell::new(0),
             stats: Cell::new(HostStats::default()),
             alarm_listener: RefCell::new(None),

@@ -11,12 +11,12 @@ use futures_lite::future::yield_now;
 use glommio::{LocalExecutorBuilder, Placement};
 use stead_storage::{ListOptions, Store, StoreConfig};
 
-use super::slot::Signal;
 use super::*;
 use crate::config::Config;
 use crate::http::Method;
 use crate::id::ObjectId;
 use crate::objects::Counter;
+use crate::wake::Broadcast;
 
 /// Test class: `/wait` parks until `/release`; `/put/{key}` stores the body; `/get/{key}`;
 /// `/fail-after-put` writes then fails; `/many` writes 200 keys across two polls;
@@ -28,10 +28,10 @@ struct Probe {
 thread_local! {
     /// Per object: fired by `/release` (or by the test), awaited by `/wait` (a future that is
     /// not storage). Each test runs on its own executor thread.
-    static SIGNALS: RefCell<HashMap<ObjectId, Rc<Signal>>> = RefCell::new(HashMap::new());
+    static SIGNALS: RefCell<HashMap<ObjectId, Rc<Broadcast>>> = RefCell::new(HashMap::new());
 }
 
-fn signal_of(id: ObjectId) -> Rc<Signal> {
+fn signal_of(id: ObjectId) -> Rc<Broadcast> {
     SIGNALS.with(|signals| signals.borrow_mut().entry(id).or_default().clone())
 }
 
@@ -50,7 +50,7 @@ impl DurableObject for Probe {
             return Ok(Response::text(200, "released"));
         }
         if path == "/release" {
-            signal_of(self.context.id()).fire();
+            signal_of(self.context.id()).set();
             return Ok(Response::text(200, "ok"));
         }
         if let Some(key) = path.strip_prefix("/put/") {
@@ -305,7 +305,7 @@ fn events_start_in_admission_order_even_as_the_activation_ends() {
                 }))
             });
         }
-        signal_of(id).fire();
+        signal_of(id).set();
         // A turn that is never given back would hang the events behind it: bound the wait.
         glommio::timer::timeout(Duration::from_secs(10), async {
             for task in [first, second, fourth] {
@@ -354,7 +354,7 @@ fn events_past_the_queue_bound_get_503() {
             host.dispatch("probe", other, get("/get/x")).await.status,
             404
         );
-        signal_of(id).fire();
+        signal_of(id).set();
         for waiter in waiters {
             assert_eq!(waiter.await.status, 200);
         }
@@ -393,7 +393,7 @@ fn evicted_objects_reactivate_with_their_data_and_busy_ones_stay() {
             "only the idle counter"
         );
         assert_eq!(host.active_objects(), 1);
-        signal_of(busy).fire();
+        signal_of(busy).set();
         assert_eq!(waiter.await.status, 200);
         assert_eq!(host.stats().evictions_total, 2);
     });
@@ -551,7 +551,7 @@ fn shutdown_waits_for_events_then_refuses_new_ones() {
                 .status,
             503
         );
-        signal_of(id).fire();
+        signal_of(id).set();
         assert_eq!(waiter.await.status, 200);
         closer.await;
         assert_eq!(host.active_objects(), 0);

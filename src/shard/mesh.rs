@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use glommio::channels::shared_channel::{
     self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
@@ -22,6 +22,7 @@ use glommio::channels::shared_channel::{
 use crate::http::{Request, Response};
 use crate::id::ObjectId;
 use crate::metrics::CoreSnapshot;
+use crate::wake::Handoff;
 
 /// What one core sends another.
 pub enum Message {
@@ -195,22 +196,13 @@ impl Mesh {
     /// Hands a reply to the request waiting for it, if it is still waiting.
     pub fn deliver(&self, tag: u64, reply: Reply) {
         if let Some(slot) = self.waiting.borrow_mut().remove(&tag) {
-            *slot.reply.borrow_mut() = Some(reply);
-            if let Some(waker) = slot.waker.take() {
-                waker.wake();
-            }
+            slot.give(reply);
         }
     }
 }
 
 /// Where one reply lands.
-#[derive(Default)]
-pub struct ReplySlot {
-    /// The reply, once it came.
-    reply: RefCell<Option<Reply>>,
-    /// The task waiting for it.
-    waker: Cell<Option<Waker>>,
-}
+pub type ReplySlot = Handoff<Reply>;
 
 /// The future of [`Mesh::request`].
 pub struct ReplyWait<'a> {
@@ -230,11 +222,7 @@ impl Future for ReplyWait<'_> {
     type Output = Reply;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
-        if let Some(reply) = self.slot.reply.borrow_mut().take() {
-            return Poll::Ready(reply);
-        }
-        self.slot.waker.set(Some(cx.waker().clone()));
-        Poll::Pending
+        self.slot.poll_take(cx)
     }
 }
 

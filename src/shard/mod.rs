@@ -11,13 +11,12 @@ mod accept;
 mod handler;
 mod mesh;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
-use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use glommio::channels::shared_channel::ConnectedReceiver;
@@ -32,6 +31,7 @@ use crate::layout::{store_config, store_dir, Layout};
 use crate::metrics::CoreMetrics;
 use crate::object::{ClassRegistry, ObjectHost};
 use crate::shutdown::Shutdown;
+use crate::wake::Handoff;
 use crate::websocket::CloseCode;
 use handler::CoreHandler;
 use mesh::{Mesh, Message, Reply};
@@ -111,6 +111,7 @@ impl Shard {
             self.host.stats(),
             self.host.store().stats(),
             self.alarms.stats(),
+            self.shutdown.waiters(),
         )
     }
 
@@ -124,14 +125,14 @@ impl Shard {
                 request,
             } => {
                 let shard = self.clone();
-                let cancel = Rc::new(Cancel::default());
+                let cancel: Rc<Cancel> = Rc::default();
                 self.forwarded_running
                     .borrow_mut()
                     .insert((from, tag), cancel.clone());
                 glommio::spawn_local(async move {
                     let dispatch = async { Some(shard.host.dispatch(&class, id, request).await) };
                     let response = futures_lite::future::or(dispatch, async {
-                        cancel.wait().await;
+                        cancel.take().await;
                         None
                     })
                     .await;
@@ -149,7 +150,7 @@ impl Shard {
             }
             Message::Cancel { tag } => {
                 if let Some(cancel) = self.forwarded_running.borrow_mut().remove(&(from, tag)) {
-                    cancel.fire();
+                    cancel.give(());
                 }
             }
             Message::Response { tag, response } => {
@@ -197,34 +198,8 @@ impl Shard {
     }
 }
 
-/// Set when the core that forwarded a request no longer wants its response.
-#[derive(Default)]
-struct Cancel {
-    /// Whether it fired.
-    fired: Cell<bool>,
-    /// The running request's task.
-    waker: Cell<Option<Waker>>,
-}
-
-impl Cancel {
-    fn fire(&self) {
-        self.fired.set(true);
-        if let Some(waker) = self.waker.take() {
-            waker.wake();
-        }
-    }
-
-    async fn wait(&self) {
-        std::future::poll_fn(|cx| {
-            if self.fired.get() {
-                return Poll::Ready(());
-            }
-            self.waker.set(Some(cx.waker().clone()));
-            Poll::Pending
-        })
-        .await
-    }
-}
+/// Given when the core that forwarded a request no longer wants its response.
+type Cancel = Handoff<()>;
 
 /// The body of core `start.core`'s executor: start, serve until stopped, shut down.
 pub async fn run_core(start: CoreStart) {
