@@ -10,6 +10,7 @@ use super::{CoreSockets, ObjectError, Storage};
 use crate::config::Config;
 use crate::http::{Request, Response};
 use crate::id::ObjectId;
+use crate::shutdown::Shutdown;
 use crate::websocket::{validate_upgrade, AutoResponse, SocketHandle};
 
 /// The header the server puts on a WebSocket upgrade request before the object sees it, naming
@@ -39,6 +40,8 @@ struct Inner {
     sockets: Rc<CoreSockets>,
     /// The core's store, to wait for durability in [`ObjectContext::flush`].
     store: Store,
+    /// Set when the server begins shutting down (see [`ObjectContext::shutting_down`]).
+    stopping: Rc<Shutdown>,
 }
 
 /// An object's identity, storage, sockets and configuration. Cheap to clone.
@@ -65,6 +68,7 @@ impl ObjectContext {
         config: Rc<Config>,
         sockets: Rc<CoreSockets>,
         store: Store,
+        stopping: Rc<Shutdown>,
     ) -> ObjectContext {
         ObjectContext {
             inner: Rc::new(Inner {
@@ -74,6 +78,7 @@ impl ObjectContext {
                 config,
                 sockets,
                 store,
+                stopping,
             }),
         }
     }
@@ -92,6 +97,14 @@ impl ObjectContext {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Resolves once the server begins shutting down. A handler that waits for something
+    /// open-ended (another client, say) should stop waiting then and answer
+    /// [`shutting_down`](super::shutting_down) (503, retryable): the drain waits for every
+    /// event in flight, and alarms keep firing until it ends.
+    pub fn shutting_down(&self) -> crate::shutdown::Wait<'_> {
+        self.inner.stopping.wait()
     }
 
     /// Accepts the WebSocket that `request` asks for, with `tags` to find it by later. On

@@ -34,6 +34,7 @@ use super::{AlarmInfo, CoreSockets, ObjectContext, ObjectError, SocketClose, Sto
 use crate::config::Config;
 use crate::http::{Request, Response};
 use crate::id::ObjectId;
+use crate::shutdown::Shutdown;
 use crate::wake::Broadcast;
 use crate::websocket::{CloseCode, SocketEvent, SocketId};
 
@@ -84,6 +85,10 @@ pub struct ObjectHost {
     events_in_flight: Cell<usize>,
     /// Set by `shutdown`: new events are refused.
     closing: Cell<bool>,
+    /// Set by `begin_shutdown`, when the core stops accepting connections: events that wait
+    /// for something open-ended (a lock waiter) give up with [`shutting_down`] at once instead
+    /// of holding the drain until its timeout. Objects see it through their context.
+    stopping: Rc<Shutdown>,
     /// Fired when `events_in_flight` reaches 0 while closing.
     drained: Broadcast,
     /// The highest sequence number this host committed. A new activation starts its
@@ -152,6 +157,16 @@ pub(crate) fn overloaded() -> Response {
         .with_header("Retry-After", "1")
 }
 
+/// The answer to an event that gave up because the server is shutting down: retryable, since
+/// the object is served again once the server is back.
+pub fn shutting_down() -> Response {
+    Response::json(
+        503,
+        &json!({ "error": "the server is shutting down", "retryable": true }),
+    )
+    .with_header("Retry-After", "1")
+}
+
 impl ObjectHost {
     pub fn new(store: Store, registry: Arc<ClassRegistry>, config: Rc<Config>) -> Rc<ObjectHost> {
         let limits = store_limits(&config);
@@ -164,6 +179,7 @@ impl ObjectHost {
             objects: RefCell::new(HashMap::new()),
             events_in_flight: Cell::new(0),
             closing: Cell::new(false),
+            stopping: Rc::new(Shutdown::new()),
             drained: Broadcast::default(),
             highest_submitted_seq: Cell::new(0),
             stats: Cell::new(HostStats::default()),
@@ -347,6 +363,12 @@ impl ObjectHost {
         evicted.len()
     }
 
+    /// The core stopped accepting connections: wakes every event waiting on
+    /// [`ObjectContext::shutting_down`] (events keep being taken until `shutdown`).
+    pub fn begin_shutdown(&self) {
+        self.stopping.request();
+    }
+
     /// Stops taking events (new ones answer 503), waits for those in flight, drops every
     /// object and closes the store.
     pub async fn shutdown(&self) {
@@ -407,7 +429,7 @@ impl ObjectHost {
     ) -> Result<Event<'_>, Response> {
         if self.closing.get() {
             self.count(|stats| stats.overload_rejections_total += 1);
-            return Err(overloaded());
+            return Err(shutting_down());
         }
         let existing = self.objects.borrow().get(&id).cloned();
         let slot = match existing {
@@ -499,6 +521,7 @@ impl ObjectHost {
             self.config.clone(),
             self.sockets.clone(),
             self.store.clone(),
+            self.stopping.clone(),
         );
         let instance = constructor(context);
         let (result, commit_error) = Gated::new(self, slot, instance.clone().init()).await;

@@ -31,6 +31,7 @@ mod tests;
 pub use crate::websocket::{Message as WebSocketMessage, SocketHandle};
 pub use context::{AcceptedSocket, ObjectContext, UPGRADE_TOKEN_HEADER};
 pub(crate) use host::overloaded;
+pub use host::shutting_down;
 pub use host::{store_limits, AlarmListener, HostStats, ObjectHost};
 pub use registry::{ClassRegistry, Constructor, DynObject, RegistryError, CLASS_NAME_BYTES_MAX};
 pub use sockets::CoreSockets;

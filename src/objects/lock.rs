@@ -31,7 +31,7 @@ use std::task::{Context, Poll, Waker};
 use serde_json::json;
 
 use crate::http::{Request, Response};
-use crate::object::{now_ms, AlarmInfo, DurableObject, ObjectContext, ObjectError};
+use crate::object::{now_ms, shutting_down, AlarmInfo, DurableObject, ObjectContext, ObjectError};
 
 /// Storage key of the holder's client id.
 const HOLDER_KEY: &[u8] = b"holder";
@@ -139,12 +139,26 @@ impl Lock {
                     waker: RefCell::new(None),
                 });
                 self.queue.borrow_mut().push_back(waiter.clone());
-                // The releasing event made this client the holder before waking it.
-                Turn {
+                // The releasing event made this client the holder before waking it. The turn
+                // is polled first, so a waiter granted the lock as shutdown begins keeps it.
+                let turn = Turn {
                     waiter,
                     queue: self.queue.clone(),
-                }
+                };
+                let granted = futures_lite::future::or(
+                    async {
+                        turn.await;
+                        true
+                    },
+                    async {
+                        self.context.shutting_down().await;
+                        false
+                    },
+                )
                 .await;
+                if !granted {
+                    return Ok(shutting_down());
+                }
             }
         }
         Ok(Response::json(200, &json!({ "acquired": true })))

@@ -243,7 +243,10 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         })?;
     let host = ObjectHost::new(store, registry.clone(), config.clone());
     host.start_background();
-    let alarms = AlarmScheduler::start(host.clone(), shutdown.clone());
+    // Alarms keep firing while connections drain (a lock's lease may end then); they stop
+    // only when the host stops taking events.
+    let alarms_stop = Rc::new(Shutdown::new());
+    let alarms = AlarmScheduler::start(host.clone(), alarms_stop.clone());
     let auth_header = config
         .auth_token
         .as_ref()
@@ -288,6 +291,8 @@ async fn serve(start: CoreStart) -> Result<(), String> {
     });
     accept::accept_loop(shard.clone(), listener, handler).await;
     let connections = shard.connection_slots.clone();
+    // Events waiting on other clients (lock waiters) answer 503 now rather than hold the drain.
+    host.begin_shutdown();
 
     // Shutdown: connections first (they may wait on other cores), then every core together.
     // WebSockets hold their connection until closed: start their closing handshakes now.
@@ -313,6 +318,7 @@ async fn serve(start: CoreStart) -> Result<(), String> {
     // Events that wait on something that never comes (a lock waiter whose connection outlived
     // the drain) must not hold the process forever: past the timeout the store is closed with
     // whatever was committed, and the executor drops the rest.
+    alarms_stop.request();
     let closed = futures_lite::future::or(
         async {
             host.shutdown().await;

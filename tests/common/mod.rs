@@ -93,6 +93,11 @@ impl TestServer {
         status.code()
     }
 
+    /// SIGTERM without waiting: shutdown begins, the test watches what clients see.
+    pub fn terminate(&self) {
+        signal(&self.child, libc::SIGTERM);
+    }
+
     /// SIGKILL, then waits.
     pub fn kill(mut self) {
         signal(&self.child, libc::SIGKILL);
