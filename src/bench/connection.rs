@@ -12,8 +12,8 @@ use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 
 use super::client::{ClientError, ResponseReader};
-use super::executor::{Clock, Outcome, Shared};
 use super::schedule::Timetable;
+use super::shared::{Clock, Outcome, Shared};
 
 /// Consecutive failed connects after which a connection gives up.
 const CONNECT_ATTEMPTS_MAX: u32 = 20;

@@ -24,6 +24,7 @@ mod progress;
 mod report;
 mod scenario;
 mod schedule;
+mod shared;
 mod spawn;
 mod stats;
 
