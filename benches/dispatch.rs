@@ -43,6 +43,7 @@ fn request(path: &str) -> Request {
         query: String::new(),
         headers: Vec::new(),
         body: Vec::new(),
+        upgrade: None,
     }
 }
 

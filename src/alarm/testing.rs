@@ -84,6 +84,7 @@ pub(crate) fn request(method: Method, path: &str, body: &str) -> Request {
         query: query.to_string(),
         headers: Vec::new(),
         body: body.as_bytes().to_vec(),
+        upgrade: None,
     }
 }
 

@@ -29,10 +29,10 @@ use glommio::timer::Timer;
 
 use super::encode::encode_response;
 use super::parse::{parse_request, request_bytes_max};
+use super::upgrade::is_websocket_upgrade;
 use super::{HttpError, Method, Request, Response};
 use crate::config::HttpLimits;
 use crate::shutdown::{Shutdown, Wait};
-use crate::websocket::is_websocket_upgrade;
 
 /// Serves requests; each call's future runs on the connection's core and may outlive nothing
 /// but the connection (it is dropped if the client goes away).

@@ -40,6 +40,12 @@ impl Method {
     }
 }
 
+/// Names the connection a WebSocket upgrade request arrived on, so that the socket a handler
+/// accepts is attached to that connection. Only the server makes one (its field is private to
+/// the crate): no header or other client input can name a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UpgradeToken(pub(crate) u64);
+
 /// A request as an object sees it: the path is the part after the object's name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
@@ -51,6 +57,9 @@ pub struct Request {
     /// Header names lowercased, values as sent.
     pub headers: Vec<(String, Vec<u8>)>,
     pub body: Vec<u8>,
+    /// Set by the server on a WebSocket upgrade request as it reaches the object (see
+    /// `ObjectContext::accept_websocket`); `None` on every other request.
+    pub upgrade: Option<UpgradeToken>,
 }
 
 impl Request {
@@ -156,6 +165,7 @@ mod tests {
             query: "clientId=a%20b&x=1&plus=c+d".into(),
             headers: vec![],
             body: vec![],
+            upgrade: None,
         };
         assert_eq!(request.query_param("clientId").as_deref(), Some("a b"));
         assert_eq!(request.query_param("plus").as_deref(), Some("c d"));

@@ -8,12 +8,13 @@ mod error;
 mod message;
 mod parse;
 mod route;
+pub(crate) mod upgrade;
 
-pub use crate::websocket::is_websocket_upgrade;
 pub(crate) use conn::linger;
 pub use conn::{serve_connection, Handler};
 pub use encode::{encode_response, reason_phrase};
 pub use error::HttpError;
-pub use message::{percent_decode, Method, Request, Response};
+pub use message::{percent_decode, Method, Request, Response, UpgradeToken};
 pub use parse::{parse_request, request_bytes_max, ParsedRequest};
 pub use route::{route, ObjectTarget, Route};
+pub use upgrade::is_websocket_upgrade;

@@ -138,6 +138,7 @@ fn parse_with<'buf>(
             query: query.to_string(),
             headers,
             body,
+            upgrade: None,
         },
         consumed: head_bytes + body_bytes,
         keep_alive,

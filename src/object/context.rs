@@ -13,11 +13,6 @@ use crate::id::ObjectId;
 use crate::shutdown::Shutdown;
 use crate::websocket::{validate_upgrade, AutoResponse, SocketHandle};
 
-/// The header the server puts on a WebSocket upgrade request before the object sees it, naming
-/// the upgrade so that the socket its handler accepts is attached to that connection. Any
-/// client-sent header of this name is removed first.
-pub const UPGRADE_TOKEN_HEADER: &str = "x-stead-upgrade-token";
-
 /// A WebSocket a handler accepted.
 pub struct AcceptedSocket {
     /// The socket, usable at once.
@@ -121,12 +116,9 @@ impl ObjectContext {
         tags: &[&str],
     ) -> Result<AcceptedSocket, Response> {
         let upgrade = validate_upgrade(request).map_err(|error| error.to_response())?;
-        let token = request
-            .header(UPGRADE_TOKEN_HEADER)
-            .and_then(|token| token.parse::<u64>().ok())
-            .ok_or_else(|| {
-                Response::json_error(400, "this request did not arrive as a WebSocket upgrade")
-            })?;
+        let token = request.upgrade.map(|token| token.0).ok_or_else(|| {
+            Response::json_error(400, "this request did not arrive as a WebSocket upgrade")
+        })?;
         let tags = tags.iter().map(|tag| tag.to_string()).collect();
         match self
             .inner

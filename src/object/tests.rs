@@ -149,6 +149,7 @@ fn request(method: Method, path: &str, body: &str) -> Request {
         query: String::new(),
         headers: Vec::new(),
         body: body.as_bytes().to_vec(),
+        upgrade: None,
     }
 }
 

@@ -13,10 +13,11 @@ use super::Shard;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
+use crate::http::UpgradeToken;
 use crate::http::{encode_response, route, Handler, ObjectTarget, Request, Response, Route};
 use crate::id::ObjectId;
 use crate::metrics::{render, RequestLabels};
-use crate::object::{overloaded, UPGRADE_TOKEN_HEADER};
+use crate::object::overloaded;
 use crate::websocket::{serve_socket, CloseCode, EventSink};
 
 /// The chat page served at `/chat`.
@@ -32,11 +33,7 @@ pub struct CoreHandler {
 }
 
 impl Handler for CoreHandler {
-    fn handle(&self, mut request: Request) -> Pin<Box<dyn Future<Output = Response>>> {
-        // Only the server names upgrades (see `UPGRADE_TOKEN_HEADER`).
-        request
-            .headers
-            .retain(|(name, _)| name != UPGRADE_TOKEN_HEADER);
+    fn handle(&self, request: Request) -> Pin<Box<dyn Future<Output = Response>>> {
         let shard = self.shard.clone();
         Box::pin(async move { shard.handle(request).await })
     }
@@ -45,11 +42,8 @@ impl Handler for CoreHandler {
         &self,
         stream: TcpStream,
         unread: Vec<u8>,
-        mut request: Request,
+        request: Request,
     ) -> Pin<Box<dyn Future<Output = ()>>> {
-        request
-            .headers
-            .retain(|(name, _)| name != UPGRADE_TOKEN_HEADER);
         let shard = self.shard.clone();
         Box::pin(async move { shard.upgrade(stream, unread, request).await })
     }
@@ -285,10 +279,7 @@ impl Shard {
     ) {
         let start = Instant::now();
         let token = self.host.sockets().new_token();
-        request.headers.push((
-            UPGRADE_TOKEN_HEADER.to_string(),
-            token.to_string().into_bytes(),
-        ));
+        request.upgrade = Some(UpgradeToken(token));
         let response = self.host.dispatch(&class, id, request).await;
         let accepted = self.host.sockets().take_accepted(token);
         self.metrics.record(

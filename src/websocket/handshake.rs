@@ -5,6 +5,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
 use super::error::HandshakeError;
+use crate::http::upgrade::{has_connection_upgrade, has_upgrade_websocket};
 use crate::http::{Method, Request, Response};
 
 /// Appended to the client's key before hashing; fixed by RFC 6455.
@@ -15,25 +16,6 @@ const ACCEPT_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 pub struct Upgrade {
     /// `Sec-WebSocket-Accept`: proves to the client that this server speaks WebSocket.
     pub accept: String,
-}
-
-/// Whether `request` asks to switch to the WebSocket protocol (`Upgrade: websocket` and
-/// `Connection: upgrade`; `validate_upgrade` checks the rest). Such a request ends HTTP on its
-/// connection and goes to `Handler::upgrade`.
-pub fn is_websocket_upgrade(request: &Request) -> bool {
-    has_upgrade_websocket(request) && has_connection_upgrade(request)
-}
-
-fn has_upgrade_websocket(request: &Request) -> bool {
-    request
-        .header("upgrade")
-        .is_some_and(|value| has_token(value, "websocket"))
-}
-
-fn has_connection_upgrade(request: &Request) -> bool {
-    request
-        .header("connection")
-        .is_some_and(|value| has_token(value, "upgrade"))
 }
 
 /// Checks every header of the opening handshake.
@@ -99,16 +81,10 @@ impl HandshakeError {
     }
 }
 
-/// Whether the comma-separated header `value` lists `token`, ignoring case.
-fn has_token(value: &str, token: &str) -> bool {
-    value
-        .split(',')
-        .any(|item| item.trim().eq_ignore_ascii_case(token))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::is_websocket_upgrade;
 
     fn request(headers: &[(&str, &str)]) -> Request {
         Request {
@@ -120,6 +96,7 @@ mod tests {
                 .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
                 .collect(),
             body: Vec::new(),
+            upgrade: None,
         }
     }
 

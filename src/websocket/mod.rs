@@ -26,6 +26,7 @@ mod limits;
 mod set;
 mod socket;
 
+pub use crate::http::is_websocket_upgrade;
 pub use close::{CloseCode, CloseFrame, CLOSE_REASON_BYTES_MAX};
 pub use codec::{
     apply_mask, encode_close, encode_frame, frame_bytes, Decoded, Decoder, Incoming, Opcode, Role,
@@ -34,7 +35,7 @@ pub use codec::{
 pub use error::{AttachError, HandshakeError, ProtocolError, SendError};
 pub use events::{EventQueue, EventSink, Message, SocketError, SocketEvent, SocketId};
 pub use handle::{AutoResponse, SocketHandle, SEND_OVERFLOW_CLOSE_CODE};
-pub use handshake::{accept_key, is_websocket_upgrade, validate_upgrade, Upgrade};
+pub use handshake::{accept_key, validate_upgrade, Upgrade};
 pub use limits::{WebSocketLimits, ATTACHMENT_BYTES_MAX, TAGS_PER_SOCKET_MAX, TAG_BYTES_MAX};
 pub use set::{SocketIds, SocketSet};
 pub use socket::serve_socket;
