@@ -107,10 +107,11 @@ struct State {
 }
 
 impl State {
-    /// Hands out a fresh segment id. Ids fit an index entry's u32.
+    /// Hands out a fresh segment id, never one that recovery would refuse. The limit is about
+    /// two billion files, which no store lives to write.
     fn allocate_segment_id(&mut self) -> u64 {
         let id = self.next_segment_id;
-        assert!(id < u64::from(u32::MAX), "segment ids exhausted at {id}");
+        assert!(id <= codec::SEGMENT_ID_MAX, "segment ids exhausted at {id}");
         self.next_segment_id += 1;
         id
     }
