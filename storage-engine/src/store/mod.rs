@@ -2,13 +2,15 @@
 //!
 //! Layout: `index` (keys in memory), `durable` (waiters on fdatasync), `log` (the background
 //! group-commit writer), `segments` (file table and names), `manifest`, `recovery` (open),
-//! `compaction`, `read` (values from memory or disk), `stats`.
+//! `compaction`, `poison` (what a failed write or fdatasync does to the store), `read` (values
+//! from memory or disk), `stats`.
 
 mod compaction;
 mod durable;
 mod index;
 mod log;
 mod manifest;
+mod poison;
 mod read;
 mod recovery;
 mod segments;
