@@ -20,6 +20,11 @@ pub const MANIFEST_MAGIC: u32 = 0x5354_4D46;
 pub const FORMAT_VERSION: u32 = 1;
 /// Bytes of the manifest header: magic, version, payload length, crc.
 const MANIFEST_HEADER_BYTES: usize = 16;
+/// The largest segment id of the format, one limit for allocation, for the segment file names
+/// recovery accepts and for the ids a manifest names. Index entries name a segment by a u32;
+/// recovery has refused ids from `u32::MAX / 2` on since format v1, so allocation stops there
+/// too rather than hand out an id the next open would refuse.
+pub const SEGMENT_ID_MAX: u64 = u32::MAX as u64 / 2 - 1;
 /// Bytes of a batch header: object id and op count.
 pub const BATCH_HEADER_BYTES: usize = 36;
 /// Bytes of a put op before its key: tag, key length, value length, value crc.
@@ -359,7 +364,13 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<ManifestData, ManifestError> {
             "{count} base segments do not fill {length} bytes"
         )));
     }
-    let base_segments = (0..count).map(|i| read_u64(payload, 12 + 8 * i)).collect();
+    let base_segments: Vec<u64> = (0..count).map(|i| read_u64(payload, 12 + 8 * i)).collect();
+    let ids = std::iter::once(&log_start).chain(&base_segments);
+    if let Some(id) = ids.into_iter().find(|id| **id > SEGMENT_ID_MAX) {
+        return Err(damaged(format!(
+            "segment id {id} is above the largest the format allows, {SEGMENT_ID_MAX}"
+        )));
+    }
     Ok(ManifestData {
         log_start,
         base_segments,

@@ -13,21 +13,29 @@
 //! - `error`: [`StoreError`], the one error type of the crate.
 //! - `disk`: the narrow file-system boundary ([`Disk`], [`DiskFile`]) and its glommio O_DIRECT
 //!   implementation; tests put a failing or power-cutting disk behind the same traits.
-//! - `codec`: the on-disk record format (see `DESIGN.md` for the byte layout).
-//! - `sim` (hidden, for tests): an in-memory disk that fails and loses power on demand.
+//! - `codec`: the on-disk record format (see `DESIGN.md` for the byte layout); public only with
+//!   the `test-support` feature.
+//! - `sim` (only with the `test-support` feature): an in-memory disk that fails and loses power
+//!   on demand.
 //! - `store`: the public handle: commit with group commit, reads, alarms, compaction.
 //!
 //! Limits (defaults, see [`Limits`]): key ≤ 2 KiB, value ≤ 128 KiB, a batch ≤ 128 keys per op
 //! kind and ≤ 16 MiB.
 
+#![forbid(unsafe_code)]
+
 mod batch;
-// Public only so the fuzz targets can reach the decoders; not a stable API.
-#[doc(hidden)]
+// Public only with the `test-support` feature, so the fuzz targets and the integration tests
+// can reach the encoders and decoders; never a stable API.
+#[cfg(feature = "test-support")]
 pub mod codec;
+#[cfg(not(feature = "test-support"))]
+mod codec;
 mod config;
 mod disk;
 mod error;
-#[doc(hidden)]
+// The crate's unit tests use the simulated disk too.
+#[cfg(any(test, feature = "test-support"))]
 pub mod sim;
 mod store;
 

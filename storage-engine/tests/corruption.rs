@@ -10,7 +10,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use real_disk::{file_name, log_segments, record_spans, run, small_config, RecordSpan};
-use stead_storage::codec::{encode_manifest, ManifestData};
+use stead_storage::codec::{encode_manifest, ManifestData, SEGMENT_ID_MAX};
 use stead_storage::{Batch, ObjectData, ObjectId, RecoveryMode, Store, StoreConfig, StoreError};
 
 const OBJECT: ObjectId = [3u8; 32];
@@ -320,6 +320,65 @@ fn segment_id_beyond_the_index_range_is_refused() {
         let stray = "log-ffffffffffffffff";
         std::fs::write(path.join(stray), b"").expect("create stray segment");
         expect_corruption(&path, stray, 0, "segment id too large").await;
+    });
+}
+
+#[test]
+fn segment_ids_are_accepted_up_to_the_format_limit_and_refused_above() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        open(&path, RecoveryMode::Strict)
+            .await
+            .expect("create")
+            .close()
+            .await
+            .expect("close");
+        // The largest id allocation hands out opens, and commits land in it.
+        let largest = format!("log-{SEGMENT_ID_MAX:016x}");
+        std::fs::write(path.join(&largest), b"").expect("create largest segment");
+        let store = open(&path, RecoveryMode::Strict)
+            .await
+            .expect("the largest id opens");
+        let mut batch = Batch::new();
+        batch.put("k", "v");
+        let (_, durable) = store.commit(&OBJECT, batch).expect("commit");
+        durable.await.expect("durable");
+        store.close().await.expect("close");
+        let written = std::fs::metadata(path.join(&largest)).expect("stat").len();
+        assert!(written > 0, "the commit went to {largest}");
+        let store = open(&path, RecoveryMode::Strict).await.expect("reopen");
+        assert_eq!(
+            store.get(&OBJECT, b"k").await.expect("get"),
+            Some(b"v".to_vec())
+        );
+        store.close().await.expect("close");
+
+        // One past it is damage, reported by name, not a panic.
+        let beyond = format!("log-{:016x}", SEGMENT_ID_MAX + 1);
+        std::fs::write(path.join(&beyond), b"").expect("create stray segment");
+        expect_corruption(&path, &beyond, 0, "segment id one past the limit").await;
+        std::fs::remove_file(path.join(&beyond)).expect("remove stray segment");
+
+        // So is a manifest naming such an id, as its log start or as a base.
+        let original = std::fs::read(path.join("MANIFEST")).expect("read manifest");
+        for manifest in [
+            ManifestData {
+                log_start: SEGMENT_ID_MAX + 1,
+                base_segments: Vec::new(),
+            },
+            ManifestData {
+                log_start: 1,
+                base_segments: vec![SEGMENT_ID_MAX + 1],
+            },
+        ] {
+            std::fs::write(path.join("MANIFEST"), encode_manifest(&manifest)).expect("manifest");
+            let context = format!("manifest {manifest:?}");
+            expect_corruption(&path, "MANIFEST", 0, &context).await;
+        }
+        std::fs::write(path.join("MANIFEST"), &original).expect("restore manifest");
+        let store = open(&path, RecoveryMode::Strict).await.expect("restored");
+        store.close().await.expect("close");
     });
 }
 

@@ -13,7 +13,7 @@ use std::rc::Rc;
 
 use super::durable::{Durable, FailureReport};
 use super::index::Entry;
-use super::log::poison;
+use super::poison::poison;
 use super::read::read_value;
 use super::segments::{segment_file_name, Segment, SegmentKind};
 use super::{io_error, manifest, Inner};

@@ -8,8 +8,9 @@
 use std::rc::{Rc, Weak};
 use std::time::Instant;
 
-use super::durable::{Failure, Signal};
+use super::durable::Signal;
 use super::index::Entry;
+use super::poison::poison;
 use super::segments::{segment_file_name, Segment, SegmentKind};
 use super::{compaction, io_error, Inner};
 use crate::codec::{self, RECORD_HEADER_BYTES};
@@ -74,17 +75,6 @@ pub async fn run_writer(inner: Weak<Inner>, signal: Rc<Signal>) {
         drop(store);
         signal.wait().await;
     }
-}
-
-/// Marks the store poisoned and fails every queued batch with `error`.
-pub fn poison(inner: &Inner, error: &StoreError) {
-    tracing::error!(%error, "storage write failed; the store is poisoned until reopened");
-    {
-        let mut state = inner.state.borrow_mut();
-        state.poisoned = true;
-        state.pending.clear();
-    }
-    inner.durable.fail(Failure::from_error(error));
 }
 
 /// Writes one round: takes the queued batches of one segment, appends them as one record,

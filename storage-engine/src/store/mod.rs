@@ -2,13 +2,15 @@
 //!
 //! Layout: `index` (keys in memory), `durable` (waiters on fdatasync), `log` (the background
 //! group-commit writer), `segments` (file table and names), `manifest`, `recovery` (open),
-//! `compaction`, `read` (values from memory or disk), `stats`.
+//! `compaction`, `poison` (what a failed write or fdatasync does to the store), `read` (values
+//! from memory or disk), `stats`.
 
 mod compaction;
 mod durable;
 mod index;
 mod log;
 mod manifest;
+mod poison;
 mod read;
 mod recovery;
 mod segments;
@@ -107,10 +109,11 @@ struct State {
 }
 
 impl State {
-    /// Hands out a fresh segment id. Ids fit an index entry's u32.
+    /// Hands out a fresh segment id, never one that recovery would refuse. The limit is about
+    /// two billion files, which no store lives to write.
     fn allocate_segment_id(&mut self) -> u64 {
         let id = self.next_segment_id;
-        assert!(id < u64::from(u32::MAX), "segment ids exhausted at {id}");
+        assert!(id <= codec::SEGMENT_ID_MAX, "segment ids exhausted at {id}");
         self.next_segment_id += 1;
         id
     }

@@ -12,7 +12,7 @@ use super::segments::{
 };
 use super::{io_error, State, StoreStats};
 use crate::codec::{
-    self, DecodedOp, ManifestData, PayloadReader, BLOCK_BYTES, RECORD_HEADER_BYTES,
+    self, DecodedOp, ManifestData, PayloadReader, BLOCK_BYTES, RECORD_HEADER_BYTES, SEGMENT_ID_MAX,
 };
 use crate::{Disk, DiskFile, ObjectId, RecoveryMode, StoreConfig, StoreError};
 
@@ -88,13 +88,6 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
             reason: format!("missing while {} segment files exist", files.len()),
         });
     };
-    if manifest.log_start >= SEGMENT_ID_LIMIT {
-        return Err(StoreError::Corruption {
-            file: MANIFEST_NAME.to_string(),
-            offset: 0,
-            reason: format!("log start {} beyond the index's range", manifest.log_start),
-        });
-    }
     for id in &manifest.base_segments {
         // Compaction allocates its base ids after the seal that becomes the log start; the
         // log start's own id is then still free for the first log segment.
@@ -198,12 +191,8 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
     })
 }
 
-/// Segment ids found on disk must stay below this. Index entries hold a segment id as a u32, and
-/// new ids are counted up from the highest found, so half the range is left for them.
-const SEGMENT_ID_LIMIT: u64 = u32::MAX as u64 / 2;
-
-/// Refuses segment files the index could not name: an id must leave room below
-/// `SEGMENT_ID_LIMIT` and belong to one file only, since the index finds files by id alone.
+/// Refuses segment files the store could not have written: an id must be at most
+/// `SEGMENT_ID_MAX` and belong to one file only, since the index finds files by id alone.
 fn check_segment_ids(files: &[(SegmentKind, u64)]) -> Result<(), StoreError> {
     let corruption = |(kind, id): (SegmentKind, u64), reason: &str| StoreError::Corruption {
         file: segment_file_name(kind, id),
@@ -211,11 +200,10 @@ fn check_segment_ids(files: &[(SegmentKind, u64)]) -> Result<(), StoreError> {
         reason: reason.to_string(),
     };
     for (index, &(kind, id)) in files.iter().enumerate() {
-        if id >= SEGMENT_ID_LIMIT {
-            return Err(corruption(
-                (kind, id),
-                "segment id beyond the index's range",
-            ));
+        if id > SEGMENT_ID_MAX {
+            let reason =
+                format!("segment id above the largest the format allows, {SEGMENT_ID_MAX}");
+            return Err(corruption((kind, id), &reason));
         }
         // Sorted by id, so a log and a base of one id sit side by side.
         if index > 0 && files[index - 1].1 == id {

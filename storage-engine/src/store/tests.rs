@@ -159,3 +159,36 @@ fn probe_reopen() {
         }
     });
 }
+
+/// A fresh state whose next segment id is `next_segment_id`.
+fn state_with_next_segment_id(next_segment_id: u64) -> State {
+    State {
+        index: Index::default(),
+        segments: Segments::default(),
+        pending: VecDeque::new(),
+        next_seq: 1,
+        active_segment: 1,
+        active_assigned_bytes: 0,
+        writer: None,
+        next_segment_id,
+        manifest: ManifestData::default(),
+        stats: StoreStats::default(),
+        poisoned: false,
+        closed: false,
+        compacting: false,
+        writing: false,
+    }
+}
+
+#[test]
+fn allocation_hands_out_the_largest_segment_id_recovery_accepts() {
+    let mut state = state_with_next_segment_id(codec::SEGMENT_ID_MAX);
+    assert_eq!(state.allocate_segment_id(), codec::SEGMENT_ID_MAX);
+}
+
+#[test]
+#[should_panic(expected = "segment ids exhausted")]
+fn allocation_stops_past_the_largest_segment_id() {
+    let mut state = state_with_next_segment_id(codec::SEGMENT_ID_MAX + 1);
+    state.allocate_segment_id();
+}
