@@ -37,6 +37,7 @@
 //! - `objects`: the built-in classes (`counter`, `ratelimiter`).
 //! - `server`: the builder and the running server.
 //! - `bench`: the load generator behind `stead bench`.
+//! - `wake`, `shutdown`: the wake-up primitives of a core, and its shutdown signal.
 //!
 //! What it is not: a distributed system. One server, one machine; no replication.
 
