@@ -67,7 +67,10 @@ fn main() {
         .build();
     let result = server.start().and_then(|running| {
         let addr = running.local_addr();
-        println!("kv example: listening on {addr} with data in {}", data_dir.display());
+        println!(
+            "kv example: listening on {addr} with data in {}",
+            data_dir.display()
+        );
         stead::server::wait_for_signal(running)
     });
     if let Err(error) = result {

@@ -29,7 +29,7 @@ mod storage;
 mod tests;
 
 pub use crate::websocket::{Message as WebSocketMessage, SocketHandle};
-pub use context::{AcceptedSocket, ObjectContext, UPGRADE_TOKEN_HEADER};
+pub use context::{AcceptedSocket, ObjectContext, Parked, UPGRADE_TOKEN_HEADER};
 pub(crate) use host::overloaded;
 pub use host::{store_limits, AlarmListener, HostStats, ObjectHost};
 pub use registry::{ClassRegistry, Constructor, DynObject, RegistryError, CLASS_NAME_BYTES_MAX};
