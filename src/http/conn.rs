@@ -114,6 +114,12 @@ pub async fn serve_connection(
     };
     match outcome {
         Outcome::Finished { linger: true } => connection.linger().await,
+        Outcome::WriteTimedOut => {
+            tracing::debug!(
+                unsent_bytes = connection.output.len() - connection.written,
+                "the client took no response bytes within write_timeout_ms; closing"
+            );
+        }
         Outcome::Upgrade => {
             if let Some(request) = connection.upgrade.take() {
                 let unread = connection.read_buffer[..connection.filled].to_vec();
@@ -269,6 +275,8 @@ impl Connection {
             } else if self.poll_hangup(cx).is_ready() {
                 return Poll::Ready(Outcome::PeerGone);
             }
+            // A pipeline slot or room in the output freed up this round: start the requests
+            // already buffered now, since the client may send nothing more to prompt it.
             if self.parse_blocked && self.may_start_request() {
                 progress = true;
             }
