@@ -24,7 +24,14 @@ pub struct HttpLimits {
     /// Requests of one connection being answered at once (pipelining depth); reading pauses
     /// past it.
     pub pipeline_requests_max: usize,
-    /// A connection with no complete request for this long is closed.
+    /// Encoded responses of one connection that the client has not taken yet, in bytes; past
+    /// it no new request is started until the client reads (so a connection holds at most this
+    /// plus the responses of `pipeline_requests_max` requests).
+    pub response_bytes_buffered_max: usize,
+    /// A connection with responses to send whose client takes no byte for this long is closed.
+    pub write_timeout_ms: u64,
+    /// A connection with no complete request for this long is closed (one waiting to write is
+    /// left to `write_timeout_ms`).
     pub idle_connection_timeout_ms: u64,
     /// Open connections of one core; past it the core stops accepting until one closes (new
     /// clients wait in the kernel's backlog rather than costing memory here). A WebSocket
@@ -40,6 +47,8 @@ impl Default for HttpLimits {
             body_bytes_max: 1024 * 1024,
             object_name_bytes_max: 1024,
             pipeline_requests_max: 128,
+            response_bytes_buffered_max: 1024 * 1024,
+            write_timeout_ms: 30_000,
             idle_connection_timeout_ms: 60_000,
             connections_per_core_max: 10_000,
         }

@@ -43,6 +43,20 @@ fn malformed_and_oversized_requests_get_their_status() {
         b"POST /objects/counter/a/increment HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
         400,
     );
+    // Strict parsing choices (see src/http/parse.rs): bare LF, Transfer-Encoding in HTTP/1.0,
+    // a WebSocket upgrade over HTTP/1.0.
+    expect_status_and_close(&server, b"GET /healthz HTTP/1.1\nHost: x\n\n", 400);
+    expect_status_and_close(
+        &server,
+        b"POST /objects/counter/a/increment HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    );
+    expect_status_and_close(
+        &server,
+        b"GET /objects/chat/a/websocket HTTP/1.0\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        400,
+    );
     let long_name = format!("/objects/counter/{}/value", "n".repeat(2000));
     let mut client = server.client();
     assert_eq!(client.get(&long_name).status, 400);

@@ -3,8 +3,20 @@
 //! One task per connection drives everything from a single `poll`: it parses every complete
 //! request in the read buffer, starts each handler at once (up to `pipeline_requests_max` in
 //! flight), polls them in place, and writes every response that is ready, in request order,
-//! with one write. Reading pauses while the pipeline is full, so a client that never reads its
-//! responses cannot make the server buffer without bound.
+//! with one write. Whenever a slot of the pipeline frees, the requests already buffered are
+//! started at once, without waiting for more bytes to arrive.
+//!
+//! A client that never reads its responses cannot make the server buffer without bound: no new
+//! request starts while the pipeline is full or while more than `response_bytes_buffered_max`
+//! bytes of responses wait to be sent, and the read buffer does not grow meanwhile, so the
+//! backlog stays in the client's socket. A client that takes no byte of its responses for
+//! `write_timeout_ms` is disconnected.
+//!
+//! The socket is watched for the client going away the whole time, even while nothing new may
+//! start: bytes are read into the free part of the read buffer (without growing it), and when
+//! that is full, the kernel is asked every `HANGUP_CHECK_INTERVAL` whether the peer has closed
+//! (`hangup.rs`). A client that leaves behind a full pipeline therefore has its handlers
+//! dropped promptly instead of when a slot would have freed.
 //!
 //! The connection ends:
 //! - after a parse error: the error response is written after the responses already in flight,
@@ -13,8 +25,12 @@
 //! - after a request that does not keep the connection alive, or on server shutdown: in-flight
 //!   requests are answered, then it closes;
 //! - when the client goes away (EOF or an I/O error): at once, dropping the in-flight handler
-//!   futures — which is how, for example, a waiting lock client leaves its queue;
-//! - after `idle_connection_timeout_ms` with no complete request and nothing in flight.
+//!   futures — which is how, for example, a waiting lock client leaves its queue. A client that
+//!   only shuts its sending side counts as gone too: TCP cannot tell that apart from a close
+//!   until a write fails, and a lock must never be handed to a client that has left;
+//! - after `write_timeout_ms` in which the client took none of the responses waiting for it;
+//! - after `idle_connection_timeout_ms` with no complete request, nothing in flight and nothing
+//!   to write.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -28,6 +44,7 @@ use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
 use super::encode::encode_response;
+use super::hangup::peer_hung_up;
 use super::parse::{parse_request, request_bytes_max};
 use super::upgrade::is_websocket_upgrade;
 use super::{HttpError, Method, Request, Response};
@@ -73,6 +90,10 @@ const BUFFER_BYTES_RETAINED_MAX: usize = 256 * 1024;
 /// Rounds of read-parse-write one poll may run before yielding to the other tasks of the core.
 const ROUNDS_PER_POLL_MAX: usize = 16;
 
+/// How often a connection that cannot read (its buffer is full of requests it may not start
+/// yet) asks the kernel whether the client has closed.
+const HANGUP_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
 /// After an error response: how long, and how many bytes, unread input is drained for.
 const LINGER_DURATION: Duration = Duration::from_secs(1);
 const LINGER_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -93,6 +114,12 @@ pub async fn serve_connection(
     };
     match outcome {
         Outcome::Finished { linger: true } => connection.linger().await,
+        Outcome::WriteTimedOut => {
+            tracing::debug!(
+                unsent_bytes = connection.output.len() - connection.written,
+                "the client took no response bytes within write_timeout_ms; closing"
+            );
+        }
         Outcome::Upgrade => {
             if let Some(request) = connection.upgrade.take() {
                 let unread = connection.read_buffer[..connection.filled].to_vec();
@@ -121,6 +148,8 @@ enum Outcome {
     PeerGone,
     /// No request for `idle_connection_timeout_ms`.
     Idle,
+    /// The client took no byte of its responses for `write_timeout_ms`.
+    WriteTimedOut,
     /// Every response is written. `linger`: the client may still be sending (after an error).
     Finished { linger: bool },
     /// Every response before an upgrade request is written; the connection changes hands.
@@ -153,9 +182,15 @@ struct Connection {
     read_buffer_bytes_max: usize,
     /// Requests being answered, oldest first; at most `pipeline_requests_max`.
     in_flight: VecDeque<InFlight>,
-    /// Encoded responses; `output[written..]` is still to be sent.
+    /// Encoded responses; `output[written..]` is still to be sent. No request starts while
+    /// that part is over `response_bytes_buffered_max`.
     output: Vec<u8>,
     written: usize,
+    /// Parsing stopped at the pipeline or output bound with bytes still buffered: they must be
+    /// parsed as soon as the bound allows, since the client may send nothing more to prompt it.
+    parse_blocked: bool,
+    /// Parsing stopped at an incomplete request: the only case where the read buffer may grow.
+    awaiting_request_bytes: bool,
     /// False once no more requests will be read: after an error, a closing request, shutdown.
     reading: bool,
     /// Whether a parse error ended reading (the close then lingers).
@@ -166,6 +201,12 @@ struct Connection {
     idle_timer: Option<Timer>,
     /// A request arrived since the timer was last armed, so it must be re-armed before waiting.
     idle_timer_stale: bool,
+    /// Fires after `write_timeout_ms` in which no byte of pending output was written.
+    write_timer: Option<Timer>,
+    /// Bytes were written since the write timer was last armed.
+    write_timer_stale: bool,
+    /// Paces the hang-up checks while the read buffer is full; dropped when it has room again.
+    hangup_timer: Option<Timer>,
 }
 
 impl Connection {
@@ -180,11 +221,16 @@ impl Connection {
             in_flight: VecDeque::with_capacity(limits.pipeline_requests_max.min(64)),
             output: Vec::new(),
             written: 0,
+            parse_blocked: false,
+            awaiting_request_bytes: false,
             reading: true,
             failed: false,
             upgrade: None,
             idle_timer: None,
             idle_timer_stale: true,
+            write_timer: None,
+            write_timer_stale: true,
+            hangup_timer: None,
             limits,
         }
     }
@@ -200,7 +246,11 @@ impl Connection {
             match self.poll_write(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(())) => return Poll::Ready(Outcome::PeerGone),
-                Poll::Pending => {}
+                Poll::Pending => {
+                    if self.poll_write_timer(cx).is_ready() {
+                        return Poll::Ready(Outcome::WriteTimedOut);
+                    }
+                }
             }
             let output_empty = self.written == self.output.len();
             if !self.reading && self.in_flight.is_empty() && output_empty {
@@ -212,7 +262,9 @@ impl Connection {
                 });
             }
             let mut progress = false;
-            if self.reading && self.in_flight.len() < self.limits.pipeline_requests_max {
+            // Read even when nothing new may start, so that a client leaving is noticed.
+            if self.read_buffer_has_room() {
+                self.hangup_timer = None;
                 match self.poll_read(cx) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         return Poll::Ready(Outcome::PeerGone)
@@ -220,6 +272,13 @@ impl Connection {
                     Poll::Ready(Ok(_)) => progress = true,
                     Poll::Pending => {}
                 }
+            } else if self.poll_hangup(cx).is_ready() {
+                return Poll::Ready(Outcome::PeerGone);
+            }
+            // A pipeline slot or room in the output freed up this round: start the requests
+            // already buffered now, since the client may send nothing more to prompt it.
+            if self.parse_blocked && self.may_start_request() {
+                progress = true;
             }
             let idle = self.reading && self.in_flight.is_empty() && output_empty && !progress;
             if idle && self.poll_idle_timer(cx).is_ready() {
@@ -234,10 +293,24 @@ impl Connection {
         Poll::Pending
     }
 
-    /// Starts a handler for every complete request in the buffer, up to the pipeline limit.
+    /// Whether a new request may start: reading goes on, the pipeline has a free slot, and
+    /// the client has taken enough of its responses.
+    fn may_start_request(&self) -> bool {
+        self.reading
+            && self.in_flight.len() < self.limits.pipeline_requests_max
+            && self.output.len() - self.written <= self.limits.response_bytes_buffered_max
+    }
+
+    /// Starts a handler for every complete request in the buffer, while the bounds allow.
     fn parse_available(&mut self) {
         let mut consumed = 0;
-        while self.reading && self.in_flight.len() < self.limits.pipeline_requests_max {
+        self.parse_blocked = false;
+        self.awaiting_request_bytes = false;
+        loop {
+            if !self.may_start_request() {
+                self.parse_blocked = self.reading && consumed < self.filled;
+                break;
+            }
             match parse_request(&self.read_buffer[consumed..self.filled], &self.limits) {
                 Ok(Some(parsed)) => {
                     consumed += parsed.consumed;
@@ -260,6 +333,7 @@ impl Connection {
                     });
                 }
                 Ok(None) => {
+                    self.awaiting_request_bytes = true;
                     let unparsed = self.filled - consumed;
                     // The parser refuses any request larger than the buffer may grow, so a full
                     // buffer here means a bug in that bound; refuse rather than stall.
@@ -272,7 +346,10 @@ impl Connection {
                     }
                     break;
                 }
-                Err(error) => self.fail(error),
+                Err(error) => {
+                    self.fail(error);
+                    break;
+                }
             }
         }
         if consumed > 0 {
@@ -333,8 +410,20 @@ impl Connection {
         while self.written < self.output.len() {
             match Pin::new(&mut self.stream).poll_write(cx, &self.output[self.written..]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
-                Poll::Ready(Ok(bytes)) => self.written += bytes,
-                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(bytes)) => {
+                    self.written += bytes;
+                    self.write_timer_stale = true;
+                }
+                Poll::Pending => {
+                    // A client that reads slowly but steadily may never let the output empty:
+                    // drop the sent part once it is as large as the unsent part, so the buffer
+                    // stays within twice what is unsent, at one copy per byte at most.
+                    if self.written >= self.output.len() - self.written {
+                        self.output.drain(..self.written);
+                        self.written = 0;
+                    }
+                    return Poll::Pending;
+                }
             }
         }
         self.output.clear();
@@ -345,13 +434,22 @@ impl Connection {
         Poll::Ready(Ok(()))
     }
 
-    /// Reads into the free part of the buffer, growing it (up to its bound) when full.
+    /// Whether `poll_read` has room to read into: free space in the buffer, or an incomplete
+    /// request at its start that the buffer may grow for (up to its bound). Requests that
+    /// cannot start yet never make it grow, so a pipelining client costs no more than one
+    /// buffer of its size.
+    fn read_buffer_has_room(&self) -> bool {
+        self.filled < self.read_buffer.len()
+            || (self.awaiting_request_bytes && self.read_buffer.len() < self.read_buffer_bytes_max)
+    }
+
+    /// Reads into the free part of the buffer, growing it first when `read_buffer_has_room`
+    /// allows that.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         if self.filled == self.read_buffer.len() {
             let grown = (self.read_buffer.len() * 2).min(self.read_buffer_bytes_max);
             if grown == self.read_buffer.len() {
-                // Cannot happen (see parse_available); never read into an empty slice, which
-                // would look like EOF.
+                // Never read into an empty slice, which would look like EOF.
                 return Poll::Pending;
             }
             self.read_buffer.resize(grown, 0);
@@ -370,6 +468,34 @@ impl Connection {
             timer.reset(timeout);
         }
         Pin::new(timer).poll(cx).map(|_| ())
+    }
+
+    fn poll_write_timer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let timeout = Duration::from_millis(self.limits.write_timeout_ms);
+        let timer = self.write_timer.get_or_insert_with(|| Timer::new(timeout));
+        if std::mem::take(&mut self.write_timer_stale) {
+            timer.reset(timeout);
+        }
+        Pin::new(timer).poll(cx).map(|_| ())
+    }
+
+    /// Ready when the client has closed or reset the connection. For a loop that cannot read:
+    /// asks the kernel now, then again every `HANGUP_CHECK_INTERVAL` while it still cannot.
+    fn poll_hangup(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if peer_hung_up(&self.stream) {
+            return Poll::Ready(());
+        }
+        let timer = self
+            .hangup_timer
+            .get_or_insert_with(|| Timer::new(HANGUP_CHECK_INTERVAL));
+        if Pin::new(&mut *timer).poll(cx).is_ready() {
+            // Checked just above; wake again after the next interval.
+            timer.reset(HANGUP_CHECK_INTERVAL);
+            if Pin::new(timer).poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            }
+        }
+        Poll::Pending
     }
 
     /// Shuts the write side, then drains what the client still sends for a bounded time, so

@@ -27,6 +27,10 @@ pub enum HttpError {
     BadContentLength,
     /// An HTTP version other than 1.0 and 1.1 (505).
     UnsupportedVersion,
+    /// `Transfer-Encoding` in an HTTP/1.0 request, where it is not defined (400).
+    TransferEncodingInHttp10,
+    /// `Upgrade` in an HTTP/1.0 request: switching protocols needs HTTP/1.1 (400).
+    UpgradeInHttp10,
 }
 
 impl HttpError {
@@ -40,7 +44,9 @@ impl HttpError {
             HttpError::Malformed(_)
             | HttpError::UnsupportedTransferCoding(_)
             | HttpError::BothLengthAndChunked
-            | HttpError::BadContentLength => 400,
+            | HttpError::BadContentLength
+            | HttpError::TransferEncodingInHttp10
+            | HttpError::UpgradeInHttp10 => 400,
         }
     }
 
@@ -80,6 +86,10 @@ impl fmt::Display for HttpError {
             }
             HttpError::BadContentLength => write!(formatter, "invalid Content-Length"),
             HttpError::UnsupportedVersion => write!(formatter, "HTTP version not supported"),
+            HttpError::TransferEncodingInHttp10 => {
+                write!(formatter, "Transfer-Encoding is not allowed in HTTP/1.0")
+            }
+            HttpError::UpgradeInHttp10 => write!(formatter, "Upgrade needs HTTP/1.1"),
         }
     }
 }

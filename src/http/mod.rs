@@ -5,6 +5,7 @@ mod chunked;
 mod conn;
 mod encode;
 mod error;
+mod hangup;
 mod message;
 mod parse;
 mod route;

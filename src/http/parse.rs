@@ -4,6 +4,18 @@
 //! finds one complete request at their start, asks for more, or refuses with an [`HttpError`].
 //! Limits are checked on what has arrived so far, so a request past a limit is refused before
 //! the rest of it is read (a `Content-Length` over `body_bytes_max` fails at once).
+//!
+//! Parsing choices: where a lenient reading could let two parsers (a proxy in front and stead)
+//! see different requests in the same bytes, stead refuses the request (400, then closes):
+//! - Bare LF line endings in the request line or headers (httparse accepts them; the raw head is
+//!   checked for an LF without its CR). Chunked framing requires CRLF too (`chunked.rs`).
+//! - `Transfer-Encoding` in an HTTP/1.0 request: HTTP/1.0 has no transfer codings, so an
+//!   HTTP/1.0 hop would frame the body by `Content-Length` or the close instead.
+//! - `Upgrade` in an HTTP/1.0 request (a WebSocket handshake included): protocol switching is
+//!   defined for HTTP/1.1 only, and an HTTP/1.0 peer may not hold the connection open for it.
+//! - `Content-Length` and `Transfer-Encoding` together, several differing `Content-Length`s, a
+//!   `Content-Length` that is not plain digits, and any transfer coding but a single `chunked`.
+//! - A request target that is not origin-form (must start with `/`).
 
 use super::chunked::{decode_chunked, ChunkedLimits};
 use super::{HttpError, Method, Request};
@@ -91,7 +103,23 @@ fn parse_with<'buf>(
         return Err(HttpError::Malformed("request target must start with '/'"));
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if has_bare_line_feed(&buf[..head_bytes]) {
+        return Err(HttpError::Malformed("bare LF line ending"));
+    }
     let http_1_0 = head.version == Some(0);
+    if http_1_0 {
+        let has_header = |name: &str| {
+            head.headers
+                .iter()
+                .any(|header| header.name.eq_ignore_ascii_case(name))
+        };
+        if has_header("transfer-encoding") {
+            return Err(HttpError::TransferEncodingInHttp10);
+        }
+        if has_header("upgrade") {
+            return Err(HttpError::UpgradeInHttp10);
+        }
+    }
 
     let framing = Framing::from_headers(head.headers)?;
     let headers: Vec<(String, Vec<u8>)> = head
@@ -144,6 +172,14 @@ fn parse_with<'buf>(
         keep_alive,
         expect_continue: framing.expect_continue,
     }))
+}
+
+/// Whether an LF in `head` lacks the CR before it.
+fn has_bare_line_feed(head: &[u8]) -> bool {
+    head.first() == Some(&b'\n')
+        || head
+            .windows(2)
+            .any(|pair| pair[1] == b'\n' && pair[0] != b'\r')
 }
 
 /// `HTTP/2.0` and the like get 505; anything not shaped like a version is simply malformed.

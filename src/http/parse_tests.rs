@@ -308,3 +308,52 @@ fn arbitrary_bytes_never_panic() {
         }
     }
 }
+
+#[test]
+fn bare_line_feeds_are_refused() {
+    let cases: [&[u8]; 4] = [
+        b"GET / HTTP/1.1\n\n",
+        b"GET / HTTP/1.1\r\nHost: h\n\r\n",
+        b"GET / HTTP/1.1\nHost: h\r\n\r\n",
+        b"\nGET / HTTP/1.1\r\n\r\n",
+    ];
+    for raw in cases {
+        let error = refused(raw);
+        assert_eq!(
+            error,
+            HttpError::Malformed("bare LF line ending"),
+            "{:?}",
+            String::from_utf8_lossy(raw)
+        );
+        assert_eq!(error.status(), 400);
+    }
+    // An LF inside the body is the body's business.
+    let parsed = complete(b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\na\n");
+    assert_eq!(parsed.request.body, b"a\n");
+    // Leading CRLFs before the request line stay allowed, as RFC 9112 asks.
+    complete(b"\r\nGET / HTTP/1.1\r\n\r\n");
+}
+
+#[test]
+fn transfer_encoding_in_http_1_0_is_refused() {
+    for value in ["chunked", "gzip"] {
+        let raw = format!("POST / HTTP/1.0\r\nTransfer-Encoding: {value}\r\n\r\n0\r\n\r\n");
+        let error = refused(raw.as_bytes());
+        assert_eq!(error, HttpError::TransferEncodingInHttp10, "{value}");
+        assert_eq!(error.status(), 400);
+    }
+    // The same request in HTTP/1.1 is fine.
+    complete(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+}
+
+#[test]
+fn upgrade_in_http_1_0_is_refused() {
+    let raw =
+        b"GET /objects/chat/a/websocket HTTP/1.0\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let error = refused(raw);
+    assert_eq!(error, HttpError::UpgradeInHttp10);
+    assert_eq!(error.status(), 400);
+    let upgrade_1_1 = String::from_utf8_lossy(raw).replace("HTTP/1.0", "HTTP/1.1");
+    complete(upgrade_1_1.as_bytes());
+}

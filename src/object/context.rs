@@ -1,6 +1,7 @@
 //! [`ObjectContext`]: what an object instance is given: its identity, storage, WebSockets and
 //! the server's configuration.
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use serde_json::json;
@@ -37,6 +38,22 @@ struct Inner {
     store: Store,
     /// Set when the server begins shutting down (see [`ObjectContext::shutting_down`]).
     stopping: Rc<Shutdown>,
+    /// How many of the object's events are parked (see [`ObjectContext::park`]).
+    parked: Rc<Cell<usize>>,
+}
+
+/// An event's mark as parked, from [`ObjectContext::park`]; dropping it counts the event
+/// against the object's queue bound again.
+#[derive(Debug)]
+pub struct Parked {
+    /// The object's count of parked events.
+    parked: Rc<Cell<usize>>,
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.parked.set(self.parked.get().saturating_sub(1));
+    }
 }
 
 /// An object's identity, storage, sockets and configuration. Cheap to clone.
@@ -64,6 +81,7 @@ impl ObjectContext {
         sockets: Rc<CoreSockets>,
         store: Store,
         stopping: Rc<Shutdown>,
+        parked: Rc<Cell<usize>>,
     ) -> ObjectContext {
         ObjectContext {
             inner: Rc::new(Inner {
@@ -74,7 +92,20 @@ impl ObjectContext {
                 sockets,
                 store,
                 stopping,
+                parked,
             }),
+        }
+    }
+
+    /// Marks the calling event as waiting for another event of this object, until the
+    /// returned guard is dropped. A parked event does not count against
+    /// `object_events_queued_max`, so waiters cannot fill the queue and refuse the event that
+    /// would end their wait (a lock's release). The object must bound its parked events itself.
+    /// Call it only from inside an event's handler, and drop the guard before it returns.
+    pub fn park(&self) -> Parked {
+        self.inner.parked.set(self.inner.parked.get() + 1);
+        Parked {
+            parked: self.inner.parked.clone(),
         }
     }
 

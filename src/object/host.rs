@@ -440,9 +440,8 @@ impl ObjectHost {
             let message = format!("object {id} is active as class {}", slot.class);
             return Err(Response::json_error(500, &message));
         }
-        if queue == Queue::Bounded
-            && slot.events.get() >= self.config.objects.object_events_queued_max
-        {
+        let counted = slot.events.get().saturating_sub(slot.parked.get());
+        if queue == Queue::Bounded && counted >= self.config.objects.object_events_queued_max {
             self.count(|stats| stats.overload_rejections_total += 1);
             return Err(overloaded());
         }
@@ -522,6 +521,7 @@ impl ObjectHost {
             self.sockets.clone(),
             self.store.clone(),
             self.stopping.clone(),
+            slot.parked.clone(),
         );
         let instance = constructor(context);
         let (result, commit_error) = Gated::new(self, slot, instance.clone().init()).await;

@@ -29,7 +29,7 @@ mod storage;
 mod tests;
 
 pub use crate::websocket::{Message as WebSocketMessage, SocketHandle};
-pub use context::{AcceptedSocket, ObjectContext};
+pub use context::{AcceptedSocket, ObjectContext, Parked};
 pub(crate) use host::overloaded;
 pub use host::shutting_down;
 pub use host::{store_limits, AlarmListener, HostStats, ObjectHost};

@@ -40,6 +40,10 @@ pub(super) struct Slot {
     /// durability): bounded by `object_events_queued_max` for requests and alarms, plus the
     /// core's socket deliveries in flight; an object with any is never evicted.
     pub(super) events: Cell<usize>,
+    /// Those of `events` that wait for another event of the object (a lock's waiters, through
+    /// `ObjectContext::park`). They do not count against `object_events_queued_max`, or enough
+    /// of them would refuse the very event they wait for; the object bounds them itself.
+    pub(super) parked: Rc<Cell<usize>>,
     /// When the last event ended (or the slot was made), for idle eviction.
     pub(super) last_event: Cell<Instant>,
     /// The sequence number of the object's last commit: a response waits until it is durable,
@@ -56,6 +60,7 @@ impl Slot {
             turns: Turns::default(),
             storage,
             events: Cell::new(0),
+            parked: Rc::new(Cell::new(0)),
             last_event: Cell::new(Instant::now()),
             last_submitted_seq: Cell::new(seq_floor),
         }

@@ -13,9 +13,15 @@
 //! The lock passes straight from the releasing event to the first waiter (the holder is
 //! written in the same batch as the release), so no other client can take it in between, just
 //! as the waiter's promise runs before any other event in the hosted runtime. A waiter whose
-//! client disconnects has its future dropped, which takes it out of the queue. The queue is
-//! bounded by the host's per-object event limit (`object_events_queued_max`): every waiter is
-//! an event in flight.
+//! client disconnects has its future dropped, which takes it out of the queue (the connection
+//! loop notices a close even behind a full pipeline), so the lock is never handed to a client
+//! that has gone.
+//!
+//! Waiters are parked events (`ObjectContext::park`): they do not count against the object's
+//! `object_events_queued_max`, so however many wait, a release or a status gets through. The
+//! lock bounds its queue itself at the same number: a new waiter past it answers
+//! 503 `{"error":"too many waiters","retryable":true}` with `Retry-After`, and nothing else is
+//! refused.
 //!
 //! Storage: `holder` (the client id) and `lease_ms` (the lease length, renewed on re-acquire),
 //! plus the object's alarm at the lease's end. Waiters are connections and do not survive a
@@ -26,12 +32,15 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use serde_json::json;
 
 use crate::http::{Request, Response};
-use crate::object::{now_ms, shutting_down, AlarmInfo, DurableObject, ObjectContext, ObjectError};
+use crate::object::{
+    now_ms, shutting_down, AlarmInfo, DurableObject, ObjectContext, ObjectError, Parked,
+};
+use crate::wake::Handoff;
 
 /// Storage key of the holder's client id.
 const HOLDER_KEY: &[u8] = b"holder";
@@ -46,10 +55,8 @@ struct Waiter {
     client_id: String,
     /// The lease the waiter asked for.
     lease_ms: Option<u64>,
-    /// Set when the lock was handed to this waiter.
-    granted: Cell<bool>,
-    /// The waiting request's task, woken on hand-over.
-    waker: RefCell<Option<Waker>>,
+    /// Given when the lock was handed to this waiter; wakes the waiting request.
+    grant: Handoff<()>,
 }
 
 /// The waiters of one lock, first come first served.
@@ -72,28 +79,35 @@ struct Turn {
     waiter: Rc<Waiter>,
     /// The queue to leave on drop.
     queue: Queue,
+    /// Keeps the waiting event out of the object's queue bound until the turn comes or ends.
+    _parked: Parked,
 }
 
 impl Future for Turn {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.waiter.granted.get() {
-            return Poll::Ready(());
-        }
-        *self.waiter.waker.borrow_mut() = Some(cx.waker().clone());
-        Poll::Pending
+        self.waiter.grant.poll_take(cx)
     }
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        if !self.waiter.granted.get() {
+        if !self.waiter.grant.is_given() {
             self.queue
                 .borrow_mut()
                 .retain(|waiter| !Rc::ptr_eq(waiter, &self.waiter));
         }
     }
+}
+
+/// 503 for a waiter past the queue's bound; the client may try again later.
+fn too_many_waiters() -> Response {
+    Response::json(
+        503,
+        &json!({ "error": "too many waiters", "retryable": true }),
+    )
+    .with_header("Retry-After", "1")
 }
 
 /// The `clientId` parameter, or the 400 answer when it is missing or empty.
@@ -132,11 +146,14 @@ impl Lock {
                 self.grant(client_id, lease_ms.or(self.lease_ms.get()))?;
             }
             Some(_) => {
+                let waiters_max = self.context.config().objects.object_events_queued_max;
+                if self.queue.borrow().len() >= waiters_max {
+                    return Ok(too_many_waiters());
+                }
                 let waiter = Rc::new(Waiter {
                     client_id,
                     lease_ms,
-                    granted: Cell::new(false),
-                    waker: RefCell::new(None),
+                    grant: Handoff::default(),
                 });
                 self.queue.borrow_mut().push_back(waiter.clone());
                 // The releasing event made this client the holder before waking it. The turn
@@ -144,6 +161,7 @@ impl Lock {
                 let turn = Turn {
                     waiter,
                     queue: self.queue.clone(),
+                    _parked: self.context.park(),
                 };
                 let granted = futures_lite::future::or(
                     async {
@@ -218,10 +236,7 @@ impl Lock {
             return Ok(());
         };
         self.grant(next.client_id.clone(), next.lease_ms)?;
-        next.granted.set(true);
-        if let Some(waker) = next.waker.borrow_mut().take() {
-            waker.wake();
-        }
+        next.grant.give(());
         Ok(())
     }
 }
