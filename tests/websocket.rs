@@ -265,3 +265,83 @@ fn the_chat_page_is_served() {
     );
     assert!(page.text().contains("new WebSocket("));
 }
+
+/// The next text message, as sent (skipping pings and pongs).
+fn next_text(client: &mut WsClient) -> String {
+    loop {
+        match client.next_frame() {
+            Some(Frame::Text(text)) => return text,
+            Some(Frame::Ping(_)) | Some(Frame::Pong(_)) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn chat_and_doc_messages_keep_the_designs_field_order_byte_for_byte() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path(), 2, &[]);
+    let room = "/objects/chat/order/websocket";
+    let mut ada = WsClient::connect(server.addr, &format!("{room}?name=ada"));
+    assert_eq!(
+        next_text(&mut ada),
+        r#"{"type":"join","name":"ada","count":1}"#
+    );
+    let mut bob = WsClient::connect(server.addr, &format!("{room}?name=bob"));
+    let join = r#"{"type":"join","name":"bob","count":2}"#;
+    assert_eq!(next_text(&mut ada), join);
+    assert_eq!(next_text(&mut bob), join);
+    ada.send_text(r#"{"text":"hi","type":"message"}"#);
+    let message = next_text(&mut bob);
+    let timestamp = serde_json::from_str::<Value>(&message).expect("JSON")["timestamp"]
+        .as_i64()
+        .expect("timestamp");
+    assert_eq!(
+        message,
+        format!(r#"{{"type":"message","name":"ada","text":"hi","timestamp":{timestamp}}}"#)
+    );
+    assert_eq!(next_text(&mut ada), message);
+    // Without `text`, the broadcast has none (JSON.stringify drops undefined).
+    ada.send_text(r#"{"type":"message"}"#);
+    let bare = next_text(&mut bob);
+    let timestamp = serde_json::from_str::<Value>(&bare).expect("JSON")["timestamp"]
+        .as_i64()
+        .expect("timestamp");
+    assert_eq!(
+        bare,
+        format!(r#"{{"type":"message","name":"ada","timestamp":{timestamp}}}"#)
+    );
+    assert_eq!(next_text(&mut ada), bare);
+    bob.send_text("not json");
+    let error = next_text(&mut bob);
+    assert!(
+        error.starts_with(r#"{"type":"error","error":"invalid JSON: "#),
+        "{error}"
+    );
+    bob.close(1000);
+    assert_eq!(
+        next_text(&mut ada),
+        r#"{"type":"leave","name":"bob","count":1}"#
+    );
+
+    let mut first = WsClient::connect(server.addr, "/objects/doc/order/");
+    assert_eq!(next_text(&mut first), r#"{"type":"init","content":""}"#);
+    let edit = r#"{"content":{"b":1,"a":2},"type":"edit"}"#;
+    first.send_text(edit);
+    // The edit is durable before anyone sees it; a later socket gets it in its init.
+    let mut second = WsClient::connect(server.addr, "/objects/doc/order/");
+    let init = next_text(&mut second);
+    // An edit is stored as sent, so it comes back in its own key order.
+    assert_eq!(init, r#"{"type":"init","content":{"b":1,"a":2}}"#);
+    second.send_text(r#"{"type":"edit","content":"x","extra":[1]}"#);
+    assert_eq!(
+        next_text(&mut first),
+        r#"{"type":"edit","content":"x","extra":[1]}"#
+    );
+    first.send_text(r#"{"type":"edit"}"#);
+    assert_eq!(
+        next_text(&mut first),
+        r#"{"type":"error","error":"an edit needs a content"}"#
+    );
+    assert_eq!(server.stop(), Some(0));
+}

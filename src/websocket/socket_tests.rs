@@ -13,8 +13,8 @@ use super::*;
 use crate::config::HttpLimits;
 use crate::http::{encode_response, parse_request};
 use crate::websocket::{
-    accept_key, encode_frame, validate_upgrade, AutoResponse, EventQueue, SendError, SocketId,
-    SocketIds, SocketSet, WebSocketLimits,
+    accept_key, encode_frame, validate_upgrade, AutoResponse, CoreSendBudget, EventQueue,
+    SendError, SocketId, SocketIds, SocketSet, WebSocketLimits,
 };
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -155,19 +155,22 @@ where
         address_sender
             .send(listener.local_addr().expect("address"))
             .expect("send address");
+        let budget = Rc::new(CoreSendBudget::new(limits.send_queue_bytes_per_core_max));
         let limits = Rc::new(limits);
         let queue = Rc::new(EventQueue::new(queue_capacity));
         let set = Rc::new(RefCell::new(SocketSet::new(limits.sockets_per_object_max)));
         let acceptor = {
             let (queue, set, limits) = (queue.clone(), set.clone(), limits.clone());
+            let budget = budget.clone();
             glommio::spawn_local(async move {
                 let ids = SocketIds::default();
                 for index in 0..clients {
                     let mut stream = listener.accept().await.expect("accept");
                     let received = upgrade(&mut stream).await;
                     let tags = vec![format!("client-{index}"), "everyone".into()];
-                    let handle = SocketHandle::new(ids.next_id(), tags, limits.clone())
-                        .expect("tags within bounds");
+                    let handle =
+                        SocketHandle::new(ids.next_id(), tags, limits.clone(), budget.clone())
+                            .expect("tags within bounds");
                     set.borrow_mut().insert(handle.clone()).expect("room");
                     let sink: Rc<dyn EventSink> = queue.clone();
                     glommio::spawn_local(serve_socket(stream, handle, sink, received)).detach();
