@@ -8,13 +8,14 @@
 //!
 //! Queued bytes are bounded twice: per socket (`send_queue_bytes_max`, a client that stopped
 //! reading is closed with 1008) and per core, over all its sockets, by a [`CoreSendBudget`]
-//! (`send_queue_bytes_per_core_max`): a send that would take the core past it closes the socket
-//! it was for with 1013, so many slow clients together cannot grow the server's memory past the
-//! budget either.
+//! (`send_queue_bytes_per_core_max`): a send that would take the core past it first closes, with
+//! 1013, the sockets furthest behind (largest queue first), dropping their queues, and if that is
+//! not enough closes the socket the send was for. So many slow clients together cannot grow the
+//! server's memory past the budget, and a client that keeps up is not the one cut off.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::task::Waker;
 use std::time::SystemTime;
 
@@ -47,6 +48,9 @@ pub struct CoreSendBudget {
     queued_bytes: Cell<usize>,
     /// The most `queued_bytes` may reach by a data frame (`send_queue_bytes_per_core_max`).
     bytes_max: usize,
+    /// The core's sockets, to find the one furthest behind when the budget is spent; entries
+    /// of sockets gone are dropped at the next search.
+    sockets: RefCell<Vec<Weak<RefCell<Shared>>>>,
 }
 
 impl CoreSendBudget {
@@ -54,12 +58,32 @@ impl CoreSendBudget {
         CoreSendBudget {
             queued_bytes: Cell::new(0),
             bytes_max,
+            sockets: RefCell::new(Vec::new()),
         }
     }
 
     /// Bytes queued over the core's sockets now.
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes.get()
+    }
+
+    /// The open socket with the most unwritten bytes, if it has more than `bytes`. The socket
+    /// asking is borrowed already, so it is skipped.
+    fn furthest_behind(&self, bytes: usize) -> Option<Rc<RefCell<Shared>>> {
+        let mut sockets = self.sockets.borrow_mut();
+        sockets.retain(|socket| socket.strong_count() > 0);
+        let mut furthest: Option<(usize, Rc<RefCell<Shared>>)> = None;
+        for socket in sockets.iter().filter_map(Weak::upgrade) {
+            let unwritten = match socket.try_borrow() {
+                Ok(shared) if shared.phase == Phase::Open => shared.output.len() - shared.written,
+                _ => continue,
+            };
+            let best = furthest.as_ref().map_or(bytes, |(most, _)| *most);
+            if unwritten > best {
+                furthest = Some((unwritten, socket));
+            }
+        }
+        furthest.map(|(_, socket)| socket)
     }
 }
 
@@ -145,6 +169,7 @@ impl SocketHandle {
                 max: TAG_BYTES_MAX,
             });
         }
+        let registry = budget.clone();
         let shared = Shared {
             id,
             limits,
@@ -162,9 +187,16 @@ impl SocketHandle {
             auto_response: None,
             auto_responded_at: None,
         };
-        Ok(SocketHandle {
-            shared: Rc::new(RefCell::new(shared)),
-        })
+        let shared = Rc::new(RefCell::new(shared));
+        let mut sockets = registry.sockets.borrow_mut();
+        // Dropping the entries of sockets gone before the list would grow keeps it within
+        // twice the sockets open, at a cost amortized over the pushes.
+        if sockets.len() == sockets.capacity() {
+            sockets.retain(|socket| socket.strong_count() > 0);
+        }
+        sockets.push(Rc::downgrade(&shared));
+        drop(sockets);
+        Ok(SocketHandle { shared })
     }
 
     pub fn id(&self) -> SocketId {
@@ -281,7 +313,7 @@ impl Shared {
             || queued_messages >= self.limits.send_queue_messages_max
         {
             Some(SEND_OVERFLOW_CLOSE_CODE)
-        } else if self.budget.queued_bytes() + bytes > self.budget.bytes_max {
+        } else if !self.make_room(bytes) {
             Some(CORE_BUDGET_CLOSE_CODE)
         } else {
             None
@@ -298,6 +330,23 @@ impl Shared {
         self.settle();
         self.wake_driver();
         Ok(())
+    }
+
+    /// Closes other sockets that are further behind than this one, largest queue first, until
+    /// `bytes` more fit in the core's budget; false if they cannot be made to fit that way.
+    fn make_room(&mut self, bytes: usize) -> bool {
+        let own = self.output.len() - self.written;
+        while self.budget.queued_bytes() + bytes > self.budget.bytes_max {
+            // Each socket closed leaves the open ones, so this ends.
+            let Some(furthest) = self.budget.furthest_behind(own) else {
+                return false;
+            };
+            let mut furthest = furthest.borrow_mut();
+            let queued_bytes = furthest.output.len() - furthest.written;
+            let queued_messages = furthest.frame_ends.len();
+            furthest.overflow(queued_bytes, queued_messages, CORE_BUDGET_CLOSE_CODE);
+        }
+        true
     }
 
     /// Brings the core's budget up to date with this socket's unwritten bytes; called after
