@@ -6,6 +6,7 @@
 //! `{"type":"message","name","text","timestamp"}` (without `text` if it had none); on leave
 //! the others get `{"type":"leave","name","count"}`. A message that is not JSON gets
 //! `{"type":"error","error":…}` back, to its sender only. Other paths are 404 `Not Found`.
+//! Every message has its fields in the order shown, the design's `JSON.stringify` order.
 //!
 //! Unlike the design, a member whose socket the server fails (a protocol violation, or a
 //! client that stopped reading and was closed with 1008) is announced with a `leave` like any

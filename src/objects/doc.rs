@@ -5,6 +5,9 @@
 //! client gets `{"type":"init","content":<stored document or "">}`. On `{"type":"edit","content"}`
 //! the document is stored durably, then the message goes unchanged to every other socket. A
 //! message that is not JSON, or an edit without `content`, gets `{"type":"error","error":…}`.
+//!
+//! The content is stored as it was sent, so the init message gives it back with its keys in
+//! their order, as the design's `JSON.stringify` of the stored object would.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
