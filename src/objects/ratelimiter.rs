@@ -33,7 +33,8 @@ const KEY_PREFIX: u8 = b'r';
 pub struct RateLimiter {
     /// Storage and configuration of this object.
     context: ObjectContext,
-    /// Recorded timestamps and their storage keys, oldest first (mirrors storage).
+    /// Recorded timestamps still in the window and their storage keys, oldest first (with
+    /// `expired`, mirrors storage).
     window: RefCell<VecDeque<(i64, [u8; 13])>>,
     /// Keys of timestamps that left the window but are still stored, oldest first: deleted a
     /// bounded number per call.
