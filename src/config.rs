@@ -118,6 +118,24 @@ impl Default for RateLimitDefaults {
     }
 }
 
+/// The built-in scheduler's bounds.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerLimits {
+    /// Shortest `repeatMs` a repeating event may ask for, in milliseconds (400 below it). Every
+    /// firing is a durable write, so a 1 ms repeat would cost about a thousand fdatasyncs a
+    /// second for one event.
+    pub repeat_ms_min: u64,
+}
+
+impl Default for SchedulerLimits {
+    fn default() -> SchedulerLimits {
+        SchedulerLimits {
+            repeat_ms_min: 1_000,
+        }
+    }
+}
+
 /// The whole server configuration.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -136,6 +154,7 @@ pub struct Config {
     pub objects: ObjectLimits,
     pub storage: StorageSettings,
     pub ratelimit: RateLimitDefaults,
+    pub scheduler: SchedulerLimits,
     /// Limits of every WebSocket.
     pub websocket: crate::websocket::WebSocketLimits,
 }
@@ -152,6 +171,7 @@ impl Default for Config {
             objects: ObjectLimits::default(),
             storage: StorageSettings::default(),
             ratelimit: RateLimitDefaults::default(),
+            scheduler: SchedulerLimits::default(),
             websocket: crate::websocket::WebSocketLimits::default(),
         }
     }

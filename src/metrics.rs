@@ -170,7 +170,7 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
     let mut out = String::with_capacity(8 * 1024);
     render_requests(&mut out, snapshots);
     render_latency(&mut out, snapshots);
-    let per_core: [PerCoreMetric; 25] = [
+    let per_core: [PerCoreMetric; 26] = [
         (
             "stead_shutdown_waiters",
             "gauge",
@@ -212,6 +212,13 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
             "gauge",
             "WebSockets open on this core (held while their object is evicted).",
             |s| s.host.websockets_open as f64,
+        ),
+        (
+            "stead_websocket_queued_bytes",
+            "gauge",
+            "Bytes queued for WebSocket clients and not yet written (bounded per core by \
+             send_queue_bytes_per_core_max).",
+            |s| s.host.websocket_queued_bytes as f64,
         ),
         (
             "stead_websocket_events_total",

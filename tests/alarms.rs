@@ -395,7 +395,11 @@ fn sessions_expire_and_keep_their_data() {
 #[test]
 fn a_repeating_scheduled_event_fires_several_times() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(dir.path(), 2, &[]);
+    // Below the default floor of 1 s, to see several firings quickly.
+    let config = dir.path().join("stead.toml");
+    std::fs::write(&config, "[scheduler]\nrepeat_ms_min = 200\n").expect("config");
+    let data = dir.path().join("data");
+    let server = TestServer::start(&data, 2, &["--config", config.to_str().expect("path")]);
     let mut client = server.client();
     post_event(
         &mut client,

@@ -77,3 +77,36 @@ fn kv_example_starts_in_a_fresh_directory_and_finds_its_data_again() {
     assert_eq!((reply.status, reply.text()), (200, "hello".to_string()));
     assert_eq!(server.stop(), Some(0));
 }
+
+/// A user class gets the same answer as the built-ins for a write its client made too large:
+/// 413 with a JSON error, not 500.
+#[test]
+fn kv_example_answers_413_to_a_value_or_key_too_large() {
+    let working_dir = tempfile::tempdir().expect("temp dir");
+    let server = kv_with_defaults(working_dir.path());
+    let mut client = server.client();
+    let value = vec![b'v'; 200 * 1024];
+    let reply = client.request("PUT", "/objects/kv/notes/big", &value);
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert!(
+        reply.json()["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("value_bytes_max")),
+        "{}",
+        reply.text()
+    );
+    let key = "k".repeat(3000);
+    let reply = client.request("PUT", &format!("/objects/kv/notes/{key}"), b"small");
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    assert!(
+        reply.json()["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("key_bytes_max")),
+        "{}",
+        reply.text()
+    );
+    let reply = client.request("PUT", "/objects/kv/notes/fine", b"small");
+    assert_eq!(reply.status, 200);
+    assert_eq!(server.stop(), Some(0));
+}

@@ -265,3 +265,172 @@ fn the_chat_page_is_served() {
     );
     assert!(page.text().contains("new WebSocket("));
 }
+
+/// The next text message, as sent (skipping pings and pongs).
+fn next_text(client: &mut WsClient) -> String {
+    loop {
+        match client.next_frame() {
+            Some(Frame::Text(text)) => return text,
+            Some(Frame::Ping(_)) | Some(Frame::Pong(_)) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn chat_and_doc_messages_keep_the_designs_field_order_byte_for_byte() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path(), 2, &[]);
+    let room = "/objects/chat/order/websocket";
+    let mut ada = WsClient::connect(server.addr, &format!("{room}?name=ada"));
+    assert_eq!(
+        next_text(&mut ada),
+        r#"{"type":"join","name":"ada","count":1}"#
+    );
+    let mut bob = WsClient::connect(server.addr, &format!("{room}?name=bob"));
+    let join = r#"{"type":"join","name":"bob","count":2}"#;
+    assert_eq!(next_text(&mut ada), join);
+    assert_eq!(next_text(&mut bob), join);
+    ada.send_text(r#"{"text":"hi","type":"message"}"#);
+    let message = next_text(&mut bob);
+    let timestamp = serde_json::from_str::<Value>(&message).expect("JSON")["timestamp"]
+        .as_i64()
+        .expect("timestamp");
+    assert_eq!(
+        message,
+        format!(r#"{{"type":"message","name":"ada","text":"hi","timestamp":{timestamp}}}"#)
+    );
+    assert_eq!(next_text(&mut ada), message);
+    // Without `text`, the broadcast has none (JSON.stringify drops undefined).
+    ada.send_text(r#"{"type":"message"}"#);
+    let bare = next_text(&mut bob);
+    let timestamp = serde_json::from_str::<Value>(&bare).expect("JSON")["timestamp"]
+        .as_i64()
+        .expect("timestamp");
+    assert_eq!(
+        bare,
+        format!(r#"{{"type":"message","name":"ada","timestamp":{timestamp}}}"#)
+    );
+    assert_eq!(next_text(&mut ada), bare);
+    bob.send_text("not json");
+    let error = next_text(&mut bob);
+    assert!(
+        error.starts_with(r#"{"type":"error","error":"invalid JSON: "#),
+        "{error}"
+    );
+    bob.close(1000);
+    assert_eq!(
+        next_text(&mut ada),
+        r#"{"type":"leave","name":"bob","count":1}"#
+    );
+
+    let mut first = WsClient::connect(server.addr, "/objects/doc/order/");
+    assert_eq!(next_text(&mut first), r#"{"type":"init","content":""}"#);
+    let edit = r#"{"content":{"b":1,"a":2},"type":"edit"}"#;
+    first.send_text(edit);
+    // The edit is durable before anyone sees it; a later socket gets it in its init.
+    let mut second = WsClient::connect(server.addr, "/objects/doc/order/");
+    let init = next_text(&mut second);
+    // An edit is stored as sent, so it comes back in its own key order.
+    assert_eq!(init, r#"{"type":"init","content":{"b":1,"a":2}}"#);
+    second.send_text(r#"{"type":"edit","content":"x","extra":[1]}"#);
+    assert_eq!(
+        next_text(&mut first),
+        r#"{"type":"edit","content":"x","extra":[1]}"#
+    );
+    first.send_text(r#"{"type":"edit"}"#);
+    assert_eq!(
+        next_text(&mut first),
+        r#"{"type":"error","error":"an edit needs a content"}"#
+    );
+    assert_eq!(server.stop(), Some(0));
+}
+
+/// Shrinks a client's kernel receive buffer, so that what the server cannot send stays in the
+/// server's send queues (which the budget bounds) rather than in kernel buffers.
+fn small_receive_buffer(client: &WsClient) {
+    use std::os::fd::AsRawFd;
+    let bytes: libc::c_int = 4096;
+    // SAFETY: setsockopt(2) on a socket this test owns, with a pointer to a c_int and its size.
+    let result = unsafe {
+        libc::setsockopt(
+            client.stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            std::ptr::addr_of!(bytes).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(result, 0, "setsockopt SO_RCVBUF");
+}
+
+#[test]
+fn queued_bytes_stay_within_the_cores_budget_and_slow_members_are_closed() {
+    const BUDGET_BYTES: usize = 1024 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("stead.toml");
+    std::fs::write(
+        &config,
+        format!("[websocket]\nsend_queue_bytes_per_core_max = {BUDGET_BYTES}\n"),
+    )
+    .expect("config");
+    let data = dir.path().join("data");
+    let server = TestServer::start(&data, 1, &["--config", config.to_str().expect("path")]);
+    let room = "/objects/chat/budget/websocket";
+    // Members that never read: each alone stays under its own 4 MiB queue bound, together they
+    // would pass the core's 1 MiB budget many times over.
+    let sleepers: Vec<WsClient> = (0..20)
+        .map(|index| {
+            let sleeper = WsClient::connect(server.addr, &format!("{room}?name=sleeper{index}"));
+            small_receive_buffer(&sleeper);
+            sleeper
+        })
+        .collect();
+    let mut talker = WsClient::connect(server.addr, &format!("{room}?name=talker"));
+    assert_eq!(
+        next_text(&mut talker),
+        r#"{"type":"join","name":"talker","count":21}"#
+    );
+    let message = json!({"type": "message", "text": "x".repeat(50_000)}).to_string();
+    let mut left = 0;
+    let mut queued_max = 0.0f64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while left < 20 && std::time::Instant::now() < deadline {
+        talker.send_text(&message);
+        // Read the echo and any leaves, so the talker never falls behind.
+        loop {
+            let got = talker.next_json();
+            if got["type"] == "leave" {
+                left += 1;
+                continue;
+            }
+            assert_eq!(got["type"], "message");
+            break;
+        }
+        let queued = metric_sum(&server, "stead_websocket_queued_bytes");
+        queued_max = queued_max.max(queued);
+        assert!(queued <= BUDGET_BYTES as f64, "{queued} bytes queued");
+    }
+    assert_eq!(
+        left, 20,
+        "the members that stopped reading were not all closed"
+    );
+    assert!(
+        queued_max > (BUDGET_BYTES / 2) as f64,
+        "the budget was never approached: {queued_max}"
+    );
+    // The talker, which kept up, is still a member; the sleepers were told to come back later.
+    talker.send_text(r#"{"type":"message","text":"still here"}"#);
+    assert_eq!(talker.next_json()["text"], "still here");
+    let mut sleeper = sleepers.into_iter().next().expect("a sleeper");
+    let mut last = None;
+    while let Some(frame) = sleeper.next_frame() {
+        let closing = matches!(frame, Frame::Close(_));
+        last = Some(frame);
+        if closing {
+            break;
+        }
+    }
+    assert_eq!(last, Some(Frame::Close(Some(1013))));
+    assert_eq!(server.stop(), Some(0));
+}

@@ -34,12 +34,25 @@ pub(crate) fn with_harness<F, Fut>(
     F: FnOnce(Harness) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,
 {
+    with_harness_config(dir, register, scheduler, Config::default(), test);
+}
+
+/// [`with_harness`] with a server configuration other than the default.
+pub(crate) fn with_harness_config<F, Fut>(
+    dir: &Path,
+    register: fn(&mut ClassRegistry),
+    scheduler: SchedulerConfig,
+    config: Config,
+    test: F,
+) where
+    F: FnOnce(Harness) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
     let path: PathBuf = dir.to_path_buf();
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(256 * 1024)
         .ring_depth(64)
         .spawn(move || async move {
-            let config = Config::default();
             let mut store_config = StoreConfig::new(path);
             store_config.limits = store_limits(&config);
             let store = Store::open(store_config).await.expect("open store");

@@ -67,6 +67,8 @@ pub struct HostStats {
     pub overload_rejections_total: u64,
     pub websockets_open: usize,
     pub websocket_events_total: u64,
+    /// Bytes queued for WebSocket clients and not yet written, over the core's sockets.
+    pub websocket_queued_bytes: usize,
 }
 
 /// The objects of one core. One per core, behind an `Rc`.
@@ -219,7 +221,7 @@ impl ObjectHost {
         };
         match self.run(&event.slot, instance.fetch(request)).await {
             Ok(response) => response,
-            Err(message) => Response::json_error(500, &message),
+            Err(error) => Response::json_error(error.status, &error.message),
         }
     }
 
@@ -248,9 +250,7 @@ impl ObjectHost {
             }
             Ok(())
         });
-        self.run(&event.slot, handler)
-            .await
-            .map_err(ObjectError::new)
+        self.run(&event.slot, handler).await
     }
 
     /// Objects in memory (active or activating).
@@ -268,6 +268,7 @@ impl ObjectHost {
             active_objects: self.active_objects(),
             events_queued: self.events_queued(),
             websockets_open: self.sockets.len(),
+            websocket_queued_bytes: self.sockets.queued_bytes(),
             ..self.stats.get()
         }
     }
@@ -328,7 +329,9 @@ impl ObjectHost {
                             instance.websocket_error(handle, format!("{error:?}"))
                         }
                     };
-                    self.run(&event_guard.slot, handler).await
+                    self.run(&event_guard.slot, handler)
+                        .await
+                        .map_err(|error| error.message)
                 }
             },
         };
@@ -479,26 +482,27 @@ impl ObjectHost {
         Ok(slot)
     }
 
-    /// Runs one handler under the commit gate, then the output gate.
+    /// Runs one handler under the commit gate, then the output gate. A handler's own error
+    /// keeps its status (413 for a write the client made too large); a failed commit is 500.
     async fn run<T>(
         &self,
         slot: &Slot,
         handler: BoxedLocal<Result<T, ObjectError>>,
-    ) -> Result<T, String> {
+    ) -> Result<T, ObjectError> {
         let (result, commit_error) = Gated::new(self, slot, handler).await;
         if let Some(message) = commit_error {
-            return Err(message);
+            return Err(ObjectError::new(message));
         }
         let seq = slot.last_submitted_seq.get();
         if seq > 0 {
             if let Err(error) = self.store.wait_durable(seq).await {
-                return Err(format!(
+                return Err(ObjectError::new(format!(
                     "write of object {} is not durable: {error}",
                     slot.id
-                ));
+                )));
             }
         }
-        result.map_err(|error| error.message)
+        result
     }
 
     /// Builds the instance of an activating object: load, construct, `init`.

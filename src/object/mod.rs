@@ -63,16 +63,31 @@ pub struct SocketClose {
     pub clean: bool,
 }
 
-/// A failed handler. The client gets 500 with `{"error": message}`.
+/// A failed handler. The client gets `status` with `{"error": message}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectError {
     pub message: String,
+    /// The HTTP status of the answer: 500 (the server failed), unless the error is the
+    /// client's, such as 413 for a write its request made too large.
+    pub status: u16,
 }
 
+/// The status of a handler error that is the server's fault.
+const SERVER_ERROR_STATUS: u16 = 500;
+/// The status of a write the client made too large (a key, a value, an event's batch).
+const TOO_LARGE_STATUS: u16 = 413;
+
 impl ObjectError {
+    /// A server error (500).
     pub fn new(message: impl Into<String>) -> ObjectError {
+        ObjectError::with_status(SERVER_ERROR_STATUS, message)
+    }
+
+    /// An error the client gets with `status`.
+    pub fn with_status(status: u16, message: impl Into<String>) -> ObjectError {
         ObjectError {
             message: message.into(),
+            status,
         }
     }
 }
@@ -85,9 +100,19 @@ impl fmt::Display for ObjectError {
 
 impl std::error::Error for ObjectError {}
 
+/// A write refused for its size was sized by the request (a posted value, a key from the
+/// path, as many keys as the client asked for), so it is the client's error: 413, like a body
+/// over `body_bytes_max`. A store that cannot write is the server's: 500.
 impl From<StorageError> for ObjectError {
     fn from(error: StorageError) -> ObjectError {
-        ObjectError::new(error.to_string())
+        let status = match error {
+            StorageError::KeyTooLarge { .. }
+            | StorageError::ValueTooLarge { .. }
+            | StorageError::BatchTooManyKeys { .. }
+            | StorageError::BatchTooLarge { .. } => TOO_LARGE_STATUS,
+            StorageError::Unavailable { .. } => SERVER_ERROR_STATUS,
+        };
+        ObjectError::with_status(status, error.to_string())
     }
 }
 

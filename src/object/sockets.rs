@@ -12,8 +12,8 @@ use std::rc::Rc;
 
 use crate::id::ObjectId;
 use crate::websocket::{
-    AttachError, AutoResponse, CloseCode, EventQueue, SocketHandle, SocketId, SocketIds, SocketSet,
-    WebSocketLimits,
+    AttachError, AutoResponse, CloseCode, CoreSendBudget, EventQueue, SocketHandle, SocketId,
+    SocketIds, SocketSet, WebSocketLimits,
 };
 
 /// Socket events waiting for delivery, over every socket of the core.
@@ -36,6 +36,8 @@ pub struct CoreSockets {
     ids: SocketIds,
     /// Limits of every socket.
     limits: Rc<WebSocketLimits>,
+    /// Bytes queued for clients over every socket of the core, and their bound.
+    budget: Rc<CoreSendBudget>,
     /// Open sockets by object; survives the object's eviction.
     by_object: RefCell<HashMap<ObjectId, SocketSet>>,
     /// The owner of each open socket.
@@ -52,6 +54,7 @@ impl CoreSockets {
     pub fn new(limits: WebSocketLimits) -> CoreSockets {
         CoreSockets {
             ids: SocketIds::default(),
+            budget: Rc::new(CoreSendBudget::new(limits.send_queue_bytes_per_core_max)),
             limits: Rc::new(limits),
             by_object: RefCell::new(HashMap::new()),
             owners: RefCell::new(HashMap::new()),
@@ -76,7 +79,12 @@ impl CoreSockets {
         class: Rc<str>,
         tags: Vec<String>,
     ) -> Result<SocketHandle, AttachError> {
-        let handle = SocketHandle::new(self.ids.next_id(), tags, self.limits.clone())?;
+        let handle = SocketHandle::new(
+            self.ids.next_id(),
+            tags,
+            self.limits.clone(),
+            self.budget.clone(),
+        )?;
         let mut by_object = self.by_object.borrow_mut();
         let set = by_object
             .entry(object)
@@ -92,6 +100,11 @@ impl CoreSockets {
         );
         self.accepted.borrow_mut().insert(token, handle.clone());
         Ok(handle)
+    }
+
+    /// Bytes queued for clients and not yet written, over every socket of the core.
+    pub fn queued_bytes(&self) -> usize {
+        self.budget.queued_bytes()
     }
 
     /// The socket accepted by the request with `token`, if its handler accepted one.

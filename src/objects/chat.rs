@@ -6,6 +6,7 @@
 //! `{"type":"message","name","text","timestamp"}` (without `text` if it had none); on leave
 //! the others get `{"type":"leave","name","count"}`. A message that is not JSON gets
 //! `{"type":"error","error":…}` back, to its sender only. Other paths are 404 `Not Found`.
+//! Every message has its fields in the order shown, the design's `JSON.stringify` order.
 //!
 //! Unlike the design, a member whose socket the server fails (a protocol violation, or a
 //! client that stopped reading and was closed with 1008) is announced with a `leave` like any
@@ -14,12 +15,46 @@
 //! The member's name lives in its socket's attachment, so the room survives hibernation: an
 //! evicted room is rebuilt with its sockets and names when the next message arrives.
 
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::http::{is_websocket_upgrade, Request, Response};
 use crate::object::{
     now_ms, DurableObject, ObjectContext, ObjectError, SocketClose, SocketHandle, WebSocketMessage,
 };
+
+/// What the room sends, as the design's `JSON.stringify` writes it: `type` first, then the
+/// other fields in the design's order.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Outgoing<'a> {
+    Join {
+        name: &'a str,
+        count: usize,
+    },
+    Message {
+        name: &'a str,
+        /// Absent when the member's message had none, as `JSON.stringify` drops `undefined`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        text: Option<&'a Value>,
+        timestamp: i64,
+    },
+    Leave {
+        name: &'a str,
+        count: usize,
+    },
+    /// To the sender only, of a message the room could not read.
+    Error {
+        error: &'a str,
+    },
+}
+
+impl Outgoing<'_> {
+    fn to_text(&self) -> String {
+        // Serializing these fields (strings, numbers, a parsed JSON value) cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
 
 /// Member names longer than this are cut (the attachment holds at most 2 KiB).
 const NAME_BYTES_MAX: usize = 256;
@@ -31,8 +66,8 @@ pub struct ChatRoom {
 
 impl ChatRoom {
     /// Sends `message` to every member but `except`.
-    fn broadcast(&self, message: &Value, except: Option<&SocketHandle>) {
-        let text = message.to_string();
+    fn broadcast(&self, message: &Outgoing, except: Option<&SocketHandle>) {
+        let text = message.to_text();
         for socket in self.context.websockets(None) {
             if except.is_some_and(|except| except.id() == socket.id()) {
                 continue;
@@ -52,8 +87,8 @@ impl ChatRoom {
     /// Tells the others that `socket` left.
     fn leave(&self, socket: &SocketHandle) {
         let count = self.context.websockets(None).len().saturating_sub(1);
-        let message = json!({ "type": "leave", "name": ChatRoom::name_of(socket), "count": count });
-        self.broadcast(&message, Some(socket));
+        let name = ChatRoom::name_of(socket);
+        self.broadcast(&Outgoing::Leave { name: &name, count }, Some(socket));
     }
 }
 
@@ -92,10 +127,7 @@ impl DurableObject for ChatRoom {
             return Err(ObjectError::new(error.to_string()));
         }
         let count = self.context.websockets(None).len();
-        self.broadcast(
-            &json!({ "type": "join", "name": name, "count": count }),
-            None,
-        );
+        self.broadcast(&Outgoing::Join { name: &name, count }, None);
         Ok(accepted.response)
     }
 
@@ -107,30 +139,28 @@ impl DurableObject for ChatRoom {
         let text = match message {
             WebSocketMessage::Text(text) => text,
             WebSocketMessage::Binary(_) => {
-                let _ = socket.send_text(
-                    &json!({ "type": "error", "error": "messages are JSON text" }).to_string(),
-                );
+                let reply = Outgoing::Error {
+                    error: "messages are JSON text",
+                };
+                let _ = socket.send_text(&reply.to_text());
                 return Ok(());
             }
         };
         let data: Value = match serde_json::from_str(&text) {
             Ok(data) => data,
             Err(error) => {
-                let reply = json!({ "type": "error", "error": format!("invalid JSON: {error}") });
-                let _ = socket.send_text(&reply.to_string());
+                let error = format!("invalid JSON: {error}");
+                let _ = socket.send_text(&Outgoing::Error { error: &error }.to_text());
                 return Ok(());
             }
         };
         if data.get("type").and_then(Value::as_str) == Some("message") {
-            let mut message = json!({
-                "type": "message",
-                "name": ChatRoom::name_of(&socket),
-                "timestamp": now_ms(),
-            });
-            // As in the design, a message without `text` is broadcast without it.
-            if let Some(text) = data.get("text") {
-                message["text"] = text.clone();
-            }
+            let name = ChatRoom::name_of(&socket);
+            let message = Outgoing::Message {
+                name: &name,
+                text: data.get("text"),
+                timestamp: now_ms(),
+            };
             self.broadcast(&message, None);
         }
         Ok(())

@@ -5,8 +5,13 @@
 //! client gets `{"type":"init","content":<stored document or "">}`. On `{"type":"edit","content"}`
 //! the document is stored durably, then the message goes unchanged to every other socket. A
 //! message that is not JSON, or an edit without `content`, gets `{"type":"error","error":…}`.
+//!
+//! The content is stored as it was sent, so the init message gives it back with its keys in
+//! their order, as the design's `JSON.stringify` of the stored object would.
 
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 use crate::http::{is_websocket_upgrade, Request, Response};
 use crate::object::{DurableObject, ObjectContext, ObjectError, SocketHandle, WebSocketMessage};
@@ -20,15 +25,43 @@ pub struct Document {
 }
 
 impl Document {
-    /// The stored document; `""` when there is none or it is empty, `false`, `0` or `null`
-    /// (the design's `get("doc") || ""`).
-    fn content(&self) -> Value {
+    /// The stored document as it was sent (so its keys keep their order); `""` when there is
+    /// none or it is empty, `false`, `0` or `null` (the design's `get("doc") || ""`).
+    fn content(&self) -> Box<RawValue> {
         self.context
             .storage()
             .get(DOCUMENT_KEY)
-            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
-            .filter(is_truthy)
-            .unwrap_or_else(|| Value::String(String::new()))
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .filter(|text| serde_json::from_str::<Value>(text).is_ok_and(|value| is_truthy(&value)))
+            .and_then(|text| RawValue::from_string(text).ok())
+            .unwrap_or_else(empty_content)
+    }
+}
+
+/// `""`, the content of a document never edited.
+fn empty_content() -> Box<RawValue> {
+    RawValue::from_string("\"\"".to_string()).unwrap_or_default()
+}
+
+/// The `content` of an edit exactly as sent (`serde_json::Value` would sort its keys).
+#[derive(Deserialize)]
+struct EditContent<'a> {
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+}
+
+/// What the document sends (besides forwarded edits), `type` first as in the design.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Outgoing<'a> {
+    Init { content: &'a RawValue },
+    Error { error: &'a str },
+}
+
+impl Outgoing<'_> {
+    fn to_text(&self) -> String {
+        // Serializing a string or a parsed JSON value cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
     }
 }
 
@@ -44,7 +77,7 @@ fn is_truthy(value: &Value) -> bool {
 }
 
 fn error(socket: &SocketHandle, message: &str) {
-    let _ = socket.send_text(&json!({ "type": "error", "error": message }).to_string());
+    let _ = socket.send_text(&Outgoing::Error { error: message }.to_text());
 }
 
 impl DurableObject for Document {
@@ -60,8 +93,9 @@ impl DurableObject for Document {
             Ok(accepted) => accepted,
             Err(response) => return Ok(response),
         };
-        let init = json!({ "type": "init", "content": self.content() });
-        let _ = accepted.socket.send_text(&init.to_string());
+        let content = self.content();
+        let init = Outgoing::Init { content: &content };
+        let _ = accepted.socket.send_text(&init.to_text());
         Ok(accepted.response)
     }
 
@@ -84,11 +118,15 @@ impl DurableObject for Document {
         if data.get("type").and_then(Value::as_str) != Some("edit") {
             return Ok(());
         }
-        let Some(content) = data.get("content") else {
+        if data.get("content").is_none() {
             error(&socket, "an edit needs a content");
             return Ok(());
+        }
+        // `content: null` reads as `None` here; it is stored as the `null` it was.
+        let encoded = match serde_json::from_str::<EditContent>(&text)?.content {
+            Some(content) => content.get().as_bytes().to_vec(),
+            None => b"null".to_vec(),
         };
-        let encoded = serde_json::to_vec(content)?;
         if let Err(storage_error) = self.context.storage().put(DOCUMENT_KEY, encoded) {
             error(&socket, &storage_error.to_string());
             return Ok(());

@@ -34,8 +34,10 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
+use serde::Serialize;
 use serde_json::json;
 
+use super::json_response;
 use crate::http::{Request, Response};
 use crate::object::{
     now_ms, shutting_down, AlarmInfo, DurableObject, ObjectContext, ObjectError, Parked,
@@ -48,6 +50,14 @@ const HOLDER_KEY: &[u8] = b"holder";
 const LEASE_KEY: &[u8] = b"lease_ms";
 /// Longest lease, in milliseconds (ten years): keeps `now + lease` far from overflow.
 const LEASE_MS_MAX: u64 = 10 * 365 * 24 * 3_600_000;
+
+/// The answer to `/status`, fields in the design's order.
+#[derive(Serialize)]
+struct Status<'a> {
+    locked: bool,
+    holder: Option<&'a str>,
+    waiting: usize,
+}
 
 /// One client waiting for the lock.
 struct Waiter {
@@ -194,14 +204,14 @@ impl Lock {
         Ok(Response::json(200, &json!({ "released": true })))
     }
 
-    fn status(&self) -> Response {
-        let holder = self.holder.borrow().clone();
-        let body = json!({
-            "locked": holder.is_some(),
-            "holder": holder,
-            "waiting": self.queue.borrow().len(),
-        });
-        Response::json(200, &body)
+    fn status(&self) -> Result<Response, ObjectError> {
+        let holder = self.holder.borrow();
+        let status = Status {
+            locked: holder.is_some(),
+            holder: holder.as_deref(),
+            waiting: self.queue.borrow().len(),
+        };
+        json_response(200, &status)
     }
 
     /// Makes `client_id` the holder with `lease_ms`, durably, and sets or clears the alarm.
@@ -263,7 +273,7 @@ impl DurableObject for Lock {
         match request.path.as_str() {
             "/acquire" => self.acquire(&request).await,
             "/release" => self.release(&request),
-            "/status" => Ok(self.status()),
+            "/status" => self.status(),
             _ => Ok(Response::not_found()),
         }
     }

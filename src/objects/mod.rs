@@ -20,7 +20,24 @@ pub use ratelimiter::RateLimiter;
 pub use scheduler::Scheduler;
 pub use sessions::Sessions;
 
-use crate::object::{AlarmInfo, ClassRegistry, RegistryError};
+use serde::Serialize;
+
+use crate::http::Response;
+use crate::object::{AlarmInfo, ClassRegistry, ObjectError, RegistryError};
+
+/// Keys one event of a built-in writes (or deletes) between two suspension points, at most:
+/// half the engine's `batch_keys_max` (128), leaving room for the event's own few writes. A
+/// built-in with more to do splits it over several batches or events, so that it never trips
+/// the engine's limit, which would answer the client 500 for the server's own bookkeeping.
+const KEYS_PER_BATCH_MAX: usize = 64;
+
+/// A JSON answer with the fields in the order `value` declares them: the designs build their
+/// answers with `JSON.stringify`, which keeps insertion order, and clients may compare bytes.
+/// (`serde_json::Value` sorts object keys, so it is not used for answers with several fields.)
+fn json_response<T: Serialize>(status: u16, value: &T) -> Result<Response, ObjectError> {
+    Ok(Response::new(status, serde_json::to_vec(value)?)
+        .with_header("Content-Type", "application/json"))
+}
 
 /// Registers every built-in class under its route name.
 pub fn register_builtins(registry: &mut ClassRegistry) -> Result<(), RegistryError> {
@@ -42,5 +59,14 @@ fn next_alarm_ms(fired: &AlarmInfo, next_ms: i64) -> i64 {
         next_ms.saturating_add(1)
     } else {
         next_ms
+    }
+}
+
+#[cfg(test)]
+mod limits_tests {
+    #[test]
+    fn a_batch_of_a_builtin_fits_the_engine() {
+        let limits = stead_storage::Limits::default();
+        assert!(super::KEYS_PER_BATCH_MAX * 2 <= limits.batch_keys_max);
     }
 }

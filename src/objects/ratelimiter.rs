@@ -8,14 +8,22 @@
 //!
 //! Storage: one key per recorded timestamp, `r` ‖ timestamp (8 bytes, big-endian, offset so
 //! that key order is time order) ‖ a sequence number (4 bytes, big-endian), with an empty
-//! value. A call writes one key and deletes the keys that expired, instead of rewriting the
-//! whole window as the design's version does; the answers are the same.
+//! value. A call writes one key and deletes keys that expired, instead of rewriting the whole
+//! window as the design's version does; the answers are the same.
+//!
+//! Expired timestamps leave the count at once, but their keys are deleted at most
+//! `KEYS_PER_BATCH_MAX` per call (the rest wait, in memory, for the next calls): a burst of
+//! more than the engine's `batch_keys_max` requests expiring together must not make one call's
+//! batch too large. Each call records at most one key and deletes up to 64, so the backlog
+//! shrinks; keys still waiting at a restart are read back as old timestamps, and the next call
+//! forgets them again.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 
-use serde_json::json;
+use serde::Serialize;
 
+use super::{json_response, KEYS_PER_BATCH_MAX};
 use crate::http::{Request, Response};
 use crate::object::{now_ms, DurableObject, ListOptions, ObjectContext, ObjectError};
 
@@ -25,10 +33,23 @@ const KEY_PREFIX: u8 = b'r';
 pub struct RateLimiter {
     /// Storage and configuration of this object.
     context: ObjectContext,
-    /// Recorded timestamps and their storage keys, oldest first (mirrors storage).
+    /// Recorded timestamps still in the window and their storage keys, oldest first (with
+    /// `expired`, mirrors storage).
     window: RefCell<VecDeque<(i64, [u8; 13])>>,
+    /// Keys of timestamps that left the window but are still stored, oldest first: deleted a
+    /// bounded number per call.
+    expired: RefCell<VecDeque<[u8; 13]>>,
     /// Sequence number of the next key, so that keys recorded in the same millisecond differ.
     next_sequence: RefCell<u32>,
+}
+
+/// The answer to a check, fields in the design's order.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Verdict {
+    allowed: bool,
+    remaining: u64,
+    reset_at: i64,
 }
 
 fn timestamp_key(timestamp_ms: i64, sequence: u32) -> [u8; 13] {
@@ -69,36 +90,44 @@ impl RateLimiter {
         let window_ms = window_ms as i64;
         let storage = self.context.storage();
         let mut window = self.window.borrow_mut();
+        let mut expired = self.expired.borrow_mut();
         while let Some((timestamp, key)) = window.front() {
             if now.saturating_sub(*timestamp) < window_ms {
                 break;
             }
-            storage.delete(key)?;
+            expired.push_back(*key);
             window.pop_front();
+        }
+        for _ in 0..KEYS_PER_BATCH_MAX {
+            let Some(key) = expired.front() else {
+                break;
+            };
+            storage.delete(key)?;
+            expired.pop_front();
         }
         if window.len() as u64 >= limit {
             let oldest = window
                 .front()
                 .map(|(timestamp, _)| *timestamp)
                 .unwrap_or(now);
-            let body = json!({
-                "allowed": false,
-                "remaining": 0,
-                "resetAt": oldest.saturating_add(window_ms),
-            });
-            return Ok(Response::json(429, &body));
+            let verdict = Verdict {
+                allowed: false,
+                remaining: 0,
+                reset_at: oldest.saturating_add(window_ms),
+            };
+            return json_response(429, &verdict);
         }
         let mut sequence = self.next_sequence.borrow_mut();
         let key = timestamp_key(now, *sequence);
         *sequence = sequence.wrapping_add(1);
         storage.put(&key, Vec::new())?;
         window.push_back((now, key));
-        let body = json!({
-            "allowed": true,
-            "remaining": limit - window.len() as u64,
-            "resetAt": now.saturating_add(window_ms),
-        });
-        Ok(Response::json(200, &body))
+        let verdict = Verdict {
+            allowed: true,
+            remaining: limit - window.len() as u64,
+            reset_at: now.saturating_add(window_ms),
+        };
+        json_response(200, &verdict)
     }
 }
 
@@ -119,6 +148,7 @@ impl DurableObject for RateLimiter {
         RateLimiter {
             context,
             window: RefCell::new(window),
+            expired: RefCell::new(VecDeque::new()),
             next_sequence: RefCell::new(next_sequence),
         }
     }

@@ -1,8 +1,8 @@
 //! `scheduler`: many scheduled events on one alarm, as in the design's "multiple events, single
 //! alarm" pattern.
 //!
-//! `POST /events` with `{"id": string, "runAt": ms since the epoch, "repeatMs"?: positive
-//! integer}` schedules (or replaces) an event and answers 201 with it. `GET /events` answers the
+//! `POST /events` with `{"id": string, "runAt": ms since the epoch, "repeatMs"?: integer of at
+//! least `[scheduler] repeat_ms_min`}` schedules (or replaces) an event and answers 201 with it. `GET /events` answers the
 //! pending events, earliest first, as `[{"id","runAt","repeatMs"?}]`; `GET /fired` the firings,
 //! in firing order, as `[{"id","runAt","firedAt"}]`; `DELETE /events/{id}` answers
 //! `{"deleted":true}`, or 404 if there is no such event. Bad JSON or fields are 400 with a JSON
@@ -11,7 +11,12 @@
 //! The alarm is kept at the earliest `runAt`. When it fires, the due events are processed in
 //! time order: each firing is recorded with `firedAt` = the time of processing, a repeating
 //! event moves to `firedAt + repeatMs` (runs missed while the server was down are skipped, not
-//! replayed), any other is deleted; then the alarm moves to the next event.
+//! replayed), any other is deleted; then the alarm moves to the next event. Due events are
+//! processed `EVENTS_PER_BATCH` per batch, so any number of them can fall due together.
+//!
+//! Every firing is a durable write, so `repeatMs` has a floor (`repeat_ms_min`, 1 s by default):
+//! a shorter one is 400, and an event stored before the floor was raised repeats at the floor.
+//! Answers keep the fields in the order above (`JSON.stringify` order), byte for byte.
 //!
 //! Storage: `e/` ‖ id → the event as JSON; `f/` ‖ sequence (8 bytes, big-endian) → one firing
 //! as JSON. Only the last `FIRED_MAX` firings are kept, so a repeating event cannot grow the
@@ -23,6 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::{json_response, KEYS_PER_BATCH_MAX};
 use crate::http::{percent_decode, Method, Request, Response};
 use crate::object::{now_ms, AlarmInfo, DurableObject, ListOptions, ObjectContext, ObjectError};
 
@@ -35,8 +41,8 @@ const FIRED_MAX: usize = 1_000;
 /// Longest event id, in bytes.
 const EVENT_ID_BYTES_MAX: usize = 512;
 /// Due events processed per batch by the alarm; each writes at most two keys and deletes at
-/// most two, well within the engine's `batch_keys_max` (128 by default).
-const EVENTS_PER_BATCH: usize = 32;
+/// most two.
+const EVENTS_PER_BATCH: usize = KEYS_PER_BATCH_MAX / 2;
 
 /// One scheduled event, as stored and as `GET /events` answers it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,8 +95,8 @@ fn bad_request(message: &str) -> Response {
     Response::json_error(400, message)
 }
 
-/// Parses and checks a `POST /events` body.
-fn parse_event(body: &[u8]) -> Result<Event, Response> {
+/// Parses and checks a `POST /events` body; `repeat_ms_min` is the shortest repeat allowed.
+fn parse_event(body: &[u8], repeat_ms_min: u64) -> Result<Event, Response> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|error| bad_request(&format!("invalid JSON: {error}")))?;
     let id = match value.get("id") {
@@ -109,8 +115,14 @@ fn parse_event(body: &[u8]) -> Result<Event, Response> {
     let repeat_ms = match value.get("repeatMs") {
         None | Some(Value::Null) => None,
         Some(repeat) => match repeat.as_u64() {
-            Some(repeat_ms) if repeat_ms > 0 && repeat_ms <= i64::MAX as u64 => Some(repeat_ms),
-            _ => return Err(bad_request("repeatMs must be a positive integer")),
+            Some(repeat_ms) if repeat_ms >= repeat_ms_min && repeat_ms <= i64::MAX as u64 => {
+                Some(repeat_ms)
+            }
+            _ => {
+                return Err(bad_request(&format!(
+                    "repeatMs must be an integer of at least {repeat_ms_min} (repeat_ms_min)"
+                )))
+            }
         },
     };
     Ok(Event {
@@ -122,7 +134,8 @@ fn parse_event(body: &[u8]) -> Result<Event, Response> {
 
 impl Scheduler {
     fn schedule(&self, request: &Request) -> Result<Response, ObjectError> {
-        let event = match parse_event(&request.body) {
+        let repeat_ms_min = self.repeat_ms_min();
+        let event = match parse_event(&request.body, repeat_ms_min) {
             Ok(event) => event,
             Err(response) => return Ok(response),
         };
@@ -135,7 +148,7 @@ impl Scheduler {
         }
         state.by_time.insert((event.run_at, event.id.clone()));
         self.set_alarm(&state)?;
-        Ok(Response::json(201, &serde_json::to_value(&event)?))
+        json_response(201, &event)
     }
 
     fn list_events(&self) -> Result<Response, ObjectError> {
@@ -145,7 +158,7 @@ impl Scheduler {
             .iter()
             .filter_map(|(_, id)| state.events.get(id))
             .collect();
-        Ok(Response::json(200, &serde_json::to_value(events)?))
+        json_response(200, &events)
     }
 
     fn list_fired(&self) -> Result<Response, ObjectError> {
@@ -153,14 +166,14 @@ impl Scheduler {
             prefix: Some(FIRED_PREFIX.to_vec()),
             ..ListOptions::default()
         };
-        let firings: Vec<Value> = self
+        let firings: Vec<Firing> = self
             .context
             .storage()
             .list(&options)
             .into_iter()
             .filter_map(|(_, value)| serde_json::from_slice(&value).ok())
             .collect();
-        Ok(Response::json(200, &Value::Array(firings)))
+        json_response(200, &firings)
     }
 
     fn delete_event(&self, id: &str) -> Result<Response, ObjectError> {
@@ -172,6 +185,12 @@ impl Scheduler {
         self.context.storage().delete(&event_key(id))?;
         self.set_alarm(&state)?;
         Ok(Response::json(200, &json!({ "deleted": true })))
+    }
+
+    /// The shortest repeat allowed, at least 1 ms (a 0 in the configuration would make a
+    /// repeating event due again at once, forever).
+    fn repeat_ms_min(&self) -> u64 {
+        self.context.config().scheduler.repeat_ms_min.max(1)
     }
 
     /// Puts the alarm at the earliest pending event, or removes it when there is none.
@@ -217,6 +236,7 @@ impl Scheduler {
         }
         match event.repeat_ms {
             Some(repeat_ms) => {
+                let repeat_ms = repeat_ms.max(self.repeat_ms_min());
                 event.run_at = now.saturating_add(repeat_ms as i64);
                 storage.put(&event_key(&id), serde_json::to_vec(&event)?)?;
                 state.by_time.insert((event.run_at, id.clone()));

@@ -10,7 +10,8 @@
 //!
 //! Storage: one key per session, `s/` ‖ id, holding the session as JSON. The alarm is kept at
 //! the earliest expiry; when it fires, every expired session is deleted (in batches of
-//! `DELETES_PER_BATCH`) and the alarm moves to the next expiry.
+//! `KEYS_PER_BATCH_MAX`, so any number can expire together) and the alarm moves to the next
+//! expiry.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use super::KEYS_PER_BATCH_MAX;
 use crate::http::{percent_decode, Method, Request, Response};
 use crate::object::{now_ms, AlarmInfo, DurableObject, ListOptions, ObjectContext, ObjectError};
 
@@ -28,9 +30,6 @@ const KEY_PREFIX: &[u8] = b"s/";
 const TTL_MS_DEFAULT: i64 = 86_400_000;
 /// Longest lifetime, in milliseconds (ten years): keeps `now + ttl` far from overflow.
 const TTL_MS_MAX: i64 = 10 * 365 * 24 * 3_600_000;
-/// Expired sessions deleted per batch by the alarm; a batch may name at most
-/// `batch_keys_max` (128 by default) deletes.
-const DELETES_PER_BATCH: usize = 64;
 
 /// A session as stored.
 #[derive(Serialize, Deserialize)]
@@ -241,7 +240,7 @@ impl DurableObject for Sessions {
                 expiries
                     .iter()
                     .take_while(|(expires_at, _)| *expires_at <= now)
-                    .take(DELETES_PER_BATCH)
+                    .take(KEYS_PER_BATCH_MAX)
                     .cloned()
                     .collect()
             };

@@ -7,8 +7,11 @@ use futures_lite::future::poll_once;
 use serde_json::{json, Value};
 
 use super::register_builtins;
-use crate::alarm::testing::{body, eventually, get, json, request, with_harness, Harness};
+use crate::alarm::testing::{
+    body, eventually, get, json, request, with_harness, with_harness_config, Harness,
+};
 use crate::alarm::SchedulerConfig;
+use crate::config::Config;
 use crate::http::{Method, Response};
 use crate::id::ObjectId;
 use crate::object::{now_ms, ClassRegistry};
@@ -453,36 +456,47 @@ fn scheduled_events_fire_in_time_order_and_can_be_deleted() {
 
 #[test]
 fn a_repeating_event_fires_again_and_again() {
-    run(|harness| async move {
-        let posted = json!({"id": "tick", "runAt": now_ms(), "repeatMs": 40}).to_string();
-        assert_eq!(
-            scheduler(&harness, Method::Post, "/events", &posted)
-                .await
-                .status,
-            201
-        );
-        assert!(eventually(PATIENCE, || harness.alarms.stats().fired_total >= 3).await);
-        assert_eq!(
-            scheduler(&harness, Method::Delete, "/events/tick", "")
-                .await
-                .status,
-            200
-        );
-        let fired = json(&scheduler(&harness, Method::Get, "/fired", "").await);
-        let times: Vec<i64> = fired
-            .as_array()
-            .expect("array")
-            .iter()
-            .filter_map(|f| f["firedAt"].as_i64())
-            .collect();
-        assert!(times.len() >= 3, "{fired}");
-        assert!(
-            times.windows(2).all(|pair| pair[1] - pair[0] >= 40),
-            "{times:?}"
-        );
-        let pending = json(&scheduler(&harness, Method::Get, "/events", "").await);
-        assert_eq!(pending, json!([]));
-        let object = ObjectId::from_name("scheduler", "sch");
-        assert!(eventually(PATIENCE, || harness.host.store().alarm(&object.0).is_none()).await);
-    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Below the default floor of 1 s, to see several firings quickly.
+    let mut config = Config::default();
+    config.scheduler.repeat_ms_min = 40;
+    let scheduler_config = SchedulerConfig::default();
+    with_harness_config(
+        dir.path(),
+        builtins,
+        scheduler_config,
+        config,
+        |harness| async move {
+            let posted = json!({"id": "tick", "runAt": now_ms(), "repeatMs": 40}).to_string();
+            assert_eq!(
+                scheduler(&harness, Method::Post, "/events", &posted)
+                    .await
+                    .status,
+                201
+            );
+            assert!(eventually(PATIENCE, || harness.alarms.stats().fired_total >= 3).await);
+            assert_eq!(
+                scheduler(&harness, Method::Delete, "/events/tick", "")
+                    .await
+                    .status,
+                200
+            );
+            let fired = json(&scheduler(&harness, Method::Get, "/fired", "").await);
+            let times: Vec<i64> = fired
+                .as_array()
+                .expect("array")
+                .iter()
+                .filter_map(|f| f["firedAt"].as_i64())
+                .collect();
+            assert!(times.len() >= 3, "{fired}");
+            assert!(
+                times.windows(2).all(|pair| pair[1] - pair[0] >= 40),
+                "{times:?}"
+            );
+            let pending = json(&scheduler(&harness, Method::Get, "/events", "").await);
+            assert_eq!(pending, json!([]));
+            let object = ObjectId::from_name("scheduler", "sch");
+            assert!(eventually(PATIENCE, || harness.host.store().alarm(&object.0).is_none()).await);
+        },
+    );
 }

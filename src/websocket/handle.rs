@@ -5,10 +5,17 @@
 //! constructed object needs to pick the socket up again after hibernation (id, tags,
 //! attachment). Sending encodes the frame straight into the socket's output buffer and wakes the
 //! driver, so everything queued between two runs of the driver leaves in one write.
+//!
+//! Queued bytes are bounded twice: per socket (`send_queue_bytes_max`, a client that stopped
+//! reading is closed with 1008) and per core, over all its sockets, by a [`CoreSendBudget`]
+//! (`send_queue_bytes_per_core_max`): a send that would take the core past it first closes, with
+//! 1013, the sockets furthest behind (largest queue first), dropping their queues, and if that is
+//! not enough closes the socket the send was for. So many slow clients together cannot grow the
+//! server's memory past the budget, and a client that keeps up is not the one cut off.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::task::Waker;
 use std::time::SystemTime;
 
@@ -27,6 +34,58 @@ const OUTPUT_COMPACT_BYTES: usize = 64 * 1024;
 
 /// The code a client that stopped reading is closed with.
 pub const SEND_OVERFLOW_CLOSE_CODE: CloseCode = CloseCode::POLICY_VIOLATION;
+
+/// The code a socket is closed with when a send to it would pass the core's budget of queued
+/// bytes: 1013 "Try Again Later", because the server ran short, not necessarily this client
+/// (whose own queue may be within its bound); reconnecting later is the right answer.
+pub const CORE_BUDGET_CLOSE_CODE: CloseCode = CloseCode::TRY_AGAIN_LATER;
+
+/// Bytes queued for clients and not yet written, over every socket of one core, and their bound.
+/// One per core, shared by its sockets (hence `Cell`: a core is one thread).
+#[derive(Debug)]
+pub struct CoreSendBudget {
+    /// The sum of every socket's unwritten output.
+    queued_bytes: Cell<usize>,
+    /// The most `queued_bytes` may reach by a data frame (`send_queue_bytes_per_core_max`).
+    bytes_max: usize,
+    /// The core's sockets, to find the one furthest behind when the budget is spent; entries
+    /// of sockets gone are dropped at the next search.
+    sockets: RefCell<Vec<Weak<RefCell<Shared>>>>,
+}
+
+impl CoreSendBudget {
+    pub fn new(bytes_max: usize) -> CoreSendBudget {
+        CoreSendBudget {
+            queued_bytes: Cell::new(0),
+            bytes_max,
+            sockets: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Bytes queued over the core's sockets now.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.get()
+    }
+
+    /// The open socket with the most unwritten bytes, if it has more than `bytes`. The socket
+    /// asking is borrowed already, so it is skipped.
+    fn furthest_behind(&self, bytes: usize) -> Option<Rc<RefCell<Shared>>> {
+        let mut sockets = self.sockets.borrow_mut();
+        sockets.retain(|socket| socket.strong_count() > 0);
+        let mut furthest: Option<(usize, Rc<RefCell<Shared>>)> = None;
+        for socket in sockets.iter().filter_map(Weak::upgrade) {
+            let unwritten = match socket.try_borrow() {
+                Ok(shared) if shared.phase == Phase::Open => shared.output.len() - shared.written,
+                _ => continue,
+            };
+            let best = furthest.as_ref().map_or(bytes, |(most, _)| *most);
+            if unwritten > best {
+                furthest = Some((unwritten, socket));
+            }
+        }
+        furthest.map(|(_, socket)| socket)
+    }
+}
 
 /// A text message answered by the socket itself, without waking its object: `request` in,
 /// `response` out (for example `ping` → `pong` keep-alives from a client library).
@@ -65,6 +124,10 @@ pub(super) struct Shared {
     /// Whether `written` falls between two frames (rather than inside the oldest unwritten
     /// one), so an overflow knows whether that frame must still be completed.
     written_at_frame_boundary: bool,
+    /// The core's budget of queued bytes, which this socket's unwritten output counts against.
+    budget: Rc<CoreSendBudget>,
+    /// What this socket has counted in `budget` (its unwritten bytes when last settled).
+    charged_bytes: usize,
     /// Set when the send queue overflowed: the numbers for the socket's terminal event.
     pub(super) overflow: Option<(usize, usize)>,
     /// The driver task, waiting for output to write.
@@ -92,6 +155,7 @@ impl SocketHandle {
         id: SocketId,
         tags: Vec<String>,
         limits: Rc<WebSocketLimits>,
+        budget: Rc<CoreSendBudget>,
     ) -> Result<SocketHandle, AttachError> {
         if tags.len() > TAGS_PER_SOCKET_MAX {
             return Err(AttachError::TooManyTags {
@@ -105,6 +169,7 @@ impl SocketHandle {
                 max: TAG_BYTES_MAX,
             });
         }
+        let registry = budget.clone();
         let shared = Shared {
             id,
             limits,
@@ -113,6 +178,8 @@ impl SocketHandle {
             written: 0,
             frame_ends: VecDeque::new(),
             written_at_frame_boundary: true,
+            budget,
+            charged_bytes: 0,
             overflow: None,
             driver: None,
             tags: tags.into_boxed_slice(),
@@ -120,9 +187,16 @@ impl SocketHandle {
             auto_response: None,
             auto_responded_at: None,
         };
-        Ok(SocketHandle {
-            shared: Rc::new(RefCell::new(shared)),
-        })
+        let shared = Rc::new(RefCell::new(shared));
+        let mut sockets = registry.sockets.borrow_mut();
+        // Dropping the entries of sockets gone before the list would grow keeps it within
+        // twice the sockets open, at a cost amortized over the pushes.
+        if sockets.len() == sockets.capacity() {
+            sockets.retain(|socket| socket.strong_count() > 0);
+        }
+        sockets.push(Rc::downgrade(&shared));
+        drop(sockets);
+        Ok(SocketHandle { shared })
     }
 
     pub fn id(&self) -> SocketId {
@@ -235,10 +309,17 @@ impl Shared {
         }
         let queued_bytes = self.output.len() - self.written;
         let queued_messages = self.frame_ends.len();
-        if queued_bytes + bytes > bytes_max
+        let close_code = if queued_bytes + bytes > bytes_max
             || queued_messages >= self.limits.send_queue_messages_max
         {
-            self.overflow(queued_bytes, queued_messages);
+            Some(SEND_OVERFLOW_CLOSE_CODE)
+        } else if !self.make_room(bytes) {
+            Some(CORE_BUDGET_CLOSE_CODE)
+        } else {
+            None
+        };
+        if let Some(close_code) = close_code {
+            self.overflow(queued_bytes, queued_messages, close_code);
             return Err(SendError::QueueFull {
                 bytes: queued_bytes,
                 messages: queued_messages,
@@ -246,19 +327,49 @@ impl Shared {
         }
         encode_frame(&mut self.output, opcode, true, payload, None);
         self.frame_ends.push_back(self.output.len());
+        self.settle();
         self.wake_driver();
         Ok(())
     }
 
-    /// The client stopped reading: drops every queued frame not yet started (keeping the one
-    /// partly on the wire, so the stream stays well formed), queues a close frame and releases
-    /// the memory. The driver reports `SendQueueFull` as the socket's terminal event.
-    fn overflow(&mut self, queued_bytes: usize, queued_messages: usize) {
+    /// Closes other sockets that are further behind than this one, largest queue first, until
+    /// `bytes` more fit in the core's budget; false if they cannot be made to fit that way.
+    fn make_room(&mut self, bytes: usize) -> bool {
+        let own = self.output.len() - self.written;
+        while self.budget.queued_bytes() + bytes > self.budget.bytes_max {
+            // Each socket closed leaves the open ones, so this ends.
+            let Some(furthest) = self.budget.furthest_behind(own) else {
+                return false;
+            };
+            let mut furthest = furthest.borrow_mut();
+            let queued_bytes = furthest.output.len() - furthest.written;
+            let queued_messages = furthest.frame_ends.len();
+            furthest.overflow(queued_bytes, queued_messages, CORE_BUDGET_CLOSE_CODE);
+        }
+        true
+    }
+
+    /// Brings the core's budget up to date with this socket's unwritten bytes; called after
+    /// every change to them.
+    fn settle(&mut self) {
+        let unwritten = self.output.len() - self.written;
+        let core = self.budget.queued_bytes.get() - self.charged_bytes + unwritten;
+        self.budget.queued_bytes.set(core);
+        self.charged_bytes = unwritten;
+    }
+
+    /// The client stopped reading, or the core's budget is spent: drops every queued frame not
+    /// yet started (keeping the one partly on the wire, so the stream stays well formed),
+    /// queues a close frame with `close_code` and releases the memory. The driver reports
+    /// `SendQueueFull` as the socket's terminal event.
+    fn overflow(&mut self, queued_bytes: usize, queued_messages: usize, close_code: CloseCode) {
         tracing::debug!(
             socket = self.id.0,
             queued_bytes,
             queued_messages,
-            "client is not reading; closing"
+            core_queued_bytes = self.budget.queued_bytes(),
+            close_code = close_code.0,
+            "send queue or core budget full; closing"
         );
         self.compact();
         let keep = match self.frame_ends.front() {
@@ -270,7 +381,12 @@ impl Shared {
         self.frame_ends.retain(|&end| end <= keep);
         self.frame_ends.shrink_to_fit();
         self.overflow = Some((queued_bytes, queued_messages));
-        let close = CloseFrame::new(SEND_OVERFLOW_CLOSE_CODE, "send queue full");
+        let reason = if close_code == CORE_BUDGET_CLOSE_CODE {
+            "server send budget full"
+        } else {
+            "send queue full"
+        };
+        let close = CloseFrame::new(close_code, reason);
         self.send_close(Some(&close), Phase::CloseSent);
     }
 
@@ -284,6 +400,7 @@ impl Shared {
     pub(super) fn send_close(&mut self, close: Option<&CloseFrame>, phase: Phase) {
         encode_close(&mut self.output, close, None);
         self.frame_ends.push_back(self.output.len());
+        self.settle();
         self.phase = phase;
         self.wake_driver();
     }
@@ -291,6 +408,7 @@ impl Shared {
     /// Records that `bytes` more were written.
     pub(super) fn advance(&mut self, bytes: usize) {
         self.written += bytes;
+        self.settle();
         self.written_at_frame_boundary = false;
         while let Some(&end) = self.frame_ends.front() {
             if end > self.written {
@@ -332,5 +450,13 @@ impl Shared {
         if let Some(driver) = self.driver.take() {
             driver.wake();
         }
+    }
+}
+
+impl Drop for Shared {
+    /// A socket that goes away with output unwritten gives its share of the budget back.
+    fn drop(&mut self) {
+        let core = self.budget.queued_bytes.get() - self.charged_bytes;
+        self.budget.queued_bytes.set(core);
     }
 }

@@ -4,7 +4,8 @@
 use serde::Deserialize;
 
 /// Bounds on what one WebSocket may receive, queue and hold. Past a receive limit the socket is
-/// closed with 1009; past a send limit with 1008 (policy violation: the client stopped reading).
+/// closed with 1009; past a send limit with 1008 (policy violation: the client stopped reading);
+/// past the core's send budget with 1013 (try again later: the server is short of memory).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebSocketLimits {
@@ -17,6 +18,10 @@ pub struct WebSocketLimits {
     pub send_queue_bytes_max: usize,
     /// Frames queued for a client and not yet written (same policy as the byte bound).
     pub send_queue_messages_max: usize,
+    /// Encoded frames queued and not yet written over all the sockets of one core, in bytes.
+    /// A send that would pass it closes the socket it was for with 1013 and drops that
+    /// socket's queue, so many slow clients cannot together hold more than this per core.
+    pub send_queue_bytes_per_core_max: usize,
     /// How long a closing socket waits for the peer's close frame (or for its own close frame
     /// to be written) before dropping the connection.
     pub close_timeout_ms: u64,
@@ -31,6 +36,7 @@ impl Default for WebSocketLimits {
             message_bytes_max: 1024 * 1024,
             send_queue_bytes_max: 4 * 1024 * 1024,
             send_queue_messages_max: 4096,
+            send_queue_bytes_per_core_max: 64 * 1024 * 1024,
             close_timeout_ms: 5_000,
             sockets_per_object_max: 32_768,
         }

@@ -34,7 +34,9 @@ pub use codec::{
 };
 pub use error::{AttachError, HandshakeError, ProtocolError, SendError};
 pub use events::{EventQueue, EventSink, Message, SocketError, SocketEvent, SocketId};
-pub use handle::{AutoResponse, SocketHandle, SEND_OVERFLOW_CLOSE_CODE};
+pub use handle::{
+    AutoResponse, CoreSendBudget, SocketHandle, CORE_BUDGET_CLOSE_CODE, SEND_OVERFLOW_CLOSE_CODE,
+};
 pub use handshake::{accept_key, validate_upgrade, Upgrade};
 pub use limits::{WebSocketLimits, ATTACHMENT_BYTES_MAX, TAGS_PER_SOCKET_MAX, TAG_BYTES_MAX};
 pub use set::{SocketIds, SocketSet};

@@ -13,8 +13,8 @@ use super::*;
 use crate::config::HttpLimits;
 use crate::http::{encode_response, parse_request};
 use crate::websocket::{
-    accept_key, encode_frame, validate_upgrade, AutoResponse, EventQueue, SendError, SocketId,
-    SocketIds, SocketSet, WebSocketLimits,
+    accept_key, encode_frame, validate_upgrade, AutoResponse, CoreSendBudget, EventQueue,
+    SendError, SocketId, SocketIds, SocketSet, WebSocketLimits,
 };
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -155,19 +155,22 @@ where
         address_sender
             .send(listener.local_addr().expect("address"))
             .expect("send address");
+        let budget = Rc::new(CoreSendBudget::new(limits.send_queue_bytes_per_core_max));
         let limits = Rc::new(limits);
         let queue = Rc::new(EventQueue::new(queue_capacity));
         let set = Rc::new(RefCell::new(SocketSet::new(limits.sockets_per_object_max)));
         let acceptor = {
             let (queue, set, limits) = (queue.clone(), set.clone(), limits.clone());
+            let budget = budget.clone();
             glommio::spawn_local(async move {
                 let ids = SocketIds::default();
                 for index in 0..clients {
                     let mut stream = listener.accept().await.expect("accept");
                     let received = upgrade(&mut stream).await;
                     let tags = vec![format!("client-{index}"), "everyone".into()];
-                    let handle = SocketHandle::new(ids.next_id(), tags, limits.clone())
-                        .expect("tags within bounds");
+                    let handle =
+                        SocketHandle::new(ids.next_id(), tags, limits.clone(), budget.clone())
+                            .expect("tags within bounds");
                     set.borrow_mut().insert(handle.clone()).expect("room");
                     let sink: Rc<dyn EventSink> = queue.clone();
                     glommio::spawn_local(serve_socket(stream, handle, sink, received)).detach();
@@ -575,8 +578,9 @@ fn a_socket_task_stays_small() {
         let client = std::thread::spawn(move || std::net::TcpStream::connect(address));
         let stream = listener.accept().await.expect("accept");
         let limits = Rc::new(WebSocketLimits::default());
-        let handle =
-            SocketHandle::new(SocketIds::default().next_id(), Vec::new(), limits).expect("no tags");
+        let budget = Rc::new(CoreSendBudget::new(limits.send_queue_bytes_per_core_max));
+        let handle = SocketHandle::new(SocketIds::default().next_id(), Vec::new(), limits, budget)
+            .expect("no tags");
         let sink: Rc<dyn EventSink> = Rc::new(EventQueue::new(4));
         let task = serve_socket(stream, handle, sink, Vec::new());
         let bytes = std::mem::size_of_val(&task);
@@ -587,4 +591,39 @@ fn a_socket_task_stays_small() {
         drop(task);
         drop(client.join().expect("client thread"));
     });
+}
+
+#[test]
+fn the_core_budget_closes_the_socket_furthest_behind_first() {
+    let limits = Rc::new(WebSocketLimits::default());
+    let budget = Rc::new(CoreSendBudget::new(10_000));
+    let ids = SocketIds::default();
+    let open = |budget: &Rc<CoreSendBudget>| {
+        SocketHandle::new(ids.next_id(), Vec::new(), limits.clone(), budget.clone())
+            .expect("no tags")
+    };
+    let (slow, fast) = (open(&budget), open(&budget));
+    let payload = "x".repeat(1000);
+    for _ in 0..9 {
+        slow.send_text(&payload).expect("within the budget");
+    }
+    assert_eq!(budget.queued_bytes(), slow.queued_bytes());
+    // The next message does not fit: the socket furthest behind is closed to make room, not
+    // the one the message is for.
+    fast.send_text(&payload).expect("room made");
+    assert!(!slow.is_open() && fast.is_open());
+    assert_eq!(
+        budget.queued_bytes(),
+        slow.queued_bytes() + fast.queued_bytes()
+    );
+    assert!(budget.queued_bytes() <= 10_000);
+    // With nobody further behind, the socket sent to is the one closed.
+    let lone_budget = Rc::new(CoreSendBudget::new(10_000));
+    let lone = open(&lone_budget);
+    let refused = (0..20).find_map(|_| lone.send_text(&payload).err());
+    assert!(matches!(refused, Some(SendError::QueueFull { .. })));
+    assert!(!lone.is_open());
+    // Sockets that go away give their bytes back.
+    drop((slow, fast, lone));
+    assert_eq!((budget.queued_bytes(), lone_budget.queued_bytes()), (0, 0));
 }
