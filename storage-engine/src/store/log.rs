@@ -76,13 +76,24 @@ pub async fn run_writer(inner: Weak<Inner>, signal: Rc<Signal>) {
     }
 }
 
-/// Marks the store poisoned and fails every queued batch with `error`.
+/// Marks the store poisoned, fails every queued batch with `error` and takes every batch that
+/// is not durable back out of the index: none of them will ever be durable, so reads must not
+/// show them (a client could otherwise read a write that was never acknowledged and that a
+/// restart loses).
 pub fn poison(inner: &Inner, error: &StoreError) {
     tracing::error!(%error, "storage write failed; the store is poisoned until reopened");
     {
         let mut state = inner.state.borrow_mut();
+        let state = &mut *state;
         state.poisoned = true;
         state.pending.clear();
+        let undone = state.undo.roll_back(&mut state.index);
+        if undone > 0 {
+            tracing::warn!(
+                batches = undone,
+                "dropped the batches that will never be durable from the in-memory view"
+            );
+        }
     }
     inner.durable.fail(Failure::from_error(error));
 }
@@ -161,6 +172,13 @@ async fn write_group(inner: &Inner) -> Result<(), StoreError> {
 
     let mut state = inner.state.borrow_mut();
     let state = &mut *state;
+    if state.poisoned {
+        // A compaction failed meanwhile and took these batches out of the index along with
+        // every other one not yet durable: reporting them durable now would acknowledge
+        // writes that reads no longer show. They may still be found after a restart, as any
+        // unacknowledged write may.
+        return Err(StoreError::Poisoned);
+    }
     if let Some(writer) = state.writer.as_mut() {
         writer.offset += record.len() as u64;
     }
@@ -190,6 +208,7 @@ async fn write_group(inner: &Inner) -> Result<(), StoreError> {
                 .relocate(&batch.object, &large.key, still_pending);
         }
     }
+    state.undo.durable(last_seq);
     inner.durable.advance(last_seq);
     Ok(())
 }
