@@ -82,7 +82,12 @@ fn a_full_disk_refuses_writes_serves_reads_and_recovers_after_a_restart() {
             panic!("STEAD_REQUIRE_MOUNT=1 but a tmpfs cannot be mounted: {reason}")
         }
         Err(reason) => {
-            println!("SKIPPED full_disk: cannot mount a tmpfs ({reason}); run as root, or set STEAD_REQUIRE_MOUNT=1 to make this a failure");
+            // Straight to stderr: the test harness captures `println!`, and a skip must show.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED full_disk: cannot mount a tmpfs ({reason}); run as root, or set \
+                 STEAD_REQUIRE_MOUNT=1 to make this a failure"
+            );
             return;
         }
     };
