@@ -117,6 +117,17 @@ fn io_error(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error)
     }
 }
 
+/// Creates `dir` and its missing parents, each synced into its parent, so a power cut after
+/// start-up cannot lose the data directory (or a new generation's) whole: `LAYOUT` and the
+/// stores are synced inside it, but its own entry is durable only once its parent is synced.
+fn create_dir_durably(dir: &Path) -> Result<(), LayoutError> {
+    stead_storage::create_dir_durably(dir).map_err(|(path, source)| LayoutError::Io {
+        operation: "create",
+        path,
+        source,
+    })
+}
+
 /// The directory of core `core`'s store in `generation`.
 pub fn store_dir(data_dir: &Path, generation: u64, core: usize) -> PathBuf {
     generation_dir(data_dir, generation).join(format!("core-{core}"))
@@ -139,7 +150,7 @@ pub fn store_config(config: &Config, dir: PathBuf) -> StoreConfig {
 pub fn prepare(config: &Config) -> Result<Layout, LayoutError> {
     let data_dir = &config.data_dir;
     let cores = config.cores_resolved();
-    std::fs::create_dir_all(data_dir).map_err(io_error("create", data_dir))?;
+    create_dir_durably(data_dir)?;
     let layout = match read(data_dir)? {
         Some(layout) => layout,
         None => {
@@ -296,7 +307,7 @@ async fn migrate_stores(config: &Config, from: Layout, to: Layout) -> Result<(),
     let mut targets = Vec::with_capacity(to.cores);
     for core in 0..to.cores {
         let dir = store_dir(data_dir, to.generation, core);
-        std::fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
+        create_dir_durably(&dir)?;
         targets.push(Store::open(store_config(config, dir)).await?);
     }
     let limits = store_limits(config);

@@ -170,7 +170,7 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
     let mut out = String::with_capacity(8 * 1024);
     render_requests(&mut out, snapshots);
     render_latency(&mut out, snapshots);
-    let per_core: [PerCoreMetric; 26] = [
+    let per_core: [PerCoreMetric; 27] = [
         (
             "stead_shutdown_waiters",
             "gauge",
@@ -279,6 +279,13 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
             "gauge",
             "1 after a failed write or fdatasync.",
             |s| f64::from(u8::from(s.store.poisoned)),
+        ),
+        (
+            "stead_store_writable",
+            "gauge",
+            "1 while the store takes writes; 0 once a write, fdatasync or its creation failed \
+             (writes answer 507 until a restart).",
+            |s| f64::from(u8::from(!s.store.poisoned)),
         ),
         (
             "stead_alarms_pending",

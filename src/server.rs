@@ -17,7 +17,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::config::Config;
 use crate::layout::{self, LayoutError};
 use crate::object::{ClassRegistry, DurableObject, RegistryError};
-use crate::shard::{channels, run_core, CoreEvent, CoreStart};
+use crate::shard::{channels, run_core, CoreEvent, CoreStart, StoreHealth};
 
 /// Locked memory each core's executor registers for I/O. The machine's locked-memory limit is
 /// shared by every core, and the storage engine reads through ordinary buffers when this pool
@@ -125,6 +125,7 @@ impl Server {
         let registry = Arc::new(registry);
         let stop = Arc::new(AtomicBool::new(false));
         let drained = Arc::new(AtomicUsize::new(0));
+        let health = Arc::new(StoreHealth::new(cores));
         let (events_sender, events) = mpsc::channel();
         let capacity = 2 * config.objects.cross_core_requests_max.max(1);
         let mut address_senders = Vec::new();
@@ -145,6 +146,7 @@ impl Server {
                 endpoints,
                 stop: stop.clone(),
                 drained: drained.clone(),
+                health: health.clone(),
                 events: events_sender.clone(),
                 bound_address,
             };

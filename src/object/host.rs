@@ -46,6 +46,20 @@ const SWEEP_INTERVAL_MAX_MS: u64 = 60_000;
 /// deletion is: the hook for the alarm scheduler.
 pub type AlarmListener = Rc<dyn Fn(ObjectId, Option<i64>)>;
 
+/// Told once, with the reason, when the host finds its store no longer writable: the hook for
+/// `/healthz`.
+pub type StoreFailureListener = Rc<dyn Fn(&str)>;
+
+/// 507 `{"error":"storage unavailable: <reason>","retryable":false}`: the core's store takes no
+/// more writes (a full disk, a failed write or fdatasync). Retrying does not help until the
+/// server is restarted with the disk fixed; reads of durable data keep working meanwhile.
+pub(crate) fn storage_unavailable(reason: &str) -> Response {
+    Response::json(
+        507,
+        &json!({ "error": format!("storage unavailable: {reason}"), "retryable": false }),
+    )
+}
+
 /// The storage limits the host checks on each write. The core's store must be opened with the
 /// same limits, or a commit could be refused after the object's memory changed.
 pub fn store_limits(config: &Config) -> Limits {
@@ -103,6 +117,10 @@ pub struct ObjectHost {
     alarm_listener: RefCell<Option<AlarmListener>>,
     /// The WebSockets of this core's objects; they outlive evictions.
     sockets: Rc<CoreSockets>,
+    /// Set once the host saw its store unwritable and dropped every object from memory.
+    store_failed: Cell<bool>,
+    /// The `/healthz` hook, if one is installed.
+    store_failure_listener: RefCell<Option<StoreFailureListener>>,
 }
 
 /// An admitted event; dropping it (answered or abandoned) releases its place.
@@ -187,6 +205,8 @@ impl ObjectHost {
             stats: Cell::new(HostStats::default()),
             alarm_listener: RefCell::new(None),
             sockets: Rc::new(CoreSockets::new(config_websocket)),
+            store_failed: Cell::new(false),
+            store_failure_listener: RefCell::new(None),
         })
     }
 
@@ -203,6 +223,48 @@ impl ObjectHost {
         *self.alarm_listener.borrow_mut() = Some(listener);
     }
 
+    /// Installs the hook told when the store turns out not writable (at once, if it already is).
+    pub fn set_store_failure_listener(&self, listener: StoreFailureListener) {
+        *self.store_failure_listener.borrow_mut() = Some(listener);
+        self.check_store();
+    }
+
+    /// Notices a store that takes no more writes, once: every object leaves memory, since
+    /// an object's in-memory copy may hold writes that will never be durable (the store took
+    /// them back out of its own view), and the next event of each reloads only durable data.
+    /// Returns why the store is not writable, if it is not.
+    pub fn check_store(&self) -> Option<String> {
+        let reason = self.store.write_failure()?;
+        if !self.store_failed.replace(true) {
+            tracing::error!(%reason, "the store takes no more writes: writes answer 507, reads of durable data go on");
+            let slots: Vec<Rc<Slot>> = self
+                .objects
+                .borrow_mut()
+                .drain()
+                .map(|(_, slot)| slot)
+                .collect();
+            for slot in &slots {
+                slot.storage
+                    .fail_commits(format!("storage unavailable: {reason}"));
+                self.sockets.object_left_memory(&slot.id);
+            }
+            let listener = self.store_failure_listener.borrow().clone();
+            if let Some(listener) = listener {
+                listener(&reason);
+            }
+        }
+        Some(reason)
+    }
+
+    /// The answer to a failed event: 507 when the store takes no more writes (what failed
+    /// then is a write, or a read of writes that will never be durable), else 500.
+    fn failure_response(&self, message: &str) -> Response {
+        match self.check_store() {
+            Some(reason) => storage_unavailable(&reason),
+            None => Response::json_error(500, message),
+        }
+    }
+
     /// Answers one request to the object `id` of `class`. The caller has checked that the class
     /// is registered and that this core owns `id`.
     pub async fn dispatch(
@@ -217,10 +279,11 @@ impl ObjectHost {
         };
         let instance = match event.ready().await {
             Ok(instance) => instance,
-            Err(message) => return Response::json_error(500, &message),
+            Err(message) => return self.failure_response(&message),
         };
         match self.run(&event.slot, instance.fetch(request)).await {
             Ok(response) => response,
+            Err(error) if error.status == 500 => self.failure_response(&error.message),
             Err(error) => Response::json_error(error.status, &error.message),
         }
     }
@@ -434,6 +497,9 @@ impl ObjectHost {
             self.count(|stats| stats.overload_rejections_total += 1);
             return Err(shutting_down());
         }
+        if !self.store_failed.get() {
+            self.check_store();
+        }
         let existing = self.objects.borrow().get(&id).cloned();
         let slot = match existing {
             Some(slot) => slot,
@@ -470,12 +536,14 @@ impl ObjectHost {
             ));
         };
         let storage = Storage::new(self.limits.clone());
-        let slot = Rc::new(Slot::new(
-            id,
-            Rc::from(class),
-            storage,
-            self.highest_submitted_seq.get(),
-        ));
+        // A store that takes no writes shows only durable data, so an object loaded from it
+        // has nothing to wait for (and the batches after the durable ones never will be).
+        let seq_floor = if self.store_failed.get() {
+            self.store.durable_seq()
+        } else {
+            self.highest_submitted_seq.get()
+        };
+        let slot = Rc::new(Slot::new(id, Rc::from(class), storage, seq_floor));
         self.objects.borrow_mut().insert(id, slot.clone());
         self.count(|stats| stats.activations_total += 1);
         glommio::spawn_local(activate(self.clone(), slot.clone(), constructor)).detach();

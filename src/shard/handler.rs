@@ -78,7 +78,7 @@ impl Shard {
             return (no_class("hello"), Response::text(200, HELLO_BODY));
         }
         match route {
-            Route::Healthz => (no_class("healthz"), Response::text(200, "ok")),
+            Route::Healthz => (no_class("healthz"), self.health_response()),
             Route::ChatPage => {
                 let page = Response::new(200, CHAT_PAGE)
                     .with_header("Content-Type", "text/html; charset=utf-8");
@@ -312,6 +312,25 @@ impl Shard {
                 write_and_close(stream, &response).await;
             }
         }
+    }
+
+    /// `/healthz`: 200 `ok` while every core's store takes writes; else 503 with
+    /// `{"status":"unhealthy","cores":[{"core":N,"storage":"unwritable","reason":"..."}]}`
+    /// naming each core whose store does not (reads of durable data still work there).
+    fn health_response(&self) -> Response {
+        // This core's store may have failed where no event noticed yet (a compaction).
+        self.host.check_store();
+        let failures = self.health.failures();
+        if failures.is_empty() {
+            return Response::text(200, "ok");
+        }
+        let cores: Vec<_> = failures
+            .iter()
+            .map(
+                |(core, reason)| json!({ "core": core, "storage": "unwritable", "reason": reason }),
+            )
+            .collect();
+        Response::json(503, &json!({ "status": "unhealthy", "cores": cores }))
     }
 
     /// `/metrics`: this core's figures and every other core's, asked for over the mesh.

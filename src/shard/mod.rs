@@ -9,6 +9,7 @@
 
 mod accept;
 mod handler;
+mod health;
 mod mesh;
 
 use std::cell::RefCell;
@@ -23,6 +24,7 @@ use glommio::channels::shared_channel::ConnectedReceiver;
 use glommio::net::TcpListener;
 use stead_storage::Store;
 
+pub use health::StoreHealth;
 pub use mesh::{channels, Endpoints};
 
 use crate::alarm::AlarmScheduler;
@@ -65,6 +67,8 @@ pub struct CoreStart {
     pub stop: Arc<AtomicBool>,
     /// Counts cores that finished draining their connections.
     pub drained: Arc<AtomicUsize>,
+    /// Which cores' stores take no writes, for `/healthz`; shared by every core.
+    pub health: Arc<StoreHealth>,
     /// Start-up progress, to the starting thread.
     pub events: mpsc::Sender<CoreEvent>,
     /// For cores other than 0: the address core 0 bound, once it has.
@@ -95,6 +99,8 @@ pub struct Shard {
     mesh: Mesh,
     /// Counters for `/metrics`.
     metrics: CoreMetrics,
+    /// Which cores' stores take no writes, for `/healthz`.
+    health: Arc<StoreHealth>,
     /// `Bearer <token>` when an auth token is configured.
     auth_header: Option<String>,
     /// Set when this core shuts down.
@@ -222,6 +228,7 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         endpoints,
         stop,
         drained,
+        health,
         events,
         bound_address,
     } = start;
@@ -242,6 +249,8 @@ async fn serve(start: CoreStart) -> Result<(), String> {
             )
         })?;
     let host = ObjectHost::new(store, registry.clone(), config.clone());
+    let reporter = health.clone();
+    host.set_store_failure_listener(Rc::new(move |reason| reporter.report(core, reason)));
     host.start_background();
     // Alarms keep firing while connections drain (a lock's lease may end then); they stop
     // only when the host stops taking events.
@@ -262,6 +271,7 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         mesh,
         forwarded_running: RefCell::new(HashMap::new()),
         metrics: CoreMetrics::default(),
+        health,
         auth_header,
         shutdown: shutdown.clone(),
         connection_slots: accept::connection_slots(config.http.connections_per_core_max),

@@ -86,31 +86,50 @@ impl GlommioDisk {
     /// succeeds vacuously, the poll ring is chosen, and every later read fails with
     /// EOPNOTSUPP on devices without polling. Opening a non-empty file first makes the probe
     /// read real data, so it answers truthfully.
-    async fn probe_iopoll(&self) -> io::Result<()> {
+    ///
+    /// When `opening`, the file about to be opened, exists and is not empty, it is itself that
+    /// first file and no probe file is written: on a full disk writing one fails with ENOSPC,
+    /// and the store could not even be opened for reading.
+    async fn probe_iopoll(&self, opening: &str) -> io::Result<()> {
         if self.probed.replace(true) {
             return Ok(());
         }
+        if std::fs::metadata(self.path(opening)).is_ok_and(|metadata| metadata.len() > 0) {
+            return Ok(());
+        }
         let path = self.path(".iopoll-probe");
+        let probed = self.write_probe(&path).await;
+        if probed.is_err() {
+            // Not probed after all: the next open tries again. A partial probe file is
+            // removed so it does not hold space.
+            self.probed.set(false);
+            let _ = std::fs::remove_file(&path);
+        }
+        probed
+    }
+
+    /// Writes, syncs, opens and removes the probe file at `path`.
+    async fn write_probe(&self, path: &std::path::Path) -> io::Result<()> {
         // Synced, so the file's blocks are allocated on the device: a read of a file whose
         // data still sits in delayed allocation does not reach the device and proves nothing.
-        let mut probe = std::fs::File::create(&path)?;
+        let mut probe = std::fs::File::create(path)?;
         std::io::Write::write_all(&mut probe, &[0u8; 4096])?;
         probe.sync_all()?;
         drop(probe);
-        let opened = glommio::io::DmaFile::open(&path)
+        let opened = glommio::io::DmaFile::open(path)
             .await
             .map_err(io::Error::from);
         if let Ok(file) = opened {
             file.close().await.map_err(io::Error::from)?;
         }
-        std::fs::remove_file(&path)
+        std::fs::remove_file(path)
     }
 }
 
 impl Disk for GlommioDisk {
     fn open_file<'a>(&'a self, name: &'a str, create: bool) -> IoFuture<'a, Rc<dyn DiskFile>> {
         Box::pin(async move {
-            self.probe_iopoll().await?;
+            self.probe_iopoll(name).await?;
             let file = glommio::io::OpenOptions::new()
                 .read(true)
                 .write(true)

@@ -19,6 +19,17 @@ pub enum StoreError {
         offset: u64,
         reason: String,
     },
+    /// Log records that should follow each other do not: the batches numbered from
+    /// `last_seq + 1` up to `next_seq - 1` are missing (a log segment file lost, say). The
+    /// record before the gap ends `previous_file`; the one after it starts at `offset` of
+    /// `file`.
+    SequenceGap {
+        previous_file: String,
+        last_seq: u64,
+        file: String,
+        offset: u64,
+        next_seq: u64,
+    },
     /// The manifest names a format this build does not know.
     UnknownFormatVersion {
         file: String,
@@ -78,6 +89,18 @@ impl fmt::Display for StoreError {
             } => {
                 write!(f, "corrupt log: {file} at offset {offset}: {reason}")
             }
+            StoreError::SequenceGap {
+                previous_file,
+                last_seq,
+                file,
+                offset,
+                next_seq,
+            } => write!(
+                f,
+                "log sequence gap: {previous_file} ends at sequence {last_seq}, {file} at \
+                 offset {offset} goes on at {next_seq}; {} batches are missing",
+                next_seq.saturating_sub(*last_seq + 1)
+            ),
             StoreError::UnknownFormatVersion {
                 file,
                 found,

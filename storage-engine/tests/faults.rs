@@ -81,6 +81,21 @@ async fn fault_case(fault: Fault, seed: u64) -> bool {
                 "{case}: a failed commit reports its I/O error, got {error}"
             );
         }
+        // Reads of the poisoned store show exactly the acknowledged commits: the ones whose
+        // write failed are taken back out of the in-memory view.
+        let view = dump(&store).await.expect("read the poisoned store");
+        let mut acknowledged = Model::default();
+        for commit in &outcome.submitted[..outcome.acked] {
+            acknowledged.apply(&commit.object, &commit.ops);
+        }
+        assert!(
+            view == acknowledged,
+            "{case}: the poisoned store shows more or less than the {} acknowledged of {} \
+             commits: {}",
+            outcome.acked,
+            outcome.submitted.len(),
+            acknowledged.first_difference(&view)
+        );
         if let Some(last) = outcome.submitted.last() {
             let all_durable = store.wait_durable(last.seq).await;
             assert_eq!(

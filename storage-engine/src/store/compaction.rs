@@ -179,11 +179,17 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
         }
         let inline_max = inner.config.inline_value_bytes_max;
         for relocation in relocations {
-            state
+            let apply = |entry: &Entry| relocation.apply(entry, inline_max);
+            let moved = state
                 .index
-                .relocate(&relocation.object, &relocation.key, |entry| {
-                    relocation.apply(entry, inline_max)
-                });
+                .relocate(&relocation.object, &relocation.key, apply);
+            if !moved && !state.undo.is_empty() {
+                // A batch not yet durable replaced the copied entry; its undo record holds
+                // the entry now, and must point at the copy once the old segment is gone.
+                state
+                    .undo
+                    .relocate(&relocation.object, &relocation.key, apply);
+            }
         }
         let old_ids: Vec<u64> = state
             .segments

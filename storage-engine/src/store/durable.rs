@@ -43,7 +43,7 @@ impl Failure {
         }
     }
 
-    fn to_error(&self) -> StoreError {
+    pub fn to_error(&self) -> StoreError {
         StoreError::Io {
             operation: self.operation,
             file: self.file.clone(),
@@ -98,6 +98,15 @@ impl DurableShared {
             ready
         };
         ready.into_iter().for_each(Waker::wake);
+    }
+
+    pub fn durable_seq(&self) -> u64 {
+        self.state.borrow().durable_seq
+    }
+
+    /// The failure that poisoned the store, if one did.
+    pub fn failure(&self) -> Option<Failure> {
+        self.state.borrow().failure.clone()
     }
 
     /// Records the failure that poisons the store and wakes every waiter to report it.

@@ -98,7 +98,8 @@ impl Index {
         *live = live.saturating_sub(bytes);
     }
 
-    pub fn put(&mut self, object: &ObjectId, key: &[u8], entry: Entry) {
+    /// Sets `key` to `entry`; returns the entry it replaced, for the commit's undo record.
+    pub fn put(&mut self, object: &ObjectId, key: &[u8], entry: Entry) -> Option<Entry> {
         self.charge(key, &entry);
         let state = self.objects.entry(*object).or_default();
         let old = match state.keys.get_mut(key) {
@@ -108,27 +109,27 @@ impl Index {
                 None
             }
         };
-        match old {
-            Some(old) => self.discharge(key, &old),
+        match &old {
+            Some(old) => self.discharge(key, old),
             None => self.keys_total += 1,
         }
+        old
     }
 
-    pub fn delete(&mut self, object: &ObjectId, key: &[u8]) {
-        let Some(state) = self.objects.get_mut(object) else {
-            return;
-        };
-        let Some((key, old)) = state.keys.remove_entry(key) else {
-            return;
-        };
+    /// Removes `key`; returns the entry it held.
+    pub fn delete(&mut self, object: &ObjectId, key: &[u8]) -> Option<Entry> {
+        let state = self.objects.get_mut(object)?;
+        let (key, old) = state.keys.remove_entry(key)?;
         self.keys_total -= 1;
         self.discharge(&key, &old);
         self.remove_if_empty(object);
+        Some(old)
     }
 
-    pub fn delete_all(&mut self, object: &ObjectId) {
+    /// Removes every key of `object`; returns them.
+    pub fn delete_all(&mut self, object: &ObjectId) -> BTreeMap<Box<[u8]>, Entry> {
         let Some(state) = self.objects.get_mut(object) else {
-            return;
+            return BTreeMap::new();
         };
         let keys = std::mem::take(&mut state.keys);
         self.keys_total -= keys.len() as u64;
@@ -136,17 +137,24 @@ impl Index {
             self.discharge(key, old);
         }
         self.remove_if_empty(object);
+        keys
     }
 
-    pub fn set_alarm(&mut self, object: &ObjectId, time_ms: i64) {
-        self.objects.entry(*object).or_default().alarm_ms = Some(time_ms);
+    /// Sets the alarm; returns the one it replaced.
+    pub fn set_alarm(&mut self, object: &ObjectId, time_ms: i64) -> Option<i64> {
+        self.objects
+            .entry(*object)
+            .or_default()
+            .alarm_ms
+            .replace(time_ms)
     }
 
-    pub fn delete_alarm(&mut self, object: &ObjectId) {
-        if let Some(state) = self.objects.get_mut(object) {
-            state.alarm_ms = None;
-            self.remove_if_empty(object);
-        }
+    /// Clears the alarm; returns the one it held.
+    pub fn delete_alarm(&mut self, object: &ObjectId) -> Option<i64> {
+        let state = self.objects.get_mut(object)?;
+        let old = state.alarm_ms.take();
+        self.remove_if_empty(object);
+        old
     }
 
     fn remove_if_empty(&mut self, object: &ObjectId) {

@@ -151,6 +151,13 @@ async fn write_group(inner: &Inner) -> Result<(), StoreError> {
 
     let mut state = inner.state.borrow_mut();
     let state = &mut *state;
+    if state.poisoned {
+        // A compaction failed meanwhile and took these batches out of the index along with
+        // every other one not yet durable: reporting them durable now would acknowledge
+        // writes that reads no longer show. They may still be found after a restart, as any
+        // unacknowledged write may.
+        return Err(StoreError::Poisoned);
+    }
     if let Some(writer) = state.writer.as_mut() {
         writer.offset += record.len() as u64;
     }
@@ -180,6 +187,7 @@ async fn write_group(inner: &Inner) -> Result<(), StoreError> {
                 .relocate(&batch.object, &large.key, still_pending);
         }
     }
+    state.undo.durable(last_seq);
     inner.durable.advance(last_seq);
     Ok(())
 }

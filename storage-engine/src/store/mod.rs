@@ -15,6 +15,7 @@ mod read;
 mod recovery;
 mod segments;
 mod stats;
+mod undo;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -25,10 +26,11 @@ pub use stats::StoreStats;
 
 use crate::codec::{self, ManifestData};
 use crate::{Batch, Disk, GlommioDisk, ObjectId, Op, StoreConfig, StoreError};
-use durable::{DurableShared, FailureReport, Signal, Waiters};
+use durable::{DurableShared, Failure, FailureReport, Signal, Waiters};
 use index::{Entry, Index};
 use log::{LargeValue, PendingBatch, Writer};
 use segments::Segments;
+use undo::{Undo, UndoLog, UndoOp};
 
 /// Options of `Store::list`: which keys, in which order, how many.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -84,6 +86,9 @@ struct State {
     segments: Segments,
     /// Committed batches not yet handed to a write, in sequence order.
     pending: VecDeque<PendingBatch>,
+    /// What each batch not yet durable replaced in the index, to take it back out if its
+    /// write fails.
+    undo: UndoLog,
     /// The sequence number the next commit gets.
     next_seq: u64,
     /// The log segment new commits are assigned to; the writer rotates when it changes.
@@ -122,15 +127,19 @@ impl State {
 /// Creates `dir` and every missing parent, fsyncing the parent of each directory it creates,
 /// so a power cut right after start-up cannot lose the store's directory entry (creating a
 /// directory makes its own entry durable only when its parent is synced). Blocking; runs once
-/// at open. On failure, returns the directory whose creation or sync failed.
-fn create_dir_durably(dir: &std::path::Path) -> Result<(), (std::path::PathBuf, std::io::Error)> {
+/// at open, and for the server's data directory. On failure, returns the directory whose
+/// creation or sync failed.
+pub fn create_dir_durably(
+    dir: &std::path::Path,
+) -> Result<(), (std::path::PathBuf, std::io::Error)> {
     let mut missing = Vec::new();
     let mut existing = dir;
     while !existing.exists() {
         missing.push(existing);
         match existing.parent() {
-            Some(parent) => existing = parent,
-            None => break,
+            // A relative path's last parent is the empty path: the current directory.
+            Some(parent) if !parent.as_os_str().is_empty() => existing = parent,
+            _ => break,
         }
     }
     for created in missing.into_iter().rev() {
@@ -140,7 +149,10 @@ fn create_dir_durably(dir: &std::path::Path) -> Result<(), (std::path::PathBuf, 
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(error) => return Err((created.to_path_buf(), error)),
         }
-        let parent = created.parent().unwrap_or(created);
+        let parent = match created.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => std::path::Path::new("."),
+        };
         std::fs::File::open(parent)
             .and_then(|parent| parent.sync_all())
             .map_err(|error| (parent.to_path_buf(), error))?;
@@ -186,6 +198,9 @@ impl Store {
         let recovered = recovery::recover(&config, disk.as_ref()).await?;
         let salvaged = recovered.losses > 0;
         let durable = Rc::new(DurableShared::new(recovered.next_seq - 1));
+        if let Some(error) = &recovered.unwritable {
+            durable.fail(Failure::from_error(error));
+        }
         let inner = Rc::new(Inner {
             config,
             disk,
@@ -235,6 +250,7 @@ impl Store {
         debug_assert_eq!(encoded.len(), encoded_bytes);
         let mut large_values = Vec::new();
         let mut puts = puts.into_iter();
+        let mut undo_ops = Vec::with_capacity(ops.len());
         for op in ops {
             match op {
                 Op::Put { key, value } => {
@@ -259,14 +275,31 @@ impl Store {
                             segment: segment as u32,
                         }
                     };
-                    state.index.put(object, &key, entry);
+                    let old = state.index.put(object, &key, entry);
+                    undo_ops.push(UndoOp::Key {
+                        key: key.into_boxed_slice(),
+                        old,
+                    });
                 }
-                Op::Delete { key } => state.index.delete(object, &key),
-                Op::DeleteAll => state.index.delete_all(object),
-                Op::SetAlarm { time_ms } => state.index.set_alarm(object, time_ms),
-                Op::DeleteAlarm => state.index.delete_alarm(object),
+                Op::Delete { key } => {
+                    let old = state.index.delete(object, &key);
+                    undo_ops.push(UndoOp::Key {
+                        key: key.into_boxed_slice(),
+                        old,
+                    });
+                }
+                Op::DeleteAll => undo_ops.push(UndoOp::Keys(state.index.delete_all(object))),
+                Op::SetAlarm { time_ms } => {
+                    undo_ops.push(UndoOp::Alarm(state.index.set_alarm(object, time_ms)));
+                }
+                Op::DeleteAlarm => undo_ops.push(UndoOp::Alarm(state.index.delete_alarm(object))),
             }
         }
+        state.undo.push(Undo {
+            seq,
+            object: *object,
+            ops: undo_ops,
+        });
         state.pending.push_back(PendingBatch {
             seq,
             segment,
@@ -281,6 +314,24 @@ impl Store {
             seq,
             Durable::new(inner.durable.clone(), seq, FailureReport::Io),
         ))
+    }
+
+    /// Why the store takes no more writes: the failed write or fdatasync that poisoned it, or
+    /// that kept it from being created (a full disk at start-up); `None` while it is writable.
+    /// Reads keep working on a store that is not writable and show only durable batches.
+    pub fn write_failure(&self) -> Option<String> {
+        if !self.inner.state.borrow().poisoned {
+            return None;
+        }
+        Some(match self.inner.durable.failure() {
+            Some(failure) => failure.to_error().to_string(),
+            None => StoreError::Poisoned.to_string(),
+        })
+    }
+
+    /// The sequence number up to which every batch is durable.
+    pub fn durable_seq(&self) -> u64 {
+        self.inner.durable.durable_seq()
     }
 
     /// The sequence number of the latest batch committed (durable or not); 0 before any.

@@ -8,13 +8,24 @@ use super::durable::Failure;
 use super::Inner;
 use crate::StoreError;
 
-/// Marks the store poisoned and fails every queued batch with `error`.
+/// Marks the store poisoned, fails every queued batch with `error` and takes every batch that
+/// is not durable back out of the index: none of them will ever be durable, so reads must not
+/// show them (a client could otherwise read a write that was never acknowledged and that a
+/// restart loses).
 pub fn poison(inner: &Inner, error: &StoreError) {
     tracing::error!(%error, "storage write failed; the store is poisoned until reopened");
     {
         let mut state = inner.state.borrow_mut();
+        let state = &mut *state;
         state.poisoned = true;
         state.pending.clear();
+        let undone = state.undo.roll_back(&mut state.index);
+        if undone > 0 {
+            tracing::warn!(
+                batches = undone,
+                "dropped the batches that will never be durable from the in-memory view"
+            );
+        }
     }
     inner.durable.fail(Failure::from_error(error));
 }

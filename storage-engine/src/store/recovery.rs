@@ -31,6 +31,8 @@ pub struct Recovered {
     pub next_seq: u64,
     /// Records dropped by salvage recovery.
     pub losses: u64,
+    /// Set when the store could not be created: it opens poisoned, with this as the reason.
+    pub unwritable: Option<StoreError>,
 }
 
 impl Recovered {
@@ -39,6 +41,7 @@ impl Recovered {
             index: self.index,
             segments: self.segments,
             pending: Default::default(),
+            undo: Default::default(),
             next_seq: self.next_seq,
             active_segment: self.active_segment,
             active_assigned_bytes: self.active_bytes,
@@ -46,7 +49,7 @@ impl Recovered {
             next_segment_id: self.next_segment_id,
             manifest: self.manifest,
             stats: StoreStats::default(),
-            poisoned: false,
+            poisoned: self.unwritable.is_some(),
             closed: false,
             compacting: false,
             writing: false,
@@ -79,7 +82,24 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
             log_start: 1,
             base_segments: Vec::new(),
         };
-        manifest::write(disk, &fresh).await?;
+        if let Err(error @ StoreError::Io { .. }) = manifest::write(disk, &fresh).await {
+            // A new store on a full (or failing) disk: open it empty and not writable rather
+            // than stop the server, whose other stores may hold data to read. Nothing was
+            // stored here, so nothing is lost; the next open tries again.
+            tracing::error!(%error, "cannot create the store; it opens empty and refuses writes");
+            return Ok(Recovered {
+                index: Index::default(),
+                segments: Segments::default(),
+                manifest: fresh,
+                writer: None,
+                active_segment: 1,
+                active_bytes: 0,
+                next_segment_id: 2,
+                next_seq: 1,
+                losses: 0,
+                unwritable: Some(error),
+            });
+        }
         fresh
     } else {
         return Err(StoreError::Corruption {
@@ -133,6 +153,8 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
         index: Index::default(),
         segments: Segments::default(),
         last_log_seq: 0,
+        last_log_segment: 0,
+        gap: None,
         max_seq: 0,
         losses: 0,
     };
@@ -188,6 +210,7 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
         next_segment_id: highest_id + 1,
         next_seq: replay.last_log_seq.max(replay.max_seq) + 1,
         losses: replay.losses,
+        unwritable: None,
     })
 }
 
@@ -223,6 +246,11 @@ struct Replay<'a> {
     segments: Segments,
     /// The last sequence number of the log so far; log records must exceed it.
     last_log_seq: u64,
+    /// The log segment that held `last_log_seq`, to name both sides of a gap.
+    last_log_segment: u64,
+    /// Set by `replay_record` when a log record does not follow the one before it: batches
+    /// were lost between them (a segment file gone, say), which no torn tail explains.
+    gap: Option<StoreError>,
     /// The highest sequence number seen in any file (base records carry their snapshot's).
     max_seq: u64,
     losses: u64,
@@ -271,7 +299,11 @@ impl Replay<'_> {
         let mut offset = 0;
         let mut end = 0;
         while offset < bytes.len() {
-            match self.replay_record(&bytes[offset..], offset, kind, id) {
+            let replayed = self.replay_record(&bytes[offset..], offset, kind, id);
+            if let Some(gap) = self.gap.take() {
+                return Err(gap);
+            }
+            match replayed {
                 Ok(record_bytes) => {
                     offset += codec::block_align_up(record_bytes);
                     end = offset.min(bytes.len());
@@ -351,12 +383,34 @@ impl Replay<'_> {
         if !reader.is_done() {
             return Err("payload has bytes after its last batch".to_string());
         }
+        let expected_seq = self.last_log_seq + 1;
+        if kind == SegmentKind::Log && self.last_log_seq > 0 && header.seq != expected_seq {
+            // Commits take consecutive numbers and the writer appends them in order, each
+            // group durable before the next begins, so only lost records leave a gap.
+            let missing = header.seq - expected_seq;
+            let previous_file = segment_file_name(SegmentKind::Log, self.last_log_segment);
+            let file = segment_file_name(SegmentKind::Log, id);
+            if self.config.recovery == RecoveryMode::Salvage {
+                tracing::warn!(%previous_file, %file, from = expected_seq, missing, "salvage: sequence numbers missing between log records");
+                self.losses += missing;
+            } else {
+                self.gap = Some(StoreError::SequenceGap {
+                    previous_file,
+                    last_seq: self.last_log_seq,
+                    file,
+                    offset: file_offset as u64,
+                    next_seq: header.seq,
+                });
+                return Err("sequence gap".to_string());
+            }
+        }
         let payload_offset = file_offset + RECORD_HEADER_BYTES;
         for (object, ops) in &batches {
             self.apply(object, ops, id as u32, payload_offset);
         }
         if kind == SegmentKind::Log {
             self.last_log_seq = last_seq;
+            self.last_log_segment = id;
         }
         self.max_seq = self.max_seq.max(header.seq);
         Ok(header.length as usize)
@@ -392,10 +446,18 @@ impl Replay<'_> {
                     };
                     self.index.put(object, key, entry);
                 }
-                DecodedOp::Delete { key } => self.index.delete(object, key),
-                DecodedOp::DeleteAll => self.index.delete_all(object),
-                DecodedOp::SetAlarm { time_ms } => self.index.set_alarm(object, time_ms),
-                DecodedOp::DeleteAlarm => self.index.delete_alarm(object),
+                DecodedOp::Delete { key } => {
+                    self.index.delete(object, key);
+                }
+                DecodedOp::DeleteAll => {
+                    self.index.delete_all(object);
+                }
+                DecodedOp::SetAlarm { time_ms } => {
+                    self.index.set_alarm(object, time_ms);
+                }
+                DecodedOp::DeleteAlarm => {
+                    self.index.delete_alarm(object);
+                }
             }
         }
     }

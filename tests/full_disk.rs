@@ -1,0 +1,171 @@
+//! A full disk, for real: the server's data directory on a small tmpfs that the test fills.
+//! Writes answer 507, reads of durable data go on, `/healthz` answers 503 naming the core and
+//! the reason, `/metrics` shows the store unwritable; a restart while the disk is still full
+//! serves reads; once space is back, a restart recovers every acknowledged write (README,
+//! "Operating: a full disk").
+//!
+//! Mounting needs root (or CAP_SYS_ADMIN). Where that is impossible the test prints SKIPPED
+//! with the reason, unless `STEAD_REQUIRE_MOUNT=1` makes it fail instead.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::TestServer;
+
+/// Big enough for a one-core server's files, small enough to fill at once.
+const TMPFS_SIZE: &str = "size=16m";
+
+/// A mounted tmpfs, unmounted on drop.
+struct Mount {
+    path: PathBuf,
+}
+
+impl Mount {
+    /// Mounts a tmpfs at `path`; `Err` says why it could not.
+    fn tmpfs(path: &Path) -> Result<Mount, String> {
+        std::fs::create_dir_all(path).map_err(|error| format!("mkdir: {error}"))?;
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", TMPFS_SIZE, "tmpfs"])
+            .arg(path)
+            .output()
+            .map_err(|error| format!("cannot run mount: {error}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(Mount {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}
+
+/// Writes zeros into `path` until the file system refuses with ENOSPC.
+fn fill(path: &Path) {
+    let mut file = std::fs::File::create(path).expect("create the filler");
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(error) if error.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(error) => panic!("filling the disk: {error}"),
+        }
+    }
+    // Smaller pieces, so not even one page is left.
+    let small = [0u8; 512];
+    while file.write(&small).is_ok_and(|written| written > 0) {}
+    let _ = file.sync_all();
+}
+
+fn start(data_dir: &Path) -> TestServer {
+    TestServer::start(data_dir, 1, &[])
+}
+
+#[test]
+fn a_full_disk_refuses_writes_serves_reads_and_recovers_after_a_restart() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mount = match Mount::tmpfs(&root.path().join("mnt")) {
+        Ok(mount) => mount,
+        Err(reason) if std::env::var_os("STEAD_REQUIRE_MOUNT").is_some_and(|v| v == "1") => {
+            panic!("STEAD_REQUIRE_MOUNT=1 but a tmpfs cannot be mounted: {reason}")
+        }
+        Err(reason) => {
+            // Straight to stderr: the test harness captures `println!`, and a skip must show.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED full_disk: cannot mount a tmpfs ({reason}); run as root, or set \
+                 STEAD_REQUIRE_MOUNT=1 to make this a failure"
+            );
+            return;
+        }
+    };
+    let data_dir = mount.path.join("data");
+    let filler = mount.path.join("filler");
+
+    let server = start(&data_dir);
+    let mut client = server.client();
+    for expected in 1..=3 {
+        let reply = client.get("/objects/counter/a/increment");
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.text(), expected.to_string());
+    }
+    assert_eq!(client.get("/objects/counter/b/increment").status, 200);
+    assert_eq!(client.get("/healthz").status, 200);
+
+    fill(&filler);
+    let refused = client.get("/objects/counter/a/increment");
+    assert_eq!(refused.status, 507, "{}", refused.text());
+    let body = refused.json();
+    let error = body["error"].as_str().expect("an error message");
+    assert!(error.starts_with("storage unavailable: "), "{error}");
+    assert!(error.contains("No space left on device"), "{error}");
+    assert_eq!(body["retryable"], false);
+    // Later writes are refused the same way, without touching the disk.
+    assert_eq!(client.get("/objects/counter/b/increment").status, 507);
+
+    // Reads show what was acknowledged, not the refused increments, for the object that was
+    // in memory, for another, and for one never written.
+    let read = |client: &mut common::Client, name: &str| {
+        let reply = client.get(&format!("/objects/counter/{name}/value"));
+        assert_eq!(reply.status, 200, "{name}: {}", reply.text());
+        reply.text()
+    };
+    assert_eq!(read(&mut client, "a"), "3");
+    assert_eq!(read(&mut client, "b"), "1");
+    assert_eq!(read(&mut client, "never-written"), "0");
+
+    let health = client.get("/healthz");
+    assert_eq!(health.status, 503, "{}", health.text());
+    let health = health.json();
+    assert_eq!(health["status"], "unhealthy");
+    assert_eq!(health["cores"][0]["core"], 0);
+    assert_eq!(health["cores"][0]["storage"], "unwritable");
+    let reason = health["cores"][0]["reason"].as_str().expect("a reason");
+    assert!(reason.contains("No space left on device"), "{reason}");
+    let metrics = client.get("/metrics").text();
+    assert!(
+        metrics.contains("stead_store_writable{core=\"0\"} 0"),
+        "{metrics}"
+    );
+    drop(client);
+    assert_eq!(server.stop(), Some(0), "a clean stop with a full disk");
+
+    // Still full: the server starts, serves reads and refuses writes.
+    let server = start(&data_dir);
+    let mut client = server.client();
+    assert_eq!(read(&mut client, "a"), "3");
+    assert_eq!(client.get("/objects/counter/a/increment").status, 507);
+    assert_eq!(client.get("/healthz").status, 503);
+    assert_eq!(read(&mut client, "a"), "3");
+    drop(client);
+    assert_eq!(server.stop(), Some(0));
+
+    // Space is back: a restart recovers everything acknowledged and takes writes again.
+    std::fs::remove_file(&filler).expect("free the space");
+    let server = start(&data_dir);
+    let mut client = server.client();
+    assert_eq!(client.get("/healthz").text(), "ok");
+    assert_eq!(read(&mut client, "b"), "1");
+    let reply = client.get("/objects/counter/a/increment");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "4");
+    let metrics = client.get("/metrics").text();
+    assert!(
+        metrics.contains("stead_store_writable{core=\"0\"} 1"),
+        "{metrics}"
+    );
+    drop(client);
+    assert_eq!(server.stop(), Some(0));
+}
