@@ -65,14 +65,17 @@ fn main() {
         .config(config)
         .class::<KeyValue>("kv")
         .build();
-    let result = server.start().and_then(|running| {
+    // Announce only once SIGTERM is caught, so a signal right after the line is not lost.
+    let announce = |running: &stead::RunningServer| {
         let addr = running.local_addr();
         println!(
             "kv example: listening on {addr} with data in {}",
             data_dir.display()
         );
-        stead::server::wait_for_signal(running)
-    });
+    };
+    let result = server
+        .start()
+        .and_then(|running| stead::server::wait_for_signal(running, announce));
     if let Err(error) = result {
         eprintln!("kv example: {error}");
         std::process::exit(1);

@@ -98,12 +98,14 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!(
-        "stead: listening on {} with {cores} cores, data in {}",
-        running.local_addr(),
-        data_dir.display()
-    );
-    match stead::server::wait_for_signal(running) {
+    let announce = |running: &stead::RunningServer| {
+        println!(
+            "stead: listening on {} with {cores} cores, data in {}",
+            running.local_addr(),
+            data_dir.display()
+        );
+    };
+    match stead::server::wait_for_signal(running, announce) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("stead: {error}");

@@ -102,7 +102,7 @@ impl Server {
 
     /// Starts, then serves until SIGINT or SIGTERM, then shuts down gracefully.
     pub fn run(self) -> Result<(), ServerError> {
-        wait_for_signal(self.start()?)
+        wait_for_signal(self.start()?, |_| {})
     }
 
     /// Starts every core and returns once all of them serve.
@@ -208,12 +208,20 @@ impl Server {
 }
 
 /// Serves until SIGINT or SIGTERM, then shuts `running` down gracefully and waits for it.
-pub fn wait_for_signal(running: RunningServer) -> Result<(), ServerError> {
+///
+/// `on_ready` runs once the handlers are installed: announce the server there (print its
+/// address), so that a signal sent by whoever read the announcement is never missed (before
+/// the handlers exist, SIGTERM's default action would kill the process without a drain).
+pub fn wait_for_signal(
+    running: RunningServer,
+    on_ready: impl FnOnce(&RunningServer),
+) -> Result<(), ServerError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let stop = running.stop.clone();
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .map_err(|error| ServerError::Config(format!("cannot install signal handlers: {error}")))?;
     let handle = signals.handle();
+    on_ready(&running);
     std::thread::Builder::new()
         .name("stead-signals".to_string())
         .spawn(move || {
