@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::stats::{AlarmStats, Lateness};
 use super::TimerWheel;
 use crate::id::ObjectId;
-use crate::object::{AlarmInfo, ObjectError, ObjectHost};
+use crate::object::{AlarmInfo, EventError, ObjectHost};
 use crate::shutdown::Shutdown;
 use crate::wake::Notify;
 
@@ -307,7 +307,7 @@ impl AlarmScheduler {
 
     /// Books the outcome of a delivery: counts it, schedules a retry after a failure, and
     /// re-inserts the stored alarm if one of the object's entries fell due meanwhile.
-    fn finish(&self, id: ObjectId, info: AlarmInfo, result: Result<(), ObjectError>) {
+    fn finish(&self, id: ObjectId, info: AlarmInfo, result: Result<(), EventError>) {
         let stored = self.host.store().alarm(&id.0);
         let recheck = {
             let mut state = self.state.borrow_mut();
@@ -338,7 +338,7 @@ impl AlarmScheduler {
         }
     }
 
-    fn retry_or_give_up(&self, id: ObjectId, info: AlarmInfo, error: &ObjectError) {
+    fn retry_or_give_up(&self, id: ObjectId, info: AlarmInfo, error: &EventError) {
         if info.retry_count >= self.config.retries_max {
             tracing::warn!(object = %id, %error, retries = info.retry_count, "alarm given up");
             self.state.borrow_mut().counters.given_up_total += 1;

@@ -12,23 +12,30 @@ use std::task::{Context, Poll};
 
 use futures_lite::future::BoxedLocal;
 
-use super::host::ObjectHost;
+use super::error::EventError;
 use super::slot::Slot;
+
+/// Whoever takes an object's writes after each poll: the host, which hands them to the store.
+/// A trait of the gate's own, so that the gate does not depend on the host that uses it.
+pub(super) trait Commit {
+    /// Commits what `slot`'s handler wrote since the last call.
+    fn commit_pending(&self, slot: &Slot) -> Result<(), EventError>;
+}
 
 /// A handler future whose writes are committed after each of its polls.
 pub(super) struct Gated<'a, T> {
-    /// The host whose store takes the commits.
-    host: &'a ObjectHost,
+    /// Takes the commits (the host).
+    host: &'a dyn Commit,
     /// The object the handler runs on.
     slot: &'a Slot,
     /// The handler.
     handler: BoxedLocal<T>,
     /// The first commit failure, reported when the handler finishes.
-    commit_error: Option<String>,
+    commit_error: Option<EventError>,
 }
 
 impl<'a, T> Gated<'a, T> {
-    pub(super) fn new(host: &'a ObjectHost, slot: &'a Slot, handler: BoxedLocal<T>) -> Self {
+    pub(super) fn new(host: &'a dyn Commit, slot: &'a Slot, handler: BoxedLocal<T>) -> Self {
         Gated {
             host,
             slot,
@@ -40,7 +47,7 @@ impl<'a, T> Gated<'a, T> {
 
 impl<T> Future for Gated<'_, T> {
     /// The handler's output, and the commit failure if one of its batches was refused.
-    type Output = (T, Option<String>);
+    type Output = (T, Option<EventError>);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();

@@ -24,10 +24,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future::BoxedLocal;
-use serde_json::json;
 use stead_storage::{Limits, Store};
 
-use super::gate::Gated;
+use super::error::EventError;
+use super::gate::{Commit, Gated};
 use super::registry::{ClassRegistry, Constructor, DynObject};
 use super::slot::{Slot, SlotState, TurnWait};
 use super::{AlarmInfo, CoreSockets, ObjectContext, ObjectError, SocketClose, Storage};
@@ -49,16 +49,6 @@ pub type AlarmListener = Rc<dyn Fn(ObjectId, Option<i64>)>;
 /// Told once, with the reason, when the host finds its store no longer writable: the hook for
 /// `/healthz`.
 pub type StoreFailureListener = Rc<dyn Fn(&str)>;
-
-/// 507 `{"error":"storage unavailable: <reason>","retryable":false}`: the core's store takes no
-/// more writes (a full disk, a failed write or fdatasync). Retrying does not help until the
-/// server is restarted with the disk fixed; reads of durable data keep working meanwhile.
-pub(crate) fn storage_unavailable(reason: &str) -> Response {
-    Response::json(
-        507,
-        &json!({ "error": format!("storage unavailable: {reason}"), "retryable": false }),
-    )
-}
 
 /// The storage limits the host checks on each write. The core's store must be opened with the
 /// same limits, or a commit could be refused after the object's memory changed.
@@ -138,7 +128,7 @@ struct Event<'a> {
 impl Event<'_> {
     /// Waits for the object's activation to end and for this event's turn; the instance, or
     /// why the activation failed. The handler must start before the caller next suspends.
-    async fn ready(&self) -> Result<Rc<dyn DynObject>, String> {
+    async fn ready(&self) -> Result<Rc<dyn DynObject>, EventError> {
         TurnWait {
             slot: &self.slot,
             ticket: self.ticket,
@@ -146,8 +136,11 @@ impl Event<'_> {
         .await;
         let outcome = match &*self.slot.state.borrow() {
             SlotState::Ready(instance) => Ok(instance.clone()),
-            SlotState::Failed(message) => Err(message.clone()),
-            SlotState::Activating => Err("the object is still activating".to_string()),
+            SlotState::Failed(error) => Err(error.clone()),
+            SlotState::Activating => Err(EventError::ActivationFailed {
+                id: self.slot.id,
+                reason: "the object is still activating".to_string(),
+            }),
         };
         self.started.set(true);
         self.slot.turns.advance();
@@ -173,18 +166,14 @@ impl Drop for Event<'_> {
 /// 503 `{"error":"overloaded","retryable":true}` with `Retry-After`: an object's queue, or
 /// the requests waiting on another core, is full.
 pub(crate) fn overloaded() -> Response {
-    Response::json(503, &json!({ "error": "overloaded", "retryable": true }))
-        .with_header("Retry-After", "1")
+    EventError::Overloaded.to_response()
 }
 
-/// The answer to an event that gave up because the server is shutting down: retryable, since
-/// the object is served again once the server is back.
+/// The answer to an event that gave up because the server is shutting down: 503
+/// `{"error":"the server is shutting down","retryable":true}` with `Retry-After`, since the
+/// object is served again once the server is back.
 pub fn shutting_down() -> Response {
-    Response::json(
-        503,
-        &json!({ "error": "the server is shutting down", "retryable": true }),
-    )
-    .with_header("Retry-After", "1")
+    EventError::ShuttingDown.to_response()
 }
 
 impl ObjectHost {
@@ -256,12 +245,21 @@ impl ObjectHost {
         Some(reason)
     }
 
-    /// The answer to a failed event: 507 when the store takes no more writes (what failed
-    /// then is a write, or a read of writes that will never be durable), else 500.
-    fn failure_response(&self, message: &str) -> Response {
+    /// A failure as the client should see it: on a core whose store takes no more writes, a
+    /// server-side failure of an object (its activation, a commit, a handler's 500) is the
+    /// store's, so it answers 507; refusals (503) and client errors (413) stay what they are.
+    fn classify(&self, error: EventError) -> EventError {
+        let server_side = match &error {
+            EventError::ActivationFailed { .. } | EventError::CommitFailed { .. } => true,
+            EventError::Handler(handler) => handler.status == 500,
+            _ => false,
+        };
+        if !server_side {
+            return error;
+        }
         match self.check_store() {
-            Some(reason) => storage_unavailable(&reason),
-            None => Response::json_error(500, message),
+            Some(reason) => EventError::StorageUnavailable { reason },
+            None => error,
         }
     }
 
@@ -273,19 +271,14 @@ impl ObjectHost {
         id: ObjectId,
         request: Request,
     ) -> Response {
-        let event = match self.admit(class, id, Queue::Bounded) {
-            Ok(event) => event,
-            Err(response) => return response,
+        let answer = async {
+            let event = self.admit(class, id, Queue::Bounded)?;
+            let instance = event.ready().await?;
+            self.run(&event.slot, instance.fetch(request)).await
         };
-        let instance = match event.ready().await {
-            Ok(instance) => instance,
-            Err(message) => return self.failure_response(&message),
-        };
-        match self.run(&event.slot, instance.fetch(request)).await {
-            Ok(response) => response,
-            Err(error) if error.status == 500 => self.failure_response(&error.message),
-            Err(error) => Response::json_error(error.status, &error.message),
-        }
+        answer
+            .await
+            .unwrap_or_else(|error| self.classify(error).to_response())
     }
 
     /// Runs the object's alarm handler as an event, activating the object if needed. After the
@@ -296,14 +289,9 @@ impl ObjectHost {
         class: &str,
         id: ObjectId,
         info: AlarmInfo,
-    ) -> Result<(), ObjectError> {
-        let event = self.admit(class, id, Queue::Bounded).map_err(|response| {
-            ObjectError::new(format!(
-                "alarm of {id} not delivered: status {}",
-                response.status
-            ))
-        })?;
-        let instance = event.ready().await.map_err(ObjectError::new)?;
+    ) -> Result<(), EventError> {
+        let event = self.admit(class, id, Queue::Bounded)?;
+        let instance = event.ready().await?;
         let storage = event.slot.storage.clone();
         let handler = instance.alarm(info);
         let handler: BoxedLocal<Result<(), ObjectError>> = Box::pin(async move {
@@ -367,9 +355,9 @@ impl ObjectHost {
         let terminal = event.is_terminal();
         self.count(|stats| stats.websocket_events_total += 1);
         let outcome = match self.admit(&owner.class, owner.object, Queue::Unbounded) {
-            Err(response) => Err(format!("status {}", response.status)),
+            Err(error) => Err(error),
             Ok(event_guard) => match event_guard.ready().await {
-                Err(message) => Err(message),
+                Err(error) => Err(error),
                 Ok(instance) => {
                     let handle = owner.handle.clone();
                     let handler = match event {
@@ -392,14 +380,12 @@ impl ObjectHost {
                             instance.websocket_error(handle, format!("{error:?}"))
                         }
                     };
-                    self.run(&event_guard.slot, handler)
-                        .await
-                        .map_err(|error| error.message)
+                    self.run(&event_guard.slot, handler).await
                 }
             },
         };
-        if let Err(message) = outcome {
-            tracing::warn!(socket = socket.0, object = %owner.object, "socket event not handled: {message}");
+        if let Err(error) = outcome {
+            tracing::warn!(socket = socket.0, object = %owner.object, "socket event not handled: {error}");
             let _ = owner
                 .handle
                 .close(CloseCode(1011), "the object could not handle the message");
@@ -459,43 +445,16 @@ impl ObjectHost {
         }
     }
 
-    /// Hands the object's writes since the last call to the store. On failure the object takes
-    /// no more writes and leaves the map, so its next event reloads it from the store.
-    pub(super) fn commit_pending(&self, slot: &Slot) -> Result<(), String> {
-        let Some((batch, alarm_change)) = slot.storage.take_pending() else {
-            return Ok(());
-        };
-        match self.store.commit(&slot.id.0, batch) {
-            Ok((seq, _durable)) => {
-                slot.last_submitted_seq.set(seq);
-                self.highest_submitted_seq
-                    .set(self.highest_submitted_seq.get().max(seq));
-                let listener = self.alarm_listener.borrow().clone();
-                if let (Some(change), Some(listener)) = (alarm_change, listener) {
-                    listener(slot.id, change);
-                }
-                Ok(())
-            }
-            Err(error) => {
-                let message = format!("commit of object {} failed: {error}", slot.id);
-                tracing::error!("{message}");
-                slot.storage.fail_commits(message.clone());
-                self.detach(slot);
-                Err(message)
-            }
-        }
-    }
-
     /// Admits an event of `id`, starting its activation if it is not in memory.
     fn admit(
         self: &Rc<Self>,
         class: &str,
         id: ObjectId,
         queue: Queue,
-    ) -> Result<Event<'_>, Response> {
+    ) -> Result<Event<'_>, EventError> {
         if self.closing.get() {
             self.count(|stats| stats.overload_rejections_total += 1);
-            return Err(shutting_down());
+            return Err(EventError::ShuttingDown);
         }
         if !self.store_failed.get() {
             self.check_store();
@@ -506,13 +465,15 @@ impl ObjectHost {
             None => self.start_activation(class, id)?,
         };
         if &*slot.class != class {
-            let message = format!("object {id} is active as class {}", slot.class);
-            return Err(Response::json_error(500, &message));
+            return Err(EventError::ClassMismatch {
+                id,
+                active: slot.class.to_string(),
+            });
         }
         let counted = slot.events.get().saturating_sub(slot.parked.get());
         if queue == Queue::Bounded && counted >= self.config.objects.object_events_queued_max {
             self.count(|stats| stats.overload_rejections_total += 1);
-            return Err(overloaded());
+            return Err(EventError::Overloaded);
         }
         slot.events.set(slot.events.get() + 1);
         self.events_in_flight.set(self.events_in_flight.get() + 1);
@@ -528,12 +489,15 @@ impl ObjectHost {
 
     /// Puts a new slot in the map and spawns its activation. The activation is a task of its
     /// own, so it completes (and wakes its waiters) even if the event that started it goes away.
-    fn start_activation(self: &Rc<Self>, class: &str, id: ObjectId) -> Result<Rc<Slot>, Response> {
+    fn start_activation(
+        self: &Rc<Self>,
+        class: &str,
+        id: ObjectId,
+    ) -> Result<Rc<Slot>, EventError> {
         let Some(constructor) = self.registry.constructor(class) else {
-            return Err(Response::json_error(
-                500,
-                &format!("unknown class {class:?}"),
-            ));
+            return Err(EventError::UnknownClass {
+                class: class.to_string(),
+            });
         };
         let storage = Storage::new(self.limits.clone());
         // A store that takes no writes shows only durable data, so an object loaded from it
@@ -556,21 +520,21 @@ impl ObjectHost {
         &self,
         slot: &Slot,
         handler: BoxedLocal<Result<T, ObjectError>>,
-    ) -> Result<T, ObjectError> {
+    ) -> Result<T, EventError> {
         let (result, commit_error) = Gated::new(self, slot, handler).await;
-        if let Some(message) = commit_error {
-            return Err(ObjectError::new(message));
+        if let Some(error) = commit_error {
+            return Err(error);
         }
         let seq = slot.last_submitted_seq.get();
         if seq > 0 {
             if let Err(error) = self.store.wait_durable(seq).await {
-                return Err(ObjectError::new(format!(
-                    "write of object {} is not durable: {error}",
-                    slot.id
-                )));
+                return Err(EventError::CommitFailed {
+                    id: slot.id,
+                    reason: format!("the write is not durable: {error}"),
+                });
             }
         }
-        result
+        result.map_err(EventError::Handler)
     }
 
     /// Builds the instance of an activating object: load, construct, `init`.
@@ -578,12 +542,13 @@ impl ObjectHost {
         &self,
         slot: &Slot,
         constructor: Constructor,
-    ) -> Result<Rc<dyn DynObject>, String> {
-        let data = self
-            .store
-            .load_object(&slot.id.0)
-            .await
-            .map_err(|error| format!("cannot load object {}: {error}", slot.id))?;
+    ) -> Result<Rc<dyn DynObject>, EventError> {
+        let data = self.store.load_object(&slot.id.0).await.map_err(|error| {
+            EventError::ActivationFailed {
+                id: slot.id,
+                reason: format!("cannot load its storage: {error}"),
+            }
+        })?;
         slot.storage.load(data);
         let context = ObjectContext::new(
             slot.id,
@@ -597,10 +562,13 @@ impl ObjectHost {
         );
         let instance = constructor(context);
         let (result, commit_error) = Gated::new(self, slot, instance.clone().init()).await;
-        if let Some(message) = commit_error {
-            return Err(message);
+        if let Some(error) = commit_error {
+            return Err(error);
         }
-        result.map_err(|error| format!("init of object {} failed: {error}", slot.id))?;
+        result.map_err(|error| EventError::ActivationFailed {
+            id: slot.id,
+            reason: format!("init failed: {error}"),
+        })?;
         Ok(instance)
     }
 
@@ -632,16 +600,48 @@ impl ObjectHost {
     }
 }
 
+impl Commit for ObjectHost {
+    /// Hands the object's writes since the last call to the store. On failure the object takes
+    /// no more writes and leaves the map, so its next event reloads it from the store.
+    fn commit_pending(&self, slot: &Slot) -> Result<(), EventError> {
+        let Some((batch, alarm_change)) = slot.storage.take_pending() else {
+            return Ok(());
+        };
+        match self.store.commit(&slot.id.0, batch) {
+            Ok((seq, _durable)) => {
+                slot.last_submitted_seq.set(seq);
+                self.highest_submitted_seq
+                    .set(self.highest_submitted_seq.get().max(seq));
+                let listener = self.alarm_listener.borrow().clone();
+                if let (Some(change), Some(listener)) = (alarm_change, listener) {
+                    listener(slot.id, change);
+                }
+                Ok(())
+            }
+            Err(error) => {
+                let error = EventError::CommitFailed {
+                    id: slot.id,
+                    reason: error.to_string(),
+                };
+                tracing::error!("{error}");
+                slot.storage.fail_commits(error.to_string());
+                self.detach(slot);
+                Err(error)
+            }
+        }
+    }
+}
+
 /// The activation task of one object.
 async fn activate(host: Rc<ObjectHost>, slot: Rc<Slot>, constructor: Constructor) {
     let state = match host.build(&slot, constructor).await {
         Ok(instance) => SlotState::Ready(instance),
-        Err(message) => {
-            tracing::warn!("{message}");
+        Err(error) => {
+            tracing::warn!("{error}");
             host.count(|stats| stats.activation_failures_total += 1);
-            slot.storage.make_unavailable(message.clone());
+            slot.storage.make_unavailable(error.to_string());
             host.detach(&slot);
-            SlotState::Failed(message)
+            SlotState::Failed(error)
         }
     };
     *slot.state.borrow_mut() = state;

@@ -18,6 +18,7 @@ use std::future::Future;
 use crate::http::{Request, Response};
 
 mod context;
+mod error;
 mod gate;
 mod host;
 mod pending;
@@ -30,6 +31,7 @@ mod tests;
 
 pub use crate::websocket::{Message as WebSocketMessage, SocketHandle};
 pub use context::{AcceptedSocket, ObjectContext, Parked};
+pub use error::EventError;
 pub(crate) use host::overloaded;
 pub use host::shutting_down;
 pub use host::{store_limits, AlarmListener, HostStats, ObjectHost};

@@ -9,6 +9,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
+use super::error::EventError;
 use super::registry::DynObject;
 use super::Storage;
 use crate::id::ObjectId;
@@ -20,8 +21,8 @@ pub(super) enum SlotState {
     /// Ready for events.
     Ready(Rc<dyn DynObject>),
     /// Activation failed; the slot is already out of the host's map, and the events that
-    /// waited for it answer 500 with this message.
-    Failed(String),
+    /// waited for it fail with this error.
+    Failed(EventError),
 }
 
 /// One object on this core.
