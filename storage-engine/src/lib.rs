@@ -15,7 +15,8 @@
 //!   implementation; tests put a failing or power-cutting disk behind the same traits.
 //! - `codec`: the on-disk record format (see `DESIGN.md` for the byte layout).
 //! - `sim` (hidden, for tests): an in-memory disk that fails and loses power on demand.
-//! - `store`: the public handle: commit with group commit, reads, alarms, compaction.
+//! - `store`: the public handle: commit with group commit, reads, alarms, compaction;
+//!   [`KeyMap`], the ordered map of one object's keys, small for an object with few keys.
 //!
 //! Limits (defaults, see [`Limits`]): key ≤ 2 KiB, value ≤ 128 KiB, a batch ≤ 128 keys per op
 //! kind and ≤ 16 MiB.
@@ -35,6 +36,7 @@ pub use batch::{Batch, Op};
 pub use config::{Limits, RecoveryMode, StoreConfig};
 pub use disk::{Disk, DiskFile, GlommioDisk, IoFuture};
 pub use error::StoreError;
+pub use store::keys::KeyMap;
 pub use store::{Durable, ListOptions, ObjectData, Store, StoreStats};
 
 /// The identity of one object inside a store: 32 opaque bytes chosen by the caller.

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::keys::Keys;
+use super::keys::KeyMap;
 use crate::codec::PUT_HEADER_BYTES;
 use crate::ObjectId;
 
@@ -66,7 +66,7 @@ const OBJECTS_SHRINK_CAPACITY_MIN: usize = 1024;
 #[derive(Debug, Default)]
 pub struct ObjectState {
     /// The object's keys in order, for point reads and ordered lists.
-    pub keys: Keys,
+    pub keys: KeyMap<Entry>,
     /// The object's one alarm, milliseconds since the Unix epoch.
     pub alarm_ms: Option<i64>,
 }

@@ -10,32 +10,31 @@ use std::collections::btree_map;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use super::index::Entry;
-
 /// Most keys kept in the sorted vector; one more moves the object to a `BTreeMap`. Inserting
 /// into a sorted vector moves up to this many 40-byte slots, which stays below a node search.
 pub const SMALL_KEYS_MAX: usize = 32;
 
-/// An object's keys with their entries, in key order.
-#[derive(Debug)]
-pub enum Keys {
+/// An object's keys with their values, in key order: the store index's entries, and the
+/// object's in-memory copy of its data while it is active (`src/object/storage.rs`).
+#[derive(Debug, Clone)]
+pub enum KeyMap<V> {
     /// Sorted by key, no duplicates, capacity equal to length.
-    Small(Vec<(Box<[u8]>, Entry)>),
+    Small(Vec<(Box<[u8]>, V)>),
     /// More than `SMALL_KEYS_MAX / 2` keys.
-    Large(BTreeMap<Box<[u8]>, Entry>),
+    Large(BTreeMap<Box<[u8]>, V>),
 }
 
-impl Default for Keys {
+impl<V> Default for KeyMap<V> {
     fn default() -> Self {
-        Keys::Small(Vec::new())
+        KeyMap::Small(Vec::new())
     }
 }
 
-impl Keys {
+impl<V> KeyMap<V> {
     pub fn len(&self) -> usize {
         match self {
-            Keys::Small(keys) => keys.len(),
-            Keys::Large(keys) => keys.len(),
+            KeyMap::Small(keys) => keys.len(),
+            KeyMap::Large(keys) => keys.len(),
         }
     }
 
@@ -43,24 +42,24 @@ impl Keys {
         self.len() == 0
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<&Entry> {
+    pub fn get(&self, key: &[u8]) -> Option<&V> {
         match self {
-            Keys::Small(keys) => search(keys, key).ok().map(|at| &keys[at].1),
-            Keys::Large(keys) => keys.get(key),
+            KeyMap::Small(keys) => search(keys, key).ok().map(|at| &keys[at].1),
+            KeyMap::Large(keys) => keys.get(key),
         }
     }
 
-    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
+    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
         match self {
-            Keys::Small(keys) => search(keys, key).ok().map(|at| &mut keys[at].1),
-            Keys::Large(keys) => keys.get_mut(key),
+            KeyMap::Small(keys) => search(keys, key).ok().map(|at| &mut keys[at].1),
+            KeyMap::Large(keys) => keys.get_mut(key),
         }
     }
 
     /// Inserts or replaces; returns the entry replaced.
-    pub fn insert(&mut self, key: &[u8], entry: Entry) -> Option<Entry> {
+    pub fn insert(&mut self, key: &[u8], entry: V) -> Option<V> {
         match self {
-            Keys::Small(keys) => match search(keys, key) {
+            KeyMap::Small(keys) => match search(keys, key) {
                 Ok(at) => Some(std::mem::replace(&mut keys[at].1, entry)),
                 Err(at) if keys.len() < SMALL_KEYS_MAX => {
                     keys.reserve_exact(1);
@@ -70,47 +69,47 @@ impl Keys {
                 Err(_) => {
                     let mut large: BTreeMap<_, _> = std::mem::take(keys).into_iter().collect();
                     large.insert(key.into(), entry);
-                    *self = Keys::Large(large);
+                    *self = KeyMap::Large(large);
                     None
                 }
             },
-            Keys::Large(keys) => match keys.get_mut(key) {
+            KeyMap::Large(keys) => match keys.get_mut(key) {
                 Some(slot) => Some(std::mem::replace(slot, entry)),
                 None => keys.insert(key.into(), entry),
             },
         }
     }
 
-    pub fn remove_entry(&mut self, key: &[u8]) -> Option<(Box<[u8]>, Entry)> {
+    pub fn remove_entry(&mut self, key: &[u8]) -> Option<(Box<[u8]>, V)> {
         let removed = match self {
-            Keys::Small(keys) => {
+            KeyMap::Small(keys) => {
                 let at = search(keys, key).ok()?;
                 let removed = keys.remove(at);
                 keys.shrink_to_fit();
                 removed
             }
-            Keys::Large(keys) => keys.remove_entry(key)?,
+            KeyMap::Large(keys) => keys.remove_entry(key)?,
         };
-        if let Keys::Large(keys) = self {
+        if let KeyMap::Large(keys) = self {
             if keys.len() <= SMALL_KEYS_MAX / 2 {
                 let small: Vec<_> = std::mem::take(keys).into_iter().collect();
-                *self = Keys::Small(small);
+                *self = KeyMap::Small(small);
             }
         }
         Some(removed)
     }
 
-    pub fn iter(&self) -> Range<'_> {
+    pub fn iter(&self) -> Range<'_, V> {
         match self {
-            Keys::Small(keys) => Range::Small(keys.iter()),
-            Keys::Large(keys) => Range::Large(keys.range::<[u8], _>(..)),
+            KeyMap::Small(keys) => Range::Small(keys.iter()),
+            KeyMap::Large(keys) => Range::Large(keys.range::<[u8], _>(..)),
         }
     }
 
     /// The keys between two bounds, in order; reversible.
-    pub fn range<'a>(&'a self, lower: Bound<&[u8]>, upper: Bound<&[u8]>) -> Range<'a> {
+    pub fn range<'a>(&'a self, lower: Bound<&[u8]>, upper: Bound<&[u8]>) -> Range<'a, V> {
         match self {
-            Keys::Small(keys) => {
+            KeyMap::Small(keys) => {
                 let start = match lower {
                     Bound::Unbounded => 0,
                     Bound::Included(lower) => keys.partition_point(|(k, _)| &**k < lower),
@@ -123,15 +122,15 @@ impl Keys {
                 };
                 Range::Small(keys[start..end.max(start)].iter())
             }
-            Keys::Large(keys) => Range::Large(keys.range::<[u8], _>((lower, upper))),
+            KeyMap::Large(keys) => Range::Large(keys.range::<[u8], _>((lower, upper))),
         }
     }
 }
 
-impl FromIterator<(Box<[u8]>, Entry)> for Keys {
+impl<V> FromIterator<(Box<[u8]>, V)> for KeyMap<V> {
     /// Later duplicates replace earlier ones, as repeated inserts would.
-    fn from_iter<I: IntoIterator<Item = (Box<[u8]>, Entry)>>(iter: I) -> Self {
-        let mut keys = Keys::default();
+    fn from_iter<I: IntoIterator<Item = (Box<[u8]>, V)>>(iter: I) -> Self {
+        let mut keys = KeyMap::default();
         for (key, entry) in iter {
             keys.insert(&key, entry);
         }
@@ -139,18 +138,18 @@ impl FromIterator<(Box<[u8]>, Entry)> for Keys {
     }
 }
 
-fn search(keys: &[(Box<[u8]>, Entry)], key: &[u8]) -> Result<usize, usize> {
+fn search<V>(keys: &[(Box<[u8]>, V)], key: &[u8]) -> Result<usize, usize> {
     keys.binary_search_by(|(k, _)| (**k).cmp(key))
 }
 
 /// Keys in order from either variant.
-pub enum Range<'a> {
-    Small(std::slice::Iter<'a, (Box<[u8]>, Entry)>),
-    Large(btree_map::Range<'a, Box<[u8]>, Entry>),
+pub enum Range<'a, V> {
+    Small(std::slice::Iter<'a, (Box<[u8]>, V)>),
+    Large(btree_map::Range<'a, Box<[u8]>, V>),
 }
 
-impl<'a> Iterator for Range<'a> {
-    type Item = (&'a Box<[u8]>, &'a Entry);
+impl<'a, V> Iterator for Range<'a, V> {
+    type Item = (&'a Box<[u8]>, &'a V);
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
@@ -160,7 +159,7 @@ impl<'a> Iterator for Range<'a> {
     }
 }
 
-impl DoubleEndedIterator for Range<'_> {
+impl<V> DoubleEndedIterator for Range<'_, V> {
     fn next_back(&mut self) -> Option<Self::Item> {
         match self {
             Range::Small(iter) => iter.next_back().map(|(key, entry)| (key, entry)),
@@ -172,6 +171,7 @@ impl DoubleEndedIterator for Range<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::index::Entry;
 
     fn entry(n: u32) -> Entry {
         Entry::OnDisk {
@@ -189,7 +189,7 @@ mod tests {
     /// Both variants agree with a `BTreeMap` on every operation, across the switch both ways.
     #[test]
     fn matches_a_btree_map_through_growth_and_shrinkage() {
-        let mut keys = Keys::default();
+        let mut keys = KeyMap::default();
         let mut model = BTreeMap::new();
         let key = |n: u32| (n * 7 % 101).to_be_bytes().to_vec();
         for n in 0..80 {
@@ -198,7 +198,7 @@ mod tests {
                 model.insert(key(n), n)
             );
         }
-        assert!(matches!(keys, Keys::Large(_)));
+        assert!(matches!(keys, KeyMap::Large(_)));
         for n in (0..80).step_by(3) {
             assert_eq!(
                 keys.insert(&key(n), entry(n + 1000)).map(|e| e.segment()),
@@ -216,7 +216,7 @@ mod tests {
                 model.values().copied().collect::<Vec<_>>()
             );
         }
-        assert!(matches!(keys, Keys::Small(_)));
+        assert!(matches!(keys, KeyMap::Small(_)));
         assert!(keys.remove_entry(&key(0)).is_none());
     }
 
@@ -235,7 +235,7 @@ mod tests {
     #[test]
     fn ranges_match_a_btree_map_in_both_directions() {
         for count in [5u32, 50] {
-            let keys: Keys = (0..count)
+            let keys: KeyMap<Entry> = (0..count)
                 .map(|n| ((n * 2).to_be_bytes().to_vec().into_boxed_slice(), entry(n)))
                 .collect();
             let model: BTreeMap<Vec<u8>, u32> = (0..count)

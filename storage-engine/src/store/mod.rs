@@ -7,7 +7,7 @@
 mod compaction;
 mod durable;
 mod index;
-mod keys;
+pub(crate) mod keys;
 mod log;
 mod manifest;
 mod read;
