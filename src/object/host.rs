@@ -38,6 +38,9 @@ use crate::shutdown::Shutdown;
 use crate::wake::Broadcast;
 use crate::websocket::{CloseCode, SocketEvent, SocketId};
 
+/// Below this capacity the map of objects in memory is never shrunk after a sweep.
+const OBJECTS_SHRINK_CAPACITY_MIN: usize = 1024;
+
 /// Bounds on the idle-eviction sweep interval (a quarter of `idle_evict_ms`), in milliseconds.
 const SWEEP_INTERVAL_MIN_MS: u64 = 10;
 const SWEEP_INTERVAL_MAX_MS: u64 = 60_000;
@@ -400,7 +403,8 @@ impl ObjectHost {
     pub fn evict_idle(&self, now: Instant) -> usize {
         let idle = Duration::from_millis(self.config.objects.idle_evict_ms);
         let mut evicted = Vec::new();
-        self.objects.borrow_mut().retain(|_, slot| {
+        let mut objects = self.objects.borrow_mut();
+        objects.retain(|_, slot| {
             let busy = slot.events.get() > 0 || slot.is_activating();
             let keep = busy || now.saturating_duration_since(slot.last_event.get()) < idle;
             if !keep {
@@ -408,6 +412,15 @@ impl ObjectHost {
             }
             keep
         });
+        // The map keeps the capacity of its busiest moment (130k objects: 5 MiB a core);
+        // a sweep that leaves it mostly empty gives that back.
+        if objects.capacity() > OBJECTS_SHRINK_CAPACITY_MIN
+            && objects.len() * 4 < objects.capacity()
+        {
+            let len = objects.len();
+            objects.shrink_to(len * 2);
+        }
+        drop(objects);
         for slot in &evicted {
             self.retire(slot, "the object was evicted");
         }

@@ -17,7 +17,8 @@
 //!   the `test-support` feature.
 //! - `sim` (only with the `test-support` feature): an in-memory disk that fails and loses power
 //!   on demand.
-//! - `store`: the public handle: commit with group commit, reads, alarms, compaction.
+//! - `store`: the public handle: commit with group commit, reads, alarms, compaction;
+//!   [`KeyMap`], the ordered map of one object's keys, small for an object with few keys.
 //!
 //! Limits (defaults, see [`Limits`]): key ≤ 2 KiB, value ≤ 128 KiB, a batch ≤ 128 keys per op
 //! kind and ≤ 16 MiB.
@@ -43,6 +44,7 @@ pub use batch::{Batch, Op};
 pub use config::{Limits, RecoveryMode, StoreConfig};
 pub use disk::{Disk, DiskFile, GlommioDisk, IoFuture};
 pub use error::StoreError;
+pub use store::keys::KeyMap;
 pub use store::{create_dir_durably, Durable, ListOptions, ObjectData, Store, StoreStats};
 
 /// The identity of one object inside a store: 32 opaque bytes chosen by the caller.

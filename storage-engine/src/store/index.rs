@@ -5,9 +5,10 @@
 //! Every entry knows the segment its put was assigned to, so the index can keep the live byte
 //! count of each segment, which drives compaction.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::rc::Rc;
 
+use super::keys::KeyMap;
 use crate::codec::PUT_HEADER_BYTES;
 use crate::ObjectId;
 
@@ -58,11 +59,14 @@ fn footprint(key: &[u8], entry: &Entry) -> u64 {
     (PUT_HEADER_BYTES + key.len() + entry.value_len()) as u64
 }
 
+/// Below this capacity the objects map is never shrunk: its slots cost at most ~80 KiB.
+const OBJECTS_SHRINK_CAPACITY_MIN: usize = 1024;
+
 /// One object's state.
 #[derive(Debug, Default)]
 pub struct ObjectState {
     /// The object's keys in order, for point reads and ordered lists.
-    pub keys: BTreeMap<Box<[u8]>, Entry>,
+    pub keys: KeyMap<Entry>,
     /// The object's one alarm, milliseconds since the Unix epoch.
     pub alarm_ms: Option<i64>,
 }
@@ -102,13 +106,7 @@ impl Index {
     pub fn put(&mut self, object: &ObjectId, key: &[u8], entry: Entry) -> Option<Entry> {
         self.charge(key, &entry);
         let state = self.objects.entry(*object).or_default();
-        let old = match state.keys.get_mut(key) {
-            Some(slot) => Some(std::mem::replace(slot, entry)),
-            None => {
-                state.keys.insert(key.into(), entry);
-                None
-            }
-        };
+        let old = state.keys.insert(key, entry);
         match &old {
             Some(old) => self.discharge(key, old),
             None => self.keys_total += 1,
@@ -127,17 +125,20 @@ impl Index {
     }
 
     /// Removes every key of `object`; returns them.
-    pub fn delete_all(&mut self, object: &ObjectId) -> BTreeMap<Box<[u8]>, Entry> {
+    pub fn delete_all(
+        &mut self,
+        object: &ObjectId,
+    ) -> std::collections::BTreeMap<Box<[u8]>, Entry> {
         let Some(state) = self.objects.get_mut(object) else {
-            return BTreeMap::new();
+            return std::collections::BTreeMap::new();
         };
         let keys = std::mem::take(&mut state.keys);
         self.keys_total -= keys.len() as u64;
-        for (key, old) in &keys {
+        for (key, old) in keys.iter() {
             self.discharge(key, old);
         }
         self.remove_if_empty(object);
-        keys
+        keys.into_sorted().collect()
     }
 
     /// Sets the alarm; returns the one it replaced.
@@ -164,6 +165,13 @@ impl Index {
             .is_some_and(|s| s.keys.is_empty() && s.alarm_ms.is_none())
         {
             self.objects.remove(object);
+            // A map that held many more objects than it does now gives the rest back, so
+            // deleting most objects frees their slots; the factor of four keeps an object that
+            // comes and goes at the edge from resizing the map each time.
+            let capacity = self.objects.capacity();
+            if capacity > OBJECTS_SHRINK_CAPACITY_MIN && self.objects.len() * 4 < capacity {
+                self.objects.shrink_to(self.objects.len() * 2);
+            }
         }
     }
 

@@ -8,6 +8,7 @@
 mod compaction;
 mod durable;
 mod index;
+pub(crate) mod keys;
 mod log;
 mod manifest;
 mod poison;

@@ -117,7 +117,7 @@ impl Store {
             let Some((lower, upper)) = bounds(options, prefix_end.as_deref()) else {
                 return Ok(Vec::new());
             };
-            let range = object_state.keys.range::<[u8], _>((lower, upper));
+            let range = object_state.keys.range(lower, upper);
             let prefix = options.prefix.as_deref().unwrap_or(&[]);
             // The index's own item type, spelled out so both directions share the closures.
             #[allow(clippy::borrowed_box)]
