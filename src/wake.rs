@@ -30,6 +30,15 @@ pub struct Broadcast {
     waiters: RefCell<Slab>,
 }
 
+impl std::fmt::Debug for Broadcast {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broadcast")
+            .field("set", &self.set.get())
+            .field("waiters", &self.waiters())
+            .finish()
+    }
+}
+
 impl Broadcast {
     pub fn new() -> Broadcast {
         Broadcast::default()

@@ -73,11 +73,10 @@ fn start(data_dir: &Path) -> TestServer {
     TestServer::start(data_dir, 1, &[])
 }
 
-#[test]
-fn a_full_disk_refuses_writes_serves_reads_and_recovers_after_a_restart() {
-    let root = tempfile::tempdir().expect("temp dir");
-    let mount = match Mount::tmpfs(&root.path().join("mnt")) {
-        Ok(mount) => mount,
+/// A small tmpfs under `root`, or None (with a SKIPPED line) where mounting is impossible.
+fn mount_or_skip(root: &Path) -> Option<Mount> {
+    match Mount::tmpfs(&root.join("mnt")) {
+        Ok(mount) => Some(mount),
         Err(reason) if std::env::var_os("STEAD_REQUIRE_MOUNT").is_some_and(|v| v == "1") => {
             panic!("STEAD_REQUIRE_MOUNT=1 but a tmpfs cannot be mounted: {reason}")
         }
@@ -88,8 +87,16 @@ fn a_full_disk_refuses_writes_serves_reads_and_recovers_after_a_restart() {
                 "SKIPPED full_disk: cannot mount a tmpfs ({reason}); run as root, or set \
                  STEAD_REQUIRE_MOUNT=1 to make this a failure"
             );
-            return;
+            None
         }
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_writes_serves_reads_and_recovers_after_a_restart() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let Some(mount) = mount_or_skip(root.path()) else {
+        return;
     };
     let data_dir = mount.path.join("data");
     let filler = mount.path.join("filler");
@@ -167,5 +174,54 @@ fn a_full_disk_refuses_writes_serves_reads_and_recovers_after_a_restart() {
         "{metrics}"
     );
     drop(client);
+    assert_eq!(server.stop(), Some(0));
+}
+
+/// A release whose write fails on a full disk: the holder, the waiter it handed the lock to
+/// and the waiter behind it all get 507 (none of them hangs: the lock's instance leaves memory,
+/// and a waiter of an instance that left is told so), and after a restart with space the
+/// durable holder is still the holder.
+#[test]
+fn lock_waiters_are_answered_when_the_release_cannot_be_written() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let Some(mount) = mount_or_skip(root.path()) else {
+        return;
+    };
+    let data_dir = mount.path.join("data");
+    let filler = mount.path.join("filler");
+    let server = start(&data_dir);
+    let mut holder = server.client();
+    assert_eq!(holder.get("/objects/lock/L/acquire?clientId=a").status, 200);
+    let mut waiters: Vec<common::Client> = ["w1", "w2"]
+        .iter()
+        .map(|client_id| {
+            let mut waiter = server.client();
+            let path = format!("/objects/lock/L/acquire?clientId={client_id}");
+            waiter.send_request("GET", &path, &[], b"");
+            waiter
+        })
+        .collect();
+    assert!(common::wait_until(
+        std::time::Duration::from_secs(10),
+        || holder.get("/objects/lock/L/status").json()["waiting"] == 2
+    ));
+
+    fill(&filler);
+    let released = holder.get("/objects/lock/L/release?clientId=a");
+    assert_eq!(released.status, 507, "{}", released.text());
+    for (index, waiter) in waiters.iter_mut().enumerate() {
+        let reply = waiter
+            .read_reply()
+            .unwrap_or_else(|| panic!("waiter {index}: the connection closed without an answer"));
+        assert_eq!(reply.status, 507, "waiter {index}: {}", reply.text());
+    }
+    drop((holder, waiters));
+    assert_eq!(server.stop(), Some(0));
+
+    std::fs::remove_file(&filler).expect("free the space");
+    let server = start(&data_dir);
+    let status = server.client().get("/objects/lock/L/status").json();
+    assert_eq!(status["holder"], "a", "{status}");
+    assert_eq!(status["waiting"], 0);
     assert_eq!(server.stop(), Some(0));
 }

@@ -547,6 +547,15 @@ impl ObjectHost {
                 });
             }
         }
+        // Another event's commit of this object may have been refused while this one ran: the
+        // refused writes were in the memory this handler read, but in no sequence number it
+        // waited for, so its answer could show a write that will never be durable.
+        if let Err(error) = slot.storage.check_committed() {
+            return Err(EventError::CommitFailed {
+                id: slot.id,
+                reason: error.to_string(),
+            });
+        }
         result.map_err(EventError::Handler)
     }
 

@@ -14,6 +14,7 @@ use std::rc::Rc;
 use stead_storage::{Batch, KeyMap, Limits, ListOptions, ObjectData};
 
 use super::pending::Pending;
+use crate::wake::{Broadcast, BroadcastWait};
 
 /// Why a write was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +109,8 @@ struct State {
 pub struct Storage {
     /// Shared with the host, which takes the pending batch after every poll.
     state: Rc<RefCell<State>>,
+    /// Set when this instance's storage takes no more writes (see [`Storage::closed`]).
+    closed: Rc<Broadcast>,
 }
 
 impl Storage {
@@ -122,6 +125,7 @@ impl Storage {
             commit_failed: None,
         };
         Storage {
+            closed: Rc::new(Broadcast::new()),
             state: Rc::new(RefCell::new(state)),
         }
     }
@@ -149,6 +153,15 @@ impl Storage {
     /// Refuses every later write with [`StorageError::Unavailable`].
     pub(super) fn make_unavailable(&self, reason: String) {
         self.state.borrow_mut().unavailable.get_or_insert(reason);
+        self.closed.set();
+    }
+
+    /// Resolves once this storage takes no more writes: the object left memory (evicted, a
+    /// commit of it failed, the core's store became unwritable, shutdown). A handler that
+    /// waits on other clients (a lock waiter) should stop then: the object's next event runs on
+    /// a new instance, which knows nothing of this one's waiters.
+    pub fn closed(&self) -> BroadcastWait<'_> {
+        self.closed.wait()
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
@@ -252,6 +265,8 @@ impl Storage {
         let mut state = self.state.borrow_mut();
         state.commit_failed.get_or_insert_with(|| reason.clone());
         state.unavailable.get_or_insert(reason);
+        drop(state);
+        self.closed.set();
     }
 
     /// An error once a commit of the object's writes failed (an evicted object's writes were

@@ -83,6 +83,16 @@ pub struct Lock {
     queue: Queue,
 }
 
+/// How a waiter's wait ended.
+enum Wait {
+    /// The lock was handed to it.
+    Granted,
+    /// The server began shutting down.
+    ShuttingDown,
+    /// This instance of the lock left memory (a failed commit, an unwritable store).
+    Closed,
+}
+
 /// Resolves once the lock is handed to its waiter; dropping it first leaves the queue.
 struct Turn {
     /// This request's place in the queue.
@@ -173,19 +183,35 @@ impl Lock {
                     queue: self.queue.clone(),
                     _parked: self.context.park(),
                 };
-                let granted = futures_lite::future::or(
+                // The turn is polled first, so a waiter granted the lock keeps it. Otherwise it
+                // stops waiting when the server shuts down (503, retryable), or when this
+                // instance leaves service after a failed commit (an error: 507 if the core's
+                // store takes no more writes), since the next instance has no queue of ours.
+                let outcome = futures_lite::future::or(
                     async {
                         turn.await;
-                        true
+                        Wait::Granted
                     },
-                    async {
-                        self.context.shutting_down().await;
-                        false
-                    },
+                    futures_lite::future::or(
+                        async {
+                            self.context.shutting_down().await;
+                            Wait::ShuttingDown
+                        },
+                        async {
+                            self.context.storage().closed().await;
+                            Wait::Closed
+                        },
+                    ),
                 )
                 .await;
-                if !granted {
-                    return Ok(shutting_down());
+                match outcome {
+                    Wait::Granted => {}
+                    Wait::ShuttingDown => return Ok(shutting_down()),
+                    Wait::Closed => {
+                        return Err(ObjectError::new(
+                            "the lock left memory while this client waited; try again",
+                        ))
+                    }
                 }
             }
         }

@@ -349,6 +349,16 @@ impl Shared {
         true
     }
 
+    /// Nothing more will be written (the client is gone, or gave up closing): frees the queued
+    /// output and gives its share of the core's budget back at once, not when the last handle
+    /// of the socket is dropped (user code may keep one for a long time).
+    pub(super) fn discard_output(&mut self) {
+        self.output = Vec::new();
+        self.written = 0;
+        self.frame_ends.clear();
+        self.settle();
+    }
+
     /// Brings the core's budget up to date with this socket's unwritten bytes; called after
     /// every change to them.
     fn settle(&mut self) {

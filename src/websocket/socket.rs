@@ -214,8 +214,7 @@ impl Driver {
         self.end(event);
         let mut shared = self.handle.shared().borrow_mut();
         shared.phase = Phase::Finishing;
-        shared.output = Vec::new();
-        shared.written = 0;
+        shared.discard_output();
     }
 
     /// The closing phase outlived `close_timeout_ms`: give up on the client.
@@ -224,7 +223,9 @@ impl Driver {
         self.end(event);
         // Treat the connection as gone: nothing more is written, and no linger.
         self.peer_gone = true;
-        self.handle.shared().borrow_mut().phase = Phase::Finishing;
+        let mut shared = self.handle.shared().borrow_mut();
+        shared.phase = Phase::Finishing;
+        shared.discard_output();
     }
 
     /// Writes as much queued output as the socket takes. `Err`: the peer is gone.
