@@ -56,6 +56,14 @@ impl Drop for Parked {
     }
 }
 
+/// What every object context of one core shares.
+pub(super) struct CoreParts<'a> {
+    pub(super) config: &'a Rc<Config>,
+    pub(super) sockets: &'a Rc<CoreSockets>,
+    pub(super) store: &'a Store,
+    pub(super) stopping: &'a Rc<Shutdown>,
+}
+
 /// An object's identity, storage, sockets and configuration. Cheap to clone.
 #[derive(Clone)]
 pub struct ObjectContext {
@@ -73,25 +81,22 @@ impl std::fmt::Debug for ObjectContext {
 }
 
 impl ObjectContext {
+    /// The context of the object `id` of `class`, with what its core shares among objects.
     pub(super) fn new(
-        id: ObjectId,
-        class: Rc<str>,
+        (id, class): (ObjectId, Rc<str>),
         storage: Storage,
-        config: Rc<Config>,
-        sockets: Rc<CoreSockets>,
-        store: Store,
-        stopping: Rc<Shutdown>,
         parked: Rc<Cell<usize>>,
+        core: &CoreParts,
     ) -> ObjectContext {
         ObjectContext {
             inner: Rc::new(Inner {
                 id,
                 class,
                 storage,
-                config,
-                sockets,
-                store,
-                stopping,
+                config: core.config.clone(),
+                sockets: core.sockets.clone(),
+                store: core.store.clone(),
+                stopping: core.stopping.clone(),
                 parked,
             }),
         }

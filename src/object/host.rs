@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use futures_lite::future::BoxedLocal;
 use stead_storage::{Limits, Store};
 
+use super::context::CoreParts;
 use super::error::EventError;
 use super::gate::{Commit, Gated};
 use super::registry::{ClassRegistry, Constructor, DynObject};
@@ -572,15 +573,17 @@ impl ObjectHost {
             }
         })?;
         slot.storage.load(data);
+        let core = CoreParts {
+            config: &self.config,
+            sockets: &self.sockets,
+            store: &self.store,
+            stopping: &self.stopping,
+        };
         let context = ObjectContext::new(
-            slot.id,
-            slot.class.clone(),
+            (slot.id, slot.class.clone()),
             slot.storage.clone(),
-            self.config.clone(),
-            self.sockets.clone(),
-            self.store.clone(),
-            self.stopping.clone(),
             slot.parked.clone(),
+            &core,
         );
         let instance = constructor(context);
         let (result, commit_error) = Gated::new(self, slot, instance.clone().init()).await;
