@@ -162,15 +162,6 @@ fn pipelined(client: &mut common::Client, requests: &[(&str, String, Vec<u8>)]) 
     replies
 }
 
-/// Sum over the cores of a per-core metric of the server's /metrics.
-fn metric_sum(server: &TestServer, name: &str) -> f64 {
-    let text = server.client().get("/metrics").text();
-    text.lines()
-        .filter(|line| line.starts_with(&format!("{name}{{")))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 const PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
 
 #[test]
@@ -212,12 +203,12 @@ fn ratelimiter_answers_after_more_than_a_batch_of_entries_expire_together() {
 /// delivery failed.
 fn alarms_done(server: &TestServer) -> bool {
     assert!(wait_until(PATIENCE, || {
-        let fired = metric_sum(server, "stead_alarms_fired_total");
-        let failed = metric_sum(server, "stead_alarms_failures_total");
-        let pending = metric_sum(server, "stead_alarms_pending");
+        let fired = server.metric_sum("stead_alarms_fired_total");
+        let failed = server.metric_sum("stead_alarms_failures_total");
+        let pending = server.metric_sum("stead_alarms_pending");
         failed > 0.0 || (fired >= 1.0 && pending == 0.0)
     }));
-    metric_sum(server, "stead_alarms_failures_total") == 0.0
+    server.metric_sum("stead_alarms_failures_total") == 0.0
 }
 
 #[test]

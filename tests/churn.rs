@@ -16,15 +16,6 @@ use common::TestServer;
 /// for the default test run.
 const CONNECTIONS: usize = 4_000;
 
-/// The `stead_shutdown_waiters` values of every core, from `/metrics`.
-fn shutdown_waiters(server: &TestServer) -> Vec<f64> {
-    let text = server.client().get("/metrics").text();
-    text.lines()
-        .filter(|line| line.starts_with("stead_shutdown_waiters{"))
-        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
-        .collect()
-}
-
 /// One request on its own connection, closed by the server (`Connection: close`).
 fn one_short_connection(addr: SocketAddr) {
     let mut stream = TcpStream::connect(addr).expect("connect");
@@ -44,7 +35,7 @@ fn short_connections_leave_no_shutdown_waiters_behind() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = TestServer::start(dir.path(), 2, &[]);
     // Each core's accept loop, its alarm driver and the connection asking for /metrics.
-    let before: f64 = shutdown_waiters(&server).iter().sum();
+    let before = server.metric_sum("stead_shutdown_waiters");
     let threads: Vec<_> = (0..4)
         .map(|_| {
             let addr = server.addr;
@@ -59,7 +50,7 @@ fn short_connections_leave_no_shutdown_waiters_behind() {
         thread.join().expect("client thread");
     }
     // Every short connection is closed: only the same standing waiters may remain.
-    let waiters = shutdown_waiters(&server);
+    let waiters = server.metric_per_core("stead_shutdown_waiters");
     assert_eq!(waiters.len(), 2, "one series per core");
     let after: f64 = waiters.iter().sum();
     assert!(

@@ -60,3 +60,45 @@ fn lock_waiters_get_a_retryable_503_at_once_when_shutdown_begins() {
     assert_eq!(status["waiting"], 0);
     assert_eq!(server.stop(), Some(0));
 }
+
+/// Alarms keep firing while connections drain. A WebSocket client that never answers the
+/// server's close frame holds the drain for `close_timeout_ms`; a lock lease that ends within
+/// that time is released then, durably, so the restarted server has no alarm left to fire.
+/// (Alarms that stopped when the drain began left it for the restart to fire.)
+#[test]
+fn a_lease_that_ends_during_the_drain_is_released_before_the_server_stops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("stead.toml");
+    std::fs::write(&config, "[websocket]\nclose_timeout_ms = 4000\n").expect("config");
+    let config = config.to_str().expect("path").to_string();
+    let data = dir.path().join("data");
+    let server = TestServer::start(&data, 1, &["--config", &config]);
+    let silent = common::ws::WsClient::connect(server.addr, "/objects/chat/room/websocket?name=s");
+    let acquired = Instant::now();
+    let reply = server
+        .client()
+        .get("/objects/lock/L/acquire?clientId=a&timeoutMs=1500");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+
+    assert_eq!(server.stop(), Some(0));
+    assert!(
+        acquired.elapsed() >= Duration::from_millis(2500),
+        "the drain ended {:?} after the acquire, before the lease could end in it",
+        acquired.elapsed()
+    );
+    drop(silent);
+
+    let server = TestServer::start(&data, 1, &["--config", &config]);
+    let status = server.client().get("/objects/lock/L/status").json();
+    assert_eq!(status["locked"], false, "{status}");
+    // Had the lease outlived the drain, the restart would fire it now.
+    let fired_after_restart = wait_until(Duration::from_secs(2), || {
+        server.metric_sum("stead_alarms_fired_total") > 0.0
+    });
+    assert!(
+        !fired_after_restart,
+        "the lease's alarm was left for the restart"
+    );
+    assert_eq!(server.metric_sum("stead_alarms_pending"), 0.0);
+    assert_eq!(server.stop(), Some(0));
+}

@@ -11,15 +11,6 @@ use serde_json::{json, Value};
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
-/// Sum of a per-core metric.
-fn metric_sum(server: &TestServer, name: &str) -> f64 {
-    let text = server.client().get("/metrics").text();
-    text.lines()
-        .filter(|line| line.starts_with(&format!("{name}{{")))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn without_timestamp(mut message: Value) -> Value {
     if let Some(object) = message.as_object_mut() {
         assert!(object
@@ -42,7 +33,7 @@ fn chat_room_with_members_on_both_cores() {
     // At least six members, and more until one connection landed on the core that does not
     // own the room (SO_REUSEPORT spreads connections by hash) and was handed over.
     let mut members: Vec<WsClient> = Vec::new();
-    while members.len() < 6 || metric_sum(&server, "stead_websocket_handoffs_total") == 0.0 {
+    while members.len() < 6 || server.metric_sum("stead_websocket_handoffs_total") == 0.0 {
         assert!(members.len() < 40, "no connection was handed over");
         let index = members.len();
         let mut member = WsClient::connect(
@@ -60,10 +51,10 @@ fn chat_room_with_members_on_both_cores() {
     // Every socket holds a connection slot of the core it lives on, handed over or not (the
     // scrape's own connection is the one more).
     assert!(
-        wait_until(PATIENCE, || metric_sum(&server, "stead_connections_open")
+        wait_until(PATIENCE, || server.metric_sum("stead_connections_open")
             == (count + 1) as f64),
         "open connections: {} for {count} sockets",
-        metric_sum(&server, "stead_connections_open")
+        server.metric_sum("stead_connections_open")
     );
 
     members[2].send_text(r#"{"type":"message","text":"hello"}"#);
@@ -117,7 +108,7 @@ fn doc_edits_are_durable_and_forwarded_to_the_others() {
     // one was not.
     let mut readers: Vec<WsClient> = Vec::new();
     loop {
-        let handoffs = metric_sum(&server, "stead_websocket_handoffs_total") as usize;
+        let handoffs = server.metric_sum("stead_websocket_handoffs_total") as usize;
         if readers.len() >= 2 && handoffs > 0 && handoffs < readers.len() + 1 {
             break;
         }
@@ -184,9 +175,9 @@ fn an_evicted_room_wakes_with_its_sockets_and_names() {
     let mut bob = WsClient::connect(server.addr, "/objects/chat/quiet/websocket?name=bob");
     assert_eq!(ada.next_json()["name"], "bob");
     assert_eq!(bob.next_json()["count"], 2);
-    let activations = metric_sum(&server, "stead_activations_total");
+    let activations = server.metric_sum("stead_activations_total");
     assert!(
-        wait_until(PATIENCE, || metric_sum(&server, "stead_active_objects")
+        wait_until(PATIENCE, || server.metric_sum("stead_active_objects")
             == 0.0),
         "the room was not evicted"
     );
@@ -199,7 +190,7 @@ fn an_evicted_room_wakes_with_its_sockets_and_names() {
         );
     }
     assert!(
-        metric_sum(&server, "stead_activations_total") > activations,
+        server.metric_sum("stead_activations_total") > activations,
         "the room was rebuilt"
     );
 }
@@ -407,7 +398,7 @@ fn queued_bytes_stay_within_the_cores_budget_and_slow_members_are_closed() {
             assert_eq!(got["type"], "message");
             break;
         }
-        let queued = metric_sum(&server, "stead_websocket_queued_bytes");
+        let queued = server.metric_sum("stead_websocket_queued_bytes");
         queued_max = queued_max.max(queued);
         assert!(queued <= BUDGET_BYTES as f64, "{queued} bytes queued");
     }

@@ -86,6 +86,21 @@ impl TestServer {
         Client::connect(self.addr)
     }
 
+    /// The values of a per-core metric of `/metrics`, one per core.
+    pub fn metric_per_core(&self, name: &str) -> Vec<f64> {
+        let text = self.client().get("/metrics").text();
+        let prefix = format!("{name}{{");
+        text.lines()
+            .filter(|line| line.starts_with(&prefix))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .collect()
+    }
+
+    /// The sum over the cores of a per-core metric of `/metrics`.
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        self.metric_per_core(name).iter().sum()
+    }
+
     /// SIGTERM, then waits; returns the exit status code.
     pub fn stop(mut self) -> Option<i32> {
         signal(&self.child, libc::SIGTERM);
