@@ -246,22 +246,30 @@ impl Notify {
     }
 }
 
+/// Test support: a waker that counts its wake-ups.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::pin::pin;
+pub(crate) mod testing {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::task::Wake;
 
-    /// A waker that counts its wake-ups.
-    struct Counter(AtomicUsize);
+    /// Counts the wake-ups of the wakers made from it.
+    pub(crate) struct Counter(pub(crate) AtomicUsize);
 
     impl Wake for Counter {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::Counter;
+    use super::*;
+    use std::pin::pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     fn counting_waker() -> (Arc<Counter>, Waker) {
         let counter = Arc::new(Counter(AtomicUsize::new(0)));

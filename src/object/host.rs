@@ -230,12 +230,7 @@ impl ObjectHost {
         let reason = self.store.write_failure()?;
         if !self.store_failed.replace(true) {
             tracing::error!(%reason, "the store takes no more writes: writes answer 507, reads of durable data go on");
-            let slots: Vec<Rc<Slot>> = self
-                .objects
-                .borrow_mut()
-                .drain()
-                .map(|(_, slot)| slot)
-                .collect();
+            let slots = self.take_all_objects();
             for slot in &slots {
                 slot.storage
                     .fail_commits(format!("storage unavailable: {reason}"));
@@ -444,12 +439,7 @@ impl ObjectHost {
         if self.events_in_flight.get() > 0 {
             self.drained.wait().await;
         }
-        let slots: Vec<Rc<Slot>> = self
-            .objects
-            .borrow_mut()
-            .drain()
-            .map(|(_, slot)| slot)
-            .collect();
+        let slots = self.take_all_objects();
         for slot in &slots {
             self.retire(slot, "the server is shutting down");
         }
@@ -616,6 +606,15 @@ impl ObjectHost {
         let _ = self.commit_pending(slot);
         slot.storage.make_unavailable(reason.to_string());
         self.sockets.object_left_memory(&slot.id);
+    }
+
+    /// Takes every object out of memory (the caller retires or fails them).
+    fn take_all_objects(&self) -> Vec<Rc<Slot>> {
+        self.objects
+            .borrow_mut()
+            .drain()
+            .map(|(_, slot)| slot)
+            .collect()
     }
 
     fn count(&self, update: impl FnOnce(&mut HostStats)) {

@@ -162,18 +162,9 @@ impl EventSink for EventQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wake::testing::Counter;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use std::task::Wake;
-
-    /// Counts its wake-ups.
-    struct Counter(AtomicUsize);
-
-    impl Wake for Counter {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 
     fn message(text: &str) -> SocketEvent {
         SocketEvent::Message(Message::Text(text.into()))
