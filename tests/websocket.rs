@@ -319,9 +319,18 @@ fn chat_and_doc_messages_keep_the_designs_field_order_byte_for_byte() {
     assert_eq!(next_text(&mut first), r#"{"type":"init","content":""}"#);
     let edit = r#"{"content":{"b":1,"a":2},"type":"edit"}"#;
     first.send_text(edit);
-    // The edit is durable before anyone sees it; a later socket gets it in its init.
-    let mut second = WsClient::connect(server.addr, "/objects/doc/order/");
-    let init = next_text(&mut second);
+    // The edit is an event of `first`'s socket, durable before anyone sees it; a socket opened
+    // after that event was handled gets it in its init. Another connection is not ordered
+    // with `first`'s messages, so open sockets until one sees the edit.
+    let mut second = None;
+    let mut init = String::new();
+    assert!(wait_until(PATIENCE, || {
+        let mut socket = WsClient::connect(server.addr, "/objects/doc/order/");
+        init = next_text(&mut socket);
+        second = Some(socket);
+        init != r#"{"type":"init","content":""}"#
+    }));
+    let mut second = second.expect("a socket");
     // An edit is stored as sent, so it comes back in its own key order.
     assert_eq!(init, r#"{"type":"init","content":{"b":1,"a":2}}"#);
     second.send_text(r#"{"type":"edit","content":"x","extra":[1]}"#);
