@@ -197,14 +197,10 @@ struct Connection {
     failed: bool,
     /// An upgrade request that ended reading, handed over once the responses before it are out.
     upgrade: Option<Request>,
-    /// Fires after `idle_connection_timeout_ms` without a request; created on first idle wait.
-    idle_timer: Option<Timer>,
-    /// A request arrived since the timer was last armed, so it must be re-armed before waiting.
-    idle_timer_stale: bool,
+    /// Fires after `idle_connection_timeout_ms` without a request.
+    idle_deadline: Deadline,
     /// Fires after `write_timeout_ms` in which no byte of pending output was written.
-    write_timer: Option<Timer>,
-    /// Bytes were written since the write timer was last armed.
-    write_timer_stale: bool,
+    write_deadline: Deadline,
     /// Paces the hang-up checks while the read buffer is full; dropped when it has room again.
     hangup_timer: Option<Timer>,
 }
@@ -226,10 +222,8 @@ impl Connection {
             reading: true,
             failed: false,
             upgrade: None,
-            idle_timer: None,
-            idle_timer_stale: true,
-            write_timer: None,
-            write_timer_stale: true,
+            idle_deadline: Deadline::default(),
+            write_deadline: Deadline::default(),
             hangup_timer: None,
             limits,
         }
@@ -314,7 +308,7 @@ impl Connection {
             match parse_request(&self.read_buffer[consumed..self.filled], &self.limits) {
                 Ok(Some(parsed)) => {
                     consumed += parsed.consumed;
-                    self.idle_timer_stale = true;
+                    self.idle_deadline.push_back();
                     if is_websocket_upgrade(&parsed.request) {
                         // What follows belongs to the new protocol: stop parsing HTTP here.
                         self.upgrade = Some(parsed.request);
@@ -412,7 +406,7 @@ impl Connection {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
                 Poll::Ready(Ok(bytes)) => {
                     self.written += bytes;
-                    self.write_timer_stale = true;
+                    self.write_deadline.push_back();
                 }
                 Poll::Pending => {
                     // A client that reads slowly but steadily may never let the output empty:
@@ -463,20 +457,12 @@ impl Connection {
 
     fn poll_idle_timer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let timeout = Duration::from_millis(self.limits.idle_connection_timeout_ms);
-        let timer = self.idle_timer.get_or_insert_with(|| Timer::new(timeout));
-        if std::mem::take(&mut self.idle_timer_stale) {
-            timer.reset(timeout);
-        }
-        Pin::new(timer).poll(cx).map(|_| ())
+        self.idle_deadline.poll(cx, timeout)
     }
 
     fn poll_write_timer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let timeout = Duration::from_millis(self.limits.write_timeout_ms);
-        let timer = self.write_timer.get_or_insert_with(|| Timer::new(timeout));
-        if std::mem::take(&mut self.write_timer_stale) {
-            timer.reset(timeout);
-        }
-        Pin::new(timer).poll(cx).map(|_| ())
+        self.write_deadline.poll(cx, timeout)
     }
 
     /// Ready when the client has closed or reset the connection. For a loop that cannot read:
@@ -510,6 +496,39 @@ impl Connection {
             timer,
         )
         .await;
+    }
+}
+
+/// A timeout that activity pushes back: the timer is made on the first wait and re-armed only
+/// when polled after `push_back`, so activity costs a flag, not a timer reset.
+struct Deadline {
+    /// Created on the first wait.
+    timer: Option<Timer>,
+    /// Activity since the timer was last armed: it must be re-armed before waiting.
+    stale: bool,
+}
+
+impl Default for Deadline {
+    fn default() -> Deadline {
+        Deadline {
+            timer: None,
+            stale: true,
+        }
+    }
+}
+
+impl Deadline {
+    fn push_back(&mut self) {
+        self.stale = true;
+    }
+
+    /// Ready once `timeout` passed since the last activity.
+    fn poll(&mut self, cx: &mut Context<'_>, timeout: Duration) -> Poll<()> {
+        let timer = self.timer.get_or_insert_with(|| Timer::new(timeout));
+        if std::mem::take(&mut self.stale) {
+            timer.reset(timeout);
+        }
+        Pin::new(timer).poll(cx).map(|_| ())
     }
 }
 

@@ -71,7 +71,6 @@ impl EventError {
         let status = self.status();
         match self {
             EventError::Handler(error) => Response::json_error(status, &error.message),
-            EventError::Overloaded => error_body(status, "overloaded", true),
             _ => error_body(status, &self.to_string(), self.is_retryable()),
         }
     }

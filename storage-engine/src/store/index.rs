@@ -125,12 +125,9 @@ impl Index {
     }
 
     /// Removes every key of `object`; returns them.
-    pub fn delete_all(
-        &mut self,
-        object: &ObjectId,
-    ) -> std::collections::BTreeMap<Box<[u8]>, Entry> {
+    pub fn delete_all(&mut self, object: &ObjectId) -> KeyMap<Entry> {
         let Some(state) = self.objects.get_mut(object) else {
-            return std::collections::BTreeMap::new();
+            return KeyMap::default();
         };
         let keys = std::mem::take(&mut state.keys);
         self.keys_total -= keys.len() as u64;
@@ -138,7 +135,7 @@ impl Index {
             self.discharge(key, old);
         }
         self.remove_if_empty(object);
-        keys.into_sorted().collect()
+        keys
     }
 
     /// Sets the alarm; returns the one it replaced.

@@ -127,15 +127,31 @@ impl<V> KeyMap<V> {
     }
 }
 
-impl<V> KeyMap<V> {
-    /// Every key and value, in key order, taken out of the map.
-    pub fn into_sorted(self) -> Box<dyn Iterator<Item = (Box<[u8]>, V)>>
-    where
-        V: 'static,
-    {
+/// Every key and value of a [`KeyMap`], in key order, taken out of it.
+pub enum IntoIter<V> {
+    Small(std::vec::IntoIter<(Box<[u8]>, V)>),
+    Large(std::collections::btree_map::IntoIter<Box<[u8]>, V>),
+}
+
+impl<V> Iterator for IntoIter<V> {
+    type Item = (Box<[u8]>, V);
+
+    fn next(&mut self) -> Option<Self::Item> {
         match self {
-            KeyMap::Small(keys) => Box::new(keys.into_iter()),
-            KeyMap::Large(keys) => Box::new(keys.into_iter()),
+            IntoIter::Small(keys) => keys.next(),
+            IntoIter::Large(keys) => keys.next(),
+        }
+    }
+}
+
+impl<V> IntoIterator for KeyMap<V> {
+    type Item = (Box<[u8]>, V);
+    type IntoIter = IntoIter<V>;
+
+    fn into_iter(self) -> IntoIter<V> {
+        match self {
+            KeyMap::Small(keys) => IntoIter::Small(keys.into_iter()),
+            KeyMap::Large(keys) => IntoIter::Large(keys.into_iter()),
         }
     }
 }

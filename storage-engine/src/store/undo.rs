@@ -7,9 +7,10 @@
 //! to the last durable batch by undoing every later one, newest first. The old entries are
 //! moved here, not copied, and dropped as soon as their batch is durable.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use super::index::{Entry, Index};
+use super::keys::KeyMap;
 use crate::ObjectId;
 
 /// What one op of a batch replaced.
@@ -17,7 +18,7 @@ pub enum UndoOp {
     /// A put or delete of `key`: the entry it replaced, if there was one.
     Key { key: Box<[u8]>, old: Option<Entry> },
     /// A delete-all: every key it removed.
-    Keys(BTreeMap<Box<[u8]>, Entry>),
+    Keys(KeyMap<Entry>),
     /// An alarm set or deleted: the alarm before.
     Alarm(Option<i64>),
 }
