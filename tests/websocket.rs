@@ -232,15 +232,10 @@ fn a_member_that_stops_reading_is_closed_and_the_rest_go_on() {
     }
     assert!(left, "the member that stopped reading was never closed");
     // What the sleeper finally reads ends with a policy-violation close.
-    let mut last = None;
-    while let Some(frame) = sleeper.next_frame() {
-        let closing = matches!(frame, Frame::Close(_));
-        last = Some(frame);
-        if closing {
-            break;
-        }
-    }
-    assert_eq!(last, Some(Frame::Close(Some(1008))));
+    assert_eq!(
+        sleeper.last_frame_until_close(),
+        Some(Frame::Close(Some(1008)))
+    );
     assert_eq!(server.stop(), Some(0));
 }
 
@@ -423,14 +418,9 @@ fn queued_bytes_stay_within_the_cores_budget_and_slow_members_are_closed() {
     talker.send_text(r#"{"type":"message","text":"still here"}"#);
     assert_eq!(talker.next_json()["text"], "still here");
     let mut sleeper = sleepers.into_iter().next().expect("a sleeper");
-    let mut last = None;
-    while let Some(frame) = sleeper.next_frame() {
-        let closing = matches!(frame, Frame::Close(_));
-        last = Some(frame);
-        if closing {
-            break;
-        }
-    }
-    assert_eq!(last, Some(Frame::Close(Some(1013))));
+    assert_eq!(
+        sleeper.last_frame_until_close(),
+        Some(Frame::Close(Some(1013)))
+    );
     assert_eq!(server.stop(), Some(0));
 }

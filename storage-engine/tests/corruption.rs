@@ -86,6 +86,16 @@ async fn open(dir: &Path, recovery: RecoveryMode) -> Result<Store, StoreError> {
     Store::open(config).await
 }
 
+/// Creates an empty store in `dir` and closes it.
+async fn create_empty(dir: &Path) {
+    open(dir, RecoveryMode::Strict)
+        .await
+        .expect("create")
+        .close()
+        .await
+        .expect("close");
+}
+
 /// Opens strictly and expects a corruption error naming `file` and `offset`, in the variant
 /// and in the message an operator reads.
 async fn expect_corruption(dir: &Path, file: &str, offset: usize, context: &str) {
@@ -243,12 +253,7 @@ fn unknown_manifest_version_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_path_buf();
     run(move || async move {
-        open(&path, RecoveryMode::Strict)
-            .await
-            .expect("create")
-            .close()
-            .await
-            .expect("close");
+        create_empty(&path).await;
         let manifest = path.join("MANIFEST");
         let original = std::fs::read(&manifest).expect("read manifest");
 
@@ -287,12 +292,7 @@ fn manifest_naming_a_base_before_the_log_start_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_path_buf();
     run(move || async move {
-        open(&path, RecoveryMode::Strict)
-            .await
-            .expect("create")
-            .close()
-            .await
-            .expect("close");
+        create_empty(&path).await;
         // Compaction gives bases ids after the log start, whose id the next log segment takes;
         // a manifest that breaks this would make the two collide (found by fuzzing).
         let manifest = ManifestData {
@@ -310,12 +310,7 @@ fn segment_id_beyond_the_index_range_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_path_buf();
     run(move || async move {
-        open(&path, RecoveryMode::Strict)
-            .await
-            .expect("create")
-            .close()
-            .await
-            .expect("close");
+        create_empty(&path).await;
         // Index entries name segments by a u32; a larger id cannot be pointed at.
         let stray = "log-ffffffffffffffff";
         std::fs::write(path.join(stray), b"").expect("create stray segment");
@@ -328,12 +323,7 @@ fn segment_ids_are_accepted_up_to_the_format_limit_and_refused_above() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_path_buf();
     run(move || async move {
-        open(&path, RecoveryMode::Strict)
-            .await
-            .expect("create")
-            .close()
-            .await
-            .expect("close");
+        create_empty(&path).await;
         // The largest id allocation hands out opens, and commits land in it.
         let largest = format!("log-{SEGMENT_ID_MAX:016x}");
         std::fs::write(path.join(&largest), b"").expect("create largest segment");

@@ -128,6 +128,19 @@ impl WsClient {
     }
 
     /// The next frame; `None` once the connection is closed.
+    /// Reads frames until a close frame or the end of the stream; the last frame read.
+    pub fn last_frame_until_close(&mut self) -> Option<Frame> {
+        let mut last = None;
+        while let Some(frame) = self.next_frame() {
+            let closing = matches!(frame, Frame::Close(_));
+            last = Some(frame);
+            if closing {
+                break;
+            }
+        }
+        last
+    }
+
     pub fn next_frame(&mut self) -> Option<Frame> {
         loop {
             if let Some((frame, used)) = parse(&self.buffer) {
