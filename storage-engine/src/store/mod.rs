@@ -172,14 +172,9 @@ fn io_error(operation: &'static str, file: &str, source: std::io::Error) -> Stor
 
 impl Store {
     /// Opens (creating if needed) the store in `config.dir` on the real disk, recovering it.
-    ///
-    /// A relative `config.dir` is resolved against the current directory once, here: glommio
-    /// opens directories through io_uring, which does not resolve a relative path the way
-    /// `open(2)` does.
-    pub async fn open(mut config: StoreConfig) -> Result<Store, StoreError> {
-        let shown = config.dir.display().to_string();
-        config.dir = std::path::absolute(&config.dir)
-            .map_err(|source| io_error("resolve", &shown, source))?;
+    /// A relative `config.dir` is relative to the current directory (`GlommioDisk::new`
+    /// resolves it once, for glommio).
+    pub async fn open(config: StoreConfig) -> Result<Store, StoreError> {
         create_dir_durably(&config.dir)
             .map_err(|(dir, source)| io_error("create_dir", &dir.display().to_string(), source))?;
         let disk: Rc<dyn Disk> = Rc::new(GlommioDisk::new(config.dir.clone()));
