@@ -46,6 +46,10 @@ pub struct StoreConfig {
     pub limits: Limits,
     /// A segment is sealed and a new one started once it passes this size.
     pub segment_bytes_max: u64,
+    /// How far ahead of the writer a log segment is kept zero-filled and synced, so group
+    /// commits overwrite existing blocks instead of growing the file (at most the segment
+    /// size; 0 turns preparation off: each round's durable write then also grows the file).
+    pub segment_prepare_bytes: u64,
     /// Values up to this size stay in memory; larger ones are read from disk on demand.
     pub inline_value_bytes_max: usize,
     /// Compaction starts once this many bytes in sealed segments are dead ...
@@ -64,6 +68,7 @@ impl StoreConfig {
             dir: dir.into(),
             limits: Limits::default(),
             segment_bytes_max: 64 * 1024 * 1024,
+            segment_prepare_bytes: 4 * 1024 * 1024,
             inline_value_bytes_max: 256,
             compaction_dead_bytes_min: 64 * 1024 * 1024,
             compaction_dead_percent_min: 50,

@@ -38,6 +38,13 @@ pub trait DiskFile {
     fn write_at<'a>(&'a self, offset: u64, data: &'a [u8]) -> IoFuture<'a, usize>;
     /// Reads up to `len` bytes at `offset`; fewer only at the end of the file.
     fn read_at(&self, offset: u64, len: usize) -> IoFuture<'_, Vec<u8>>;
+    /// Writes `data` at `offset` and returns only once those bytes, and whatever metadata is
+    /// needed to read them back (a size it extended), are durable: one I/O with `O_DSYNC`
+    /// semantics instead of `write_at` plus `fdatasync`. It says nothing of other writes not
+    /// yet synced. Same alignment and short-write rules as `write_at`; a failure leaves the
+    /// range's contents unknown (absent, present or torn), and like a failed fdatasync it is
+    /// never retried.
+    fn write_durable_at<'a>(&'a self, offset: u64, data: &'a [u8]) -> IoFuture<'a, usize>;
     /// Makes every completed write durable (fdatasync). Never retried after a failure.
     fn fdatasync(&self) -> IoFuture<'_, ()>;
     /// Sets the file's length (used to cut a torn tail).
@@ -139,6 +146,8 @@ impl Disk for GlommioDisk {
                 .map_err(io::Error::from)?;
             let file: Rc<dyn DiskFile> = Rc::new(GlommioFile {
                 file,
+                durable: std::cell::RefCell::new(None),
+                path: self.path(name),
                 name: name.to_string(),
             });
             Ok(file)
@@ -189,8 +198,52 @@ impl Disk for GlommioDisk {
 struct GlommioFile {
     /// The open file; positional reads and writes go through io_uring.
     file: glommio::io::DmaFile,
+    /// A second handle on the same file opened with `O_DSYNC`, for `write_durable_at`; opened
+    /// on its first use (compaction's base segments never need it). glommio 0.9 passes no
+    /// per-write `RWF_DSYNC` flag, so the durability has to come from the open flags.
+    durable: std::cell::RefCell<Option<Rc<glommio::io::DmaFile>>>,
+    /// Where the file is, to open the second handle.
+    path: std::path::PathBuf,
     /// The name inside the store directory, for error messages.
     name: String,
+}
+
+impl GlommioFile {
+    /// The `O_DSYNC` handle, opened now if this is its first use.
+    async fn durable_handle(&self) -> io::Result<Rc<glommio::io::DmaFile>> {
+        if let Some(handle) = self.durable.borrow().as_ref() {
+            return Ok(handle.clone());
+        }
+        let opened = glommio::io::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DSYNC)
+            .dma_open(&self.path)
+            .await
+            .map_err(io::Error::from)?;
+        let handle = Rc::new(opened);
+        // Two first uses racing both open; the second keeps the first's handle.
+        let mut slot = self.durable.borrow_mut();
+        Ok(slot.get_or_insert(handle).clone())
+    }
+}
+
+/// Checks the O_DIRECT alignment of a write: offset and length multiples of 4096.
+fn assert_aligned(offset: u64, len: usize) {
+    assert_eq!(
+        offset % 4096,
+        0,
+        "O_DIRECT write at unaligned offset {offset}"
+    );
+    assert_eq!(len % 4096, 0, "O_DIRECT write of unaligned length {len}");
+}
+
+/// Writes `data` at `offset` through `file` from a DMA buffer.
+async fn dma_write(file: &glommio::io::DmaFile, offset: u64, data: &[u8]) -> io::Result<usize> {
+    assert_aligned(offset, data.len());
+    let mut buffer = file.alloc_dma_buffer(data.len());
+    buffer.as_bytes_mut().copy_from_slice(data);
+    file.write_at(buffer, offset).await.map_err(io::Error::from)
 }
 
 impl DiskFile for GlommioFile {
@@ -199,24 +252,13 @@ impl DiskFile for GlommioFile {
     }
 
     fn write_at<'a>(&'a self, offset: u64, data: &'a [u8]) -> IoFuture<'a, usize> {
+        Box::pin(dma_write(&self.file, offset, data))
+    }
+
+    fn write_durable_at<'a>(&'a self, offset: u64, data: &'a [u8]) -> IoFuture<'a, usize> {
         Box::pin(async move {
-            assert_eq!(
-                offset % 4096,
-                0,
-                "O_DIRECT write at unaligned offset {offset}"
-            );
-            assert_eq!(
-                data.len() % 4096,
-                0,
-                "O_DIRECT write of unaligned length {}",
-                data.len()
-            );
-            let mut buffer = self.file.alloc_dma_buffer(data.len());
-            buffer.as_bytes_mut().copy_from_slice(data);
-            self.file
-                .write_at(buffer, offset)
-                .await
-                .map_err(io::Error::from)
+            let handle = self.durable_handle().await?;
+            dma_write(&handle, offset, data).await
         })
     }
 

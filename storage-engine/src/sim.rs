@@ -6,6 +6,11 @@
 //! - a file's bytes are durable once `fdatasync` of that file returns; until then each write
 //!   (and truncate) is volatile: readable, but at a power cut it may be dropped, kept, or torn
 //!   (a prefix of its 4096-byte blocks kept);
+//! - `write_durable_at` (O_DSYNC) is a write followed by a sync of that write alone: the
+//!   operation counter sees a `Write` then a `Fdatasync`, so a fault or a power cut can hit
+//!   either half. Cut between the two, the write is as volatile as any other; once the call
+//!   returns, its bytes (and the size it extended) survive every cut, while earlier unsynced
+//!   writes to the file stay as volatile as they were;
 //! - creating, renaming and removing names become durable only at `sync_dir`; until then each
 //!   may be dropped or kept at a power cut, independently of the file's bytes.
 //!
@@ -111,8 +116,15 @@ pub enum CrashMode {
 /// A volatile change to a file's bytes, replayed (or not) at a power cut.
 #[derive(Clone, Debug)]
 enum FileChange {
-    Write { offset: usize, data: Vec<u8> },
-    Truncate { len: usize },
+    /// `durable`: made durable on its own by `write_durable_at`; survives every cut whole.
+    Write {
+        offset: usize,
+        data: Vec<u8>,
+        durable: bool,
+    },
+    Truncate {
+        len: usize,
+    },
 }
 
 /// A file's contents, independent of the names that point at it.
@@ -178,8 +190,10 @@ struct World {
     crash_points: Vec<String>,
     /// Percentage of operations that yield to the executor before they run.
     yield_percent: u64,
-    /// Writes that overwrote bytes an earlier fdatasync had made durable: (file, offset).
+    /// Writes that overwrote durable bytes holding anything but zeros: (file, offset).
     synced_overwrites: Vec<(String, u64)>,
+    /// Writes that overwrote durable bytes that were all zeros (a prepared segment's blocks).
+    zero_overwrites: u64,
     /// Whether every operation is printed to stderr, for debugging a failing seed.
     trace: bool,
 }
@@ -220,6 +234,7 @@ impl SimDisk {
             crash_points: Vec::new(),
             yield_percent: 30,
             synced_overwrites: Vec::new(),
+            zero_overwrites: 0,
             trace: false,
         };
         SimDisk {
@@ -304,9 +319,16 @@ impl SimDisk {
         self.world.borrow_mut().trace = trace;
     }
 
-    /// Every write that overwrote bytes already made durable, as (file, offset).
+    /// Every write that overwrote durable bytes other than zeros, as (file, offset). Zeros
+    /// are what a prepared log segment holds before records go there; any other durable byte
+    /// may be acknowledged data, which must never be written again.
     pub fn synced_overwrites(&self) -> Vec<(String, u64)> {
         self.world.borrow().synced_overwrites.clone()
+    }
+
+    /// How many writes overwrote durable bytes that were all zeros.
+    pub fn zero_overwrites(&self) -> u64 {
+        self.world.borrow().zero_overwrites
     }
 
     /// The names in the directory as reads see them.
@@ -441,7 +463,10 @@ impl World {
                         bytes.resize(*len, 0);
                     }
                 }
-                FileChange::Write { offset, data } => {
+                FileChange::Write { offset, data, .. } if change_is_durable(change) => {
+                    apply_write(&mut bytes, *offset, data);
+                }
+                FileChange::Write { offset, data, .. } => {
                     let blocks = data.len().div_ceil(BLOCK_BYTES) as u64;
                     let kept_blocks = match mode {
                         CrashMode::DropUnsynced => 0,
@@ -466,14 +491,41 @@ impl World {
     fn write(&mut self, name: &str, inode: &InodeRef, offset: usize, data: &[u8]) {
         let mut inode = inode.borrow_mut();
         if offset < inode.durable.len() {
-            self.synced_overwrites
-                .push((name.to_string(), offset as u64));
+            let end = (offset + data.len()).min(inode.durable.len());
+            if inode.durable[offset..end].iter().all(|byte| *byte == 0) {
+                self.zero_overwrites += 1;
+            } else {
+                self.synced_overwrites
+                    .push((name.to_string(), offset as u64));
+            }
         }
         apply_write(&mut inode.content, offset, data);
         inode.unsynced.push(FileChange::Write {
             offset,
             data: data.to_vec(),
+            durable: false,
         });
+    }
+
+    /// Makes the newest write to `inode` durable on its own (the sync half of
+    /// `write_durable_at`), then folds the changes that now survive every cut, a prefix of
+    /// durable writes, into the durable bytes, so a log written only this way keeps no list.
+    fn sync_last_write(inode: &InodeRef) {
+        let mut inode = inode.borrow_mut();
+        if let Some(FileChange::Write { durable, .. }) = inode.unsynced.last_mut() {
+            *durable = true;
+        }
+        let folded = inode
+            .unsynced
+            .iter()
+            .take_while(|change| change_is_durable(change))
+            .count();
+        let changes: Vec<FileChange> = inode.unsynced.drain(..folded).collect();
+        for change in changes {
+            if let FileChange::Write { offset, data, .. } = change {
+                apply_write(&mut inode.durable, offset, &data);
+            }
+        }
     }
 
     /// How many whole blocks of a `len`-byte write a fault lets through.
@@ -483,6 +535,11 @@ impl World {
         let kept = self.rng.below(blocks.max(1));
         (kept as usize * BLOCK_BYTES).min(len)
     }
+}
+
+/// Whether a change was made durable on its own (a finished `write_durable_at`).
+fn change_is_durable(change: &FileChange) -> bool {
+    matches!(change, FileChange::Write { durable: true, .. })
 }
 
 /// Yields to the executor now and then, as a real disk's latency would.
@@ -650,6 +707,22 @@ impl DiskFile for SimFile {
                     }
                 }
             }
+        })
+    }
+
+    fn write_durable_at<'a>(&'a self, offset: u64, data: &'a [u8]) -> IoFuture<'a, usize> {
+        Box::pin(async move {
+            let written = self.write_at(offset, data).await?;
+            if written != data.len() {
+                // A short write reports its count; nothing was synced.
+                return Ok(written);
+            }
+            // No yield between the halves: nothing else touches the file in between, so the
+            // write to make durable is the newest change.
+            let mut world = self.world.borrow_mut();
+            fail_unless_clean(world.begin(self.epoch, OpKind::Fdatasync, &self.name)?)?;
+            World::sync_last_write(&self.inode);
+            Ok(written)
         })
     }
 

@@ -27,7 +27,8 @@ enum Verdict {
     Fail,
 }
 
-/// The real disk, except that while `held` is set a write to a log segment waits for a verdict.
+/// The real disk, except that while `held` is set a group commit's durable write to a log
+/// segment waits for a verdict.
 struct GatedDisk {
     inner: GlommioDisk,
     /// Where held writes wait for their verdicts, one each, in order.
@@ -75,6 +76,12 @@ impl DiskFile for GatedFile {
     }
 
     fn write_at<'a>(&'a self, offset: u64, data: &'a [u8]) -> IoFuture<'a, usize> {
+        // Zero fills of log segments and compaction's base segments pass: only group
+        // commits (durable writes) are held.
+        self.inner.write_at(offset, data)
+    }
+
+    fn write_durable_at<'a>(&'a self, offset: u64, data: &'a [u8]) -> IoFuture<'a, usize> {
         Box::pin(async move {
             if self.inner.name().starts_with("log-") {
                 let receiver = self.verdicts.borrow_mut().take();
@@ -86,7 +93,7 @@ impl DiskFile for GatedFile {
                     }
                 }
             }
-            self.inner.write_at(offset, data).await
+            self.inner.write_durable_at(offset, data).await
         })
     }
 

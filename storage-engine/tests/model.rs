@@ -199,6 +199,8 @@ proptest! {
     ) {
         let mut config = small_config(std::path::Path::new("/simulated"));
         config.segment_bytes_max = 8 * 1024;
+        // Half the segment ahead: the preparer fills while the writer appends.
+        config.segment_prepare_bytes = 4 * 1024;
         config.compaction_automatic = true;
         config.compaction_dead_bytes_min = 8 * 1024;
         config.compaction_dead_percent_min = 20;

@@ -42,6 +42,9 @@ fn category(point: &str) -> String {
 fn config(rng: &mut SimRng) -> StoreConfig {
     let mut config = small_config(std::path::Path::new("/simulated"));
     config.segment_bytes_max = [8 * 1024, 16 * 1024, 64 * 1024][rng.below(3) as usize];
+    // Off, a window smaller than a segment (the preparer fills while the writer appends),
+    // and the default (whole segments prepared at rotation).
+    config.segment_prepare_bytes = [0, 4 * 1024, 8 * 1024, 4 << 20][rng.below(4) as usize];
     if rng.chance(30) {
         config.compaction_automatic = true;
         config.compaction_dead_bytes_min = 8 * 1024;

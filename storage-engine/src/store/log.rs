@@ -1,9 +1,11 @@
 //! The group-commit writer: one background task per store that turns queued batches into
-//! records, one record per write, each followed by one fdatasync.
+//! records, one record per round, each written with one durable write (`write_durable_at`,
+//! O_DSYNC) into blocks of the segment that `prepare` zero-filled and synced beforehand, so a
+//! round changes no file metadata and costs the device one write and its flush.
 //!
 //! There is no timer: while a write is in flight, new commits queue up, and the next round
-//! takes all of them at once. A failed or short write or fdatasync poisons the store: every
-//! queued batch fails, nothing is retried.
+//! takes all of them at once. A failed or short write poisons the store: every queued batch
+//! fails, nothing is retried.
 
 use std::rc::{Rc, Weak};
 use std::time::Instant;
@@ -11,6 +13,7 @@ use std::time::Instant;
 use super::durable::Signal;
 use super::index::Entry;
 use super::poison::poison;
+use super::prepare;
 use super::segments::{segment_file_name, Segment, SegmentKind};
 use super::{compaction, io_error, Inner};
 use crate::codec::{self, RECORD_HEADER_BYTES};
@@ -46,6 +49,35 @@ pub struct Writer {
     pub file: Rc<dyn DiskFile>,
     /// Where the next record starts: the end of the last durable record, block-aligned.
     pub offset: u64,
+    /// Every byte below this is durable on disk, the file's size included: zeros the
+    /// preparer wrote and synced, or records. A record that ends below it changes no metadata.
+    pub prepared_end: u64,
+    /// The end of the record being written, while one is: the preparer starts no zero fill
+    /// below it.
+    pub writing_end: Option<u64>,
+    /// The range the preparer is zero-filling, while it is: the writer writes nothing into
+    /// it until the fill is done, or the zeros could land after the record.
+    pub filling: Option<(u64, u64)>,
+}
+
+impl Writer {
+    /// A writer appending at `offset` to a segment whose first `prepared_end` bytes are durable.
+    pub fn new(segment: u64, file: Rc<dyn DiskFile>, offset: u64, prepared_end: u64) -> Writer {
+        Writer {
+            segment,
+            file,
+            offset,
+            prepared_end,
+            writing_end: None,
+            filling: None,
+        }
+    }
+
+    /// Whether a zero fill in flight overlaps `start..end`.
+    fn fill_overlaps(&self, start: u64, end: u64) -> bool {
+        self.filling
+            .is_some_and(|(fill_start, fill_end)| fill_start < end && start < fill_end)
+    }
 }
 
 /// The writer task. Holds the store only weakly while idle, so dropping every handle ends it.
@@ -132,21 +164,34 @@ async fn write_group(inner: &Inner) -> Result<(), StoreError> {
         "segment outgrew u32 offsets"
     );
 
+    let record_end = offset + record.len() as u64;
+    // A zero fill in flight over these blocks must land first (it rarely is: the preparer
+    // works ahead of the writer and starts no fill below a write in flight).
+    inner
+        .idle
+        .wait_until(|| {
+            let state = inner.state.borrow();
+            state.poisoned
+                || state.writer.as_ref().is_none_or(|writer| {
+                    writer.segment != segment || !writer.fill_overlaps(offset, record_end)
+                })
+        })
+        .await;
+    if let Some(writer) = inner.state.borrow_mut().writer.as_mut() {
+        writer.writing_end = Some(record_end);
+    }
+    let started = Instant::now();
     let written = file
-        .write_at(offset, &record)
+        .write_durable_at(offset, &record)
         .await
-        .map_err(|source| io_error("write", file.name(), source))?;
+        .map_err(|source| io_error("durable write", file.name(), source))?;
     if written != record.len() {
         return Err(io_error(
-            "write",
+            "durable write",
             file.name(),
             std::io::Error::other(format!("short write: {written} of {} bytes", record.len())),
         ));
     }
-    let started = Instant::now();
-    file.fdatasync()
-        .await
-        .map_err(|source| io_error("fdatasync", file.name(), source))?;
     let micros = started.elapsed().as_micros() as u64;
 
     let mut state = inner.state.borrow_mut();
@@ -160,6 +205,15 @@ async fn write_group(inner: &Inner) -> Result<(), StoreError> {
     }
     if let Some(writer) = state.writer.as_mut() {
         writer.offset += record.len() as u64;
+        writer.prepared_end = writer.prepared_end.max(writer.offset);
+        writer.writing_end = None;
+    }
+    if state.active_segment == segment {
+        // Commits decide when to move to a new segment by the bytes they assigned to it, but
+        // each round also adds a header and pads to a block: without this, rounds of one small
+        // batch would grow a segment to 4 KiB per batch, far past `segment_bytes_max`.
+        let on_disk = state.writer.as_ref().map_or(0, |writer| writer.offset);
+        state.active_assigned_bytes = state.active_assigned_bytes.max(on_disk);
     }
     if let Some(segment_entry) = state.segments.by_id.get_mut(&segment) {
         segment_entry.written_bytes += record.len() as u64;
@@ -189,6 +243,8 @@ async fn write_group(inner: &Inner) -> Result<(), StoreError> {
     }
     state.undo.durable(last_seq);
     inner.durable.advance(last_seq);
+    // The writer moved on: the preparer may have room to fill again.
+    inner.prepare_signal.notify();
     Ok(())
 }
 
@@ -212,7 +268,8 @@ fn take_group(inner: &Inner) -> Vec<PendingBatch> {
     group
 }
 
-/// Starts log segment `segment`: create, fdatasync, sync the directory, then append to it.
+/// Starts log segment `segment`: create, zero-fill its first blocks, fdatasync, sync the
+/// directory, then append to it.
 async fn rotate(inner: &Inner, segment: u64) -> Result<(), StoreError> {
     let name = segment_file_name(SegmentKind::Log, segment);
     let file = inner
@@ -232,6 +289,10 @@ async fn rotate(inner: &Inner, segment: u64) -> Result<(), StoreError> {
         });
     }
     let started = Instant::now();
+    let prepared_end = prepare::first_fill_bytes(&inner.config);
+    if prepared_end > 0 {
+        prepare::write_zeros(file.as_ref(), 0, prepared_end).await?;
+    }
     file.fdatasync()
         .await
         .map_err(|source| io_error("fdatasync", &name, source))?;
@@ -252,10 +313,8 @@ async fn rotate(inner: &Inner, segment: u64) -> Result<(), StoreError> {
             written_bytes: 0,
         },
     );
-    state.writer = Some(Writer {
-        segment,
-        file,
-        offset: 0,
-    });
+    state.writer = Some(Writer::new(segment, file, 0, prepared_end));
+    drop(state);
+    inner.prepare_signal.notify();
     Ok(())
 }

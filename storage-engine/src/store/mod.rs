@@ -12,6 +12,7 @@ pub(crate) mod keys;
 mod log;
 mod manifest;
 mod poison;
+mod prepare;
 mod read;
 mod recovery;
 mod segments;
@@ -75,9 +76,12 @@ struct Inner {
     durable: Rc<DurableShared>,
     /// Wakes the background writer when a batch is queued or the store closes.
     signal: Rc<Signal>,
-    /// Woken when the writer finishes a group or a compaction ends, so `close` can wait for
-    /// both: either left running would go on creating, renaming and removing files under a
-    /// store reopened in the same directory.
+    /// Wakes the preparer when the writer moved on or the store closes.
+    prepare_signal: Rc<Signal>,
+    /// Woken when the writer finishes a group, a zero fill ends or a compaction ends, so
+    /// `close` can wait for all three: any left running would go on writing, creating,
+    /// renaming and removing files under a store reopened in the same directory. The writer
+    /// also waits here for a zero fill over the blocks it is about to write.
     idle: Waiters,
 }
 
@@ -112,6 +116,8 @@ struct State {
     compacting: bool,
     /// True while the writer has a group in flight, so `close` can wait for it.
     writing: bool,
+    /// True while the preparer has a zero fill in flight, so `close` can wait for it.
+    preparing: bool,
 }
 
 impl State {
@@ -203,9 +209,12 @@ impl Store {
             state: RefCell::new(recovered.into_state()),
             durable,
             signal: Rc::new(Signal::default()),
+            prepare_signal: Rc::new(Signal::default()),
             idle: Waiters::default(),
         });
         glommio::spawn_local(log::run_writer(Rc::downgrade(&inner), inner.signal.clone())).detach();
+        let preparer = prepare::run_preparer(Rc::downgrade(&inner), inner.prepare_signal.clone());
+        glommio::spawn_local(preparer).detach();
         let store = Store { inner };
         if salvaged {
             // Rewrite what survived into base segments, so the damaged files are gone and
@@ -402,11 +411,12 @@ impl Store {
             state.next_seq - 1
         };
         self.inner.signal.notify();
+        self.inner.prepare_signal.notify();
         let durable = self.wait_durable(last_seq).await;
         let state = &self.inner.state;
         let idle = || {
             let state = state.borrow();
-            !state.compacting && !state.writing
+            !state.compacting && !state.writing && !state.preparing
         };
         self.inner.idle.wait_until(idle).await;
         durable

@@ -53,6 +53,7 @@ impl Recovered {
             closed: false,
             compacting: false,
             writing: false,
+            preparing: false,
         }
     }
 }
@@ -166,7 +167,7 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
         .chain(live.iter().filter(|(kind, _)| *kind == SegmentKind::Log));
     for &(kind, id) in ordered {
         let newest = kind == SegmentKind::Log && Some(id) == newest_log;
-        let (file, end) = replay.replay_file(disk, kind, id, newest).await?;
+        let (file, end, length) = replay.replay_file(disk, kind, id, newest).await?;
         replay.segments.by_id.insert(
             id,
             Segment {
@@ -176,11 +177,10 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
             },
         );
         if newest {
-            writer = Some(Writer {
-                segment: id,
-                file,
-                offset: codec::block_align_up(end as usize) as u64,
-            });
+            let offset = codec::block_align_up(end as usize) as u64;
+            // The zero tail after the last record (the file was fdatasync'd) is as good as a
+            // prepared one: the writer overwrites it.
+            writer = Some(Writer::new(id, file, offset, length));
         }
     }
 
@@ -257,14 +257,15 @@ struct Replay<'a> {
 }
 
 impl Replay<'_> {
-    /// Replays one file; returns it and where its valid records end.
+    /// Replays one file; returns it, where its valid records end, and its length once a torn
+    /// tail is cut.
     async fn replay_file(
         &mut self,
         disk: &dyn Disk,
         kind: SegmentKind,
         id: u64,
         newest: bool,
-    ) -> Result<(Rc<dyn DiskFile>, u64), StoreError> {
+    ) -> Result<(Rc<dyn DiskFile>, u64, u64), StoreError> {
         let name = segment_file_name(kind, id);
         let file = disk
             .open_file(&name, false)
@@ -308,6 +309,17 @@ impl Replay<'_> {
                     offset += codec::block_align_up(record_bytes);
                     end = offset.min(bytes.len());
                 }
+                // Nothing but zeros from here to the end of the file: the part of a log
+                // segment that was prepared (zero-filled and synced) and never written. Not
+                // damage, in any log segment. Base segments are written whole and never
+                // prepared, so zeros there are lost records.
+                Err(_)
+                    if kind == SegmentKind::Log
+                        && bytes[offset..].iter().all(|byte| *byte == 0) =>
+                {
+                    end = offset;
+                    break;
+                }
                 Err(reason) if self.config.recovery == RecoveryMode::Salvage => {
                     tracing::warn!(file = %name, offset, %reason, "salvage: skipping a record that does not verify");
                     self.losses += 1;
@@ -327,10 +339,13 @@ impl Replay<'_> {
                 Err(reason) => return Err(corruption(offset, reason)),
             }
         }
-        if newest && (end as u64) < length {
+        // A torn tail (or, salvaging, skipped blocks at the end) is cut; a zero tail is kept.
+        let mut length = length;
+        if newest && bytes[end..].iter().any(|byte| *byte != 0) {
             file.truncate(end as u64)
                 .await
                 .map_err(|source| io_error("truncate", &name, source))?;
+            length = end as u64;
         }
         if newest {
             // Even uncut, the newest segment may end in a record whose fdatasync failed before
@@ -341,7 +356,7 @@ impl Replay<'_> {
                 .await
                 .map_err(|source| io_error("fdatasync", &name, source))?;
         }
-        Ok((file, end as u64))
+        Ok((file, end as u64, length))
     }
 
     /// Verifies the record at the start of `bytes` and applies it whole, or not at all.

@@ -4,9 +4,13 @@
 #[derive(Clone, Debug, Default)]
 pub struct StoreStats {
     pub commits_total: u64,
+    /// Syncs: a group commit's durable write (one write with its flush) counts as one, as
+    /// do the fdatasyncs of segment creation, zero fills and compaction.
     pub fdatasyncs_total: u64,
     pub bytes_written_total: u64,
-    /// fdatasync latency: bucket i counts syncs of ≤ 2^i microseconds; the last bucket the rest.
+    /// Zeros written ahead of the writer into log segments (`prepare`), not in the total above.
+    pub prepared_bytes_total: u64,
+    /// Sync latency: bucket i counts syncs of ≤ 2^i microseconds; the last bucket the rest.
     pub fdatasync_micros_buckets: [u64; 20],
     pub fdatasync_micros_sum: u64,
     /// Commits per fdatasync: bucket i counts groups of ≤ 2^i commits; the last bucket the rest.

@@ -114,12 +114,21 @@ fn torn_tail_is_cut() {
         durable.await.expect("durable");
         store.close().await.expect("close");
         drop(store);
-        // A half-written record: a valid-looking block of garbage after the last record.
+        // The one small record fills the first block; the segment was prepared past it.
         let log = path.join("log-0000000000000001");
         let mut bytes = std::fs::read(&log).expect("read log");
-        let good = bytes.len();
-        bytes.extend_from_slice(&codec::RECORD_MAGIC.to_le_bytes());
-        bytes.resize(good + 4096, 0xAB);
+        let good = 4096;
+        assert!(
+            bytes.len() > good,
+            "the segment is prepared past its record"
+        );
+        assert!(
+            bytes[good..].iter().all(|byte| *byte == 0),
+            "a prepared tail is zeros"
+        );
+        // A half-written record: a valid-looking block of garbage after the last record.
+        bytes[good..good + 4].copy_from_slice(&codec::RECORD_MAGIC.to_le_bytes());
+        bytes[good + 4..good + 4096].fill(0xAB);
         std::fs::write(&log, &bytes).expect("write log");
 
         let store = Store::open(config(&path))
@@ -176,6 +185,7 @@ fn state_with_next_segment_id(next_segment_id: u64) -> State {
         closed: false,
         compacting: false,
         writing: false,
+        preparing: false,
         undo: Default::default(),
     }
 }

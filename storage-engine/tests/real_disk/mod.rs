@@ -58,11 +58,15 @@ impl RecordSpan {
     }
 }
 
-/// Walks the records of an undamaged segment file by their headers.
+/// Walks the records of an undamaged segment file by their headers, up to its end or to the
+/// zeros a log segment is prepared with.
 pub fn record_spans(bytes: &[u8]) -> Vec<RecordSpan> {
     let mut spans = Vec::new();
     let mut offset = 0;
     while offset + RECORD_HEADER_BYTES <= bytes.len() {
+        if bytes[offset..].iter().all(|byte| *byte == 0) {
+            return spans;
+        }
         let magic = u32::from_le_bytes(to_array(&bytes[offset..offset + 4]));
         assert_eq!(magic, RECORD_MAGIC, "a record starts at {offset}");
         let length = u32::from_le_bytes(to_array(&bytes[offset + 4..offset + 8])) as usize;
@@ -73,8 +77,19 @@ pub fn record_spans(bytes: &[u8]) -> Vec<RecordSpan> {
         spans.push(RecordSpan { offset, length });
         offset += length.div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
     }
-    assert_eq!(offset, bytes.len(), "records fill the file in whole blocks");
+    assert_eq!(
+        offset,
+        bytes.len(),
+        "records fill the file in whole blocks, up to a zero tail"
+    );
     spans
+}
+
+/// Whether the file at `path` holds nothing but zeros from `offset` on: a torn tail was cut
+/// there (the preparer may have zero-filled the segment past the cut again since).
+pub fn cut_at(path: &Path, offset: usize) -> bool {
+    let bytes = std::fs::read(path).expect("read segment");
+    bytes.len() >= offset && bytes[offset..].iter().all(|byte| *byte == 0)
 }
 
 fn to_array<const N: usize>(bytes: &[u8]) -> [u8; N] {
