@@ -85,6 +85,9 @@ pub struct StorageSettings {
     pub value_bytes_max: usize,
     /// A log segment is sealed past this size.
     pub segment_bytes_max: u64,
+    /// How far ahead of the log writer segment blocks are zero-filled and synced, so a group
+    /// commit is one overwrite with no file-size change (0 = off; at most the segment size).
+    pub segment_prepare_bytes: u64,
     /// Partitions of a new data directory (fixed once it is created).
     pub partitions: u32,
 }
@@ -94,6 +97,7 @@ impl Default for StorageSettings {
         StorageSettings {
             value_bytes_max: 128 * 1024,
             segment_bytes_max: 64 * 1024 * 1024,
+            segment_prepare_bytes: 4 * 1024 * 1024,
             partitions: 4096,
         }
     }

@@ -142,6 +142,7 @@ pub fn store_config(config: &Config, dir: PathBuf) -> StoreConfig {
     let mut store = StoreConfig::new(dir);
     store.limits = store_limits(config);
     store.segment_bytes_max = config.storage.segment_bytes_max;
+    store.segment_prepare_bytes = config.storage.segment_prepare_bytes;
     store
 }
 

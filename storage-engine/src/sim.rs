@@ -870,6 +870,72 @@ mod tests {
     }
 
     #[test]
+    fn a_durable_write_survives_a_cut_that_drops_earlier_writes() {
+        let sim = SimDisk::new(5);
+        sim.set_yield_percent(0);
+        let disk = sim.disk();
+        block_on(async {
+            let file = disk.open_file("a", true).await.expect("create");
+            file.fdatasync().await.expect("sync");
+            disk.sync_dir().await.expect("sync dir");
+            file.write_at(0, &block(1)).await.expect("volatile write");
+            let written = file.write_durable_at(4096, &block(2)).await;
+            assert_eq!(written.expect("durable write"), 4096);
+        });
+        sim.crash(CrashMode::DropUnsynced);
+        // The earlier write was volatile and is gone; the durable one and the size it grew
+        // the file to survive.
+        assert_eq!(sim.file_bytes("a"), Some([block(0), block(2)].concat()));
+    }
+
+    #[test]
+    fn a_cut_inside_a_durable_write_leaves_it_volatile() {
+        let mut outcomes = std::collections::BTreeSet::new();
+        for seed in 0..64 {
+            let sim = SimDisk::new(seed);
+            sim.set_yield_percent(0);
+            let disk = sim.disk();
+            block_on(async {
+                let file = disk.open_file("a", true).await.expect("create");
+                file.fdatasync().await.expect("sync");
+                disk.sync_dir().await.expect("sync dir");
+                // Operations so far: open, fdatasync, sync_dir; the write is the 4th, its
+                // sync half the 5th: the cut falls between them.
+                sim.crash_at(5, CrashMode::Random);
+                let data = [block(1), block(2)].concat();
+                assert!(file.write_durable_at(0, &data).await.is_err());
+            });
+            assert_eq!(sim.crash_points(), vec!["Fdatasync a".to_string()]);
+            let bytes = sim.file_bytes("a").expect("synced name survives");
+            outcomes.insert(bytes.len() / BLOCK_BYTES);
+        }
+        assert_eq!(
+            outcomes.into_iter().collect::<Vec<_>>(),
+            vec![0, 1, 2],
+            "dropped, torn and kept all occur"
+        );
+    }
+
+    #[test]
+    fn overwriting_durable_zeros_is_told_apart_from_overwriting_data() {
+        let sim = SimDisk::new(6);
+        sim.set_yield_percent(0);
+        let disk = sim.disk();
+        block_on(async {
+            let file = disk.open_file("a", true).await.expect("create");
+            file.write_at(0, &[block(0), block(0)].concat())
+                .await
+                .expect("zero fill");
+            file.fdatasync().await.expect("sync");
+            file.write_durable_at(0, &block(1)).await.expect("record");
+            assert_eq!(sim.zero_overwrites(), 1);
+            assert!(sim.synced_overwrites().is_empty());
+            file.write_durable_at(0, &block(2)).await.expect("rewrite");
+        });
+        assert_eq!(sim.synced_overwrites(), vec![("a".to_string(), 0)]);
+    }
+
+    #[test]
     fn faults_fire_once_at_the_nth_operation() {
         let sim = SimDisk::new(3);
         let disk = sim.disk();
