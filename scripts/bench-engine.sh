@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Engine macro benchmarks: stead against its own floor (--hello) and against Redis 7 with
-# appendfsync always, on the same machine in the same run. Prints a Markdown section.
+# stead against Redis 7 with `appendfsync always` (both answer a write only once it is on disk),
+# and against stead's own floor (`serve --hello`), on the same machine, interleaved: every run
+# measures each workload on stead and then on Redis, so noise on the shared machine falls on
+# both. Prints a Markdown section: medians over the runs, and the ratios of those medians.
 #
-# Server on core 0, load generator on core 1 (this machine has 2 cores), loopback only.
-# Needs: wrk, redis-server, redis-tools (Debian). Usage: scripts/bench-engine.sh [seconds] [runs]
+# Server (stead --cores 1, or redis-server) pinned to core 0, load generator to core 1 (this
+# machine has 2 cores); loopback only; every server gets a fresh data directory per run.
+# Needs: wrk, redis-server, redis-tools (Debian).
+# Usage: scripts/bench-engine.sh [seconds] [runs] [connections...]   (default: 10 3 32 128)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-10}
 RUNS=${2:-3}
-CONNECTIONS=32
+if [ $# -gt 2 ]; then CONNECTION_COUNTS=("${@:3}"); else CONNECTION_COUNTS=(32 128); fi
+OBJECTS=10000
 PORT=18080
 REDIS_PORT=16390
 BIN=${CARGO_TARGET_DIR:-target}/release/stead
@@ -35,74 +40,97 @@ start_stead() { # extra args...
 }
 stop_stead() { kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=; }
 
-wrk_run() { # url [script args...] -> "rps p50_us p99_us errors"
-  local url=$1; shift
-  local out
-  if [ $# -gt 0 ]; then
-    out=$(taskset -c 1 wrk -t1 -c$CONNECTIONS -d"${SECONDS_PER_RUN}s" -s scripts/wrk-spread.lua "$url" -- "$@")
-  else
-    out=$(taskset -c 1 wrk -t1 -c$CONNECTIONS -d"${SECONDS_PER_RUN}s" -s scripts/wrk-spread.lua "$url" -- fixed)
-  fi
-  echo "$out" | grep STEADSUMMARY | sed -E 's/.*rps=([0-9]+) p50_us=([0-9]+) p99_us=([0-9]+) errors=([0-9]+) non2xx=([0-9]+).*/\1 \2 \3 \4 \5/'
+start_redis() {
+  rm -rf "$WORK/redis"; mkdir -p "$WORK/redis"
+  taskset -c 0 redis-server --port $REDIS_PORT --bind 127.0.0.1 --dir "$WORK/redis" --save '' \
+    --appendonly yes --appendfsync always --daemonize no >"$WORK/redis.log" 2>&1 &
+  REDIS_PID=$!
+  for _ in $(seq 100); do redis-cli -p $REDIS_PORT ping >/dev/null 2>&1 && break; sleep 0.1; done
+  SHA=$(redis-cli -p $REDIS_PORT SCRIPT LOAD "$(cat scripts/ratelimit.lua)")
+}
+stop_redis() { kill -TERM "$REDIS_PID"; wait "$REDIS_PID" || true; REDIS_PID=; }
+
+# One stead measurement: "rps p99_us errors".
+stead_run() { # connections url [wrk-spread args...]
+  local connections=$1 url=$2; shift 2
+  [ $# -eq 0 ] && set -- fixed
+  taskset -c 1 wrk -t1 -c"$connections" -d"${SECONDS_PER_RUN}s" -s scripts/wrk-spread.lua "$url" -- "$@" |
+    grep STEADSUMMARY |
+    sed -E 's/.*rps=([0-9]+) p50_us=([0-9]+) p99_us=([0-9]+) errors=([0-9]+) non2xx=([0-9]+).*/\1 \3 \4 \5/' |
+    awk '{print $1, $2, $3 + $4}'
+}
+
+# One Redis measurement: "rps p99_us errors". redis-benchmark sends a fixed count: sized from
+# the last run's rate so a run lasts about SECONDS_PER_RUN.
+declare -A REDIS_RATE
+redis_run() { # name connections args...
+  local name=$1 connections=$2; shift 2
+  local rate=${REDIS_RATE[$name]:-15000}
+  local requests=$((rate * SECONDS_PER_RUN))
+  local line
+  line=$(taskset -c 1 redis-benchmark -p $REDIS_PORT -c "$connections" -n "$requests" --csv "$@" 2>/dev/null | tail -n 1)
+  # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+  echo "$line" | tr -d '"' | awk -F, '{printf "%.0f %.0f 0\n", $2, $7 * 1000}'
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-declare -A RPS P99 ERR
-measure() { # name server-flags url [script args]; a fresh server and data dir for every run
-  local name=$1 flags=$2; shift 2
-  local rps=() p99=() errors=0
-  for _ in $(seq "$RUNS"); do
-    # shellcheck disable=SC2086
-    start_stead $flags
-    read -r r _ p e n < <(wrk_run "$@")
+declare -A RESULTS # "name connections" -> lines of "rps p99 errors"
+record() { RESULTS["$1 $2"]+="$3"$'\n'; }
+
+for run in $(seq "$RUNS"); do
+  for connections in "${CONNECTION_COUNTS[@]}"; do
+    start_stead --hello
+    record hello "$connections" "$(stead_run "$connections" "http://127.0.0.1:$PORT/healthz")"
     stop_stead
-    rps+=("$r"); p99+=("$p"); errors=$((errors + e + n))
+    for workload in hot spread ratelimit; do
+      start_stead
+      case $workload in
+        hot) args=(counter increment 1) ;;
+        spread) args=(counter increment $OBJECTS) ;;
+        ratelimit) args=(ratelimiter check $OBJECTS) ;;
+      esac
+      record "stead-$workload" "$connections" "$(stead_run "$connections" "http://127.0.0.1:$PORT" "${args[@]}")"
+      stop_stead
+      start_redis
+      case $workload in
+        hot) result=$(redis_run hot "$connections" INCR hot) ;;
+        spread) result=$(redis_run spread "$connections" -r $OBJECTS INCR key:__rand_int__) ;;
+        ratelimit) result=$(redis_run ratelimit "$connections" -r $OBJECTS EVALSHA "$SHA" 1 rl:__rand_int__ 100 60000) ;;
+      esac
+      REDIS_RATE[$workload]=${result%% *}
+      record "redis-$workload" "$connections" "$result"
+      stop_redis
+    done
   done
-  RPS[$name]=$(printf '%s\n' "${rps[@]}" | median)
-  P99[$name]=$(printf '%s\n' "${p99[@]}" | median)
-  ERR[$name]=$errors
-}
-
-# The floor: the same HTTP stack answering a fixed body.
-measure hello --hello "http://127.0.0.1:$PORT/objects/counter/x/value"
-measure hot "" "http://127.0.0.1:$PORT" counter increment 1
-measure spread "" "http://127.0.0.1:$PORT" counter increment 10000
-measure read "" "http://127.0.0.1:$PORT" counter value 1
-measure ratelimit "" "http://127.0.0.1:$PORT" ratelimiter check 10000
-
-# Redis 7, answering only after fsync (appendonly yes, appendfsync always).
-mkdir -p "$WORK/redis"
-taskset -c 0 redis-server --port $REDIS_PORT --bind 127.0.0.1 --dir "$WORK/redis" --save '' \
-  --appendonly yes --appendfsync always --daemonize no >"$WORK/redis.log" 2>&1 &
-REDIS_PID=$!
-for _ in $(seq 100); do redis-cli -p $REDIS_PORT ping >/dev/null 2>&1 && break; sleep 0.1; done
-SHA=$(redis-cli -p $REDIS_PORT SCRIPT LOAD "$(cat scripts/ratelimit.lua)")
-REQUESTS=$((SECONDS_PER_RUN * 4000))
-redis_run() { # args... -> requests per second
-  taskset -c 1 redis-benchmark -p $REDIS_PORT -c $CONNECTIONS -n $REQUESTS --csv "$@" 2>/dev/null |
-    tail -n 1 | awk -F'","' '{gsub(/"/,"",$2); print $2}'
-}
-declare -A REDIS
-for name in incr_hot incr_spread ratelimit; do
-  values=()
-  for _ in $(seq "$RUNS"); do
-    case $name in
-      incr_hot) values+=("$(redis_run INCR hot)") ;;
-      incr_spread) values+=("$(redis_run -r 10000 INCR key:__rand_int__)") ;;
-      ratelimit) values+=("$(redis_run -r 10000 EVALSHA "$SHA" 1 rl:__rand_int__ 100 60000)") ;;
-    esac
-  done
-  REDIS[$name]=$(printf '%s\n' "${values[@]}" | median)
 done
 
+field() { # name connections field-number -> median of that field
+  printf '%s' "${RESULTS["$1 $2"]}" | awk -v f="$3" 'NF {print $f}' | median
+}
+errors() { printf '%s' "${RESULTS["$1 $2"]}" | awk 'NF {s += $3} END {print s + 0}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-echo "Machine: $(nproc) cores, $(uname -sr). stead --cores 1 pinned to core 0, load generator on core 1, $CONNECTIONS connections, ${SECONDS_PER_RUN}s per run, median of $RUNS runs."
+
+echo "Machine: $(nproc) cores, $(uname -sr). Server pinned to core 0, load generator to core 1;"
+echo "${SECONDS_PER_RUN}s per run, medians of $RUNS interleaved runs; ratios are of the medians."
 echo
-echo "| workload | stead req/s | p99 (µs) | errors | vs floor | Redis req/s | stead / Redis |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
-echo "| floor (--hello) | ${RPS[hello]} | ${P99[hello]} | ${ERR[hello]} | 1.00 | | |"
-echo "| increment, one object | ${RPS[hot]} | ${P99[hot]} | ${ERR[hot]} | $(ratio "${RPS[hot]}" "${RPS[hello]}") | ${REDIS[incr_hot]} (INCR one key) | $(ratio "${RPS[hot]}" "${REDIS[incr_hot]}") |"
-echo "| increment, 10,000 objects | ${RPS[spread]} | ${P99[spread]} | ${ERR[spread]} | $(ratio "${RPS[spread]}" "${RPS[hello]}") | ${REDIS[incr_spread]} (INCR -r 10000) | $(ratio "${RPS[spread]}" "${REDIS[incr_spread]}") |"
-echo "| value, one object | ${RPS[read]} | ${P99[read]} | ${ERR[read]} | $(ratio "${RPS[read]}" "${RPS[hello]}") | | |"
-echo "| ratelimiter, 10,000 keys | ${RPS[ratelimit]} | ${P99[ratelimit]} | ${ERR[ratelimit]} | $(ratio "${RPS[ratelimit]}" "${RPS[hello]}") | ${REDIS[ratelimit]} (Lua sorted-set limiter) | $(ratio "${RPS[ratelimit]}" "${REDIS[ratelimit]}") |"
+echo "| connections | workload | stead req/s | stead p99 ms | Redis req/s | Redis p99 ms | stead / Redis | stead / floor |"
+echo "|---:|---|---:|---:|---:|---:|---:|---:|"
+for connections in "${CONNECTION_COUNTS[@]}"; do
+  floor=$(field hello "$connections" 1)
+  echo "| $connections | floor (\`serve --hello\`, GET /healthz) | $floor | $(awk -v u="$(field hello "$connections" 2)" 'BEGIN{printf "%.2f", u/1000}') | | | | 1.00 |"
+  for workload in hot spread ratelimit; do
+    case $workload in
+      hot) label="increment one object (Redis: INCR one key)" ;;
+      spread) label="increment over $OBJECTS objects (Redis: INCR over $OBJECTS keys)" ;;
+      ratelimit) label="sliding-window rate limit, $OBJECTS keys (Redis: Lua on a sorted set)" ;;
+    esac
+    s_rps=$(field "stead-$workload" "$connections" 1)
+    r_rps=$(field "redis-$workload" "$connections" 1)
+    s_p99=$(awk -v u="$(field "stead-$workload" "$connections" 2)" 'BEGIN{printf "%.2f", u/1000}')
+    r_p99=$(awk -v u="$(field "redis-$workload" "$connections" 2)" 'BEGIN{printf "%.2f", u/1000}')
+    errs=$(errors "stead-$workload" "$connections")
+    [ "$errs" != 0 ] && label="$label ($errs stead errors)"
+    echo "| $connections | $label | $s_rps | $s_p99 | $r_rps | $r_p99 | $(ratio "$s_rps" "$r_rps") | $(ratio "$s_rps" "$floor") |"
+  done
+done
