@@ -3,6 +3,7 @@ use std::{
     marker::PhantomData,
     mem::MaybeUninit,
     ptr::{self, NonNull},
+    sync::atomic::{AtomicU32, Ordering},
 };
 
 use super::{resultify, CQEs, CQEsBlocking, IoUring, CQE};
@@ -29,6 +30,32 @@ impl<'ring> CompletionQueue<'ring> {
 
     /// Returns the next CQE if any are available.
     pub fn peek_for_cqe(&mut self) -> Option<CQE> {
+        if let Some(cqe) = self.peek_posted_cqe() {
+            return Some(cqe);
+        }
+        // On a ring set up with COOP_TASKRUN | TASKRUN_FLAG, completions that
+        // need task work are not posted until this thread enters the kernel;
+        // the kernel flags them with IORING_SQ_TASKRUN instead. Enter to run
+        // that work (as liburing >= 2.2 does in io_uring_peek_cqe), else
+        // they would sit unreaped while the caller busy-polls the CQ.
+        if self.taskrun_pending() {
+            // An error (EINTR, EBUSY) leaves the flag set, so the next peek
+            // retries; nothing is lost by ignoring it here.
+            let _ = unsafe {
+                uring_sys::syscalls::io_uring_enter(
+                    self.ring.as_ref().ring_fd,
+                    0,
+                    0,
+                    uring_sys::IORING_ENTER_GETEVENTS,
+                    ptr::null(),
+                )
+            };
+            return self.peek_posted_cqe();
+        }
+        None
+    }
+
+    fn peek_posted_cqe(&mut self) -> Option<CQE> {
         unsafe {
             let mut cqe = MaybeUninit::uninit();
             uring_sys::io_uring_peek_cqe(self.ring.as_ptr(), cqe.as_mut_ptr());
@@ -39,6 +66,15 @@ impl<'ring> CompletionQueue<'ring> {
                 None
             }
         }
+    }
+
+    /// Whether completions are waiting in task work for this thread to
+    /// enter the kernel (`IORING_SQ_TASKRUN`, set only on rings created with
+    /// `SetupFlags::TASKRUN_FLAG`).
+    pub fn taskrun_pending(&self) -> bool {
+        // The kernel updates the flags word concurrently: read it atomically.
+        let flags = unsafe { &*(self.ring.as_ref().sq.kflags as *const AtomicU32) };
+        flags.load(Ordering::Acquire) & uring_sys::IORING_SQ_TASKRUN != 0
     }
 
     /// Returns the next CQE, blocking the thread until one is ready if

@@ -92,6 +92,13 @@ bitflags::bitflags! {
         const CQSIZE    = 1 << 3;
         const CLAMP     = 1 << 4;
         const ATTACH_WQ = 1 << 5;
+        /// Do not interrupt the task (IPI) to run completion task work: the
+        /// work runs the next time the task enters the kernel. Linux 5.19+.
+        const COOP_TASKRUN = 1 << 8;
+        /// Set `IORING_SQ_TASKRUN` in the SQ ring's flags while completion task
+        /// work is pending, i.e. while completions wait for a kernel entry.
+        /// Linux 5.19+.
+        const TASKRUN_FLAG = 1 << 9;
     }
 }
 

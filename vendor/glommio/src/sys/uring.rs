@@ -903,8 +903,24 @@ impl SleepableRing {
         source_map: Rc<RefCell<SourceMap>>,
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
+        // COOP_TASKRUN: completions that need task work (socket readiness,
+        // timers) no longer interrupt this busy thread with an IPI; they run
+        // when the thread next enters the kernel, which the reactor does on
+        // every loop. TASKRUN_FLAG makes such pending work visible in the SQ
+        // ring's flags, which `peek_for_cqe` and `need_preempt` read so that
+        // nothing waits unnoticed. Kernels before 5.19 refuse both flags with
+        // EINVAL: keep the old interrupt-driven ring there. The IOPOLL ring
+        // (PollRing) is left alone: it reaps by polling, not by task work.
+        let ring = match iou::IoUring::new_with_flags(
+            size as _,
+            iou::SetupFlags::COOP_TASKRUN | iou::SetupFlags::TASKRUN_FLAG,
+            iou::SetupFeatures::empty(),
+        ) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => iou::IoUring::new(size as _)?,
+            other => other?,
+        };
         Ok(SleepableRing {
-            ring: iou::IoUring::new(size as _)?,
+            ring,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
@@ -1130,7 +1146,8 @@ impl UringCommon for SleepableRing {
 
     fn needs_kernel_enter(&self) -> bool {
         // We only need to enter the kernel to submit SQEs, not to collect CQEs (the
-        // kernel posts the CQEs asynchronously for us)
+        // kernel posts the CQEs asynchronously for us, or, on a COOP_TASKRUN ring,
+        // `peek_for_cqe` enters to have them posted when IORING_SQ_TASKRUN says so)
         self.waiting_kernel_submission() > 0
     }
 
@@ -1138,6 +1155,8 @@ impl UringCommon for SleepableRing {
         self.submission_queue.borrow().is_empty()
             && self.waiting_kernel_submission() == 0
             && self.waiting_kernel_collection() == 0
+            // completions still in task work count as waiting for collection
+            && !self.ring.cq().taskrun_pending()
     }
 
     fn waiting_kernel_submission(&self) -> usize {
@@ -1899,10 +1918,13 @@ impl Reactor {
         self.blocking_thread.flush()
     }
 
-    pub(crate) fn preempt_pointers(&self) -> (*const u32, *const u32) {
+    /// The latency ring's CQ head and tail, and its SQ flags word: with
+    /// COOP_TASKRUN a completion can be pending as IORING_SQ_TASKRUN before
+    /// it moves the CQ tail (see `Reactor::need_preempt`).
+    pub(crate) fn preempt_pointers(&self) -> (*const u32, *const u32, *const u32) {
         let mut lat_ring = self.latency_ring.borrow_mut();
-        let cq = unsafe { &lat_ring.ring.raw_mut().cq };
-        (cq.khead, cq.ktail)
+        let raw = unsafe { lat_ring.ring.raw_mut() };
+        (raw.cq.khead, raw.cq.ktail, raw.sq.kflags)
     }
 
     /// RAII-truncate asynchronously files that required it, e.g. because of
