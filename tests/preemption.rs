@@ -135,7 +135,10 @@ fn a_completion_posted_from_another_thread_shows_in_need_preempt_at_once() {
         });
     let (before, written, at_once, late_by) = outcome;
     assert!(!before, "need_preempt was already true before the write");
-    assert!(written, "the writer thread did not write within {GIVE_UP:?}");
+    assert!(
+        written,
+        "the writer thread did not write within {GIVE_UP:?}"
+    );
     assert!(
         at_once,
         "need_preempt() missed a completion pending in task work; it turned true {late_by:?} later"
