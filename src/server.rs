@@ -128,6 +128,17 @@ impl Server {
         let health = Arc::new(StoreHealth::new(cores));
         let (events_sender, events) = mpsc::channel();
         let capacity = 2 * config.objects.cross_core_requests_max.max(1);
+        // Spinning saves a peer's wake-up only if the spinning core has a CPU of its own; with
+        // more cores than CPUs two executors share one, and a spinning one takes the time the
+        // other needs to do the very work it waits for.
+        let spin_before_park = config.spin_before_park().filter(|_| cores <= available);
+        if cores > available && config.spin_before_park().is_some() {
+            tracing::info!(
+                cores,
+                available,
+                "more cores than CPUs: spin_before_park_us is ignored"
+            );
+        }
         let mut address_senders = Vec::new();
         let mut threads = Vec::with_capacity(cores);
         for (core, endpoints) in channels(cores, capacity).into_iter().enumerate() {
@@ -150,10 +161,13 @@ impl Server {
                 events: events_sender.clone(),
                 bound_address,
             };
-            let spawned = LocalExecutorBuilder::new(Placement::Fixed(core % available))
+            let mut executor = LocalExecutorBuilder::new(Placement::Fixed(core % available))
                 .name(&format!("stead-core-{core}"))
-                .io_memory(CORE_IO_MEMORY_BYTES)
-                .spawn(move || run_core(start));
+                .io_memory(CORE_IO_MEMORY_BYTES);
+            if let Some(spin) = spin_before_park {
+                executor = executor.spin_before_park(spin);
+            }
+            let spawned = executor.spawn(move || run_core(start));
             match spawned {
                 Ok(handle) => threads.push(handle),
                 Err(error) => {
