@@ -85,6 +85,10 @@ pub struct StorageSettings {
     pub value_bytes_max: usize,
     /// A log segment is sealed past this size.
     pub segment_bytes_max: u64,
+    /// Compaction starts once this many record bytes (padding not counted) are dead ...
+    pub compaction_dead_bytes_min: u64,
+    /// ... and the dead bytes are at least this percentage of all record bytes.
+    pub compaction_dead_percent_min: u8,
     /// Partitions of a new data directory (fixed once it is created).
     pub partitions: u32,
 }
@@ -94,6 +98,8 @@ impl Default for StorageSettings {
         StorageSettings {
             value_bytes_max: 128 * 1024,
             segment_bytes_max: 64 * 1024 * 1024,
+            compaction_dead_bytes_min: 64 * 1024 * 1024,
+            compaction_dead_percent_min: 50,
             partitions: 4096,
         }
     }

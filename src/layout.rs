@@ -142,6 +142,8 @@ pub fn store_config(config: &Config, dir: PathBuf) -> StoreConfig {
     let mut store = StoreConfig::new(dir);
     store.limits = store_limits(config);
     store.segment_bytes_max = config.storage.segment_bytes_max;
+    store.compaction_dead_bytes_min = config.storage.compaction_dead_bytes_min;
+    store.compaction_dead_percent_min = config.storage.compaction_dead_percent_min;
     store
 }
 

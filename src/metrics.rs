@@ -8,7 +8,8 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::time::Duration;
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
 
 use stead_storage::StoreStats;
 
@@ -74,6 +75,72 @@ pub struct CoreMetrics {
     pub forward_rejections_total: Cell<u64>,
     /// WebSocket upgrades this core handed (with their connection) to the owning core.
     pub websocket_handoffs_total: Cell<u64>,
+    /// How late the core's stall probe woke; see [`run_stall_probe`].
+    pub stalls: Rc<StallProbe>,
+}
+
+/// The stall probe sleeps this long, again and again.
+pub const STALL_PROBE_INTERVAL: Duration = Duration::from_millis(1);
+
+/// A wake-up later than this counts in `stead_core_stalls_over_10ms_total`: the bound the
+/// engine is meant to keep on any stall of a core (compaction included).
+pub const STALL_THRESHOLD: Duration = Duration::from_millis(10);
+
+/// Lateness buckets: bucket i counts wake-ups ≤ 2^i µs late, the last one the rest (> 262 ms).
+const STALL_BUCKETS: usize = 20;
+
+/// How late the stall probe of one core woke up. Every task on a core shares one thread, so
+/// a wake-up that comes late means the core ran something else (or nothing could run) for
+/// that long: every request on the core waited as long.
+#[derive(Default)]
+pub struct StallProbe {
+    stats: RefCell<StallStats>,
+}
+
+/// What the stall probe measured; sent between cores.
+#[derive(Clone, Debug, Default)]
+pub struct StallStats {
+    /// The latest wake-up since start, in microseconds past its time.
+    pub max_micros: u64,
+    /// Wake-ups later than [`STALL_THRESHOLD`].
+    pub over_threshold_total: u64,
+    /// Bucket i counts wake-ups ≤ 2^i µs late; the last bucket the rest.
+    pub buckets: [u64; STALL_BUCKETS],
+    pub sum_micros: u64,
+}
+
+impl StallProbe {
+    fn record(&self, late: Duration) {
+        let micros = late.as_micros().min(u128::from(u64::MAX)) as u64;
+        let mut stats = self.stats.borrow_mut();
+        stats.max_micros = stats.max_micros.max(micros);
+        if late > STALL_THRESHOLD {
+            stats.over_threshold_total += 1;
+        }
+        let bucket = stead_storage::power_of_two_bucket(micros, STALL_BUCKETS);
+        stats.buckets[bucket] += 1;
+        stats.sum_micros = stats.sum_micros.saturating_add(micros);
+    }
+
+    pub fn stats(&self) -> StallStats {
+        self.stats.borrow().clone()
+    }
+}
+
+/// Sleeps [`STALL_PROBE_INTERVAL`] in a loop and records how late each wake-up came, until
+/// the probe is dropped with the core's metrics. A timer is served only when the executor
+/// gets back to its reactor, so this sees any task that holds the core without yielding,
+/// and costs one wake-up per interval (a few µs) on an idle core.
+pub async fn run_stall_probe(probe: Weak<StallProbe>) {
+    loop {
+        let asked = Instant::now();
+        glommio::timer::sleep(STALL_PROBE_INTERVAL).await;
+        let late = asked.elapsed().saturating_sub(STALL_PROBE_INTERVAL);
+        let Some(probe) = probe.upgrade() else {
+            return;
+        };
+        probe.record(late);
+    }
 }
 
 impl CoreMetrics {
@@ -130,6 +197,7 @@ impl CoreMetrics {
             forwarded_total: self.forwarded_total.get(),
             forward_rejections_total: self.forward_rejections_total.get(),
             websocket_handoffs_total: self.websocket_handoffs_total.get(),
+            stalls: self.stalls.stats(),
             shutdown_waiters,
             host,
             alarms,
@@ -149,6 +217,7 @@ pub struct CoreSnapshot {
     pub forwarded_total: u64,
     pub forward_rejections_total: u64,
     pub websocket_handoffs_total: u64,
+    pub stalls: StallStats,
     /// Tasks registered to wake at shutdown: at most one per open connection plus the accept
     /// loop. More would be a leak (one once grew by two per accepted connection).
     pub shutdown_waiters: usize,
@@ -170,7 +239,7 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
     let mut out = String::with_capacity(8 * 1024);
     render_requests(&mut out, snapshots);
     render_latency(&mut out, snapshots);
-    let per_core: [PerCoreMetric; 27] = [
+    let per_core: [PerCoreMetric; 33] = [
         (
             "stead_shutdown_waiters",
             "gauge",
@@ -275,6 +344,31 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
             s.store.keys as f64
         }),
         (
+            "stead_storage_live_bytes",
+            "gauge",
+            "Record bytes of current values (puts still in force), without block padding.",
+            |s| s.store.live_bytes as f64,
+        ),
+        (
+            "stead_storage_dead_bytes",
+            "gauge",
+            "Record bytes in segments minus live bytes: what compaction reclaims and its \
+             trigger counts (block padding is not in it).",
+            |s| s.store.dead_bytes as f64,
+        ),
+        (
+            "stead_storage_disk_bytes",
+            "gauge",
+            "Bytes the segment files take on disk, block padding included.",
+            |s| s.store.disk_bytes as f64,
+        ),
+        (
+            "stead_storage_compactions_total",
+            "counter",
+            "Compactions completed.",
+            |s| s.store.compactions_total as f64,
+        ),
+        (
             "stead_storage_poisoned",
             "gauge",
             "1 after a failed write or fdatasync.",
@@ -286,6 +380,19 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
             "1 while the store takes writes; 0 once a write, fdatasync or its creation failed \
              (writes answer 507 until a restart).",
             |s| f64::from(u8::from(!s.store.poisoned)),
+        ),
+        (
+            "stead_core_stall_max_seconds",
+            "gauge",
+            "Longest time since start that the core did not get back to its ready tasks \
+             (how late a 1 ms probe timer woke).",
+            |s| s.stalls.max_micros as f64 * 1e-6,
+        ),
+        (
+            "stead_core_stalls_over_10ms_total",
+            "counter",
+            "Probe wake-ups more than 10 ms late.",
+            |s| s.stalls.over_threshold_total as f64,
         ),
         (
             "stead_alarms_pending",
@@ -349,6 +456,15 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
         |s| &s.store.fdatasync_micros_buckets,
         1e-6,
         |s| s.store.fdatasync_micros_sum as f64 * 1e-6,
+    );
+    render_power_of_two(
+        &mut out,
+        "stead_core_stall_seconds",
+        "How late the core's 1 ms probe timer woke.",
+        snapshots,
+        |s| &s.stalls.buckets,
+        1e-6,
+        |s| s.stalls.sum_micros as f64 * 1e-6,
     );
     render_power_of_two(
         &mut out,
