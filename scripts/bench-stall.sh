@@ -34,6 +34,7 @@ SUMMARY=$(echo "$OUT" | grep STEADSUMMARY)
 MAX=$(echo "$OUT" | awk '$1 == "Latency" && NF >= 4 {print $4; exit}')
 P99=$(echo "$OUT" | awk '$1 == "99%" {print $2; exit}')
 STALL=$(echo "$METRICS" | awk '$1 ~ /^stead_core_stall_max_seconds/ {print $2 * 1000 " ms"}')
+BUSY=$(echo "$METRICS" | awk '$1 ~ /^stead_core_busy_stall_max_seconds/ {print $2 * 1000 " ms"}')
 STALLS=$(echo "$METRICS" | awk '$1 ~ /^stead_core_stalls_over_10ms_total/ {print $2}')
 COMPACTIONS=$(echo "$METRICS" | awk '$1 ~ /^stead_storage_compactions_total/ {print $2}')
-echo "$SUMMARY wrk_p99=$P99 wrk_max=$MAX stall_max=${STALL:-n/a} stalls_over_10ms=${STALLS:-n/a} compactions=${COMPACTIONS:-n/a}"
+echo "$SUMMARY wrk_p99=$P99 wrk_max=$MAX stall_max=${STALL:-n/a} busy_stall_max=${BUSY:-n/a} stalls_over_10ms=${STALLS:-n/a} compactions=${COMPACTIONS:-n/a}"
