@@ -88,6 +88,10 @@ pub struct StorageSettings {
     /// How far ahead of the log writer segment blocks are zero-filled and synced, so a group
     /// commit is one overwrite with no file-size change (0 = off; at most the segment size).
     pub segment_prepare_bytes: u64,
+    /// Compaction starts once this many record bytes (padding not counted) are dead ...
+    pub compaction_dead_bytes_min: u64,
+    /// ... and the dead bytes are at least this percentage of all record bytes.
+    pub compaction_dead_percent_min: u8,
     /// Partitions of a new data directory (fixed once it is created).
     pub partitions: u32,
 }
@@ -98,6 +102,8 @@ impl Default for StorageSettings {
             value_bytes_max: 128 * 1024,
             segment_bytes_max: 64 * 1024 * 1024,
             segment_prepare_bytes: 4 * 1024 * 1024,
+            compaction_dead_bytes_min: 64 * 1024 * 1024,
+            compaction_dead_percent_min: 50,
             partitions: 4096,
         }
     }

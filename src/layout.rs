@@ -143,6 +143,8 @@ pub fn store_config(config: &Config, dir: PathBuf) -> StoreConfig {
     store.limits = store_limits(config);
     store.segment_bytes_max = config.storage.segment_bytes_max;
     store.segment_prepare_bytes = config.storage.segment_prepare_bytes;
+    store.compaction_dead_bytes_min = config.storage.compaction_dead_bytes_min;
+    store.compaction_dead_percent_min = config.storage.compaction_dead_percent_min;
     store
 }
 

@@ -8,7 +8,8 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::time::Duration;
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
 
 use stead_storage::StoreStats;
 
@@ -74,6 +75,95 @@ pub struct CoreMetrics {
     pub forward_rejections_total: Cell<u64>,
     /// WebSocket upgrades this core handed (with their connection) to the owning core.
     pub websocket_handoffs_total: Cell<u64>,
+    /// How late the core's stall probe woke; see [`run_stall_probe`].
+    pub stalls: Rc<StallProbe>,
+}
+
+/// The stall probe sleeps this long, again and again.
+pub const STALL_PROBE_INTERVAL: Duration = Duration::from_millis(1);
+
+/// A wake-up later than this counts in `stead_core_stalls_over_10ms_total`: the bound the
+/// engine is meant to keep on any stall of a core (compaction included).
+pub const STALL_THRESHOLD: Duration = Duration::from_millis(10);
+
+/// Lateness buckets: bucket i counts wake-ups ≤ 2^i µs late, the last one the rest (> 262 ms).
+const STALL_BUCKETS: usize = 20;
+
+/// How late the stall probe of one core woke up. Every task on a core shares one thread, so
+/// a wake-up that comes late means the core ran something else (or nothing could run) for
+/// that long: every request on the core waited as long.
+#[derive(Default)]
+pub struct StallProbe {
+    stats: RefCell<StallStats>,
+}
+
+/// What the stall probe measured; sent between cores.
+#[derive(Clone, Debug, Default)]
+pub struct StallStats {
+    /// The latest wake-up since start, in microseconds past its time.
+    pub max_micros: u64,
+    /// The longest lateness during which this core's thread was running (its CPU time over
+    /// the late wake-up's interval, capped at the lateness): the part of a stall that the
+    /// core's own work caused, rather than the OS running another thread on its CPU.
+    pub busy_max_micros: u64,
+    /// Wake-ups later than [`STALL_THRESHOLD`].
+    pub over_threshold_total: u64,
+    /// Bucket i counts wake-ups ≤ 2^i µs late; the last bucket the rest.
+    pub buckets: [u64; STALL_BUCKETS],
+    pub sum_micros: u64,
+}
+
+impl StallProbe {
+    fn record(&self, late: Duration, busy: Duration) {
+        let micros = late.as_micros().min(u128::from(u64::MAX)) as u64;
+        let busy_micros = busy.min(late).as_micros().min(u128::from(u64::MAX)) as u64;
+        let mut stats = self.stats.borrow_mut();
+        stats.max_micros = stats.max_micros.max(micros);
+        stats.busy_max_micros = stats.busy_max_micros.max(busy_micros);
+        if late > STALL_THRESHOLD {
+            stats.over_threshold_total += 1;
+        }
+        let bucket = stead_storage::power_of_two_bucket(micros, STALL_BUCKETS);
+        stats.buckets[bucket] += 1;
+        stats.sum_micros = stats.sum_micros.saturating_add(micros);
+    }
+
+    pub fn stats(&self) -> StallStats {
+        self.stats.borrow().clone()
+    }
+}
+
+/// Sleeps [`STALL_PROBE_INTERVAL`] in a loop and records how late each wake-up came, until
+/// the probe is dropped with the core's metrics. A timer is served only when the executor
+/// gets back to its reactor, so this sees any task that holds the core without yielding,
+/// and costs one wake-up per interval (a few µs) on an idle core.
+pub async fn run_stall_probe(probe: Weak<StallProbe>) {
+    loop {
+        let asked = Instant::now();
+        let cpu_before = thread_cpu_time();
+        glommio::timer::sleep(STALL_PROBE_INTERVAL).await;
+        let late = asked.elapsed().saturating_sub(STALL_PROBE_INTERVAL);
+        let busy = thread_cpu_time().saturating_sub(cpu_before);
+        let Some(probe) = probe.upgrade() else {
+            return;
+        };
+        probe.record(late, busy);
+    }
+}
+
+/// CPU time this thread has used (`CLOCK_THREAD_CPUTIME_ID`); zero if the clock fails, which
+/// only makes the busy figure read low.
+fn thread_cpu_time() -> Duration {
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid, exclusively borrowed `time`.
+    let result = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut time) };
+    if result != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
 }
 
 impl CoreMetrics {
@@ -130,6 +220,7 @@ impl CoreMetrics {
             forwarded_total: self.forwarded_total.get(),
             forward_rejections_total: self.forward_rejections_total.get(),
             websocket_handoffs_total: self.websocket_handoffs_total.get(),
+            stalls: self.stalls.stats(),
             shutdown_waiters,
             host,
             alarms,
@@ -149,6 +240,7 @@ pub struct CoreSnapshot {
     pub forwarded_total: u64,
     pub forward_rejections_total: u64,
     pub websocket_handoffs_total: u64,
+    pub stalls: StallStats,
     /// Tasks registered to wake at shutdown: at most one per open connection plus the accept
     /// loop. More would be a leak (one once grew by two per accepted connection).
     pub shutdown_waiters: usize,
@@ -170,7 +262,7 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
     let mut out = String::with_capacity(8 * 1024);
     render_requests(&mut out, snapshots);
     render_latency(&mut out, snapshots);
-    let per_core: [PerCoreMetric; 27] = [
+    let per_core: [PerCoreMetric; 34] = [
         (
             "stead_shutdown_waiters",
             "gauge",
@@ -275,6 +367,31 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
             s.store.keys as f64
         }),
         (
+            "stead_storage_live_bytes",
+            "gauge",
+            "Record bytes of current values (puts still in force), without block padding.",
+            |s| s.store.live_bytes as f64,
+        ),
+        (
+            "stead_storage_dead_bytes",
+            "gauge",
+            "Record bytes in segments minus live bytes: what compaction reclaims and its \
+             trigger counts (block padding is not in it).",
+            |s| s.store.dead_bytes as f64,
+        ),
+        (
+            "stead_storage_disk_bytes",
+            "gauge",
+            "Bytes the segment files take on disk, block padding included.",
+            |s| s.store.disk_bytes as f64,
+        ),
+        (
+            "stead_storage_compactions_total",
+            "counter",
+            "Compactions completed.",
+            |s| s.store.compactions_total as f64,
+        ),
+        (
             "stead_storage_poisoned",
             "gauge",
             "1 after a failed write or fdatasync.",
@@ -286,6 +403,26 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
             "1 while the store takes writes; 0 once a write, fdatasync or its creation failed \
              (writes answer 507 until a restart).",
             |s| f64::from(u8::from(!s.store.poisoned)),
+        ),
+        (
+            "stead_core_stall_max_seconds",
+            "gauge",
+            "Longest time since start that the core did not get back to its ready tasks \
+             (how late a 1 ms probe timer woke).",
+            |s| s.stalls.max_micros as f64 * 1e-6,
+        ),
+        (
+            "stead_core_busy_stall_max_seconds",
+            "gauge",
+            "Longest stall counting only the time the core's thread ran (its CPU time while the \
+             probe was late): the core's own work, not the OS running something else.",
+            |s| s.stalls.busy_max_micros as f64 * 1e-6,
+        ),
+        (
+            "stead_core_stalls_over_10ms_total",
+            "counter",
+            "Probe wake-ups more than 10 ms late.",
+            |s| s.stalls.over_threshold_total as f64,
         ),
         (
             "stead_alarms_pending",
@@ -349,6 +486,15 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
         |s| &s.store.fdatasync_micros_buckets,
         1e-6,
         |s| s.store.fdatasync_micros_sum as f64 * 1e-6,
+    );
+    render_power_of_two(
+        &mut out,
+        "stead_core_stall_seconds",
+        "How late the core's 1 ms probe timer woke.",
+        snapshots,
+        |s| &s.stalls.buckets,
+        1e-6,
+        |s| s.stalls.sum_micros as f64 * 1e-6,
     );
     render_power_of_two(
         &mut out,
@@ -508,5 +654,25 @@ mod tests {
             "stead_request_duration_seconds_bucket{route=\"object\",class=\"counter\",le=\"0.005\"} 6"
         ));
         assert!(text.contains("stead_active_objects{core=\"1\"} 0"));
+        assert!(text.contains("stead_core_stall_max_seconds{core=\"0\"} 0"));
+    }
+
+    #[test]
+    fn stall_probe_keeps_the_longest_and_counts_the_long_ones() {
+        let probe = StallProbe::default();
+        probe.record(Duration::from_micros(80), Duration::from_micros(10));
+        probe.record(Duration::from_millis(25), Duration::from_millis(40));
+        probe.record(Duration::from_millis(3), Duration::from_millis(1));
+        let stats = probe.stats();
+        assert_eq!(stats.max_micros, 25_000);
+        // CPU time over the interval counts only up to the lateness itself.
+        assert_eq!(stats.busy_max_micros, 25_000);
+        assert_eq!(stats.over_threshold_total, 1);
+        assert_eq!(stats.buckets.iter().sum::<u64>(), 3);
+        // 80 µs ≤ 2^7; 3 ms ≤ 2^12 µs; 25 ms ≤ 2^15 µs.
+        assert_eq!(
+            (stats.buckets[7], stats.buckets[12], stats.buckets[15]),
+            (1, 1, 1)
+        );
     }
 }

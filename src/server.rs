@@ -260,6 +260,9 @@ fn validate(config: &Config) -> Result<(), ServerError> {
         Some("objects.object_events_queued_max must be positive")
     } else if config.storage.partitions == 0 {
         Some("storage.partitions must be positive")
+    } else if config.storage.compaction_dead_percent_min > 100 {
+        // Dead bytes are a share of all bytes: past 100 compaction would never start.
+        Some("storage.compaction_dead_percent_min must be at most 100")
     } else if config.auth_token.as_deref() == Some("") {
         Some("auth_token must not be empty")
     } else {

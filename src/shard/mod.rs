@@ -279,6 +279,11 @@ async fn serve(start: CoreStart) -> Result<(), String> {
     for (from, receiver) in receivers {
         glommio::spawn_local(receive_loop(shard.clone(), from, receiver)).detach();
     }
+    // Holds only a weak reference: it ends with the core's metrics.
+    glommio::spawn_local(crate::metrics::run_stall_probe(Rc::downgrade(
+        &shard.metrics.stalls,
+    )))
+    .detach();
 
     let address = match bound_address {
         None => config.listen,

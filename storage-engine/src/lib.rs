@@ -45,7 +45,9 @@ pub use config::{Limits, RecoveryMode, StoreConfig};
 pub use disk::{Disk, DiskFile, GlommioDisk, IoFuture};
 pub use error::StoreError;
 pub use store::keys::KeyMap;
-pub use store::{create_dir_durably, Durable, ListOptions, ObjectData, Store, StoreStats};
+pub use store::{
+    create_dir_durably, power_of_two_bucket, Durable, ListOptions, ObjectData, Store, StoreStats,
+};
 
 /// The identity of one object inside a store: 32 opaque bytes chosen by the caller.
 pub type ObjectId = [u8; 32];

@@ -6,13 +6,15 @@
 //! older than `seal`, plus every alarm, into `base-*` files; fdatasync them and the directory;
 //! wait until every commit the copies saw is durable; write the manifest (these bases, log
 //! starts at `seal`); point the index at the new copies (only entries that did not change
-//! meanwhile); delete the old files. Commits keep flowing into the log throughout, and the
-//! loop yields so they are never stalled for long.
+//! meanwhile); delete the old files. Commits keep flowing into the log throughout, and every
+//! loop over keys or entries yields after about a millisecond of work (`Pacer`), so the core's
+//! other tasks are never stalled for long.
 
 use std::rc::Rc;
 
 use super::durable::{Durable, FailureReport};
 use super::index::Entry;
+use super::pace::Pacer;
 use super::poison::poison;
 use super::read::read_value;
 use super::segments::{segment_file_name, Segment, SegmentKind};
@@ -26,11 +28,14 @@ const RECORD_PAYLOAD_BYTES_TARGET: usize = 1024 * 1024;
 const BATCH_OPS_MAX: usize = 1024;
 
 /// Starts a background compaction if automatic compaction is on and the thresholds are met.
+///
+/// Both thresholds count record bytes (header plus payload), not the blocks they pad to: see
+/// `Segment::record_bytes`.
 pub fn start_if_due(inner: &Rc<Inner>) {
     let due = {
         let state = inner.state.borrow();
         let config = &inner.config;
-        let written = state.segments.written_bytes_total();
+        let written = state.segments.record_bytes_total();
         let dead = written.saturating_sub(state.index.live_bytes_total());
         config.compaction_automatic
             && !state.compacting
@@ -79,10 +84,14 @@ pub async fn compact(inner: &Inner) -> Result<(), StoreError> {
 
 async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> {
     Durable::new(inner.durable.clone(), seal_seq, FailureReport::Poisoned).await?;
+    let mut pacer = Pacer::new();
+    // The one step here that does not yield: a copy of every object id and a sort (for a
+    // reproducible base layout), linear-logarithmic in the objects of the store.
     let mut objects: Vec<ObjectId> = inner.state.borrow().index.objects.keys().copied().collect();
     objects.sort_unstable();
     let mut base = BaseWriter::new(inner, seal_seq);
     for object in objects {
+        pacer.tick().await;
         let (snapshot, alarm_ms) = {
             let state = inner.state.borrow();
             // Stop once the store is closed (`close` waits for this task) or poisoned (nothing
@@ -130,7 +139,7 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
             if base.batch_ops.len() >= BATCH_OPS_MAX {
                 base.close_batch(&object).await?;
             }
-            glommio::yield_if_needed().await;
+            pacer.tick().await;
         }
         if let Some(time_ms) = alarm_ms {
             base.batch_ops.push(Op::SetAlarm { time_ms });
@@ -164,9 +173,8 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
     };
     manifest::write(inner.disk.as_ref(), &manifest).await?;
 
-    let old_files = {
+    {
         let mut state = inner.state.borrow_mut();
-        let state = &mut *state;
         state.stats.record_fdatasync(0);
         state.manifest = manifest;
         for file in &files {
@@ -174,23 +182,41 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
                 kind: SegmentKind::Base,
                 file: file.file.clone(),
                 written_bytes: file.written_bytes,
+                record_bytes: file.record_bytes,
             };
             state.segments.by_id.insert(file.id, segment);
         }
-        let inline_max = inner.config.inline_value_bytes_max;
-        for relocation in relocations {
+    }
+    // Point entries at their copies, one at a time with yields between (a store of a million
+    // keys took ~100 ms in one step). In between, commits and reads go on: an entry not yet
+    // pointed at its copy still reads from its old segment, which stays open until the end;
+    // a commit that replaces it gives it a segment at or after the seal, so its relocation
+    // finds it changed and goes to the undo record instead; a rollback (poisoning) puts old
+    // entries back, still naming the old segment, and their relocation comes later or found
+    // them in the undo log already. Each relocation is applied whole, without an await.
+    let inline_max = inner.config.inline_value_bytes_max;
+    let relocations_count = relocations.len();
+    for relocation in relocations {
+        {
+            let mut state = inner.state.borrow_mut();
+            let state = &mut *state;
             let apply = |entry: &Entry| relocation.apply(entry, inline_max);
             let moved = state
                 .index
                 .relocate(&relocation.object, &relocation.key, apply);
-            if !moved && !state.undo.is_empty() {
-                // A batch not yet durable replaced the copied entry; its undo record holds
-                // the entry now, and must point at the copy once the old segment is gone.
+            if !moved {
+                // A batch not yet durable may have replaced the copied entry; its undo record
+                // holds the entry now, and must point at the copy once the old segment is gone.
                 state
                     .undo
                     .relocate(&relocation.object, &relocation.key, apply);
             }
         }
+        pacer.tick().await;
+    }
+    let old_files = {
+        let mut state = inner.state.borrow_mut();
+        let state = &mut *state;
         let old_ids: Vec<u64> = state
             .segments
             .by_id
@@ -211,12 +237,18 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
         state.stats.compactions_total += 1;
         old_files
     };
+    tracing::debug!(
+        relocated = relocations_count,
+        yields = pacer.yields,
+        "compaction switched"
+    );
     for name in &old_files {
         inner
             .disk
             .remove(name)
             .await
             .map_err(|source| io_error("remove", name, source))?;
+        pacer.tick().await;
     }
     inner
         .disk
@@ -284,7 +316,10 @@ impl Relocation {
 struct BaseFile {
     id: u64,
     file: Rc<dyn DiskFile>,
+    /// Bytes on disk, padding included; where the next record starts.
     written_bytes: u64,
+    /// Bytes of its records without padding, for the dead-byte accounting.
+    record_bytes: u64,
 }
 
 /// Packs copied entries into batches, batches into records, records into base files.
@@ -393,6 +428,7 @@ impl<'a> BaseWriter<'a> {
             return Err(io_error("write", file.name(), short));
         }
         current.written_bytes += record.len() as u64;
+        current.record_bytes += (RECORD_HEADER_BYTES + self.payload.len()) as u64;
         let payload_start = offset + RECORD_HEADER_BYTES as u64;
         for (mut relocation, value_offset) in self.puts.drain(..) {
             relocation.new_segment = current.id as u32;
@@ -422,6 +458,7 @@ impl<'a> BaseWriter<'a> {
             id,
             file,
             written_bytes: 0,
+            record_bytes: 0,
         });
         Ok(())
     }

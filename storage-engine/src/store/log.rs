@@ -217,6 +217,8 @@ async fn write_group(inner: &Inner) -> Result<(), StoreError> {
     }
     if let Some(segment_entry) = state.segments.by_id.get_mut(&segment) {
         segment_entry.written_bytes += record.len() as u64;
+        // Without padding: the figure compaction's trigger counts (see `Segment`).
+        segment_entry.record_bytes += (RECORD_HEADER_BYTES + payload.len()) as u64;
     }
     state.stats.record_fdatasync(micros);
     state.stats.record_group(group.len() as u64);
@@ -311,6 +313,7 @@ async fn rotate(inner: &Inner, segment: u64) -> Result<(), StoreError> {
             kind: SegmentKind::Log,
             file: file.clone(),
             written_bytes: 0,
+            record_bytes: 0,
         },
     );
     state.writer = Some(Writer::new(segment, file, 0, prepared_end));

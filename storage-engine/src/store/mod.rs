@@ -11,6 +11,7 @@ mod index;
 pub(crate) mod keys;
 mod log;
 mod manifest;
+mod pace;
 mod poison;
 mod prepare;
 mod read;
@@ -24,7 +25,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 pub use durable::Durable;
-pub use stats::StoreStats;
+pub use stats::{power_of_two_bucket, StoreStats};
 
 use crate::codec::{self, ManifestData};
 use crate::{Batch, Disk, GlommioDisk, ObjectId, Op, StoreConfig, StoreError};
@@ -394,8 +395,9 @@ impl Store {
         stats.live_bytes = state.index.live_bytes_total();
         stats.dead_bytes = state
             .segments
-            .written_bytes_total()
+            .record_bytes_total()
             .saturating_sub(stats.live_bytes);
+        stats.disk_bytes = state.segments.written_bytes_total();
         stats.poisoned = state.poisoned;
         stats
     }

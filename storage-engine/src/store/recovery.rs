@@ -158,6 +158,7 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
         gap: None,
         max_seq: 0,
         losses: 0,
+        record_bytes: 0,
     };
     let mut writer = None;
     // Bases first (they hold the oldest state), then the log in id order.
@@ -167,6 +168,7 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
         .chain(live.iter().filter(|(kind, _)| *kind == SegmentKind::Log));
     for &(kind, id) in ordered {
         let newest = kind == SegmentKind::Log && Some(id) == newest_log;
+        replay.record_bytes = 0;
         let (file, end, length) = replay.replay_file(disk, kind, id, newest).await?;
         replay.segments.by_id.insert(
             id,
@@ -174,6 +176,8 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
                 kind,
                 file: file.clone(),
                 written_bytes: end,
+                // The same figure the live store counted while appending these records.
+                record_bytes: replay.record_bytes,
             },
         );
         if newest {
@@ -254,6 +258,9 @@ struct Replay<'a> {
     /// The highest sequence number seen in any file (base records carry their snapshot's).
     max_seq: u64,
     losses: u64,
+    /// Bytes of the records of the current file applied so far, without padding: the
+    /// segment's `record_bytes`, which the dead-byte figure is counted from.
+    record_bytes: u64,
 }
 
 impl Replay<'_> {
@@ -428,6 +435,7 @@ impl Replay<'_> {
             self.last_log_segment = id;
         }
         self.max_seq = self.max_seq.max(header.seq);
+        self.record_bytes += u64::from(header.length);
         Ok(header.length as usize)
     }
 

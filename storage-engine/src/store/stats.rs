@@ -18,8 +18,13 @@ pub struct StoreStats {
     pub objects: u64,
     pub keys: u64,
     pub segments: u64,
+    /// Record bytes (header plus payload, no padding) of puts that are still current.
     pub live_bytes: u64,
+    /// Record bytes in the segments minus `live_bytes`: what compaction would reclaim, and
+    /// what its trigger counts. Block padding is not in it.
     pub dead_bytes: u64,
+    /// Bytes the segment files take on disk, block padding included.
+    pub disk_bytes: u64,
     pub compactions_total: u64,
     pub poisoned: bool,
 }

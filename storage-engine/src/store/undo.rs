@@ -7,7 +7,7 @@
 //! to the last durable batch by undoing every later one, newest first. The old entries are
 //! moved here, not copied, and dropped as soon as their batch is durable.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use super::index::{Entry, Index};
 use super::keys::KeyMap;
@@ -37,18 +37,25 @@ pub struct Undo {
 pub struct UndoLog {
     /// In sequence order.
     batches: VecDeque<Undo>,
+    /// How many records each object has in `batches`, so `relocate` skips an object without
+    /// any in O(1): compaction offers it every entry it copied that changed meanwhile, and a
+    /// walk of the whole log for each was quadratic.
+    per_object: HashMap<ObjectId, usize, ahash::RandomState>,
 }
 
 impl UndoLog {
     pub fn push(&mut self, undo: Undo) {
         debug_assert!(self.batches.back().is_none_or(|last| last.seq < undo.seq));
+        *self.per_object.entry(undo.object).or_insert(0) += 1;
         self.batches.push_back(undo);
     }
 
     /// Forgets the records of every batch up to `seq`, which is now durable.
     pub fn durable(&mut self, seq: u64) {
         while self.batches.front().is_some_and(|undo| undo.seq <= seq) {
-            self.batches.pop_front();
+            if let Some(undo) = self.batches.pop_front() {
+                self.forget(&undo.object);
+            }
         }
     }
 
@@ -56,6 +63,7 @@ impl UndoLog {
     /// durable batch. Returns how many batches were undone.
     pub fn roll_back(&mut self, index: &mut Index) -> usize {
         let undone = self.batches.len();
+        self.per_object.clear();
         while let Some(undo) = self.batches.pop_back() {
             let object = &undo.object;
             for op in undo.ops.into_iter().rev() {
@@ -98,6 +106,9 @@ impl UndoLog {
         key: &[u8],
         relocate: impl Fn(&Entry) -> Option<Entry>,
     ) {
+        if !self.per_object.contains_key(object) {
+            return;
+        }
         for undo in self
             .batches
             .iter_mut()
@@ -122,7 +133,13 @@ impl UndoLog {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.batches.is_empty()
+    /// Counts one record of `object` gone.
+    fn forget(&mut self, object: &ObjectId) {
+        if let Some(count) = self.per_object.get_mut(object) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_object.remove(object);
+            }
+        }
     }
 }
