@@ -69,8 +69,15 @@ fn fill(path: &Path) {
     let _ = file.sync_all();
 }
 
+/// A server whose log is not prepared ahead (`segment_prepare_bytes = 0`), so the first write
+/// after the disk fills needs new space and fails: the failure path these tests are about.
+/// With preparation on (the default), writes first use up the prepared blocks: see
+/// `prepared_log_blocks_take_writes_after_the_disk_fills`.
 fn start(data_dir: &Path) -> TestServer {
-    TestServer::start(data_dir, 1, &[])
+    let config = data_dir.with_extension("toml");
+    std::fs::write(&config, "[storage]\nsegment_prepare_bytes = 0\n").expect("write config");
+    let config = config.to_string_lossy().into_owned();
+    TestServer::start(data_dir, 1, &["--config", &config])
 }
 
 /// A small tmpfs under `root`, or None (with a SKIPPED line) where mounting is impossible.
@@ -172,6 +179,66 @@ fn a_full_disk_refuses_writes_serves_reads_and_recovers_after_a_restart() {
     assert!(
         metrics.contains("stead_store_writable{core=\"0\"} 1"),
         "{metrics}"
+    );
+    drop(client);
+    assert_eq!(server.stop(), Some(0));
+}
+
+/// With the default configuration the log is zero-filled and synced ahead of the writer, so
+/// commits overwrite blocks the disk already gave: when the disk fills, writes go on into those
+/// blocks (each still durable), and only once they are used up is a write refused with 507.
+/// Every acknowledged increment survives the restart.
+#[test]
+fn prepared_log_blocks_take_writes_after_the_disk_fills() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let Some(mount) = mount_or_skip(root.path()) else {
+        return;
+    };
+    let data_dir = mount.path.join("data");
+    let filler = mount.path.join("filler");
+    let server = TestServer::start(&data_dir, 1, &[]);
+    let mut client = server.client();
+    assert_eq!(client.get("/objects/counter/a/increment").status, 200);
+
+    fill(&filler);
+    // One block per sequential increment; the default window is 4 MiB (1024 blocks), and the
+    // segment's first piece may add a little.
+    let mut acknowledged = 1;
+    let refused = loop {
+        let reply = client.get("/objects/counter/a/increment");
+        if reply.status != 200 {
+            break reply;
+        }
+        acknowledged += 1;
+        assert_eq!(reply.text(), acknowledged.to_string());
+        assert!(
+            acknowledged < 3000,
+            "writes never ran out of prepared space"
+        );
+    };
+    assert_eq!(refused.status, 507, "{}", refused.text());
+    eprintln!("{acknowledged} increments acknowledged, the disk full after the first");
+    assert!(
+        acknowledged > 1,
+        "no write used the prepared blocks after the disk filled"
+    );
+    let error = refused.json()["error"].as_str().map(str::to_string);
+    let error = error.expect("an error message");
+    assert!(error.contains("No space left on device"), "{error}");
+    assert_eq!(
+        client.get("/objects/counter/a/value").text(),
+        acknowledged.to_string()
+    );
+    drop(client);
+    assert_eq!(server.stop(), Some(0));
+
+    std::fs::remove_file(&filler).expect("free the space");
+    let server = TestServer::start(&data_dir, 1, &[]);
+    let mut client = server.client();
+    assert_eq!(
+        client.get("/objects/counter/a/value").text(),
+        acknowledged.to_string(),
+        "every acknowledged increment survives"
     );
     drop(client);
     assert_eq!(server.stop(), Some(0));

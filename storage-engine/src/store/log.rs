@@ -58,6 +58,8 @@ pub struct Writer {
     /// The range the preparer is zero-filling, while it is: the writer writes nothing into
     /// it until the fill is done, or the zeros could land after the record.
     pub filling: Option<(u64, u64)>,
+    /// After a zero fill failed to write, the preparer tries again once the writer is here.
+    pub fill_retry_offset: u64,
 }
 
 impl Writer {
@@ -70,6 +72,7 @@ impl Writer {
             prepared_end,
             writing_end: None,
             filling: None,
+            fill_retry_offset: 0,
         }
     }
 

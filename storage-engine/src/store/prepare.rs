@@ -12,7 +12,9 @@
 //! being written past the prepared end, and the writer waits for a fill that overlaps its
 //! record (see `Writer::filling`). Preparation is an optimisation only: a record that runs past
 //! the prepared end still becomes durable, because its durable write also syncs the size it
-//! extended; it is merely slower.
+//! extended; it is merely slower. So a zero fill that cannot be written (a full disk) does not
+//! stop commits: they go on in the prepared blocks, and only a record that needs new space
+//! fails (and poisons the store). A failed fdatasync of a fill poisons the store at once.
 
 use std::rc::{Rc, Weak};
 
@@ -104,6 +106,7 @@ fn next_fill(inner: &Inner) -> Option<Fill> {
     }
     let writer = state.writer.as_mut()?;
     if writer.filling.is_some()
+        || writer.offset < writer.fill_retry_offset
         || writer
             .writing_end
             .is_some_and(|end| end > writer.prepared_end)
@@ -132,34 +135,58 @@ fn next_fill(inner: &Inner) -> Option<Fill> {
     })
 }
 
-/// Zero-fills and syncs one range.
-async fn write_fill(fill: &Fill) -> Result<(), StoreError> {
-    write_zeros(fill.file.as_ref(), fill.start, fill.end).await?;
-    fill.file
-        .fdatasync()
-        .await
-        .map_err(|source| io_error("fdatasync", fill.file.name(), source))
+/// How a fill ended.
+enum Filled {
+    Done,
+    /// The zeros could not be written (a full disk, typically). Nothing was synced and no
+    /// record is affected: the writer goes on in what is prepared, and a record that runs past
+    /// it fails on its own if the disk is still full. Tried again later.
+    WriteFailed(StoreError),
+    /// The fdatasync failed: it may have dropped unsynced data of the segment, so the store is
+    /// poisoned, as after any failed sync.
+    SyncFailed(StoreError),
 }
 
-/// Publishes a fill's outcome: the prepared end moves, or the store is poisoned (a failed
-/// fdatasync of a log segment may have dropped any of its unsynced data).
-fn finish_fill(inner: &Inner, fill: &Fill, filled: Result<(), StoreError>) {
+/// Zero-fills and syncs one range.
+async fn write_fill(fill: &Fill) -> Filled {
+    if let Err(error) = write_zeros(fill.file.as_ref(), fill.start, fill.end).await {
+        return Filled::WriteFailed(error);
+    }
+    match fill.file.fdatasync().await {
+        Ok(()) => Filled::Done,
+        Err(source) => Filled::SyncFailed(io_error("fdatasync", fill.file.name(), source)),
+    }
+}
+
+/// Publishes a fill's outcome: the prepared end moves, the next try waits for the writer to
+/// move on, or the store is poisoned.
+fn finish_fill(inner: &Inner, fill: &Fill, filled: Filled) {
     {
         let mut state = inner.state.borrow_mut();
+        let state = &mut *state;
         state.preparing = false;
+        let piece = window_bytes(&inner.config).min(FILL_BYTES_MAX);
         if let Some(writer) = state.writer.as_mut() {
             if writer.segment == fill.segment {
                 writer.filling = None;
-                if filled.is_ok() {
-                    writer.prepared_end = writer.prepared_end.max(fill.end);
+                match &filled {
+                    Filled::Done => writer.prepared_end = writer.prepared_end.max(fill.end),
+                    // Not before the writer used up another piece: a full disk would
+                    // otherwise cost a failed 1 MiB write per round.
+                    Filled::WriteFailed(_) => writer.fill_retry_offset = writer.offset + piece,
+                    Filled::SyncFailed(_) => {}
                 }
             }
         }
-        if filled.is_ok() {
-            state.stats.prepared_bytes_total += fill.end - fill.start;
+        match &filled {
+            Filled::Done => state.stats.prepared_bytes_total += fill.end - fill.start,
+            Filled::WriteFailed(error) => {
+                tracing::warn!(%error, "cannot prepare log blocks ahead; commits go on in what is prepared");
+            }
+            Filled::SyncFailed(_) => {}
         }
     }
-    if let Err(error) = filled {
+    if let Filled::SyncFailed(error) = filled {
         if !inner.state.borrow().poisoned {
             poison(inner, &error);
         }
