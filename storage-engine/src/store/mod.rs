@@ -1,9 +1,10 @@
 //! The public handle of one store: commit with group commit, reads, alarms, compaction.
 //!
-//! Layout: `index` (keys in memory), `durable` (waiters on fdatasync), `log` (the background
-//! group-commit writer), `segments` (file table and names), `manifest`, `recovery` (open),
-//! `compaction`, `poison` (what a failed write or fdatasync does to the store), `read` (values
-//! from memory or disk), `stats`.
+//! Layout: `index` (keys in memory), `durable` (waiters on the log's durable writes), `log` (the
+//! background group-commit writer), `prepare` (the task that zero-fills and syncs log blocks
+//! ahead of the writer), `segments` (file table and names), `manifest`, `recovery` (open),
+//! `compaction` and `pace` (how it yields to the executor), `poison` (what a failed write or
+//! sync does to the store), `read` (values from memory or disk), `stats`.
 
 mod compaction;
 mod durable;
