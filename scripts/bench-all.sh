@@ -104,8 +104,8 @@ MEMORY=$(python3 scripts/memory-eviction.py "${CARGO_TARGET_DIR:-target}/release
   echo "| object id and its core | $(duration_text "$(median id/from_name_and_core)") |"
   echo "| core of an id | $(duration_text "$(median id/core)") |"
   echo "| dispatch: counter value (read, active object) | $(duration_text "$(median dispatch/value)") |"
-  echo "| dispatch: counter increment, one at a time (each waits for its fdatasync) | $(duration_text "$(median dispatch/increment)") |"
-  echo "| dispatch: counter increment, 64 objects at once (shared fdatasync), per increment | $(duration_text "$(median dispatch/increment_64_objects)") |"
+  echo "| dispatch: counter increment, one at a time (each waits for its durable write) | $(duration_text "$(median dispatch/increment)") |"
+  echo "| dispatch: counter increment, 64 objects at once (one shared durable write), per increment | $(duration_text "$(median dispatch/increment_64_objects)") |"
   echo
   echo "## Engine over HTTP, against Redis"
   echo

@@ -30,7 +30,7 @@ COMMON="--spawn --connections $CONNECTIONS --duration ${SECONDS_PER_RUN}s --warm
 echo "Machine: $(nproc) cores, $(uname -sr). Each row: \`stead bench $COMMON <flags>\`, median of $RUNS runs,"
 echo "each against a fresh server. Latency is from the intended send time in the open-loop row (no"
 echo "coordinated omission), from the actual send otherwise. \`hello\` is GET /healthz: the floor of"
-echo "the HTTP stack, no object. Every write is answered after its fdatasync."
+echo "the HTTP stack, no object. Every write is answered after its durable write returned."
 echo
 echo "| scenario | flags | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |"
 echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"

@@ -481,7 +481,7 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
     render_power_of_two(
         &mut out,
         "stead_storage_fdatasync_seconds",
-        "fdatasync latency.",
+        "Sync latency: a group commit's durable write (write and flush), or an fdatasync.",
         snapshots,
         |s| &s.store.fdatasync_micros_buckets,
         1e-6,

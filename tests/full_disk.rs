@@ -80,10 +80,27 @@ fn start(data_dir: &Path) -> TestServer {
     TestServer::start(data_dir, 1, &["--config", &config])
 }
 
-/// A small tmpfs under `root`, or None (with a SKIPPED line) where mounting is impossible.
-fn mount_or_skip(root: &Path) -> Option<Mount> {
-    match Mount::tmpfs(&root.join("mnt")) {
-        Ok(mount) => Some(mount),
+/// A small tmpfs holding a server's data directory and the file that fills the disk.
+struct SmallDisk {
+    data_dir: PathBuf,
+    filler: PathBuf,
+    /// Declared before `_root`: fields drop in order, so the tmpfs is unmounted before the
+    /// directory it is mounted in is removed.
+    _mount: Mount,
+    _root: tempfile::TempDir,
+}
+
+/// A small tmpfs in a temporary directory, or None (with a SKIPPED line) where mounting is
+/// impossible.
+fn mount_or_skip() -> Option<SmallDisk> {
+    let root = tempfile::tempdir().expect("temp dir");
+    match Mount::tmpfs(&root.path().join("mnt")) {
+        Ok(mount) => Some(SmallDisk {
+            data_dir: mount.path.join("data"),
+            filler: mount.path.join("filler"),
+            _mount: mount,
+            _root: root,
+        }),
         Err(reason) if std::env::var_os("STEAD_REQUIRE_MOUNT").is_some_and(|v| v == "1") => {
             panic!("STEAD_REQUIRE_MOUNT=1 but a tmpfs cannot be mounted: {reason}")
         }
@@ -101,14 +118,12 @@ fn mount_or_skip(root: &Path) -> Option<Mount> {
 
 #[test]
 fn a_full_disk_refuses_writes_serves_reads_and_recovers_after_a_restart() {
-    let root = tempfile::tempdir().expect("temp dir");
-    let Some(mount) = mount_or_skip(root.path()) else {
+    let Some(disk) = mount_or_skip() else {
         return;
     };
-    let data_dir = mount.path.join("data");
-    let filler = mount.path.join("filler");
+    let (data_dir, filler) = (&disk.data_dir, &disk.filler);
 
-    let server = start(&data_dir);
+    let server = start(data_dir);
     let mut client = server.client();
     for expected in 1..=3 {
         let reply = client.get("/objects/counter/a/increment");
@@ -118,7 +133,7 @@ fn a_full_disk_refuses_writes_serves_reads_and_recovers_after_a_restart() {
     assert_eq!(client.get("/objects/counter/b/increment").status, 200);
     assert_eq!(client.get("/healthz").status, 200);
 
-    fill(&filler);
+    fill(filler);
     let refused = client.get("/objects/counter/a/increment");
     assert_eq!(refused.status, 507, "{}", refused.text());
     let body = refused.json();
@@ -157,7 +172,7 @@ fn a_full_disk_refuses_writes_serves_reads_and_recovers_after_a_restart() {
     assert_eq!(server.stop(), Some(0), "a clean stop with a full disk");
 
     // Still full: the server starts, serves reads and refuses writes.
-    let server = start(&data_dir);
+    let server = start(data_dir);
     let mut client = server.client();
     assert_eq!(read(&mut client, "a"), "3");
     assert_eq!(client.get("/objects/counter/a/increment").status, 507);
@@ -167,8 +182,8 @@ fn a_full_disk_refuses_writes_serves_reads_and_recovers_after_a_restart() {
     assert_eq!(server.stop(), Some(0));
 
     // Space is back: a restart recovers everything acknowledged and takes writes again.
-    std::fs::remove_file(&filler).expect("free the space");
-    let server = start(&data_dir);
+    std::fs::remove_file(filler).expect("free the space");
+    let server = start(data_dir);
     let mut client = server.client();
     assert_eq!(client.get("/healthz").text(), "ok");
     assert_eq!(read(&mut client, "b"), "1");
@@ -190,17 +205,15 @@ fn a_full_disk_refuses_writes_serves_reads_and_recovers_after_a_restart() {
 /// Every acknowledged increment survives the restart.
 #[test]
 fn prepared_log_blocks_take_writes_after_the_disk_fills() {
-    let root = tempfile::tempdir().expect("temp dir");
-    let Some(mount) = mount_or_skip(root.path()) else {
+    let Some(disk) = mount_or_skip() else {
         return;
     };
-    let data_dir = mount.path.join("data");
-    let filler = mount.path.join("filler");
-    let server = TestServer::start(&data_dir, 1, &[]);
+    let (data_dir, filler) = (&disk.data_dir, &disk.filler);
+    let server = TestServer::start(data_dir, 1, &[]);
     let mut client = server.client();
     assert_eq!(client.get("/objects/counter/a/increment").status, 200);
 
-    fill(&filler);
+    fill(filler);
     // One block per sequential increment; the default window is 4 MiB (1024 blocks), and the
     // segment's first piece may add a little.
     let mut acknowledged = 1;
@@ -217,7 +230,6 @@ fn prepared_log_blocks_take_writes_after_the_disk_fills() {
         );
     };
     assert_eq!(refused.status, 507, "{}", refused.text());
-    eprintln!("{acknowledged} increments acknowledged, the disk full after the first");
     assert!(
         acknowledged > 1,
         "no write used the prepared blocks after the disk filled"
@@ -232,8 +244,8 @@ fn prepared_log_blocks_take_writes_after_the_disk_fills() {
     drop(client);
     assert_eq!(server.stop(), Some(0));
 
-    std::fs::remove_file(&filler).expect("free the space");
-    let server = TestServer::start(&data_dir, 1, &[]);
+    std::fs::remove_file(filler).expect("free the space");
+    let server = TestServer::start(data_dir, 1, &[]);
     let mut client = server.client();
     assert_eq!(
         client.get("/objects/counter/a/value").text(),
@@ -250,13 +262,11 @@ fn prepared_log_blocks_take_writes_after_the_disk_fills() {
 /// durable holder is still the holder.
 #[test]
 fn lock_waiters_are_answered_when_the_release_cannot_be_written() {
-    let root = tempfile::tempdir().expect("temp dir");
-    let Some(mount) = mount_or_skip(root.path()) else {
+    let Some(disk) = mount_or_skip() else {
         return;
     };
-    let data_dir = mount.path.join("data");
-    let filler = mount.path.join("filler");
-    let server = start(&data_dir);
+    let (data_dir, filler) = (&disk.data_dir, &disk.filler);
+    let server = start(data_dir);
     let mut holder = server.client();
     assert_eq!(holder.get("/objects/lock/L/acquire?clientId=a").status, 200);
     let mut waiters: Vec<common::Client> = ["w1", "w2"]
@@ -273,7 +283,7 @@ fn lock_waiters_are_answered_when_the_release_cannot_be_written() {
         || holder.get("/objects/lock/L/status").json()["waiting"] == 2
     ));
 
-    fill(&filler);
+    fill(filler);
     let released = holder.get("/objects/lock/L/release?clientId=a");
     assert_eq!(released.status, 507, "{}", released.text());
     for (index, waiter) in waiters.iter_mut().enumerate() {
@@ -285,8 +295,8 @@ fn lock_waiters_are_answered_when_the_release_cannot_be_written() {
     drop((holder, waiters));
     assert_eq!(server.stop(), Some(0));
 
-    std::fs::remove_file(&filler).expect("free the space");
-    let server = start(&data_dir);
+    std::fs::remove_file(filler).expect("free the space");
+    let server = start(data_dir);
     let status = server.client().get("/objects/lock/L/status").json();
     assert_eq!(status["holder"], "a", "{status}");
     assert_eq!(status["waiting"], 0);

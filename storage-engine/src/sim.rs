@@ -782,6 +782,14 @@ mod tests {
         vec![byte; BLOCK_BYTES]
     }
 
+    /// Creates the empty file `name` and makes it and its directory entry durable.
+    async fn create_durably(disk: &dyn Disk, name: &str) -> Rc<dyn DiskFile> {
+        let file = disk.open_file(name, true).await.expect("create");
+        file.fdatasync().await.expect("sync");
+        disk.sync_dir().await.expect("sync dir");
+        file
+    }
+
     /// Runs a future that the simulated disk completes without an executor's I/O.
     fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
         futures_lite::future::block_on(future)
@@ -843,9 +851,7 @@ mod tests {
             let sim = SimDisk::new(seed);
             let disk = sim.disk();
             block_on(async {
-                let file = disk.open_file("a", true).await.expect("create");
-                file.fdatasync().await.expect("sync");
-                disk.sync_dir().await.expect("sync dir");
+                let file = create_durably(disk.as_ref(), "a").await;
                 file.write_at(0, &[block(1), block(2), block(3)].concat())
                     .await
                     .expect("write");
@@ -875,9 +881,7 @@ mod tests {
         sim.set_yield_percent(0);
         let disk = sim.disk();
         block_on(async {
-            let file = disk.open_file("a", true).await.expect("create");
-            file.fdatasync().await.expect("sync");
-            disk.sync_dir().await.expect("sync dir");
+            let file = create_durably(disk.as_ref(), "a").await;
             file.write_at(0, &block(1)).await.expect("volatile write");
             let written = file.write_durable_at(4096, &block(2)).await;
             assert_eq!(written.expect("durable write"), 4096);
@@ -896,9 +900,7 @@ mod tests {
             sim.set_yield_percent(0);
             let disk = sim.disk();
             block_on(async {
-                let file = disk.open_file("a", true).await.expect("create");
-                file.fdatasync().await.expect("sync");
-                disk.sync_dir().await.expect("sync dir");
+                let file = create_durably(disk.as_ref(), "a").await;
                 // Operations so far: open, fdatasync, sync_dir; the write is the 4th, its
                 // sync half the 5th: the cut falls between them.
                 sim.crash_at(5, CrashMode::Random);

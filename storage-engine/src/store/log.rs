@@ -294,7 +294,7 @@ async fn rotate(inner: &Inner, segment: u64) -> Result<(), StoreError> {
         });
     }
     let started = Instant::now();
-    let prepared_end = prepare::first_fill_bytes(&inner.config);
+    let prepared_end = prepare::piece_bytes(&inner.config);
     if prepared_end > 0 {
         prepare::write_zeros(file.as_ref(), 0, prepared_end).await?;
     }

@@ -35,8 +35,9 @@ fn window_bytes(config: &StoreConfig) -> u64 {
     window.min(segment)
 }
 
-/// How much of a new segment `rotate` fills before the segment's first record.
-pub fn first_fill_bytes(config: &StoreConfig) -> u64 {
+/// One fill: what `rotate` fills of a new segment before its first record, and what the
+/// preparer fills at a time.
+pub fn piece_bytes(config: &StoreConfig) -> u64 {
     window_bytes(config).min(FILL_BYTES_MAX)
 }
 
@@ -120,7 +121,7 @@ fn next_fill(inner: &Inner) -> Option<Fill> {
     let target = (writer.offset + window).min(segment_end);
     // Fill only once a whole piece is due (or the rest of the segment, near its end), so
     // the preparer runs a few times per MiB the writer moves, not once per round.
-    let piece = window.min(FILL_BYTES_MAX);
+    let piece = piece_bytes(&inner.config);
     if target <= start || (target - start < piece && target < segment_end) {
         return None;
     }
@@ -165,7 +166,7 @@ fn finish_fill(inner: &Inner, fill: &Fill, filled: Filled) {
         let mut state = inner.state.borrow_mut();
         let state = &mut *state;
         state.preparing = false;
-        let piece = window_bytes(&inner.config).min(FILL_BYTES_MAX);
+        let piece = piece_bytes(&inner.config);
         if let Some(writer) = state.writer.as_mut() {
             if writer.segment == fill.segment {
                 writer.filling = None;
