@@ -14,12 +14,12 @@ sampled at each step. Prints a Markdown section (without its heading); exits 1 i
 
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
+
+import stead_server
 
 CONNECTIONS = 8
 PIPELINE_DEPTH = 64
@@ -115,27 +115,6 @@ def wait_evicted(addr):
     return False
 
 
-def start(binary, data_dir, config_path, stderr):
-    server = subprocess.Popen(
-        [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir,
-         "--cores", "2", "--config", config_path],
-        stdout=subprocess.PIPE, stderr=stderr, text=True,
-        env={**os.environ, "RUST_LOG": "warn"},
-    )
-    line = server.stdout.readline()
-    host, port = line.split("listening on ")[1].split()[0].rsplit(":", 1)
-    return server, (host, int(port))
-
-
-def stop(server):
-    server.send_signal(signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
-
-
 def main():
     binary = sys.argv[1]
     objects = int(sys.argv[2]) if len(sys.argv) > 2 else 130_000
@@ -149,7 +128,7 @@ def main():
     rows = []
     problems = []
 
-    server, addr = start(binary, data_dir, config_path, stderr)
+    server, addr = stead_server.start(binary, data_dir, stderr, "--config", config_path)
     time.sleep(0.5)
     rows.append(("started, empty store", 0, *memory_kib(server.pid)))
     for round_name in ("first", "second"):
@@ -169,13 +148,13 @@ def main():
     keys = metric_sum(addr, "stead_storage_keys")
     if keys != objects:
         problems.append(f"the store holds {keys} keys, expected {objects}")
-    stop(server)
+    stead_server.stop(server, timeout_s=30)
 
-    server, addr = start(binary, data_dir, config_path, stderr)
+    server, addr = stead_server.start(binary, data_dir, stderr, "--config", config_path)
     time.sleep(0.5)
     metric_sum(addr, "stead_active_objects")
     rows.append(("restarted: store recovered, nothing active", 0, *memory_kib(server.pid)))
-    stop(server)
+    stead_server.stop(server, timeout_s=30)
     stderr.close()
     with open(os.path.join(work, "stderr.log")) as log:
         if "panicked" in log.read():

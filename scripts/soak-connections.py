@@ -11,13 +11,13 @@ Markdown section; exits 1 if any check failed.
 """
 
 import os
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+
+import stead_server
 
 REQUEST = b"GET /healthz HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n\r\n"
 
@@ -49,15 +49,7 @@ def main():
     data_dir = tempfile.mkdtemp(prefix="stead-soak-")
     stderr_path = os.path.join(data_dir, "stderr.log")
     stderr = open(stderr_path, "w")
-    server = subprocess.Popen(
-        [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir",
-         os.path.join(data_dir, "data"), "--cores", "2"],
-        stdout=subprocess.PIPE, stderr=stderr, text=True,
-        env={**os.environ, "RUST_LOG": "warn"},
-    )
-    line = server.stdout.readline()
-    host, port = line.split("listening on ")[1].split()[0].rsplit(":", 1)
-    addr = (host, int(port))
+    server, addr = stead_server.start(binary, os.path.join(data_dir, "data"), stderr)
 
     done = [0]
     failed = [0]
@@ -86,13 +78,7 @@ def main():
     elapsed = time.monotonic() - started
 
     answers_after = one_connection(addr)
-    server.send_signal(signal.SIGTERM)
-    try:
-        server.wait(timeout=10)
-        stopped = True
-    except subprocess.TimeoutExpired:
-        server.kill()
-        stopped = False
+    stopped = stead_server.stop(server, timeout_s=10)
     stderr.close()
     with open(stderr_path) as log:
         panicked = "panicked" in log.read()
