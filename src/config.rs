@@ -88,6 +88,9 @@ pub struct StorageSettings {
     /// How far ahead of the log writer segment blocks are zero-filled and synced, so a group
     /// commit is one overwrite with no file-size change (0 = off; at most the segment size).
     pub segment_prepare_bytes: u64,
+    /// Group-commit rounds the log writer keeps in flight: 2 issues the next round's durable
+    /// write while the previous one is still in the device, 1 waits for each (1 or 2).
+    pub rounds_in_flight: u8,
     /// Compaction starts once this many record bytes (padding not counted) are dead ...
     pub compaction_dead_bytes_min: u64,
     /// ... and the dead bytes are at least this percentage of all record bytes.
@@ -102,6 +105,7 @@ impl Default for StorageSettings {
             value_bytes_max: 128 * 1024,
             segment_bytes_max: 64 * 1024 * 1024,
             segment_prepare_bytes: 4 * 1024 * 1024,
+            rounds_in_flight: 2,
             compaction_dead_bytes_min: 64 * 1024 * 1024,
             compaction_dead_percent_min: 50,
             partitions: 4096,
@@ -200,7 +204,16 @@ impl Config {
     pub fn from_toml_file(path: &std::path::Path) -> Result<Config, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-        toml::from_str(&text).map_err(|error| format!("invalid config {}: {error}", path.display()))
+        let config: Config = toml::from_str(&text)
+            .map_err(|error| format!("invalid config {}: {error}", path.display()))?;
+        let rounds = config.storage.rounds_in_flight;
+        if !(1..=2).contains(&rounds) {
+            return Err(format!(
+                "invalid config {}: storage.rounds_in_flight is {rounds}, it must be 1 or 2",
+                path.display()
+            ));
+        }
+        Ok(config)
     }
 
     /// How long each core's executor spins before parking; `None` (from 0) never spins.
@@ -245,5 +258,23 @@ mod tests {
     #[test]
     fn spin_before_park_refuses_a_negative_value() {
         assert!(toml::from_str::<Config>("spin_before_park_us = -1").is_err());
+    }
+
+    #[test]
+    fn rounds_in_flight_is_one_or_two() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("stead.toml");
+        let read = |rounds: &str| {
+            std::fs::write(&path, format!("[storage]\nrounds_in_flight = {rounds}\n"))
+                .expect("write config");
+            Config::from_toml_file(&path)
+        };
+        assert_eq!(Config::default().storage.rounds_in_flight, 2);
+        assert_eq!(read("1").expect("1 is valid").storage.rounds_in_flight, 1);
+        assert_eq!(read("2").expect("2 is valid").storage.rounds_in_flight, 2);
+        for invalid in ["0", "3"] {
+            let error = read(invalid).expect_err("out of range");
+            assert!(error.contains("rounds_in_flight"), "{error}");
+        }
     }
 }

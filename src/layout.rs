@@ -143,6 +143,7 @@ pub fn store_config(config: &Config, dir: PathBuf) -> StoreConfig {
     store.limits = store_limits(config);
     store.segment_bytes_max = config.storage.segment_bytes_max;
     store.segment_prepare_bytes = config.storage.segment_prepare_bytes;
+    store.rounds_in_flight = config.storage.rounds_in_flight;
     store.compaction_dead_bytes_min = config.storage.compaction_dead_bytes_min;
     store.compaction_dead_percent_min = config.storage.compaction_dead_percent_min;
     store

@@ -7,7 +7,7 @@
 use libfuzzer_sys::fuzz_target;
 use stead_storage::codec::{
     decode_manifest, decode_record, encode_batch, encode_manifest, encode_record, DecodedOp,
-    PayloadReader, RECORD_HEADER_BYTES,
+    PayloadReader, FORMAT_VERSION, RECORD_HEADER_BYTES,
 };
 use stead_storage::Op;
 
@@ -15,7 +15,13 @@ fuzz_target!(|data: &[u8]| {
     if let Ok((header, payload)) = decode_record(data) {
         let length = header.length as usize;
         assert_eq!(length, RECORD_HEADER_BYTES + payload.len());
-        let encoded = encode_record(header.seq, header.segment, header.batch_count, payload);
+        let encoded = encode_record(
+            header.seq,
+            header.segment,
+            header.batch_count,
+            header.overlapped,
+            payload,
+        );
         assert_eq!(&encoded[..length], &data[..length], "record does not re-encode");
         assert!(encoded[length..].iter().all(|byte| *byte == 0), "padding is zeros");
     }
@@ -49,10 +55,18 @@ fuzz_target!(|data: &[u8]| {
         consumed = end;
     }
 
-    if let Ok(manifest) = decode_manifest(data) {
+    if let Ok((version, manifest)) = decode_manifest(data) {
         let encoded = encode_manifest(&manifest);
-        let length = 16 + 12 + 8 * manifest.base_segments.len();
-        assert_eq!(&encoded[..length], &data[..length], "manifest does not re-encode");
+        // An older version's manifest re-encodes as the current version, with the same data.
+        if version == FORMAT_VERSION {
+            let length = 16 + 12 + 8 * manifest.base_segments.len();
+            assert_eq!(&encoded[..length], &data[..length], "manifest does not re-encode");
+        }
+        assert_eq!(
+            decode_manifest(&encoded),
+            Ok((FORMAT_VERSION, manifest)),
+            "manifest does not round-trip"
+        );
     }
 });
 

@@ -61,6 +61,8 @@ struct RecordInput {
     /// Another segment id than the file's, for records in the wrong file.
     foreign_segment: Option<u8>,
     batch_count_override: Option<u8>,
+    /// Marked as written beside the round before it (two rounds in flight).
+    overlapped: bool,
     batches: Vec<BatchInput>,
 }
 
@@ -124,7 +126,13 @@ fn file_bytes(id: u64, content: &ContentInput, next_seq: &mut u64) -> Vec<u8> {
             .batch_count_override
             .map_or(record.batches.len() as u32, u32::from);
         let segment = record.foreign_segment.map_or(id, u64::from);
-        bytes.extend(encode_record(seq, segment, count, &payload));
+        bytes.extend(encode_record(
+            seq,
+            segment,
+            count,
+            record.overlapped,
+            &payload,
+        ));
         *next_seq = seq.saturating_add(u64::from(count.max(1)));
     }
     if !bytes.is_empty() {
@@ -162,6 +170,11 @@ impl DiskFile for MemFile {
             bytes[start..start + data.len()].copy_from_slice(data);
             Ok(data.len())
         })
+    }
+
+    /// In memory every write is as durable as it gets.
+    fn write_durable_at<'a>(&'a self, offset: u64, data: &'a [u8]) -> IoFuture<'a, usize> {
+        self.write_at(offset, data)
     }
 
     fn read_at(&self, offset: u64, len: usize) -> IoFuture<'_, Vec<u8>> {

@@ -16,8 +16,16 @@ pub const RECORD_HEADER_BYTES: usize = 32;
 const RECORD_CRC_OFFSET: usize = 28;
 /// "STMF": marks the manifest block.
 pub const MANIFEST_MAGIC: u32 = 0x5354_4D46;
-/// The manifest format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The manifest format this build writes. Version 2 adds the overlap flag to record headers
+/// (`RECORD_OVERLAPPED`); a version 1 store reads the same, and its manifest is rewritten as
+/// version 2 before the first flagged record, so an older build refuses it by the version.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest manifest format this build reads.
+pub const FORMAT_VERSION_MIN: u32 = 1;
+/// Top bit of a record header's batch-count word: the record was written while the round
+/// before it was still in flight, so that round may be missing after a crash (see
+/// `DESIGN.md`, "Two rounds in flight"). Batch counts never come near it.
+const RECORD_OVERLAPPED: u32 = 1 << 31;
 /// Bytes of the manifest header: magic, version, payload length, crc.
 const MANIFEST_HEADER_BYTES: usize = 16;
 /// The largest segment id of the format, one limit for allocation, for the segment file names
@@ -56,21 +64,39 @@ pub struct RecordHeader {
     pub segment: u64,
     /// How many batches the payload holds.
     pub batch_count: u32,
+    /// Written while the round before it was still in flight.
+    pub overlapped: bool,
 }
 
-/// Builds a whole record: header, payload, zero padding to the block boundary.
-pub fn encode_record(seq: u64, segment: u64, batch_count: u32, payload: &[u8]) -> Vec<u8> {
+/// Builds a whole record: header, payload, zero padding to the block boundary. `overlapped`
+/// marks a log record written while the previous round's write was still in flight.
+pub fn encode_record(
+    seq: u64,
+    segment: u64,
+    batch_count: u32,
+    overlapped: bool,
+    payload: &[u8],
+) -> Vec<u8> {
     let length = RECORD_HEADER_BYTES + payload.len();
     assert!(
         length <= u32::MAX as usize,
         "record of {length} bytes does not fit its header"
     );
+    assert!(
+        batch_count < RECORD_OVERLAPPED,
+        "{batch_count} batches do not fit a record header"
+    );
+    let flagged_count = if overlapped {
+        batch_count | RECORD_OVERLAPPED
+    } else {
+        batch_count
+    };
     let mut out = Vec::with_capacity(block_align_up(length));
     out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
     out.extend_from_slice(&(length as u32).to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&segment.to_le_bytes());
-    out.extend_from_slice(&batch_count.to_le_bytes());
+    out.extend_from_slice(&flagged_count.to_le_bytes());
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&out[..RECORD_CRC_OFFSET]);
     hasher.update(payload);
@@ -110,11 +136,13 @@ pub fn decode_record(bytes: &[u8]) -> Result<(RecordHeader, &[u8]), DecodeError>
             "crc {crc:#010x} does not match stored {stored_crc:#010x}"
         )));
     }
+    let flagged_count = read_u32(bytes, 24);
     let header = RecordHeader {
         length: length as u32,
         seq: read_u64(bytes, 8),
         segment: read_u64(bytes, 16),
-        batch_count: read_u32(bytes, 24),
+        batch_count: flagged_count & !RECORD_OVERLAPPED,
+        overlapped: flagged_count & RECORD_OVERLAPPED != 0,
     };
     Ok((header, &bytes[RECORD_HEADER_BYTES..length]))
 }
@@ -330,8 +358,8 @@ pub enum ManifestError {
     UnknownVersion(u32),
 }
 
-/// Decodes and verifies a manifest block.
-pub fn decode_manifest(bytes: &[u8]) -> Result<ManifestData, ManifestError> {
+/// Decodes and verifies a manifest block; returns its format version and contents.
+pub fn decode_manifest(bytes: &[u8]) -> Result<(u32, ManifestData), ManifestError> {
     let damaged = |why: String| ManifestError::Damaged(why);
     if bytes.len() < MANIFEST_HEADER_BYTES {
         return Err(damaged(format!(
@@ -343,7 +371,7 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<ManifestData, ManifestError> {
         return Err(damaged(format!("bad magic {:#010x}", read_u32(bytes, 0))));
     }
     let version = read_u32(bytes, 4);
-    if version != FORMAT_VERSION {
+    if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&version) {
         return Err(ManifestError::UnknownVersion(version));
     }
     let length = read_u32(bytes, 8) as usize;
@@ -371,10 +399,13 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<ManifestData, ManifestError> {
             "segment id {id} is above the largest the format allows, {SEGMENT_ID_MAX}"
         )));
     }
-    Ok(ManifestData {
-        log_start,
-        base_segments,
-    })
+    Ok((
+        version,
+        ManifestData {
+            log_start,
+            base_segments,
+        },
+    ))
 }
 
 fn to_array<const N: usize>(bytes: &[u8]) -> [u8; N] {
@@ -417,7 +448,7 @@ mod tests {
             puts.push((offset, crc))
         });
         assert_eq!(payload.len(), batch_encoded_bytes(&ops));
-        let record = encode_record(9, 3, 1, &payload);
+        let record = encode_record(9, 3, 1, false, &payload);
         assert_eq!(record.len(), BLOCK_BYTES);
         let (header, decoded) = decode_record(&record).expect("record verifies");
         assert_eq!(header.seq, 9);
@@ -443,8 +474,19 @@ mod tests {
     }
 
     #[test]
+    fn overlap_flag_roundtrips_apart_from_the_batch_count() {
+        for overlapped in [false, true] {
+            let record = encode_record(7, 2, 3, overlapped, b"abc");
+            let (header, payload) = decode_record(&record).expect("decodes");
+            assert_eq!(header.batch_count, 3);
+            assert_eq!(header.overlapped, overlapped);
+            assert_eq!(payload, b"abc");
+        }
+    }
+
+    #[test]
     fn damaged_record_is_rejected() {
-        let mut record = encode_record(1, 1, 0, b"");
+        let mut record = encode_record(1, 1, 0, false, b"");
         record[30] ^= 1;
         assert!(decode_record(&record).is_err());
         assert!(decode_record(&record[..10]).is_err());
@@ -457,7 +499,7 @@ mod tests {
             base_segments: vec![3, 4],
         };
         let mut bytes = encode_manifest(&manifest);
-        assert_eq!(decode_manifest(&bytes), Ok(manifest));
+        assert_eq!(decode_manifest(&bytes), Ok((FORMAT_VERSION, manifest)));
         bytes[4] = 9;
         assert_eq!(
             decode_manifest(&bytes),

@@ -50,6 +50,10 @@ pub struct StoreConfig {
     /// commits overwrite existing blocks instead of growing the file (at most the segment
     /// size; 0 turns preparation off: each round's durable write then also grows the file).
     pub segment_prepare_bytes: u64,
+    /// How many group-commit rounds the log writer keeps in flight: 2 starts the next round's
+    /// durable write while the one before it is still in the device; 1 waits for each. More
+    /// than 2 is taken as 2 (recovery's tail rule covers no more).
+    pub rounds_in_flight: u8,
     /// Values up to this size stay in memory; larger ones are read from disk on demand.
     pub inline_value_bytes_max: usize,
     /// Compaction starts once this many bytes in sealed segments are dead ...
@@ -69,6 +73,7 @@ impl StoreConfig {
             limits: Limits::default(),
             segment_bytes_max: 64 * 1024 * 1024,
             segment_prepare_bytes: 4 * 1024 * 1024,
+            rounds_in_flight: 2,
             inline_value_bytes_max: 256,
             compaction_dead_bytes_min: 64 * 1024 * 1024,
             compaction_dead_percent_min: 50,

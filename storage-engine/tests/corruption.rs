@@ -257,22 +257,22 @@ fn unknown_manifest_version_is_refused() {
         let original = std::fs::read(&manifest).expect("read manifest");
 
         let mut future = original.clone();
-        future[4..8].copy_from_slice(&2u32.to_le_bytes());
+        future[4..8].copy_from_slice(&3u32.to_le_bytes());
         std::fs::write(&manifest, &future).expect("write manifest");
         match open(&path, RecoveryMode::Strict).await {
             Err(
                 error @ StoreError::UnknownFormatVersion {
-                    found: 2,
-                    supported: 1,
+                    found: 3,
+                    supported: 2,
                     ..
                 },
             ) => {
                 let message = error.to_string();
                 assert!(message.contains("MANIFEST"), "{message}");
-                assert!(message.contains("format version 2"), "{message}");
+                assert!(message.contains("format version 3"), "{message}");
             }
             Err(other) => panic!("expected an unknown version, got {other}"),
-            Ok(_) => panic!("a manifest of version 2 opened"),
+            Ok(_) => panic!("a manifest of version 3 opened"),
         }
 
         let mut damaged = original.clone();

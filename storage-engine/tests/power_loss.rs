@@ -21,8 +21,13 @@ const ROUNDS: usize = 30;
 const CRASH_WINDOW_OPS: u64 = 220;
 const OBJECTS: u8 = 6;
 
-/// Where power cuts fell, by operation and file kind (`Write log`, `Rename MANIFEST.tmp`, ...).
+/// Where power cuts fell, by operation and file kind (`Write log`, `Rename MANIFEST.tmp`, ...),
+/// and how often the two-rounds-in-flight path ran and was cut.
 type Coverage = BTreeMap<String, u64>;
+/// Coverage key: rounds written while the one before was still in flight.
+const OVERLAPPED_ROUNDS: &str = "overlapped rounds";
+/// Coverage key, reported only: torn tails cut at reopen with the second round after them.
+const OVERLAPPED_TAILS: &str = "overlapped tails cut";
 
 fn crash_mode(rng: &mut SimRng) -> CrashMode {
     match rng.below(3) {
@@ -45,6 +50,8 @@ fn config(rng: &mut SimRng) -> StoreConfig {
     // Off, a window smaller than a segment (the preparer fills while the writer appends),
     // and the default (whole segments prepared at rotation).
     config.segment_prepare_bytes = [0, 4 * 1024, 8 * 1024, 4 << 20][rng.below(4) as usize];
+    // Mostly two rounds in flight (the default), some runs one at a time.
+    config.rounds_in_flight = if rng.chance(25) { 1 } else { 2 };
     if rng.chance(30) {
         config.compaction_automatic = true;
         config.compaction_dead_bytes_min = 8 * 1024;
@@ -93,6 +100,8 @@ async fn power_loss_case(seed: u64, coverage: &mut Coverage) {
             sim.epoch() != before
         })
         .await;
+        *coverage.entry(OVERLAPPED_ROUNDS.to_string()).or_default() +=
+            store.stats().overlapped_rounds_total;
         if sim.epoch() == before {
             assert!(
                 outcome.refused.is_none() && outcome.durable_errors.is_empty(),
@@ -111,6 +120,8 @@ async fn power_loss_case(seed: u64, coverage: &mut Coverage) {
             sim.crash_at(sim.ops_total() + 1 + rng.below(12), crash_mode(&mut rng));
         }
         store = reopen(&sim, &config, &case).await;
+        *coverage.entry(OVERLAPPED_TAILS.to_string()).or_default() +=
+            store.stats().overlapped_tails_cut;
         let recovered = match dump(&store).await {
             Ok(recovered) => recovered,
             Err(error) => panic!("{case}: reading the recovered store: {error}"),
@@ -162,7 +173,8 @@ fn seeds(range: std::ops::Range<u64>) -> Coverage {
     receiver.recv().expect("the executor sends its coverage")
 }
 
-/// Asserts that cuts fell inside every step the crash-safety argument depends on.
+/// Asserts that cuts fell inside every step the crash-safety argument depends on, and that
+/// rounds overlapped (cuts between two overlapped rounds are `rounds_in_flight.rs`'s aim).
 fn assert_covers(coverage: &Coverage) {
     let required = [
         "Write log",
@@ -174,6 +186,7 @@ fn assert_covers(coverage: &Coverage) {
         "Write MANIFEST.tmp",
         "Rename MANIFEST.tmp",
         "Remove log",
+        OVERLAPPED_ROUNDS,
     ];
     for step in required {
         assert!(

@@ -410,8 +410,13 @@ impl<'a> BaseWriter<'a> {
         let Some(current) = self.files.last_mut() else {
             unreachable!("start_file added one")
         };
-        let record =
-            codec::encode_record(self.seal_seq, current.id, self.batch_count, &self.payload);
+        let record = codec::encode_record(
+            self.seal_seq,
+            current.id,
+            self.batch_count,
+            false,
+            &self.payload,
+        );
         let offset = current.written_bytes;
         assert!(
             offset + record.len() as u64 <= u64::from(u32::MAX),

@@ -200,14 +200,18 @@ impl Signal {
     }
 
     pub fn wait(&self) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(move |cx| {
-            if self.notified.replace(false) {
-                Poll::Ready(())
-            } else {
-                *self.waker.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
+        std::future::poll_fn(move |cx| self.poll_notified(cx))
+    }
+
+    /// Ready (and consumed) if notified since the last wait; otherwise wakes `cx` at the next
+    /// notification.
+    pub fn poll_notified(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.notified.replace(false) {
+            Poll::Ready(())
+        } else {
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        }
     }
 }
 

@@ -4,10 +4,15 @@
 //! round changes no file metadata and costs the device one write and its flush.
 //!
 //! There is no timer: while a write is in flight, new commits queue up, and the next round
-//! takes all of them at once. A failed or short write poisons the store: every queued batch
-//! fails, nothing is retried.
+//! takes all of them at once. Up to two rounds are in flight at once (`rounds_in_flight`),
+//! published in order. A failed or short write poisons the store: every queued batch fails,
+//! nothing is retried.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::{Rc, Weak};
+use std::task::Poll;
 use std::time::Instant;
 
 use super::durable::Signal;
@@ -47,12 +52,13 @@ pub struct PendingBatch {
 pub struct Writer {
     pub segment: u64,
     pub file: Rc<dyn DiskFile>,
-    /// Where the next record starts: the end of the last durable record, block-aligned.
+    /// Where the next record starts: the end of the last record written or in flight,
+    /// block-aligned.
     pub offset: u64,
     /// Every byte below this is durable on disk, the file's size included: zeros the
     /// preparer wrote and synced, or records. A record that ends below it changes no metadata.
     pub prepared_end: u64,
-    /// The end of the record being written, while one is: the preparer starts no zero fill
+    /// The end of the last record in flight, while one is: the preparer starts no zero fill
     /// below it.
     pub writing_end: Option<u64>,
     /// The range the preparer is zero-filling, while it is: the writer writes nothing into
@@ -83,41 +89,141 @@ impl Writer {
     }
 }
 
+/// The most rounds the writer keeps in flight. Recovery's tail rule (`DESIGN.md`, "Two rounds
+/// in flight") is argued for this number and no more.
+pub const ROUNDS_IN_FLIGHT_MAX: u8 = 2;
+
+/// The durable write of one round, owning what it writes.
+type RoundWrite = Pin<Box<dyn Future<Output = Result<u64, StoreError>>>>;
+
+/// A round whose durable write was issued and whose durability is not yet published.
+struct Round {
+    group: Vec<PendingBatch>,
+    segment: u64,
+    last_seq: u64,
+    /// Where the record starts, its length with padding, and its payload's length.
+    offset: u64,
+    record_bytes: u64,
+    payload_bytes: usize,
+    /// Where each batch of `group` starts inside the payload.
+    batch_offsets: Vec<usize>,
+    /// The write while it runs; polled by the writer task itself, so its completion costs no
+    /// hop through another task.
+    write: Option<RoundWrite>,
+    /// How the write ended (its time in microseconds), once it has.
+    outcome: Option<Result<u64, StoreError>>,
+}
+
 /// The writer task. Holds the store only weakly while idle, so dropping every handle ends it.
+///
+/// With `rounds_in_flight_max` 2, the next round's durable write is issued while the one
+/// before it is still in the device, so the device never waits for the core to encode a round
+/// and the core never waits for the device to start the next. Rounds are published in the
+/// order they started: a batch is durable only once every batch before it is.
 pub async fn run_writer(inner: Weak<Inner>, signal: Rc<Signal>) {
+    let mut in_flight: VecDeque<Round> = VecDeque::new();
     loop {
         let Some(store) = inner.upgrade() else { return };
-        let (has_pending, closed) = {
-            let state = store.state.borrow();
-            (!state.pending.is_empty() && !state.poisoned, state.closed)
-        };
-        if has_pending {
-            store.state.borrow_mut().writing = true;
-            let written = write_group(&store).await;
-            store.state.borrow_mut().writing = false;
-            store.idle.wake_all();
-            match written {
+        while in_flight
+            .front()
+            .is_some_and(|round| round.outcome.is_some())
+        {
+            let Some(mut round) = in_flight.pop_front() else {
+                break;
+            };
+            let outcome = round.outcome.take().unwrap_or(Err(StoreError::Poisoned));
+            let finished = outcome.and_then(|micros| finish_round(&store, round, micros));
+            match finished {
                 Ok(()) => compaction::start_if_due(&store),
-                // Poisoned meanwhile (by a compaction): the failure is already reported.
+                // Poisoned meanwhile: the failure is already reported.
                 Err(StoreError::Poisoned) => {}
                 Err(error) => poison(&store, &error),
             }
+        }
+
+        if may_start_round(&store, &in_flight) {
+            store.state.borrow_mut().writing = true;
+            match start_round(&store, !in_flight.is_empty()).await {
+                Ok(Some(round)) => in_flight.push_back(round),
+                Ok(None) | Err(StoreError::Poisoned) => {}
+                Err(error) => poison(&store, &error),
+            }
+        }
+        if in_flight.is_empty() {
+            let (writing, closed, has_pending) = {
+                let mut state = store.state.borrow_mut();
+                let writing = std::mem::replace(&mut state.writing, false);
+                let has_pending = !state.pending.is_empty() && !state.poisoned;
+                (writing, state.closed, has_pending)
+            };
+            if writing {
+                store.idle.wake_all();
+            }
+            if has_pending {
+                continue;
+            }
+            if closed {
+                return;
+            }
+            drop(store);
+            signal.wait().await;
             continue;
         }
-        if closed {
-            return;
-        }
-        drop(store);
-        signal.wait().await;
+        // Rounds are in flight: poll their writes (the first poll submits a new one) until one
+        // ends or a commit or close signals, holding the store so no write is dropped midway.
+        let room = in_flight.len() < usize::from(store.state.borrow().rounds_in_flight_max);
+        std::future::poll_fn(|cx| {
+            let mut ended = false;
+            for round in in_flight.iter_mut() {
+                let Some(write) = round.write.as_mut() else {
+                    continue;
+                };
+                if let Poll::Ready(outcome) = write.as_mut().poll(cx) {
+                    round.outcome = Some(outcome);
+                    round.write = None;
+                    ended = true;
+                }
+            }
+            if ended || (room && signal.poll_notified(cx).is_ready()) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
     }
 }
 
-/// Writes one round: takes the queued batches of one segment, appends them as one record,
-/// fdatasyncs, then publishes durability.
-async fn write_group(inner: &Inner) -> Result<(), StoreError> {
+/// Whether the writer can start a round now: batches are queued, the store is healthy and,
+/// beside rounds in flight, there is room for one more in the same segment (a round never
+/// overlaps a rotation, so a sealed segment ends in a record that was durable before the
+/// next segment got one) with no zero fill in flight in that segment.
+fn may_start_round(inner: &Inner, in_flight: &VecDeque<Round>) -> bool {
+    let state = inner.state.borrow();
+    let Some(next) = state.pending.front() else {
+        return false;
+    };
+    if state.poisoned || in_flight.len() >= usize::from(state.rounds_in_flight_max.max(1)) {
+        return false;
+    }
+    match in_flight.back() {
+        None => true,
+        Some(last) => {
+            next.segment == last.segment
+                && state.writer.as_ref().is_some_and(|writer| {
+                    writer.segment == last.segment && writer.filling.is_none()
+                })
+        }
+    }
+}
+
+/// Starts one round: takes the queued batches of one segment, encodes them as one record,
+/// reserves its place in the segment and creates its durable write (submitted at its first
+/// poll). `overlapped`: another round is still in flight, which the record's header says.
+async fn start_round(inner: &Inner, overlapped: bool) -> Result<Option<Round>, StoreError> {
     let group = take_group(inner);
     let Some(first) = group.first() else {
-        return Ok(());
+        return Ok(None);
     };
     let segment = first.segment;
     let first_seq = first.seq;
@@ -139,6 +245,7 @@ async fn write_group(inner: &Inner) -> Result<(), StoreError> {
         .as_ref()
         .map(|writer| writer.segment);
     if writer_segment != Some(segment) {
+        debug_assert!(!overlapped, "a round in flight never spans a rotation");
         rotate(inner, segment).await?;
     }
     let (file, offset) = {
@@ -156,7 +263,7 @@ async fn write_group(inner: &Inner) -> Result<(), StoreError> {
         batch_offsets.push(payload.len());
         payload.extend_from_slice(&batch.encoded);
     }
-    let record = codec::encode_record(first_seq, segment, group.len() as u32, &payload);
+    let record = codec::encode_record(first_seq, segment, group.len() as u32, overlapped, &payload);
     assert_eq!(
         offset % codec::BLOCK_BYTES as u64,
         0,
@@ -180,55 +287,87 @@ async fn write_group(inner: &Inner) -> Result<(), StoreError> {
                 })
         })
         .await;
-    if let Some(writer) = inner.state.borrow_mut().writer.as_mut() {
-        writer.writing_end = Some(record_end);
+    {
+        let mut state = inner.state.borrow_mut();
+        if state.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        if let Some(writer) = state.writer.as_mut() {
+            // The place is taken now: a round started before this one ends is written after it.
+            writer.offset = record_end;
+            writer.writing_end = Some(record_end);
+        }
+        state.stats.overlapped_rounds_total += u64::from(overlapped);
     }
-    let started = Instant::now();
-    let written = file
-        .write_durable_at(offset, &record)
-        .await
-        .map_err(|source| io_error("durable write", file.name(), source))?;
-    if written != record.len() {
-        return Err(io_error(
-            "durable write",
-            file.name(),
-            std::io::Error::other(format!("short write: {written} of {} bytes", record.len())),
-        ));
-    }
-    let micros = started.elapsed().as_micros() as u64;
+    let record_bytes = record.len() as u64;
+    let write: RoundWrite = Box::pin(async move {
+        let started = Instant::now();
+        let written = file
+            .write_durable_at(offset, &record)
+            .await
+            .map_err(|source| io_error("durable write", file.name(), source))?;
+        if written != record.len() {
+            return Err(io_error(
+                "durable write",
+                file.name(),
+                std::io::Error::other(format!("short write: {written} of {} bytes", record.len())),
+            ));
+        }
+        Ok(started.elapsed().as_micros() as u64)
+    });
+    Ok(Some(Round {
+        group,
+        segment,
+        last_seq,
+        offset,
+        record_bytes,
+        payload_bytes,
+        batch_offsets,
+        write: Some(write),
+        outcome: None,
+    }))
+}
 
+/// Publishes a round whose durable write succeeded, after every round before it: the
+/// prepared end moves past it, large values point at their place on disk, and its batches
+/// become durable.
+fn finish_round(inner: &Inner, round: Round, micros: u64) -> Result<(), StoreError> {
     let mut state = inner.state.borrow_mut();
     let state = &mut *state;
     if state.poisoned {
-        // A compaction failed meanwhile and took these batches out of the index along with
-        // every other one not yet durable: reporting them durable now would acknowledge
-        // writes that reads no longer show. They may still be found after a restart, as any
-        // unacknowledged write may.
+        // A compaction (or the round before) failed meanwhile and took these batches out of
+        // the index along with every other one not yet durable: reporting them durable now
+        // would acknowledge writes that reads no longer show. They may still be found after a
+        // restart, as any unacknowledged write may.
         return Err(StoreError::Poisoned);
     }
+    let record_end = round.offset + round.record_bytes;
+    let segment = round.segment;
     if let Some(writer) = state.writer.as_mut() {
-        writer.offset += record.len() as u64;
-        writer.prepared_end = writer.prepared_end.max(writer.offset);
-        writer.writing_end = None;
+        if writer.segment == segment {
+            writer.prepared_end = writer.prepared_end.max(record_end);
+            if writer.writing_end == Some(record_end) {
+                writer.writing_end = None;
+            }
+        }
     }
     if state.active_segment == segment {
         // Commits decide when to move to a new segment by the bytes they assigned to it, but
         // each round also adds a header and pads to a block: without this, rounds of one small
         // batch would grow a segment to 4 KiB per batch, far past `segment_bytes_max`.
-        let on_disk = state.writer.as_ref().map_or(0, |writer| writer.offset);
-        state.active_assigned_bytes = state.active_assigned_bytes.max(on_disk);
+        state.active_assigned_bytes = state.active_assigned_bytes.max(record_end);
     }
     if let Some(segment_entry) = state.segments.by_id.get_mut(&segment) {
-        segment_entry.written_bytes += record.len() as u64;
+        segment_entry.written_bytes += round.record_bytes;
         // Without padding: the figure compaction's trigger counts (see `Segment`).
-        segment_entry.record_bytes += (RECORD_HEADER_BYTES + payload.len()) as u64;
+        segment_entry.record_bytes += (RECORD_HEADER_BYTES + round.payload_bytes) as u64;
     }
     state.stats.record_fdatasync(micros);
-    state.stats.record_group(group.len() as u64);
-    state.stats.bytes_written_total += record.len() as u64;
-    for (batch, batch_offset) in group.iter().zip(batch_offsets) {
+    state.stats.record_group(round.group.len() as u64);
+    state.stats.bytes_written_total += round.record_bytes;
+    for (batch, batch_offset) in round.group.iter().zip(round.batch_offsets) {
         for large in &batch.large_values {
-            let value_offset = offset
+            let value_offset = round.offset
                 + (RECORD_HEADER_BYTES + batch_offset) as u64
                 + u64::from(large.offset_in_batch);
             let on_disk = Entry::OnDisk {
@@ -246,8 +385,8 @@ async fn write_group(inner: &Inner) -> Result<(), StoreError> {
                 .relocate(&batch.object, &large.key, still_pending);
         }
     }
-    state.undo.durable(last_seq);
-    inner.durable.advance(last_seq);
+    state.undo.durable(round.last_seq);
+    inner.durable.advance(round.last_seq);
     // The writer moved on: the preparer may have room to fill again.
     inner.prepare_signal.notify();
     Ok(())

@@ -9,8 +9,8 @@ use super::segments::{MANIFEST_NAME, MANIFEST_TMP_NAME};
 use crate::codec::{self, ManifestData, ManifestError, FORMAT_VERSION};
 use crate::{Disk, StoreError};
 
-/// Reads and verifies the manifest.
-pub async fn read(disk: &dyn Disk) -> Result<ManifestData, StoreError> {
+/// Reads and verifies the manifest; returns its format version and contents.
+pub async fn read(disk: &dyn Disk) -> Result<(u32, ManifestData), StoreError> {
     let file = disk
         .open_file(MANIFEST_NAME, false)
         .await

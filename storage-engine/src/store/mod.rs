@@ -116,10 +116,12 @@ struct State {
     closed: bool,
     /// True while a compaction runs, so two never overlap.
     compacting: bool,
-    /// True while the writer has a group in flight, so `close` can wait for it.
+    /// True while the writer has a round in flight, so `close` can wait for it.
     writing: bool,
     /// True while the preparer has a zero fill in flight, so `close` can wait for it.
     preparing: bool,
+    /// How many rounds the writer may keep in flight (1 or 2; see `log`).
+    rounds_in_flight_max: u8,
 }
 
 impl State {

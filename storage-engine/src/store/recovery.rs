@@ -4,7 +4,7 @@
 use std::rc::Rc;
 
 use super::index::{Entry, Index};
-use super::log::Writer;
+use super::log::{Writer, ROUNDS_IN_FLIGHT_MAX};
 use super::manifest;
 use super::segments::{
     parse_segment_file_name, segment_file_name, Segment, SegmentKind, Segments, MANIFEST_NAME,
@@ -12,7 +12,8 @@ use super::segments::{
 };
 use super::{io_error, State, StoreStats};
 use crate::codec::{
-    self, DecodedOp, ManifestData, PayloadReader, BLOCK_BYTES, RECORD_HEADER_BYTES, SEGMENT_ID_MAX,
+    self, DecodedOp, ManifestData, PayloadReader, BLOCK_BYTES, FORMAT_VERSION, RECORD_HEADER_BYTES,
+    SEGMENT_ID_MAX,
 };
 use crate::{Disk, DiskFile, ObjectId, RecoveryMode, StoreConfig, StoreError};
 
@@ -33,6 +34,11 @@ pub struct Recovered {
     pub losses: u64,
     /// Set when the store could not be created: it opens poisoned, with this as the reason.
     pub unwritable: Option<StoreError>,
+    /// How many rounds the writer may keep in flight: the configured number, or 1 while the
+    /// manifest still names a format that has no overlap flag (its upgrade failed).
+    rounds_in_flight_max: u8,
+    /// Torn tails cut that held a record of a second round in flight.
+    overlapped_tails_cut: u64,
 }
 
 impl Recovered {
@@ -48,12 +54,16 @@ impl Recovered {
             writer: self.writer,
             next_segment_id: self.next_segment_id,
             manifest: self.manifest,
-            stats: StoreStats::default(),
+            stats: StoreStats {
+                overlapped_tails_cut: self.overlapped_tails_cut,
+                ..StoreStats::default()
+            },
             poisoned: self.unwritable.is_some(),
             closed: false,
             compacting: false,
             writing: false,
             preparing: false,
+            rounds_in_flight_max: self.rounds_in_flight_max,
         }
     }
 }
@@ -76,7 +86,7 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
     files.sort_by_key(|(kind, id)| (*id, *kind == SegmentKind::Log));
     check_segment_ids(&files)?;
 
-    let manifest = if names.iter().any(|name| name == MANIFEST_NAME) {
+    let (manifest_version, manifest) = if names.iter().any(|name| name == MANIFEST_NAME) {
         manifest::read(disk).await?
     } else if files.is_empty() {
         let fresh = ManifestData {
@@ -99,9 +109,11 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
                 next_seq: 1,
                 losses: 0,
                 unwritable: Some(error),
+                rounds_in_flight_max: 1,
+                overlapped_tails_cut: 0,
             });
         }
-        fresh
+        (FORMAT_VERSION, fresh)
     } else {
         return Err(StoreError::Corruption {
             file: MANIFEST_NAME.to_string(),
@@ -159,6 +171,7 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
         max_seq: 0,
         losses: 0,
         record_bytes: 0,
+        overlapped_tails_cut: 0,
     };
     let mut writer = None;
     // Bases first (they hold the oldest state), then the log in id order.
@@ -204,6 +217,23 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
         Some(writer) => (writer.segment, writer.offset),
         None => (manifest.log_start, 0),
     };
+    let mut rounds_in_flight_max = config.rounds_in_flight.clamp(1, ROUNDS_IN_FLIGHT_MAX);
+    if manifest_version < FORMAT_VERSION {
+        // The records read the same in both versions; only overlapped records (written by
+        // this version) are new, and a build of the older version must refuse the store by
+        // its version before meeting one. So the manifest is rewritten first.
+        match manifest::write(disk, &manifest).await {
+            Ok(_) => tracing::info!(
+                from = manifest_version,
+                to = FORMAT_VERSION,
+                "store format upgraded"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "cannot upgrade the store format; the log writes one round at a time");
+                rounds_in_flight_max = 1;
+            }
+        }
+    }
     Ok(Recovered {
         index: replay.index,
         segments: replay.segments,
@@ -215,6 +245,8 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
         next_seq: replay.last_log_seq.max(replay.max_seq) + 1,
         losses: replay.losses,
         unwritable: None,
+        rounds_in_flight_max,
+        overlapped_tails_cut: replay.overlapped_tails_cut,
     })
 }
 
@@ -261,6 +293,8 @@ struct Replay<'a> {
     /// Bytes of the records of the current file applied so far, without padding: the
     /// segment's `record_bytes`, which the dead-byte figure is counted from.
     record_bytes: u64,
+    /// Torn tails cut with a record of the second round in flight after the damage.
+    overlapped_tails_cut: u64,
 }
 
 impl Replay<'_> {
@@ -332,12 +366,17 @@ impl Replay<'_> {
                     self.losses += 1;
                     offset += BLOCK_BYTES;
                 }
-                Err(reason) if newest && !self.valid_record_after(&bytes, offset, id) => {
+                Err(reason) if newest && self.unacknowledged_tail(&bytes, offset, id) => {
+                    let overlapped = self
+                        .valid_record_from(&bytes, offset + BLOCK_BYTES, id)
+                        .is_some();
+                    self.overlapped_tails_cut += u64::from(overlapped);
                     tracing::warn!(
                         file = %name,
                         offset,
                         bytes = bytes.len() - offset,
                         %reason,
+                        overlapped,
                         "cutting a torn tail off the newest log segment"
                     );
                     end = offset;
@@ -485,17 +524,37 @@ impl Replay<'_> {
         }
     }
 
-    /// Whether a record that verifies starts at a later block: then the damage at `offset` is
-    /// not a torn tail but lost acknowledged data.
-    fn valid_record_after(&self, bytes: &[u8], offset: usize, id: u64) -> bool {
+    /// Whether the damage at `offset` can be what a crash leaves of rounds in flight, none of
+    /// them acknowledged: no record that verifies follows it, or exactly one does, marked as
+    /// written while the round before it was in flight, and numbered past at least one batch
+    /// after the last good record (the damaged round's). The writer keeps at most two rounds
+    /// in flight and acknowledges in order, so the damaged round and that one were both
+    /// unacknowledged. Anything else after the damage proves acknowledged data was lost.
+    fn unacknowledged_tail(&self, bytes: &[u8], offset: usize, id: u64) -> bool {
+        let Some((start, header)) = self.valid_record_from(bytes, offset + BLOCK_BYTES, id) else {
+            return true;
+        };
+        let after = start + codec::block_align_up(header.length as usize);
+        header.overlapped
+            && header.seq > self.last_log_seq + 1
+            && self.valid_record_from(bytes, after, id).is_none()
+    }
+
+    /// The first record at or after block offset `from` that verifies, belongs to segment
+    /// `id` and is numbered past the last good record.
+    fn valid_record_from(
+        &self,
+        bytes: &[u8],
+        from: usize,
+        id: u64,
+    ) -> Option<(usize, codec::RecordHeader)> {
         let magic = codec::RECORD_MAGIC.to_le_bytes();
-        (offset + BLOCK_BYTES..bytes.len())
-            .step_by(BLOCK_BYTES)
-            .any(|start| {
-                bytes[start..].starts_with(&magic)
-                    && codec::decode_record(&bytes[start..]).is_ok_and(|(header, _)| {
-                        header.segment == id && header.seq > self.last_log_seq
-                    })
-            })
+        (from..bytes.len()).step_by(BLOCK_BYTES).find_map(|start| {
+            if !bytes[start..].starts_with(&magic) {
+                return None;
+            }
+            let (header, _) = codec::decode_record(&bytes[start..]).ok()?;
+            (header.segment == id && header.seq > self.last_log_seq).then_some((start, header))
+        })
     }
 }

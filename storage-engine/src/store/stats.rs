@@ -26,6 +26,11 @@ pub struct StoreStats {
     /// Bytes the segment files take on disk, block padding included.
     pub disk_bytes: u64,
     pub compactions_total: u64,
+    /// Rounds whose durable write was issued while the round before it was still in flight.
+    pub overlapped_rounds_total: u64,
+    /// Torn tails recovery cut at open that held a record written beside the damaged round
+    /// (see `DESIGN.md`, "Two rounds in flight").
+    pub overlapped_tails_cut: u64,
     pub poisoned: bool,
 }
 

@@ -186,6 +186,7 @@ fn state_with_next_segment_id(next_segment_id: u64) -> State {
         compacting: false,
         writing: false,
         preparing: false,
+        rounds_in_flight_max: 1,
         undo: Default::default(),
     }
 }
