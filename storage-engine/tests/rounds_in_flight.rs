@@ -10,8 +10,8 @@ use std::path::Path;
 use std::rc::Rc;
 
 use stead_storage::codec::{self, BLOCK_BYTES};
-use stead_storage::sim::{CrashMode, SimDisk, SimRng};
-use stead_storage::{Batch, ObjectId, Op, Store, StoreConfig, StoreError};
+use stead_storage::sim::{CrashMode, Fault, FaultKind, OpKind, SimDisk, SimRng};
+use stead_storage::{Batch, ObjectId, Op, RecoveryMode, Store, StoreConfig, StoreError};
 use support::{run, small_config};
 
 const LOG: &str = "log-0000000000000001";
@@ -105,6 +105,22 @@ fn a_damaged_round_followed_by_its_overlapped_partner_is_cut() {
     });
 }
 
+#[test]
+fn salvage_cuts_the_same_tail_instead_of_keeping_the_partner() {
+    run(|| async {
+        let sim = SimDisk::new(6);
+        write_log(&sim, &[record(1, false), damaged(2), record(3, true)]).await;
+        let mut config = sim_config();
+        config.recovery = RecoveryMode::Salvage;
+        let store = Store::open_with_disk(config, sim.disk())
+            .await
+            .expect("salvage opens");
+        // Keeping k3 without k2 would be a state no order of commits produced.
+        assert_eq!(keys(&store).await, ["k1"]);
+        assert_eq!(store.stats().overlapped_tails_cut, 1);
+    });
+}
+
 /// Opens and expects corruption reported at the damaged record's block.
 async fn expect_refused(sim: &SimDisk, why: &str) {
     match Store::open_with_disk(sim_config(), sim.disk()).await {
@@ -180,16 +196,35 @@ async fn committer(
     }
 }
 
+/// No log segment starts with an overlapped record: a round in flight never spans a rotation,
+/// so every sealed segment ends in a record that was durable before the next one began.
+/// Returns how many segments it looked at.
+fn assert_no_segment_starts_overlapped(sim: &SimDisk, seed: u64) -> u64 {
+    let mut checked = 0;
+    for name in sim.names().iter().filter(|name| name.starts_with("log-")) {
+        let bytes = sim.file_bytes(name).expect("listed");
+        if let Ok((header, _)) = codec::decode_record(&bytes) {
+            assert!(
+                !header.overlapped,
+                "seed {seed}: {name} starts with a record written beside one in another segment"
+            );
+            checked += 1;
+        }
+    }
+    checked
+}
+
 #[test]
 fn power_cuts_under_two_rounds_in_flight_lose_no_acknowledged_commit() {
     run(|| async {
-        let (mut overlapped_rounds, mut tails_cut) = (0, 0);
+        let (mut overlapped_rounds, mut tails_cut, mut first_records_checked) = (0, 0, 0);
         for seed in 0..SEEDS {
             let sim = SimDisk::new(seed);
             sim.set_yield_percent(60);
             let mut rng = SimRng::new(seed ^ 0x5EED);
             let mut config = sim_config();
-            config.segment_bytes_max = 64 * 1024;
+            // Small segments rotate every few rounds, so rounds queue up across rotations.
+            config.segment_bytes_max = [8 * 1024, 64 * 1024][rng.below(2) as usize];
             config.segment_prepare_bytes = [0, 8 * 1024, 64 * 1024][rng.below(3) as usize];
             let store = Rc::new(
                 Store::open_with_disk(config.clone(), sim.disk())
@@ -226,6 +261,7 @@ fn power_cuts_under_two_rounds_in_flight_lose_no_acknowledged_commit() {
                 ),
             };
             tails_cut += store.stats().overlapped_tails_cut;
+            first_records_checked += assert_no_segment_starts_overlapped(&sim, seed);
             for (object, state) in &progress {
                 let Progress { submitted, acked } = *state.borrow();
                 let found = store
@@ -249,6 +285,84 @@ fn power_cuts_under_two_rounds_in_flight_lose_no_acknowledged_commit() {
             tails_cut > 0,
             "no cut left a damaged round before its partner"
         );
+        assert!(
+            first_records_checked > SEEDS,
+            "segments rotated too rarely to tell"
+        );
         eprintln!("overlapped rounds {overlapped_rounds}, overlapped tails cut {tails_cut}");
+    });
+}
+
+/// Rewrites the store's manifest as format 1 wrote it (same contents, version 1).
+async fn downgrade_manifest(sim: &SimDisk) {
+    let mut bytes = sim.file_bytes("MANIFEST").expect("manifest");
+    bytes[4..8].copy_from_slice(&1u32.to_le_bytes());
+    let payload_len = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&bytes[4..12]);
+    hasher.update(&bytes[16..16 + payload_len]);
+    bytes[12..16].copy_from_slice(&hasher.finalize().to_le_bytes());
+    let file = sim.disk().open_file("MANIFEST", false).await.expect("open");
+    file.write_at(0, &bytes).await.expect("write");
+    file.fdatasync().await.expect("sync");
+}
+
+fn manifest_version(sim: &SimDisk) -> u32 {
+    let bytes = sim.file_bytes("MANIFEST").expect("manifest");
+    u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"))
+}
+
+#[test]
+fn a_format_1_store_whose_upgrade_fails_writes_one_round_at_a_time() {
+    run(|| async {
+        let sim = SimDisk::new(5);
+        sim.set_yield_percent(60);
+        let store = Store::open_with_disk(sim_config(), sim.disk())
+            .await
+            .expect("create");
+        store.close().await.expect("close");
+        downgrade_manifest(&sim).await;
+        // The manifest rewrite is the open's only write: it fails, as on a full disk.
+        sim.inject(Fault {
+            op: Some(OpKind::Write),
+            nth: 0,
+            kind: FaultKind::Enospc,
+        });
+        let store = Rc::new(
+            Store::open_with_disk(sim_config(), sim.disk())
+                .await
+                .expect("a format 1 store opens although its upgrade failed"),
+        );
+        sim.clear_faults();
+        assert_eq!(manifest_version(&sim), 1);
+        let mut tasks = Vec::new();
+        for n in 0..COMMITTERS {
+            let progress = Rc::new(RefCell::new(Progress::default()));
+            let rng = SimRng::new(u64::from(n));
+            let task = glommio::spawn_local(committer(store.clone(), [n; 32], progress, rng));
+            tasks.push(task);
+        }
+        // The committers go on until the store refuses; let them run a while, then close.
+        for _ in 0..2000 {
+            futures_lite::future::yield_now().await;
+        }
+        store.close().await.expect("close");
+        for task in tasks {
+            task.await;
+        }
+        let stats = store.stats();
+        assert!(stats.commits_total > 100, "{stats:?}");
+        assert_eq!(
+            stats.overlapped_rounds_total, 0,
+            "no flagged record under a format 1 manifest"
+        );
+        drop(store);
+
+        // The next open upgrades, and rounds may overlap again.
+        let store = Store::open_with_disk(sim_config(), sim.disk())
+            .await
+            .expect("reopen");
+        assert_eq!(manifest_version(&sim), 2);
+        store.close().await.expect("close");
     });
 }

@@ -122,8 +122,17 @@ struct Round {
 /// order they started: a batch is durable only once every batch before it is.
 pub async fn run_writer(inner: Weak<Inner>, signal: Rc<Signal>) {
     let mut in_flight: VecDeque<Round> = VecDeque::new();
+    // The store, kept from one pass to the next while rounds are in flight: dropping every
+    // handle then must not drop a write midway or leave a finished round unpublished.
+    let mut held: Option<Rc<Inner>> = None;
     loop {
-        let Some(store) = inner.upgrade() else { return };
+        let store = match held.take() {
+            Some(store) => store,
+            None => match inner.upgrade() {
+                Some(store) => store,
+                None => return,
+            },
+        };
         while in_flight
             .front()
             .is_some_and(|round| round.outcome.is_some())
@@ -191,6 +200,7 @@ pub async fn run_writer(inner: Weak<Inner>, signal: Rc<Signal>) {
             }
         })
         .await;
+        held = Some(store);
     }
 }
 
@@ -245,7 +255,9 @@ async fn start_round(inner: &Inner, overlapped: bool) -> Result<Option<Round>, S
         .as_ref()
         .map(|writer| writer.segment);
     if writer_segment != Some(segment) {
-        debug_assert!(!overlapped, "a round in flight never spans a rotation");
+        // `may_start_round` starts a second round only in the segment of the first: a round
+        // in flight across a rotation would let a sealed segment end in a damaged record.
+        assert!(!overlapped, "a round in flight never spans a rotation");
         rotate(inner, segment).await?;
     }
     let (file, offset) = {

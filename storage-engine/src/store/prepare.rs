@@ -192,6 +192,8 @@ fn finish_fill(inner: &Inner, fill: &Fill, filled: Filled) {
             poison(inner, &error);
         }
     }
-    // The writer may wait for this fill, and `close` for the preparer to be idle.
+    // The writer may wait for this fill (to start a round, or a second one beside the first),
+    // and `close` for the preparer to be idle.
     inner.idle.wake_all();
+    inner.signal.notify();
 }

@@ -361,11 +361,6 @@ impl Replay<'_> {
                     end = offset;
                     break;
                 }
-                Err(reason) if self.config.recovery == RecoveryMode::Salvage => {
-                    tracing::warn!(file = %name, offset, %reason, "salvage: skipping a record that does not verify");
-                    self.losses += 1;
-                    offset += BLOCK_BYTES;
-                }
                 Err(reason) if newest && self.unacknowledged_tail(&bytes, offset, id) => {
                     let overlapped = self
                         .valid_record_from(&bytes, offset + BLOCK_BYTES, id)
@@ -381,6 +376,11 @@ impl Replay<'_> {
                     );
                     end = offset;
                     break;
+                }
+                Err(reason) if self.config.recovery == RecoveryMode::Salvage => {
+                    tracing::warn!(file = %name, offset, %reason, "salvage: skipping a record that does not verify");
+                    self.losses += 1;
+                    offset += BLOCK_BYTES;
                 }
                 Err(reason) => return Err(corruption(offset, reason)),
             }
@@ -446,8 +446,9 @@ impl Replay<'_> {
         }
         let expected_seq = self.last_log_seq + 1;
         if kind == SegmentKind::Log && self.last_log_seq > 0 && header.seq != expected_seq {
-            // Commits take consecutive numbers and the writer appends them in order, each
-            // group durable before the next begins, so only lost records leave a gap.
+            // Commits take consecutive numbers, the writer publishes groups in order, and a
+            // round left whole after its damaged partner is cut as a torn tail above, so only
+            // lost records leave a gap.
             let missing = header.seq - expected_seq;
             let previous_file = segment_file_name(SegmentKind::Log, self.last_log_segment);
             let file = segment_file_name(SegmentKind::Log, id);
@@ -535,8 +536,11 @@ impl Replay<'_> {
             return true;
         };
         let after = start + codec::block_align_up(header.length as usize);
+        // The last good batch: in the log so far, or, in the first log segment after a
+        // compaction, the base segments' seal.
+        let last_good = self.last_log_seq.max(self.max_seq);
         header.overlapped
-            && header.seq > self.last_log_seq + 1
+            && header.seq > last_good + 1
             && self.valid_record_from(bytes, after, id).is_none()
     }
 
