@@ -27,7 +27,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# BENCH_WAIT_QUIET=1: before each server starts, wait until no cargo or compiler runs on the machine
+# (a shared machine's builds otherwise land in some samples and not others).
+wait_quiet() {
+  [ "${BENCH_WAIT_QUIET:-0}" = 1 ] || return 0
+  local name
+  for name in cargo rustc clippy-driver cc1 cc1plus ld; do
+    while pgrep -x "$name" >/dev/null; do sleep 2; done
+  done
+}
+
 start_stead() { # extra args...
+  wait_quiet
   rm -rf "$WORK/data"
   taskset -c 0 "$BIN" serve --listen 127.0.0.1:$PORT --data-dir "$WORK/data" --cores 1 "$@" \
     >"$WORK/server.log" 2>&1 &
@@ -41,6 +52,7 @@ start_stead() { # extra args...
 stop_stead() { kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=; }
 
 start_redis() {
+  wait_quiet
   rm -rf "$WORK/redis"; mkdir -p "$WORK/redis"
   taskset -c 0 redis-server --port $REDIS_PORT --bind 127.0.0.1 --dir "$WORK/redis" --save '' \
     --appendonly yes --appendfsync always --daemonize no >"$WORK/redis.log" 2>&1 &
