@@ -134,7 +134,7 @@ impl Default for SqlSettings {
     fn default() -> SqlSettings {
         SqlSettings {
             database_bytes_max: 1024 * 1024 * 1024,
-            statement_steps_max: 50_000_000,
+            statement_steps_max: 10_000_000,
             statement_bytes_max: 100_000,
             result_rows_max: 1_000_000,
             result_bytes_max: 32 * 1024 * 1024,
