@@ -582,3 +582,49 @@ fn the_migration_example_brings_an_object_to_the_latest_schema_once() {
     assert_eq!(client.get("/objects/todo/home/items").text(), "buy milk");
     assert_eq!(server.stop(), Some(0));
 }
+
+/// The SQL limiter's alarm deletes the rows that left the window: once they are all gone it
+/// sets no further alarm, and the limiter allows again.
+#[test]
+fn the_sql_rate_limiter_alarm_deletes_rows_older_than_the_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path(), 1, &[]);
+    let mut client = server.client();
+    let path = "/objects/sqlratelimiter/short/check?key=k&limit=5&windowMs=300";
+    for _ in 0..5 {
+        assert_eq!(client.get(path).status, 200);
+    }
+    assert_eq!(client.get(path).status, 429);
+    assert_eq!(server.metric_sum("stead_alarms_pending"), 1.0);
+    let patience = Duration::from_secs(10);
+    assert!(common::wait_until(patience, || {
+        server.metric_sum("stead_alarms_fired_total") >= 1.0
+            && server.metric_sum("stead_alarms_pending") == 0.0
+    }));
+    assert_eq!(server.metric_sum("stead_alarms_failures_total"), 0.0);
+    assert_eq!(client.get(path).status, 200);
+    assert_eq!(server.stop(), Some(0));
+}
+
+/// Changing `--cores` moves an object's SQL pages with its other keys.
+#[test]
+fn a_database_survives_a_change_of_cores() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path(), 1, &[]);
+    let mut client = server.client();
+    for object in 0..6 {
+        let name = format!("moved{object}");
+        let script = "CREATE TABLE t (a); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 500) INSERT INTO t SELECT i FROM n";
+        assert_eq!(exec(&mut client, &name, script, json!([])).status, 200);
+    }
+    assert_eq!(server.stop(), Some(0));
+    let server = TestServer::start(dir.path(), 2, &[]);
+    let mut client = server.client();
+    for object in 0..6 {
+        let name = format!("moved{object}");
+        let sum = rows(&exec(&mut client, &name, "SELECT sum(a) FROM t", json!([])));
+        assert_eq!(sum, json!([[125_250]]), "{name}");
+        assert!(integrity_ok(&mut client, &name));
+    }
+    assert_eq!(server.stop(), Some(0));
+}
