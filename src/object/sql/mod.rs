@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::fallible_iterator::FallibleIterator;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::limits::Limit;
 use rusqlite::{ffi, Connection, OpenFlags, StatementStatus};
 
 pub use cursor::{Cursor, Row, Rows, SqlValue};
@@ -173,6 +174,11 @@ const PRAGMAS_REFUSED_WITH_VALUE: &[&str] = &[
     "writable_schema",
     "cache_spill",
     "journal_size_limit",
+    "cache_size",
+    // Process-wide settings, shared by every object of every core.
+    "soft_heap_limit",
+    "hard_heap_limit",
+    "threads",
 ];
 /// Pragmas refused outright.
 const PRAGMAS_REFUSED: &[&str] = &["temp_store_directory", "data_store_directory"];
@@ -274,6 +280,17 @@ impl Database {
                  PRAGMA max_page_count = {page_count_max};"
             ))
             .map_err(sqlite_error)?;
+        // No string or blob (a `randomblob(n)`, a concatenation) may be larger than a result
+        // may be, so one statement cannot allocate far past the limits; and the statement
+        // text is bounded by SQLite too, for statements that triggers and views build.
+        let value_bytes_max = i32::try_from(settings.result_bytes_max).unwrap_or(i32::MAX);
+        let statement_bytes_max = i32::try_from(settings.statement_bytes_max).unwrap_or(i32::MAX);
+        for (limit, value) in [
+            (Limit::SQLITE_LIMIT_LENGTH, value_bytes_max),
+            (Limit::SQLITE_LIMIT_SQL_LENGTH, statement_bytes_max),
+        ] {
+            connection.set_limit(limit, value).map_err(sqlite_error)?;
+        }
         let database = Database {
             connection,
             storage: storage.downgrade(),

@@ -349,6 +349,19 @@ fn bad_statements_get_clear_errors() {
 }
 
 #[test]
+fn one_value_cannot_grow_past_the_result_bound() {
+    let settings = SqlSettings {
+        result_bytes_max: 1024 * 1024,
+        ..SqlSettings::default()
+    };
+    let storage = Storage::new(Limits::default(), settings);
+    let error = exec(&storage, "SELECT randomblob(100000000)", &[]).expect_err("too big");
+    assert!(error.to_string().contains("too big"), "{error}");
+    let error = exec(&storage, "PRAGMA cache_size = 1000000", &[]).expect_err("refused");
+    assert!(matches!(error, SqlError::Refused { .. }), "{error}");
+}
+
+#[test]
 fn results_are_bounded() {
     let settings = SqlSettings {
         result_rows_max: 1000,
