@@ -152,11 +152,18 @@ impl PageFile {
                 changed(hole, &[0u8; PAGE_BYTES])?;
                 self.pages.push(vec![0u8; PAGE_BYTES].into_boxed_slice());
             }
-            let mut bytes = match self.pages.get(page) {
-                Some(bytes) => bytes.to_vec(),
-                None => vec![0u8; PAGE_BYTES],
+            let bytes = if count == PAGE_BYTES {
+                // A whole page (SQLite's only kind of write to the main file): no need to
+                // start from the old contents.
+                data[done..done + count].to_vec()
+            } else {
+                let mut bytes = match self.pages.get(page) {
+                    Some(bytes) => bytes.to_vec(),
+                    None => vec![0u8; PAGE_BYTES],
+                };
+                bytes[within..within + count].copy_from_slice(&data[done..done + count]);
+                bytes
             };
-            bytes[within..within + count].copy_from_slice(&data[done..done + count]);
             changed(page as u32, &bytes)?;
             if page == self.pages.len() {
                 self.pages.push(bytes.into_boxed_slice());
@@ -224,6 +231,19 @@ mod tests {
         assert!(!file.read(2 * PAGE_BYTES as u64 - 50, &mut buffer));
         assert!(buffer[..50].iter().all(|byte| *byte == 7));
         assert!(buffer[50..].iter().all(|byte| *byte == 0));
+    }
+
+    #[test]
+    fn a_partial_write_keeps_the_rest_of_its_page() {
+        let mut file = PageFile::default();
+        file.write(0, &vec![1u8; PAGE_BYTES], no_error)
+            .expect("no refusal");
+        file.write(100, &[9u8; 10], no_error).expect("no refusal");
+        let mut page = vec![0u8; PAGE_BYTES];
+        assert!(file.read(0, &mut page));
+        assert!(page[..100].iter().all(|byte| *byte == 1));
+        assert!(page[100..110].iter().all(|byte| *byte == 9));
+        assert!(page[110..].iter().all(|byte| *byte == 1));
     }
 
     #[test]
