@@ -171,6 +171,28 @@ impl Row {
             })
     }
 
+    /// The row as a `T`, through serde: the row is read as a map from column name to value
+    /// (integers and reals as numbers, text as strings, blobs as arrays of bytes, null as
+    /// null).
+    pub fn deserialize<T: serde::de::DeserializeOwned>(&self) -> Result<T, SqlError> {
+        let mut fields = serde_json::Map::new();
+        for (column, value) in self.columns.iter().zip(&self.values) {
+            let value = match value {
+                SqlValue::Null => serde_json::Value::Null,
+                SqlValue::Integer(integer) => serde_json::Value::from(*integer),
+                SqlValue::Real(real) => serde_json::Value::from(*real),
+                SqlValue::Text(text) => serde_json::Value::from(text.as_str()),
+                SqlValue::Blob(blob) => serde_json::Value::from(blob.as_slice()),
+            };
+            fields.insert(column.clone(), value);
+        }
+        serde_json::from_value(serde_json::Value::Object(fields)).map_err(|error| {
+            SqlError::Deserialize {
+                message: error.to_string(),
+            }
+        })
+    }
+
     pub fn values(&self) -> &[SqlValue] {
         &self.values
     }
@@ -243,6 +265,11 @@ impl Cursor {
 
     pub fn to_vec(self) -> Vec<Row> {
         self.into_iter().collect()
+    }
+
+    /// Every row as a `T` (see [`Row::deserialize`]).
+    pub fn query_as<T: serde::de::DeserializeOwned>(self) -> Result<Vec<T>, SqlError> {
+        self.into_iter().map(|row| row.deserialize()).collect()
     }
 }
 

@@ -76,6 +76,8 @@ pub enum SqlError {
         column: String,
         expected: &'static str,
     },
+    /// A row did not fit the type asked for in `query_as`.
+    Deserialize { message: String },
     /// The object's storage takes no more writes (it left memory, or a commit failed).
     Unavailable { reason: String },
 }
@@ -118,6 +120,9 @@ impl fmt::Display for SqlError {
             }
             SqlError::WrongType { column, expected } => {
                 write!(f, "column {column} is absent or not {expected}")
+            }
+            SqlError::Deserialize { message } => {
+                write!(f, "a row does not fit the type asked for: {message}")
             }
             SqlError::Unavailable { reason } => write!(f, "storage unavailable: {reason}"),
         }

@@ -485,3 +485,44 @@ fn blank_queries_are_recognised() {
         assert!(!super::is_blank(query), "{query:?}");
     }
 }
+
+#[test]
+fn rows_deserialize_into_types() {
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Item {
+        id: i64,
+        name: String,
+        score: Option<f64>,
+    }
+    let storage = Storage::new(Limits::default(), SqlSettings::default());
+    exec(
+        &storage,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, score REAL);
+         INSERT INTO t VALUES (1, 'a', 0.5), (2, 'b', NULL)",
+        &[],
+    )
+    .expect("create");
+    let items: Vec<Item> = exec(&storage, "SELECT id, name, score FROM t ORDER BY id", &[])
+        .expect("select")
+        .query_as()
+        .expect("rows fit");
+    assert_eq!(
+        items,
+        [
+            Item {
+                id: 1,
+                name: "a".to_string(),
+                score: Some(0.5)
+            },
+            Item {
+                id: 2,
+                name: "b".to_string(),
+                score: None
+            }
+        ]
+    );
+    let wrong = exec(&storage, "SELECT name AS id FROM t", &[])
+        .expect("select")
+        .query_as::<Item>();
+    assert!(matches!(wrong, Err(SqlError::Deserialize { .. })));
+}
