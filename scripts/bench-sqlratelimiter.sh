@@ -15,8 +15,8 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-10}
 RUNS=${2:-3}
 CONNECTIONS=${3:-32}
-PORT=18081
-REDIS_PORT=16391
+PORT=18391
+REDIS_PORT=16493
 BIN=${CARGO_TARGET_DIR:-target}/release/stead
 cargo build --release --bin stead >/dev/null
 WORK=$(mktemp -d -p "$PWD" bench-sqlratelimiter.XXXXXX)
