@@ -526,3 +526,18 @@ fn rows_deserialize_into_types() {
         .query_as::<Item>();
     assert!(matches!(wrong, Err(SqlError::Deserialize { .. })));
 }
+
+#[test]
+fn statements_after_empty_ones_run_and_nothing_panics() {
+    let storage = Storage::new(Limits::default(), SqlSettings::default());
+    for query in [
+        ";SELECT 1",
+        ";;SELECT 1",
+        "/* x */ ; SELECT 1",
+        "SELECT 1;;",
+        ";SELECT 1; ;",
+    ] {
+        let cursor = exec(&storage, query, &[]).expect(query);
+        assert_eq!(cursor.raw(), [vec![SqlValue::Integer(1)]], "{query}");
+    }
+}
