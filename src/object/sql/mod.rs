@@ -509,6 +509,10 @@ impl Database {
 
     /// Runs one of our own transaction statements, which the authorizer lets through.
     fn own_statement(&self, statement: &str) -> Result<(), SqlError> {
+        // A commit or rollback gets a step budget of its own, whatever the statements before
+        // it used.
+        self.progress_calls.store(0, Ordering::Relaxed);
+        self.interrupted.store(false, Ordering::Relaxed);
         self.own_transaction_statement
             .store(true, Ordering::Relaxed);
         let outcome = self.connection.execute_batch(statement);
