@@ -541,3 +541,72 @@ fn statements_after_empty_ones_run_and_nothing_panics() {
         assert_eq!(cursor.raw(), [vec![SqlValue::Integer(1)]], "{query}");
     }
 }
+
+#[test]
+fn a_write_stopped_by_the_step_budget_leaves_nothing_behind() {
+    let settings = SqlSettings {
+        statement_steps_max: 200_000,
+        ..SqlSettings::default()
+    };
+    let mut committed = Committed::default();
+    let storage = committed.load(settings.clone());
+    exec(
+        &storage,
+        "CREATE TABLE t (a, b); INSERT INTO t VALUES (0, 'x')",
+        &[],
+    )
+    .expect("create");
+    let runaway = "INSERT INTO t WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT i, randomblob(500) FROM n";
+    let error = exec(&storage, runaway, &[]).expect_err("stopped");
+    assert!(matches!(error, SqlError::StepsExceeded { .. }), "{error}");
+    assert_eq!(
+        rows(&storage, "SELECT count(*) FROM t"),
+        [vec![SqlValue::Integer(1)]]
+    );
+    committed.commit(&storage);
+    let reloaded = committed.load(settings);
+    assert_eq!(
+        rows(&reloaded, "SELECT count(*) FROM t"),
+        [vec![SqlValue::Integer(1)]]
+    );
+    assert_eq!(integrity(&reloaded), "ok");
+}
+
+/// A statement that writes far more than SQLite's page cache spills pages into the file before
+/// it fails (here on the batch's page limit or the step budget, whichever comes first); its
+/// rollback must write the old pages back, so memory and the batch hold the previous state.
+#[test]
+fn a_failed_write_larger_than_the_page_cache_rolls_its_spilled_pages_back() {
+    let settings = SqlSettings {
+        statement_steps_max: 5_000_000,
+        ..SqlSettings::default()
+    };
+    let mut committed = Committed::default();
+    let storage = committed.load(settings.clone());
+    exec(
+        &storage,
+        "CREATE TABLE t (a, b); INSERT INTO t VALUES (0, 'x')",
+        &[],
+    )
+    .expect("create");
+    committed.commit(&storage);
+    let size_before = storage.sql().database_size();
+    let huge = "INSERT INTO t WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT i, randomblob(3000) FROM n";
+    let error = exec(&storage, huge, &[]).expect_err("stopped");
+    assert!(
+        matches!(error, SqlError::StepsExceeded { .. }) || error.to_string().contains("full"),
+        "{error}"
+    );
+    assert_eq!(
+        rows(&storage, "SELECT count(*) FROM t"),
+        [vec![SqlValue::Integer(1)]]
+    );
+    assert_eq!(storage.sql().database_size(), size_before);
+    committed.commit(&storage);
+    let reloaded = committed.load(settings);
+    assert_eq!(
+        rows(&reloaded, "SELECT a, b FROM t"),
+        [vec![SqlValue::Integer(0), "x".into()]]
+    );
+    assert_eq!(integrity(&reloaded), "ok");
+}
