@@ -234,9 +234,10 @@ impl Cursor {
         &self.columns
     }
 
-    /// Rows the call read: rows it returned plus rows its statements stepped through in full
-    /// scans (SQLite's `SQLITE_STMTSTATUS_FULLSCAN_STEP`). Index lookups count the rows they
-    /// return, not the index entries they pass.
+    /// Rows the call read, an estimate: per statement, the larger of the rows it returned and
+    /// the rows it stepped through in full table scans (SQLite's
+    /// `SQLITE_STMTSTATUS_FULLSCAN_STEP`). Index lookups count the rows they return, not the
+    /// index entries they pass.
     pub fn rows_read(&self) -> u64 {
         self.rows_read
     }

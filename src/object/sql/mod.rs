@@ -455,7 +455,7 @@ impl Database {
         }
         drop(cursor);
         let full_scan_steps = statement.get_status(StatementStatus::FullscanStep);
-        totals.0 += rows.len() as u64 + u64::try_from(full_scan_steps).unwrap_or(0);
+        totals.0 += (rows.len() as u64).max(u64::try_from(full_scan_steps).unwrap_or(0));
         totals.1 += self
             .connection
             .total_changes()

@@ -610,3 +610,25 @@ fn a_failed_write_larger_than_the_page_cache_rolls_its_spilled_pages_back() {
     );
     assert_eq!(integrity(&reloaded), "ok");
 }
+
+#[test]
+fn rows_read_and_written_count_what_statements_touch() {
+    let storage = Storage::new(Limits::default(), SqlSettings::default());
+    exec(
+        &storage,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 50) INSERT INTO t SELECT i, i FROM n",
+        &[],
+    )
+    .expect("create");
+    let scan = exec(&storage, "SELECT count(*) FROM t WHERE v > 0", &[]).expect("scan");
+    assert!(
+        (49..=51).contains(&scan.rows_read()),
+        "{}",
+        scan.rows_read()
+    );
+    assert_eq!(scan.rows_written(), 0);
+    let point = exec(&storage, "SELECT v FROM t WHERE id = 7", &[]).expect("point");
+    assert_eq!(point.rows_read(), 1);
+    let update = exec(&storage, "UPDATE t SET v = 0 WHERE id <= 10", &[]).expect("update");
+    assert_eq!(update.rows_written(), 10);
+}
