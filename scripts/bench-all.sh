@@ -21,7 +21,7 @@ cargo bench -p stead-storage --bench read 2>&1 | tee -a "$LOG" >/dev/null
 cargo bench -p stead-storage --bench recovery 2>&1 | tee -a "$LOG" >/dev/null
 cargo bench -p stead-storage --bench index_memory 2>&1 | tee -a "$LOG" >/dev/null
 cargo bench -p stead --bench timer_wheel 2>&1 | tee -a "$LOG" >/dev/null
-for bench in http_parse id_placement dispatch; do
+for bench in http_parse id_placement dispatch sql; do
   cargo bench -p stead --bench "$bench" 2>&1 | tee -a "$LOG" >/dev/null
 done
 # Each of these commits with fdatasync: write back what the benches before left dirty first, so
@@ -36,6 +36,8 @@ LATENCY=$(scripts/bench-latency.sh 60)
 STEAD_BENCH=$(scripts/bench-stead.sh 10 3)
 SOAK=$(python3 scripts/soak-connections.py "${CARGO_TARGET_DIR:-target}/release/stead" 200000 4)
 MEMORY=$(python3 scripts/memory-eviction.py "${CARGO_TARGET_DIR:-target}/release/stead" 130000 15000)
+SQL_LIMITER=$(scripts/bench-sqlratelimiter.sh 10 3 32)
+SQL_ACTIVATION=$(python3 scripts/sql-activation.py 3 10 100)
 
 {
   echo "# Benchmarks"
@@ -198,6 +200,29 @@ MEMORY=$(python3 scripts/memory-eviction.py "${CARGO_TARGET_DIR:-target}/release
   echo "    $(grep -E '^index_memory: ' "$LOG" | tail -n 1)"
   echo
   echo "$MEMORY"
+  echo
+  echo "## SQL storage"
+  echo
+  echo "\`cargo bench -p stead --bench sql\`: a point SELECT by primary key in an active object"
+  echo "(10,000 rows), timed inside one handler, and a whole dispatch of a request doing one. Target:"
+  echo "≤ 5 µs inside a handler."
+  echo
+  echo "| benchmark | time |"
+  echo "|---|---:|"
+  for name in point_select_in_handler dispatch_point_select; do
+    echo "| sql/$name | $(duration_text "$(median "sql/$name")") |"
+  done
+  echo
+  echo "\`scripts/bench-sqlratelimiter.sh 10 3 32\`: the SQL rate limiter against the key-value one and"
+  echo "Redis 7 (\`appendfsync always\`) running the same sliding window in Lua. Targets: the SQL limiter"
+  echo "within 2× of the key-value one (ratio ≥ 0.5 in the last column's terms) and ≥ 1.0× Redis."
+  echo
+  echo "$SQL_LIMITER"
+  echo
+  echo "\`scripts/sql-activation.py 3 10 100\`: the whole database is loaded at activation; the first"
+  echo "query after a restart pays for it."
+  echo
+  echo "$SQL_ACTIVATION"
 } >"$OUT"
 mv "$OUT" BENCHMARKS.md
 echo "wrote BENCHMARKS.md"

@@ -113,6 +113,39 @@ impl Default for StorageSettings {
     }
 }
 
+/// Limits of each object's SQL database (`ObjectContext::storage().sql()`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqlSettings {
+    /// Largest SQL database of one object, in bytes; a write past it fails with SQLite's
+    /// "database or disk is full" and changes nothing. The whole database of an active object
+    /// is in memory, so this is also a bound on its memory.
+    pub database_bytes_max: u64,
+    /// SQLite virtual-machine steps one statement may run before it is interrupted with an
+    /// error, so that a runaway query (a recursive CTE without end) cannot hold its core.
+    /// Counted in units of `STEPS_PER_PROGRESS_CALL` (1,000); about 5 ns a step.
+    pub statement_steps_max: u64,
+    /// Longest SQL text one `exec` takes, in bytes.
+    pub statement_bytes_max: usize,
+    /// Most rows one `exec` returns; a statement that would return more fails.
+    pub result_rows_max: usize,
+    /// Most bytes of values one `exec` returns (text and blobs at their length, other values
+    /// at 8 bytes); a statement that would return more fails.
+    pub result_bytes_max: usize,
+}
+
+impl Default for SqlSettings {
+    fn default() -> SqlSettings {
+        SqlSettings {
+            database_bytes_max: 1024 * 1024 * 1024,
+            statement_steps_max: 10_000_000,
+            statement_bytes_max: 100_000,
+            result_rows_max: 1_000_000,
+            result_bytes_max: 32 * 1024 * 1024,
+        }
+    }
+}
+
 /// The built-in rate limiter's defaults, overridable per call with `?limit=N&windowMs=M`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -174,6 +207,7 @@ pub struct Config {
     pub http: HttpLimits,
     pub objects: ObjectLimits,
     pub storage: StorageSettings,
+    pub sql: SqlSettings,
     pub ratelimit: RateLimitDefaults,
     pub scheduler: SchedulerLimits,
     /// Limits of every WebSocket.
@@ -192,6 +226,7 @@ impl Default for Config {
             http: HttpLimits::default(),
             objects: ObjectLimits::default(),
             storage: StorageSettings::default(),
+            sql: SqlSettings::default(),
             ratelimit: RateLimitDefaults::default(),
             scheduler: SchedulerLimits::default(),
             websocket: crate::websocket::WebSocketLimits::default(),

@@ -26,6 +26,8 @@ Scenarios:
   counter-read    GET /objects/counter/hot/value: one object, no writes
   ratelimit       GET /objects/ratelimiter/k{n}/check?limit=1000000000&windowMs=60000 over --objects
                   keys: the limit is never reached, so every check is allowed and a 429 counts as an error
+  sqlratelimiter  GET /objects/sqlratelimiter/o{n}/check?key=k{m}&limit=1000000000&windowMs=60000 over
+                  --objects objects and 100 keys each (the SQL limiter: one row per check)
   lock, chat-fanout, alarms: not yet available (later releases); refused.
 
 A response other than 2xx is an error, and so are connect errors, timeouts and lost connections.
@@ -51,7 +53,7 @@ pub struct BenchArgs {
     /// Measured requests to send in all, instead of --duration.
     #[arg(long)]
     pub requests: Option<u64>,
-    /// Distinct object names of counter-spread and ratelimit.
+    /// Distinct object names of counter-spread, ratelimit and sqlratelimiter.
     #[arg(long, default_value_t = 1000)]
     pub objects: u64,
     /// Open loop: requests per second in all, sent on schedule; latency is measured from the

@@ -11,6 +11,7 @@ pub const AVAILABLE: &[&str] = &[
     "counter-spread",
     "counter-read",
     "ratelimit",
+    "sqlratelimiter",
 ];
 
 /// Scenario names that are reserved for later releases: refused with a clear message.
@@ -22,6 +23,10 @@ pub const HOT_OBJECT: &str = "hot";
 /// The rate limiter parameters of `ratelimit`: a limit no run can reach, so that every check is
 /// allowed and a 429 stays an error.
 pub const RATELIMIT_QUERY: &str = "limit=1000000000&windowMs=60000";
+
+/// Keys per object of `sqlratelimiter`: 100 objects (`--objects 100`) make the 100 × 100 keys
+/// of the SQL limiter's benchmark.
+pub const SQL_RATELIMIT_KEYS: u64 = 100;
 
 /// One workload: a rule from a request's number to its path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +41,9 @@ pub enum Scenario {
     CounterRead,
     /// Checks of `objects` rate limiter keys `k0`…, each one allowed.
     RateLimit { objects: u64 },
+    /// Checks of `SQL_RATELIMIT_KEYS` keys in each of `objects` SQL rate limiters, each one
+    /// allowed.
+    SqlRateLimit { objects: u64 },
 }
 
 impl Scenario {
@@ -49,6 +57,7 @@ impl Scenario {
             "counter-spread" => Ok(Scenario::CounterSpread { objects }),
             "counter-read" => Ok(Scenario::CounterRead),
             "ratelimit" => Ok(Scenario::RateLimit { objects }),
+            "sqlratelimiter" => Ok(Scenario::SqlRateLimit { objects }),
             _ if NOT_YET_AVAILABLE.contains(&name) => {
                 Err(BenchError::ScenarioNotYetAvailable(name.to_string()))
             }
@@ -64,6 +73,7 @@ impl Scenario {
             Scenario::CounterSpread { .. } => "counter-spread",
             Scenario::CounterRead => "counter-read",
             Scenario::RateLimit { .. } => "ratelimit",
+            Scenario::SqlRateLimit { .. } => "sqlratelimiter",
         }
     }
 
@@ -87,6 +97,15 @@ impl Scenario {
                 "/objects/ratelimiter/k{}/check?{RATELIMIT_QUERY}",
                 number % objects.max(&1)
             ),
+            Scenario::SqlRateLimit { objects } => {
+                let objects = *objects.max(&1);
+                write!(
+                    out,
+                    "/objects/sqlratelimiter/o{}/check?key=k{}&{RATELIMIT_QUERY}",
+                    number % objects,
+                    (number / objects) % SQL_RATELIMIT_KEYS
+                )
+            }
         };
     }
 }
@@ -119,6 +138,11 @@ mod tests {
         assert_eq!(
             path(&limiter, 4),
             "/objects/ratelimiter/k1/check?limit=1000000000&windowMs=60000"
+        );
+        let sql_limiter = Scenario::parse("sqlratelimiter", "", 100).expect("sqlratelimiter");
+        assert_eq!(
+            path(&sql_limiter, 1234),
+            "/objects/sqlratelimiter/o34/check?key=k12&limit=1000000000&windowMs=60000"
         );
     }
 

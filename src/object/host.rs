@@ -29,6 +29,7 @@ use stead_storage::{Limits, Store};
 use super::context::CoreParts;
 use super::error::EventError;
 use super::gate::{Commit, Gated};
+use super::pending::SQL_PAGES_PER_BATCH_MAX;
 use super::registry::{ClassRegistry, Constructor, DynObject};
 use super::slot::{Slot, SlotState, TurnWait};
 use super::{AlarmInfo, CoreSockets, ObjectContext, ObjectError, SocketClose, Storage};
@@ -56,7 +57,18 @@ pub type StoreFailureListener = Rc<dyn Fn(&str)>;
 
 /// The storage limits the host checks on each write. The core's store must be opened with the
 /// same limits, or a commit could be refused after the object's memory changed.
+/// The store's own `batch_keys_max` adds the SQL pages an event may write
+/// (`SQL_PAGES_PER_BATCH_MAX`) to the key-value writes it may make.
 pub fn store_limits(config: &Config) -> Limits {
+    let object = object_limits(config);
+    Limits {
+        batch_keys_max: object.batch_keys_max + SQL_PAGES_PER_BATCH_MAX,
+        ..object
+    }
+}
+
+/// The limits an object's key-value writes are checked against.
+fn object_limits(config: &Config) -> Limits {
     Limits {
         value_bytes_max: config.storage.value_bytes_max,
         ..Limits::default()
@@ -87,7 +99,7 @@ pub struct ObjectHost {
     registry: Arc<ClassRegistry>,
     /// The server's configuration, handed to every object.
     config: Rc<Config>,
-    /// Limits checked on each write (see [`store_limits`]).
+    /// Limits checked on each key-value write (see [`store_limits`]).
     limits: Limits,
     /// Active and activating objects.
     objects: RefCell<HashMap<ObjectId, Rc<Slot>>>,
@@ -182,7 +194,7 @@ pub fn shutting_down() -> Response {
 
 impl ObjectHost {
     pub fn new(store: Store, registry: Arc<ClassRegistry>, config: Rc<Config>) -> Rc<ObjectHost> {
-        let limits = store_limits(&config);
+        let limits = object_limits(&config);
         let config_websocket = config.websocket.clone();
         Rc::new(ObjectHost {
             store,
@@ -503,7 +515,7 @@ impl ObjectHost {
                 class: class.to_string(),
             });
         };
-        let storage = Storage::new(self.limits.clone());
+        let storage = Storage::new(self.limits.clone(), self.config.sql.clone());
         // A store that takes no writes shows only durable data, so an object loaded from it
         // has nothing to wait for (and the batches after the durable ones never will be).
         let seq_floor = if self.store_failed.get() {
@@ -562,7 +574,12 @@ impl ObjectHost {
                 reason: format!("cannot load its storage: {error}"),
             }
         })?;
-        slot.storage.load(data);
+        slot.storage
+            .load(data)
+            .map_err(|reason| EventError::ActivationFailed {
+                id: slot.id,
+                reason: format!("cannot load its SQL database: {reason}"),
+            })?;
         let core = CoreParts {
             config: &self.config,
             sockets: &self.sockets,
@@ -629,6 +646,15 @@ impl Commit for ObjectHost {
     /// no more writes and leaves the map, so its next event reloads it from the store.
     fn commit_pending(&self, slot: &Slot) -> Result<(), EventError> {
         let Some((batch, alarm_change)) = slot.storage.take_pending() else {
+            // An instance whose SQL database failed dropped its writes itself: it leaves
+            // memory as after a failed commit.
+            if let Err(error) = slot.storage.check_committed() {
+                self.detach(slot);
+                return Err(EventError::CommitFailed {
+                    id: slot.id,
+                    reason: error.to_string(),
+                });
+            }
             return Ok(());
         };
         match self.store.commit(&slot.id.0, batch) {

@@ -25,6 +25,7 @@ mod pending;
 mod registry;
 mod slot;
 mod sockets;
+mod sql;
 mod storage;
 #[cfg(test)]
 mod tests;
@@ -37,6 +38,7 @@ pub use host::shutting_down;
 pub use host::{store_limits, AlarmListener, HostStats, ObjectHost};
 pub use registry::{ClassRegistry, Constructor, DynObject, RegistryError, CLASS_NAME_BYTES_MAX};
 pub use sockets::CoreSockets;
+pub use sql::{Cursor, Row, Rows, Sql, SqlError, SqlValue, SQL_PAGE_KEY_PREFIX};
 pub use stead_storage::ListOptions;
 pub use storage::{Storage, StorageError};
 
@@ -76,6 +78,8 @@ pub struct ObjectError {
 
 /// The status of a handler error that is the server's fault.
 const SERVER_ERROR_STATUS: u16 = 500;
+/// The status of a request the client got wrong (a key in the reserved SQL namespace).
+const CLIENT_ERROR_STATUS: u16 = 400;
 /// The status of a write the client made too large (a key, a value, an event's batch).
 const TOO_LARGE_STATUS: u16 = 413;
 
@@ -112,9 +116,18 @@ impl From<StorageError> for ObjectError {
             | StorageError::ValueTooLarge { .. }
             | StorageError::BatchTooManyKeys { .. }
             | StorageError::BatchTooLarge { .. } => TOO_LARGE_STATUS,
+            StorageError::ReservedKey { .. } => CLIENT_ERROR_STATUS,
             StorageError::Unavailable { .. } => SERVER_ERROR_STATUS,
         };
         ObjectError::with_status(status, error.to_string())
+    }
+}
+
+/// A failed SQL statement in a handler is the server's error (500): the handler wrote the
+/// statement. A class that runs statements from its clients answers 400 itself.
+impl From<SqlError> for ObjectError {
+    fn from(error: SqlError) -> ObjectError {
+        ObjectError::new(error.to_string())
     }
 }
 

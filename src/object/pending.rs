@@ -18,8 +18,14 @@ const OP_OVERHEAD_BYTES: usize = 16;
 /// The same for the batch header (object id and op count).
 const BATCH_OVERHEAD_BYTES: usize = 64;
 
+/// SQL pages one batch may put (or delete), at most: 4,096 pages of 4 KiB, 16 MiB, the
+/// engine's `batch_bytes_max`. Counted apart from the key-value writes' `batch_keys_max`, and
+/// added to it in the store's limits (`store_limits`), so SQL writes never take a key-value
+/// write's room.
+pub(crate) const SQL_PAGES_PER_BATCH_MAX: usize = 4096;
+
 /// What the next batch will hold.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct Pending {
     /// Whether every key is removed before `writes` apply.
     delete_all: bool,
@@ -31,8 +37,21 @@ pub(super) struct Pending {
     puts: usize,
     /// Deletes in `writes`, checked against `batch_keys_max`.
     deletes: usize,
+    /// SQL page puts in `writes`, checked against `SQL_PAGES_PER_BATCH_MAX`.
+    page_puts: usize,
+    /// SQL page deletes in `writes`, checked against `SQL_PAGES_PER_BATCH_MAX`.
+    page_deletes: usize,
     /// Estimated encoded bytes of `writes`, checked against `batch_bytes_max`.
     bytes: usize,
+}
+
+/// Which count a write is checked against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum WriteKind {
+    /// A key-value write: `batch_keys_max`.
+    KeyValue,
+    /// A SQL page: `SQL_PAGES_PER_BATCH_MAX`.
+    SqlPage,
 }
 
 /// The estimated encoded size of one write.
@@ -53,32 +72,49 @@ impl Pending {
         value: Option<Vec<u8>>,
         limits: &Limits,
     ) -> Result<(), StorageError> {
-        let (mut puts, mut deletes, mut bytes) = (self.puts, self.deletes, self.bytes);
+        self.write_kind(key, value, limits, WriteKind::KeyValue)
+    }
+
+    /// Records a put (`Some`) or delete (`None`) of `key` counted as `kind`, or refuses it if
+    /// the batch would pass a limit; a refused write changes nothing.
+    pub(super) fn write_kind(
+        &mut self,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        limits: &Limits,
+        kind: WriteKind,
+    ) -> Result<(), StorageError> {
+        let mut counts = [self.puts, self.deletes, self.page_puts, self.page_deletes];
+        let mut bytes = self.bytes;
+        // Index of the put count of `kind` in `counts`; the delete count follows it.
+        let base = match kind {
+            WriteKind::KeyValue => 0,
+            WriteKind::SqlPage => 2,
+        };
         if let Some(previous) = self.writes.get(key) {
             match previous {
-                Some(_) => puts -= 1,
-                None => deletes -= 1,
+                Some(_) => counts[base] -= 1,
+                None => counts[base + 1] -= 1,
             }
             bytes -= write_bytes(key, previous.as_deref());
         }
         match value {
-            Some(_) => puts += 1,
-            None => deletes += 1,
+            Some(_) => counts[base] += 1,
+            None => counts[base + 1] += 1,
         }
         bytes += write_bytes(key, value.as_deref());
-        if puts > limits.batch_keys_max {
-            return Err(StorageError::BatchTooManyKeys {
-                op_kind: "put",
-                keys: puts,
-                batch_keys_max: limits.batch_keys_max,
-            });
-        }
-        if deletes > limits.batch_keys_max {
-            return Err(StorageError::BatchTooManyKeys {
-                op_kind: "delete",
-                keys: deletes,
-                batch_keys_max: limits.batch_keys_max,
-            });
+        let keys_max = match kind {
+            WriteKind::KeyValue => limits.batch_keys_max,
+            WriteKind::SqlPage => SQL_PAGES_PER_BATCH_MAX,
+        };
+        for (op_kind, keys) in [("put", counts[base]), ("delete", counts[base + 1])] {
+            if keys > keys_max {
+                return Err(StorageError::BatchTooManyKeys {
+                    op_kind,
+                    keys,
+                    batch_keys_max: keys_max,
+                });
+            }
         }
         if bytes + BATCH_OVERHEAD_BYTES > limits.batch_bytes_max {
             return Err(StorageError::BatchTooLarge {
@@ -87,7 +123,8 @@ impl Pending {
             });
         }
         self.writes.insert(key.to_vec(), value);
-        (self.puts, self.deletes, self.bytes) = (puts, deletes, bytes);
+        [self.puts, self.deletes, self.page_puts, self.page_deletes] = counts;
+        self.bytes = bytes;
         Ok(())
     }
 
@@ -96,6 +133,7 @@ impl Pending {
         self.delete_all = true;
         self.writes.clear();
         (self.puts, self.deletes, self.bytes) = (0, 0, 0);
+        (self.page_puts, self.page_deletes) = (0, 0);
     }
 
     /// Records an alarm change (`None` deletes it).

@@ -13,7 +13,10 @@ use std::rc::Rc;
 
 use stead_storage::{Batch, KeyMap, Limits, ListOptions, ObjectData};
 
-use super::pending::Pending;
+use super::pending::{Pending, WriteKind};
+use super::sql::pages::{is_reserved_key, page_key, PageFile};
+use super::sql::{Database, Sql, SqlError};
+use crate::config::SqlSettings;
 use crate::wake::{Broadcast, BroadcastWait};
 
 /// Why a write was refused.
@@ -40,6 +43,9 @@ pub enum StorageError {
         batch_bytes: usize,
         batch_bytes_max: usize,
     },
+    /// The key starts with the bytes reserved for the object's SQL pages (0xFF `sql` 0x00);
+    /// no text key does.
+    ReservedKey { key_bytes: usize },
     /// The store failed (an I/O error, a poisoned store, shutdown) or the object was evicted;
     /// this instance takes no more writes.
     Unavailable { reason: String },
@@ -79,6 +85,10 @@ impl fmt::Display for StorageError {
                 f,
                 "batch of {batch_bytes} bytes exceeds batch_bytes_max {batch_bytes_max}"
             ),
+            StorageError::ReservedKey { key_bytes } => write!(
+                f,
+                "key of {key_bytes} bytes starts with the prefix reserved for SQL pages"
+            ),
             StorageError::Unavailable { reason } => write!(f, "storage unavailable: {reason}"),
         }
     }
@@ -102,6 +112,57 @@ struct State {
     unavailable: Option<String>,
     /// Set once a commit of this instance's writes failed: writes it made may not be stored.
     commit_failed: Option<String>,
+    /// The object's SQL database file, whole (see `sql/pages.rs`); its pages are keys under
+    /// `SQL_PAGE_KEY_PREFIX`, kept here rather than in `entries` so that the key-value API
+    /// never sees them.
+    sql_file: PageFile,
+    /// The limits of the SQL database.
+    sql_settings: Rc<SqlSettings>,
+    /// The open SQLite connection over `sql_file`, opened at the first `sql()` call and closed
+    /// when the instance leaves memory.
+    database: Option<Rc<Database>>,
+    /// One frame per `transaction_sync` in progress, innermost last: how to undo its
+    /// key-value writes.
+    transactions: Vec<UndoFrame>,
+}
+
+/// How to undo the key-value writes of one `transaction_sync`.
+#[derive(Debug)]
+struct UndoFrame {
+    /// The pending batch when the transaction began.
+    pending: Pending,
+    /// The alarm when the transaction began.
+    alarm_ms: Option<i64>,
+    /// What each write replaced, oldest first (undone newest first).
+    undo: Vec<Undo>,
+}
+
+/// What one key-value write replaced.
+#[derive(Debug)]
+enum Undo {
+    /// The key's value before a put or delete (`None`: absent).
+    Key(Box<[u8]>, Option<Vec<u8>>),
+    /// Every entry before a `delete_all`.
+    All(KeyMap<Vec<u8>>),
+}
+
+/// A reference to a [`Storage`] that does not keep it alive: what the SQL file handle holds,
+/// since the storage holds the connection that holds the file.
+#[derive(Clone, Debug)]
+pub(crate) struct WeakStorage {
+    /// The storage's state, if it still exists.
+    state: std::rc::Weak<RefCell<State>>,
+}
+
+impl WeakStorage {
+    pub(crate) fn upgrade(&self) -> Option<Storage> {
+        let state = self.state.upgrade()?;
+        Some(Storage {
+            state,
+            // A storage reached through its file never waits on `closed`.
+            closed: Rc::new(Broadcast::new()),
+        })
+    }
 }
 
 /// An object's storage. Cheap to clone; all clones are the same storage.
@@ -115,7 +176,7 @@ pub struct Storage {
 
 impl Storage {
     /// Empty storage; the host fills it with [`Storage::load`] during activation.
-    pub(super) fn new(limits: Limits) -> Storage {
+    pub(super) fn new(limits: Limits, sql_settings: SqlSettings) -> Storage {
         let state = State {
             entries: KeyMap::default(),
             alarm_ms: None,
@@ -123,6 +184,10 @@ impl Storage {
             limits,
             unavailable: None,
             commit_failed: None,
+            sql_file: PageFile::default(),
+            sql_settings: Rc::new(sql_settings),
+            database: None,
+            transactions: Vec::new(),
         };
         Storage {
             closed: Rc::new(Broadcast::new()),
@@ -130,14 +195,22 @@ impl Storage {
         }
     }
 
-    pub(super) fn load(&self, data: ObjectData) {
+    /// Fills the storage with an object's stored data; fails if its SQL pages are malformed.
+    pub(super) fn load(&self, data: ObjectData) -> Result<(), String> {
         let mut state = self.state.borrow_mut();
-        state.entries = data
-            .entries
-            .into_iter()
-            .map(|(key, value)| (key.into_boxed_slice(), value))
-            .collect();
+        let mut pages = Vec::new();
+        let mut entries = KeyMap::default();
+        for (key, value) in data.entries {
+            if is_reserved_key(&key) {
+                pages.push((key, value));
+            } else {
+                entries.insert(&key, value);
+            }
+        }
+        state.sql_file = PageFile::load(pages).map_err(|error| error.to_string())?;
+        state.entries = entries;
         state.alarm_ms = data.alarm_ms;
+        Ok(())
     }
 
     /// The writes since the last call, as one batch plus the alarm change it carries; `None`
@@ -150,10 +223,167 @@ impl Storage {
         Some(state.pending.take())
     }
 
-    /// Refuses every later write with [`StorageError::Unavailable`].
+    /// Refuses every later write with [`StorageError::Unavailable`], and frees the SQL
+    /// database's pages and connection.
     pub(super) fn make_unavailable(&self, reason: String) {
-        self.state.borrow_mut().unavailable.get_or_insert(reason);
+        let database = {
+            let mut state = self.state.borrow_mut();
+            state.unavailable.get_or_insert(reason);
+            state.sql_file.clear();
+            state.database.take()
+        };
+        // Closed outside the borrow: closing the connection closes its file, which may look
+        // at this state.
+        drop(database);
         self.closed.set();
+    }
+
+    /// Drops the writes of the current poll and fails the instance, as a failed commit does:
+    /// for a SQL database that could not roll back a failed statement, whose pages in memory
+    /// may then differ from every committed state. The object's next event reloads it.
+    pub(crate) fn abandon(&self, reason: String) {
+        tracing::error!(%reason, "an object's SQL database failed; its writes since the last commit are dropped");
+        self.state.borrow_mut().pending = Pending::default();
+        self.fail_commits(reason.clone());
+        self.make_unavailable(reason);
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakStorage {
+        WeakStorage {
+            state: Rc::downgrade(&self.state),
+        }
+    }
+
+    /// The object's SQL database, opened at the first use.
+    pub fn sql(&self) -> Sql {
+        Sql::new(self.clone())
+    }
+
+    /// The open connection, opening it if needed.
+    pub(crate) fn database(&self) -> Result<Rc<Database>, SqlError> {
+        let settings = {
+            let state = self.state.borrow();
+            refuse_if(&state.unavailable)?;
+            if let Some(database) = &state.database {
+                return Ok(database.clone());
+            }
+            state.sql_settings.clone()
+        };
+        let database = Rc::new(Database::open(self, settings)?);
+        self.state.borrow_mut().database = Some(database.clone());
+        Ok(database)
+    }
+
+    /// Runs `body` atomically: if it returns `Err`, every write it made, to SQL and to
+    /// key-value storage, is undone, and the error is returned. Transactions nest. `body` is
+    /// synchronous, so nothing else of the object runs meanwhile, and its writes join the
+    /// event's batch like any other.
+    pub fn transaction_sync<T, E: From<SqlError>>(
+        &self,
+        body: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        let database = self.database()?;
+        database.begin_savepoint()?;
+        {
+            let mut state = self.state.borrow_mut();
+            let frame = UndoFrame {
+                pending: state.pending.clone(),
+                alarm_ms: state.alarm_ms,
+                undo: Vec::new(),
+            };
+            state.transactions.push(frame);
+        }
+        let outcome = match body() {
+            Ok(value) => database
+                .release_savepoint()
+                .map(|()| value)
+                .map_err(E::from),
+            Err(error) => Err(error),
+        };
+        let frame = self.state.borrow_mut().transactions.pop();
+        let Some(frame) = frame else {
+            return Err(E::from(SqlError::Unavailable {
+                reason: "the transaction's undo record is gone".to_string(),
+            }));
+        };
+        match outcome {
+            Ok(value) => {
+                let mut state = self.state.borrow_mut();
+                if let Some(parent) = state.transactions.last_mut() {
+                    parent.undo.extend(frame.undo);
+                }
+                Ok(value)
+            }
+            Err(error) => {
+                if let Err(rollback) = database.rollback_savepoint() {
+                    self.abandon(format!("a transaction could not roll back: {rollback}"));
+                    return Err(E::from(rollback));
+                }
+                let mut state = self.state.borrow_mut();
+                for undo in frame.undo.into_iter().rev() {
+                    match undo {
+                        Undo::Key(key, Some(value)) => {
+                            state.entries.insert(&key, value);
+                        }
+                        Undo::Key(key, None) => {
+                            state.entries.remove_entry(&key);
+                        }
+                        Undo::All(entries) => state.entries = entries,
+                    }
+                }
+                state.pending = frame.pending;
+                state.alarm_ms = frame.alarm_ms;
+                Err(error)
+            }
+        }
+    }
+
+    /// The size of the SQL database file, in bytes.
+    pub(crate) fn sql_file_size(&self) -> u64 {
+        self.state.borrow().sql_file.size_bytes()
+    }
+
+    /// Reads the SQL database file; bytes past its end read as zero. Returns whether the whole
+    /// range was inside the file.
+    pub(crate) fn sql_file_read(&self, offset: u64, buffer: &mut [u8]) -> bool {
+        self.state.borrow().sql_file.read(offset, buffer)
+    }
+
+    /// Writes the SQL database file, recording every changed page in the pending batch.
+    pub(crate) fn sql_file_write(&self, offset: u64, data: &[u8]) -> Result<(), SqlFileError> {
+        let mut state = self.state.borrow_mut();
+        refuse_if(&state.unavailable).map_err(SqlFileError::Storage)?;
+        let end = offset + data.len() as u64;
+        let size_max = state.sql_settings.database_bytes_max;
+        if end > size_max.max(state.sql_file.size_bytes()) {
+            return Err(SqlFileError::DatabaseFull {
+                size_bytes: end,
+                database_bytes_max: size_max,
+            });
+        }
+        let state = &mut *state;
+        let (pending, limits) = (&mut state.pending, &state.limits);
+        state
+            .sql_file
+            .write(offset, data, |page, bytes| {
+                let value = Some(bytes.to_vec());
+                pending.write_kind(&page_key(page), value, limits, WriteKind::SqlPage)
+            })
+            .map_err(SqlFileError::Storage)
+    }
+
+    /// Cuts the SQL database file to `size_bytes`, recording the dropped pages as deletes.
+    pub(crate) fn sql_file_truncate(&self, size_bytes: u64) -> Result<(), SqlFileError> {
+        let mut state = self.state.borrow_mut();
+        refuse_if(&state.unavailable).map_err(SqlFileError::Storage)?;
+        let state = &mut *state;
+        let (pending, limits) = (&mut state.pending, &state.limits);
+        state
+            .sql_file
+            .truncate(size_bytes, |page| {
+                pending.write_kind(&page_key(page), None, limits, WriteKind::SqlPage)
+            })
+            .map_err(SqlFileError::Storage)
     }
 
     /// Resolves once this storage takes no more writes: the object left memory (evicted, a
@@ -211,6 +441,8 @@ impl Storage {
         state
             .pending
             .write(key, Some(value.clone()), &state.limits)?;
+        let previous = state.entries.get(key).cloned();
+        state.record_undo(|| Undo::Key(key.into(), previous));
         state.entries.insert(key, value);
         Ok(())
     }
@@ -225,16 +457,31 @@ impl Storage {
         }
         let state = &mut *state;
         state.pending.write(key, None, &state.limits)?;
+        let previous = state.entries.get(key).cloned();
+        state.record_undo(|| Undo::Key(key.into(), previous));
         state.entries.remove_entry(key);
         Ok(true)
     }
 
-    /// Removes every key; the alarm is kept.
+    /// Removes every key-value entry; the alarm and the SQL database are kept (drop the SQL
+    /// tables to empty it).
     pub fn delete_all(&self) -> Result<(), StorageError> {
         let mut state = self.state.borrow_mut();
         state.check_writable(&[])?;
-        state.pending.delete_all();
-        state.entries = KeyMap::default();
+        let state = &mut *state;
+        if state.sql_file.size_bytes() == 0 {
+            state.pending.delete_all();
+        } else {
+            // The engine's delete-all would remove the SQL pages too: one delete per key
+            // instead, under the batch limits like any deletes.
+            let mut pending = state.pending.clone();
+            for (key, _) in state.entries.iter() {
+                pending.write(key, None, &state.limits)?;
+            }
+            state.pending = pending;
+        }
+        let entries = std::mem::take(&mut state.entries);
+        state.record_undo(|| Undo::All(entries));
         Ok(())
     }
 
@@ -285,9 +532,48 @@ impl Storage {
     }
 }
 
+/// Why a write to the SQL database file was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SqlFileError {
+    /// The file would pass `sql.database_bytes_max`.
+    DatabaseFull {
+        size_bytes: u64,
+        database_bytes_max: u64,
+    },
+    /// The pending batch is full, or the storage takes no more writes.
+    Storage(StorageError),
+}
+
+impl fmt::Display for SqlFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SqlFileError::DatabaseFull {
+                size_bytes,
+                database_bytes_max,
+            } => write!(
+                f,
+                "the database would grow to {size_bytes} bytes, past sql.database_bytes_max {database_bytes_max}"
+            ),
+            SqlFileError::Storage(error) => error.fmt(f),
+        }
+    }
+}
+
 impl State {
+    /// Records what a write replaced, if a transaction is in progress.
+    fn record_undo(&mut self, undo: impl FnOnce() -> Undo) {
+        if let Some(frame) = self.transactions.last_mut() {
+            frame.undo.push(undo());
+        }
+    }
+
     fn check_writable(&self, key: &[u8]) -> Result<(), StorageError> {
         refuse_if(&self.unavailable)?;
+        if is_reserved_key(key) {
+            return Err(StorageError::ReservedKey {
+                key_bytes: key.len(),
+            });
+        }
         if key.len() > self.limits.key_bytes_max {
             return Err(StorageError::KeyTooLarge {
                 key_bytes: key.len(),

@@ -562,7 +562,10 @@ fn shutdown_waits_for_events_then_refuses_new_ones() {
 
 #[test]
 fn storage_lists_like_the_store_and_checks_limits_per_batch() {
-    let storage = Storage::new(stead_storage::Limits::default());
+    let storage = Storage::new(
+        stead_storage::Limits::default(),
+        crate::config::SqlSettings::default(),
+    );
     for key in ["a", "ab", "abc", "b", "ba", "c"] {
         storage.put(key.as_bytes(), key).expect("put");
     }

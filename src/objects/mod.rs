@@ -9,6 +9,8 @@ mod lock;
 mod ratelimiter;
 mod scheduler;
 mod sessions;
+mod sql;
+mod sqlratelimiter;
 #[cfg(test)]
 mod tests;
 
@@ -19,6 +21,8 @@ pub use lock::Lock;
 pub use ratelimiter::RateLimiter;
 pub use scheduler::Scheduler;
 pub use sessions::Sessions;
+pub use sql::SqlDatabase;
+pub use sqlratelimiter::SqlRateLimiter;
 
 use serde::Serialize;
 
@@ -48,6 +52,8 @@ pub fn register_builtins(registry: &mut ClassRegistry) -> Result<(), RegistryErr
     registry.register::<Scheduler>("scheduler")?;
     registry.register::<ChatRoom>("chat")?;
     registry.register::<Document>("doc")?;
+    registry.register::<SqlRateLimiter>("sqlratelimiter")?;
+    registry.register::<SqlDatabase>("sql")?;
     Ok(())
 }
 

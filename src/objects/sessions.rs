@@ -8,13 +8,16 @@
 //! 400 with a JSON error. Any other path is 404 `Not Found`, a known path with another method
 //! 405.
 //!
-//! Storage: one key per session, `s/` ‖ id, holding the session as JSON. The alarm is kept at
-//! the earliest expiry; when it fires, every expired session is deleted (in batches of
-//! `KEYS_PER_BATCH_MAX`, so any number can expire together) and the alarm moves to the next
-//! expiry.
-
-use std::cell::RefCell;
-use std::collections::BTreeSet;
+//! Storage: the `sessions` table of the object's SQL database, as in the design (`id` primary
+//! key, `user_id`, `data` as the posted JSON text, `created_at`, `expires_at`, an index on
+//! `expires_at`). The alarm is kept at the earliest expiry; when it fires, expired rows are
+//! deleted (`DELETE_ROWS_PER_BATCH_MAX` per batch, so any number can expire together) and the
+//! alarm moves to the next expiry.
+//!
+//! Migration: the previous version kept one key-value entry per session, `s/` ‖ id, holding the
+//! session as JSON. At activation, such entries are moved into the table (`KEYS_PER_BATCH_MAX`
+//! per batch, each batch one `transaction_sync`: rows inserted and keys deleted together), so
+//! an interrupted migration resumes at the next activation and loses nothing.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -22,16 +25,26 @@ use serde_json::{json, Value};
 
 use super::KEYS_PER_BATCH_MAX;
 use crate::http::{percent_decode, Method, Request, Response};
-use crate::object::{now_ms, AlarmInfo, DurableObject, ListOptions, ObjectContext, ObjectError};
+use crate::object::{
+    now_ms, AlarmInfo, DurableObject, ListOptions, ObjectContext, ObjectError, SqlError, SqlValue,
+    StorageError,
+};
 
-/// Prefix of the session keys.
+/// Prefix of the session keys of the previous, key-value layout (migrated at activation).
 const KEY_PREFIX: &[u8] = b"s/";
+/// The schema, created at activation if missing.
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS sessions (
+       id TEXT PRIMARY KEY, user_id TEXT NOT NULL, data TEXT NOT NULL,
+       created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL);
+     CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at);";
+/// Expired rows the alarm deletes per batch, far below one batch's page limit.
+const DELETE_ROWS_PER_BATCH_MAX: i64 = 10_000;
 /// Lifetime of a session when the request names none: 24 hours, as in the design.
 const TTL_MS_DEFAULT: i64 = 86_400_000;
 /// Longest lifetime, in milliseconds (ten years): keeps `now + ttl` far from overflow.
 const TTL_MS_MAX: i64 = 10 * 365 * 24 * 3_600_000;
 
-/// A session as stored.
+/// A session as the previous, key-value layout stored it.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Stored<'a> {
@@ -66,14 +79,8 @@ struct Create<'a> {
 }
 
 pub struct Sessions {
-    /// Storage and identity of this object.
+    /// Storage (the `sessions` table) and identity of this object.
     context: ObjectContext,
-    /// `(expiresAt, id)` of every stored session, earliest first: where the alarm goes.
-    expiries: RefCell<BTreeSet<(i64, String)>>,
-}
-
-fn session_key(id: &str) -> Vec<u8> {
-    [KEY_PREFIX, id.as_bytes()].concat()
 }
 
 /// A random (version 4) UUID.
@@ -129,81 +136,139 @@ impl Sessions {
             Ok(parsed) => parsed,
             Err(response) => return Ok(response),
         };
+        // The previous layout refused a session larger than one value; so does this one, so
+        // that a session never grows past what a value may hold.
+        let value_bytes_max = self.context.config().storage.value_bytes_max;
+        let session_bytes = user_id.len() + data.get().len();
+        if session_bytes > value_bytes_max {
+            return Err(ObjectError::from(StorageError::ValueTooLarge {
+                value_bytes: session_bytes,
+                value_bytes_max,
+            }));
+        }
         let id = random_uuid()?;
         let created_at = now_ms();
         let expires_at = created_at.saturating_add(ttl_ms);
-        let stored = Stored {
-            user_id,
-            data,
-            created_at,
-            expires_at,
-        };
         let storage = self.context.storage();
-        storage.put(&session_key(&id), serde_json::to_vec(&stored)?)?;
+        storage.sql().exec(
+            "INSERT INTO sessions (id, user_id, data, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+            &[
+                id.as_str().into(),
+                user_id.into(),
+                data.get().into(),
+                created_at.into(),
+                expires_at.into(),
+            ],
+        )?;
         if storage
             .get_alarm()
             .is_none_or(|alarm_ms| expires_at < alarm_ms)
         {
             storage.set_alarm(expires_at)?;
         }
-        self.expiries.borrow_mut().insert((expires_at, id.clone()));
         Ok(Response::json(201, &json!({ "id": id })))
     }
 
+    /// The session `id`, expired or not: `(userId, data, createdAt, expiresAt)`.
+    fn find(&self, id: &str) -> Result<Option<(String, String, i64, i64)>, ObjectError> {
+        let cursor = self.context.storage().sql().exec(
+            "SELECT user_id, data, created_at, expires_at FROM sessions WHERE id = ?",
+            &[id.into()],
+        )?;
+        let Some(row) = cursor.into_iter().next() else {
+            return Ok(None);
+        };
+        Ok(Some((
+            row.get_str("user_id")?.to_string(),
+            row.get_str("data")?.to_string(),
+            row.get_i64("created_at")?,
+            row.get_i64("expires_at")?,
+        )))
+    }
+
     fn get(&self, id: &str) -> Result<Response, ObjectError> {
-        let Some(bytes) = self.context.storage().get(&session_key(id)) else {
+        let Some((user_id, data, created_at, expires_at)) = self.find(id)? else {
             return Ok(not_found());
         };
-        let stored: Stored = serde_json::from_slice(&bytes)?;
-        if stored.expires_at <= now_ms() {
+        if expires_at <= now_ms() {
             return Ok(not_found());
         }
+        let data: &RawValue = serde_json::from_str(&data)?;
         let view = View {
             id,
-            user_id: &stored.user_id,
-            data: stored.data,
-            created_at: stored.created_at,
-            expires_at: stored.expires_at,
+            user_id: &user_id,
+            data,
+            created_at,
+            expires_at,
         };
         Ok(Response::new(200, serde_json::to_vec(&view)?)
             .with_header("Content-Type", "application/json"))
     }
 
     fn delete(&self, id: &str) -> Result<Response, ObjectError> {
-        let storage = self.context.storage();
-        let key = session_key(id);
-        let Some(bytes) = storage.get(&key) else {
+        let Some((_, _, _, expires_at)) = self.find(id)? else {
             return Ok(not_found());
         };
-        let stored: Stored = serde_json::from_slice(&bytes)?;
-        storage.delete(&key)?;
-        self.expiries
-            .borrow_mut()
-            .remove(&(stored.expires_at, id.to_string()));
-        if stored.expires_at <= now_ms() {
+        self.context
+            .storage()
+            .sql()
+            .exec("DELETE FROM sessions WHERE id = ?", &[id.into()])?;
+        if expires_at <= now_ms() {
             return Ok(not_found());
         }
         Ok(Response::json(200, &json!({ "deleted": true })))
+    }
+
+    /// Moves up to `KEYS_PER_BATCH_MAX` sessions of the previous key-value layout into the
+    /// table, atomically; returns how many it moved (0: none are left).
+    fn migrate_batch(&self) -> Result<usize, ObjectError> {
+        let storage = self.context.storage();
+        let options = ListOptions {
+            prefix: Some(KEY_PREFIX.to_vec()),
+            limit: Some(KEYS_PER_BATCH_MAX),
+            ..ListOptions::default()
+        };
+        let entries = storage.list(&options);
+        let sql = storage.sql();
+        storage.transaction_sync(|| {
+            for (key, value) in &entries {
+                let id = String::from_utf8_lossy(&key[KEY_PREFIX.len()..]).into_owned();
+                // An entry this class could not have written is dropped, as the previous
+                // version ignored it.
+                if let Ok(stored) = serde_json::from_slice::<Stored>(value) {
+                    sql.exec(
+                        "INSERT OR REPLACE INTO sessions (id, user_id, data, created_at, expires_at)
+                         VALUES (?, ?, ?, ?, ?)",
+                        &[
+                            id.into(),
+                            stored.user_id.into(),
+                            stored.data.get().into(),
+                            stored.created_at.into(),
+                            stored.expires_at.into(),
+                        ],
+                    )?;
+                }
+                storage.delete(key).map_err(SqlError::from)?;
+            }
+            Ok::<(), SqlError>(())
+        })?;
+        Ok(entries.len())
     }
 }
 
 impl DurableObject for Sessions {
     fn new(context: ObjectContext) -> Sessions {
-        let options = ListOptions {
-            prefix: Some(KEY_PREFIX.to_vec()),
-            ..ListOptions::default()
-        };
-        let mut expiries = BTreeSet::new();
-        for (key, value) in context.storage().list(&options) {
-            let id = String::from_utf8_lossy(&key[KEY_PREFIX.len()..]).into_owned();
-            if let Ok(stored) = serde_json::from_slice::<Stored>(&value) {
-                expiries.insert((stored.expires_at, id));
-            }
+        Sessions { context }
+    }
+
+    /// Creates the table, then migrates the previous layout's sessions, a batch per poll.
+    async fn init(&self) -> Result<(), ObjectError> {
+        self.context.storage().sql().exec(SCHEMA, &[])?;
+        while self.migrate_batch()? > 0 {
+            // Awaiting starts a new batch, keeping each within the engine's key limit.
+            futures_lite::future::yield_now().await;
         }
-        Sessions {
-            context,
-            expiries: RefCell::new(expiries),
-        }
+        Ok(())
     }
 
     async fn fetch(&self, request: Request) -> Result<Response, ObjectError> {
@@ -233,35 +298,29 @@ impl DurableObject for Sessions {
     /// Deletes every expired session, then sets the alarm to the next expiry.
     async fn alarm(&self, alarm: AlarmInfo) -> Result<(), ObjectError> {
         let storage = self.context.storage();
+        let sql = storage.sql();
         loop {
-            let now = now_ms();
-            let expired: Vec<(i64, String)> = {
-                let expiries = self.expiries.borrow();
-                expiries
-                    .iter()
-                    .take_while(|(expires_at, _)| *expires_at <= now)
-                    .take(KEYS_PER_BATCH_MAX)
-                    .cloned()
-                    .collect()
-            };
-            if expired.is_empty() {
+            let deleted = sql
+                .exec(
+                    "DELETE FROM sessions WHERE id IN
+                       (SELECT id FROM sessions WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
+                    &[now_ms().into(), DELETE_ROWS_PER_BATCH_MAX.into()],
+                )?
+                .rows_written();
+            if deleted < DELETE_ROWS_PER_BATCH_MAX as u64 {
                 break;
             }
-            for entry in expired {
-                storage.delete(&session_key(&entry.1))?;
-                self.expiries.borrow_mut().remove(&entry);
-            }
-            // Awaiting starts a new batch, keeping each within the engine's key limit.
+            // Awaiting starts a new batch.
             futures_lite::future::yield_now().await;
         }
-        let next = self
-            .expiries
-            .borrow()
-            .first()
-            .map(|(expires_at, _)| *expires_at);
-        match next {
-            Some(expires_at) => storage.set_alarm(super::next_alarm_ms(&alarm, expires_at))?,
-            None => storage.delete_alarm()?,
+        let next = sql
+            .exec("SELECT MIN(expires_at) AS next FROM sessions", &[])?
+            .one()?;
+        match next.get("next") {
+            Some(SqlValue::Integer(expires_at)) => {
+                storage.set_alarm(super::next_alarm_ms(&alarm, *expires_at))?
+            }
+            _ => storage.delete_alarm()?,
         }
         Ok(())
     }

@@ -148,10 +148,74 @@ impl Store {
             entries: Default::default(),
             alarm_ms,
         };
-        for (key, value) in found {
-            data.entries.insert(key, Store::resolve(value).await?);
+        // Values on disk are read `LOAD_READS_IN_FLIGHT_MAX` at a time rather than one after
+        // another: an object of many values (a SQL database is one value per 4 KiB page)
+        // would otherwise wait for one disk round trip per value.
+        let mut found = found.into_iter().peekable();
+        while found.peek().is_some() {
+            let chunk: Vec<(Vec<u8>, ValueRef)> =
+                found.by_ref().take(LOAD_READS_IN_FLIGHT_MAX).collect();
+            let (keys, values): (Vec<Vec<u8>>, Vec<ValueRef>) = chunk.into_iter().unzip();
+            let reads = values
+                .into_iter()
+                .map(|value| Box::pin(Store::resolve(value)));
+            let values = JoinAll::new(reads.collect()).await;
+            for (key, value) in keys.into_iter().zip(values) {
+                data.entries.insert(key, value?);
+            }
         }
         Ok(data)
+    }
+}
+
+/// Reads `load_object` keeps in flight at once.
+const LOAD_READS_IN_FLIGHT_MAX: usize = 256;
+
+/// Polls every future until all are done; their outputs in order.
+struct JoinAll<F: std::future::Future + Unpin> {
+    /// The futures, `None` once done.
+    futures: Vec<Option<F>>,
+    /// Their outputs, `None` until done.
+    outputs: Vec<Option<F::Output>>,
+}
+
+impl<F: std::future::Future + Unpin> JoinAll<F> {
+    fn new(futures: Vec<F>) -> JoinAll<F> {
+        let outputs = futures.iter().map(|_| None).collect();
+        JoinAll {
+            futures: futures.into_iter().map(Some).collect(),
+            outputs,
+        }
+    }
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for JoinAll<F>
+where
+    F::Output: Unpin,
+{
+    type Output = Vec<F::Output>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Vec<F::Output>> {
+        let this = self.get_mut();
+        let mut pending = false;
+        for (slot, output) in this.futures.iter_mut().zip(this.outputs.iter_mut()) {
+            if let Some(future) = slot {
+                match std::pin::Pin::new(future).poll(cx) {
+                    std::task::Poll::Ready(value) => {
+                        *output = Some(value);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(this.outputs.iter_mut().filter_map(Option::take).collect())
     }
 }
 
