@@ -150,6 +150,11 @@ pub async fn run_writer(inner: Weak<Inner>, signal: Rc<Signal>) {
             }
         }
 
+        if !in_flight.is_empty() && may_start_round(&store, &in_flight) {
+            // The device is busy with the round in flight: let the tasks that are ready run
+            // first, so the commits they make join this round instead of the one after.
+            futures_lite::future::yield_now().await;
+        }
         if may_start_round(&store, &in_flight) {
             store.state.borrow_mut().writing = true;
             match start_round(&store, !in_flight.is_empty()).await {
