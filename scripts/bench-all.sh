@@ -32,6 +32,7 @@ for bench in alarms websocket_codec websocket_fanout; do
 done
 HOP=$(python3 scripts/cross-core-hop.py "${CARGO_TARGET_DIR:-target}/release/stead")
 ENGINE=$(scripts/bench-engine.sh 10 3)
+ROUNDS=$(scripts/bench-rounds.sh 10 3 32 128)
 LATENCY=$(scripts/bench-latency.sh 60)
 STEAD_BENCH=$(scripts/bench-stead.sh 10 3)
 SOAK=$(python3 scripts/soak-connections.py "${CARGO_TARGET_DIR:-target}/release/stead" 200000 4)
@@ -120,6 +121,13 @@ SQL_ACTIVATION=$(python3 scripts/sql-activation.py 3 10 100)
   echo
   echo "Targets: ≥ 1.5× Redis on both increment workloads and ≥ 2.5× on rate limiting, at 32 and at"
   echo "128 connections; hot increments ≥ 0.60 of the floor."
+  echo
+  echo "## Write path: one round in flight or two"
+  echo
+  echo "\`scripts/bench-rounds.sh 10 3 32 128\`: the same workloads with \`[storage] rounds_in_flight\`"
+  echo "1 and 2, interleaved; CPU µs/req is the server's CPU time (from /proc) per request."
+  echo
+  echo "$ROUNDS"
   echo
   echo "## Write path: latency over a minute, and stalls"
   echo
