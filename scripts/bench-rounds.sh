@@ -14,55 +14,27 @@ RUNS=${2:-3}
 if [ $# -gt 2 ]; then CONNECTION_COUNTS=("${@:3}"); else CONNECTION_COUNTS=(32 128); fi
 OBJECTS=10000
 PORT=18081
-BIN=${CARGO_TARGET_DIR:-target}/release/stead
-cargo build --release --bin stead >/dev/null
-WORK=$(mktemp -d -p "$PWD" bench-rounds.XXXXXX)
-cleanup() {
-  [ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+WORK_NAME=bench-rounds
+source scripts/bench-common.sh
 for rounds in 1 2; do
   printf '[storage]\nrounds_in_flight = %s\n' "$rounds" >"$WORK/rounds-$rounds.toml"
 done
 
-# BENCH_WAIT_QUIET=1: before each server starts, wait until no cargo or compiler runs on the machine
-# (a shared machine's builds otherwise land in some samples and not others).
-wait_quiet() {
-  [ "${BENCH_WAIT_QUIET:-0}" = 1 ] || return 0
-  local name
-  for name in cargo rustc clippy-driver cc1 cc1plus ld; do
-    while pgrep -x "$name" >/dev/null; do sleep 2; done
-  done
-}
-
 # Prints "rps p99_us cpu_us_per_request".
 measure() { # rounds connections wrk-spread args...
   local rounds=$1 connections=$2; shift 2
-  wait_quiet
-  rm -rf "$WORK/data"
-  taskset -c 0 "$BIN" serve --listen 127.0.0.1:$PORT --data-dir "$WORK/data" --cores 1 \
-    --config "$WORK/rounds-$rounds.toml" >"$WORK/server.log" 2>&1 &
-  SERVER_PID=$!
-  local ready=
-  for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && { ready=1; break; }
-    sleep 0.1
-  done
-  [ -n "$ready" ] || { echo "stead did not start" >&2; cat "$WORK/server.log" >&2; exit 1; }
+  start_stead --config "$WORK/rounds-$rounds.toml"
   local ticks_before ticks_after summary
   ticks_before=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat")
   summary=$(taskset -c 1 wrk -t1 -c"$connections" -d"${SECONDS_PER_RUN}s" -s scripts/wrk-spread.lua \
     "http://127.0.0.1:$PORT" -- "$@" | grep STEADSUMMARY)
   ticks_after=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat")
-  kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=
+  stop_stead
   echo "$summary" | sed -E 's/.*rps=([0-9]+) p50_us=([0-9]+) p99_us=([0-9]+).*/\1 \3/' |
     awk -v ticks=$((ticks_after - ticks_before)) -v hz="$(getconf CLK_TCK)" -v s="$SECONDS_PER_RUN" \
       '{ cpu = $1 > 0 ? ticks / hz * 1e6 / ($1 * s) : 0; printf "%s %s %.1f\n", $1, $2, cpu }'
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 declare -A RESULTS # "workload connections rounds" -> lines of "rps p99 cpu"
 
 for run in $(seq "$RUNS"); do

@@ -17,29 +17,8 @@ RUNS=${2:-3}
 CONNECTIONS=${3:-32}
 PORT=18391
 REDIS_PORT=16493
-BIN=${CARGO_TARGET_DIR:-target}/release/stead
-cargo build --release --bin stead >/dev/null
-WORK=$(mktemp -d -p "$PWD" bench-sqlratelimiter.XXXXXX)
-cleanup() {
-  [ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null || true
-  [ -n "${REDIS_PID:-}" ] && kill "$REDIS_PID" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-start_stead() {
-  rm -rf "$WORK/data"
-  taskset -c 0 "$BIN" serve --listen 127.0.0.1:$PORT --data-dir "$WORK/data" --cores 1 \
-    >"$WORK/server.log" 2>&1 &
-  SERVER_PID=$!
-  for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "stead did not start" >&2; cat "$WORK/server.log" >&2; exit 1
-}
-stop_stead() { kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=; }
+WORK_NAME=bench-sqlratelimiter
+source scripts/bench-common.sh
 
 # One stead measurement: "rps p99_us errors".
 stead_run() { # scenario objects
@@ -54,15 +33,6 @@ print(f"{run['throughput_rps']:.0f} {run['latency_ms']['p99'] * 1000:.0f} {run['
 PY
 }
 
-start_redis() {
-  rm -rf "$WORK/redis"; mkdir -p "$WORK/redis"
-  taskset -c 0 redis-server --port $REDIS_PORT --bind 127.0.0.1 --dir "$WORK/redis" --save '' \
-    --appendonly yes --appendfsync always --daemonize no >"$WORK/redis.log" 2>&1 &
-  REDIS_PID=$!
-  for _ in $(seq 100); do redis-cli -p $REDIS_PORT ping >/dev/null 2>&1 && break; sleep 0.1; done
-  SHA=$(redis-cli -p $REDIS_PORT SCRIPT LOAD "$(cat scripts/ratelimit.lua)")
-}
-stop_redis() { kill -TERM "$REDIS_PID"; wait "$REDIS_PID" || true; REDIS_PID=; }
 
 # One Redis measurement: "rps p99_us errors", sized from the last run's rate.
 REDIS_RATE=15000
@@ -73,7 +43,6 @@ redis_run() {
   echo "$line" | tr -d '"' | awk -F, '{printf "%.0f %.0f 0\n", $2, $7 * 1000}'
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 declare -A RESULTS
 record() { RESULTS["$1"]+="$2"$'\n'; }
 

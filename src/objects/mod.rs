@@ -43,6 +43,35 @@ fn json_response<T: Serialize>(status: u16, value: &T) -> Result<Response, Objec
         .with_header("Content-Type", "application/json"))
 }
 
+/// The `limit` and `windowMs` query parameters of both rate limiters, each a positive integer
+/// up to `i64::MAX`, with the server's `[ratelimit]` defaults; a 400 response for a bad one.
+fn limit_and_window(
+    request: &crate::http::Request,
+    defaults: &crate::config::RateLimitDefaults,
+) -> Result<(u64, u64), Response> {
+    let limit = positive_param(request, "limit", u64::from(defaults.limit))?;
+    let window_ms = positive_param(request, "windowMs", defaults.window_ms)?;
+    Ok((limit, window_ms))
+}
+
+/// Reads a positive integer query parameter (at most `i64::MAX`), or the default when absent.
+fn positive_param(
+    request: &crate::http::Request,
+    name: &str,
+    default: u64,
+) -> Result<u64, Response> {
+    match request.query_param(name) {
+        None => Ok(default),
+        Some(text) => match text.parse::<u64>() {
+            Ok(value) if value > 0 && value <= i64::MAX as u64 => Ok(value),
+            _ => Err(Response::json_error(
+                400,
+                &format!("{name} must be a positive integer, got {text:?}"),
+            )),
+        },
+    }
+}
+
 /// Registers every built-in class under its route name.
 pub fn register_builtins(registry: &mut ClassRegistry) -> Result<(), RegistryError> {
     registry.register::<Counter>("counter")?;

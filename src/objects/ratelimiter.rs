@@ -70,20 +70,6 @@ fn parse_key(key: &[u8]) -> Option<(i64, u32)> {
     Some((timestamp as i64, sequence))
 }
 
-/// Reads a positive integer query parameter, or the default when absent.
-fn positive_param(request: &Request, name: &str, default: u64) -> Result<u64, Response> {
-    match request.query_param(name) {
-        None => Ok(default),
-        Some(text) => match text.parse::<u64>() {
-            Ok(value) if value > 0 && value <= i64::MAX as u64 => Ok(value),
-            _ => Err(Response::json_error(
-                400,
-                &format!("{name} must be a positive integer, got {text:?}"),
-            )),
-        },
-    }
-}
-
 impl RateLimiter {
     fn check(&self, limit: u64, window_ms: u64) -> Result<Response, ObjectError> {
         let now = now_ms();
@@ -154,16 +140,10 @@ impl DurableObject for RateLimiter {
     }
 
     async fn fetch(&self, request: Request) -> Result<Response, ObjectError> {
-        let defaults = &self.context.config().ratelimit;
-        let limit = match positive_param(&request, "limit", u64::from(defaults.limit)) {
-            Ok(limit) => limit,
-            Err(response) => return Ok(response),
-        };
-        let window_ms = match positive_param(&request, "windowMs", defaults.window_ms) {
-            Ok(window_ms) => window_ms,
-            Err(response) => return Ok(response),
-        };
-        self.check(limit, window_ms)
+        match super::limit_and_window(&request, &self.context.config().ratelimit) {
+            Ok((limit, window_ms)) => self.check(limit, window_ms),
+            Err(response) => Ok(response),
+        }
     }
 }
 

@@ -38,21 +38,6 @@ struct Verdict {
     allowed: bool,
 }
 
-/// Reads a positive integer query parameter, or the default when absent.
-fn positive_param(request: &Request, name: &str, default: u64) -> Result<i64, Response> {
-    let value = match request.query_param(name) {
-        None => default,
-        Some(text) => text.parse::<u64>().unwrap_or(0),
-    };
-    match i64::try_from(value) {
-        Ok(value) if value > 0 => Ok(value),
-        _ => Err(Response::json_error(
-            400,
-            &format!("{name} must be a positive integer"),
-        )),
-    }
-}
-
 impl SqlRateLimiter {
     fn check(&self, key: &str, limit: i64, window_ms: i64) -> Result<Response, ObjectError> {
         let storage = self.context.storage();
@@ -105,19 +90,16 @@ impl DurableObject for SqlRateLimiter {
         if request.path != "/check" {
             return Ok(Response::not_found());
         }
-        let defaults = &self.context.config().ratelimit;
-        let limit = match positive_param(&request, "limit", u64::from(defaults.limit)) {
-            Ok(limit) => limit,
-            Err(response) => return Ok(response),
-        };
-        let window_ms = match positive_param(&request, "windowMs", defaults.window_ms) {
-            Ok(window_ms) => window_ms,
-            Err(response) => return Ok(response),
-        };
+        let (limit, window_ms) =
+            match super::limit_and_window(&request, &self.context.config().ratelimit) {
+                Ok(parameters) => parameters,
+                Err(response) => return Ok(response),
+            };
         let key = request
             .query_param("key")
             .unwrap_or_else(|| KEY_DEFAULT.to_string());
-        self.check(&key, limit, window_ms)
+        // Both are at most i64::MAX (`positive_param`).
+        self.check(&key, limit as i64, window_ms as i64)
     }
 
     /// Deletes the rows older than the longest window, then sets the alarm one window after

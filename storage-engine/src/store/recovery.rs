@@ -250,6 +250,15 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
     })
 }
 
+/// What recovery found after a record that does not verify, when it may be cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tail {
+    /// No record that verifies follows.
+    Torn,
+    /// Exactly one follows: the damaged round's overlapped partner.
+    Overlapped,
+}
+
 /// Refuses segment files the store could not have written: an id must be at most
 /// `SEGMENT_ID_MAX` and belong to one file only, since the index finds files by id alone.
 fn check_segment_ids(files: &[(SegmentKind, u64)]) -> Result<(), StoreError> {
@@ -361,28 +370,33 @@ impl Replay<'_> {
                     end = offset;
                     break;
                 }
-                Err(reason) if newest && self.unacknowledged_tail(&bytes, offset, id) => {
-                    let overlapped = self
-                        .valid_record_from(&bytes, offset + BLOCK_BYTES, id)
-                        .is_some();
-                    self.overlapped_tails_cut += u64::from(overlapped);
-                    tracing::warn!(
-                        file = %name,
-                        offset,
-                        bytes = bytes.len() - offset,
-                        %reason,
-                        overlapped,
-                        "cutting a torn tail off the newest log segment"
-                    );
-                    end = offset;
-                    break;
-                }
-                Err(reason) if self.config.recovery == RecoveryMode::Salvage => {
+                Err(reason) => {
+                    let tail = if newest {
+                        self.unacknowledged_tail(&bytes, offset, id)
+                    } else {
+                        None
+                    };
+                    if let Some(tail) = tail {
+                        let overlapped = tail == Tail::Overlapped;
+                        self.overlapped_tails_cut += u64::from(overlapped);
+                        tracing::warn!(
+                            file = %name,
+                            offset,
+                            bytes = bytes.len() - offset,
+                            %reason,
+                            overlapped,
+                            "cutting a torn tail off the newest log segment"
+                        );
+                        end = offset;
+                        break;
+                    }
+                    if self.config.recovery != RecoveryMode::Salvage {
+                        return Err(corruption(offset, reason));
+                    }
                     tracing::warn!(file = %name, offset, %reason, "salvage: skipping a record that does not verify");
                     self.losses += 1;
                     offset += BLOCK_BYTES;
                 }
-                Err(reason) => return Err(corruption(offset, reason)),
             }
         }
         // A torn tail (or, salvaging, skipped blocks at the end) is cut; a zero tail is kept.
@@ -525,23 +539,24 @@ impl Replay<'_> {
         }
     }
 
-    /// Whether the damage at `offset` can be what a crash leaves of rounds in flight, none of
-    /// them acknowledged: no record that verifies follows it, or exactly one does, marked as
-    /// written while the round before it was in flight, and numbered past at least one batch
-    /// after the last good record (the damaged round's). The writer keeps at most two rounds
+    /// Which tail the damage at `offset` is, if it can be what a crash leaves of rounds in
+    /// flight, none of them acknowledged: no record that verifies follows it (torn), or exactly
+    /// one does, marked as written while the round before it was in flight, and numbered past
+    /// at least one batch after the last good record, the damaged round's (overlapped). The writer keeps at most two rounds
     /// in flight and acknowledges in order, so the damaged round and that one were both
     /// unacknowledged. Anything else after the damage proves acknowledged data was lost.
-    fn unacknowledged_tail(&self, bytes: &[u8], offset: usize, id: u64) -> bool {
+    fn unacknowledged_tail(&self, bytes: &[u8], offset: usize, id: u64) -> Option<Tail> {
         let Some((start, header)) = self.valid_record_from(bytes, offset + BLOCK_BYTES, id) else {
-            return true;
+            return Some(Tail::Torn);
         };
         let after = start + codec::block_align_up(header.length as usize);
         // The last good batch: in the log so far, or, in the first log segment after a
         // compaction, the base segments' seal.
         let last_good = self.last_log_seq.max(self.max_seq);
-        header.overlapped
+        (header.overlapped
             && header.seq > last_good + 1
-            && self.valid_record_from(bytes, after, id).is_none()
+            && self.valid_record_from(bytes, after, id).is_none())
+        .then_some(Tail::Overlapped)
     }
 
     /// The first record at or after block offset `from` that verifies, belongs to segment
