@@ -132,6 +132,11 @@ pub struct SqlSettings {
     /// Most bytes of values one `exec` returns (text and blobs at their length, other values
     /// at 8 bytes); a statement that would return more fails.
     pub result_bytes_max: usize,
+    /// Memory SQLite may allocate, for every object's database of the process together: page
+    /// caches, sorts, temporary tables, values. A statement that needs more fails with an
+    /// error naming this limit and is rolled back (the pages themselves are stead's memory,
+    /// bounded by `database_bytes_max`).
+    pub heap_bytes_max: u64,
 }
 
 impl Default for SqlSettings {
@@ -142,6 +147,7 @@ impl Default for SqlSettings {
             statement_bytes_max: 100_000,
             result_rows_max: 1_000_000,
             result_bytes_max: 32 * 1024 * 1024,
+            heap_bytes_max: 1024 * 1024 * 1024,
         }
     }
 }

@@ -116,6 +116,7 @@ impl Server {
             return Err(ServerError::Registry(error));
         }
         validate(&config)?;
+        crate::object::set_heap_limit(config.sql.heap_bytes_max);
         let layout = layout::prepare(&config).map_err(ServerError::Layout)?;
         let cores = layout.cores;
         let available = std::thread::available_parallelism()
@@ -251,6 +252,9 @@ pub fn wait_for_signal(
 }
 
 /// Refuses settings that cannot work, before anything is opened.
+/// The smallest `sql.heap_bytes_max`: below it SQLite could not open a few databases.
+const SQL_HEAP_BYTES_MIN: u64 = 8 * 1024 * 1024;
+
 fn validate(config: &Config) -> Result<(), ServerError> {
     let problem = if config.http.body_bytes_max == 0 {
         Some("http.body_bytes_max must be positive")
@@ -263,6 +267,8 @@ fn validate(config: &Config) -> Result<(), ServerError> {
     } else if config.storage.compaction_dead_percent_min > 100 {
         // Dead bytes are a share of all bytes: past 100 compaction would never start.
         Some("storage.compaction_dead_percent_min must be at most 100")
+    } else if config.sql.heap_bytes_max < SQL_HEAP_BYTES_MIN {
+        Some("sql.heap_bytes_max must be at least 8 MiB (8388608)")
     } else if config.auth_token.as_deref() == Some("") {
         Some("auth_token must not be empty")
     } else {
@@ -316,4 +322,18 @@ fn join_all(threads: Vec<glommio::ExecutorJoinHandle<()>>) -> Option<usize> {
         }
     }
     failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sql_heap_below_the_minimum_is_refused_at_start() {
+        let mut config = Config::default();
+        assert!(validate(&config).is_ok());
+        config.sql.heap_bytes_max = SQL_HEAP_BYTES_MIN - 1;
+        let error = validate(&config).expect_err("too small");
+        assert!(error.to_string().contains("sql.heap_bytes_max"), "{error}");
+    }
 }

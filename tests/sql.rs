@@ -337,6 +337,16 @@ fn bad_input_gets_a_clear_error_and_other_objects_keep_being_served() {
     let reply = exec(&mut client, "bad", &too_many, json!([]));
     assert_eq!(reply.status, 400);
     assert!(reply.text().contains("result_rows_max"), "{}", reply.text());
+    // A statement that needs more of SQLite's memory than sql.heap_bytes_max (32 MiB here):
+    // sorting 64 values of 1 MB. Stopped with an error naming the limit; the object goes on.
+    let hungry = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 64)
+                  SELECT length(v) FROM (SELECT randomblob(1000000) AS v FROM n ORDER BY v)";
+    let reply = exec(&mut client, "bad", hungry, json!([]));
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert!(reply.text().contains("heap_bytes_max"), "{}", reply.text());
+    let small = hungry.replace("LIMIT 64", "LIMIT 4");
+    let reply = exec(&mut client, "bad", &small, json!([]));
+    assert_eq!(reply.status, 200, "{}", reply.text());
     // A runaway query on the only core: stopped with an error, and a counter on the same core
     // asked meanwhile is answered once it stops.
     let addr = server.addr;
@@ -375,12 +385,12 @@ fn bad_input_gets_a_clear_error_and_other_objects_keep_being_served() {
     assert_eq!(server.stop(), Some(0));
 }
 
-/// A config file with a small database limit, for the bad-input test.
+/// A config file with a small database limit and a small SQLite heap, for the bad-input test.
 fn write_config(dir: &Path) -> String {
     let path = dir.join("stead.toml");
     std::fs::write(
         &path,
-        "[sql]\ndatabase_bytes_max = 1048576\nresult_rows_max = 200000\n",
+        "[sql]\ndatabase_bytes_max = 1048576\nresult_rows_max = 200000\nheap_bytes_max = 33554432\n",
     )
     .expect("write config");
     path.to_string_lossy().into_owned()
@@ -427,6 +437,41 @@ fn a_full_database_refuses_writes_and_loses_nothing() {
     ));
     assert_eq!(count, json!([[inserted]]));
     assert!(integrity_ok(&mut client, "full"));
+    assert_eq!(server.stop(), Some(0));
+}
+
+/// One statement whose changes pass one batch's 16 MiB: the event fails with a 500 naming the
+/// batch, nothing of it is stored, and the object's next request reloads the committed rows.
+#[test]
+fn an_update_larger_than_one_batch_fails_and_leaves_the_committed_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path(), 1, &[]);
+    let mut client = server.client();
+    let create = "CREATE TABLE t (id INTEGER PRIMARY KEY, data BLOB)";
+    assert_eq!(exec(&mut client, "big", create, json!([])).status, 200);
+    let insert = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 96)
+                  INSERT INTO t (data) SELECT zeroblob(65536) FROM n";
+    for _ in 0..4 {
+        assert_eq!(exec(&mut client, "big", insert, json!([])).status, 200);
+    }
+    let update = "UPDATE t SET data = randomblob(65536)";
+    let reply = exec(&mut client, "big", update, json!([]));
+    assert_eq!(reply.status, 500, "{}", reply.text());
+    assert!(reply.text().contains("batch"), "{}", reply.text());
+    let unchanged = "SELECT count(*), sum(data = zeroblob(65536)) FROM t";
+    assert_eq!(
+        rows(&exec(&mut client, "big", unchanged, json!([]))),
+        json!([[384, 384]])
+    );
+    assert!(integrity_ok(&mut client, "big"));
+    assert_eq!(server.stop(), Some(0));
+    let server = TestServer::start(dir.path(), 1, &[]);
+    let mut client = server.client();
+    assert_eq!(
+        rows(&exec(&mut client, "big", unchanged, json!([]))),
+        json!([[384, 384]])
+    );
+    assert!(integrity_ok(&mut client, "big"));
     assert_eq!(server.stop(), Some(0));
 }
 

@@ -38,6 +38,7 @@ pub use host::shutting_down;
 pub use host::{store_limits, AlarmListener, HostStats, ObjectHost};
 pub use registry::{ClassRegistry, Constructor, DynObject, RegistryError, CLASS_NAME_BYTES_MAX};
 pub use sockets::CoreSockets;
+pub(crate) use sql::set_heap_limit;
 pub use sql::{Cursor, Row, Rows, Sql, SqlError, SqlValue, SQL_PAGE_KEY_PREFIX};
 pub use stead_storage::ListOptions;
 pub use storage::{Storage, StorageError};

@@ -47,7 +47,7 @@ pub(super) struct Pending {
 
 /// Which count a write is checked against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum WriteKind {
+enum WriteKind {
     /// A key-value write: `batch_keys_max`.
     KeyValue,
     /// A SQL page: `SQL_PAGES_PER_BATCH_MAX`.
@@ -57,6 +57,35 @@ pub(super) enum WriteKind {
 /// The estimated encoded size of one write.
 fn write_bytes(key: &[u8], value: Option<&[u8]>) -> usize {
     OP_OVERHEAD_BYTES + key.len() + value.map_or(0, <[u8]>::len)
+}
+
+/// Refuses write counts or bytes (as `Pending::counts_with` gives them) past a limit of `kind`.
+fn check_limits(
+    counts: [usize; 4],
+    bytes: usize,
+    limits: &Limits,
+    kind: WriteKind,
+) -> Result<(), StorageError> {
+    let (base, keys_max) = match kind {
+        WriteKind::KeyValue => (0, limits.batch_keys_max),
+        WriteKind::SqlPage => (2, SQL_PAGES_PER_BATCH_MAX),
+    };
+    for (op_kind, keys) in [("put", counts[base]), ("delete", counts[base + 1])] {
+        if keys > keys_max {
+            return Err(StorageError::BatchTooManyKeys {
+                op_kind,
+                keys,
+                batch_keys_max: keys_max,
+            });
+        }
+    }
+    if bytes + BATCH_OVERHEAD_BYTES > limits.batch_bytes_max {
+        return Err(StorageError::BatchTooLarge {
+            batch_bytes: bytes + BATCH_OVERHEAD_BYTES,
+            batch_bytes_max: limits.batch_bytes_max,
+        });
+    }
+    Ok(())
 }
 
 impl Pending {
@@ -72,18 +101,36 @@ impl Pending {
         value: Option<Vec<u8>>,
         limits: &Limits,
     ) -> Result<(), StorageError> {
-        self.write_kind(key, value, limits, WriteKind::KeyValue)
+        let (counts, bytes) = self.counts_with(key, value.as_deref(), WriteKind::KeyValue);
+        check_limits(counts, bytes, limits, WriteKind::KeyValue)?;
+        self.record(key, value, counts, bytes);
+        Ok(())
     }
 
-    /// Records a put (`Some`) or delete (`None`) of `key` counted as `kind`, or refuses it if
-    /// the batch would pass a limit; a refused write changes nothing.
-    pub(super) fn write_kind(
+    /// Records a write of a SQL page even if the batch then passes a limit, and returns the
+    /// limit it passed. SQLite must never be refused a write: the writes that roll back a
+    /// failed statement come after the ones that failed, and a refused one would leave the
+    /// database half changed. The caller fails the instance instead (`Storage::abandon`), so
+    /// a batch past its limits is never committed.
+    pub(super) fn write_page_unrefused(
         &mut self,
         key: &[u8],
         value: Option<Vec<u8>>,
         limits: &Limits,
-        kind: WriteKind,
     ) -> Result<(), StorageError> {
+        let (counts, bytes) = self.counts_with(key, value.as_deref(), WriteKind::SqlPage);
+        let within = check_limits(counts, bytes, limits, WriteKind::SqlPage);
+        self.record(key, value, counts, bytes);
+        within
+    }
+
+    /// The write counts and estimated bytes once `key` is written as `value`.
+    fn counts_with(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        kind: WriteKind,
+    ) -> ([usize; 4], usize) {
         let mut counts = [self.puts, self.deletes, self.page_puts, self.page_deletes];
         let mut bytes = self.bytes;
         // Index of the put count of `kind` in `counts`; the delete count follows it.
@@ -102,30 +149,14 @@ impl Pending {
             Some(_) => counts[base] += 1,
             None => counts[base + 1] += 1,
         }
-        bytes += write_bytes(key, value.as_deref());
-        let keys_max = match kind {
-            WriteKind::KeyValue => limits.batch_keys_max,
-            WriteKind::SqlPage => SQL_PAGES_PER_BATCH_MAX,
-        };
-        for (op_kind, keys) in [("put", counts[base]), ("delete", counts[base + 1])] {
-            if keys > keys_max {
-                return Err(StorageError::BatchTooManyKeys {
-                    op_kind,
-                    keys,
-                    batch_keys_max: keys_max,
-                });
-            }
-        }
-        if bytes + BATCH_OVERHEAD_BYTES > limits.batch_bytes_max {
-            return Err(StorageError::BatchTooLarge {
-                batch_bytes: bytes + BATCH_OVERHEAD_BYTES,
-                batch_bytes_max: limits.batch_bytes_max,
-            });
-        }
+        bytes += write_bytes(key, value);
+        (counts, bytes)
+    }
+
+    fn record(&mut self, key: &[u8], value: Option<Vec<u8>>, counts: [usize; 4], bytes: usize) {
         self.writes.insert(key.to_vec(), value);
         [self.puts, self.deletes, self.page_puts, self.page_deletes] = counts;
         self.bytes = bytes;
-        Ok(())
     }
 
     /// Records that every key is removed; the writes before it no longer matter.

@@ -10,10 +10,12 @@ use std::cell::RefCell;
 use std::fmt;
 use std::ops::Bound;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use stead_storage::{Batch, KeyMap, Limits, ListOptions, ObjectData};
 
-use super::pending::{Pending, WriteKind};
+use super::pending::Pending;
 use super::sql::pages::{is_reserved_key, page_key, PageFile};
 use super::sql::{Database, Sql, SqlError};
 use crate::config::SqlSettings;
@@ -118,6 +120,12 @@ struct State {
     sql_file: PageFile,
     /// The limits of the SQL database.
     sql_settings: Rc<SqlSettings>,
+    /// The batch limit the SQL writes of the current poll passed, if they did: SQLite is never
+    /// refused a write (see `Pending::write_page_unrefused`); the database fails the instance
+    /// after the statement instead (`Database::check_batch`).
+    sql_batch_passed: Option<StorageError>,
+    /// Set with `sql_batch_passed`, for the progress handler, which then stops the statement.
+    sql_batch_passed_flag: Arc<AtomicBool>,
     /// The open SQLite connection over `sql_file`, opened at the first `sql()` call and closed
     /// when the instance leaves memory.
     database: Option<Rc<Database>>,
@@ -186,6 +194,8 @@ impl Storage {
             commit_failed: None,
             sql_file: PageFile::default(),
             sql_settings: Rc::new(sql_settings),
+            sql_batch_passed: None,
+            sql_batch_passed_flag: Arc::new(AtomicBool::new(false)),
             database: None,
             transactions: Vec::new(),
         };
@@ -239,11 +249,16 @@ impl Storage {
     }
 
     /// Drops the writes of the current poll and fails the instance, as a failed commit does:
-    /// for a SQL database that could not roll back a failed statement, whose pages in memory
-    /// may then differ from every committed state. The object's next event reloads it.
+    /// for a SQL database that could not roll back a failed statement, or whose writes passed
+    /// the batch's limits, whose pages in memory may then differ from every committed state.
+    /// The object's next event reloads it.
     pub(crate) fn abandon(&self, reason: String) {
-        tracing::error!(%reason, "an object's SQL database failed; its writes since the last commit are dropped");
-        self.state.borrow_mut().pending = Pending::default();
+        let mut state = self.state.borrow_mut();
+        if state.commit_failed.is_none() {
+            tracing::error!(%reason, "an object's SQL database failed; its writes since the last commit are dropped");
+        }
+        state.pending = Pending::default();
+        drop(state);
         self.fail_commits(reason.clone());
         self.make_unavailable(reason);
     }
@@ -349,7 +364,8 @@ impl Storage {
         self.state.borrow().sql_file.read(offset, buffer)
     }
 
-    /// Writes the SQL database file, recording every changed page in the pending batch.
+    /// Writes the SQL database file, recording every changed page in the pending batch, even
+    /// past the batch's limits (noted in `sql_batch_passed`).
     pub(crate) fn sql_file_write(&self, offset: u64, data: &[u8]) -> Result<(), SqlFileError> {
         let mut state = self.state.borrow_mut();
         refuse_if(&state.unavailable).map_err(SqlFileError::Storage)?;
@@ -362,14 +378,23 @@ impl Storage {
             });
         }
         let state = &mut *state;
-        let (pending, limits) = (&mut state.pending, &state.limits);
-        state
-            .sql_file
-            .write(offset, data, |page, bytes| {
-                let value = Some(bytes.to_vec());
-                pending.write_kind(&page_key(page), value, limits, WriteKind::SqlPage)
-            })
-            .map_err(SqlFileError::Storage)
+        let (pending, limits, passed) = (
+            &mut state.pending,
+            &state.limits,
+            &mut state.sql_batch_passed,
+        );
+        let outcome = state.sql_file.write(offset, data, |page, bytes| {
+            let value = Some(bytes.to_vec());
+            note_passed(
+                passed,
+                pending.write_page_unrefused(&page_key(page), value, limits),
+            );
+            Ok(())
+        });
+        if passed.is_some() {
+            state.sql_batch_passed_flag.store(true, Ordering::Relaxed);
+        }
+        outcome.map_err(SqlFileError::Storage)
     }
 
     /// Cuts the SQL database file to `size_bytes`, recording the dropped pages as deletes.
@@ -377,13 +402,32 @@ impl Storage {
         let mut state = self.state.borrow_mut();
         refuse_if(&state.unavailable).map_err(SqlFileError::Storage)?;
         let state = &mut *state;
-        let (pending, limits) = (&mut state.pending, &state.limits);
-        state
-            .sql_file
-            .truncate(size_bytes, |page| {
-                pending.write_kind(&page_key(page), None, limits, WriteKind::SqlPage)
-            })
-            .map_err(SqlFileError::Storage)
+        let (pending, limits, passed) = (
+            &mut state.pending,
+            &state.limits,
+            &mut state.sql_batch_passed,
+        );
+        let outcome = state.sql_file.truncate(size_bytes, |page| {
+            note_passed(
+                passed,
+                pending.write_page_unrefused(&page_key(page), None, limits),
+            );
+            Ok(())
+        });
+        if passed.is_some() {
+            state.sql_batch_passed_flag.store(true, Ordering::Relaxed);
+        }
+        outcome.map_err(SqlFileError::Storage)
+    }
+
+    /// The batch limit the SQL writes of the current poll passed, if they did.
+    pub(crate) fn sql_batch_passed(&self) -> Option<StorageError> {
+        self.state.borrow().sql_batch_passed.clone()
+    }
+
+    /// Becomes true when the SQL writes of the current poll pass the batch's limits.
+    pub(crate) fn sql_batch_passed_flag(&self) -> Arc<AtomicBool> {
+        self.state.borrow().sql_batch_passed_flag.clone()
     }
 
     /// Resolves once this storage takes no more writes: the object left memory (evicted, a
@@ -556,6 +600,13 @@ impl fmt::Display for SqlFileError {
             ),
             SqlFileError::Storage(error) => error.fmt(f),
         }
+    }
+}
+
+/// Keeps the first limit a SQL page write passed.
+fn note_passed(passed: &mut Option<StorageError>, outcome: Result<(), StorageError>) {
+    if let Err(error) = outcome {
+        passed.get_or_insert(error);
     }
 }
 

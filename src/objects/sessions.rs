@@ -37,8 +37,11 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS sessions (
        id TEXT PRIMARY KEY, user_id TEXT NOT NULL, data TEXT NOT NULL,
        created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL);
      CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at);";
-/// Expired rows the alarm deletes per batch, far below one batch's page limit.
-const DELETE_ROWS_PER_BATCH_MAX: i64 = 10_000;
+/// Rows the alarm deletes per batch. Deleting a row writes its table leaf and index leaves,
+/// and a few neighbours when a leaf is rebalanced (the pages of a long value are freed, not
+/// written), so 500 rows stay below one batch's 4,096 pages even when each row fills a page.
+/// An event past that limit fails (`SqlError::BatchFull`), so the margin matters.
+const DELETE_ROWS_PER_BATCH_MAX: i64 = 500;
 /// Lifetime of a session when the request names none: 24 hours, as in the design.
 const TTL_MS_DEFAULT: i64 = 86_400_000;
 /// Longest lifetime, in milliseconds (ten years): keeps `now + ttl` far from overflow.

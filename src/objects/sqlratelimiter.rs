@@ -22,8 +22,11 @@ const SCHEMA: &str =
      CREATE INDEX IF NOT EXISTS requests_key_timestamp ON requests (key, timestamp);";
 /// The key-value entry holding the longest window asked for, in milliseconds (decimal text).
 const WINDOW_MS_MAX_KEY: &[u8] = b"window_ms_max";
-/// Rows the alarm deletes per batch, so that one event's batch stays far below its page limit.
-const DELETE_ROWS_PER_BATCH_MAX: i64 = 10_000;
+/// Rows the alarm deletes per batch. Deleting a row writes its table leaf and index leaves,
+/// and a few neighbours when a leaf is rebalanced (the pages of a long value are freed, not
+/// written), so 500 rows stay below one batch's 4,096 pages even when each row fills a page.
+/// An event past that limit fails (`SqlError::BatchFull`), so the margin matters.
+const DELETE_ROWS_PER_BATCH_MAX: i64 = 500;
 /// The key when the request names none.
 const KEY_DEFAULT: &str = "default";
 

@@ -10,8 +10,10 @@
 //! Limits (`[sql]` in `stead.toml`, see `SqlSettings`): the database size
 //! (`database_bytes_max`, SQLite's `max_page_count`), the statement text
 //! (`statement_bytes_max`), the work of one statement (`statement_steps_max`, enforced by a
-//! progress handler), and the rows and bytes one call returns. One event's SQL writes may
-//! change at most `SQL_PAGES_PER_BATCH_MAX` pages (16 MiB).
+//! progress handler), the rows and bytes one call returns, and SQLite's memory for the whole
+//! process (`heap_bytes_max`, `set_heap_limit`). One event's SQL writes may change at most
+//! `SQL_PAGES_PER_BATCH_MAX` pages (16 MiB); past that the statement is stopped and the
+//! instance fails (`Database::check_batch`), since SQLite must never be refused a write.
 //!
 //! Refused, with an error that says why: `BEGIN`/`COMMIT`/`ROLLBACK`/`SAVEPOINT`/`RELEASE`
 //! (use `Storage::transaction_sync`), `ATTACH`/`DETACH`, and the pragmas that would change how
@@ -45,6 +47,9 @@ pub const STEPS_PER_PROGRESS_CALL: u64 = 1_000;
 const PAGE_CACHE_KIB: i64 = 512;
 /// The name of the savepoint `transaction_sync` runs in.
 const SAVEPOINT: &str = "stead_transaction_sync";
+/// The name of the savepoint a write that returns rows runs in, so that a result past the
+/// limits undoes the write it reports failed.
+const STATEMENT_SAVEPOINT: &str = "stead_statement";
 
 /// Why a statement failed.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,6 +85,17 @@ pub enum SqlError {
     Deserialize { message: String },
     /// The object's storage takes no more writes (it left memory, or a commit failed).
     Unavailable { reason: String },
+    /// The SQL writes since the handler last suspended passed one batch's limit
+    /// (`SQL_PAGES_PER_BATCH_MAX` pages). The writes since the last suspension are dropped
+    /// and the instance fails (its next event reloads the object).
+    BatchFull { reason: String },
+    /// SQLite rolled back the whole `transaction_sync` transaction after an error (a conflict
+    /// clause `ROLLBACK`, `RAISE(ROLLBACK)`, a statement stopped by a limit): every statement
+    /// until the outermost `transaction_sync` returns fails with this, and it is undone.
+    TransactionRolledBack,
+    /// SQLite's memory (`sql.heap_bytes_max`, for every database of the process) ran out and
+    /// the statement was stopped.
+    OutOfMemory { heap_bytes_max: u64 },
 }
 
 impl fmt::Display for SqlError {
@@ -125,6 +141,18 @@ impl fmt::Display for SqlError {
                 write!(f, "a row does not fit the type asked for: {message}")
             }
             SqlError::Unavailable { reason } => write!(f, "storage unavailable: {reason}"),
+            SqlError::BatchFull { reason } => write!(
+                f,
+                "the SQL writes since the handler last awaited passed one batch's limit ({reason}); they are dropped and the object is reloaded"
+            ),
+            SqlError::TransactionRolledBack => f.write_str(
+                "SQLite rolled back the whole transaction after an earlier error; \
+                 the transaction_sync closure must return an error",
+            ),
+            SqlError::OutOfMemory { heap_bytes_max } => write!(
+                f,
+                "SQLite's memory limit sql.heap_bytes_max ({heap_bytes_max} bytes) was reached and the statement was stopped"
+            ),
         }
     }
 }
@@ -163,7 +191,8 @@ fn is_failure_code(code: i32) -> bool {
 /// The refusal of a transaction statement.
 const TRANSACTION_REFUSAL: &str = "BEGIN, COMMIT, ROLLBACK, SAVEPOINT and RELEASE are not \
      allowed in exec: use storage().transaction_sync(|| ...) to run statements atomically";
-const ATTACH_REFUSAL: &str = "ATTACH and DETACH are not allowed: an object has one database";
+const ATTACH_REFUSAL: &str =
+    "ATTACH, DETACH and VACUUM (which attaches a database) are not allowed: an object has one database";
 const PRAGMA_REFUSAL: &str = "this pragma would change how the object's database is stored \
      and is not allowed";
 
@@ -230,6 +259,11 @@ pub(crate) struct Database {
     refusal: Arc<Mutex<Option<&'static str>>>,
     /// `transaction_sync` calls in progress.
     transactions: Cell<u32>,
+    /// Set when SQLite ended the transaction of the `transaction_sync` calls in progress;
+    /// cleared when the outermost one returns.
+    transaction_lost: Cell<bool>,
+    /// Set by the storage when this poll's SQL writes pass the batch's limits.
+    batch_passed: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for Database {
@@ -305,6 +339,8 @@ impl Database {
             own_transaction_statement: Arc::new(AtomicBool::new(false)),
             refusal: Arc::new(Mutex::new(None)),
             transactions: Cell::new(0),
+            transaction_lost: Cell::new(false),
+            batch_passed: storage.sql_batch_passed_flag(),
         };
         database.install_hooks();
         Ok(database)
@@ -313,10 +349,17 @@ impl Database {
     /// The progress handler (the step budget) and the authorizer (the refused statements).
     fn install_hooks(&self) {
         let (calls, interrupted) = (self.progress_calls.clone(), self.interrupted.clone());
+        let batch_passed = self.batch_passed.clone();
+        let own_statement = self.own_transaction_statement.clone();
         let calls_max = self.settings.statement_steps_max / STEPS_PER_PROGRESS_CALL;
         self.connection.progress_handler(
             STEPS_PER_PROGRESS_CALL as i32,
             Some(move || {
+                // Past the batch's limits the statement is lost anyway (`check_batch`): stop
+                // it before it writes more. (Never our own rollback.)
+                if batch_passed.load(Ordering::Relaxed) && !own_statement.load(Ordering::Relaxed) {
+                    return true;
+                }
                 if calls.fetch_add(1, Ordering::Relaxed) + 1 > calls_max {
                     interrupted.store(true, Ordering::Relaxed);
                     return true;
@@ -362,11 +405,35 @@ impl Database {
                 statement_bytes_max: self.settings.statement_bytes_max,
             });
         }
+        if self.transaction_lost.get() {
+            return Err(SqlError::TransactionRolledBack);
+        }
         let outcome = self.run(query, params);
+        self.check_batch()?;
         if outcome.is_err() {
+            if self.transactions.get() > 0 && self.connection.is_autocommit() {
+                self.transaction_lost.set(true);
+            }
             self.recover()?;
         }
         outcome
+    }
+
+    /// Fails the instance if this poll's SQL writes passed the batch's limits: they cannot be
+    /// committed, and SQLite's memory holds them, so only a reload from the store is right.
+    fn check_batch(&self) -> Result<(), SqlError> {
+        let Some(storage) = self.storage.upgrade() else {
+            return Ok(());
+        };
+        let Some(passed) = storage.sql_batch_passed() else {
+            return Ok(());
+        };
+        storage.abandon(format!(
+            "the SQL writes of one event passed the batch's limits: {passed}"
+        ));
+        Err(SqlError::BatchFull {
+            reason: passed.to_string(),
+        })
     }
 
     fn run(&self, query: &str, params: &[SqlValue]) -> Result<Cursor, SqlError> {
@@ -417,8 +484,40 @@ impl Database {
             .into_iter()
             .map(str::to_string)
             .collect();
-        let column_count = columns.len();
         let changes_before = self.connection.total_changes();
+        // A write that returns rows runs in a savepoint of its own: SQLite makes its changes at
+        // the first step, and a result past the limits must not leave them in place.
+        let guarded = !columns.is_empty() && !statement.readonly();
+        if guarded {
+            self.own_statement(&format!("SAVEPOINT {STATEMENT_SAVEPOINT}"))?;
+        }
+        let outcome = self.step_rows(statement, columns.len());
+        if guarded {
+            match &outcome {
+                Ok(_) => self.own_statement(&format!("RELEASE {STATEMENT_SAVEPOINT}"))?,
+                // Unless SQLite already ended the transaction the savepoint is in.
+                Err(_) if !self.connection.is_autocommit() => self.own_statement(&format!(
+                    "ROLLBACK TO {STATEMENT_SAVEPOINT}; RELEASE {STATEMENT_SAVEPOINT}"
+                ))?,
+                Err(_) => {}
+            }
+        }
+        let rows = outcome?;
+        let full_scan_steps = statement.get_status(StatementStatus::FullscanStep);
+        totals.0 += (rows.len() as u64).max(u64::try_from(full_scan_steps).unwrap_or(0));
+        totals.1 += self
+            .connection
+            .total_changes()
+            .saturating_sub(changes_before);
+        Ok((columns, rows))
+    }
+
+    /// Steps `statement` (bound) to its end and returns its rows, within the result limits.
+    fn step_rows(
+        &self,
+        statement: &mut rusqlite::Statement<'_>,
+        column_count: usize,
+    ) -> Result<Vec<Vec<SqlValue>>, SqlError> {
         self.progress_calls.store(0, Ordering::Relaxed);
         self.interrupted.store(false, Ordering::Relaxed);
         let (rows_max, bytes_max) = (
@@ -427,11 +526,12 @@ impl Database {
         );
         let mut rows = Vec::new();
         let mut bytes = 0usize;
+        // Dropping the cursor resets the statement, so it ends before this returns.
         let mut cursor = statement.raw_query();
         loop {
             let row = match cursor.next() {
                 Ok(Some(row)) => row,
-                Ok(None) => break,
+                Ok(None) => return Ok(rows),
                 Err(error) => return Err(self.error(error)),
             };
             if rows.len() == rows_max {
@@ -453,14 +553,6 @@ impl Database {
             }
             rows.push(values);
         }
-        drop(cursor);
-        let full_scan_steps = statement.get_status(StatementStatus::FullscanStep);
-        totals.0 += (rows.len() as u64).max(u64::try_from(full_scan_steps).unwrap_or(0));
-        totals.1 += self
-            .connection
-            .total_changes()
-            .saturating_sub(changes_before);
-        Ok((columns, rows))
     }
 
     /// An error of this connection, with what the hooks and the VFS know of its cause.
@@ -477,6 +569,9 @@ impl Database {
                     statement_steps_max: self.settings.statement_steps_max,
                 }
             }
+            ffi::SQLITE_NOMEM => SqlError::OutOfMemory {
+                heap_bytes_max: heap_limit(),
+            },
             ffi::SQLITE_AUTH => match refusal {
                 Some(reason) => SqlError::Refused { reason },
                 None => SqlError::Sqlite { code, message },
@@ -518,10 +613,14 @@ impl Database {
         let outcome = self.connection.execute_batch(statement);
         self.own_transaction_statement
             .store(false, Ordering::Relaxed);
+        self.check_batch()?;
         outcome.map_err(|error| self.error(error))
     }
 
     pub(crate) fn begin_savepoint(&self) -> Result<(), SqlError> {
+        if self.transaction_lost.get() {
+            return Err(SqlError::TransactionRolledBack);
+        }
         self.own_statement(&format!("SAVEPOINT {SAVEPOINT}"))?;
         self.transactions.set(self.transactions.get() + 1);
         Ok(())
@@ -530,6 +629,9 @@ impl Database {
     /// Commits the innermost savepoint (the transaction, if it is the outermost). On failure
     /// the savepoint is still open, for `rollback_savepoint`.
     pub(crate) fn release_savepoint(&self) -> Result<(), SqlError> {
+        if self.transaction_lost.get() {
+            return Err(SqlError::TransactionRolledBack);
+        }
         self.own_statement(&format!("RELEASE {SAVEPOINT}"))?;
         self.transactions
             .set(self.transactions.get().saturating_sub(1));
@@ -540,6 +642,9 @@ impl Database {
     pub(crate) fn rollback_savepoint(&self) -> Result<(), SqlError> {
         self.transactions
             .set(self.transactions.get().saturating_sub(1));
+        if self.transactions.get() == 0 {
+            self.transaction_lost.set(false);
+        }
         if self.connection.is_autocommit() {
             // SQLite already rolled the whole transaction back (after "disk is full" in a
             // commit, say): there is nothing left to undo.
@@ -547,6 +652,24 @@ impl Database {
         }
         self.own_statement(&format!("ROLLBACK TO {SAVEPOINT}; RELEASE {SAVEPOINT}"))
     }
+}
+
+/// Limits the memory SQLite allocates, for every database of the process together
+/// (`sql.heap_bytes_max`): past it a statement fails with [`SqlError::OutOfMemory`] and SQLite
+/// rolls it back. The object's pages are not SQLite's memory (`pages.rs`); its page cache,
+/// sorts, temporary tables and values are.
+pub(crate) fn set_heap_limit(heap_bytes_max: u64) {
+    // SAFETY: a plain call; SQLite takes any value (0 means none).
+    unsafe {
+        ffi::sqlite3_hard_heap_limit64(i64::try_from(heap_bytes_max).unwrap_or(i64::MAX));
+    }
+}
+
+/// The limit `set_heap_limit` set (0: none).
+fn heap_limit() -> u64 {
+    // SAFETY: a negative argument only reads the limit.
+    let limit = unsafe { ffi::sqlite3_hard_heap_limit64(-1) };
+    u64::try_from(limit).unwrap_or(0)
 }
 
 /// Whether `query` holds no statement: only whitespace, comments and semicolons.

@@ -228,8 +228,16 @@ fn a_database_at_its_size_limit_answers_full_and_keeps_its_rows() {
     assert_eq!(integrity(&reloaded), "ok");
 }
 
+/// Whether the storage takes writes: an abandoned instance refuses every statement.
+fn abandoned(storage: &Storage) -> bool {
+    matches!(
+        exec(storage, "SELECT 1", &[]),
+        Err(SqlError::Unavailable { .. })
+    )
+}
+
 #[test]
-fn more_pages_than_one_batch_holds_fail_and_change_nothing() {
+fn more_pages_than_one_batch_holds_fail_the_instance_and_commit_nothing() {
     let mut committed = Committed::default();
     let storage = committed.load(SqlSettings::default());
     exec(&storage, "CREATE TABLE t (data BLOB)", &[]).expect("create");
@@ -243,16 +251,176 @@ fn more_pages_than_one_batch_holds_fail_and_change_nothing() {
         Ok::<(), SqlError>(())
     });
     let error = outcome.expect_err("too large for one batch");
+    assert!(matches!(error, SqlError::BatchFull { .. }), "{error}");
     assert!(error.to_string().contains("batch"), "{error}");
-    assert_eq!(
-        rows(&storage, "SELECT count(*) FROM t"),
-        [vec![SqlValue::Integer(1)]]
+    assert!(abandoned(&storage));
+    assert!(
+        storage.take_pending().is_none(),
+        "nothing of the event is committed"
     );
-    committed.commit(&storage);
     let reloaded = committed.load(SqlSettings::default());
     assert_eq!(
         rows(&reloaded, "SELECT count(*) FROM t"),
         [vec![SqlValue::Integer(1)]]
+    );
+    assert_eq!(integrity(&reloaded), "ok");
+}
+
+/// An in-place change of committed pages past the batch's limits: SQLite rolls the statement
+/// back by writing the old pages again, and those writes must not be refused (they once were,
+/// leaving half of the update in the batch that was then committed).
+#[test]
+fn an_update_of_more_pages_than_one_batch_holds_leaves_the_committed_rows() {
+    let mut committed = Committed::default();
+    let storage = committed.load(SqlSettings::default());
+    exec(
+        &storage,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, data BLOB)",
+        &[],
+    )
+    .expect("create");
+    // 24 MiB of rows, committed 6 MiB at a time.
+    for _ in 0..4 {
+        exec(
+            &storage,
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 96)
+             INSERT INTO t (data) SELECT zeroblob(65536) FROM n",
+            &[],
+        )
+        .expect("insert");
+        committed.commit(&storage);
+    }
+    let error = exec(&storage, "UPDATE t SET data = randomblob(65536)", &[])
+        .expect_err("too large for one batch");
+    assert!(matches!(error, SqlError::BatchFull { .. }), "{error}");
+    assert!(abandoned(&storage));
+    assert!(
+        storage.take_pending().is_none(),
+        "nothing of the update is committed"
+    );
+    let reloaded = committed.load(SqlSettings::default());
+    assert_eq!(
+        rows(
+            &reloaded,
+            "SELECT count(*), sum(data = zeroblob(65536)) FROM t"
+        ),
+        [vec![SqlValue::Integer(384), SqlValue::Integer(384)]]
+    );
+    assert_eq!(integrity(&reloaded), "ok");
+    // The same update in batches that fit is fine.
+    for first in (1..=384).step_by(96) {
+        exec(
+            &reloaded,
+            "UPDATE t SET data = randomblob(65536) WHERE id BETWEEN ? AND ?",
+            &[first.into(), (first + 95).into()],
+        )
+        .expect("a batch that fits");
+        committed.commit(&reloaded);
+    }
+    let again = committed.load(SqlSettings::default());
+    assert_eq!(
+        rows(&again, "SELECT sum(data = zeroblob(65536)) FROM t"),
+        [vec![SqlValue::Integer(0)]]
+    );
+    assert_eq!(integrity(&again), "ok");
+}
+
+/// `INSERT OR ROLLBACK` ends SQLite's whole transaction: the statements after it must not run
+/// outside the transaction (their pages would be dropped with its undo while memory kept
+/// them), and the transaction ends undone even if the closure returns `Ok`.
+#[test]
+fn a_transaction_sqlite_rolled_back_refuses_later_statements_and_is_undone() {
+    let mut committed = Committed::default();
+    let storage = committed.load(SqlSettings::default());
+    exec(&storage, "CREATE TABLE t (id INTEGER PRIMARY KEY)", &[]).expect("create");
+    exec(&storage, "INSERT INTO t VALUES (1)", &[]).expect("insert");
+    committed.commit(&storage);
+    let outcome: Result<(), SqlError> = storage.transaction_sync(|| {
+        exec(&storage, "INSERT INTO t VALUES (2)", &[])?;
+        storage.put(b"k", b"v".to_vec())?;
+        let conflict = exec(&storage, "INSERT OR ROLLBACK INTO t VALUES (1)", &[]);
+        assert!(
+            matches!(conflict, Err(SqlError::Sqlite { .. })),
+            "{conflict:?}"
+        );
+        // A nested transaction and later statements are refused; the closure ignores that.
+        let nested: Result<(), SqlError> = storage.transaction_sync(|| Ok(()));
+        assert_eq!(nested, Err(SqlError::TransactionRolledBack));
+        assert_eq!(
+            exec(&storage, "INSERT INTO t VALUES (3)", &[]).map(|_| ()),
+            Err(SqlError::TransactionRolledBack)
+        );
+        Ok(())
+    });
+    assert_eq!(outcome, Err(SqlError::TransactionRolledBack));
+    assert_eq!(storage.get(b"k"), None);
+    assert_eq!(
+        rows(&storage, "SELECT id FROM t"),
+        [vec![SqlValue::Integer(1)]]
+    );
+    // Nested: the inner transaction's conflict undoes the outer one too.
+    let outer: Result<(), SqlError> = storage.transaction_sync(|| {
+        exec(&storage, "INSERT INTO t VALUES (4)", &[])?;
+        let inner: Result<(), SqlError> = storage.transaction_sync(|| {
+            exec(&storage, "INSERT OR ROLLBACK INTO t VALUES (1)", &[])?;
+            Ok(())
+        });
+        assert!(inner.is_err());
+        Ok(())
+    });
+    assert_eq!(outer, Err(SqlError::TransactionRolledBack));
+    // Once the outermost transaction returned, statements run again.
+    exec(&storage, "INSERT INTO t VALUES (5)", &[]).expect("insert after");
+    assert_eq!(
+        rows(&storage, "SELECT id FROM t ORDER BY id"),
+        [vec![SqlValue::Integer(1)], vec![SqlValue::Integer(5)]]
+    );
+    committed.commit(&storage);
+    let reloaded = committed.load(SqlSettings::default());
+    assert_eq!(
+        rows(&reloaded, "SELECT id FROM t ORDER BY id"),
+        [vec![SqlValue::Integer(1)], vec![SqlValue::Integer(5)]]
+    );
+    assert_eq!(reloaded.get(b"k"), None);
+    assert_eq!(integrity(&reloaded), "ok");
+}
+
+/// SQLite makes a `RETURNING` write's changes at its first step; a result past the limits
+/// must undo them, in a transaction or not.
+#[test]
+fn a_write_whose_returned_rows_pass_a_limit_changes_nothing() {
+    let settings = SqlSettings {
+        result_rows_max: 10,
+        ..SqlSettings::default()
+    };
+    let mut committed = Committed::default();
+    let storage = committed.load(settings.clone());
+    exec(&storage, "CREATE TABLE t (i INTEGER)", &[]).expect("create");
+    let insert = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT ?)
+                  INSERT INTO t SELECT i FROM n RETURNING i";
+    assert_eq!(
+        exec(&storage, insert, &[20.into()]).map(|_| ()),
+        Err(SqlError::TooManyRows {
+            result_rows_max: 10
+        })
+    );
+    assert_eq!(
+        rows(&storage, "SELECT count(*) FROM t"),
+        [vec![SqlValue::Integer(0)]]
+    );
+    let outcome: Result<(), SqlError> = storage.transaction_sync(|| {
+        assert!(exec(&storage, insert, &[20.into()]).is_err());
+        exec(&storage, insert, &[3.into()])?;
+        Ok(())
+    });
+    assert_eq!(outcome, Ok(()));
+    let returned = exec(&storage, "DELETE FROM t WHERE i = 3 RETURNING i", &[]).expect("fits");
+    assert_eq!(returned.raw(), [vec![SqlValue::Integer(3)]]);
+    committed.commit(&storage);
+    let reloaded = committed.load(settings);
+    assert_eq!(
+        rows(&reloaded, "SELECT i FROM t ORDER BY i"),
+        [vec![SqlValue::Integer(1)], vec![SqlValue::Integer(2)]]
     );
     assert_eq!(integrity(&reloaded), "ok");
 }
@@ -573,8 +741,8 @@ fn a_write_stopped_by_the_step_budget_leaves_nothing_behind() {
 }
 
 /// A statement that writes far more than SQLite's page cache spills pages into the file before
-/// it fails (here on the batch's page limit or the step budget, whichever comes first); its
-/// rollback must write the old pages back, so memory and the batch hold the previous state.
+/// it fails (here on the step budget or the batch's limits, whichever comes first); its rollback must
+/// write the old pages back, so memory and the batch hold the previous state.
 #[test]
 fn a_failed_write_larger_than_the_page_cache_rolls_its_spilled_pages_back() {
     let settings = SqlSettings {
@@ -592,17 +760,22 @@ fn a_failed_write_larger_than_the_page_cache_rolls_its_spilled_pages_back() {
     committed.commit(&storage);
     let size_before = storage.sql().database_size();
     let huge = "INSERT INTO t WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT i, randomblob(3000) FROM n";
-    let error = exec(&storage, huge, &[]).expect_err("stopped");
-    assert!(
-        matches!(error, SqlError::StepsExceeded { .. }) || error.to_string().contains("full"),
-        "{error}"
-    );
-    assert_eq!(
-        rows(&storage, "SELECT count(*) FROM t"),
-        [vec![SqlValue::Integer(1)]]
-    );
-    assert_eq!(storage.sql().database_size(), size_before);
-    committed.commit(&storage);
+    match exec(&storage, huge, &[]).expect_err("stopped") {
+        SqlError::StepsExceeded { .. } => {
+            assert_eq!(
+                rows(&storage, "SELECT count(*) FROM t"),
+                [vec![SqlValue::Integer(1)]]
+            );
+            assert_eq!(storage.sql().database_size(), size_before);
+            committed.commit(&storage);
+        }
+        // Past the batch's limits the instance fails and commits nothing.
+        SqlError::BatchFull { .. } => {
+            assert!(abandoned(&storage));
+            assert!(storage.take_pending().is_none());
+        }
+        error => panic!("unexpected error: {error}"),
+    }
     let reloaded = committed.load(settings);
     assert_eq!(
         rows(&reloaded, "SELECT a, b FROM t"),
