@@ -208,6 +208,9 @@ pub struct Config {
     pub spin_before_park_us: u64,
     /// When set, every request but `/healthz` needs `Authorization: Bearer <token>`.
     pub auth_token: Option<String>,
+    /// The token the admin API (`/admin/…`) needs; without it the admin API takes the auth
+    /// token, and with neither it is off (403).
+    pub admin_token: Option<String>,
     /// Serve a fixed body on every route (the benchmark floor), no objects.
     pub hello: bool,
     pub http: HttpLimits,
@@ -228,6 +231,7 @@ impl Default for Config {
             cores: 0,
             spin_before_park_us: 50,
             auth_token: None,
+            admin_token: None,
             hello: false,
             http: HttpLimits::default(),
             objects: ObjectLimits::default(),

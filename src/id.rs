@@ -104,6 +104,11 @@ impl ObjectId {
     }
 
     /// True for ids made by `new_unique`.
+    /// Whether this id belongs to `class` (its class tag is the class's).
+    pub fn is_of_class(&self, class: &str) -> bool {
+        self.0[..8] == class_tag(class)
+    }
+
     pub fn is_unique(&self) -> bool {
         self.0[8] & UNIQUE_BIT != 0
     }

@@ -1,5 +1,7 @@
 //! The `stead` binary: `stead serve` runs the server with the built-in classes, `stead bench`
-//! load-tests a server.
+//! load-tests a server, `stead admin` asks a running server's admin API.
+
+mod admin_cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +29,8 @@ enum Command {
     Serve(ServeArgs),
     /// Load-test a server that serves stead's routes.
     Bench(stead::bench::BenchArgs),
+    /// Ask a running server's admin API: classes, objects, storage, deletion.
+    Admin(admin_cli::AdminArgs),
 }
 
 #[derive(clap::Args)]
@@ -46,6 +50,10 @@ struct ServeArgs {
     /// Require `Authorization: Bearer TOKEN` on every request but /healthz.
     #[arg(long, env = "STEAD_AUTH_TOKEN", hide_env_values = true)]
     auth_token: Option<String>,
+    /// Require `Authorization: Bearer TOKEN` on the admin API (/admin/…); without it the admin
+    /// API takes the auth token, and with neither it is off.
+    #[arg(long, env = "STEAD_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Answer every request with a fixed body (the benchmark floor); no objects.
     #[arg(long)]
     hello: bool,
@@ -62,6 +70,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
         Command::Bench(args) => stead::bench::run(args),
+        Command::Admin(args) => admin_cli::run(args),
     }
 }
 
@@ -87,6 +96,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     if args.auth_token.is_some() {
         config.auth_token = args.auth_token;
+    }
+    if args.admin_token.is_some() {
+        config.admin_token = args.admin_token;
     }
     config.hello |= args.hello;
     let data_dir = config.data_dir.clone();

@@ -252,6 +252,10 @@ pub fn wait_for_signal(
 }
 
 /// Refuses settings that cannot work, before anything is opened.
+/// The largest `http.object_name_bytes_max`: a name is stored with its object, in room every
+/// batch keeps for it.
+const OBJECT_NAME_BYTES_MAX: usize = 65_536;
+
 /// The smallest `sql.heap_bytes_max`: below it SQLite could not open a few databases.
 const SQL_HEAP_BYTES_MIN: u64 = 8 * 1024 * 1024;
 
@@ -271,6 +275,10 @@ fn validate(config: &Config) -> Result<(), ServerError> {
         Some("sql.heap_bytes_max must be at least 8 MiB (8388608)")
     } else if config.auth_token.as_deref() == Some("") {
         Some("auth_token must not be empty")
+    } else if config.admin_token.as_deref() == Some("") {
+        Some("admin_token must not be empty")
+    } else if config.http.object_name_bytes_max > OBJECT_NAME_BYTES_MAX {
+        Some("http.object_name_bytes_max must be at most 65536")
     } else {
         None
     };

@@ -17,5 +17,6 @@ pub use encode::{encode_response, reason_phrase};
 pub use error::HttpError;
 pub use message::{percent_decode, Method, Request, Response, UpgradeToken};
 pub use parse::{parse_request, request_bytes_max, ParsedRequest};
+pub(crate) use route::{is_class_name, object_target};
 pub use route::{route, ObjectTarget, Route};
 pub use upgrade::is_websocket_upgrade;

@@ -3,6 +3,7 @@
 //!
 //! - `GET|HEAD /healthz`, `GET|HEAD /metrics`, `GET|HEAD /chat` (the chat page)
 //! - `POST /ids/{class}`: a new random object id
+//! - `/admin` and `/admin/{rest…}`: the operator's API (`shard/admin.rs` routes the rest)
 //! - `/objects/{class}/{name}[/{rest…}]`: the object named `name` (percent-decoded), which sees
 //!   the path `/{rest…}` (`/` when absent), any method
 //! - `/objects/{class}/id:{64 hex}[/{rest…}]`: the object with that id. A name that really
@@ -38,6 +39,10 @@ pub enum Route {
         /// The path the object sees: `/{rest…}`, still percent-encoded; `/` when empty.
         path: String,
     },
+    /// The admin API; `path` is what follows `/admin` (`/` when nothing does).
+    Admin {
+        path: String,
+    },
     /// No such route: the caller answers 404 `Not Found`.
     NotFound,
 }
@@ -59,6 +64,13 @@ pub fn route(method: Method, path: &str, limits: &HttpLimits) -> Result<Route, R
         "/metrics" => return read_only(method, Route::Metrics),
         "/chat" => return read_only(method, Route::ChatPage),
         _ => {}
+    }
+    if path == "/admin" || path.starts_with("/admin/") {
+        let rest = &path["/admin".len()..];
+        let rest = if rest.is_empty() { "/" } else { rest };
+        return Ok(Route::Admin {
+            path: rest.to_string(),
+        });
     }
     if let Some(class) = path.strip_prefix("/ids/") {
         if !is_class_name(class) {
@@ -95,7 +107,8 @@ pub fn route(method: Method, path: &str, limits: &HttpLimits) -> Result<Route, R
     })
 }
 
-fn object_target(name: &str, limits: &HttpLimits) -> Result<ObjectTarget, Response> {
+/// How a path segment names an object: `id:<64 hex>` or a percent-encoded name.
+pub(crate) fn object_target(name: &str, limits: &HttpLimits) -> Result<ObjectTarget, Response> {
     if let Some(hex) = name.strip_prefix("id:") {
         let valid = hex.len() == ID_HEX_DIGITS && hex.bytes().all(|byte| byte.is_ascii_hexdigit());
         if !valid {
@@ -140,7 +153,7 @@ fn method_not_allowed(allow: &str) -> Response {
     Response::json_error(405, "method not allowed").with_header("Allow", allow)
 }
 
-fn is_class_name(class: &str) -> bool {
+pub(crate) fn is_class_name(class: &str) -> bool {
     (1..=CLASS_BYTES_MAX).contains(&class.len())
         && class.bytes().all(|byte| {
             byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_' || byte == b'-'

@@ -32,6 +32,7 @@ use super::gate::{Commit, Gated};
 use super::pending::SQL_PAGES_PER_BATCH_MAX;
 use super::registry::{ClassRegistry, Constructor, DynObject};
 use super::slot::{Slot, SlotState, TurnWait};
+use super::storage::NAME_KEY;
 use super::{AlarmInfo, CoreSockets, ObjectContext, ObjectError, SocketClose, Storage};
 use crate::config::Config;
 use crate::http::{Request, Response};
@@ -47,6 +48,9 @@ const OBJECTS_SHRINK_CAPACITY_MIN: usize = 1024;
 const SWEEP_INTERVAL_MIN_MS: u64 = 10;
 const SWEEP_INTERVAL_MAX_MS: u64 = 60_000;
 
+mod admin;
+pub use admin::{ObjectInfo, StoragePage, TableInfo};
+
 /// Told `(object, Some(time_ms))` when an object's alarm is committed, `(object, None)` when its
 /// deletion is: the hook for the alarm scheduler.
 pub type AlarmListener = Rc<dyn Fn(ObjectId, Option<i64>)>;
@@ -59,19 +63,26 @@ pub type StoreFailureListener = Rc<dyn Fn(&str)>;
 /// same limits, or a commit could be refused after the object's memory changed.
 /// The store's own `batch_keys_max` adds the SQL pages an event may write
 /// (`SQL_PAGES_PER_BATCH_MAX`) to the key-value writes it may make.
+/// It also leaves room for the name key an object's first batch carries (`NAME_KEY`): one key,
+/// and the bytes of the longest name, which the object's own writes may not use.
 pub fn store_limits(config: &Config) -> Limits {
     let object = object_limits(config);
     Limits {
-        batch_keys_max: object.batch_keys_max + SQL_PAGES_PER_BATCH_MAX,
+        batch_keys_max: object.batch_keys_max + SQL_PAGES_PER_BATCH_MAX + 1,
+        batch_bytes_max: Limits::default().batch_bytes_max,
         ..object
     }
 }
 
 /// The limits an object's key-value writes are checked against.
 fn object_limits(config: &Config) -> Limits {
+    let defaults = Limits::default();
+    // The name key's op: the longest name, the key and a header, generously.
+    let name_reserve_bytes = config.http.object_name_bytes_max + NAME_KEY.len() + 64;
     Limits {
         value_bytes_max: config.storage.value_bytes_max,
-        ..Limits::default()
+        batch_bytes_max: defaults.batch_bytes_max.saturating_sub(name_reserve_bytes),
+        ..defaults
     }
 }
 
@@ -282,8 +293,23 @@ impl ObjectHost {
         id: ObjectId,
         request: Request,
     ) -> Response {
+        self.dispatch_named(class, id, None, request).await
+    }
+
+    /// `dispatch` of a request that named its object: the store keeps `name` with the object
+    /// (`NAME_KEY`), for the admin API.
+    pub async fn dispatch_named(
+        self: &Rc<Self>,
+        class: &str,
+        id: ObjectId,
+        name: Option<&str>,
+        request: Request,
+    ) -> Response {
         let answer = async {
             let event = self.admit(class, id, Queue::Bounded)?;
+            if let Some(name) = name {
+                event.slot.storage.note_name(name);
+            }
             let instance = event.ready().await?;
             self.run(&event.slot, instance.fetch(request)).await
         };

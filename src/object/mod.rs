@@ -35,7 +35,9 @@ pub use context::{AcceptedSocket, ObjectContext, Parked};
 pub use error::EventError;
 pub(crate) use host::overloaded;
 pub use host::shutting_down;
-pub use host::{store_limits, AlarmListener, HostStats, ObjectHost};
+pub use host::{
+    store_limits, AlarmListener, HostStats, ObjectHost, ObjectInfo, StoragePage, TableInfo,
+};
 pub use registry::{ClassRegistry, Constructor, DynObject, RegistryError, CLASS_NAME_BYTES_MAX};
 pub use sockets::CoreSockets;
 pub(crate) use sql::set_heap_limit;

@@ -16,10 +16,20 @@ use std::sync::Arc;
 use stead_storage::{Batch, KeyMap, Limits, ListOptions, ObjectData};
 
 use super::pending::Pending;
-use super::sql::pages::{is_reserved_key, page_key, PageFile};
+use super::sql::pages::{is_page_key, page_key, PageFile};
 use super::sql::{Database, Sql, SqlError};
 use crate::config::SqlSettings;
 use crate::wake::{Broadcast, BroadcastWait};
+
+/// The key under which an object reached by name keeps its name (UTF-8), for the admin API.
+/// Written with the object's first batch; the key-value API never sees it.
+pub const NAME_KEY: &[u8] = b"\xffname\x00";
+
+/// Whether `key` is one of stead's own keys (SQL pages, the name), which the key-value API
+/// refuses and never shows.
+pub fn is_reserved_key(key: &[u8]) -> bool {
+    is_page_key(key) || key == NAME_KEY
+}
 
 /// Why a write was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,8 +55,8 @@ pub enum StorageError {
         batch_bytes: usize,
         batch_bytes_max: usize,
     },
-    /// The key starts with the bytes reserved for the object's SQL pages (0xFF `sql` 0x00);
-    /// no text key does.
+    /// The key is one of stead's own: it starts with the bytes reserved for the object's SQL
+    /// pages (0xFF `sql` 0x00) or is the name key (0xFF `name` 0x00); no text key is.
     ReservedKey { key_bytes: usize },
     /// The store failed (an I/O error, a poisoned store, shutdown) or the object was evicted;
     /// this instance takes no more writes.
@@ -89,7 +99,7 @@ impl fmt::Display for StorageError {
             ),
             StorageError::ReservedKey { key_bytes } => write!(
                 f,
-                "key of {key_bytes} bytes starts with the prefix reserved for SQL pages"
+                "key of {key_bytes} bytes is reserved for stead's own data (SQL pages, the object's name)"
             ),
             StorageError::Unavailable { reason } => write!(f, "storage unavailable: {reason}"),
         }
@@ -132,6 +142,11 @@ struct State {
     /// One frame per `transaction_sync` in progress, innermost last: how to undo its
     /// key-value writes.
     transactions: Vec<UndoFrame>,
+    /// The object's name, once an event reached it by name: written with the next batch
+    /// while the store does not hold it (`take_pending`).
+    name: Option<String>,
+    /// Whether the store holds the name key (loaded with it, or written since).
+    name_stored: bool,
 }
 
 /// How to undo the key-value writes of one `transaction_sync`.
@@ -198,6 +213,8 @@ impl Storage {
             sql_batch_passed_flag: Arc::new(AtomicBool::new(false)),
             database: None,
             transactions: Vec::new(),
+            name: None,
+            name_stored: false,
         };
         Storage {
             closed: Rc::new(Broadcast::new()),
@@ -211,7 +228,9 @@ impl Storage {
         let mut pages = Vec::new();
         let mut entries = KeyMap::default();
         for (key, value) in data.entries {
-            if is_reserved_key(&key) {
+            if key == NAME_KEY {
+                state.name_stored = true;
+            } else if is_page_key(&key) {
                 pages.push((key, value));
             } else {
                 entries.insert(&key, value);
@@ -230,7 +249,27 @@ impl Storage {
         if state.pending.is_empty() {
             return None;
         }
-        Some(state.pending.take())
+        let (mut batch, alarm) = state.pending.take();
+        // After a delete-all of the whole object the store no longer holds the name either.
+        if batch.ops().first() == Some(&stead_storage::Op::DeleteAll) {
+            state.name_stored = false;
+        }
+        if !state.name_stored {
+            if let Some(name) = &state.name {
+                batch.put(NAME_KEY, name.as_bytes().to_vec());
+                state.name_stored = true;
+            }
+        }
+        Some((batch, alarm))
+    }
+
+    /// An event reached the object by `name`: the store keeps it with the object's next batch,
+    /// unless it already holds it.
+    pub(super) fn note_name(&self, name: &str) {
+        let mut state = self.state.borrow_mut();
+        if !state.name_stored && state.name.is_none() {
+            state.name = Some(name.to_string());
+        }
     }
 
     /// Refuses every later write with [`StorageError::Unavailable`], and frees the SQL

@@ -644,3 +644,56 @@ fn storage_lists_like_the_store_and_checks_limits_per_batch() {
     let (batch, _) = storage.take_pending().expect("writes");
     assert_eq!(batch.len(), 1);
 }
+
+/// The name of an object reached by name rides with its first batch (and again after a
+/// delete-all of the whole object), under a key the key-value API neither shows nor takes.
+#[test]
+fn the_name_is_stored_once_and_hidden_from_the_key_value_api() {
+    use stead_storage::Op;
+    let name_put = |batch: &stead_storage::Batch| {
+        batch.ops().iter().any(|op| {
+            matches!(op, Op::Put { key, value } if key.as_slice() == storage::NAME_KEY && value.as_slice() == b"room-1")
+        })
+    };
+    let storage = Storage::new(stead_storage::Limits::default(), Default::default());
+    storage.note_name("room-1");
+    storage.put(b"k", b"v".to_vec()).expect("put");
+    let (batch, _) = storage.take_pending().expect("a batch");
+    assert!(name_put(&batch), "{batch:?}");
+    storage.note_name("room-1");
+    storage.put(b"k", b"w".to_vec()).expect("put");
+    let (batch, _) = storage.take_pending().expect("a batch");
+    assert!(!name_put(&batch), "stored once: {batch:?}");
+    storage.delete_all().expect("delete all");
+    storage.put(b"k", b"x".to_vec()).expect("put");
+    let (batch, _) = storage.take_pending().expect("a batch");
+    assert!(
+        name_put(&batch),
+        "stored again after a delete-all: {batch:?}"
+    );
+    assert_eq!(
+        storage.put(storage::NAME_KEY, b"x".to_vec()),
+        Err(StorageError::ReservedKey {
+            key_bytes: storage::NAME_KEY.len()
+        })
+    );
+    // Loaded with its name: not written again, and not listed.
+    let loaded = Storage::new(stead_storage::Limits::default(), Default::default());
+    let mut entries = std::collections::BTreeMap::new();
+    entries.insert(storage::NAME_KEY.to_vec(), b"room-1".to_vec());
+    entries.insert(b"k".to_vec(), b"v".to_vec());
+    loaded
+        .load(stead_storage::ObjectData {
+            entries,
+            alarm_ms: None,
+        })
+        .expect("load");
+    assert_eq!(
+        loaded.list(&ListOptions::default()),
+        vec![(b"k".to_vec(), b"v".to_vec())]
+    );
+    loaded.note_name("room-1");
+    loaded.put(b"k", b"w".to_vec()).expect("put");
+    let (batch, _) = loaded.take_pending().expect("a batch");
+    assert!(!name_put(&batch), "{batch:?}");
+}

@@ -26,6 +26,15 @@ const CHAT_PAGE: &str = include_str!("../../static/chat.html");
 /// The fixed body of `--hello` mode.
 const HELLO_BODY: &str = "hello\n";
 
+/// Where an upgrade request goes: the object (its class, id, and name if it was reached by
+/// one) and the path the object sees.
+struct UpgradeTarget {
+    class: String,
+    id: ObjectId,
+    name: Option<String>,
+    path: String,
+}
+
 /// The HTTP handler of one core.
 pub struct CoreHandler {
     /// The core it serves.
@@ -64,7 +73,9 @@ impl Shard {
             route,
             class: String::new(),
         };
-        if request.path != "/healthz" && !self.authorized(&request) {
+        // The admin API checks its own token (`admin.rs`).
+        let admin = request.path == "/admin" || request.path.starts_with("/admin/");
+        if request.path != "/healthz" && !admin && !self.authorized(&request) {
             let response = Response::json_error(401, "missing or wrong bearer token")
                 .with_header("WWW-Authenticate", "Bearer");
             return (no_class("none"), response);
@@ -86,6 +97,7 @@ impl Shard {
             }
             Route::Metrics => (no_class("metrics"), self.metrics_response().await),
             Route::NotFound => (no_class("none"), Response::not_found()),
+            Route::Admin { path } => (no_class("admin"), self.admin(&request, &path).await),
             Route::NewId { class } => {
                 let response = if !self.registry.contains(&class) {
                     Response::not_found()
@@ -111,6 +123,7 @@ impl Shard {
                 if !self.registry.contains(&class) {
                     return (no_class("none"), Response::not_found());
                 }
+                let name = target_name(&target);
                 let id = match object_id(&class, target) {
                     Ok(id) => id,
                     Err(response) => {
@@ -124,7 +137,7 @@ impl Shard {
                     }
                 };
                 request.path = path;
-                let response = self.run_on_owner(&class, id, request).await;
+                let response = self.run_on_owner(&class, id, name, request).await;
                 (
                     RequestLabels {
                         route: "object",
@@ -141,17 +154,22 @@ impl Shard {
         self: &Rc<Self>,
         class: &str,
         id: ObjectId,
+        name: Option<String>,
         request: Request,
     ) -> Response {
         let owner = id.core(self.partitions, self.cores);
         if owner == self.core {
-            return self.host.dispatch(class, id, request).await;
+            return self
+                .host
+                .dispatch_named(class, id, name.as_deref(), request)
+                .await;
         }
         let class = class.to_string();
         let sent = self.mesh.request(owner, |tag| Message::Dispatch {
             tag,
             class,
             id,
+            name,
             request,
         });
         match sent {
@@ -161,7 +179,7 @@ impl Shard {
                     .set(self.metrics.forwarded_total.get() + 1);
                 match wait.await {
                     Reply::Response(response) => response,
-                    Reply::Snapshot(_) => {
+                    Reply::Snapshot(_) | Reply::Admin(_) => {
                         Response::json_error(500, "cross-core reply of the wrong kind")
                     }
                 }
@@ -183,7 +201,12 @@ impl Shard {
     async fn upgrade(self: &Rc<Self>, stream: TcpStream, unread: Vec<u8>, mut request: Request) {
         let start = Instant::now();
         let target = self.upgrade_target(&request);
-        let (class, id, path) = match target {
+        let UpgradeTarget {
+            class,
+            id,
+            name,
+            path,
+        } = match target {
             Ok(target) => target,
             Err((labels, response)) => {
                 self.metrics
@@ -195,7 +218,8 @@ impl Shard {
         request.path = path;
         let owner = id.core(self.partitions, self.cores);
         if owner == self.core {
-            self.serve_upgrade(stream, unread, class, id, request).await;
+            self.serve_upgrade(stream, unread, class, id, name, request)
+                .await;
             return;
         }
         // The owner gets its own descriptor of the connection; this core's closes when
@@ -213,6 +237,7 @@ impl Shard {
             fd,
             class,
             id,
+            name,
             request,
             unread,
         };
@@ -232,7 +257,7 @@ impl Shard {
     fn upgrade_target(
         &self,
         request: &Request,
-    ) -> Result<(String, ObjectId, String), (RequestLabels, Response)> {
+    ) -> Result<UpgradeTarget, (RequestLabels, Response)> {
         let no_class = |route| RequestLabels {
             route,
             class: String::new(),
@@ -255,8 +280,14 @@ impl Shard {
         if !self.registry.contains(&class) || self.config.hello {
             return Err((no_class("none"), Response::not_found()));
         }
+        let name = target_name(&target);
         match object_id(&class, target) {
-            Ok(id) => Ok((class, id, path)),
+            Ok(id) => Ok(UpgradeTarget {
+                class,
+                id,
+                name,
+                path,
+            }),
             Err(response) => Err((
                 RequestLabels {
                     route: "object",
@@ -275,12 +306,16 @@ impl Shard {
         unread: Vec<u8>,
         class: String,
         id: ObjectId,
+        name: Option<String>,
         mut request: Request,
     ) {
         let start = Instant::now();
         let token = self.host.sockets().new_token();
         request.upgrade = Some(UpgradeToken(token));
-        let response = self.host.dispatch(&class, id, request).await;
+        let response = self
+            .host
+            .dispatch_named(&class, id, name.as_deref(), request)
+            .await;
         let accepted = self.host.sockets().take_accepted(token);
         self.metrics.record(
             RequestLabels {
@@ -353,23 +388,12 @@ impl Shard {
             .with_header("Content-Type", "text/plain; version=0.0.4")
     }
 
-    /// With an auth token configured: whether the request carries it (compared in constant
-    /// time, so the answer's timing does not reveal how much of a guess was right).
+    /// With an auth token configured: whether the request carries it.
     fn authorized(&self, request: &Request) -> bool {
-        let Some(expected) = &self.auth_header else {
-            return true;
-        };
-        let Some(given) = request.header("authorization") else {
-            return false;
-        };
-        if given.len() != expected.len() {
-            return false;
+        match &self.auth_header {
+            Some(expected) => carries(request, expected),
+            None => true,
         }
-        given
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-            == 0
     }
 }
 
@@ -407,9 +431,33 @@ pub(super) fn close_fd(fd: std::os::fd::RawFd) {
     }
 }
 
+/// Whether the request's `Authorization` header is `expected`, compared in constant time, so
+/// the answer's timing does not reveal how much of a guess was right.
+pub(super) fn carries(request: &Request, expected: &str) -> bool {
+    let Some(given) = request.header("authorization") else {
+        return false;
+    };
+    if given.len() != expected.len() {
+        return false;
+    }
+    given
+        .bytes()
+        .zip(expected.bytes())
+        .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+        == 0
+}
+
+/// The name a route gives its object, if it names it rather than giving its id.
+fn target_name(target: &ObjectTarget) -> Option<String> {
+    match target {
+        ObjectTarget::Name(name) => Some(name.clone()),
+        ObjectTarget::Id(_) => None,
+    }
+}
+
 /// The id a route names: by name (always valid) or by id text (400 when it is not an id of
 /// `class`).
-fn object_id(class: &str, target: ObjectTarget) -> Result<ObjectId, Response> {
+pub(super) fn object_id(class: &str, target: ObjectTarget) -> Result<ObjectId, Response> {
     match target {
         ObjectTarget::Name(name) => Ok(ObjectId::from_name(class, &name)),
         ObjectTarget::Id(text) => ObjectId::from_string(class, &text)

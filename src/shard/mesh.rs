@@ -22,6 +22,7 @@ use glommio::channels::shared_channel::{
 use crate::http::{Request, Response};
 use crate::id::ObjectId;
 use crate::metrics::CoreSnapshot;
+use crate::shard::admin::{AdminOp, AdminReply};
 use crate::wake::Handoff;
 
 /// What one core sends another.
@@ -31,6 +32,8 @@ pub enum Message {
         tag: u64,
         class: String,
         id: ObjectId,
+        /// The name the request reached the object by, if it did.
+        name: Option<String>,
         request: Request,
     },
     /// The answer to a `Dispatch`.
@@ -43,6 +46,7 @@ pub enum Message {
         fd: std::os::fd::RawFd,
         class: String,
         id: ObjectId,
+        name: Option<String>,
         request: Request,
         unread: Vec<u8>,
     },
@@ -53,12 +57,17 @@ pub enum Message {
         tag: u64,
         snapshot: Box<CoreSnapshot>,
     },
+    /// Run an operator's request on your objects (`/admin/…`).
+    Admin { tag: u64, op: AdminOp },
+    /// The answer to an `Admin`.
+    AdminReply { tag: u64, reply: Box<AdminReply> },
 }
 
 /// What a waiting request gets back.
 pub enum Reply {
     Response(Response),
     Snapshot(Box<CoreSnapshot>),
+    Admin(Box<AdminReply>),
 }
 
 /// The not-yet-connected channel ends of one core, made by [`channels`] on the main thread.

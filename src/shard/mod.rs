@@ -8,6 +8,7 @@
 //! waiting on an object of another core), then close the objects and the store.
 
 mod accept;
+pub(crate) mod admin;
 mod handler;
 mod health;
 mod mesh;
@@ -103,6 +104,9 @@ pub struct Shard {
     health: Arc<StoreHealth>,
     /// `Bearer <token>` when an auth token is configured.
     auth_header: Option<String>,
+    /// `Bearer <token>` that `/admin/…` requires: the admin token, or else the auth token;
+    /// `None` turns the admin API off.
+    admin_header: Option<String>,
     /// Set when this core shuts down.
     shutdown: Rc<Shutdown>,
     /// `connections_per_core_max` slots, for accepted connections and for WebSockets handed
@@ -128,6 +132,7 @@ impl Shard {
                 tag,
                 class,
                 id,
+                name,
                 request,
             } => {
                 let shard = self.clone();
@@ -136,7 +141,10 @@ impl Shard {
                     .borrow_mut()
                     .insert((from, tag), cancel.clone());
                 glommio::spawn_local(async move {
-                    let dispatch = async { Some(shard.host.dispatch(&class, id, request).await) };
+                    let dispatch = async {
+                        let name = name.as_deref();
+                        Some(shard.host.dispatch_named(&class, id, name, request).await)
+                    };
                     let response = futures_lite::future::or(dispatch, async {
                         cancel.take().await;
                         None
@@ -166,6 +174,7 @@ impl Shard {
                 fd,
                 class,
                 id,
+                name,
                 request,
                 unread,
             } => {
@@ -181,7 +190,7 @@ impl Shard {
                         return;
                     };
                     shard
-                        .serve_upgrade(stream, unread, class, id, request)
+                        .serve_upgrade(stream, unread, class, id, name, request)
                         .await;
                     drop(slot);
                 })
@@ -200,6 +209,21 @@ impl Shard {
             Message::SnapshotReply { tag, snapshot } => {
                 self.mesh.deliver(tag, Reply::Snapshot(snapshot))
             }
+            Message::Admin { tag, op } => {
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    let reply = Box::new(shard.admin_here(op).await);
+                    if shard
+                        .mesh
+                        .answer(from, Message::AdminReply { tag, reply })
+                        .is_err()
+                    {
+                        tracing::debug!(from, "an admin request's core is gone");
+                    }
+                })
+                .detach();
+            }
+            Message::AdminReply { tag, reply } => self.mesh.deliver(tag, Reply::Admin(reply)),
         }
     }
 }
@@ -260,6 +284,11 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         .auth_token
         .as_ref()
         .map(|token| format!("Bearer {token}"));
+    let admin_header = config
+        .admin_token
+        .as_ref()
+        .or(config.auth_token.as_ref())
+        .map(|token| format!("Bearer {token}"));
     let shard = Rc::new(Shard {
         core,
         cores,
@@ -273,6 +302,7 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         metrics: CoreMetrics::default(),
         health,
         auth_header,
+        admin_header,
         shutdown: shutdown.clone(),
         connection_slots: accept::connection_slots(config.http.connections_per_core_max),
     });

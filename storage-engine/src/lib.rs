@@ -46,7 +46,8 @@ pub use disk::{Disk, DiskFile, GlommioDisk, IoFuture};
 pub use error::StoreError;
 pub use store::keys::KeyMap;
 pub use store::{
-    create_dir_durably, power_of_two_bucket, Durable, ListOptions, ObjectData, Store, StoreStats,
+    create_dir_durably, power_of_two_bucket, Durable, ListOptions, ObjectData, ObjectSummary,
+    Store, StoreStats,
 };
 
 /// The identity of one object inside a store: 32 opaque bytes chosen by the caller.

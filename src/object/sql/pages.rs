@@ -22,7 +22,7 @@ pub const SQL_PAGE_KEY_PREFIX: &[u8] = b"\xffsql\x00";
 const PAGE_KEY_BYTES: usize = SQL_PAGE_KEY_PREFIX.len() + 4;
 
 /// Whether `key` lies in the reserved SQL page namespace.
-pub fn is_reserved_key(key: &[u8]) -> bool {
+pub fn is_page_key(key: &[u8]) -> bool {
     key.starts_with(SQL_PAGE_KEY_PREFIX)
 }
 
@@ -208,9 +208,9 @@ mod tests {
     fn page_keys_round_trip_and_sort_by_page_number() {
         assert_eq!(parse_page_key(&page_key(7)), Some(7));
         assert!(page_key(1) < page_key(256));
-        assert!(is_reserved_key(&page_key(0)));
+        assert!(is_page_key(&page_key(0)));
         assert_eq!(parse_page_key(b"\xffsql\x00\x01"), None);
-        assert!(!is_reserved_key("any text key".as_bytes()));
+        assert!(!is_page_key("any text key".as_bytes()));
     }
 
     #[test]

@@ -101,7 +101,7 @@ fn rows_survive_a_reload_from_the_committed_pages() {
     assert!(committed
         .entries
         .keys()
-        .all(|key| super::pages::is_reserved_key(key)));
+        .all(|key| super::pages::is_page_key(key)));
     let reloaded = committed.load(SqlSettings::default());
     let cursor = exec(
         &reloaded,

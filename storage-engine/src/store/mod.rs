@@ -60,6 +60,19 @@ pub struct ObjectData {
     pub alarm_ms: Option<i64>,
 }
 
+/// One object as the index sees it (`Store::object_summary`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectSummary {
+    /// Keys the caller did not call reserved, and their key and value bytes.
+    pub keys: u64,
+    pub bytes: u64,
+    /// Keys the caller called reserved, and their key and value bytes.
+    pub reserved_keys: u64,
+    pub reserved_bytes: u64,
+    /// The object's alarm, milliseconds since the Unix epoch.
+    pub alarm_ms: Option<i64>,
+}
+
 /// A handle on one store. Cheap to clone; `!Send`: it belongs to the executor that opened it.
 #[derive(Clone)]
 pub struct Store {
@@ -369,6 +382,33 @@ impl Store {
         objects
             .filter_map(|(id, object)| object.alarm_ms.map(|alarm| (*id, alarm)))
             .collect()
+    }
+
+    /// What the index knows of one object, without reading the disk: its keys, split into
+    /// those for which `reserved` holds and the others, their bytes, and its alarm. `None` when
+    /// the object has no key and no alarm.
+    pub fn object_summary(
+        &self,
+        object: &ObjectId,
+        reserved: impl Fn(&[u8]) -> bool,
+    ) -> Option<ObjectSummary> {
+        let state = self.inner.state.borrow();
+        let found = state.index.objects.get(object)?;
+        let mut summary = ObjectSummary {
+            alarm_ms: found.alarm_ms,
+            ..ObjectSummary::default()
+        };
+        for (key, entry) in found.keys.iter() {
+            let bytes = (key.len() + entry.value_len()) as u64;
+            if reserved(key) {
+                summary.reserved_keys += 1;
+                summary.reserved_bytes += bytes;
+            } else {
+                summary.keys += 1;
+                summary.bytes += bytes;
+            }
+        }
+        Some(summary)
     }
 
     /// Every object that has at least one key or an alarm.

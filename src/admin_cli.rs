@@ -1,0 +1,406 @@
+//! `stead admin …`: the admin API of a running server (`/admin/…`) from the command line, as
+//! tables for people or (`--json`) the server's JSON as it came.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// How long one admin request may take, connect to last byte.
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest answer read (a page holds at most 1,000 pairs of at most 1 MiB each).
+const ANSWER_BYTES_MAX: u64 = 2 * 1024 * 1024 * 1024;
+
+#[derive(clap::Args)]
+pub struct AdminArgs {
+    /// The server, `http://host:port`.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "STEAD_URL")]
+    url: String,
+    /// The admin token (or the auth token, when the server has no admin token).
+    #[arg(long, env = "STEAD_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the server's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum AdminCommand {
+    /// Registered classes and how many objects each has stored, per core.
+    Classes,
+    /// The objects of a class, a page at a time.
+    Objects {
+        class: String,
+        /// Only objects whose name starts with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The cursor the previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// One object: `NAME` or `id:HEX`.
+    Object { class: String, target: String },
+    /// One object's key-value pairs and SQL tables.
+    Storage {
+        class: String,
+        target: String,
+        #[arg(long)]
+        prefix: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Delete one object: its storage, SQL database and alarm; its sockets are closed.
+    Delete { class: String, target: String },
+}
+
+pub fn run(args: AdminArgs) -> ExitCode {
+    let (method, path) = request_line(&args.command);
+    let answer = match send(&args.url, args.token.as_deref(), method, &path) {
+        Ok(answer) => answer,
+        Err(error) => {
+            eprintln!("stead admin: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !(200..300).contains(&answer.status) {
+        let message = serde_json::from_slice::<Value>(&answer.body)
+            .ok()
+            .and_then(|value| value["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&answer.body).into_owned());
+        eprintln!("stead admin: {} {message}", answer.status);
+        return ExitCode::FAILURE;
+    }
+    if args.json {
+        println!("{}", String::from_utf8_lossy(&answer.body));
+        return ExitCode::SUCCESS;
+    }
+    let Ok(value) = serde_json::from_slice::<Value>(&answer.body) else {
+        eprintln!("stead admin: the server's answer is not JSON");
+        return ExitCode::FAILURE;
+    };
+    print!("{}", table(&args.command, &value));
+    ExitCode::SUCCESS
+}
+
+/// The method and path (with query) of a command.
+fn request_line(command: &AdminCommand) -> (&'static str, String) {
+    let object = |class: &str, target: &str| {
+        format!(
+            "/admin/objects/{}/{}",
+            encode(class),
+            target_segment(target)
+        )
+    };
+    let query = |pairs: &[(&str, Option<String>)]| {
+        let parts: Vec<String> = pairs
+            .iter()
+            .filter_map(|(name, value)| {
+                value
+                    .as_ref()
+                    .map(|value| format!("{name}={}", encode(value)))
+            })
+            .collect();
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", parts.join("&"))
+        }
+    };
+    match command {
+        AdminCommand::Classes => ("GET", "/admin/classes".to_string()),
+        AdminCommand::Objects {
+            class,
+            prefix,
+            limit,
+            cursor,
+        } => (
+            "GET",
+            format!(
+                "/admin/objects/{}{}",
+                encode(class),
+                query(&[
+                    ("prefix", prefix.clone()),
+                    ("limit", limit.map(|limit| limit.to_string())),
+                    ("cursor", cursor.clone()),
+                ])
+            ),
+        ),
+        AdminCommand::Object { class, target } => ("GET", object(class, target)),
+        AdminCommand::Storage {
+            class,
+            target,
+            prefix,
+            limit,
+            cursor,
+        } => (
+            "GET",
+            format!(
+                "{}/storage{}",
+                object(class, target),
+                query(&[
+                    ("prefix", prefix.clone()),
+                    ("limit", limit.map(|limit| limit.to_string())),
+                    ("cursor", cursor.clone()),
+                ])
+            ),
+        ),
+        AdminCommand::Delete { class, target } => ("DELETE", object(class, target)),
+    }
+}
+
+/// `id:HEX` as is; a name percent-encoded (so a name starting `id:` has its colon escaped).
+fn target_segment(target: &str) -> String {
+    match target.strip_prefix("id:") {
+        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            target.to_string()
+        }
+        _ => encode(target),
+    }
+}
+
+/// Percent-encodes every byte but the unreserved ones.
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// A response: its status and body.
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+}
+
+/// Sends one request on a new connection and reads the whole answer.
+fn send(url: &str, token: Option<&str>, method: &str, path: &str) -> Result<Answer, String> {
+    let address = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("the url must start with http:// (got {url})"))?
+        .trim_end_matches('/');
+    if address.contains('/') {
+        return Err(format!(
+            "the url must be http://host:port, with no path (got {url})"
+        ));
+    }
+    let mut stream = TcpStream::connect(address)
+        .map_err(|error| format!("cannot connect to {address}: {error}"))?;
+    let timeouts = stream
+        .set_read_timeout(Some(TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(TIMEOUT)));
+    timeouts.map_err(|error| format!("cannot set timeouts: {error}"))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: 0\r\n"
+    );
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream
+        .write_all(head.as_bytes())
+        .map_err(|error| format!("cannot send the request: {error}"))?;
+    let mut raw = Vec::new();
+    stream
+        .take(ANSWER_BYTES_MAX)
+        .read_to_end(&mut raw)
+        .map_err(|error| format!("cannot read the answer: {error}"))?;
+    parse_answer(&raw)
+}
+
+/// The status and body of a complete HTTP/1.1 answer (`Content-Length`, chunked or to the end).
+fn parse_answer(raw: &[u8]) -> Result<Answer, String> {
+    let end = raw
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .ok_or("the answer has no complete header")?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "the answer's header is not text")?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or("the answer has no status")?;
+    let mut chunked = false;
+    let mut length = None;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.eq_ignore_ascii_case("chunked");
+        } else if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse::<usize>().ok();
+        }
+    }
+    let rest = &raw[end + 4..];
+    let body = if chunked {
+        dechunk(rest)?
+    } else {
+        match length {
+            Some(length) if length <= rest.len() => rest[..length].to_vec(),
+            Some(_) => return Err("the answer ended early".to_string()),
+            None => rest.to_vec(),
+        }
+    };
+    Ok(Answer { status, body })
+}
+
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = rest
+            .windows(2)
+            .position(|window| window == b"\r\n")
+            .ok_or("a chunk has no size line")?;
+        let size_text = std::str::from_utf8(&rest[..line_end]).map_err(|_| "bad chunk size")?;
+        let size_text = size_text.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| "bad chunk size")?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Ok(body);
+        }
+        let chunk = rest.get(..size).ok_or("the answer ended early")?;
+        body.extend_from_slice(chunk);
+        rest = rest.get(size + 2..).ok_or("the answer ended early")?;
+    }
+}
+
+/// The answer to `command` as a table.
+fn table(command: &AdminCommand, value: &Value) -> String {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut after = String::new();
+    match command {
+        AdminCommand::Classes => {
+            rows.push(vec!["CLASS".into(), "OBJECTS".into(), "PER CORE".into()]);
+            for class in value["classes"].as_array().into_iter().flatten() {
+                rows.push(vec![
+                    text(&class["class"]),
+                    text(&class["objects"]),
+                    text(&class["perCore"]),
+                ]);
+            }
+            let orphans = &value["unregistered"]["objects"];
+            if orphans.as_u64().unwrap_or(0) > 0 {
+                after = format!("objects of no registered class: {}\n", text(orphans));
+            }
+        }
+        AdminCommand::Objects { class, .. } => {
+            rows.push(object_header());
+            for object in value["objects"].as_array().into_iter().flatten() {
+                rows.push(object_row(object));
+            }
+            if let Some(cursor) = value["cursor"].as_str() {
+                after = format!("more: stead admin objects {class} --cursor {cursor}\n");
+            }
+        }
+        AdminCommand::Object { .. } => {
+            rows.push(object_header());
+            rows.push(object_row(value));
+        }
+        AdminCommand::Storage { class, target, .. } => {
+            rows.push(vec!["KEY".into(), "VALUE".into()]);
+            for entry in value["entries"].as_array().into_iter().flatten() {
+                let shown = |name: &str| match entry.get(name) {
+                    Some(text) => text.as_str().unwrap_or("").to_string(),
+                    None => format!("base64:{}", text(&entry[format!("{name}Base64").as_str()])),
+                };
+                rows.push(vec![shown("key"), shown("value")]);
+            }
+            for table in value["tables"].as_array().into_iter().flatten() {
+                after.push_str(&format!(
+                    "table {} ({} rows): {}\n",
+                    text(&table["name"]),
+                    text(&table["rows"]),
+                    text(&table["sql"])
+                ));
+            }
+            if let Some(cursor) = value["cursor"].as_str() {
+                after.push_str(&format!(
+                    "more: stead admin storage {class} {target} --cursor {cursor}\n"
+                ));
+            }
+        }
+        AdminCommand::Delete { .. } => {
+            let id = text(&value["id"]);
+            return if value["deleted"].as_bool() == Some(true) {
+                format!("deleted {id}\n")
+            } else {
+                format!("nothing to delete: {id} holds no data\n")
+            };
+        }
+    }
+    format!("{}{after}", columns(&rows))
+}
+
+fn object_header() -> Vec<String> {
+    [
+        "ID",
+        "NAME",
+        "ACTIVE",
+        "KEYS",
+        "BYTES",
+        "SQL BYTES",
+        "ALARM",
+        "SOCKETS",
+    ]
+    .iter()
+    .map(|title| title.to_string())
+    .collect()
+}
+
+fn object_row(object: &Value) -> Vec<String> {
+    [
+        "id", "name", "active", "keys", "bytes", "sqlBytes", "alarm", "sockets",
+    ]
+    .iter()
+    .map(|field| text(&object[*field]))
+    .collect()
+}
+
+/// A JSON value as a cell: strings bare, null as `-`.
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_string(),
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Rows padded into columns.
+fn columns(rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = Vec::new();
+    for row in rows {
+        for (index, cell) in row.iter().enumerate() {
+            let width = cell.chars().count();
+            match widths.get_mut(index) {
+                Some(max) => *max = (*max).max(width),
+                None => widths.push(width),
+            }
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(index, cell)| format!("{cell:<width$}", width = widths[index]))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

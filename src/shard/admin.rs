@@ -1,0 +1,508 @@
+//! The operator's API, `/admin/…`, JSON in and out:
+//!
+//! - `GET /admin/classes`: every registered class with its stored objects, in all and per
+//!   core, and the objects of no registered class.
+//! - `GET /admin/objects/{class}?prefix=&limit=&cursor=`: the class's objects in id order,
+//!   `limit` (1..=1000, default 100) at a time; `cursor` is the last id of the page before;
+//!   `prefix` keeps the objects whose stored name starts with it.
+//! - `GET /admin/objects/{class}/{name|id:hex}`: one object.
+//! - `GET /admin/objects/{class}/{name|id:hex}/storage?prefix=&limit=&cursor=`: its key-value
+//!   pairs in key order (text as `key`/`value`, other bytes as `keyBase64`/`valueBase64`;
+//!   `cursor` is the hex of the last key of the page before) and its SQL tables.
+//! - `DELETE /admin/objects/{class}/{name|id:hex}`: deletes the object (see
+//!   `ObjectHost::admin_delete`).
+//!
+//! It needs `Authorization: Bearer <admin token>` (or the auth token when no admin token is
+//! set); with neither token configured it is off and answers 403. Questions about every
+//! object go to every core over the mesh (`Message::Admin`); those about one object go to its
+//! owning core only.
+
+use std::rc::Rc;
+
+use base64::Engine;
+use serde::Serialize;
+
+use super::handler::{carries, object_id};
+use super::mesh::{Message, Reply, SendError};
+use super::Shard;
+use crate::http::{is_class_name, object_target, Method, Request, Response};
+use crate::id::ObjectId;
+use crate::object::{overloaded, ObjectInfo, StoragePage};
+
+/// Objects or pairs in one page when the request names no `limit`.
+const LIMIT_DEFAULT: usize = 100;
+/// The largest `limit`.
+const LIMIT_MAX: usize = 1000;
+
+/// An operator's question to one core.
+#[derive(Debug)]
+pub enum AdminOp {
+    /// Objects per class, in the order given, then those of none.
+    Counts {
+        classes: Vec<String>,
+    },
+    /// A page of a class's objects (`ObjectHost::admin_list`).
+    List {
+        class: String,
+        after: Option<ObjectId>,
+        prefix: Option<String>,
+        limit: usize,
+    },
+    Object {
+        id: ObjectId,
+    },
+    Storage {
+        id: ObjectId,
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    },
+    Delete {
+        id: ObjectId,
+    },
+}
+
+/// One core's answer to an [`AdminOp`].
+#[derive(Debug)]
+pub enum AdminReply {
+    Counts(Vec<u64>),
+    Objects(Result<Vec<ObjectInfo>, String>),
+    Object(Result<Option<ObjectInfo>, String>),
+    Storage(Result<StoragePage, String>),
+    Deleted(Result<bool, String>),
+}
+
+impl Shard {
+    /// Answers `op` from this core's objects.
+    pub(super) async fn admin_here(&self, op: AdminOp) -> AdminReply {
+        let host = &self.host;
+        match op {
+            AdminOp::Counts { classes } => AdminReply::Counts(host.admin_counts(&classes)),
+            AdminOp::List {
+                class,
+                after,
+                prefix,
+                limit,
+            } => AdminReply::Objects(
+                host.admin_list(&class, after, prefix.as_deref(), limit)
+                    .await
+                    .map_err(|error| error.to_string()),
+            ),
+            AdminOp::Object { id } => {
+                AdminReply::Object(host.admin_object(id).await.map_err(|e| e.to_string()))
+            }
+            AdminOp::Storage {
+                id,
+                prefix,
+                after,
+                limit,
+            } => AdminReply::Storage(
+                host.admin_storage(id, &prefix, after.as_deref(), limit)
+                    .await,
+            ),
+            AdminOp::Delete { id } => {
+                AdminReply::Deleted(host.admin_delete(id).await.map_err(|e| e.to_string()))
+            }
+        }
+    }
+
+    /// Answers `op` on core `core`, here or over the mesh; `Err` is the response to give.
+    async fn admin_on(self: &Rc<Self>, core: usize, op: AdminOp) -> Result<AdminReply, Response> {
+        if core == self.core {
+            return Ok(self.admin_here(op).await);
+        }
+        match self.mesh.request(core, |tag| Message::Admin { tag, op }) {
+            Ok(wait) => match wait.await {
+                Reply::Admin(reply) => Ok(*reply),
+                Reply::Response(_) | Reply::Snapshot(_) => Err(Response::json_error(
+                    500,
+                    "cross-core reply of the wrong kind",
+                )),
+            },
+            Err(SendError::Full) => Err(overloaded()),
+            Err(SendError::Closed) => Err(Response::json_error(503, "a core is shutting down")),
+        }
+    }
+
+    /// One request to the admin API; `path` follows `/admin`.
+    pub(super) async fn admin(self: &Rc<Self>, request: &Request, path: &str) -> Response {
+        let Some(expected) = &self.admin_header else {
+            return Response::json_error(
+                403,
+                "the admin API is off: start stead with --admin-token (or --auth-token)",
+            );
+        };
+        if !carries(request, expected) {
+            return Response::json_error(401, "missing or wrong admin bearer token")
+                .with_header("WWW-Authenticate", "Bearer");
+        }
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let read = matches!(request.method, Method::Get | Method::Head);
+        let answer = match segments.as_slice() {
+            ["classes"] if read => self.admin_classes().await,
+            ["objects", class] if read => self.admin_list(request, class).await,
+            ["objects", class, target] if read => self.admin_object(class, target).await,
+            ["objects", class, target] if request.method == Method::Delete => {
+                self.admin_delete(class, target).await
+            }
+            ["objects", class, target, "storage"] if read => {
+                self.admin_storage(request, class, target).await
+            }
+            ["classes"] | ["objects", _] | ["objects", _, _, "storage"] => {
+                Err(method_not_allowed("GET, HEAD"))
+            }
+            ["objects", _, _] => Err(method_not_allowed("GET, HEAD, DELETE")),
+            _ => Err(Response::json_error(404, "no such admin route")),
+        };
+        answer.unwrap_or_else(|response| response)
+    }
+
+    async fn admin_classes(self: &Rc<Self>) -> Result<Response, Response> {
+        let classes: Vec<String> = self.registry.names().map(str::to_string).collect();
+        let mut per_core = Vec::with_capacity(self.cores);
+        for core in 0..self.cores {
+            let op = AdminOp::Counts {
+                classes: classes.clone(),
+            };
+            match self.admin_on(core, op).await? {
+                AdminReply::Counts(counts) => per_core.push(counts),
+                _ => return Err(wrong_reply()),
+            }
+        }
+        let count = |index: usize| {
+            let per_core: Vec<u64> = per_core
+                .iter()
+                .map(|counts| counts.get(index).copied().unwrap_or(0))
+                .collect();
+            Count {
+                objects: per_core.iter().sum(),
+                per_core,
+            }
+        };
+        let answer = Classes {
+            classes: classes
+                .iter()
+                .enumerate()
+                .map(|(index, class)| ClassCount {
+                    class: class.clone(),
+                    count: count(index),
+                })
+                .collect(),
+            unregistered: count(classes.len()),
+        };
+        Ok(json(&answer))
+    }
+
+    async fn admin_list(
+        self: &Rc<Self>,
+        request: &Request,
+        class: &str,
+    ) -> Result<Response, Response> {
+        self.known_class(class)?;
+        let limit = limit(request)?;
+        let after =
+            match request
+                .query_param("cursor")
+                .filter(|text| !text.is_empty())
+            {
+                Some(text) => Some(ObjectId::from_string(class, &text).map_err(|error| {
+                    Response::json_error(400, &format!("invalid cursor: {error}"))
+                })?),
+                None => None,
+            };
+        let prefix = request
+            .query_param("prefix")
+            .filter(|text| !text.is_empty());
+        let mut objects = Vec::new();
+        for core in 0..self.cores {
+            let op = AdminOp::List {
+                class: class.to_string(),
+                after,
+                prefix: prefix.clone(),
+                limit,
+            };
+            match self.admin_on(core, op).await? {
+                AdminReply::Objects(Ok(found)) => objects.extend(found),
+                AdminReply::Objects(Err(error)) => return Err(store_failed(&error)),
+                _ => return Err(wrong_reply()),
+            }
+        }
+        objects.sort_by_key(|info| info.id);
+        objects.truncate(limit);
+        let cursor = match objects.last() {
+            Some(last) if objects.len() == limit => Some(last.id.to_string()),
+            _ => None,
+        };
+        let objects = objects.iter().map(ObjectJson::from).collect();
+        Ok(json(&Objects { objects, cursor }))
+    }
+
+    async fn admin_object(
+        self: &Rc<Self>,
+        class: &str,
+        target: &str,
+    ) -> Result<Response, Response> {
+        let id = self.admin_target(class, target)?;
+        let core = id.core(self.partitions, self.cores);
+        match self.admin_on(core, AdminOp::Object { id }).await? {
+            AdminReply::Object(Ok(Some(info))) => Ok(json(&ObjectJson::from(&info))),
+            AdminReply::Object(Ok(None)) => Err(Response::json_error(404, "no such object")),
+            AdminReply::Object(Err(error)) => Err(store_failed(&error)),
+            _ => Err(wrong_reply()),
+        }
+    }
+
+    async fn admin_storage(
+        self: &Rc<Self>,
+        request: &Request,
+        class: &str,
+        target: &str,
+    ) -> Result<Response, Response> {
+        let id = self.admin_target(class, target)?;
+        let limit = limit(request)?;
+        let prefix = request.query_param("prefix").unwrap_or_default();
+        let after = match request
+            .query_param("cursor")
+            .filter(|text| !text.is_empty())
+        {
+            Some(text) => Some(
+                from_hex(&text)
+                    .ok_or_else(|| Response::json_error(400, "invalid cursor: expected hex"))?,
+            ),
+            None => None,
+        };
+        let op = AdminOp::Storage {
+            id,
+            prefix: prefix.into_bytes(),
+            after,
+            limit,
+        };
+        let core = id.core(self.partitions, self.cores);
+        let page = match self.admin_on(core, op).await? {
+            AdminReply::Storage(Ok(page)) => page,
+            AdminReply::Storage(Err(error)) => return Err(store_failed(&error)),
+            _ => return Err(wrong_reply()),
+        };
+        Ok(json(&StorageJson::from(&page)))
+    }
+
+    async fn admin_delete(
+        self: &Rc<Self>,
+        class: &str,
+        target: &str,
+    ) -> Result<Response, Response> {
+        let id = self.admin_target(class, target)?;
+        let core = id.core(self.partitions, self.cores);
+        match self.admin_on(core, AdminOp::Delete { id }).await? {
+            AdminReply::Deleted(Ok(deleted)) => Ok(json(&Deleted {
+                id: id.to_string(),
+                deleted,
+            })),
+            AdminReply::Deleted(Err(error)) => Err(store_failed(&error)),
+            _ => Err(wrong_reply()),
+        }
+    }
+
+    /// 404 unless `class` is registered.
+    fn known_class(&self, class: &str) -> Result<(), Response> {
+        if is_class_name(class) && self.registry.contains(class) {
+            Ok(())
+        } else {
+            Err(Response::json_error(404, "no such class"))
+        }
+    }
+
+    /// The object a path segment names (a percent-encoded name or `id:<hex>`).
+    fn admin_target(&self, class: &str, target: &str) -> Result<ObjectId, Response> {
+        self.known_class(class)?;
+        if target.is_empty() {
+            return Err(Response::json_error(404, "no object named"));
+        }
+        object_id(class, object_target(target, &self.config.http)?)
+    }
+}
+
+/// The `limit` query parameter: 1..=`LIMIT_MAX`, `LIMIT_DEFAULT` when absent.
+fn limit(request: &Request) -> Result<usize, Response> {
+    let Some(text) = request.query_param("limit").filter(|text| !text.is_empty()) else {
+        return Ok(LIMIT_DEFAULT);
+    };
+    match text.parse::<usize>() {
+        Ok(limit) if (1..=LIMIT_MAX).contains(&limit) => Ok(limit),
+        _ => Err(Response::json_error(
+            400,
+            &format!("limit must be an integer from 1 to {LIMIT_MAX}, got {text:?}"),
+        )),
+    }
+}
+
+/// A 200 answer of `value` as JSON, fields in declaration order.
+fn json(value: &impl Serialize) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => Response::new(200, body).with_header("Content-Type", "application/json"),
+        Err(error) => Response::json_error(500, &format!("cannot encode the answer: {error}")),
+    }
+}
+
+/// `GET /admin/classes`.
+#[derive(Serialize)]
+struct Classes {
+    classes: Vec<ClassCount>,
+    unregistered: Count,
+}
+
+#[derive(Serialize)]
+struct ClassCount {
+    class: String,
+    #[serde(flatten)]
+    count: Count,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Count {
+    objects: u64,
+    per_core: Vec<u64>,
+}
+
+/// `GET /admin/objects/{class}`.
+#[derive(Serialize)]
+struct Objects {
+    objects: Vec<ObjectJson>,
+    cursor: Option<String>,
+}
+
+/// One object.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ObjectJson {
+    id: String,
+    name: Option<String>,
+    active: bool,
+    keys: u64,
+    bytes: u64,
+    sql_bytes: u64,
+    alarm: Option<i64>,
+    sockets: usize,
+}
+
+impl From<&ObjectInfo> for ObjectJson {
+    fn from(info: &ObjectInfo) -> ObjectJson {
+        ObjectJson {
+            id: info.id.to_string(),
+            name: info.name.clone(),
+            active: info.active,
+            keys: info.keys,
+            bytes: info.bytes,
+            sql_bytes: info.sql_bytes,
+            alarm: info.alarm_ms,
+            sockets: info.sockets,
+        }
+    }
+}
+
+/// `GET /admin/objects/{class}/{target}/storage`.
+#[derive(Serialize)]
+struct StorageJson {
+    entries: Vec<EntryJson>,
+    cursor: Option<String>,
+    tables: Vec<TableJson>,
+}
+
+/// One pair: text as `key`/`value`, other bytes as `keyBase64`/`valueBase64`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EntryJson {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_base64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_base64: Option<String>,
+}
+
+#[derive(Serialize)]
+struct TableJson {
+    name: String,
+    rows: Option<i64>,
+    sql: String,
+}
+
+impl From<&StoragePage> for StorageJson {
+    fn from(page: &StoragePage) -> StorageJson {
+        let entries = page
+            .entries
+            .iter()
+            .map(|(key, value)| {
+                let (key, key_base64) = text_or_base64(key);
+                let (value, value_base64) = text_or_base64(value);
+                EntryJson {
+                    key,
+                    key_base64,
+                    value,
+                    value_base64,
+                }
+            })
+            .collect();
+        let tables = page
+            .tables
+            .iter()
+            .map(|table| TableJson {
+                name: table.name.clone(),
+                rows: table.rows,
+                sql: table.sql.clone(),
+            })
+            .collect();
+        StorageJson {
+            entries,
+            cursor: page.next.as_deref().map(to_hex),
+            tables,
+        }
+    }
+}
+
+/// `DELETE /admin/objects/{class}/{target}`.
+#[derive(Serialize)]
+struct Deleted {
+    id: String,
+    deleted: bool,
+}
+
+/// Bytes as text when they are UTF-8 (first), else as base64 (second).
+fn text_or_base64(bytes: &[u8]) -> (Option<String>, Option<String>) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (Some(text.to_string()), None),
+        Err(_) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
+    }
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok())
+        .collect()
+}
+
+fn method_not_allowed(allow: &str) -> Response {
+    Response::json_error(405, "method not allowed").with_header("Allow", allow)
+}
+
+fn wrong_reply() -> Response {
+    Response::json_error(500, "cross-core reply of the wrong kind")
+}
+
+fn store_failed(error: &str) -> Response {
+    Response::json_error(503, &format!("the store could not answer: {error}"))
+}
