@@ -347,7 +347,7 @@ async fn migrate_stores(config: &Config, from: Layout, to: Layout) -> Result<(),
 
 /// Splits one object's data into batches within the engine's limits; the alarm goes with the
 /// first. An object with no keys and no alarm gives no batch.
-fn migration_batches(data: ObjectData, limits: &Limits) -> Vec<Batch> {
+pub(crate) fn migration_batches(data: ObjectData, limits: &Limits) -> Vec<Batch> {
     let mut batches = Vec::new();
     let mut batch = Batch::new();
     if let Some(alarm_ms) = data.alarm_ms {

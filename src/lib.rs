@@ -43,6 +43,7 @@
 //! What it is not: a distributed system. One server, one machine; no replication.
 
 pub mod alarm;
+pub mod backup;
 pub mod bench;
 pub mod config;
 pub mod http;

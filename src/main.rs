@@ -1,5 +1,6 @@
 //! The `stead` binary: `stead serve` runs the server with the built-in classes, `stead bench`
-//! load-tests a server, `stead admin` asks a running server's admin API.
+//! load-tests a server, `stead admin` asks a running server's admin API, `stead restore` builds
+//! a data directory from a backup.
 
 mod admin_cli;
 
@@ -31,6 +32,21 @@ enum Command {
     Bench(stead::bench::BenchArgs),
     /// Ask a running server's admin API: classes, objects, storage, deletion.
     Admin(admin_cli::AdminArgs),
+    /// Build a data directory from a backup (`GET /admin/backup`).
+    Restore(RestoreArgs),
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    /// The backup file.
+    #[arg(long)]
+    from: PathBuf,
+    /// The data directory to build; it must be absent or empty.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Cores the directory is laid out for (0: as many as the server of the backup had).
+    #[arg(long, default_value_t = 0)]
+    cores: usize,
 }
 
 #[derive(clap::Args)]
@@ -71,6 +87,26 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Bench(args) => stead::bench::run(args),
         Command::Admin(args) => admin_cli::run(args),
+        Command::Restore(args) => restore(args),
+    }
+}
+
+fn restore(args: RestoreArgs) -> ExitCode {
+    match stead::backup::restore(&args.from, &args.data_dir, args.cores) {
+        Ok(summary) => {
+            println!(
+                "stead: restored {} objects ({} keys) into {} for {} cores",
+                summary.objects,
+                summary.entries,
+                args.data_dir.display(),
+                summary.cores
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("stead restore: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -46,7 +46,7 @@ use glommio::timer::Timer;
 use super::encode::encode_response;
 use super::hangup::peer_hung_up;
 use super::parse::{parse_request, request_bytes_max};
-use super::upgrade::is_websocket_upgrade;
+use super::upgrade::takes_connection;
 use super::{HttpError, Method, Request, Response};
 use crate::config::HttpLimits;
 use crate::shutdown::{Shutdown, Wait};
@@ -309,8 +309,9 @@ impl Connection {
                 Ok(Some(parsed)) => {
                     consumed += parsed.consumed;
                     self.idle_deadline.push_back();
-                    if is_websocket_upgrade(&parsed.request) {
-                        // What follows belongs to the new protocol: stop parsing HTTP here.
+                    if takes_connection(&parsed.request) {
+                        // What follows belongs to the new protocol (or nothing follows a
+                        // streamed answer): stop parsing HTTP here.
                         self.upgrade = Some(parsed.request);
                         self.reading = false;
                         break;

@@ -4,6 +4,17 @@
 
 use super::Request;
 
+/// Whether `request` takes its connection over: a WebSocket upgrade, or `GET /admin/backup`,
+/// whose answer is streamed by the handler itself. Such a request ends HTTP on its connection
+/// and goes to `Handler::upgrade`.
+pub fn takes_connection(request: &Request) -> bool {
+    is_websocket_upgrade(request)
+        || (request.path == BACKUP_PATH && request.method == super::Method::Get)
+}
+
+/// The path of the streamed backup (`shard/admin.rs`).
+pub const BACKUP_PATH: &str = "/admin/backup";
+
 /// Whether `request` asks to switch to the WebSocket protocol (`Upgrade: websocket` and
 /// `Connection: upgrade`; `validate_upgrade` checks the rest). Such a request ends HTTP on its
 /// connection and goes to `Handler::upgrade`.

@@ -17,14 +17,21 @@
 //! object go to every core over the mesh (`Message::Admin`); those about one object go to its
 //! owning core only.
 
+use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde::Serialize;
 
-use super::handler::{carries, object_id};
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+use stead_storage::Snapshot;
+
+use super::handler::{carries, object_id, write_and_close};
 use super::mesh::{Message, Reply, SendError};
 use super::Shard;
+use crate::backup;
 use crate::http::{is_class_name, object_target, Method, Request, Response};
 use crate::id::ObjectId;
 use crate::object::{overloaded, ObjectInfo, StoragePage};
@@ -60,6 +67,16 @@ pub enum AdminOp {
     Delete {
         id: ObjectId,
     },
+    /// Take a snapshot of your store for a backup; the answer names the session.
+    BackupOpen,
+    /// The next part of a backup session's records.
+    BackupNext {
+        session: u64,
+    },
+    /// Drop a backup session.
+    BackupClose {
+        session: u64,
+    },
 }
 
 /// One core's answer to an [`AdminOp`].
@@ -70,7 +87,43 @@ pub enum AdminReply {
     Object(Result<Option<ObjectInfo>, String>),
     Storage(Result<StoragePage, String>),
     Deleted(Result<bool, String>),
+    BackupOpened(Result<u64, String>),
+    BackupPart(Result<BackupPart, String>),
+    BackupClosed,
 }
+
+/// Encoded records of a backup session, and once they end the session's core, its objects
+/// and entries.
+pub type BackupPart = (Vec<u8>, Option<(u64, u64)>);
+
+/// Backups in progress on one core, each a snapshot of its store being read.
+#[derive(Default)]
+pub(super) struct Backups {
+    /// Numbers the sessions.
+    next: u64,
+    /// The sessions, at most `BACKUPS_OPEN_MAX`.
+    open: HashMap<u64, BackupSession>,
+}
+
+/// One core's part of one backup.
+struct BackupSession {
+    snapshot: Snapshot,
+    /// Whether the `CORE` record was given.
+    started: bool,
+    /// Objects and entries given so far, for the `CORE_END` record.
+    objects: u64,
+    entries: u64,
+    /// When a request last read it: a session idle for `BACKUP_IDLE_MAX` is dropped when
+    /// another needs its place.
+    last_used: Instant,
+}
+
+/// Backups one core serves at once; each holds a snapshot (the store's small values copied).
+const BACKUPS_OPEN_MAX: usize = 4;
+/// A session this long unread gives its place to a new one.
+const BACKUP_IDLE_MAX: Duration = Duration::from_secs(60);
+/// Records one `BackupNext` gathers before answering (at least one object, however large).
+const BACKUP_PART_BYTES: usize = 1024 * 1024;
 
 impl Shard {
     /// Answers `op` from this core's objects.
@@ -103,6 +156,205 @@ impl Shard {
             AdminOp::Delete { id } => {
                 AdminReply::Deleted(host.admin_delete(id).await.map_err(|e| e.to_string()))
             }
+            AdminOp::BackupOpen => AdminReply::BackupOpened(self.backup_open().await),
+            AdminOp::BackupNext { session } => {
+                AdminReply::BackupPart(self.backup_next(session).await)
+            }
+            AdminOp::BackupClose { session } => {
+                self.backups.borrow_mut().open.remove(&session);
+                AdminReply::BackupClosed
+            }
+        }
+    }
+
+    /// Takes a snapshot of this core's store and waits until all of it is durable.
+    async fn backup_open(&self) -> Result<u64, String> {
+        let full = || {
+            format!(
+                "{BACKUPS_OPEN_MAX} backups are already running on core {}",
+                self.core
+            )
+        };
+        {
+            let mut backups = self.backups.borrow_mut();
+            let now = Instant::now();
+            backups
+                .open
+                .retain(|_, session| now.duration_since(session.last_used) < BACKUP_IDLE_MAX);
+            if backups.open.len() >= BACKUPS_OPEN_MAX {
+                return Err(full());
+            }
+        }
+        let store = self.host.store();
+        let snapshot = store.snapshot().map_err(|error| error.to_string())?;
+        if snapshot.seq() > 0 {
+            store
+                .wait_durable(snapshot.seq())
+                .await
+                .map_err(|error| error.to_string())?;
+        }
+        let mut backups = self.backups.borrow_mut();
+        if backups.open.len() >= BACKUPS_OPEN_MAX {
+            return Err(full());
+        }
+        let session = backups.next;
+        backups.next += 1;
+        backups.open.insert(
+            session,
+            BackupSession {
+                snapshot,
+                started: false,
+                objects: 0,
+                entries: 0,
+                last_used: Instant::now(),
+            },
+        );
+        Ok(session)
+    }
+
+    /// The next records of a session (about `BACKUP_PART_BYTES`), and once they end it, the
+    /// objects and entries it gave.
+    async fn backup_next(&self, id: u64) -> Result<BackupPart, String> {
+        // Out of the map while it is read, so no borrow is held across the reads.
+        let Some(mut session) = self.backups.borrow_mut().open.remove(&id) else {
+            return Err(format!("no backup session {id} on core {}", self.core));
+        };
+        let core = self.core as u32;
+        let mut part = Vec::new();
+        if !session.started {
+            backup::encode_core(core, session.snapshot.seq(), &mut part);
+            session.started = true;
+        }
+        while part.len() < BACKUP_PART_BYTES {
+            match session.snapshot.next_object().await {
+                Some(Ok((id, data))) => {
+                    backup::encode_object(&id, &data, &mut part);
+                    session.objects += 1;
+                    session.entries += data.entries.len() as u64;
+                }
+                Some(Err(error)) => return Err(error.to_string()),
+                None => {
+                    backup::encode_core_end(core, session.objects, session.entries, &mut part);
+                    return Ok((part, Some((session.objects, session.entries))));
+                }
+            }
+        }
+        session.last_used = Instant::now();
+        self.backups.borrow_mut().open.insert(id, session);
+        Ok((part, None))
+    }
+
+    /// `GET /admin/backup`: answers on `stream` itself, with every core's records as HTTP
+    /// chunks. On a failure after the answer began, the connection closes without the last
+    /// chunk, so the client sees a truncated backup (which restore refuses). Returns the
+    /// status, for the metrics.
+    pub(super) async fn stream_backup(
+        self: &Rc<Self>,
+        mut stream: TcpStream,
+        request: &Request,
+    ) -> u16 {
+        let refusal = match &self.admin_header {
+            None => Some(Response::json_error(
+                403,
+                "the admin API is off: start stead with --admin-token (or --auth-token)",
+            )),
+            Some(expected) if !carries(request, expected) => Some(
+                Response::json_error(401, "missing or wrong admin bearer token")
+                    .with_header("WWW-Authenticate", "Bearer"),
+            ),
+            Some(_) => None,
+        };
+        if let Some(response) = refusal {
+            let status = response.status;
+            write_and_close(stream, &response).await;
+            return status;
+        }
+        let mut sessions = Vec::with_capacity(self.cores);
+        for core in 0..self.cores {
+            let opened = match self.admin_on(core, AdminOp::BackupOpen).await {
+                Ok(AdminReply::BackupOpened(Ok(session))) => Ok(session),
+                Ok(AdminReply::BackupOpened(Err(error))) => Err(Response::json_error(
+                    503,
+                    &format!("cannot start the backup: {error}"),
+                )),
+                Ok(_) => Err(wrong_reply()),
+                Err(response) => Err(response),
+            };
+            match opened {
+                Ok(session) => sessions.push((core, session)),
+                Err(response) => {
+                    self.backup_close(&sessions).await;
+                    let status = response.status;
+                    write_and_close(stream, &response).await;
+                    return status;
+                }
+            }
+        }
+        let sent = self.send_backup(&mut stream, &sessions).await;
+        self.backup_close(&sessions).await;
+        match sent {
+            Ok(()) => {
+                let _ = stream.shutdown(std::net::Shutdown::Write).await;
+                200
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, "a backup stopped before its end");
+                500
+            }
+        }
+    }
+
+    /// Writes the answer's head, the header, every session's records and the end record.
+    async fn send_backup(
+        self: &Rc<Self>,
+        stream: &mut TcpStream,
+        sessions: &[(usize, u64)],
+    ) -> Result<(), String> {
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
+                    Content-Disposition: attachment; filename=\"stead.backup\"\r\n\
+                    Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+        let written = |error: std::io::Error| format!("the client went away: {error}");
+        stream.write_all(head.as_bytes()).await.map_err(written)?;
+        let mut first = Vec::new();
+        let header = backup::Header {
+            partitions: self.partitions,
+            cores: self.cores as u32,
+            created_ms: crate::object::now_ms(),
+        };
+        backup::encode_header(&header, &mut first);
+        write_chunk(stream, &first).await.map_err(written)?;
+        let (mut objects, mut entries) = (0u64, 0u64);
+        for &(core, session) in sessions {
+            loop {
+                let part = match self.admin_on(core, AdminOp::BackupNext { session }).await {
+                    Ok(AdminReply::BackupPart(Ok(part))) => part,
+                    Ok(AdminReply::BackupPart(Err(error))) => return Err(error),
+                    Ok(_) => return Err("cross-core reply of the wrong kind".to_string()),
+                    Err(response) => {
+                        return Err(format!("core {core} did not answer ({})", response.status))
+                    }
+                };
+                let (records, end) = part;
+                write_chunk(stream, &records).await.map_err(written)?;
+                if let Some((core_objects, core_entries)) = end {
+                    objects += core_objects;
+                    entries += core_entries;
+                    break;
+                }
+            }
+        }
+        let mut end = Vec::new();
+        backup::encode_end(sessions.len() as u32, objects, entries, &mut end);
+        write_chunk(stream, &end).await.map_err(written)?;
+        stream.write_all(b"0\r\n\r\n").await.map_err(written)?;
+        stream.flush().await.map_err(written)
+    }
+
+    /// Drops the sessions of a backup that ended (or never began) on every core.
+    async fn backup_close(self: &Rc<Self>, sessions: &[(usize, u64)]) {
+        for &(core, session) in sessions {
+            // A core that cannot answer drops the session when its place is needed.
+            let _ = self.admin_on(core, AdminOp::BackupClose { session }).await;
         }
     }
 
@@ -152,6 +404,7 @@ impl Shard {
                 Err(method_not_allowed("GET, HEAD"))
             }
             ["objects", _, _] => Err(method_not_allowed("GET, HEAD, DELETE")),
+            ["backup"] => Err(method_not_allowed("GET")),
             _ => Err(Response::json_error(404, "no such admin route")),
         };
         answer.unwrap_or_else(|response| response)
@@ -493,6 +746,18 @@ fn from_hex(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok())
         .collect()
+}
+
+/// Writes `data` as one HTTP chunk (nothing for empty data, which would end the answer).
+async fn write_chunk(stream: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    stream
+        .write_all(format!("{:x}\r\n", data.len()).as_bytes())
+        .await?;
+    stream.write_all(data).await?;
+    stream.write_all(b"\r\n").await
 }
 
 fn method_not_allowed(allow: &str) -> Response {

@@ -13,6 +13,7 @@ use super::Shard;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
+use crate::http::upgrade::BACKUP_PATH;
 use crate::http::UpgradeToken;
 use crate::http::{encode_response, route, Handler, ObjectTarget, Request, Response, Route};
 use crate::id::ObjectId;
@@ -199,6 +200,16 @@ impl Shard {
     /// A WebSocket upgrade: route it like any request, then serve it on the core that owns its
     /// object, moving the connection there if it was accepted here.
     async fn upgrade(self: &Rc<Self>, stream: TcpStream, unread: Vec<u8>, mut request: Request) {
+        if request.path == BACKUP_PATH {
+            let start = Instant::now();
+            let status = self.stream_backup(stream, &request).await;
+            let labels = RequestLabels {
+                route: "admin",
+                class: String::new(),
+            };
+            self.metrics.record(labels, status, start.elapsed());
+            return;
+        }
         let start = Instant::now();
         let target = self.upgrade_target(&request);
         let UpgradeTarget {
@@ -403,7 +414,7 @@ pub(super) async fn refuse_upgrade(stream: TcpStream) {
 }
 
 /// Writes `response` and closes the connection.
-async fn write_and_close(mut stream: TcpStream, response: &Response) {
+pub(super) async fn write_and_close(mut stream: TcpStream, response: &Response) {
     let mut out = Vec::new();
     encode_response(response, false, false, &mut out);
     if stream.write_all(&out).await.is_ok() {

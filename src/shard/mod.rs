@@ -107,6 +107,8 @@ pub struct Shard {
     /// `Bearer <token>` that `/admin/…` requires: the admin token, or else the auth token;
     /// `None` turns the admin API off.
     admin_header: Option<String>,
+    /// The backups this core is giving its part of.
+    backups: RefCell<admin::Backups>,
     /// Set when this core shuts down.
     shutdown: Rc<Shutdown>,
     /// `connections_per_core_max` slots, for accepted connections and for WebSockets handed
@@ -303,6 +305,7 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         health,
         auth_header,
         admin_header,
+        backups: RefCell::default(),
         shutdown: shutdown.clone(),
         connection_slots: accept::connection_slots(config.http.connections_per_core_max),
     });

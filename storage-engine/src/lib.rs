@@ -47,7 +47,7 @@ pub use error::StoreError;
 pub use store::keys::KeyMap;
 pub use store::{
     create_dir_durably, power_of_two_bucket, Durable, ListOptions, ObjectData, ObjectSummary,
-    Store, StoreStats,
+    Snapshot, Store, StoreStats,
 };
 
 /// The identity of one object inside a store: 32 opaque bytes chosen by the caller.

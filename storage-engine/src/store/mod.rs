@@ -18,6 +18,7 @@ mod prepare;
 mod read;
 mod recovery;
 mod segments;
+mod snapshot;
 mod stats;
 mod undo;
 
@@ -26,6 +27,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 pub use durable::Durable;
+pub use snapshot::Snapshot;
 pub use stats::{power_of_two_bucket, StoreStats};
 
 use crate::codec::{self, ManifestData};

@@ -9,7 +9,7 @@ use super::{io_error, ListOptions, ObjectData, Store};
 use crate::{DiskFile, ObjectId, StoreError};
 
 /// A value found in the index, taken out so no borrow is held while reading the disk.
-enum ValueRef {
+pub(super) enum ValueRef {
     Bytes(Vec<u8>),
     Disk {
         file: Rc<dyn DiskFile>,
@@ -45,7 +45,7 @@ impl Store {
         })
     }
 
-    async fn resolve(value: ValueRef) -> Result<Vec<u8>, StoreError> {
+    pub(super) async fn resolve(value: ValueRef) -> Result<Vec<u8>, StoreError> {
         match value {
             ValueRef::Bytes(bytes) => Ok(bytes),
             ValueRef::Disk {
@@ -99,7 +99,7 @@ impl Store {
     }
 
     /// The keys `options` selects, in order, with their values or value locations.
-    fn collect_range(
+    pub(super) fn collect_range(
         &self,
         object: &ObjectId,
         options: &ListOptions,
