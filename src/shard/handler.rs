@@ -90,7 +90,7 @@ impl Shard {
                 let response = if !self.registry.contains(&class) {
                     Response::not_found()
                 } else {
-                    match ObjectId::new_unique(&class) {
+                    match ObjectId::new_unique(self.registry.id_namespace(&class)) {
                         Ok(id) => Response::json(200, &json!({ "id": id.to_string() })),
                         Err(error) => Response::json_error(500, &format!("no randomness: {error}")),
                     }
@@ -111,7 +111,7 @@ impl Shard {
                 if !self.registry.contains(&class) {
                     return (no_class("none"), Response::not_found());
                 }
-                let id = match object_id(&class, target) {
+                let id = match object_id(self.registry.id_namespace(&class), target) {
                     Ok(id) => id,
                     Err(response) => {
                         return (
@@ -255,7 +255,7 @@ impl Shard {
         if !self.registry.contains(&class) || self.config.hello {
             return Err((no_class("none"), Response::not_found()));
         }
-        match object_id(&class, target) {
+        match object_id(self.registry.id_namespace(&class), target) {
             Ok(id) => Ok((class, id, path)),
             Err(response) => Err((
                 RequestLabels {
@@ -408,11 +408,11 @@ pub(super) fn close_fd(fd: std::os::fd::RawFd) {
 }
 
 /// The id a route names: by name (always valid) or by id text (400 when it is not an id of
-/// `class`).
-fn object_id(class: &str, target: ObjectTarget) -> Result<ObjectId, Response> {
+/// the class whose ids are made from `namespace`).
+fn object_id(namespace: &str, target: ObjectTarget) -> Result<ObjectId, Response> {
     match target {
-        ObjectTarget::Name(name) => Ok(ObjectId::from_name(class, &name)),
-        ObjectTarget::Id(text) => ObjectId::from_string(class, &text)
+        ObjectTarget::Name(name) => Ok(ObjectId::from_name(namespace, &name)),
+        ObjectTarget::Id(text) => ObjectId::from_string(namespace, &text)
             .map_err(|error| Response::json_error(400, &error.to_string())),
     }
 }
