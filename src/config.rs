@@ -335,6 +335,32 @@ mod tests {
     }
 
     #[test]
+    fn migrations_parse_in_order_and_refuse_unknown_fields() {
+        let text = r#"
+            [[migrations]]
+            tag = "v1"
+            new_classes = ["counter2"]
+
+            [[migrations]]
+            tag = "v2"
+            renamed_classes = [{ from = "counter2", to = "tally" }]
+            deleted_classes = ["scratch"]
+        "#;
+        let config: Config = toml::from_str(text).expect("valid migrations");
+        let tags: Vec<&str> = config.migrations.iter().map(|m| m.tag.as_str()).collect();
+        assert_eq!(tags, ["v1", "v2"]);
+        assert_eq!(config.migrations[0].new_classes, ["counter2"]);
+        let rename = &config.migrations[1].renamed_classes[0];
+        assert_eq!(
+            (rename.from.as_str(), rename.to.as_str()),
+            ("counter2", "tally")
+        );
+        assert_eq!(config.migrations[1].deleted_classes, ["scratch"]);
+        assert!(toml::from_str::<Config>("[[migrations]]\ntag = \"v1\"\nrenamed = []\n").is_err());
+        assert!(toml::from_str::<Config>("[[migrations]]\nnew_classes = [\"a\"]\n").is_err());
+    }
+
+    #[test]
     fn rounds_in_flight_is_one_or_two() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("stead.toml");

@@ -51,7 +51,12 @@ impl fmt::Display for ServerError {
             ServerError::Layout(error) => write!(f, "data directory: {error}"),
             ServerError::Migration(error) => write!(f, "invalid class migrations: {error}"),
             ServerError::UnknownClasses(unknown) => {
-                write!(f, "refusing to start: the data directory holds objects of classes that are not registered")?;
+                write!(
+                    f,
+                    "refusing to start: the data directory holds objects of classes that are not \
+                     registered (an object's data names its class only by a tag, the first 8 \
+                     bytes of its id, never by name):"
+                )?;
                 for class in unknown {
                     write!(f, "\n  {class}")?;
                 }

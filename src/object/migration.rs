@@ -194,18 +194,15 @@ pub struct UnknownClass {
 impl fmt::Display for UnknownClass {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let UnknownClass { tag, objects, name } = self;
+        let plural = if *objects == 1 { "" } else { "s" };
         write!(
             f,
-            "{objects} objects of an unregistered class with tag {tag}"
+            "{objects} object{plural} of an unregistered class with tag {tag}"
         )?;
         if let Some(name) = name {
             write!(f, " (the tag of the class name {name:?})")?;
         }
-        write!(
-            f,
-            ": register the class or add a migration that deletes it (only the tag is stored, \
-             never the class's name)"
-        )
+        write!(f, ": register the class or add a migration that deletes it")
     }
 }
 
@@ -544,6 +541,46 @@ mod tests {
             error.to_string(),
             "migration \"v2\" names class \"a\", but migration \"v1\" already renames it to \"b\""
         );
+    }
+
+    #[test]
+    fn the_registry_gives_a_renamed_class_the_ids_and_tag_of_its_first_name() {
+        use crate::id::ObjectId;
+        use crate::object::{ClassRegistry, TagFate};
+        use crate::objects::Counter;
+
+        let mut registry = ClassRegistry::new();
+        registry.register::<Counter>("tally").expect("register");
+        registry.register::<Counter>("plain").expect("register");
+        let migrations = [
+            rename("v1", "counter", "count"),
+            rename("v2", "count", "tally"),
+            delete("v3", "scratch"),
+        ];
+        registry.apply_migrations(&migrations).expect("valid");
+        assert_eq!(registry.id_namespace("tally"), "counter");
+        assert_eq!(registry.id_namespace("plain"), "plain");
+        assert_eq!(registry.tag("tally"), Some(ClassTag::of("counter")));
+        let old_id = ObjectId::from_name("counter", "x");
+        assert_eq!(registry.class_of(&old_id), Some("tally"));
+        assert_eq!(
+            registry.fate(ClassTag::of("counter")),
+            TagFate::Registered("tally")
+        );
+        assert!(matches!(
+            registry.fate(ClassTag::of("scratch")),
+            TagFate::Deleted(DeletedClass { name, .. }) if name == "scratch"
+        ));
+        // The own tags of renamed names are unknown, but named.
+        assert_eq!(
+            registry.fate(ClassTag::of("tally")),
+            TagFate::Unknown(Some("tally"))
+        );
+        assert_eq!(
+            registry.fate(ClassTag::of("count")),
+            TagFate::Unknown(Some("count"))
+        );
+        assert_eq!(registry.fate(ClassTag::of("zzz")), TagFate::Unknown(None));
     }
 
     #[test]
