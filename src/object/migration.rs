@@ -583,6 +583,22 @@ mod tests {
         assert_eq!(registry.fate(ClassTag::of("zzz")), TagFate::Unknown(None));
     }
 
+    /// The example in the README's Configuration section is valid and means what it says.
+    #[test]
+    fn the_readme_example_resolves() {
+        let readme = include_str!("../../README.md");
+        let opening = "```toml\n[[migrations]]";
+        let start = readme.find(opening).expect("an example in the README") + "```toml\n".len();
+        let end = start + readme[start..].find("```").expect("the end of the example");
+        let config: crate::Config = toml::from_str(&readme[start..end]).expect("valid TOML");
+        let resolved = resolve(&config.migrations, registered(&["trolleys"])).expect("valid");
+        assert_eq!(
+            resolved.namespaces.get("trolleys").map(String::as_str),
+            Some("carts")
+        );
+        assert!(resolved.deleted.contains_key(&ClassTag::of("drafts")));
+    }
+
     #[test]
     fn tags_and_names_are_checked() {
         let error = resolve(&[migration(""), migration("v1")], registered(&[])).expect_err("tag");

@@ -28,24 +28,31 @@ pub struct ClassCheck {
 
 /// Sorts the objects of `store` by what becomes of their class.
 pub fn check(store: &Store, registry: &ClassRegistry) -> ClassCheck {
-    let mut by_tag: BTreeMap<ClassTag, Vec<ObjectId>> = BTreeMap::new();
-    for raw in store.objects() {
-        let id = ObjectId(raw);
-        by_tag.entry(id.class_tag()).or_default().push(id);
+    let ids: Vec<ObjectId> = store.objects().into_iter().map(ObjectId).collect();
+    let mut per_tag: BTreeMap<ClassTag, u64> = BTreeMap::new();
+    for id in &ids {
+        *per_tag.entry(id.class_tag()).or_default() += 1;
     }
     let mut unknown = Vec::new();
-    let mut doomed = BTreeMap::new();
-    for (tag, ids) in by_tag {
+    let mut doomed: BTreeMap<ClassTag, Vec<ObjectId>> = BTreeMap::new();
+    for (tag, objects) in per_tag {
         match registry.fate(tag) {
             TagFate::Registered(_) => {}
             TagFate::Deleted(_) => {
-                doomed.insert(tag, ids);
+                doomed.insert(tag, Vec::new());
             }
             TagFate::Unknown(name) => unknown.push(UnknownClass {
                 tag,
-                objects: ids.len() as u64,
+                objects,
                 name: name.map(str::to_string),
             }),
+        }
+    }
+    if !doomed.is_empty() {
+        for id in ids {
+            if let Some(doomed) = doomed.get_mut(&id.class_tag()) {
+                doomed.push(id);
+            }
         }
     }
     ClassCheck { unknown, doomed }
@@ -86,4 +93,90 @@ pub async fn delete_doomed(
         debug_assert!(ids.iter().all(|id| store.alarm(&id.0).is_none()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use glommio::{LocalExecutorBuilder, Placement};
+    use stead_storage::StoreConfig;
+
+    use super::*;
+    use crate::config::Migration;
+    use crate::objects::Counter;
+
+    /// More objects of a deleted class than one round deletes, next to objects of a registered
+    /// class and of an unknown one: after the deletion and a reopen only the others are left.
+    #[test]
+    fn deleted_classes_are_deleted_in_rounds_and_stay_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        let doomed_objects = DELETIONS_PER_ROUND_MAX * 2 + 7;
+        let handle = LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(256 * 1024)
+            .spawn(move || async move {
+                let mut registry = ClassRegistry::new();
+                registry.register::<Counter>("kept").expect("register");
+                let migration = Migration {
+                    tag: "v1".to_string(),
+                    new_classes: Vec::new(),
+                    renamed_classes: Vec::new(),
+                    deleted_classes: vec!["gone".to_string()],
+                };
+                registry.apply_migrations(&[migration]).expect("valid");
+
+                let store = Store::open(StoreConfig::new(&path)).await.expect("open");
+                let mut last = None;
+                for n in 0..doomed_objects {
+                    let mut batch = Batch::new();
+                    batch.put(b"k".to_vec(), b"v".to_vec());
+                    if n % 2 == 0 {
+                        batch.set_alarm(1_000);
+                    }
+                    let id = ObjectId::from_name("gone", &n.to_string());
+                    last = Some(store.commit(&id.0, batch).expect("commit").1);
+                }
+                for class in ["kept", "stray"] {
+                    let mut batch = Batch::new();
+                    batch.put(b"k".to_vec(), b"v".to_vec());
+                    let id = ObjectId::from_name(class, "x");
+                    last = Some(store.commit(&id.0, batch).expect("commit").1);
+                }
+                last.expect("a batch").await.expect("durable");
+
+                let found = check(&store, &registry);
+                assert_eq!(
+                    found.unknown,
+                    [UnknownClass {
+                        tag: ClassTag::of("stray"),
+                        objects: 1,
+                        name: None
+                    }]
+                );
+                let doomed = found.doomed.get(&ClassTag::of("gone")).map(Vec::len);
+                assert_eq!(doomed, Some(doomed_objects));
+                let found = ClassCheck {
+                    unknown: Vec::new(),
+                    doomed: found.doomed,
+                };
+                delete_doomed(0, &store, &registry, found)
+                    .await
+                    .expect("delete");
+                store.close().await.expect("close");
+
+                let store = Store::open(StoreConfig::new(&path)).await.expect("reopen");
+                let mut left: Vec<ClassTag> = store
+                    .objects()
+                    .into_iter()
+                    .map(|raw| ObjectId(raw).class_tag())
+                    .collect();
+                left.sort();
+                let mut expected = vec![ClassTag::of("kept"), ClassTag::of("stray")];
+                expected.sort();
+                assert_eq!(left, expected);
+                assert!(store.objects_with_alarms().is_empty());
+                store.close().await.expect("close");
+            })
+            .expect("executor");
+        handle.join().expect("test executor");
+    }
 }
