@@ -189,6 +189,36 @@ impl Default for SchedulerLimits {
     }
 }
 
+/// One step of the classes' history, as the hosted system declares it (`[[migrations]]`).
+/// Migrations are applied in order at every start: they change no data but the deletions,
+/// which find nothing left to delete on the next start.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Migration {
+    /// The migration's name, unique among them, for error messages (`"v2"`).
+    pub tag: String,
+    /// Classes that start here; each must be registered unless a later migration renames or
+    /// deletes it.
+    #[serde(default)]
+    pub new_classes: Vec<String>,
+    /// Classes that take a new name and keep their objects (their ids stay valid).
+    #[serde(default)]
+    pub renamed_classes: Vec<ClassRename>,
+    /// Classes whose objects are deleted at start-up; none of them may be registered.
+    #[serde(default)]
+    pub deleted_classes: Vec<String>,
+}
+
+/// `{ from = "old", to = "new" }` in `renamed_classes`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClassRename {
+    /// The name the class had.
+    pub from: String,
+    /// The name it is registered under from now on.
+    pub to: String,
+}
+
 /// The whole server configuration.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -221,6 +251,8 @@ pub struct Config {
     pub scheduler: SchedulerLimits,
     /// Limits of every WebSocket.
     pub websocket: crate::websocket::WebSocketLimits,
+    /// Renamed and deleted classes, in the order they happened (`[[migrations]]`).
+    pub migrations: Vec<Migration>,
 }
 
 impl Default for Config {
@@ -240,6 +272,7 @@ impl Default for Config {
             ratelimit: RateLimitDefaults::default(),
             scheduler: SchedulerLimits::default(),
             websocket: crate::websocket::WebSocketLimits::default(),
+            migrations: Vec::new(),
         }
     }
 }
@@ -303,6 +336,32 @@ mod tests {
     #[test]
     fn spin_before_park_refuses_a_negative_value() {
         assert!(toml::from_str::<Config>("spin_before_park_us = -1").is_err());
+    }
+
+    #[test]
+    fn migrations_parse_in_order_and_refuse_unknown_fields() {
+        let text = r#"
+            [[migrations]]
+            tag = "v1"
+            new_classes = ["counter2"]
+
+            [[migrations]]
+            tag = "v2"
+            renamed_classes = [{ from = "counter2", to = "tally" }]
+            deleted_classes = ["scratch"]
+        "#;
+        let config: Config = toml::from_str(text).expect("valid migrations");
+        let tags: Vec<&str> = config.migrations.iter().map(|m| m.tag.as_str()).collect();
+        assert_eq!(tags, ["v1", "v2"]);
+        assert_eq!(config.migrations[0].new_classes, ["counter2"]);
+        let rename = &config.migrations[1].renamed_classes[0];
+        assert_eq!(
+            (rename.from.as_str(), rename.to.as_str()),
+            ("counter2", "tally")
+        );
+        assert_eq!(config.migrations[1].deleted_classes, ["scratch"]);
+        assert!(toml::from_str::<Config>("[[migrations]]\ntag = \"v1\"\nrenamed = []\n").is_err());
+        assert!(toml::from_str::<Config>("[[migrations]]\nnew_classes = [\"a\"]\n").is_err());
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //!   bit of byte 8 cleared, or 24 random bytes (191 bits of entropy) with that bit set for a
 //!   unique id, so the two kinds never collide.
 //!
+//! "class" above is the class's id namespace: its own name, or for a class renamed by a
+//! migration the first name of its rename chain (`object/migration.rs`), so that its ids stay
+//! what they were. The tag is all of a class that is stored; its name never is.
+//!
 //! Placement: an id maps to one of `partitions` partitions, fixed when the data directory is
 //! created; partition `p` belongs to core `p % cores`. The partition is taken from the id's own
 //! last 8 bytes, which are already the output of a keyed hash (SHA-256 keyed by class) or random:
@@ -50,14 +54,36 @@ impl std::error::Error for IdError {}
 /// The top bit of byte 8: set for unique ids, clear for named ones.
 const UNIQUE_BIT: u8 = 0x80;
 
-fn class_tag(class: &str) -> [u8; 8] {
-    let digest = Sha256::new()
-        .chain_update(b"stead-class\0")
-        .chain_update(class.as_bytes())
-        .finalize();
-    let mut tag = [0u8; 8];
-    tag.copy_from_slice(&digest[..8]);
-    tag
+/// The first 8 bytes of every id of a class: what the data on disk says of an object's class.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClassTag(pub [u8; 8]);
+
+impl ClassTag {
+    /// The tag of the ids made in `namespace` (a class's name, or its first name if renamed).
+    pub fn of(namespace: &str) -> ClassTag {
+        let digest = Sha256::new()
+            .chain_update(b"stead-class\0")
+            .chain_update(namespace.as_bytes())
+            .finalize();
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&digest[..8]);
+        ClassTag(tag)
+    }
+}
+
+impl fmt::Display for ClassTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ClassTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClassTag({self})")
+    }
 }
 
 impl ObjectId {
@@ -70,7 +96,7 @@ impl ObjectId {
             .chain_update(name.as_bytes())
             .finalize();
         let mut bytes = [0u8; 32];
-        bytes[..8].copy_from_slice(&class_tag(class));
+        bytes[..8].copy_from_slice(&ClassTag::of(class).0);
         bytes[8..].copy_from_slice(&digest[..24]);
         bytes[8] &= !UNIQUE_BIT;
         ObjectId(bytes)
@@ -79,7 +105,7 @@ impl ObjectId {
     /// A fresh random id in `class`, from the operating system's random source.
     pub fn new_unique(class: &str) -> Result<ObjectId, getrandom::Error> {
         let mut bytes = [0u8; 32];
-        bytes[..8].copy_from_slice(&class_tag(class));
+        bytes[..8].copy_from_slice(&ClassTag::of(class).0);
         getrandom::fill(&mut bytes[8..])?;
         bytes[8] |= UNIQUE_BIT;
         Ok(ObjectId(bytes))
@@ -97,18 +123,25 @@ impl ObjectId {
             let low = hex_value(pair[1]).ok_or(IdError::Malformed { length: raw.len() })?;
             bytes[index] = (high << 4) | low;
         }
-        if bytes[..8] != class_tag(class) {
+        if ObjectId(bytes).class_tag() != ClassTag::of(class) {
             return Err(IdError::WrongClass);
         }
         Ok(ObjectId(bytes))
     }
 
-    /// True for ids made by `new_unique`.
-    /// Whether this id belongs to `class` (its class tag is the class's).
-    pub fn is_of_class(&self, class: &str) -> bool {
-        self.0[..8] == class_tag(class)
+    /// The tag of the class (namespace) this id was made in.
+    pub fn class_tag(&self) -> ClassTag {
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&self.0[..8]);
+        ClassTag(tag)
     }
 
+    /// Whether this id was made in `namespace` (a class's first name, see migrations).
+    pub fn is_of_class(&self, namespace: &str) -> bool {
+        self.class_tag() == ClassTag::of(namespace)
+    }
+
+    /// True for ids made by `new_unique`.
     pub fn is_unique(&self) -> bool {
         self.0[8] & UNIQUE_BIT != 0
     }

@@ -33,8 +33,11 @@
 //! - `http`: request parsing, routing, responses, the connection loop.
 //! - `object`: the object model: the [`DurableObject`] trait, its context and storage, the
 //!   per-core host that activates objects, delivers events and gates output on durability;
-//!   `object/sql/`: each object's SQLite database, whose pages are values of the object.
-//! - `shard`: one core: executor start-up, the listener, forwarding to the owning core.
+//!   the class registry and the class migrations (`[[migrations]]`: renamed and deleted
+//!   classes); `object/sql/`: each object's SQLite database, whose pages are values of the
+//!   object.
+//! - `shard`: one core: executor start-up (with the check of its objects' classes), the
+//!   listener, forwarding to the owning core.
 //! - `objects`: the built-in classes (`counter`, `ratelimiter`, `sqlratelimiter`, `sessions`, …).
 //! - `server`: the builder and the running server.
 //! - `bench`: the load generator behind `stead bench`.

@@ -16,7 +16,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::Config;
 use crate::layout::{self, LayoutError};
-use crate::object::{ClassRegistry, DurableObject, RegistryError};
+use crate::object::{ClassRegistry, DurableObject, MigrationError, RegistryError, UnknownClass};
 use crate::shard::{channels, run_core, CoreEvent, CoreStart, StoreHealth};
 
 /// Locked memory each core's executor registers for I/O. The machine's locked-memory limit is
@@ -34,6 +34,11 @@ pub enum ServerError {
     Config(String),
     /// The data directory is not usable.
     Layout(LayoutError),
+    /// The class migrations do not fit the registered classes.
+    Migration(MigrationError),
+    /// The data directory holds objects of classes that are neither registered nor deleted by
+    /// a migration (summed over the cores, by tag).
+    UnknownClasses(Vec<UnknownClass>),
     /// A core could not start.
     Core { core: usize, reason: String },
 }
@@ -44,6 +49,19 @@ impl fmt::Display for ServerError {
             ServerError::Registry(error) => write!(f, "{error}"),
             ServerError::Config(reason) => write!(f, "invalid configuration: {reason}"),
             ServerError::Layout(error) => write!(f, "data directory: {error}"),
+            ServerError::Migration(error) => write!(f, "invalid class migrations: {error}"),
+            ServerError::UnknownClasses(unknown) => {
+                write!(
+                    f,
+                    "refusing to start: the data directory holds objects of classes that are not \
+                     registered (an object's data names its class only by a tag, the first 8 \
+                     bytes of its id, never by name):"
+                )?;
+                for class in unknown {
+                    write!(f, "\n  {class}")?;
+                }
+                Ok(())
+            }
             ServerError::Core { core, reason } => write!(f, "core {core}: {reason}"),
         }
     }
@@ -109,13 +127,16 @@ impl Server {
     pub fn start(self) -> Result<RunningServer, ServerError> {
         let ServerBuilder {
             config,
-            registry,
+            mut registry,
             error,
         } = self.builder;
         if let Some(error) = error {
             return Err(ServerError::Registry(error));
         }
         validate(&config)?;
+        registry
+            .apply_migrations(&config.migrations)
+            .map_err(ServerError::Migration)?;
         crate::object::set_heap_limit(config.sql.heap_bytes_max);
         let layout = layout::prepare(&config).map_err(ServerError::Layout)?;
         let cores = layout.cores;
@@ -141,6 +162,7 @@ impl Server {
             );
         }
         let mut address_senders = Vec::new();
+        let mut checked_senders = Vec::with_capacity(cores);
         let mut threads = Vec::with_capacity(cores);
         for (core, endpoints) in channels(cores, capacity).into_iter().enumerate() {
             let bound_address = if core == 0 {
@@ -150,6 +172,8 @@ impl Server {
                 address_senders.push(sender);
                 Some(receiver)
             };
+            let (checked_sender, classes_checked) = mpsc::channel();
+            checked_senders.push(checked_sender);
             let start = CoreStart {
                 core,
                 layout,
@@ -161,6 +185,7 @@ impl Server {
                 health: health.clone(),
                 events: events_sender.clone(),
                 bound_address,
+                classes_checked,
             };
             let mut executor = LocalExecutorBuilder::new(Placement::Fixed(core % available))
                 .name(&format!("stead-core-{core}"))
@@ -174,6 +199,7 @@ impl Server {
                 Err(error) => {
                     stop.store(true, Ordering::SeqCst);
                     drop(address_senders);
+                    drop(checked_senders);
                     join_all(threads);
                     return Err(ServerError::Core {
                         core,
@@ -188,6 +214,17 @@ impl Server {
             stop,
             threads,
         };
+        // No core deletes or serves anything before every core's objects are of known classes.
+        if let Err(error) = await_class_checks(&events, cores) {
+            drop(checked_senders);
+            drop(address_senders);
+            running.stop();
+            let _ = running.wait();
+            return Err(error);
+        }
+        for sender in checked_senders {
+            let _ = sender.send(());
+        }
         let mut ready = 0;
         let mut address = None;
         while ready < cores {
@@ -201,6 +238,9 @@ impl Server {
                 Ok(CoreEvent::Ready { core }) => {
                     tracing::debug!(core, "core ready");
                     ready += 1;
+                }
+                Ok(CoreEvent::Checked { core, .. }) => {
+                    unreachable!("core {core} checked its classes twice")
                 }
                 Ok(CoreEvent::Failed { core, reason }) => {
                     drop(address_senders);
@@ -220,6 +260,45 @@ impl Server {
         let address = address.unwrap_or(config.listen);
         Ok(RunningServer { address, ..running })
     }
+}
+
+/// Waits until every core checked the classes of its objects; an error if one could not start
+/// or some found objects of unknown classes (all of them reported, summed by tag).
+fn await_class_checks(events: &mpsc::Receiver<CoreEvent>, cores: usize) -> Result<(), ServerError> {
+    let mut unknown: Vec<UnknownClass> = Vec::new();
+    for _ in 0..cores {
+        match events.recv() {
+            Ok(CoreEvent::Checked {
+                core,
+                unknown: found,
+            }) => {
+                tracing::debug!(core, unknown = found.len(), "core checked its classes");
+                for class in found {
+                    match unknown.iter_mut().find(|known| known.tag == class.tag) {
+                        Some(known) => known.objects += class.objects,
+                        None => unknown.push(class),
+                    }
+                }
+            }
+            Ok(CoreEvent::Failed { core, reason }) => {
+                return Err(ServerError::Core { core, reason })
+            }
+            Ok(event @ (CoreEvent::Bound(_) | CoreEvent::Ready { .. })) => {
+                unreachable!("a core serves only after the class checks: {event:?}")
+            }
+            Err(_) => {
+                return Err(ServerError::Core {
+                    core: 0,
+                    reason: "the cores stopped during start-up".into(),
+                })
+            }
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    unknown.sort_by_key(|class| class.tag);
+    Err(ServerError::UnknownClasses(unknown))
 }
 
 /// Serves until SIGINT or SIGTERM, then shuts `running` down gracefully and waits for it.

@@ -21,6 +21,7 @@ mod context;
 mod error;
 mod gate;
 mod host;
+mod migration;
 mod pending;
 mod registry;
 mod slot;
@@ -38,7 +39,10 @@ pub use host::shutting_down;
 pub use host::{
     store_limits, AlarmListener, HostStats, ObjectHost, ObjectInfo, StoragePage, TableInfo,
 };
-pub use registry::{ClassRegistry, Constructor, DynObject, RegistryError, CLASS_NAME_BYTES_MAX};
+pub use migration::{DeletedClass, MigrationError, Retirement, UnknownClass};
+pub use registry::{
+    ClassRegistry, Constructor, DynObject, RegistryError, TagFate, CLASS_NAME_BYTES_MAX,
+};
 pub use sockets::CoreSockets;
 pub(crate) use sql::set_heap_limit;
 pub use sql::{Cursor, Row, Rows, Sql, SqlError, SqlValue, SQL_PAGE_KEY_PREFIX};

@@ -44,13 +44,14 @@ const LIMIT_MAX: usize = 1000;
 /// An operator's question to one core.
 #[derive(Debug)]
 pub enum AdminOp {
-    /// Objects per class, in the order given, then those of none.
+    /// Objects per class (named by its id namespace), in the order given, then those of none.
     Counts {
-        classes: Vec<String>,
+        namespaces: Vec<String>,
     },
     /// A page of a class's objects (`ObjectHost::admin_list`).
     List {
-        class: String,
+        /// The class's id namespace.
+        namespace: String,
         after: Option<ObjectId>,
         prefix: Option<String>,
         limit: usize,
@@ -130,14 +131,14 @@ impl Shard {
     pub(super) async fn admin_here(&self, op: AdminOp) -> AdminReply {
         let host = &self.host;
         match op {
-            AdminOp::Counts { classes } => AdminReply::Counts(host.admin_counts(&classes)),
+            AdminOp::Counts { namespaces } => AdminReply::Counts(host.admin_counts(&namespaces)),
             AdminOp::List {
-                class,
+                namespace,
                 after,
                 prefix,
                 limit,
             } => AdminReply::Objects(
-                host.admin_list(&class, after, prefix.as_deref(), limit)
+                host.admin_list(&namespace, after, prefix.as_deref(), limit)
                     .await
                     .map_err(|error| error.to_string()),
             ),
@@ -412,10 +413,15 @@ impl Shard {
 
     async fn admin_classes(self: &Rc<Self>) -> Result<Response, Response> {
         let classes: Vec<String> = self.registry.names().map(str::to_string).collect();
+        // Ids carry the tag of their class's namespace (its first name, see migrations).
+        let namespaces: Vec<String> = classes
+            .iter()
+            .map(|class| self.registry.id_namespace(class).to_string())
+            .collect();
         let mut per_core = Vec::with_capacity(self.cores);
         for core in 0..self.cores {
             let op = AdminOp::Counts {
-                classes: classes.clone(),
+                namespaces: namespaces.clone(),
             };
             match self.admin_on(core, op).await? {
                 AdminReply::Counts(counts) => per_core.push(counts),
@@ -452,13 +458,14 @@ impl Shard {
         class: &str,
     ) -> Result<Response, Response> {
         self.known_class(class)?;
+        let namespace = self.registry.id_namespace(class);
         let limit = limit(request)?;
         let after =
             match request
                 .query_param("cursor")
                 .filter(|text| !text.is_empty())
             {
-                Some(text) => Some(ObjectId::from_string(class, &text).map_err(|error| {
+                Some(text) => Some(ObjectId::from_string(namespace, &text).map_err(|error| {
                     Response::json_error(400, &format!("invalid cursor: {error}"))
                 })?),
                 None => None,
@@ -469,7 +476,7 @@ impl Shard {
         let mut objects = Vec::new();
         for core in 0..self.cores {
             let op = AdminOp::List {
-                class: class.to_string(),
+                namespace: namespace.to_string(),
                 after,
                 prefix: prefix.clone(),
                 limit,
@@ -571,7 +578,8 @@ impl Shard {
         if target.is_empty() {
             return Err(Response::json_error(404, "no object named"));
         }
-        object_id(class, object_target(target, &self.config.http)?)
+        let namespace = self.registry.id_namespace(class);
+        object_id(namespace, object_target(target, &self.config.http)?)
     }
 }
 

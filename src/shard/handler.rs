@@ -103,7 +103,7 @@ impl Shard {
                 let response = if !self.registry.contains(&class) {
                     Response::not_found()
                 } else {
-                    match ObjectId::new_unique(&class) {
+                    match ObjectId::new_unique(self.registry.id_namespace(&class)) {
                         Ok(id) => Response::json(200, &json!({ "id": id.to_string() })),
                         Err(error) => Response::json_error(500, &format!("no randomness: {error}")),
                     }
@@ -125,7 +125,7 @@ impl Shard {
                     return (no_class("none"), Response::not_found());
                 }
                 let name = target_name(&target);
-                let id = match object_id(&class, target) {
+                let id = match object_id(self.registry.id_namespace(&class), target) {
                     Ok(id) => id,
                     Err(response) => {
                         return (
@@ -292,7 +292,7 @@ impl Shard {
             return Err((no_class("none"), Response::not_found()));
         }
         let name = target_name(&target);
-        match object_id(&class, target) {
+        match object_id(self.registry.id_namespace(&class), target) {
             Ok(id) => Ok(UpgradeTarget {
                 class,
                 id,
@@ -467,11 +467,11 @@ fn target_name(target: &ObjectTarget) -> Option<String> {
 }
 
 /// The id a route names: by name (always valid) or by id text (400 when it is not an id of
-/// `class`).
-pub(super) fn object_id(class: &str, target: ObjectTarget) -> Result<ObjectId, Response> {
+/// the class whose ids are made from `namespace`).
+pub(super) fn object_id(namespace: &str, target: ObjectTarget) -> Result<ObjectId, Response> {
     match target {
-        ObjectTarget::Name(name) => Ok(ObjectId::from_name(class, &name)),
-        ObjectTarget::Id(text) => ObjectId::from_string(class, &text)
+        ObjectTarget::Name(name) => Ok(ObjectId::from_name(namespace, &name)),
+        ObjectTarget::Id(text) => ObjectId::from_string(namespace, &text)
             .map_err(|error| Response::json_error(400, &error.to_string())),
     }
 }

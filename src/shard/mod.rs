@@ -1,7 +1,9 @@
 //! One core: its executor, store, objects, listener, and the channels to the other cores.
 //!
 //! A core runs [`run_core`] on a pinned glommio executor. Start-up: connect the cross-core
-//! channels (every core at once), open this core's store and object host, bind the shared port
+//! channels (every core at once), open this core's store, check the classes of its objects
+//! (`classes.rs`) and wait until every core has, delete the objects of deleted classes, start
+//! the object host, bind the shared port
 //! (core 0 first, so that port 0 resolves to one port that the others then bind too), report
 //! ready. Shutdown, when the server's stop flag is set: stop accepting, let every connection
 //! answer what it has in flight, wait until every core got that far (a connection may be
@@ -9,6 +11,7 @@
 
 mod accept;
 pub(crate) mod admin;
+mod classes;
 mod handler;
 mod health;
 mod mesh;
@@ -32,7 +35,7 @@ use crate::alarm::AlarmScheduler;
 use crate::config::Config;
 use crate::layout::{store_config, store_dir, Layout};
 use crate::metrics::CoreMetrics;
-use crate::object::{ClassRegistry, ObjectHost};
+use crate::object::{ClassRegistry, ObjectHost, UnknownClass};
 use crate::shutdown::Shutdown;
 use crate::wake::Handoff;
 use crate::websocket::CloseCode;
@@ -53,6 +56,12 @@ pub enum CoreEvent {
     Bound(SocketAddr),
     /// The core serves.
     Ready { core: usize },
+    /// The core checked the classes of its store's objects: these tags are of no registered
+    /// class and no deleted one (empty when all is well).
+    Checked {
+        core: usize,
+        unknown: Vec<UnknownClass>,
+    },
     /// The core could not start.
     Failed { core: usize, reason: String },
 }
@@ -74,6 +83,9 @@ pub struct CoreStart {
     pub events: mpsc::Sender<CoreEvent>,
     /// For cores other than 0: the address core 0 bound, once it has.
     pub bound_address: Option<mpsc::Receiver<SocketAddr>>,
+    /// Gets `()` once every core checked its classes and none found an unknown one; closed
+    /// without it when the start is called off.
+    pub classes_checked: mpsc::Receiver<()>,
 }
 
 /// The state of one core, shared by its tasks.
@@ -257,6 +269,7 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         health,
         events,
         bound_address,
+        classes_checked,
     } = start;
     let config = Rc::new((*config).clone());
     let cores = layout.cores;
@@ -273,6 +286,26 @@ async fn serve(start: CoreStart) -> Result<(), String> {
                 "core {core}: cannot open the store in {}: {error}",
                 dir.display()
             )
+        })?;
+    let check = classes::check(&store, &registry);
+    let unknown = !check.unknown.is_empty();
+    let _ = events.send(CoreEvent::Checked {
+        core,
+        unknown: check.unknown.clone(),
+    });
+    // Blocks this core's thread, like the wait for the bound address below: nothing of it runs
+    // yet that another core could be waiting for.
+    if unknown || classes_checked.recv().is_err() {
+        // The server will not start; the store has only been read.
+        if let Err(error) = store.close().await {
+            tracing::warn!(core, %error, "closing the store after a refused start failed");
+        }
+        return Ok(());
+    }
+    classes::delete_doomed(core, &store, &registry, check)
+        .await
+        .map_err(|error| {
+            format!("core {core}: cannot delete the objects of deleted classes: {error}")
         })?;
     let host = ObjectHost::new(store, registry.clone(), config.clone());
     let reporter = health.clone();

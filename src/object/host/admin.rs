@@ -56,12 +56,13 @@ pub struct TableInfo {
 }
 
 impl ObjectHost {
-    /// The objects of `class` on this core with ids after `after`, in id order, at most
+    /// The objects of the class whose ids are made from `namespace` (its first name, see
+    /// migrations) on this core with ids after `after`, in id order, at most
     /// `limit`, and (with `prefix`) only those whose stored name starts with it. Both the
     /// objects with stored data and those in memory without any are listed.
     pub async fn admin_list(
         &self,
-        class: &str,
+        namespace: &str,
         after: Option<ObjectId>,
         prefix: Option<&str>,
         limit: usize,
@@ -72,7 +73,7 @@ impl ObjectHost {
             .into_iter()
             .map(ObjectId)
             .chain(self.objects.borrow().keys().copied())
-            .filter(|id| id.is_of_class(class) && after.is_none_or(|after| *id > after))
+            .filter(|id| id.is_of_class(namespace) && after.is_none_or(|after| *id > after))
             .collect();
         ids.sort_unstable();
         ids.dedup();
@@ -236,16 +237,16 @@ impl ObjectHost {
         Ok(true)
     }
 
-    /// Objects of each of `classes` on this core, in the same order, and then those of no
-    /// class in the list (ids whose class tag matches none).
-    pub fn admin_counts(&self, classes: &[String]) -> Vec<u64> {
-        let mut counts = vec![0u64; classes.len() + 1];
+    /// Objects of each class on this core (named by its id namespace), in the order of
+    /// `namespaces`, and then those of none of them (ids whose class tag matches none).
+    pub fn admin_counts(&self, namespaces: &[String]) -> Vec<u64> {
+        let mut counts = vec![0u64; namespaces.len() + 1];
         for id in self.store.objects() {
             let id = ObjectId(id);
-            let index = classes
+            let index = namespaces
                 .iter()
-                .position(|class| id.is_of_class(class))
-                .unwrap_or(classes.len());
+                .position(|namespace| id.is_of_class(namespace))
+                .unwrap_or(namespaces.len());
             counts[index] += 1;
         }
         counts
