@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Memory before, during and after idle eviction: does RSS come down when objects leave memory?
 
-Usage: scripts/memory-eviction.py path/to/stead [OBJECTS] [IDLE_EVICT_MS]
+Usage: scripts/memory-eviction.py path/to/stead [OBJECTS] [IDLE_EVICT_MS] [KEEP_NAMES]
+
+KEEP_NAMES (`true`, the default, or `false`) is `[objects] keep_names`: whether each counter,
+reached by name, also stores its name.
 
 Starts `stead serve` on 127.0.0.1:0 with 2 cores, a temp data directory and a short
 `idle_evict_ms`, activates OBJECTS distinct counters (one increment each, pipelined over a few
@@ -119,10 +122,13 @@ def main():
     binary = sys.argv[1]
     objects = int(sys.argv[2]) if len(sys.argv) > 2 else 130_000
     idle_evict_ms = int(sys.argv[3]) if len(sys.argv) > 3 else 15000
+    keep_names = sys.argv[4] if len(sys.argv) > 4 else "true"
+    if keep_names not in ("true", "false"):
+        sys.exit("KEEP_NAMES is true or false")
     work = tempfile.mkdtemp(prefix="stead-memory-")
     config_path = os.path.join(work, "stead.toml")
     with open(config_path, "w") as config:
-        config.write(f"[objects]\nidle_evict_ms = {idle_evict_ms}\n")
+        config.write(f"[objects]\nidle_evict_ms = {idle_evict_ms}\nkeep_names = {keep_names}\n")
     data_dir = os.path.join(work, "data")
     stderr = open(os.path.join(work, "stderr.log"), "w")
     rows = []
@@ -146,8 +152,10 @@ def main():
         rows.append((f"{round_name} round: all evicted", metric_sum(addr, "stead_active_objects"),
                      *memory_kib(server.pid)))
     keys = metric_sum(addr, "stead_storage_keys")
-    if keys != objects:
-        problems.append(f"the store holds {keys} keys, expected {objects}")
+    # Each counter holds its value, and its name when names are kept.
+    expected_keys = objects * (2 if keep_names == "true" else 1)
+    if keys != expected_keys:
+        problems.append(f"the store holds {keys} keys, expected {expected_keys}")
     stead_server.stop(server, timeout_s=30)
 
     server, addr = stead_server.start(binary, data_dir, stderr, "--config", config_path)
@@ -162,7 +170,7 @@ def main():
     shutil.rmtree(work, ignore_errors=True)
 
     empty_rss = rows[0][2]
-    print(f"Command: `scripts/memory-eviction.py target/release/stead {objects} {idle_evict_ms}`: "
+    print(f"Command: `scripts/memory-eviction.py target/release/stead {objects} {idle_evict_ms} {keep_names}`: "
           f"one increment on each of {objects:,} counters, `idle_evict_ms = {idle_evict_ms}`, "
           "wait until `stead_active_objects` is 0, again, then a restart on the same data.\n")
     print("| step | active objects | VmRSS (MiB) | anonymous (MiB) | above empty, per object (B) |")

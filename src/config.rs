@@ -65,6 +65,10 @@ pub struct ObjectLimits {
     pub idle_evict_ms: u64,
     /// Requests in flight between two cores, per direction; past it requests get 503.
     pub cross_core_requests_max: usize,
+    /// Whether an object reached by name stores its name (one more key per object, about
+    /// 140 bytes of memory each; see BENCHMARKS.md), so that the admin API can show and filter
+    /// by it. Off, objects are listed by id only.
+    pub keep_names: bool,
 }
 
 impl Default for ObjectLimits {
@@ -73,6 +77,7 @@ impl Default for ObjectLimits {
             object_events_queued_max: 1024,
             idle_evict_ms: 30_000,
             cross_core_requests_max: 4096,
+            keep_names: true,
         }
     }
 }

@@ -307,7 +307,7 @@ impl ObjectHost {
     ) -> Response {
         let answer = async {
             let event = self.admit(class, id, Queue::Bounded)?;
-            if let Some(name) = name {
+            if let Some(name) = name.filter(|_| self.config.objects.keep_names) {
                 event.slot.storage.note_name(name);
             }
             let instance = event.ready().await?;
