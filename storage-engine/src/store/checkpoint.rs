@@ -197,23 +197,21 @@ impl CheckpointBuilder {
 /// Writes the checkpoint: `CHECKPOINT.tmp`, fdatasync, rename over `CHECKPOINT`, directory
 /// fsync. A failure leaves the old checkpoint or the new one (each checksummed), never
 /// poisons the store: the log and the bases hold the data either way.
-pub async fn write(disk: &dyn Disk, data: &CheckpointData) -> Result<(), StoreError> {
-    let payload = rkyv::to_bytes::<rancor::Error>(data).map_err(|error| {
+///
+/// The archive is serialized and checksummed on glommio's blocking thread pool: for millions
+/// of keys that is a step of a second or more with nothing to yield at, which would stall
+/// every other task of the core.
+pub async fn write(disk: &dyn Disk, data: CheckpointData) -> Result<(), StoreError> {
+    let encoded = glommio::executor()
+        .spawn_blocking(move || encode(&data))
+        .await;
+    let (header, payload) = encoded.map_err(|reason| {
         io_error(
             "serialize",
             CHECKPOINT_TMP_NAME,
-            std::io::Error::other(error.to_string()),
+            std::io::Error::other(reason),
         )
     })?;
-    let mut header = vec![0u8; HEADER_BYTES];
-    header[0..4].copy_from_slice(&CHECKPOINT_MAGIC.to_le_bytes());
-    header[4..8].copy_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
-    header[8..16].copy_from_slice(&(payload.len() as u64).to_le_bytes());
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&header[4..16]);
-    crc.update(&payload);
-    header[16..20].copy_from_slice(&crc.finalize().to_le_bytes());
-
     let tmp = CHECKPOINT_TMP_NAME;
     let file = disk
         .open_file(tmp, true)
@@ -245,6 +243,20 @@ pub async fn write(disk: &dyn Disk, data: &CheckpointData) -> Result<(), StoreEr
         .await
         .map_err(|source| io_error("sync_dir", CHECKPOINT_NAME, source))?;
     Ok(())
+}
+
+/// The header block and the payload of a checkpoint file.
+fn encode(data: &CheckpointData) -> Result<(Vec<u8>, AlignedVec), String> {
+    let payload = rkyv::to_bytes::<rancor::Error>(data).map_err(|error| error.to_string())?;
+    let mut header = vec![0u8; HEADER_BYTES];
+    header[0..4].copy_from_slice(&CHECKPOINT_MAGIC.to_le_bytes());
+    header[4..8].copy_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
+    header[8..16].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&header[4..16]);
+    crc.update(&payload);
+    header[16..20].copy_from_slice(&crc.finalize().to_le_bytes());
+    Ok((header, payload))
 }
 
 async fn write_all(file: &dyn DiskFile, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {

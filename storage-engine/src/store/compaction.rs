@@ -272,7 +272,7 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
         .collect();
     let manifest = inner.state.borrow().manifest.clone();
     if let Some(data) = checkpoint.finish(&manifest, segments, seal_seq) {
-        if let Err(error) = checkpoint::write(inner.disk.as_ref(), &data).await {
+        if let Err(error) = checkpoint::write(inner.disk.as_ref(), data).await {
             tracing::warn!(%error, "index checkpoint not written; the next open replays the bases");
         }
     }
