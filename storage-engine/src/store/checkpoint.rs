@@ -195,8 +195,10 @@ impl CheckpointBuilder {
 }
 
 /// Writes the checkpoint: `CHECKPOINT.tmp`, fdatasync, rename over `CHECKPOINT`, directory
-/// fsync. A failure leaves the old checkpoint or the new one (each checksummed), never
-/// poisons the store: the log and the bases hold the data either way.
+/// fsync. A crash leaves the old checkpoint or the new one, each checksummed. A failed write,
+/// fdatasync, rename or directory fsync is an I/O error, which poisons the store like any
+/// other (the device is not to be trusted with the next write either); a payload rkyv cannot
+/// serialize is logged and not written.
 ///
 /// The archive is serialized and checksummed on glommio's blocking thread pool: for millions
 /// of keys that is a step of a second or more with nothing to yield at, which would stall
@@ -205,13 +207,13 @@ pub async fn write(disk: &dyn Disk, data: CheckpointData) -> Result<(), StoreErr
     let encoded = glommio::executor()
         .spawn_blocking(move || encode(&data))
         .await;
-    let (header, payload) = encoded.map_err(|reason| {
-        io_error(
-            "serialize",
-            CHECKPOINT_TMP_NAME,
-            std::io::Error::other(reason),
-        )
-    })?;
+    let (header, payload) = match encoded {
+        Ok(encoded) => encoded,
+        Err(reason) => {
+            tracing::warn!(%reason, "index checkpoint not serialized; the next open replays the bases");
+            return Ok(());
+        }
+    };
     let tmp = CHECKPOINT_TMP_NAME;
     let file = disk
         .open_file(tmp, true)

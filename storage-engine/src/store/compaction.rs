@@ -260,8 +260,7 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
         .await
         .map_err(|source| io_error("sync_dir", dir, source))?;
 
-    // Last, the index as the bases hold it, so the next open need not replay them. Its
-    // failure costs that open time only, so it is logged and not a compaction failure.
+    // Last, the index as the bases hold it, so the next open need not replay them.
     let segments = files
         .iter()
         .map(|file| CheckpointSegment {
@@ -272,9 +271,7 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
         .collect();
     let manifest = inner.state.borrow().manifest.clone();
     if let Some(data) = checkpoint.finish(&manifest, segments, seal_seq) {
-        if let Err(error) = checkpoint::write(inner.disk.as_ref(), data).await {
-            tracing::warn!(%error, "index checkpoint not written; the next open replays the bases");
-        }
+        checkpoint::write(inner.disk.as_ref(), data).await?;
     }
     Ok(())
 }
