@@ -132,6 +132,9 @@ impl CheckpointBuilder {
 
     /// A put copied into a base batch; its place is filled in by `place_next`.
     pub fn put(&mut self, object: &ObjectId, key: &[u8], value: &[u8], crc: u32) {
+        if self.oversized {
+            return;
+        }
         let data = &mut self.data;
         data.key_bytes.extend_from_slice(key);
         data.key_ends.push(data.key_bytes.len() as u32);
@@ -153,15 +156,25 @@ impl CheckpointBuilder {
         let bytes = self.data.key_bytes.len()
             + self.data.value_bytes.len()
             + self.data.entries.len() * (4 + size_of::<CheckpointEntry>());
-        self.oversized |= bytes > CHECKPOINT_PAYLOAD_BYTES_MAX;
+        if bytes > CHECKPOINT_PAYLOAD_BYTES_MAX {
+            // Not written, so not kept either: compaction goes on without the copy.
+            self.oversized = true;
+            self.data = CheckpointData::default();
+        }
     }
 
     pub fn alarm(&mut self, object: &ObjectId, time_ms: i64) {
+        if self.oversized {
+            return;
+        }
         self.object(object).alarm_ms = Some(time_ms);
     }
 
     /// The next put in order was written to `segment` with its value at `offset` in the file.
     pub fn place_next(&mut self, segment: u32, offset: u32) {
+        if self.oversized {
+            return;
+        }
         let Some(entry) = self.data.entries.get_mut(self.placed) else {
             unreachable!("every put written was recorded")
         };
@@ -179,14 +192,14 @@ impl CheckpointBuilder {
         segments: Vec<CheckpointSegment>,
         seal_seq: u64,
     ) -> Option<CheckpointData> {
-        assert_eq!(self.placed, self.data.entries.len(), "every put was placed");
         if self.oversized {
             tracing::info!(
-                keys = self.data.entries.len(),
-                "index checkpoint over {CHECKPOINT_PAYLOAD_BYTES_MAX} bytes; not written"
+                "index checkpoint over {CHECKPOINT_PAYLOAD_BYTES_MAX} bytes; not written, the \
+                 next open replays the base segments"
             );
             return None;
         }
+        assert_eq!(self.placed, self.data.entries.len(), "every put was placed");
         self.data.log_start = manifest.log_start;
         self.data.seal_seq = if segments.is_empty() { 0 } else { seal_seq };
         self.data.base_segments = segments;
