@@ -2,9 +2,8 @@
 //! batches, small segments (so the log rotates) and compactions running beside the commits;
 //! the power is cut at a random operation (inside a write, a rotation, a compaction, its index
 //! checkpoint, a manifest switch or a recovery), and each unsynced write is dropped, kept or
-//! torn. After
-//! every cut the store must reopen holding every acknowledged commit, whole batches only:
-//! exactly the state after some prefix of the submitted commits.
+//! torn. After every cut the store must reopen holding every acknowledged commit, whole
+//! batches only: exactly the state after some prefix of the submitted commits.
 
 mod support;
 
