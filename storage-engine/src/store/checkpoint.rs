@@ -12,7 +12,6 @@
 //! and length inside it), so a damaged file can be refused but never misread. Its layout is
 //! columnar (flat vectors of fixed-size items), so the check costs a bounds test per vector.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use rkyv::rancor;
@@ -23,7 +22,7 @@ use super::io_error;
 use super::keys::KeyMap;
 use super::segments::CHECKPOINT_TMP_NAME;
 use super::segments::{segment_file_name, Segment, SegmentKind, CHECKPOINT_NAME};
-use crate::codec::{ManifestData, BLOCK_BYTES};
+use crate::codec::{ManifestData, BLOCK_BYTES, PUT_HEADER_BYTES};
 use crate::{Disk, DiskFile, ObjectId, StoreError};
 
 /// `KCTS` on disk.
@@ -387,7 +386,7 @@ async fn try_load(
         ));
     }
     let mut segments = Vec::with_capacity(base_ids.len());
-    let mut sizes: HashMap<u32, u64, ahash::RandomState> = HashMap::default();
+    let mut sizes: Vec<(u32, u64)> = Vec::with_capacity(base_ids.len());
     for segment in archived.base_segments.iter() {
         let id = segment.id.to_native();
         let name = segment_file_name(SegmentKind::Base, id);
@@ -405,7 +404,7 @@ async fn try_load(
                 "{name} has {length} bytes, the checkpoint says {written_bytes}"
             ));
         }
-        sizes.insert(id as u32, written_bytes);
+        sizes.push((id as u32, written_bytes));
         segments.push((
             id,
             Segment {
@@ -427,9 +426,14 @@ async fn try_load(
 /// Rebuilds the index from the archive, checking every offset against what it points into.
 fn build_index(
     archived: &ArchivedCheckpointData,
-    sizes: &HashMap<u32, u64, ahash::RandomState>,
+    sizes: &[(u32, u64)],
     inline_max: usize,
 ) -> Result<Index, String> {
+    // Live bytes per base segment (as `sizes`), summed here rather than charged key by key
+    // through the index's map; consecutive keys mostly share a segment, so the last one found
+    // is tried first.
+    let mut live = vec![0u64; sizes.len()];
+    let mut current = 0;
     let entries = archived.entries.as_slice();
     let key_ends = archived.key_ends.as_slice();
     let key_bytes = archived.key_bytes.as_slice();
@@ -470,11 +474,16 @@ fn build_index(
                 entry.crc.to_native(),
             );
             let end = u64::from(offset) + u64::from(len);
-            let Some(file_bytes) = sizes.get(&segment) else {
-                return Err(format!("key {at} in segment {segment}, not a base"));
-            };
+            if sizes.get(current).is_none_or(|(id, _)| *id != segment) {
+                let Some(found) = sizes.iter().position(|(id, _)| *id == segment) else {
+                    return Err(format!("key {at} in segment {segment}, not a base"));
+                };
+                current = found;
+            }
+            let file_bytes = sizes[current].1;
+            live[current] += (PUT_HEADER_BYTES + key.len() + len as usize) as u64;
             let entry = if len as usize > inline_max {
-                if end > *file_bytes {
+                if end > file_bytes {
                     return Err(format!("value of key {at} ends at {end}, past its file"));
                 }
                 Entry::OnDisk {
@@ -512,6 +521,11 @@ fn build_index(
             "{} entries belong to no object",
             entries.len() - entry_start
         ));
+    }
+    for ((segment, _), live) in sizes.iter().zip(live) {
+        if live > 0 {
+            index.live_bytes.insert(*segment, live);
+        }
     }
     Ok(index)
 }

@@ -139,13 +139,11 @@ impl Index {
     }
 
     /// Adds a whole object that is not in the index yet (a checkpoint's); returns false, and
-    /// changes nothing, if it is there already.
+    /// changes nothing, if it is there already. Its keys' live bytes are not charged: the
+    /// caller sets `live_bytes` for all objects at once.
     pub fn insert_object(&mut self, object: ObjectId, state: ObjectState) -> bool {
         if self.objects.contains_key(&object) {
             return false;
-        }
-        for (key, entry) in state.keys.iter() {
-            self.charge(key, entry);
         }
         self.keys_total += state.keys.len() as u64;
         self.objects.insert(object, state);
