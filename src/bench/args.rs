@@ -297,7 +297,10 @@ mod tests {
     #[test]
     fn urls_resolve_with_prefix_and_default_port() {
         let target = parse_url("http://127.0.0.1:8080/base/").expect("url");
-        assert_eq!(target.addr, "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!(
+            target.addr,
+            "127.0.0.1:8080".parse::<SocketAddr>().expect("addr")
+        );
         assert_eq!(target.prefix, "/base");
         assert_eq!(target.host, "127.0.0.1:8080");
         let target = parse_url("http://127.0.0.1").expect("url");

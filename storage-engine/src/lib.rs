@@ -17,8 +17,10 @@
 //!   the `test-support` feature.
 //! - `sim` (only with the `test-support` feature): an in-memory disk that fails and loses power
 //!   on demand.
-//! - `store`: the public handle: commit with group commit, reads, alarms, compaction;
-//!   [`KeyMap`], the ordered map of one object's keys, small for an object with few keys.
+//! - `store`: the public handle: commit with group commit, reads, alarms, compaction (which
+//!   also writes the index checkpoint, an rkyv archive that the next open loads instead of
+//!   replaying the base segments); [`KeyMap`], the ordered map of one object's keys, small for
+//!   an object with few keys.
 //!
 //! Limits (defaults, see [`Limits`]): key ≤ 2 KiB, value ≤ 128 KiB, a batch ≤ 128 keys per op
 //! kind and ≤ 16 MiB.

@@ -1,9 +1,9 @@
 //! Simulated power loss at random moments: random workloads over many objects, multi-op
 //! batches, small segments (so the log rotates) and compactions running beside the commits;
-//! the power is cut at a random operation (inside a write, a rotation, a compaction, a
-//! manifest switch or a recovery), and each unsynced write is dropped, kept or torn. After
-//! every cut the store must reopen holding every acknowledged commit, whole batches only:
-//! exactly the state after some prefix of the submitted commits.
+//! the power is cut at a random operation (inside a write, a rotation, a compaction, its index
+//! checkpoint, a manifest switch or a recovery), and each unsynced write is dropped, kept or
+//! torn. After every cut the store must reopen holding every acknowledged commit, whole
+//! batches only: exactly the state after some prefix of the submitted commits.
 
 mod support;
 
@@ -186,6 +186,8 @@ fn assert_covers(coverage: &Coverage) {
         "Write MANIFEST.tmp",
         "Rename MANIFEST.tmp",
         "Remove log",
+        "Write CHECKPOINT.tmp",
+        "Rename CHECKPOINT.tmp",
         OVERLAPPED_ROUNDS,
     ];
     for step in required {

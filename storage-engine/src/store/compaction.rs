@@ -12,6 +12,7 @@
 
 use std::rc::Rc;
 
+use super::checkpoint::{self, CheckpointBuilder, CheckpointSegment};
 use super::durable::{Durable, FailureReport};
 use super::index::Entry;
 use super::pace::Pacer;
@@ -153,7 +154,10 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
     let copied_seq = inner.state.borrow().next_seq - 1;
     base.write_record().await?;
     let BaseWriter {
-        files, relocations, ..
+        files,
+        relocations,
+        checkpoint,
+        ..
     } = base;
     if let Some(last) = files.last() {
         sync_file(inner, &*last.file).await?;
@@ -255,6 +259,20 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
         .sync_dir()
         .await
         .map_err(|source| io_error("sync_dir", dir, source))?;
+
+    // Last, the index as the bases hold it, so the next open need not replay them.
+    let segments = files
+        .iter()
+        .map(|file| CheckpointSegment {
+            id: file.id,
+            written_bytes: file.written_bytes,
+            record_bytes: file.record_bytes,
+        })
+        .collect();
+    let manifest = inner.state.borrow().manifest.clone();
+    if let Some(data) = checkpoint.finish(&manifest, segments, seal_seq) {
+        checkpoint::write(inner.disk.as_ref(), data).await?;
+    }
     Ok(())
 }
 
@@ -340,6 +358,8 @@ struct BaseWriter<'a> {
     batch_keys: Vec<(Box<[u8]>, u32)>,
     /// Entries written to base files, to be pointed at after the manifest switch.
     relocations: Vec<Relocation>,
+    /// The index as the base files hold it, written once the manifest names them.
+    checkpoint: CheckpointBuilder,
 }
 
 impl<'a> BaseWriter<'a> {
@@ -354,6 +374,7 @@ impl<'a> BaseWriter<'a> {
             batch_ops: Vec::new(),
             batch_keys: Vec::new(),
             relocations: Vec::new(),
+            checkpoint: CheckpointBuilder::new(inner.config.inline_value_bytes_max),
         }
     }
 
@@ -368,6 +389,19 @@ impl<'a> BaseWriter<'a> {
         codec::encode_batch(&mut self.payload, object, &ops, |offset, crc| {
             offsets.push((offset, crc))
         });
+        let mut crcs = offsets.iter().map(|(_, crc)| *crc);
+        for op in &ops {
+            match op {
+                Op::Put { key, value } => {
+                    let Some(crc) = crcs.next() else {
+                        unreachable!("every put has its offset recorded")
+                    };
+                    self.checkpoint.put(object, key, value, crc);
+                }
+                Op::SetAlarm { time_ms } => self.checkpoint.alarm(object, *time_ms),
+                _ => unreachable!("compaction copies puts and alarms only"),
+            }
+        }
         let puts = ops.iter().filter_map(|op| match op {
             Op::Put { value, .. } => Some(value.len()),
             _ => None,
@@ -438,6 +472,8 @@ impl<'a> BaseWriter<'a> {
         for (mut relocation, value_offset) in self.puts.drain(..) {
             relocation.new_segment = current.id as u32;
             relocation.offset = (payload_start + value_offset as u64) as u32;
+            self.checkpoint
+                .place_next(relocation.new_segment, relocation.offset);
             self.relocations.push(relocation);
         }
         self.inner.state.borrow_mut().stats.bytes_written_total += record.len() as u64;

@@ -138,6 +138,18 @@ impl Index {
         keys
     }
 
+    /// Adds a whole object that is not in the index yet (a checkpoint's); returns false, and
+    /// changes nothing, if it is there already. Its keys' live bytes are not charged: the
+    /// caller sets `live_bytes` for all objects at once.
+    pub fn insert_object(&mut self, object: ObjectId, state: ObjectState) -> bool {
+        if self.objects.contains_key(&object) {
+            return false;
+        }
+        self.keys_total += state.keys.len() as u64;
+        self.objects.insert(object, state);
+        true
+    }
+
     /// Sets the alarm; returns the one it replaced.
     pub fn set_alarm(&mut self, object: &ObjectId, time_ms: i64) -> Option<i64> {
         self.objects

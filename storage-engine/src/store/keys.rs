@@ -31,6 +31,18 @@ impl<V> Default for KeyMap<V> {
 }
 
 impl<V> KeyMap<V> {
+    /// From keys already sorted and without duplicates (the caller checked), each variant
+    /// built whole: the vector at its exact length, the tree by a bulk build.
+    pub fn from_sorted(mut keys: Vec<(Box<[u8]>, V)>) -> Self {
+        debug_assert!(keys.windows(2).all(|pair| pair[0].0 < pair[1].0));
+        if keys.len() <= SMALL_KEYS_MAX {
+            keys.shrink_to_fit();
+            KeyMap::Small(keys)
+        } else {
+            KeyMap::Large(keys.into_iter().collect())
+        }
+    }
+
     pub fn len(&self) -> usize {
         match self {
             KeyMap::Small(keys) => keys.len(),

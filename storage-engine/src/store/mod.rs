@@ -2,10 +2,12 @@
 //!
 //! Layout: `index` (keys in memory), `durable` (waiters on the log's durable writes), `log` (the
 //! background group-commit writer), `prepare` (the task that zero-fills and syncs log blocks
-//! ahead of the writer), `segments` (file table and names), `manifest`, `recovery` (open),
+//! ahead of the writer), `segments` (file table and names), `manifest`, `checkpoint` (the index
+//! as the base segments hold it, written after compaction), `recovery` (open),
 //! `compaction` and `pace` (how it yields to the executor), `poison` (what a failed write or
 //! sync does to the store), `read` (values from memory or disk), `stats`.
 
+mod checkpoint;
 mod compaction;
 mod durable;
 mod index;

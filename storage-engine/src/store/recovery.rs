@@ -3,12 +3,13 @@
 
 use std::rc::Rc;
 
+use super::checkpoint;
 use super::index::{Entry, Index};
 use super::log::{Writer, ROUNDS_IN_FLIGHT_MAX};
 use super::manifest;
 use super::segments::{
-    parse_segment_file_name, segment_file_name, Segment, SegmentKind, Segments, MANIFEST_NAME,
-    MANIFEST_TMP_NAME,
+    parse_segment_file_name, segment_file_name, Segment, SegmentKind, Segments, CHECKPOINT_NAME,
+    CHECKPOINT_TMP_NAME, MANIFEST_NAME, MANIFEST_TMP_NAME,
 };
 use super::{io_error, State, StoreStats};
 use crate::codec::{
@@ -39,6 +40,8 @@ pub struct Recovered {
     rounds_in_flight_max: u8,
     /// Torn tails cut that held a record of a second round in flight.
     overlapped_tails_cut: u64,
+    /// Whether the index checkpoint stood in for the base segments' replay.
+    from_checkpoint: bool,
 }
 
 impl Recovered {
@@ -56,6 +59,7 @@ impl Recovered {
             manifest: self.manifest,
             stats: StoreStats {
                 overlapped_tails_cut: self.overlapped_tails_cut,
+                recovered_from_checkpoint: self.from_checkpoint,
                 ..StoreStats::default()
             },
             poisoned: self.unwritable.is_some(),
@@ -78,6 +82,12 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
         disk.remove(MANIFEST_TMP_NAME)
             .await
             .map_err(|source| io_error("remove", MANIFEST_TMP_NAME, source))?;
+    }
+    if names.iter().any(|name| name == CHECKPOINT_TMP_NAME) {
+        // A checkpoint that did not reach its rename; the old one, if any, stands.
+        disk.remove(CHECKPOINT_TMP_NAME)
+            .await
+            .map_err(|source| io_error("remove", CHECKPOINT_TMP_NAME, source))?;
     }
     let mut files: Vec<(SegmentKind, u64)> = names
         .iter()
@@ -111,6 +121,7 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
                 unwritable: Some(error),
                 rounds_in_flight_max: 1,
                 overlapped_tails_cut: 0,
+                from_checkpoint: false,
             });
         }
         (FORMAT_VERSION, fresh)
@@ -173,11 +184,33 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
         record_bytes: 0,
         overlapped_tails_cut: 0,
     };
+    // The checkpoint, when it matches the manifest, is the index the bases would replay to.
+    // A salvage open replays everything, since it is there to find damage in the bases too.
+    let checkpoint = if config.recovery == RecoveryMode::Strict
+        && !manifest.base_segments.is_empty()
+        && names.iter().any(|name| name == CHECKPOINT_NAME)
+    {
+        checkpoint::load(disk, &manifest, config.inline_value_bytes_max).await
+    } else {
+        None
+    };
+    let from_checkpoint = checkpoint.is_some();
+    if let Some(loaded) = checkpoint {
+        tracing::info!(
+            objects = loaded.index.objects.len(),
+            keys = loaded.index.keys_total,
+            "index loaded from the checkpoint; replaying the log after sequence {}",
+            loaded.seal_seq
+        );
+        replay.index = loaded.index;
+        replay.max_seq = loaded.seal_seq;
+        replay.segments.by_id.extend(loaded.segments);
+    }
     let mut writer = None;
     // Bases first (they hold the oldest state), then the log in id order.
     let ordered = live
         .iter()
-        .filter(|(kind, _)| *kind == SegmentKind::Base)
+        .filter(|(kind, _)| *kind == SegmentKind::Base && !from_checkpoint)
         .chain(live.iter().filter(|(kind, _)| *kind == SegmentKind::Log));
     for &(kind, id) in ordered {
         let newest = kind == SegmentKind::Log && Some(id) == newest_log;
@@ -247,6 +280,7 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
         unwritable: None,
         rounds_in_flight_max,
         overlapped_tails_cut: replay.overlapped_tails_cut,
+        from_checkpoint,
     })
 }
 

@@ -11,6 +11,8 @@ use crate::DiskFile;
 
 pub const MANIFEST_NAME: &str = "MANIFEST";
 pub const MANIFEST_TMP_NAME: &str = "MANIFEST.tmp";
+pub const CHECKPOINT_NAME: &str = "CHECKPOINT";
+pub const CHECKPOINT_TMP_NAME: &str = "CHECKPOINT.tmp";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SegmentKind {

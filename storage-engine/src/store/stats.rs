@@ -32,6 +32,8 @@ pub struct StoreStats {
     /// (see `DESIGN.md`, "Two rounds in flight").
     pub overlapped_tails_cut: u64,
     pub poisoned: bool,
+    /// Whether the last open loaded the index checkpoint instead of replaying the bases.
+    pub recovered_from_checkpoint: bool,
 }
 
 /// The bucket of `value` in a histogram whose bucket i holds values ≤ 2^i.
