@@ -35,14 +35,8 @@ enum AdminCommand {
     /// The objects of a class, a page at a time.
     Objects {
         class: String,
-        /// Only objects whose name starts with this.
-        #[arg(long)]
-        prefix: Option<String>,
-        #[arg(long)]
-        limit: Option<usize>,
-        /// The cursor the previous page printed.
-        #[arg(long)]
-        cursor: Option<String>,
+        #[command(flatten)]
+        page: Page,
     },
     /// One object: `NAME` or `id:HEX`.
     Object { class: String, target: String },
@@ -50,15 +44,49 @@ enum AdminCommand {
     Storage {
         class: String,
         target: String,
-        #[arg(long)]
-        prefix: Option<String>,
-        #[arg(long)]
-        limit: Option<usize>,
-        #[arg(long)]
-        cursor: Option<String>,
+        #[command(flatten)]
+        page: Page,
     },
     /// Delete one object: its storage, SQL database and alarm; its sockets are closed.
     Delete { class: String, target: String },
+}
+
+/// Which page of a listing to ask for.
+#[derive(clap::Args)]
+struct Page {
+    /// Only names (objects) or keys (storage) that start with this.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// At most this many (1 to 1,000; the server's default is 100).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// The cursor the previous page printed.
+    #[arg(long)]
+    cursor: Option<String>,
+}
+
+impl Page {
+    /// The page as a query string (`?…`, or nothing).
+    fn query(&self) -> String {
+        let pairs = [
+            ("prefix", self.prefix.clone()),
+            ("limit", self.limit.map(|limit| limit.to_string())),
+            ("cursor", self.cursor.clone()),
+        ];
+        let parts: Vec<String> = pairs
+            .iter()
+            .filter_map(|(name, value)| {
+                value
+                    .as_ref()
+                    .map(|value| format!("{name}={}", encode(value)))
+            })
+            .collect();
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", parts.join("&"))
+        }
+    }
 }
 
 pub fn run(args: AdminArgs) -> ExitCode {
@@ -99,58 +127,20 @@ fn request_line(command: &AdminCommand) -> (&'static str, String) {
             target_segment(target)
         )
     };
-    let query = |pairs: &[(&str, Option<String>)]| {
-        let parts: Vec<String> = pairs
-            .iter()
-            .filter_map(|(name, value)| {
-                value
-                    .as_ref()
-                    .map(|value| format!("{name}={}", encode(value)))
-            })
-            .collect();
-        if parts.is_empty() {
-            String::new()
-        } else {
-            format!("?{}", parts.join("&"))
-        }
-    };
     match command {
         AdminCommand::Classes => ("GET", "/admin/classes".to_string()),
-        AdminCommand::Objects {
-            class,
-            prefix,
-            limit,
-            cursor,
-        } => (
+        AdminCommand::Objects { class, page } => (
             "GET",
-            format!(
-                "/admin/objects/{}{}",
-                encode(class),
-                query(&[
-                    ("prefix", prefix.clone()),
-                    ("limit", limit.map(|limit| limit.to_string())),
-                    ("cursor", cursor.clone()),
-                ])
-            ),
+            format!("/admin/objects/{}{}", encode(class), page.query()),
         ),
         AdminCommand::Object { class, target } => ("GET", object(class, target)),
         AdminCommand::Storage {
             class,
             target,
-            prefix,
-            limit,
-            cursor,
+            page,
         } => (
             "GET",
-            format!(
-                "{}/storage{}",
-                object(class, target),
-                query(&[
-                    ("prefix", prefix.clone()),
-                    ("limit", limit.map(|limit| limit.to_string())),
-                    ("cursor", cursor.clone()),
-                ])
-            ),
+            format!("{}/storage{}", object(class, target), page.query()),
         ),
         AdminCommand::Delete { class, target } => ("DELETE", object(class, target)),
     }

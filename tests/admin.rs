@@ -24,6 +24,17 @@ fn admin_json(client: &mut Client, path: &str) -> Value {
     reply.json()
 }
 
+/// `GET /admin/classes`, and its entry for `class`.
+fn class_entry(client: &mut Client, class: &str) -> (Value, Value) {
+    let classes = admin_json(client, "/admin/classes");
+    let entry = classes["classes"]
+        .as_array()
+        .and_then(|list| list.iter().find(|entry| entry["class"] == class))
+        .unwrap_or_else(|| panic!("{class} not listed: {classes}"))
+        .clone();
+    (classes, entry)
+}
+
 /// Every object of `class`, page by page, as (name, id).
 fn all_objects(client: &mut Client, class: &str, query: &str) -> Vec<(Value, String)> {
     let mut found = Vec::new();
@@ -63,12 +74,7 @@ fn objects_are_listed_inspected_and_deleted_across_cores_and_restarts() {
     assert_eq!(reply.status, 200, "{}", reply.text());
 
     // Classes, with the counts of each core adding up.
-    let classes = admin_json(&mut client, "/admin/classes");
-    let counter = classes["classes"]
-        .as_array()
-        .and_then(|list| list.iter().find(|entry| entry["class"] == "counter"))
-        .expect("counter listed")
-        .clone();
+    let (classes, counter) = class_entry(&mut client, "counter");
     assert_eq!(counter["objects"], 14, "{classes}");
     let per_core: u64 = counter["perCore"]
         .as_array()
@@ -187,12 +193,7 @@ fn objects_are_listed_inspected_and_deleted_across_cores_and_restarts() {
         404
     );
     assert_eq!(client.get("/objects/counter/c4/value").text(), "1");
-    let classes = admin_json(&mut client, "/admin/classes");
-    let counter = classes["classes"]
-        .as_array()
-        .and_then(|list| list.iter().find(|entry| entry["class"] == "counter"))
-        .expect("counter listed")
-        .clone();
+    let (classes, counter) = class_entry(&mut client, "counter");
     assert_eq!(counter["objects"], 13, "{classes}");
     assert_eq!(server.stop(), Some(0));
 }
