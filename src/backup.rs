@@ -358,10 +358,16 @@ pub struct RestoreSummary {
 }
 
 /// Builds the data directory `data_dir` for `cores` cores (0: as many as the backup's server
-/// had) from the backup at `from`. Refuses a `data_dir` that is not empty. The stores are
+/// had) from the backup at `from`, with the storage settings of `base` (give the server's
+/// configuration, so that values it allowed fit again). Refuses a `data_dir` that is not empty. The stores are
 /// written into a directory beside it and renamed into place only once the whole backup was
 /// read and every store is durable, so a failed restore leaves no half-built data directory.
-pub fn restore(from: &Path, data_dir: &Path, cores: usize) -> Result<RestoreSummary, BackupError> {
+pub fn restore(
+    base: &Config,
+    from: &Path,
+    data_dir: &Path,
+    cores: usize,
+) -> Result<RestoreSummary, BackupError> {
     let not_empty = std::fs::read_dir(data_dir)
         .map(|mut entries| entries.next().is_some())
         .unwrap_or(false);
@@ -382,7 +388,7 @@ pub fn restore(from: &Path, data_dir: &Path, cores: usize) -> Result<RestoreSumm
         std::fs::remove_dir_all(&building)
             .map_err(io(format!("cannot remove {}", building.display())))?;
     }
-    let built = build(reader, header, &building, cores);
+    let built = build(base, reader, header, &building, cores);
     if built.is_err() {
         // Best effort: a leftover is removed by the next restore to the same place anyway.
         let _ = std::fs::remove_dir_all(&building);
@@ -413,6 +419,7 @@ pub fn restore(from: &Path, data_dir: &Path, cores: usize) -> Result<RestoreSumm
 
 /// Builds the data directory `building` from the records of `reader`.
 fn build<R: Read + Send + 'static>(
+    base: &Config,
     reader: Reader<R>,
     header: Header,
     building: &Path,
@@ -425,7 +432,7 @@ fn build<R: Read + Send + 'static>(
         } else {
             cores
         },
-        ..Config::default()
+        ..base.clone()
     };
     config.storage.partitions = header.partitions;
     let layout = layout::prepare(&config).map_err(|error| BackupError::Store(error.to_string()))?;

@@ -47,6 +47,9 @@ struct RestoreArgs {
     /// Cores the directory is laid out for (0: as many as the server of the backup had).
     #[arg(long, default_value_t = 0)]
     cores: usize,
+    /// The server's configuration file, for its storage limits (`[storage] value_bytes_max`).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -92,7 +95,17 @@ fn main() -> ExitCode {
 }
 
 fn restore(args: RestoreArgs) -> ExitCode {
-    match stead::backup::restore(&args.from, &args.data_dir, args.cores) {
+    let base = match &args.config {
+        Some(path) => match Config::from_toml_file(path) {
+            Ok(config) => config,
+            Err(error) => {
+                eprintln!("stead restore: {error}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    match stead::backup::restore(&base, &args.from, &args.data_dir, args.cores) {
         Ok(summary) => {
             println!(
                 "stead: restored {} objects ({} keys) into {} for {} cores",
