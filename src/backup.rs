@@ -238,6 +238,12 @@ impl<R: Read> Reader<R> {
         Ok((reader, header))
     }
 
+    /// Whether the input has no byte left.
+    fn at_end(&mut self) -> Result<bool, BackupError> {
+        let mut byte = [0u8; 1];
+        Ok(read_full(&mut self.input, &mut byte)? == 0)
+    }
+
     /// The next record; `Truncated` at the end of the input.
     fn next(&mut self) -> Result<Record, BackupError> {
         let start = self.offset;
@@ -368,53 +374,96 @@ pub fn restore(
     data_dir: &Path,
     cores: usize,
 ) -> Result<RestoreSummary, BackupError> {
-    let not_empty = std::fs::read_dir(data_dir)
-        .map(|mut entries| entries.next().is_some())
-        .unwrap_or(false);
-    if not_empty {
-        return Err(BackupError::NotEmpty {
-            path: data_dir.to_path_buf(),
-        });
-    }
     let io = |what: String| move |source| BackupError::Io { what, source };
+    let data_dir = &absolute_target(data_dir)?;
+    match std::fs::read_dir(data_dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(BackupError::NotEmpty {
+                    path: data_dir.clone(),
+                });
+            }
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(BackupError::Io {
+                what: format!("cannot read {}", data_dir.display()),
+                source,
+            })
+        }
+    }
     let file = std::fs::File::open(from).map_err(io(format!("cannot open {}", from.display())))?;
     let (reader, header) = Reader::new(BufReader::with_capacity(1 << 20, file))?;
+    // `absolute_target` made sure the path has a last component.
     let name = data_dir
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "stead-data".to_string());
+        .unwrap_or_default();
     let building = data_dir.with_file_name(format!(".{name}.restoring"));
     if building.exists() {
         std::fs::remove_dir_all(&building)
             .map_err(io(format!("cannot remove {}", building.display())))?;
     }
-    let built = build(base, reader, header, &building, cores);
-    if built.is_err() {
+    let placed = build(base, reader, header, &building, cores)
+        .and_then(|summary| place(&building, data_dir).map(|()| summary));
+    if placed.is_err() {
         // Best effort: a leftover is removed by the next restore to the same place anyway.
         let _ = std::fs::remove_dir_all(&building);
     }
-    let summary = built?;
+    placed
+}
+
+/// `data_dir` as an absolute path with no `.` or `..` (its parent must exist), so that the
+/// directory built beside it is beside it and not inside; refuses `/`.
+fn absolute_target(data_dir: &Path) -> Result<PathBuf, BackupError> {
+    let io = |what: String| move |source| BackupError::Io { what, source };
+    let resolved = if data_dir.exists() {
+        std::fs::canonicalize(data_dir)
+            .map_err(io(format!("cannot resolve {}", data_dir.display())))?
+    } else {
+        let parent = match data_dir.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        let parent = std::fs::canonicalize(parent)
+            .map_err(io(format!("cannot resolve {}", parent.display())))?;
+        match data_dir.file_name() {
+            Some(name) => parent.join(name),
+            None => parent,
+        }
+    };
+    if resolved.file_name().is_none() {
+        return Err(BackupError::Io {
+            what: format!("cannot restore into {}", data_dir.display()),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the data directory must not be the root",
+            ),
+        });
+    }
+    Ok(resolved)
+}
+
+/// Moves the built directory into place (replacing `data_dir` if it is an empty directory)
+/// and makes the rename durable.
+fn place(building: &Path, data_dir: &Path) -> Result<(), BackupError> {
+    let io = |what: String| move |source| BackupError::Io { what, source };
     if data_dir.exists() {
         std::fs::remove_dir(data_dir)
             .map_err(io(format!("cannot replace {}", data_dir.display())))?;
     }
-    std::fs::rename(&building, data_dir).map_err(io(format!(
+    std::fs::rename(building, data_dir).map_err(io(format!(
         "cannot rename {} to {}",
         building.display(),
         data_dir.display()
     )))?;
     if let Some(parent) = data_dir.parent() {
-        let parent = if parent.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            parent
-        };
         create_dir_durably(parent).map_err(|(path, source)| BackupError::Io {
             what: format!("cannot sync {}", path.display()),
             source,
         })?;
     }
-    Ok(summary)
+    Ok(())
 }
 
 /// Builds the data directory `building` from the records of `reader`.
@@ -439,7 +488,7 @@ fn build<R: Read + Send + 'static>(
     let summary = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name("stead-restore")
         .io_memory(RESTORE_IO_MEMORY_BYTES)
-        .spawn(move || async move { write_stores(&config, layout, reader).await })
+        .spawn(move || async move { write_stores(&config, layout, header, reader).await })
         .map_err(|error| BackupError::Store(format!("cannot start an executor: {error}")))?
         .join()
         .map_err(|error| BackupError::Store(format!("the restore executor failed: {error}")))??;
@@ -453,6 +502,7 @@ const RESTORE_IO_MEMORY_BYTES: usize = 512 * 1024;
 async fn write_stores<R: Read>(
     config: &Config,
     layout: layout::Layout,
+    header: Header,
     mut reader: Reader<R>,
 ) -> Result<RestoreSummary, BackupError> {
     let store_error = |error: stead_storage::StoreError| BackupError::Store(error.to_string());
@@ -475,6 +525,10 @@ async fn write_stores<R: Read>(
     let (mut core_objects, mut core_entries) = (0u64, 0u64);
     let mut current_core: Option<u32> = None;
     let mut cores_seen = 0u32;
+    // Each core of the backup's server once, and its objects in increasing id order (as
+    // written), so a file pieced together from several backups is refused, not merged.
+    let mut cores_done = vec![false; header.cores as usize];
+    let mut last_id: Option<StoreObjectId> = None;
     loop {
         let offset = reader.offset;
         let corrupt = |reason: String| BackupError::Corrupt { offset, reason };
@@ -483,13 +537,28 @@ async fn write_stores<R: Read>(
                 if let Some(open) = current_core {
                     return Err(corrupt(format!("core {core} starts inside core {open}")));
                 }
+                match cores_done.get_mut(core as usize) {
+                    Some(done) if !*done => *done = true,
+                    Some(_) => return Err(corrupt(format!("core {core} appears twice"))),
+                    None => {
+                        return Err(corrupt(format!(
+                            "core {core} of a server of {} cores",
+                            header.cores
+                        )))
+                    }
+                }
                 current_core = Some(core);
+                last_id = None;
                 (core_objects, core_entries) = (0, 0);
             }
             Record::Object { id, alarm_ms, keys } => {
                 if current_core.is_none() {
                     return Err(corrupt("an object outside any core".to_string()));
                 }
+                if last_id.is_some_and(|last| id <= last) {
+                    return Err(corrupt("objects out of order within a core".to_string()));
+                }
+                last_id = Some(id);
                 let mut data = ObjectData {
                     entries: Default::default(),
                     alarm_ms,
@@ -544,12 +613,19 @@ async fn write_stores<R: Read>(
             } => {
                 if current_core.is_some()
                     || cores != cores_seen
+                    || cores != header.cores
                     || count != objects
                     || entry_count != entries
                 {
                     return Err(corrupt(format!(
                         "the end record counts {cores} cores, {count} objects and {entry_count} entries; {cores_seen}, {objects} and {entries} were read"
                     )));
+                }
+                if !reader.at_end()? {
+                    return Err(BackupError::Corrupt {
+                        offset: reader.offset,
+                        reason: "bytes after the end record".to_string(),
+                    });
                 }
                 break;
             }

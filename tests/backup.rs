@@ -210,6 +210,13 @@ fn truncated_and_corrupt_backups_are_refused_with_where_they_broke() {
         flipped[at] ^= 0x5A;
         cases.push((flipped, "corrupt at byte"));
     }
+    // Whole records in a wrong place: bytes after the end, two backups run together.
+    let mut appended = backup.clone();
+    appended.push(0);
+    cases.push((appended, "bytes after the end record"));
+    let mut twice = backup.clone();
+    twice.extend_from_slice(&backup[32..]);
+    cases.push((twice, "bytes after the end record"));
     for (bytes, expected) in cases {
         std::fs::write(&file, &bytes).expect("write");
         let target = dir.path().join("target");
@@ -224,11 +231,20 @@ fn truncated_and_corrupt_backups_are_refused_with_where_they_broke() {
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
-    // The intact backup restores for the same core count.
+    // The intact backup restores for the same core count, into `.` of an empty directory.
     std::fs::write(&file, &backup).expect("write");
     let target = dir.path().join("target");
-    let (code, text) = restore(&file, &target, "0");
-    assert_eq!(code, Some(0), "{text}");
+    std::fs::create_dir(&target).expect("create the target");
+    let output = Command::new(env!("CARGO_BIN_EXE_stead"))
+        .current_dir(&target)
+        .args(["restore", "--from"])
+        .arg(&file)
+        .args(["--data-dir", "."])
+        .output()
+        .expect("run stead restore");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{text}");
     assert!(text.contains("restored 10 objects"), "{text}");
     let server = TestServer::start(&target, 2, &[]);
     assert_eq!(server.client().get("/objects/counter/k7/value").text(), "1");

@@ -246,6 +246,12 @@ impl Storage {
     /// when there were none.
     pub(super) fn take_pending(&self) -> Option<(Batch, Option<Option<i64>>)> {
         let mut state = self.state.borrow_mut();
+        // An instance that failed (`abandon`, a refused commit) commits nothing more, whatever
+        // a `transaction_sync` unwinding afterwards put back into its pending batch.
+        if state.commit_failed.is_some() {
+            state.pending = Pending::default();
+            return None;
+        }
         if state.pending.is_empty() {
             return None;
         }

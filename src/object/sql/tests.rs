@@ -266,6 +266,42 @@ fn more_pages_than_one_batch_holds_fail_the_instance_and_commit_nothing() {
     assert_eq!(integrity(&reloaded), "ok");
 }
 
+/// A key-value write, then a transaction past the batch's limits, in one poll: the instance
+/// fails and nothing of the poll is committed (the transaction's undo must not put the writes
+/// before it back into a batch that then commits).
+#[test]
+fn writes_before_a_transaction_past_the_batch_limits_are_not_committed() {
+    let mut committed = Committed::default();
+    let storage = committed.load(SqlSettings::default());
+    exec(&storage, "CREATE TABLE t (data BLOB)", &[]).expect("create");
+    committed.commit(&storage);
+    storage.put(b"before", b"x".to_vec()).expect("put");
+    let outcome = storage.transaction_sync(|| {
+        exec(
+            &storage,
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 20)
+             INSERT INTO t SELECT zeroblob(1048576) FROM n",
+            &[],
+        )?;
+        Ok::<(), SqlError>(())
+    });
+    eprintln!("DEBUG outcome {outcome:?}");
+    assert!(
+        matches!(outcome, Err(SqlError::BatchFull { .. })),
+        "{outcome:?}"
+    );
+    assert!(
+        storage.take_pending().is_none(),
+        "nothing of the poll is committed"
+    );
+    let reloaded = committed.load(SqlSettings::default());
+    assert_eq!(reloaded.get(b"before"), None);
+    assert_eq!(
+        rows(&reloaded, "SELECT count(*) FROM t"),
+        [vec![SqlValue::Integer(0)]]
+    );
+}
+
 /// An in-place change of committed pages past the batch's limits: SQLite rolls the statement
 /// back by writing the old pages again, and those writes must not be refused (they once were,
 /// leaving half of the update in the batch that was then committed).
