@@ -246,17 +246,7 @@ pub async fn write(disk: &dyn Disk, data: CheckpointData) -> Result<(), StoreErr
         }
         offset += chunk.len();
     }
-    file.fdatasync()
-        .await
-        .map_err(|source| io_error("fdatasync", tmp, source))?;
-    drop(file);
-    disk.rename(tmp, CHECKPOINT_NAME)
-        .await
-        .map_err(|source| io_error("rename", CHECKPOINT_NAME, source))?;
-    disk.sync_dir()
-        .await
-        .map_err(|source| io_error("sync_dir", CHECKPOINT_NAME, source))?;
-    Ok(())
+    super::manifest::install(disk, file, tmp, CHECKPOINT_NAME).await
 }
 
 /// The header block and the payload of a checkpoint file.

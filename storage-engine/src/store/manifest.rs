@@ -65,15 +65,27 @@ pub async fn write(disk: &dyn Disk, manifest: &ManifestData) -> Result<u64, Stor
         let short = std::io::Error::other(format!("short write: {written} of {}", bytes.len()));
         return Err(io_error("write", tmp, short));
     }
+    install(disk, file, tmp, MANIFEST_NAME).await?;
+    Ok(1)
+}
+
+/// Makes the fully written temporary file `tmp` durable and puts it in place as `name`:
+/// fdatasync, rename over `name`, fsync of the directory. A crash leaves the old `name` or the
+/// new one, whole.
+pub async fn install(
+    disk: &dyn Disk,
+    file: std::rc::Rc<dyn crate::DiskFile>,
+    tmp: &str,
+    name: &str,
+) -> Result<(), StoreError> {
     file.fdatasync()
         .await
         .map_err(|source| io_error("fdatasync", tmp, source))?;
     drop(file);
-    disk.rename(tmp, MANIFEST_NAME)
+    disk.rename(tmp, name)
         .await
-        .map_err(|source| io_error("rename", MANIFEST_NAME, source))?;
+        .map_err(|source| io_error("rename", name, source))?;
     disk.sync_dir()
         .await
-        .map_err(|source| io_error("sync_dir", MANIFEST_NAME, source))?;
-    Ok(1)
+        .map_err(|source| io_error("sync_dir", name, source))
 }
