@@ -49,6 +49,12 @@ enum AdminCommand {
     },
     /// Delete one object: its storage, SQL database and alarm; its sockets are closed.
     Delete { class: String, target: String },
+    /// Save a backup of the whole data set (`GET /admin/backup`) to a file, for `stead restore`.
+    Backup {
+        /// The file to write; written beside it first and renamed once complete.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 /// Which page of a listing to ask for.
@@ -90,6 +96,21 @@ impl Page {
 }
 
 pub fn run(args: AdminArgs) -> ExitCode {
+    if let AdminCommand::Backup { out } = &args.command {
+        return match save_backup(&args.url, args.token.as_deref(), out) {
+            Ok(bytes) => {
+                println!(
+                    "stead admin: wrote a backup of {bytes} bytes to {}",
+                    out.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("stead admin: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let (method, path) = request_line(&args.command);
     let answer = match send(&args.url, args.token.as_deref(), method, &path) {
         Ok(answer) => answer,
@@ -143,6 +164,7 @@ fn request_line(command: &AdminCommand) -> (&'static str, String) {
             format!("{}/storage{}", object(class, target), page.query()),
         ),
         AdminCommand::Delete { class, target } => ("DELETE", object(class, target)),
+        AdminCommand::Backup { .. } => ("GET", "/admin/backup".to_string()),
     }
 }
 
@@ -177,6 +199,17 @@ struct Answer {
 
 /// Sends one request on a new connection and reads the whole answer.
 fn send(url: &str, token: Option<&str>, method: &str, path: &str) -> Result<Answer, String> {
+    let stream = open(url, token, method, path)?;
+    let mut raw = Vec::new();
+    stream
+        .take(ANSWER_BYTES_MAX)
+        .read_to_end(&mut raw)
+        .map_err(|error| format!("cannot read the answer: {error}"))?;
+    parse_answer(&raw)
+}
+
+/// Connects to the server of `url` and sends one request without a body.
+fn open(url: &str, token: Option<&str>, method: &str, path: &str) -> Result<TcpStream, String> {
     let address = url
         .strip_prefix("http://")
         .ok_or_else(|| format!("the url must start with http:// (got {url})"))?
@@ -202,12 +235,81 @@ fn send(url: &str, token: Option<&str>, method: &str, path: &str) -> Result<Answ
     stream
         .write_all(head.as_bytes())
         .map_err(|error| format!("cannot send the request: {error}"))?;
-    let mut raw = Vec::new();
-    stream
-        .take(ANSWER_BYTES_MAX)
-        .read_to_end(&mut raw)
-        .map_err(|error| format!("cannot read the answer: {error}"))?;
-    parse_answer(&raw)
+    Ok(stream)
+}
+
+/// Streams `GET /admin/backup` into `out` (through `out.partial`, renamed once the answer's
+/// last chunk arrived); returns the bytes written. A backup that ends early leaves no `out`.
+fn save_backup(url: &str, token: Option<&str>, out: &std::path::Path) -> Result<u64, String> {
+    let mut reader = std::io::BufReader::new(open(url, token, "GET", "/admin/backup")?);
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        match reader.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            Ok(_) => return Err("the server closed the connection before answering".to_string()),
+            Err(error) => return Err(format!("cannot read the answer: {error}")),
+        }
+        if head.len() > 64 * 1024 {
+            return Err("the answer's header is too long".to_string());
+        }
+    }
+    if !head.starts_with(b"HTTP/1.1 200 ") {
+        // An error answer is small: read it whole and show its message.
+        let mut rest = Vec::new();
+        let _ = reader.take(1024 * 1024).read_to_end(&mut rest);
+        head.extend_from_slice(&rest);
+        let answer = parse_answer(&head)?;
+        let message = serde_json::from_slice::<Value>(&answer.body)
+            .ok()
+            .and_then(|value| value["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&answer.body).into_owned());
+        return Err(format!("{} {message}", answer.status));
+    }
+    let partial = out.with_extension("partial");
+    let written = copy_chunks(&mut reader, &partial);
+    match written {
+        Ok(bytes) => {
+            std::fs::rename(&partial, out)
+                .map_err(|error| format!("cannot rename {}: {error}", partial.display()))?;
+            Ok(bytes)
+        }
+        Err(error) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(error)
+        }
+    }
+}
+
+/// Writes the chunks of a chunked body to `path` and syncs it; the bytes written.
+fn copy_chunks(reader: &mut impl std::io::BufRead, path: &std::path::Path) -> Result<u64, String> {
+    let mut file = std::fs::File::create(path)
+        .map_err(|error| format!("cannot create {}: {error}", path.display()))?;
+    let ended = || "the backup ended early (the server failed or the connection broke)".to_string();
+    let mut total = 0u64;
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Err(ended()),
+            Ok(_) => {}
+            Err(error) => return Err(format!("cannot read the backup: {error}")),
+        }
+        let size = line.trim_end().split(';').next().unwrap_or("");
+        let size = u64::from_str_radix(size, 16).map_err(|_| "a bad chunk size".to_string())?;
+        if size == 0 {
+            file.sync_all()
+                .map_err(|error| format!("cannot sync {}: {error}", path.display()))?;
+            return Ok(total);
+        }
+        let copied = std::io::copy(&mut reader.by_ref().take(size), &mut file)
+            .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+        if copied != size {
+            return Err(ended());
+        }
+        total += size;
+        let mut crlf = [0u8; 2];
+        reader.read_exact(&mut crlf).map_err(|_| ended())?;
+    }
 }
 
 /// The status and body of a complete HTTP/1.1 answer (`Content-Length`, chunked or to the end).
@@ -324,6 +426,8 @@ fn table(command: &AdminCommand, value: &Value) -> String {
                 ));
             }
         }
+        // Saved to a file by `save_backup`, never printed.
+        AdminCommand::Backup { .. } => return String::new(),
         AdminCommand::Delete { .. } => {
             let id = text(&value["id"]);
             return if value["deleted"].as_bool() == Some(true) {

@@ -196,8 +196,27 @@ fn truncated_and_corrupt_backups_are_refused_with_where_they_broke() {
     }
     let (status, _) = download(server.addr, "wrong");
     assert_eq!(status, 401);
-    let (status, backup) = download(server.addr, TOKEN);
-    assert_eq!(status, 200);
+    // The backup as `stead admin backup` saves it.
+    let saved = dir.path().join("saved.backup");
+    let output = Command::new(env!("CARGO_BIN_EXE_stead"))
+        .args([
+            "admin",
+            "--url",
+            &format!("http://{}", server.addr),
+            "--token",
+            TOKEN,
+        ])
+        .args(["backup", "--out"])
+        .arg(&saved)
+        .output()
+        .expect("run stead admin backup");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let backup = std::fs::read(&saved).expect("the saved backup");
     assert_eq!(server.stop(), Some(0));
     assert!(backup.starts_with(b"STEADBAK"));
     let file = dir.path().join("broken.backup");
