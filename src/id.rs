@@ -136,11 +136,6 @@ impl ObjectId {
         ClassTag(tag)
     }
 
-    /// Whether this id was made in `namespace` (a class's first name, see migrations).
-    pub fn is_of_class(&self, namespace: &str) -> bool {
-        self.class_tag() == ClassTag::of(namespace)
-    }
-
     /// True for ids made by `new_unique`.
     pub fn is_unique(&self) -> bool {
         self.0[8] & UNIQUE_BIT != 0

@@ -33,7 +33,7 @@ use super::mesh::{Message, Reply, SendError};
 use super::Shard;
 use crate::backup;
 use crate::http::{is_class_name, object_target, Method, Request, Response};
-use crate::id::ObjectId;
+use crate::id::{ClassTag, ObjectId};
 use crate::object::{overloaded, ObjectInfo, StoragePage};
 
 /// Objects or pairs in one page when the request names no `limit`.
@@ -44,14 +44,14 @@ const LIMIT_MAX: usize = 1000;
 /// An operator's question to one core.
 #[derive(Debug)]
 pub enum AdminOp {
-    /// Objects per class (named by its id namespace), in the order given, then those of none.
+    /// Objects per class (by its tag), in the order given, then those of none.
     Counts {
-        namespaces: Vec<String>,
+        tags: Vec<ClassTag>,
     },
     /// A page of a class's objects (`ObjectHost::admin_list`).
     List {
-        /// The class's id namespace.
-        namespace: String,
+        /// The class's tag (from its id namespace, see migrations).
+        tag: ClassTag,
         after: Option<ObjectId>,
         prefix: Option<String>,
         limit: usize,
@@ -131,14 +131,14 @@ impl Shard {
     pub(super) async fn admin_here(&self, op: AdminOp) -> AdminReply {
         let host = &self.host;
         match op {
-            AdminOp::Counts { namespaces } => AdminReply::Counts(host.admin_counts(&namespaces)),
+            AdminOp::Counts { tags } => AdminReply::Counts(host.admin_counts(&tags)),
             AdminOp::List {
-                namespace,
+                tag,
                 after,
                 prefix,
                 limit,
             } => AdminReply::Objects(
-                host.admin_list(&namespace, after, prefix.as_deref(), limit)
+                host.admin_list(tag, after, prefix.as_deref(), limit)
                     .await
                     .map_err(|error| error.to_string()),
             ),
@@ -413,16 +413,13 @@ impl Shard {
 
     async fn admin_classes(self: &Rc<Self>) -> Result<Response, Response> {
         let classes: Vec<String> = self.registry.names().map(str::to_string).collect();
-        // Ids carry the tag of their class's namespace (its first name, see migrations).
-        let namespaces: Vec<String> = classes
+        let tags: Vec<ClassTag> = classes
             .iter()
-            .map(|class| self.registry.id_namespace(class).to_string())
+            .filter_map(|class| self.registry.tag(class))
             .collect();
         let mut per_core = Vec::with_capacity(self.cores);
         for core in 0..self.cores {
-            let op = AdminOp::Counts {
-                namespaces: namespaces.clone(),
-            };
+            let op = AdminOp::Counts { tags: tags.clone() };
             match self.admin_on(core, op).await? {
                 AdminReply::Counts(counts) => per_core.push(counts),
                 _ => return Err(wrong_reply()),
@@ -457,7 +454,7 @@ impl Shard {
         request: &Request,
         class: &str,
     ) -> Result<Response, Response> {
-        self.known_class(class)?;
+        let tag = self.known_class(class)?;
         let namespace = self.registry.id_namespace(class);
         let limit = limit(request)?;
         let after =
@@ -476,7 +473,7 @@ impl Shard {
         let mut objects = Vec::new();
         for core in 0..self.cores {
             let op = AdminOp::List {
-                namespace: namespace.to_string(),
+                tag,
                 after,
                 prefix: prefix.clone(),
                 limit,
@@ -563,13 +560,12 @@ impl Shard {
         }
     }
 
-    /// 404 unless `class` is registered.
-    fn known_class(&self, class: &str) -> Result<(), Response> {
-        if is_class_name(class) && self.registry.contains(class) {
-            Ok(())
-        } else {
-            Err(Response::json_error(404, "no such class"))
-        }
+    /// The tag of the ids of `class`; 404 unless it is registered.
+    fn known_class(&self, class: &str) -> Result<ClassTag, Response> {
+        self.registry
+            .tag(class)
+            .filter(|_| is_class_name(class))
+            .ok_or_else(|| Response::json_error(404, "no such class"))
     }
 
     /// The object a path segment names (a percent-encoded name or `id:<hex>`).

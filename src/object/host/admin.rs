@@ -8,7 +8,7 @@
 use stead_storage::{Batch, StoreError};
 
 use super::ObjectHost;
-use crate::id::ObjectId;
+use crate::id::{ClassTag, ObjectId};
 use crate::object::sql::pages::is_page_key;
 use crate::object::storage::{is_reserved_key, NAME_KEY};
 use crate::object::{SqlValue, Storage};
@@ -56,13 +56,12 @@ pub struct TableInfo {
 }
 
 impl ObjectHost {
-    /// The objects of the class whose ids are made from `namespace` (its first name, see
-    /// migrations) on this core with ids after `after`, in id order, at most
-    /// `limit`, and (with `prefix`) only those whose stored name starts with it. Both the
+    /// The objects of the class whose ids carry `tag` on this core with ids after `after`, in
+    /// id order, at most `limit`, and (with `prefix`) only those whose stored name starts with it. Both the
     /// objects with stored data and those in memory without any are listed.
     pub async fn admin_list(
         &self,
-        namespace: &str,
+        tag: ClassTag,
         after: Option<ObjectId>,
         prefix: Option<&str>,
         limit: usize,
@@ -73,7 +72,7 @@ impl ObjectHost {
             .into_iter()
             .map(ObjectId)
             .chain(self.objects.borrow().keys().copied())
-            .filter(|id| id.is_of_class(namespace) && after.is_none_or(|after| *id > after))
+            .filter(|id| id.class_tag() == tag && after.is_none_or(|after| *id > after))
             .collect();
         ids.sort_unstable();
         ids.dedup();
@@ -237,16 +236,16 @@ impl ObjectHost {
         Ok(true)
     }
 
-    /// Objects of each class on this core (named by its id namespace), in the order of
-    /// `namespaces`, and then those of none of them (ids whose class tag matches none).
-    pub fn admin_counts(&self, namespaces: &[String]) -> Vec<u64> {
-        let mut counts = vec![0u64; namespaces.len() + 1];
+    /// Objects of each class on this core (by its tag), in the order of `tags`, and then those
+    /// of none of them.
+    pub fn admin_counts(&self, tags: &[ClassTag]) -> Vec<u64> {
+        let mut counts = vec![0u64; tags.len() + 1];
         for id in self.store.objects() {
-            let id = ObjectId(id);
-            let index = namespaces
+            let tag = ObjectId(id).class_tag();
+            let index = tags
                 .iter()
-                .position(|namespace| id.is_of_class(namespace))
-                .unwrap_or(namespaces.len());
+                .position(|known| *known == tag)
+                .unwrap_or(tags.len());
             counts[index] += 1;
         }
         counts

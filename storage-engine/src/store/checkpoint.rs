@@ -227,13 +227,7 @@ pub async fn write(disk: &dyn Disk, data: CheckpointData) -> Result<(), StoreErr
         }
     };
     let tmp = CHECKPOINT_TMP_NAME;
-    let file = disk
-        .open_file(tmp, true)
-        .await
-        .map_err(|source| io_error("create", tmp, source))?;
-    file.truncate(0)
-        .await
-        .map_err(|source| io_error("truncate", tmp, source))?;
+    let file = super::manifest::create_empty(disk, tmp).await?;
     write_all(&*file, 0, &header).await?;
     let mut offset = HEADER_BYTES;
     for chunk in payload.chunks(IO_CHUNK_BYTES) {

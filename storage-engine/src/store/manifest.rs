@@ -49,14 +49,7 @@ pub async fn read(disk: &dyn Disk) -> Result<(u32, ManifestData), StoreError> {
 pub async fn write(disk: &dyn Disk, manifest: &ManifestData) -> Result<u64, StoreError> {
     let bytes = codec::encode_manifest(manifest);
     let tmp = MANIFEST_TMP_NAME;
-    let file = disk
-        .open_file(tmp, true)
-        .await
-        .map_err(|source| io_error("create", tmp, source))?;
-    // A leftover temporary file from a crash may be longer than the new manifest.
-    file.truncate(0)
-        .await
-        .map_err(|source| io_error("truncate", tmp, source))?;
+    let file = create_empty(disk, tmp).await?;
     let written = file
         .write_at(0, &bytes)
         .await
@@ -67,6 +60,22 @@ pub async fn write(disk: &dyn Disk, manifest: &ManifestData) -> Result<u64, Stor
     }
     install(disk, file, tmp, MANIFEST_NAME).await?;
     Ok(1)
+}
+
+/// Opens the temporary file `tmp` empty: a leftover from a crash may be longer than what is
+/// written now. `install` puts it in place once written.
+pub async fn create_empty(
+    disk: &dyn Disk,
+    tmp: &str,
+) -> Result<std::rc::Rc<dyn crate::DiskFile>, StoreError> {
+    let file = disk
+        .open_file(tmp, true)
+        .await
+        .map_err(|source| io_error("create", tmp, source))?;
+    file.truncate(0)
+        .await
+        .map_err(|source| io_error("truncate", tmp, source))?;
+    Ok(file)
 }
 
 /// Makes the fully written temporary file `tmp` durable and puts it in place as `name`:

@@ -45,7 +45,7 @@ impl Store {
         })
     }
 
-    pub(super) async fn resolve(value: ValueRef) -> Result<Vec<u8>, StoreError> {
+    async fn resolve(value: ValueRef) -> Result<Vec<u8>, StoreError> {
         match value {
             ValueRef::Bytes(bytes) => Ok(bytes),
             ValueRef::Disk {
@@ -144,13 +144,19 @@ impl Store {
     pub async fn load_object(&self, object: &ObjectId) -> Result<ObjectData, StoreError> {
         let alarm_ms = self.alarm(object);
         let found = self.collect_range(object, &ListOptions::default())?;
-        let mut data = ObjectData {
-            entries: Default::default(),
+        Ok(ObjectData {
+            entries: Store::resolve_all(found).await?,
             alarm_ms,
-        };
-        // Values on disk are read `LOAD_READS_IN_FLIGHT_MAX` at a time rather than one after
-        // another: an object of many values (a SQL database is one value per 4 KiB page)
-        // would otherwise wait for one disk round trip per value.
+        })
+    }
+
+    /// The values of `found`, by key. Values on disk are read `LOAD_READS_IN_FLIGHT_MAX` at a
+    /// time rather than one after another: an object of many values (a SQL database is one
+    /// value per 4 KiB page) would otherwise wait for one disk round trip per value.
+    pub(super) async fn resolve_all(
+        found: Vec<(Vec<u8>, ValueRef)>,
+    ) -> Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>, StoreError> {
+        let mut entries = std::collections::BTreeMap::new();
         let mut found = found.into_iter().peekable();
         while found.peek().is_some() {
             let chunk: Vec<(Vec<u8>, ValueRef)> =
@@ -161,10 +167,10 @@ impl Store {
                 .map(|value| Box::pin(Store::resolve(value)));
             let values = JoinAll::new(reads.collect()).await;
             for (key, value) in keys.into_iter().zip(values) {
-                data.entries.insert(key, value?);
+                entries.insert(key, value?);
             }
         }
-        Ok(data)
+        Ok(entries)
     }
 }
 

@@ -61,18 +61,14 @@ impl Snapshot {
     /// The next object (in id order) with its values read; `None` once every object was given.
     pub async fn next_object(&mut self) -> Option<Result<(ObjectId, ObjectData), StoreError>> {
         let object = self.objects.pop_front()?;
-        let mut data = ObjectData {
-            entries: Default::default(),
+        let entries = match Store::resolve_all(object.entries).await {
+            Ok(entries) => entries,
+            Err(error) => return Some(Err(error)),
+        };
+        let data = ObjectData {
+            entries,
             alarm_ms: object.alarm_ms,
         };
-        for (key, value) in object.entries {
-            match Store::resolve(value).await {
-                Ok(value) => {
-                    data.entries.insert(key, value);
-                }
-                Err(error) => return Some(Err(error)),
-            }
-        }
         Some(Ok((object.id, data)))
     }
 }
