@@ -49,6 +49,20 @@ enum AdminCommand {
     },
     /// Delete one object: its storage, SQL database and alarm; its sockets are closed.
     Delete { class: String, target: String },
+    /// A bookmark of one object's state now, or at `--at` (point-in-time recovery).
+    Bookmark {
+        class: String,
+        target: String,
+        /// Milliseconds since the Unix epoch.
+        #[arg(long)]
+        at: Option<u64>,
+    },
+    /// Put one object back as it was at a bookmark; prints the bookmark that undoes it.
+    Restore {
+        class: String,
+        target: String,
+        bookmark: String,
+    },
     /// Save a backup of the whole data set (`GET /admin/backup`) to a file, for `stead restore`.
     Backup {
         /// The file to write; written beside it first and renamed once complete.
@@ -112,7 +126,13 @@ pub fn run(args: AdminArgs) -> ExitCode {
         };
     }
     let (method, path) = request_line(&args.command);
-    let answer = match send(&args.url, args.token.as_deref(), method, &path) {
+    let body = match &args.command {
+        AdminCommand::Restore { bookmark, .. } => {
+            serde_json::json!({ "bookmark": bookmark }).to_string()
+        }
+        _ => String::new(),
+    };
+    let answer = match send(&args.url, args.token.as_deref(), method, &path, &body) {
         Ok(answer) => answer,
         Err(error) => {
             eprintln!("stead admin: {error}");
@@ -164,6 +184,13 @@ fn request_line(command: &AdminCommand) -> (&'static str, String) {
             format!("{}/storage{}", object(class, target), page.query()),
         ),
         AdminCommand::Delete { class, target } => ("DELETE", object(class, target)),
+        AdminCommand::Bookmark { class, target, at } => {
+            let at = at.map_or(String::new(), |at| format!("?at={at}"));
+            ("GET", format!("{}/bookmark{at}", object(class, target)))
+        }
+        AdminCommand::Restore { class, target, .. } => {
+            ("POST", format!("{}/restore", object(class, target)))
+        }
         AdminCommand::Backup { .. } => ("GET", "/admin/backup".to_string()),
     }
 }
@@ -198,8 +225,14 @@ struct Answer {
 }
 
 /// Sends one request on a new connection and reads the whole answer.
-fn send(url: &str, token: Option<&str>, method: &str, path: &str) -> Result<Answer, String> {
-    let stream = open(url, token, method, path)?;
+fn send(
+    url: &str,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<Answer, String> {
+    let stream = open(url, token, method, path, body)?;
     let mut raw = Vec::new();
     stream
         .take(ANSWER_BYTES_MAX)
@@ -208,8 +241,14 @@ fn send(url: &str, token: Option<&str>, method: &str, path: &str) -> Result<Answ
     parse_answer(&raw)
 }
 
-/// Connects to the server of `url` and sends one request without a body.
-fn open(url: &str, token: Option<&str>, method: &str, path: &str) -> Result<TcpStream, String> {
+/// Connects to the server of `url` and sends one request.
+fn open(
+    url: &str,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<TcpStream, String> {
     let address = url
         .strip_prefix("http://")
         .ok_or_else(|| format!("the url must start with http:// (got {url})"))?
@@ -226,12 +265,17 @@ fn open(url: &str, token: Option<&str>, method: &str, path: &str) -> Result<TcpS
         .and_then(|()| stream.set_write_timeout(Some(TIMEOUT)));
     timeouts.map_err(|error| format!("cannot set timeouts: {error}"))?;
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: 0\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
     );
+    if !body.is_empty() {
+        head.push_str("Content-Type: application/json\r\n");
+    }
     if let Some(token) = token {
         head.push_str(&format!("Authorization: Bearer {token}\r\n"));
     }
     head.push_str("\r\n");
+    head.push_str(body);
     stream
         .write_all(head.as_bytes())
         .map_err(|error| format!("cannot send the request: {error}"))?;
@@ -241,7 +285,7 @@ fn open(url: &str, token: Option<&str>, method: &str, path: &str) -> Result<TcpS
 /// Streams `GET /admin/backup` into `out` (through `out.partial`, renamed once the answer's
 /// last chunk arrived); returns the bytes written. A backup that ends early leaves no `out`.
 fn save_backup(url: &str, token: Option<&str>, out: &std::path::Path) -> Result<u64, String> {
-    let mut reader = std::io::BufReader::new(open(url, token, "GET", "/admin/backup")?);
+    let mut reader = std::io::BufReader::new(open(url, token, "GET", "/admin/backup", "")?);
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
@@ -428,6 +472,15 @@ fn table(command: &AdminCommand, value: &Value) -> String {
         }
         // Saved to a file by `save_backup`, never printed.
         AdminCommand::Backup { .. } => return String::new(),
+        AdminCommand::Bookmark { .. } => return format!("{}\n", text(&value["bookmark"])),
+        AdminCommand::Restore { .. } => {
+            return format!(
+                "restored {} to {}\nto undo: stead admin restore … {}\n",
+                text(&value["id"]),
+                text(&value["restored"]),
+                text(&value["undo"])
+            );
+        }
         AdminCommand::Delete { .. } => {
             let id = text(&value["id"]);
             return if value["deleted"].as_bool() == Some(true) {
@@ -448,6 +501,7 @@ fn object_header() -> Vec<String> {
         "KEYS",
         "BYTES",
         "SQL BYTES",
+        "HISTORY BYTES",
         "ALARM",
         "SOCKETS",
     ]
@@ -458,7 +512,15 @@ fn object_header() -> Vec<String> {
 
 fn object_row(object: &Value) -> Vec<String> {
     [
-        "id", "name", "active", "keys", "bytes", "sqlBytes", "alarm", "sockets",
+        "id",
+        "name",
+        "active",
+        "keys",
+        "bytes",
+        "sqlBytes",
+        "historyBytes",
+        "alarm",
+        "sockets",
     ]
     .iter()
     .map(|field| text(&object[*field]))

@@ -102,6 +102,9 @@ pub struct StorageSettings {
     pub compaction_dead_percent_min: u8,
     /// Partitions of a new data directory (fixed once it is created).
     pub partitions: u32,
+    /// How long objects keep the history that point-in-time recovery goes back through, in
+    /// milliseconds, unless their class sets its own (`[classes.NAME]`); 0 keeps none.
+    pub history_retention_ms: u64,
 }
 
 impl Default for StorageSettings {
@@ -114,6 +117,7 @@ impl Default for StorageSettings {
             compaction_dead_bytes_min: 64 * 1024 * 1024,
             compaction_dead_percent_min: 50,
             partitions: 4096,
+            history_retention_ms: 0,
         }
     }
 }
@@ -224,6 +228,15 @@ pub struct ClassRename {
     pub to: String,
 }
 
+/// Settings of one class (`[classes.NAME]`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClassSettings {
+    /// How long the class's objects keep history, in milliseconds; unset:
+    /// `storage.history_retention_ms`.
+    pub history_retention_ms: Option<u64>,
+}
+
 /// The whole server configuration.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -258,6 +271,8 @@ pub struct Config {
     pub websocket: crate::websocket::WebSocketLimits,
     /// Renamed and deleted classes, in the order they happened (`[[migrations]]`).
     pub migrations: Vec<Migration>,
+    /// Settings of single classes, by class name; every name must be a registered class.
+    pub classes: std::collections::BTreeMap<String, ClassSettings>,
 }
 
 impl Default for Config {
@@ -278,6 +293,7 @@ impl Default for Config {
             scheduler: SchedulerLimits::default(),
             websocket: crate::websocket::WebSocketLimits::default(),
             migrations: Vec::new(),
+            classes: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -297,6 +313,14 @@ impl Config {
             ));
         }
         Ok(config)
+    }
+
+    /// How long the objects of `class` keep history, in milliseconds (0: none).
+    pub fn history_retention_ms(&self, class: &str) -> u64 {
+        self.classes
+            .get(class)
+            .and_then(|settings| settings.history_retention_ms)
+            .unwrap_or(self.storage.history_retention_ms)
     }
 
     /// How long each core's executor spins before parking; `None` (from 0) never spins.

@@ -146,6 +146,7 @@ pub fn store_config(config: &Config, dir: PathBuf) -> StoreConfig {
     store.rounds_in_flight = config.storage.rounds_in_flight;
     store.compaction_dead_bytes_min = config.storage.compaction_dead_bytes_min;
     store.compaction_dead_percent_min = config.storage.compaction_dead_percent_min;
+    store.counted_key_prefix = crate::object::HISTORY_PREFIX.to_vec();
     store
 }
 

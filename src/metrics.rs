@@ -262,7 +262,7 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
     let mut out = String::with_capacity(8 * 1024);
     render_requests(&mut out, snapshots);
     render_latency(&mut out, snapshots);
-    let per_core: [PerCoreMetric; 34] = [
+    let per_core: [PerCoreMetric; 36] = [
         (
             "stead_shutdown_waiters",
             "gauge",
@@ -378,6 +378,19 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
             "Record bytes in segments minus live bytes: what compaction reclaims and its \
              trigger counts (block padding is not in it).",
             |s| s.store.dead_bytes as f64,
+        ),
+        (
+            "stead_history_keys",
+            "gauge",
+            "History record keys kept for point-in-time recovery (part of the keys above).",
+            |s| s.store.prefix_keys as f64,
+        ),
+        (
+            "stead_history_bytes",
+            "gauge",
+            "Key and value bytes of the history records kept for point-in-time recovery: \
+             what the history windows cost (part of the live bytes).",
+            |s| s.store.prefix_bytes as f64,
         ),
         (
             "stead_storage_disk_bytes",

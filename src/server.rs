@@ -137,6 +137,11 @@ impl Server {
         registry
             .apply_migrations(&config.migrations)
             .map_err(ServerError::Migration)?;
+        if let Some(unknown) = config.classes.keys().find(|name| !registry.contains(name)) {
+            return Err(ServerError::Config(format!(
+                "[classes.{unknown}]: no class {unknown:?} is registered"
+            )));
+        }
         crate::object::set_heap_limit(config.sql.heap_bytes_max);
         let layout = layout::prepare(&config).map_err(ServerError::Layout)?;
         let cores = layout.cores;

@@ -29,6 +29,7 @@ use stead_storage::{Limits, Store};
 use super::context::CoreParts;
 use super::error::EventError;
 use super::gate::{Commit, Gated};
+use super::history;
 use super::pending::SQL_PAGES_PER_BATCH_MAX;
 use super::registry::{ClassRegistry, Constructor, DynObject};
 use super::slot::{Slot, SlotState, TurnWait};
@@ -49,7 +50,9 @@ const SWEEP_INTERVAL_MIN_MS: u64 = 10;
 const SWEEP_INTERVAL_MAX_MS: u64 = 60_000;
 
 mod admin;
+mod restore;
 pub use admin::{ObjectInfo, StoragePage, TableInfo};
+pub use restore::{AdminHistoryError, Restored};
 
 /// Told `(object, Some(time_ms))` when an object's alarm is committed, `(object, None)` when its
 /// deletion is: the hook for the alarm scheduler.
@@ -68,8 +71,10 @@ pub type StoreFailureListener = Rc<dyn Fn(&str)>;
 pub fn store_limits(config: &Config) -> Limits {
     let object = object_limits(config);
     Limits {
-        batch_keys_max: object.batch_keys_max + SQL_PAGES_PER_BATCH_MAX + 1,
+        // Each write may come with its undo entry, and a batch may trim a version's record.
+        batch_keys_max: 3 * (object.batch_keys_max + SQL_PAGES_PER_BATCH_MAX) + 16,
         batch_bytes_max: Limits::default().batch_bytes_max,
+        key_bytes_max: object.key_bytes_max + history::RECORD_KEY_OVERHEAD_BYTES,
         ..object
     }
 }
@@ -79,9 +84,10 @@ fn object_limits(config: &Config) -> Limits {
     let defaults = Limits::default();
     // The name key's op: the longest name, the key and a header, generously.
     let name_reserve_bytes = config.http.object_name_bytes_max + NAME_KEY.len() + 64;
+    let reserve_bytes = name_reserve_bytes + history::RESERVE_BYTES;
     Limits {
         value_bytes_max: config.storage.value_bytes_max,
-        batch_bytes_max: defaults.batch_bytes_max.saturating_sub(name_reserve_bytes),
+        batch_bytes_max: defaults.batch_bytes_max.saturating_sub(reserve_bytes),
         ..defaults
     }
 }
@@ -541,7 +547,11 @@ impl ObjectHost {
                 class: class.to_string(),
             });
         };
-        let storage = Storage::new(self.limits.clone(), self.config.sql.clone());
+        let storage = Storage::new(
+            self.limits.clone(),
+            self.config.sql.clone(),
+            self.config.history_retention_ms(class),
+        );
         // A store that takes no writes shows only durable data, so an object loaded from it
         // has nothing to wait for (and the batches after the durable ones never will be).
         let seq_floor = if self.store_failed.get() {
@@ -576,6 +586,9 @@ impl ObjectHost {
                 });
             }
         }
+        if slot.storage.restart_requested() {
+            self.restart(slot);
+        }
         // Another event's commit of this object may have been refused while this one ran: the
         // refused writes were in the memory this handler read, but in no sequence number it
         // waited for, so its answer could show a write that will never be durable.
@@ -594,12 +607,32 @@ impl ObjectHost {
         slot: &Slot,
         constructor: Constructor,
     ) -> Result<Rc<dyn DynObject>, EventError> {
-        let data = self.store.load_object(&slot.id.0).await.map_err(|error| {
-            EventError::ActivationFailed {
-                id: slot.id,
-                reason: format!("cannot load its storage: {error}"),
-            }
-        })?;
+        let load_failed = |error: stead_storage::StoreError| EventError::ActivationFailed {
+            id: slot.id,
+            reason: format!("cannot load its storage: {error}"),
+        };
+        // The values of history records are read only by a restore.
+        let mut data = self
+            .store
+            .load_object_except(&slot.id.0, history::is_record_key)
+            .await
+            .map_err(load_failed)?;
+        if data.entries.contains_key(history::RESTORE_KEY) {
+            let retention_ms = self.config.history_retention_ms(&slot.class);
+            // A restore that fails is dropped: this activation fails with it, and the next
+            // one serves the object as it is.
+            self.restore_stored(slot.id, retention_ms)
+                .await
+                .map_err(|reason| EventError::ActivationFailed {
+                    id: slot.id,
+                    reason: format!("the restore it asked for failed and was dropped: {reason}"),
+                })?;
+            data = self
+                .store
+                .load_object_except(&slot.id.0, history::is_record_key)
+                .await
+                .map_err(load_failed)?;
+        }
         slot.storage
             .load(data)
             .map_err(|reason| EventError::ActivationFailed {

@@ -20,6 +20,7 @@ use crate::http::{Request, Response};
 mod context;
 mod error;
 mod gate;
+mod history;
 mod host;
 mod migration;
 mod pending;
@@ -34,10 +35,13 @@ mod tests;
 pub use crate::websocket::{Message as WebSocketMessage, SocketHandle};
 pub use context::{AcceptedSocket, ObjectContext, Parked};
 pub use error::EventError;
+pub(crate) use history::HISTORY_PREFIX;
+pub use history::{Bookmark, HistoryError};
 pub(crate) use host::overloaded;
 pub use host::shutting_down;
 pub use host::{
-    store_limits, AlarmListener, HostStats, ObjectHost, ObjectInfo, StoragePage, TableInfo,
+    store_limits, AdminHistoryError, AlarmListener, HostStats, ObjectHost, ObjectInfo, Restored,
+    StoragePage, TableInfo,
 };
 pub use migration::{DeletedClass, MigrationError, Retirement, UnknownClass};
 pub use registry::{
@@ -135,6 +139,18 @@ impl From<StorageError> for ObjectError {
 impl From<SqlError> for ObjectError {
     fn from(error: SqlError) -> ObjectError {
         ObjectError::new(error.to_string())
+    }
+}
+
+/// A bookmark the handler was given by its client (malformed, too old, another object's) is
+/// the client's error (400); so is asking for history of a class that keeps none.
+impl From<HistoryError> for ObjectError {
+    fn from(error: HistoryError) -> ObjectError {
+        let status = match error {
+            HistoryError::Damaged { .. } | HistoryError::Unavailable { .. } => SERVER_ERROR_STATUS,
+            _ => CLIENT_ERROR_STATUS,
+        };
+        ObjectError::with_status(status, error.to_string())
     }
 }
 

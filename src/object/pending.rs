@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use stead_storage::{Batch, Limits};
 
+use super::history::undo_entry_bytes;
 use super::StorageError;
 
 /// A conservative upper bound on the encoded size of one op besides its key and value bytes
@@ -41,8 +42,25 @@ pub(super) struct Pending {
     page_puts: usize,
     /// SQL page deletes in `writes`, checked against `SQL_PAGES_PER_BATCH_MAX`.
     page_deletes: usize,
-    /// Estimated encoded bytes of `writes`, checked against `batch_bytes_max`.
+    /// Estimated encoded bytes of `writes` (and of `before`), checked against `batch_bytes_max`.
     bytes: usize,
+    /// Whether the object keeps history: then `before` and `alarm_before` are recorded, for
+    /// the batch's undo record (`history.rs`), and count against the batch's limits.
+    history: bool,
+    /// What each written key held before its first write since the last commit.
+    before: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The alarm before its first change since the last commit.
+    alarm_before: Option<Option<i64>>,
+}
+
+/// The writes of one batch, as `Pending::take` hands them over.
+pub(super) struct Taken {
+    pub batch: Batch,
+    /// The alarm change the batch carries, for whoever schedules alarms.
+    pub alarm: Option<Option<i64>>,
+    /// With history: what the written keys held before (see `Pending::before`).
+    pub before: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    pub alarm_before: Option<Option<i64>>,
 }
 
 /// Which count a write is checked against.
@@ -89,22 +107,41 @@ fn check_limits(
 }
 
 impl Pending {
+    /// An empty batch of an object that keeps history (`history`) or not.
+    pub(super) fn new(history: bool) -> Pending {
+        Pending {
+            history,
+            ..Pending::default()
+        }
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         !self.delete_all && self.writes.is_empty() && self.alarm.is_none()
     }
 
-    /// Records a put (`Some`) or delete (`None`) of `key`, or refuses it if the batch would pass
-    /// a limit; a refused write changes nothing.
+    /// Records a put (`Some`) or delete (`None`) of `key`, which held `prior`, or refuses it if
+    /// the batch would pass a limit; a refused write changes nothing.
     pub(super) fn write(
         &mut self,
         key: &[u8],
         value: Option<Vec<u8>>,
+        prior: Option<&[u8]>,
         limits: &Limits,
     ) -> Result<(), StorageError> {
-        let (counts, bytes) = self.counts_with(key, value.as_deref(), WriteKind::KeyValue);
+        let (counts, bytes) = self.counts_with(key, value.as_deref(), prior, WriteKind::KeyValue);
         check_limits(counts, bytes, limits, WriteKind::KeyValue)?;
-        self.record(key, value, counts, bytes);
+        self.record(key, value, prior, counts, bytes);
         Ok(())
+    }
+
+    /// Records a write of one of stead's own small keys, which no history records and no
+    /// limit refuses (the limits keep room for them).
+    pub(super) fn write_reserved(&mut self, key: &[u8], value: Option<Vec<u8>>) {
+        if let Some(previous) = self.writes.get(key) {
+            self.bytes -= write_bytes(key, previous.as_deref());
+        }
+        self.bytes += write_bytes(key, value.as_deref());
+        self.writes.insert(key.to_vec(), value);
     }
 
     /// Records a write of a SQL page even if the batch then passes a limit, and returns the
@@ -116,19 +153,22 @@ impl Pending {
         &mut self,
         key: &[u8],
         value: Option<Vec<u8>>,
+        prior: Option<&[u8]>,
         limits: &Limits,
     ) -> Result<(), StorageError> {
-        let (counts, bytes) = self.counts_with(key, value.as_deref(), WriteKind::SqlPage);
+        let (counts, bytes) = self.counts_with(key, value.as_deref(), prior, WriteKind::SqlPage);
         let within = check_limits(counts, bytes, limits, WriteKind::SqlPage);
-        self.record(key, value, counts, bytes);
+        self.record(key, value, prior, counts, bytes);
         within
     }
 
-    /// The write counts and estimated bytes once `key` is written as `value`.
+    /// The write counts and estimated bytes once `key` (which held `prior`) is written as
+    /// `value`.
     fn counts_with(
         &self,
         key: &[u8],
         value: Option<&[u8]>,
+        prior: Option<&[u8]>,
         kind: WriteKind,
     ) -> ([usize; 4], usize) {
         let mut counts = [self.puts, self.deletes, self.page_puts, self.page_deletes];
@@ -150,32 +190,49 @@ impl Pending {
             None => counts[base + 1] += 1,
         }
         bytes += write_bytes(key, value);
+        if self.history && !self.before.contains_key(key) {
+            bytes += undo_entry_bytes(key, prior);
+        }
         (counts, bytes)
     }
 
-    fn record(&mut self, key: &[u8], value: Option<Vec<u8>>, counts: [usize; 4], bytes: usize) {
+    fn record(
+        &mut self,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        prior: Option<&[u8]>,
+        counts: [usize; 4],
+        bytes: usize,
+    ) {
+        if self.history && !self.before.contains_key(key) {
+            self.before.insert(key.to_vec(), prior.map(<[u8]>::to_vec));
+        }
         self.writes.insert(key.to_vec(), value);
         [self.puts, self.deletes, self.page_puts, self.page_deletes] = counts;
         self.bytes = bytes;
     }
 
-    /// Records that every key is removed; the writes before it no longer matter.
+    /// Records that every key is removed; the writes before it no longer matter. Only for an
+    /// object without history (whose undo record would need every key).
     pub(super) fn delete_all(&mut self) {
+        debug_assert!(!self.history, "delete_all of an object that keeps history");
         self.delete_all = true;
         self.writes.clear();
         (self.puts, self.deletes, self.bytes) = (0, 0, 0);
         (self.page_puts, self.page_deletes) = (0, 0);
     }
 
-    /// Records an alarm change (`None` deletes it).
-    pub(super) fn alarm(&mut self, time_ms: Option<i64>) {
+    /// Records an alarm change (`None` deletes it) from `prior`.
+    pub(super) fn alarm(&mut self, time_ms: Option<i64>, prior: Option<i64>) {
         self.alarm = Some(time_ms);
+        if self.history && self.alarm_before.is_none() {
+            self.alarm_before = Some(prior);
+        }
     }
 
-    /// Turns the pending writes into a batch and starts over. Also returns the alarm change the
-    /// batch carries, for whoever schedules alarms.
-    pub(super) fn take(&mut self) -> (Batch, Option<Option<i64>>) {
-        let pending = std::mem::take(self);
+    /// Turns the pending writes into a batch and starts over.
+    pub(super) fn take(&mut self) -> Taken {
+        let pending = std::mem::replace(self, Pending::new(self.history));
         let mut batch = Batch::new();
         if pending.delete_all {
             batch.delete_all();
@@ -195,6 +252,11 @@ impl Pending {
             }
             None => {}
         }
-        (batch, pending.alarm)
+        Taken {
+            batch,
+            alarm: pending.alarm,
+            before: pending.before,
+            alarm_before: pending.alarm_before,
+        }
     }
 }

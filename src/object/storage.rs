@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use stead_storage::{Batch, KeyMap, Limits, ListOptions, ObjectData};
 
-use super::pending::Pending;
+use super::history::{self, Before, Bookmark, History, HistoryError, RESTORE_KEY};
+use super::pending::{Pending, Taken};
 use super::sql::pages::{is_page_key, page_key, PageFile};
 use super::sql::{Database, Sql, SqlError};
 use crate::config::SqlSettings;
@@ -28,7 +29,7 @@ pub const NAME_KEY: &[u8] = b"\xffname\x00";
 /// Whether `key` is one of stead's own keys (SQL pages, the name), which the key-value API
 /// refuses and never shows.
 pub fn is_reserved_key(key: &[u8]) -> bool {
-    is_page_key(key) || key == NAME_KEY
+    is_page_key(key) || key == NAME_KEY || history::is_history_key(key)
 }
 
 /// Why a write was refused.
@@ -56,7 +57,8 @@ pub enum StorageError {
         batch_bytes_max: usize,
     },
     /// The key is one of stead's own: it starts with the bytes reserved for the object's SQL
-    /// pages (0xFF `sql` 0x00) or is the name key (0xFF `name` 0x00); no text key is.
+    /// pages (0xFF `sql` 0x00) or history (0xFF `hist` 0x00), or is the name, version or
+    /// restore key (0xFF `name`/`ver`/`restore` 0x00); no text key is.
     ReservedKey { key_bytes: usize },
     /// The store failed (an I/O error, a poisoned store, shutdown) or the object was evicted;
     /// this instance takes no more writes.
@@ -99,7 +101,7 @@ impl fmt::Display for StorageError {
             ),
             StorageError::ReservedKey { key_bytes } => write!(
                 f,
-                "key of {key_bytes} bytes is reserved for stead's own data (SQL pages, the object's name)"
+                "key of {key_bytes} bytes is reserved for stead's own data (SQL pages, the object's name and history)"
             ),
             StorageError::Unavailable { reason } => write!(f, "storage unavailable: {reason}"),
         }
@@ -147,6 +149,11 @@ struct State {
     name: Option<String>,
     /// Whether the store holds the name key (loaded with it, or written since).
     name_stored: bool,
+    /// The object's history (`history.rs`): its version and the records it keeps.
+    history: History,
+    /// Set by `restore_on_next_activation`: the host takes the instance out of memory after
+    /// the event.
+    restart_requested: bool,
 }
 
 /// How to undo the key-value writes of one `transaction_sync`.
@@ -198,12 +205,18 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// Empty storage; the host fills it with [`Storage::load`] during activation.
-    pub(super) fn new(limits: Limits, sql_settings: SqlSettings) -> Storage {
+    /// Empty storage of an object whose class keeps `history_retention_ms` of history (0:
+    /// none); the host fills it with [`Storage::load`] during activation.
+    pub(super) fn new(
+        limits: Limits,
+        sql_settings: SqlSettings,
+        history_retention_ms: u64,
+    ) -> Storage {
+        let history = History::new(history_retention_ms);
         let state = State {
             entries: KeyMap::default(),
             alarm_ms: None,
-            pending: Pending::default(),
+            pending: Pending::new(history.enabled()),
             limits,
             unavailable: None,
             commit_failed: None,
@@ -215,6 +228,8 @@ impl Storage {
             transactions: Vec::new(),
             name: None,
             name_stored: false,
+            history,
+            restart_requested: false,
         };
         Storage {
             closed: Rc::new(Broadcast::new()),
@@ -222,7 +237,8 @@ impl Storage {
         }
     }
 
-    /// Fills the storage with an object's stored data; fails if its SQL pages are malformed.
+    /// Fills the storage with an object's stored data (the values of history records may be
+    /// left out); fails if its SQL pages are malformed.
     pub(super) fn load(&self, data: ObjectData) -> Result<(), String> {
         let mut state = self.state.borrow_mut();
         let mut pages = Vec::new();
@@ -230,12 +246,15 @@ impl Storage {
         for (key, value) in data.entries {
             if key == NAME_KEY {
                 state.name_stored = true;
+            } else if state.history.load_key(&key, &value) {
+                // The history's own key, kept in `history`.
             } else if is_page_key(&key) {
                 pages.push((key, value));
             } else {
                 entries.insert(&key, value);
             }
         }
+        state.history.loaded();
         state.sql_file = PageFile::load(pages).map_err(|error| error.to_string())?;
         state.entries = entries;
         state.alarm_ms = data.alarm_ms;
@@ -255,7 +274,12 @@ impl Storage {
         if state.pending.is_empty() {
             return None;
         }
-        let (mut batch, alarm) = state.pending.take();
+        let Taken {
+            mut batch,
+            alarm,
+            before,
+            alarm_before,
+        } = state.pending.take();
         // After a delete-all of the whole object the store no longer holds the name either.
         if batch.ops().first() == Some(&stead_storage::Op::DeleteAll) {
             state.name_stored = false;
@@ -266,7 +290,73 @@ impl Storage {
                 state.name_stored = true;
             }
         }
+        let now_ms = history::now_ms();
+        if state.history.enabled() {
+            let befores = before
+                .iter()
+                .map(|(key, value)| Before::Key(key, value.as_deref()))
+                .chain(alarm_before.map(Before::Alarm));
+            state.history.record(&mut batch, befores, now_ms);
+        }
+        if state.history.holds_anything() {
+            state.history.trim(&mut batch, now_ms);
+        }
         Some((batch, alarm))
+    }
+
+    /// Whether the instance asked to be restarted after the current event (a restore).
+    pub(super) fn restart_requested(&self) -> bool {
+        self.state.borrow().restart_requested
+    }
+
+    /// A bookmark of the object's state now (including this event's writes so far), for
+    /// [`Storage::restore_on_next_activation`]: an opaque string of 32 hex digits; bookmarks
+    /// of one object order by time as strings. Fails when the class keeps no history
+    /// (`history_retention_ms`).
+    pub fn current_bookmark(&self) -> Result<String, HistoryError> {
+        let state = self.state.borrow();
+        let pending = !state.pending.is_empty();
+        let bookmark = state.history.current_bookmark(history::now_ms(), pending)?;
+        Ok(bookmark.to_string())
+    }
+
+    /// A bookmark of the object's state at `time_ms` (milliseconds since the Unix epoch): the
+    /// state after the last batch committed at or before it. Fails for a time before the
+    /// retention window or before the object's history began, or after now.
+    pub fn bookmark_for_time(&self, time_ms: i64) -> Result<String, HistoryError> {
+        let state = self.state.borrow();
+        let now_ms = history::now_ms();
+        let time_ms = u64::try_from(time_ms).map_err(|_| HistoryError::TooOld {
+            time_ms: 0,
+            oldest_ms: now_ms.saturating_sub(state.history.retention_ms()),
+            retention_ms: state.history.retention_ms(),
+        })?;
+        let bookmark = state.history.bookmark_for_time(time_ms, now_ms)?;
+        Ok(bookmark.to_string())
+    }
+
+    /// Asks for the object to come back at `bookmark`: after the current event the instance
+    /// leaves memory (its WebSockets are closed with 1012), and the next activation puts its
+    /// key-value entries, SQL database and alarm back as they were at the bookmark before the
+    /// class's constructor runs. The restore is a new point in the history, so restoring a
+    /// later bookmark undoes it. The request is durable with the event's other writes.
+    pub fn restore_on_next_activation(&self, bookmark: &str) -> Result<(), HistoryError> {
+        let bookmark: Bookmark = bookmark.parse()?;
+        let mut state = self.state.borrow_mut();
+        if let Some(reason) = &state.unavailable {
+            return Err(HistoryError::Unavailable {
+                reason: reason.clone(),
+            });
+        }
+        let pending = !state.pending.is_empty();
+        state
+            .history
+            .check_restore(bookmark, history::now_ms(), pending)?;
+        state
+            .pending
+            .write_reserved(RESTORE_KEY, Some(bookmark.version.to_be_bytes().to_vec()));
+        state.restart_requested = true;
+        Ok(())
     }
 
     /// An event reached the object by `name`: the store keeps it with the object's next batch,
@@ -428,11 +518,11 @@ impl Storage {
             &state.limits,
             &mut state.sql_batch_passed,
         );
-        let outcome = state.sql_file.write(offset, data, |page, bytes| {
+        let outcome = state.sql_file.write(offset, data, |page, old, bytes| {
             let value = Some(bytes.to_vec());
             note_passed(
                 passed,
-                pending.write_page_unrefused(&page_key(page), value, limits),
+                pending.write_page_unrefused(&page_key(page), value, old, limits),
             );
             Ok(())
         });
@@ -452,10 +542,10 @@ impl Storage {
             &state.limits,
             &mut state.sql_batch_passed,
         );
-        let outcome = state.sql_file.truncate(size_bytes, |page| {
+        let outcome = state.sql_file.truncate(size_bytes, |page, old| {
             note_passed(
                 passed,
-                pending.write_page_unrefused(&page_key(page), None, limits),
+                pending.write_page_unrefused(&page_key(page), None, Some(old), limits),
             );
             Ok(())
         });
@@ -527,10 +617,10 @@ impl Storage {
             });
         }
         let state = &mut *state;
+        let previous = state.entries.get(key).cloned();
         state
             .pending
-            .write(key, Some(value.clone()), &state.limits)?;
-        let previous = state.entries.get(key).cloned();
+            .write(key, Some(value.clone()), previous.as_deref(), &state.limits)?;
         state.record_undo(|| Undo::Key(key.into(), previous));
         state.entries.insert(key, value);
         Ok(())
@@ -545,8 +635,10 @@ impl Storage {
             return Ok(false);
         }
         let state = &mut *state;
-        state.pending.write(key, None, &state.limits)?;
         let previous = state.entries.get(key).cloned();
+        state
+            .pending
+            .write(key, None, previous.as_deref(), &state.limits)?;
         state.record_undo(|| Undo::Key(key.into(), previous));
         state.entries.remove_entry(key);
         Ok(true)
@@ -558,14 +650,16 @@ impl Storage {
         let mut state = self.state.borrow_mut();
         state.check_writable(&[])?;
         let state = &mut *state;
-        if state.sql_file.size_bytes() == 0 {
+        if state.sql_file.size_bytes() == 0 && !state.history.enabled() {
             state.pending.delete_all();
+            // The engine's delete-all takes any history an earlier setting kept with it.
+            state.history = History::new(0);
         } else {
-            // The engine's delete-all would remove the SQL pages too: one delete per key
-            // instead, under the batch limits like any deletes.
+            // The engine's delete-all would remove the SQL pages and the history too: one
+            // delete per key instead, under the batch limits like any deletes.
             let mut pending = state.pending.clone();
-            for (key, _) in state.entries.iter() {
-                pending.write(key, None, &state.limits)?;
+            for (key, value) in state.entries.iter() {
+                pending.write(key, None, Some(value), &state.limits)?;
             }
             state.pending = pending;
         }
@@ -582,7 +676,8 @@ impl Storage {
     pub fn set_alarm(&self, time_ms: i64) -> Result<(), StorageError> {
         let mut state = self.state.borrow_mut();
         state.check_writable(&[])?;
-        state.pending.alarm(Some(time_ms));
+        let prior = state.alarm_ms;
+        state.pending.alarm(Some(time_ms), prior);
         state.alarm_ms = Some(time_ms);
         Ok(())
     }
@@ -590,8 +685,8 @@ impl Storage {
     pub fn delete_alarm(&self) -> Result<(), StorageError> {
         let mut state = self.state.borrow_mut();
         state.check_writable(&[])?;
-        if state.alarm_ms.take().is_some() {
-            state.pending.alarm(None);
+        if let Some(prior) = state.alarm_ms.take() {
+            state.pending.alarm(None, Some(prior));
         }
         Ok(())
     }

@@ -565,6 +565,7 @@ fn storage_lists_like_the_store_and_checks_limits_per_batch() {
     let storage = Storage::new(
         stead_storage::Limits::default(),
         crate::config::SqlSettings::default(),
+        0,
     );
     for key in ["a", "ab", "abc", "b", "ba", "c"] {
         storage.put(key.as_bytes(), key).expect("put");
@@ -655,7 +656,7 @@ fn the_name_is_stored_once_and_hidden_from_the_key_value_api() {
             matches!(op, Op::Put { key, value } if key.as_slice() == storage::NAME_KEY && value.as_slice() == b"room-1")
         })
     };
-    let storage = Storage::new(stead_storage::Limits::default(), Default::default());
+    let storage = Storage::new(stead_storage::Limits::default(), Default::default(), 0);
     storage.note_name("room-1");
     storage.put(b"k", b"v".to_vec()).expect("put");
     let (batch, _) = storage.take_pending().expect("a batch");
@@ -678,7 +679,7 @@ fn the_name_is_stored_once_and_hidden_from_the_key_value_api() {
         })
     );
     // Loaded with its name: not written again, and not listed.
-    let loaded = Storage::new(stead_storage::Limits::default(), Default::default());
+    let loaded = Storage::new(stead_storage::Limits::default(), Default::default(), 0);
     let mut entries = std::collections::BTreeMap::new();
     entries.insert(storage::NAME_KEY.to_vec(), b"room-1".to_vec());
     entries.insert(b"k".to_vec(), b"v".to_vec());

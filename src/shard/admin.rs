@@ -11,6 +11,10 @@
 //!   `cursor` is the hex of the last key of the page before) and its SQL tables.
 //! - `DELETE /admin/objects/{class}/{name|id:hex}`: deletes the object (see
 //!   `ObjectHost::admin_delete`).
+//! - `GET /admin/objects/{class}/{name|id:hex}/bookmark[?at=MS]`: a bookmark of the object's
+//!   state now, or at `at` (milliseconds since the Unix epoch), for point-in-time recovery.
+//! - `POST /admin/objects/{class}/{name|id:hex}/restore` with `{"bookmark": "…"}`: puts the
+//!   object back as it was at the bookmark (see `ObjectHost::admin_restore`).
 //!
 //! It needs `Authorization: Bearer <admin token>` (or the auth token when no admin token is
 //! set); with neither token configured it is off and answers 403. Questions about every
@@ -34,7 +38,7 @@ use super::Shard;
 use crate::backup;
 use crate::http::{is_class_name, object_target, Method, Request, Response};
 use crate::id::{ClassTag, ObjectId};
-use crate::object::{overloaded, ObjectInfo, StoragePage};
+use crate::object::{overloaded, AdminHistoryError, Bookmark, ObjectInfo, Restored, StoragePage};
 
 /// Objects or pairs in one page when the request names no `limit`.
 const LIMIT_DEFAULT: usize = 100;
@@ -68,6 +72,16 @@ pub enum AdminOp {
     Delete {
         id: ObjectId,
     },
+    Bookmark {
+        class: String,
+        id: ObjectId,
+        at_ms: Option<u64>,
+    },
+    Restore {
+        class: String,
+        id: ObjectId,
+        bookmark: Bookmark,
+    },
     /// Take a snapshot of your store for a backup; the answer names the session.
     BackupOpen,
     /// The next part of a backup session's records.
@@ -88,6 +102,8 @@ pub enum AdminReply {
     Object(Result<Option<ObjectInfo>, String>),
     Storage(Result<StoragePage, String>),
     Deleted(Result<bool, String>),
+    Bookmark(Result<Bookmark, AdminHistoryError>),
+    Restored(Result<Restored, AdminHistoryError>),
     BackupOpened(Result<u64, String>),
     BackupPart(Result<BackupPart, String>),
     BackupClosed,
@@ -157,6 +173,14 @@ impl Shard {
             AdminOp::Delete { id } => {
                 AdminReply::Deleted(host.admin_delete(id).await.map_err(|e| e.to_string()))
             }
+            AdminOp::Bookmark { class, id, at_ms } => {
+                AdminReply::Bookmark(host.admin_bookmark(&class, id, at_ms).await)
+            }
+            AdminOp::Restore {
+                class,
+                id,
+                bookmark,
+            } => AdminReply::Restored(host.admin_restore(&class, id, bookmark).await),
             AdminOp::BackupOpen => AdminReply::BackupOpened(self.backup_open().await),
             AdminOp::BackupNext { session } => {
                 AdminReply::BackupPart(self.backup_next(session).await)
@@ -401,7 +425,14 @@ impl Shard {
             ["objects", class, target, "storage"] if read => {
                 self.admin_storage(request, class, target).await
             }
-            ["classes"] | ["objects", _] | ["objects", _, _, "storage"] => {
+            ["objects", class, target, "bookmark"] if read => {
+                self.admin_bookmark(request, class, target).await
+            }
+            ["objects", class, target, "restore"] if request.method == Method::Post => {
+                self.admin_restore(request, class, target).await
+            }
+            ["objects", _, _, "restore"] => Err(method_not_allowed("POST")),
+            ["classes"] | ["objects", _] | ["objects", _, _, "storage" | "bookmark"] => {
                 Err(method_not_allowed("GET, HEAD"))
             }
             ["objects", _, _] => Err(method_not_allowed("GET, HEAD, DELETE")),
@@ -560,6 +591,80 @@ impl Shard {
         }
     }
 
+    async fn admin_bookmark(
+        self: &Rc<Self>,
+        request: &Request,
+        class: &str,
+        target: &str,
+    ) -> Result<Response, Response> {
+        let id = self.admin_target(class, target)?;
+        let at_ms = match request.query_param("at").filter(|text| !text.is_empty()) {
+            Some(text) => Some(text.parse::<u64>().map_err(|_| {
+                Response::json_error(
+                    400,
+                    &format!("at must be milliseconds since the Unix epoch, got {text:?}"),
+                )
+            })?),
+            None => None,
+        };
+        let op = AdminOp::Bookmark {
+            class: class.to_string(),
+            id,
+            at_ms,
+        };
+        let core = id.core(self.partitions, self.cores);
+        match self.admin_on(core, op).await? {
+            AdminReply::Bookmark(Ok(bookmark)) => Ok(json(&BookmarkJson {
+                id: id.to_string(),
+                bookmark: bookmark.to_string(),
+                time: bookmark.time_ms,
+                version: bookmark.version,
+            })),
+            AdminReply::Bookmark(Err((status, message))) => {
+                Err(Response::json_error(status, &message))
+            }
+            _ => Err(wrong_reply()),
+        }
+    }
+
+    async fn admin_restore(
+        self: &Rc<Self>,
+        request: &Request,
+        class: &str,
+        target: &str,
+    ) -> Result<Response, Response> {
+        let id = self.admin_target(class, target)?;
+        let body: RestoreBody = serde_json::from_slice(&request.body).map_err(|error| {
+            Response::json_error(
+                400,
+                &format!("the body must be {{\"bookmark\": \"…\"}}: {error}"),
+            )
+        })?;
+        let bookmark: Bookmark =
+            body.bookmark
+                .parse()
+                .map_err(|error: crate::object::HistoryError| {
+                    Response::json_error(400, &error.to_string())
+                })?;
+        let op = AdminOp::Restore {
+            class: class.to_string(),
+            id,
+            bookmark,
+        };
+        let core = id.core(self.partitions, self.cores);
+        match self.admin_on(core, op).await? {
+            AdminReply::Restored(Ok(restored)) => Ok(json(&RestoredJson {
+                id: id.to_string(),
+                restored: restored.bookmark.to_string(),
+                undo: restored.undo.to_string(),
+            })),
+            AdminReply::Restored(Err((status, message))) => {
+                Err(Response::json_error(status, &message))
+            }
+            _ => Err(wrong_reply()),
+        }
+    }
+
     /// The tag of the ids of `class`; 404 unless it is registered.
     fn known_class(&self, class: &str) -> Result<ClassTag, Response> {
         self.registry
@@ -639,6 +744,7 @@ struct ObjectJson {
     keys: u64,
     bytes: u64,
     sql_bytes: u64,
+    history_bytes: u64,
     alarm: Option<i64>,
     sockets: usize,
 }
@@ -652,10 +758,37 @@ impl From<&ObjectInfo> for ObjectJson {
             keys: info.keys,
             bytes: info.bytes,
             sql_bytes: info.sql_bytes,
+            history_bytes: info.history_bytes,
             alarm: info.alarm_ms,
             sockets: info.sockets,
         }
     }
+}
+
+/// `GET /admin/objects/{class}/{target}/bookmark`.
+#[derive(Serialize)]
+struct BookmarkJson {
+    id: String,
+    bookmark: String,
+    time: u64,
+    version: u64,
+}
+
+/// The body of `POST /admin/objects/{class}/{target}/restore`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreBody {
+    bookmark: String,
+}
+
+/// The answer to a restore.
+#[derive(Serialize)]
+struct RestoredJson {
+    id: String,
+    /// The bookmark the object went back to.
+    restored: String,
+    /// Restoring this bookmark undoes the restore.
+    undo: String,
 }
 
 /// `GET /admin/objects/{class}/{target}/storage`.

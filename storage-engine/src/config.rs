@@ -64,6 +64,9 @@ pub struct StoreConfig {
     pub compaction_automatic: bool,
     /// Strict or salvage recovery.
     pub recovery: RecoveryMode,
+    /// Keys starting with this prefix are also counted apart, in `StoreStats::prefix_keys`
+    /// and `prefix_bytes` (the server counts its objects' history this way); empty: none.
+    pub counted_key_prefix: Vec<u8>,
 }
 
 impl StoreConfig {
@@ -79,6 +82,7 @@ impl StoreConfig {
             compaction_dead_percent_min: 50,
             compaction_automatic: true,
             recovery: RecoveryMode::Strict,
+            counted_key_prefix: Vec::new(),
         }
     }
 }

@@ -9,6 +9,7 @@ use stead_storage::{Batch, StoreError};
 
 use super::ObjectHost;
 use crate::id::{ClassTag, ObjectId};
+use crate::object::history::is_history_key;
 use crate::object::sql::pages::is_page_key;
 use crate::object::storage::{is_reserved_key, NAME_KEY};
 use crate::object::{SqlValue, Storage};
@@ -28,6 +29,8 @@ pub struct ObjectInfo {
     pub bytes: u64,
     /// The bytes of its SQL database's pages (with their keys).
     pub sql_bytes: u64,
+    /// The bytes of its history for point-in-time recovery (keys and values).
+    pub history_bytes: u64,
     /// Its alarm, milliseconds since the Unix epoch.
     pub alarm_ms: Option<i64>,
     /// Its open WebSockets.
@@ -110,6 +113,7 @@ impl ObjectHost {
                 keys: 0,
                 bytes: 0,
                 sql_bytes: 0,
+                history_bytes: 0,
                 alarm_ms: None,
                 sockets,
             };
@@ -122,13 +126,20 @@ impl ObjectHost {
         let name_bytes = name
             .as_ref()
             .map_or(0, |name| (NAME_KEY.len() + name.len()) as u64);
+        let history_bytes = self
+            .store
+            .object_summary(&id.0, is_history_key)
+            .map_or(0, |history| history.reserved_bytes);
         Ok(Some(ObjectInfo {
             id,
             name,
             active,
             keys: summary.keys,
             bytes: summary.bytes,
-            sql_bytes: summary.reserved_bytes.saturating_sub(name_bytes),
+            sql_bytes: summary
+                .reserved_bytes
+                .saturating_sub(name_bytes + history_bytes),
+            history_bytes,
             alarm_ms: summary.alarm_ms,
             sockets,
         }))
@@ -170,7 +181,7 @@ impl ObjectHost {
     /// The tables of the SQL database in `data`, read through a copy of the object's storage
     /// that belongs to no instance (it takes no writes that could reach the store).
     fn tables(&self, data: stead_storage::ObjectData) -> Result<Vec<TableInfo>, String> {
-        let storage = Storage::new(self.limits.clone(), self.config.sql.clone());
+        let storage = Storage::new(self.limits.clone(), self.config.sql.clone(), 0);
         storage.load(data)?;
         let sql = storage.sql();
         let listed = sql

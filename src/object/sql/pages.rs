@@ -131,13 +131,14 @@ impl PageFile {
     }
 
     /// Writes `data` at `offset`, growing the file with zero pages as needed, and calls
-    /// `changed` with each page it wrote (number and new contents). Stops at the first page
-    /// `changed` refuses, returning its error; the pages before it stay written.
+    /// `changed` with each page it wrote (number, old contents if the page existed, new
+    /// contents). Stops at the first page `changed` refuses, returning its error; the pages
+    /// before it stay written.
     pub fn write<E>(
         &mut self,
         offset: u64,
         data: &[u8],
-        mut changed: impl FnMut(u32, &[u8]) -> Result<(), E>,
+        mut changed: impl FnMut(u32, Option<&[u8]>, &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
         let mut done = 0;
         while done < data.len() {
@@ -149,7 +150,7 @@ impl PageFile {
                 // A hole before the written page: SQLite never makes one, but the file must
                 // stay contiguous, so it is recorded as zeros like any other page.
                 let hole = self.pages.len() as u32;
-                changed(hole, &[0u8; PAGE_BYTES])?;
+                changed(hole, None, &[0u8; PAGE_BYTES])?;
                 self.pages.push(vec![0u8; PAGE_BYTES].into_boxed_slice());
             }
             let bytes = if count == PAGE_BYTES {
@@ -164,7 +165,11 @@ impl PageFile {
                 bytes[within..within + count].copy_from_slice(&data[done..done + count]);
                 bytes
             };
-            changed(page as u32, &bytes)?;
+            changed(
+                page as u32,
+                self.pages.get(page).map(|old| &old[..]),
+                &bytes,
+            )?;
             if page == self.pages.len() {
                 self.pages.push(bytes.into_boxed_slice());
             } else {
@@ -176,15 +181,16 @@ impl PageFile {
     }
 
     /// Cuts the file to `size_bytes` (rounded up to whole pages) and calls `removed` with each
-    /// page number it drops, last first. Stops at the first page `removed` refuses.
+    /// page it drops (number and contents), last first. Stops at the first page `removed`
+    /// refuses.
     pub fn truncate<E>(
         &mut self,
         size_bytes: u64,
-        mut removed: impl FnMut(u32) -> Result<(), E>,
+        mut removed: impl FnMut(u32, &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
         let keep = size_bytes.div_ceil(PAGE_BYTES as u64) as usize;
-        while self.pages.len() > keep {
-            removed((self.pages.len() - 1) as u32)?;
+        while let Some(last) = self.pages.last().filter(|_| self.pages.len() > keep) {
+            removed((self.pages.len() - 1) as u32, last)?;
             self.pages.pop();
         }
         Ok(())
@@ -200,7 +206,7 @@ impl PageFile {
 mod tests {
     use super::*;
 
-    fn no_error(_: u32, _: &[u8]) -> Result<(), ()> {
+    fn no_error(_: u32, _: Option<&[u8]>, _: &[u8]) -> Result<(), ()> {
         Ok(())
     }
 
@@ -218,7 +224,7 @@ mod tests {
         let mut file = PageFile::default();
         let data = vec![7u8; PAGE_BYTES * 2];
         let mut written = Vec::new();
-        file.write(0, &data, |page, _| {
+        file.write(0, &data, |page, _, _| {
             written.push(page);
             Ok::<(), ()>(())
         })
@@ -252,7 +258,7 @@ mod tests {
         file.write(0, &vec![1u8; PAGE_BYTES * 3], no_error)
             .expect("no refusal");
         let mut removed = Vec::new();
-        file.truncate(PAGE_BYTES as u64, |page| {
+        file.truncate(PAGE_BYTES as u64, |page, _| {
             removed.push(page);
             Ok::<(), ()>(())
         })
@@ -264,7 +270,7 @@ mod tests {
     #[test]
     fn a_refused_page_stops_the_write_and_leaves_it_unwritten() {
         let mut file = PageFile::default();
-        let outcome = file.write(0, &vec![1u8; PAGE_BYTES * 2], |page, _| {
+        let outcome = file.write(0, &vec![1u8; PAGE_BYTES * 2], |page, _, _| {
             if page == 1 {
                 Err("full")
             } else {

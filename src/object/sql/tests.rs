@@ -39,7 +39,7 @@ impl Committed {
 
     /// A fresh instance loaded from the committed state, as after a restart.
     fn load(&self, settings: SqlSettings) -> Storage {
-        let storage = Storage::new(Limits::default(), settings);
+        let storage = Storage::new(Limits::default(), settings, 0);
         storage
             .load(ObjectData {
                 entries: self.entries.clone(),
@@ -74,7 +74,7 @@ fn integrity(storage: &Storage) -> String {
 
 #[test]
 fn rows_survive_a_reload_from_the_committed_pages() {
-    let storage = Storage::new(Limits::default(), SqlSettings::default());
+    let storage = Storage::new(Limits::default(), SqlSettings::default(), 0);
     let mut committed = Committed::default();
     exec(
         &storage,
@@ -467,7 +467,7 @@ fn a_runaway_query_is_stopped_and_the_database_stays_usable() {
         statement_steps_max: 1_000_000,
         ..SqlSettings::default()
     };
-    let storage = Storage::new(Limits::default(), settings);
+    let storage = Storage::new(Limits::default(), settings, 0);
     let started = std::time::Instant::now();
     let error = exec(
         &storage,
@@ -487,7 +487,7 @@ fn a_runaway_query_is_stopped_and_the_database_stays_usable() {
 
 #[test]
 fn transaction_statements_attach_and_storage_pragmas_are_refused_with_a_reason() {
-    let storage = Storage::new(Limits::default(), SqlSettings::default());
+    let storage = Storage::new(Limits::default(), SqlSettings::default(), 0);
     for statement in [
         "BEGIN",
         "COMMIT",
@@ -515,7 +515,7 @@ fn transaction_statements_attach_and_storage_pragmas_are_refused_with_a_reason()
 
 #[test]
 fn bad_statements_get_clear_errors() {
-    let storage = Storage::new(Limits::default(), SqlSettings::default());
+    let storage = Storage::new(Limits::default(), SqlSettings::default(), 0);
     exec(&storage, "CREATE TABLE t (a, b)", &[]).expect("create");
     let syntax = exec(&storage, "SELEC 1", &[]).expect_err("syntax");
     assert!(syntax.to_string().contains("syntax error"), "{syntax}");
@@ -558,7 +558,7 @@ fn one_value_cannot_grow_past_the_result_bound() {
         result_bytes_max: 1024 * 1024,
         ..SqlSettings::default()
     };
-    let storage = Storage::new(Limits::default(), settings);
+    let storage = Storage::new(Limits::default(), settings, 0);
     let error = exec(&storage, "SELECT randomblob(100000000)", &[]).expect_err("too big");
     assert!(error.to_string().contains("too big"), "{error}");
     let error = exec(&storage, "PRAGMA cache_size = 1000000", &[]).expect_err("refused");
@@ -571,7 +571,7 @@ fn results_are_bounded() {
         result_rows_max: 1000,
         ..SqlSettings::default()
     };
-    let storage = Storage::new(Limits::default(), settings);
+    let storage = Storage::new(Limits::default(), settings, 0);
     let query =
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT ?) SELECT i FROM n";
     assert_eq!(
@@ -634,7 +634,7 @@ fn transaction_sync_undoes_sql_and_key_value_writes_together() {
 
 #[test]
 fn reserved_keys_are_refused_and_leaving_memory_frees_the_pages() {
-    let storage = Storage::new(Limits::default(), SqlSettings::default());
+    let storage = Storage::new(Limits::default(), SqlSettings::default(), 0);
     let key = super::pages::page_key(0);
     assert_eq!(
         storage.put(&key, b"x".to_vec()),
@@ -698,7 +698,7 @@ fn rows_deserialize_into_types() {
         name: String,
         score: Option<f64>,
     }
-    let storage = Storage::new(Limits::default(), SqlSettings::default());
+    let storage = Storage::new(Limits::default(), SqlSettings::default(), 0);
     exec(
         &storage,
         "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, score REAL);
@@ -733,7 +733,7 @@ fn rows_deserialize_into_types() {
 
 #[test]
 fn statements_after_empty_ones_run_and_nothing_panics() {
-    let storage = Storage::new(Limits::default(), SqlSettings::default());
+    let storage = Storage::new(Limits::default(), SqlSettings::default(), 0);
     for query in [
         ";SELECT 1",
         ";;SELECT 1",
@@ -822,7 +822,7 @@ fn a_failed_write_larger_than_the_page_cache_rolls_its_spilled_pages_back() {
 
 #[test]
 fn rows_read_and_written_count_what_statements_touch() {
-    let storage = Storage::new(Limits::default(), SqlSettings::default());
+    let storage = Storage::new(Limits::default(), SqlSettings::default(), 0);
     exec(
         &storage,
         "CREATE TABLE t (id INTEGER PRIMARY KEY, v); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 50) INSERT INTO t SELECT i, i FROM n",

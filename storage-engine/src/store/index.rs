@@ -6,6 +6,7 @@
 //! count of each segment, which drives compaction.
 
 use std::collections::HashMap;
+use std::ops::Bound;
 use std::rc::Rc;
 
 use super::keys::KeyMap;
@@ -80,11 +81,49 @@ pub struct Index {
     pub keys_total: u64,
     /// Live bytes per segment id: the footprint of every put that is still current.
     pub live_bytes: HashMap<u32, u64, ahash::RandomState>,
+    /// Keys starting with this prefix are counted in `prefix_keys` and `prefix_bytes` (key and
+    /// value bytes); empty: none are.
+    counted_prefix: Box<[u8]>,
+    pub prefix_keys: u64,
+    pub prefix_bytes: u64,
 }
 
 impl Index {
     pub fn get(&self, object: &ObjectId, key: &[u8]) -> Option<&Entry> {
         self.objects.get(object)?.keys.get(key)
+    }
+
+    /// Starts counting the keys that start with `prefix` (a walk over every key, once).
+    pub fn count_prefix(&mut self, prefix: &[u8]) {
+        self.counted_prefix = prefix.into();
+        (self.prefix_keys, self.prefix_bytes) = (0, 0);
+        if prefix.is_empty() {
+            return;
+        }
+        for state in self.objects.values() {
+            for (key, entry) in state.keys.range(Bound::Included(prefix), Bound::Unbounded) {
+                if !key.starts_with(prefix) {
+                    break;
+                }
+                self.prefix_keys += 1;
+                self.prefix_bytes += (key.len() + entry.value_len()) as u64;
+            }
+        }
+    }
+
+    /// Adds (`sign` 1) or removes (-1) `key` from the prefix counts, if it is counted.
+    fn count(&mut self, key: &[u8], entry: &Entry, sign: i8) {
+        if self.counted_prefix.is_empty() || !key.starts_with(&self.counted_prefix) {
+            return;
+        }
+        let bytes = (key.len() + entry.value_len()) as u64;
+        if sign > 0 {
+            self.prefix_keys += 1;
+            self.prefix_bytes += bytes;
+        } else {
+            self.prefix_keys = self.prefix_keys.saturating_sub(1);
+            self.prefix_bytes = self.prefix_bytes.saturating_sub(bytes);
+        }
     }
 
     fn charge(&mut self, key: &[u8], entry: &Entry) {
@@ -105,10 +144,14 @@ impl Index {
     /// Sets `key` to `entry`; returns the entry it replaced, for the commit's undo record.
     pub fn put(&mut self, object: &ObjectId, key: &[u8], entry: Entry) -> Option<Entry> {
         self.charge(key, &entry);
+        self.count(key, &entry, 1);
         let state = self.objects.entry(*object).or_default();
         let old = state.keys.insert(key, entry);
         match &old {
-            Some(old) => self.discharge(key, old),
+            Some(old) => {
+                self.discharge(key, old);
+                self.count(key, old, -1);
+            }
             None => self.keys_total += 1,
         }
         old
@@ -120,6 +163,7 @@ impl Index {
         let (key, old) = state.keys.remove_entry(key)?;
         self.keys_total -= 1;
         self.discharge(&key, &old);
+        self.count(&key, &old, -1);
         self.remove_if_empty(object);
         Some(old)
     }
@@ -133,6 +177,7 @@ impl Index {
         self.keys_total -= keys.len() as u64;
         for (key, old) in keys.iter() {
             self.discharge(key, old);
+            self.count(key, old, -1);
         }
         self.remove_if_empty(object);
         keys
@@ -140,7 +185,8 @@ impl Index {
 
     /// Adds a whole object that is not in the index yet (a checkpoint's); returns false, and
     /// changes nothing, if it is there already. Its keys' live bytes are not charged: the
-    /// caller sets `live_bytes` for all objects at once.
+    /// caller sets `live_bytes` for all objects at once (and the prefix counts, through
+    /// `count_prefix`).
     pub fn insert_object(&mut self, object: ObjectId, state: ObjectState) -> bool {
         if self.objects.contains_key(&object) {
             return false;

@@ -224,10 +224,12 @@ impl Store {
         if let Some(error) = &recovered.unwritable {
             durable.fail(Failure::from_error(error));
         }
+        let mut state = recovered.into_state();
+        state.index.count_prefix(&config.counted_key_prefix);
         let inner = Rc::new(Inner {
             config,
             disk,
-            state: RefCell::new(recovered.into_state()),
+            state: RefCell::new(state),
             durable,
             signal: Rc::new(Signal::default()),
             prepare_signal: Rc::new(Signal::default()),
@@ -440,6 +442,8 @@ impl Store {
         stats.keys = state.index.keys_total;
         stats.segments = state.segments.by_id.len() as u64;
         stats.live_bytes = state.index.live_bytes_total();
+        stats.prefix_keys = state.index.prefix_keys;
+        stats.prefix_bytes = state.index.prefix_bytes;
         stats.dead_bytes = state
             .segments
             .record_bytes_total()

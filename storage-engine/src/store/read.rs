@@ -142,12 +142,25 @@ impl Store {
     }
 
     pub async fn load_object(&self, object: &ObjectId) -> Result<ObjectData, StoreError> {
+        self.load_object_except(object, |_| false).await
+    }
+
+    /// `load_object`, but the keys `skip_value` picks come with an empty value, unread (on
+    /// disk or in memory): for keys whose values the caller needs only later, if at all.
+    pub async fn load_object_except(
+        &self,
+        object: &ObjectId,
+        skip_value: impl Fn(&[u8]) -> bool,
+    ) -> Result<ObjectData, StoreError> {
         let alarm_ms = self.alarm(object);
         let found = self.collect_range(object, &ListOptions::default())?;
-        Ok(ObjectData {
-            entries: Store::resolve_all(found).await?,
-            alarm_ms,
-        })
+        let (skipped, read): (Vec<_>, Vec<_>) =
+            found.into_iter().partition(|(key, _)| skip_value(key));
+        let mut entries = Store::resolve_all(read).await?;
+        for (key, _) in skipped {
+            entries.insert(key, Vec::new());
+        }
+        Ok(ObjectData { entries, alarm_ms })
     }
 
     /// The values of `found`, by key. Values on disk are read `LOAD_READS_IN_FLIGHT_MAX` at a

@@ -34,6 +34,9 @@ pub struct StoreStats {
     pub poisoned: bool,
     /// Whether the last open loaded the index checkpoint instead of replaying the bases.
     pub recovered_from_checkpoint: bool,
+    /// Keys starting with `StoreConfig::counted_key_prefix`, and their key and value bytes.
+    pub prefix_keys: u64,
+    pub prefix_bytes: u64,
 }
 
 /// The bucket of `value` in a histogram whose bucket i holds values ≤ 2^i.
