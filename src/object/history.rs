@@ -369,6 +369,12 @@ impl History {
         if !self.enabled() {
             return Err(HistoryError::Disabled);
         }
+        if bookmark.time_ms > now_ms.max(self.time_ms) {
+            return Err(HistoryError::InTheFuture {
+                time_ms: bookmark.time_ms,
+                now_ms,
+            });
+        }
         let window_start = now_ms.saturating_sub(self.retention_ms);
         if bookmark.time_ms < window_start {
             return Err(HistoryError::TooOld {
