@@ -343,6 +343,9 @@ const OBJECT_NAME_BYTES_MAX: usize = 65_536;
 /// The smallest `sql.heap_bytes_max`: below it SQLite could not open a few databases.
 const SQL_HEAP_BYTES_MIN: u64 = 8 * 1024 * 1024;
 
+/// The largest `storage.value_bytes_max`: a quarter of the engine's batch.
+const STORED_VALUE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
 fn validate(config: &Config) -> Result<(), ServerError> {
     let problem = if config.http.body_bytes_max == 0 {
         Some("http.body_bytes_max must be positive")
@@ -350,6 +353,9 @@ fn validate(config: &Config) -> Result<(), ServerError> {
         Some("http.connections_per_core_max must be positive")
     } else if config.objects.object_events_queued_max == 0 {
         Some("objects.object_events_queued_max must be positive")
+    } else if config.storage.value_bytes_max > STORED_VALUE_BYTES_MAX {
+        // A value, its history's undo entry and a restore's copy must fit one 16 MiB batch.
+        Some("storage.value_bytes_max must be at most 4 MiB (4194304)")
     } else if config.storage.partitions == 0 {
         Some("storage.partitions must be positive")
     } else if config.storage.compaction_dead_percent_min > 100 {

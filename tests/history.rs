@@ -22,7 +22,8 @@ use stead_storage::Store;
 ///
 /// - `put K V`, `del K`, `alarm MS`, `noalarm`, `row N`, `unrow N`, `blobs N`: writes
 ///   (`blobs` inserts N rows of 4 KiB)
-/// - `bookmark`: the current bookmark; `at MS`: the bookmark for that time
+/// - `bookmark`: the current bookmark (of the writes committed before this event);
+///   `at MS`: the bookmark for that time
 /// - `restore B`: asks for a restore at the next activation
 /// - `state`: the key-value entries, the alarm and the rows, as one line
 struct Model {
@@ -281,8 +282,10 @@ fn random_objects_restored_to_random_bookmarks_match_the_model() {
                             }
                         }
                     }
-                    commands.push("bookmark".to_string());
-                    let bookmark = ok(&host, id, &commands.join("\n")).await;
+                    ok(&host, id, &commands.join("\n")).await;
+                    // The event's writes are committed once it ends: the next one's bookmark
+                    // has them.
+                    let bookmark = ok(&host, id, "bookmark").await;
                     if let Some((last, _)) = model.points.last() {
                         assert!(*last <= bookmark, "bookmarks order: {last} then {bookmark}");
                     }
@@ -391,7 +394,8 @@ fn a_restore_larger_than_one_batch_is_carried_out_whole_and_can_be_undone() {
             let config = config(3_600_000);
             let host = open_host(&path, &config).await;
             let id = ObjectId::from_name(CLASS, "large");
-            let before = ok(&host, id, "put a 1\nbookmark").await;
+            ok(&host, id, "put a 1").await;
+            let before = ok(&host, id, "bookmark").await;
             let empty_state = ok(&host, id, "state").await;
             // About 6 MB of SQL pages: the restore back goes out in more than one batch.
             ok(&host, id, "blobs 1500").await;
@@ -419,13 +423,15 @@ fn points_past_the_window_are_refused_and_their_records_trimmed() {
             let config = config(300);
             let host = open_host(&path, &config).await;
             let id = ObjectId::from_name(CLASS, "short");
-            let old = ok(&host, id, "put k 1\nbookmark").await;
+            ok(&host, id, "put k 1").await;
+            let old = ok(&host, id, "bookmark").await;
             let old_time = stead::object::now_ms();
             ok(&host, id, "put k 2").await;
             let records_before = host.store().stats().prefix_keys;
             assert!(records_before > 0, "the writes kept records");
             glommio::timer::sleep(Duration::from_millis(400)).await;
-            let recent = ok(&host, id, "put k 3\nbookmark").await;
+            ok(&host, id, "put k 3").await;
+            let recent = ok(&host, id, "bookmark").await;
             let (status, text) = send(&host, id, &format!("restore {old}")).await;
             assert_eq!(status, 400, "{text}");
             assert!(text.contains("older than the history kept"), "{text}");
@@ -437,7 +443,12 @@ fn points_past_the_window_are_refused_and_their_records_trimmed() {
                 "the write after the window trimmed the older records"
             );
             // Malformed and unknown bookmarks are refused too; the recent one works.
-            for bad in ["nope", "00000000000000000000000000000000"] {
+            ok(&host, ObjectId::from_name(CLASS, "other"), "put k 1").await;
+            let elsewhere = ok(&host, ObjectId::from_name(CLASS, "other"), "bookmark").await;
+            let (status, text) = send(&host, id, &format!("restore {elsewhere}")).await;
+            assert_eq!(status, 400, "{text}");
+            assert!(text.contains("not of this object's history"), "{text}");
+            for bad in ["nope", &"0".repeat(48)] {
                 let (status, text) = send(&host, id, &format!("restore {bad}")).await;
                 assert_eq!(status, 400, "{bad}: {text}");
             }

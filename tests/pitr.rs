@@ -131,7 +131,7 @@ fn objects_go_back_to_bookmarks_across_a_restart_with_other_cores() {
     assert_eq!(bad.status, 400, "{}", bad.text());
     for body in [
         "{\"bookmark\":\"not-a-bookmark\"}",
-        "{\"bookmark\":\"ffffffffffffffff0000000000000000\"}",
+        "{\"bookmark\":\"ffffffffffffffff00000000000000000000000000000001\"}",
         "{}",
         "[",
     ] {
@@ -169,7 +169,7 @@ fn objects_go_back_to_bookmarks_across_a_restart_with_other_cores() {
     let printed = cli(&["bookmark", "counter", "c"]);
     assert!(printed.status.success(), "{printed:?}");
     let now = String::from_utf8_lossy(&printed.stdout).trim().to_string();
-    assert_eq!(now.len(), 32, "{now}");
+    assert_eq!(now.len(), 48, "{now}");
     client.request("POST", "/objects/counter/c/increment", b"");
     let restored = cli(&["restore", "counter", "c", &now]);
     assert!(restored.status.success(), "{restored:?}");

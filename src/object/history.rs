@@ -13,9 +13,10 @@
 //! Keys (all start with 0xFF, which no text key does, and the key-value API refuses them):
 //!
 //! ```text
-//! VERSION_KEY            version u64, time u64, base u64, known_since u64 (big-endian)
+//! VERSION_KEY            version, time, base, known_since, history number (u64 big-endian)
 //! RESTORE_KEY            the version a restore on the next activation goes back to (u64)
-//! HISTORY_PREFIX ‖ v ‖ 0 ‖ time   the record's header: version v was committed at `time`
+//! HISTORY_PREFIX ‖ v ‖ 0 ‖ time [‖ 1]   the record's header: version v was committed at
+//!                        `time` (1: a batch of a restore but its last, a state no event saw)
 //! HISTORY_PREFIX ‖ v ‖ 1          the alarm before v: empty (none) or i64 milliseconds
 //! HISTORY_PREFIX ‖ v ‖ 2 ‖ key    `key` was absent before v
 //! HISTORY_PREFIX ‖ v ‖ 3 ‖ key    `key` held the value before v
@@ -23,8 +24,10 @@
 //!
 //! `v` and `time` are big-endian u64, so the records sort by version, and a version's header
 //! comes first. Times are milliseconds since the Unix epoch, never less than the version
-//! before's (a clock stepping back does not reorder history). A bookmark is the pair (time,
-//! version) as 32 hex digits, so bookmarks order by time as strings.
+//! before's (a clock stepping back does not reorder history). A bookmark is (time, version,
+//! history number) as 48 hex digits, so bookmarks order by time as strings; the history number
+//! is random, drawn when the object's history begins, so another object's bookmark, or one of
+//! a history since deleted, is refused rather than taken for a version of this one.
 //!
 //! Records older than the window are deleted by the object's later batches (whole versions,
 //! a bounded number per batch); an object that never writes again keeps its last records.
@@ -54,15 +57,15 @@ const RECORD_KEY_HEAD_BYTES: usize = HISTORY_PREFIX.len() + 8 + 1;
 /// Bytes a history record key may add to a key: what the store's key limit is raised by.
 pub const RECORD_KEY_OVERHEAD_BYTES: usize = RECORD_KEY_HEAD_BYTES + 8;
 
-/// Bytes of deletes (keys and op headers) one batch makes at most to trim records past the
-/// window: whole versions, and the oldest one even if it alone is larger. One version's
-/// record keys are at most about 430 KiB (128 keys of 2 KiB and 4,096 SQL pages).
+/// Bytes of deletes (keys and op headers) one batch makes to trim records past the window:
+/// once past it, trimming stops (so one batch trims at most this plus one key of 2 KiB). A
+/// version with more record keys is trimmed over several batches.
 const TRIM_BYTES_PER_BATCH_MAX: usize = 256 * 1024;
 
 /// Bytes reserved out of every event's batch for what the history adds besides the undo
-/// entries (which count against the batch as the writes are made): the trim, the header,
-/// the version key.
-pub const RESERVE_BYTES: usize = 512 * 1024 + 4096;
+/// entries (which count against the batch as the writes are made): the trim (at most
+/// `TRIM_BYTES_PER_BATCH_MAX` and one key), the header, the version key.
+pub const RESERVE_BYTES: usize = TRIM_BYTES_PER_BATCH_MAX + 16 * 1024;
 
 /// Whether `key` is one of the history's own keys.
 pub fn is_history_key(key: &[u8]) -> bool {
@@ -80,16 +83,26 @@ pub fn undo_entry_bytes(key: &[u8], before: Option<&[u8]>) -> usize {
     RECORD_KEY_HEAD_BYTES + key.len() + before.map_or(0, <[u8]>::len) + 16
 }
 
-/// A point in one object's history: the state after `version`, at `time_ms`.
+/// A point in one object's history: the state after `version`, at `time_ms`, of the history
+/// numbered `history` (a random number each object's history gets when it begins, so a
+/// bookmark of another object, or of a history since deleted, is refused).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Bookmark {
     pub time_ms: u64,
     pub version: u64,
+    pub history: u64,
 }
+
+/// Hex digits of a bookmark.
+const BOOKMARK_DIGITS: usize = 48;
 
 impl fmt::Display for Bookmark {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}{:016x}", self.time_ms, self.version)
+        write!(
+            f,
+            "{:016x}{:016x}{:016x}",
+            self.time_ms, self.version, self.history
+        )
     }
 }
 
@@ -101,12 +114,17 @@ impl FromStr for Bookmark {
             bookmark: text.chars().take(64).collect(),
         };
         let lower_hex = |byte: &u8| byte.is_ascii_digit() || (b'a'..=b'f').contains(byte);
-        if text.len() != 32 || !text.as_bytes().iter().all(lower_hex) {
+        if text.len() != BOOKMARK_DIGITS || !text.as_bytes().iter().all(lower_hex) {
             return Err(malformed());
         }
-        let time_ms = u64::from_str_radix(&text[..16], 16).map_err(|_| malformed())?;
-        let version = u64::from_str_radix(&text[16..], 16).map_err(|_| malformed())?;
-        Ok(Bookmark { time_ms, version })
+        let field = |index: usize| {
+            u64::from_str_radix(&text[index * 16..(index + 1) * 16], 16).map_err(|_| malformed())
+        };
+        Ok(Bookmark {
+            time_ms: field(0)?,
+            version: field(1)?,
+            history: field(2)?,
+        })
     }
 }
 
@@ -126,13 +144,20 @@ pub enum HistoryError {
     },
     /// The time is after now.
     InTheFuture { time_ms: u64, now_ms: u64 },
-    /// The bookmark names a version this object's history cannot reach: one it never had
-    /// (another object's bookmark), or one whose later records are gone.
+    /// The bookmark is of another object, or of a history of this one that was since deleted
+    /// (the object was deleted, or its class's window set to 0).
+    OtherHistory,
+    /// The bookmark names a version whose later records are gone, or that this history never
+    /// had at that time.
     NotReachable {
         version: u64,
         oldest_version: u64,
         current_version: u64,
     },
+    /// The bookmark names a state in the middle of a restore.
+    MidRestore { version: u64 },
+    /// A restore of the object is waiting for its next activation.
+    RestoreInProgress,
     /// A record the restore needs is missing or malformed in the store.
     Damaged { reason: String },
     /// The instance takes no more writes (it left memory, or the store failed).
@@ -146,7 +171,7 @@ impl fmt::Display for HistoryError {
                 "this object's class keeps no history (history_retention_ms is 0)",
             ),
             HistoryError::MalformedBookmark { bookmark } => {
-                write!(f, "{bookmark:?} is not a bookmark (32 lower-case hex digits)")
+                write!(f, "{bookmark:?} is not a bookmark ({BOOKMARK_DIGITS} lower-case hex digits)")
             }
             HistoryError::TooOld {
                 time_ms,
@@ -159,6 +184,9 @@ impl fmt::Display for HistoryError {
             HistoryError::InTheFuture { time_ms, now_ms } => {
                 write!(f, "{time_ms} is in the future (now is {now_ms})")
             }
+            HistoryError::OtherHistory => f.write_str(
+                "the bookmark is not of this object's history (another object's, or of a history since deleted)",
+            ),
             HistoryError::NotReachable {
                 version,
                 oldest_version,
@@ -166,6 +194,13 @@ impl fmt::Display for HistoryError {
             } => write!(
                 f,
                 "the bookmark names version {version}, but this object's history reaches versions {oldest_version} to {current_version}"
+            ),
+            HistoryError::MidRestore { version } => write!(
+                f,
+                "the bookmark names version {version}, a state in the middle of a restore"
+            ),
+            HistoryError::RestoreInProgress => f.write_str(
+                "a restore of this object is waiting for its next activation",
             ),
             HistoryError::Damaged { reason } => write!(f, "the object's history is damaged: {reason}"),
             HistoryError::Unavailable { reason } => write!(f, "storage unavailable: {reason}"),
@@ -179,6 +214,12 @@ impl std::error::Error for HistoryError {}
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Record {
     time_ms: u64,
+    /// Whether the version is a batch of a restore other than its last: a state no event saw.
+    intermediate: bool,
+    /// Whether some of its keys were trimmed (or its header is missing): it undoes nothing.
+    partial: bool,
+    /// Whether its header key was loaded (or written).
+    headed: bool,
     keys: Vec<Box<[u8]>>,
 }
 
@@ -187,6 +228,8 @@ struct Record {
 pub struct History {
     /// The class's window; 0 keeps no history (and trims what an earlier setting kept).
     retention_ms: u64,
+    /// The history's number, random, fixed when it begins (stored in `VERSION_KEY`).
+    id: u64,
     /// The last committed version, and when it was committed.
     version: u64,
     time_ms: u64,
@@ -198,6 +241,8 @@ pub struct History {
     known_since_ms: u64,
     /// Whether the store holds `VERSION_KEY`.
     stored: bool,
+    /// Whether the store holds `RESTORE_KEY`.
+    restore_pending: bool,
     /// The records kept, by version.
     records: BTreeMap<u64, Record>,
 }
@@ -229,6 +274,19 @@ pub fn now_ms() -> u64 {
     u64::try_from(super::now_ms()).unwrap_or(0)
 }
 
+/// A new history's number: random, never 0.
+fn new_history_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No randomness: the clock still tells histories of one object apart.
+        bytes = now_ms().to_le_bytes();
+    }
+    u64::from_le_bytes(bytes).max(1)
+}
+
+/// The header's flag byte after the time: the version is an intermediate batch of a restore.
+const HEADER_INTERMEDIATE: u8 = 1;
+
 /// A change the history records before a batch: what a key, or the alarm, held.
 pub enum Before<'a> {
     Key(&'a [u8], Option<&'a [u8]>),
@@ -252,14 +310,14 @@ impl History {
         self.retention_ms > 0
     }
 
-    /// Takes in one stored key of the object (`VERSION_KEY` or a record key; values of
-    /// records are not needed); returns false for other keys.
+    /// Takes in one stored key of the object (`VERSION_KEY`, `RESTORE_KEY` or a record key;
+    /// values of records are not needed); returns false for other keys.
     pub fn load_key(&mut self, key: &[u8], value: &[u8]) -> bool {
         if key == VERSION_KEY {
             let fields: Vec<u64> = value.chunks(8).filter_map(be_u64).collect();
-            if let [version, time_ms, base, known_since_ms] = fields[..] {
+            if let [version, time_ms, base, known_since_ms, id] = fields[..] {
                 (self.version, self.time_ms) = (version, time_ms);
-                (self.base, self.known_since_ms) = (base, known_since_ms);
+                (self.base, self.known_since_ms, self.id) = (base, known_since_ms, id);
                 self.stored = true;
             } else {
                 tracing::warn!(
@@ -268,52 +326,90 @@ impl History {
             }
             return true;
         }
+        if key == RESTORE_KEY {
+            self.restore_pending = true;
+            return true;
+        }
         let Some((version, tag, rest)) = parse_record_key(key) else {
-            return key.starts_with(HISTORY_PREFIX) || key == RESTORE_KEY;
+            return key.starts_with(HISTORY_PREFIX);
         };
         let record = self.records.entry(version).or_default();
         if tag == TAG_HEADER {
-            record.time_ms = be_u64(rest).unwrap_or(0);
+            record.time_ms = rest.get(..8).and_then(be_u64).unwrap_or(0);
+            record.intermediate = rest.get(8) == Some(&HEADER_INTERMEDIATE);
+            record.headed = true;
         }
         record.keys.push(key.into());
         true
     }
 
     /// Ends loading: a history whose version key is gone (history turned off, then on again)
-    /// starts after the versions its leftover records name.
+    /// starts after the versions its leftover records name, with a new number; a record
+    /// without its header was trimmed in part.
     pub fn loaded(&mut self) {
         if !self.stored {
             let last = self.records.keys().next_back().copied().unwrap_or(0);
             (self.version, self.base) = (last, last);
+            self.id = new_history_id();
+        }
+        for record in self.records.values_mut() {
+            record.partial |= !record.headed;
         }
     }
 
     /// The oldest version the records reach back to.
     fn oldest_version(&self) -> u64 {
-        let first = self
-            .records
-            .range(self.base + 1..)
-            .next()
-            .map_or(self.version, |(version, _)| version - 1);
+        let first =
+            self.records
+                .range(self.base + 1..)
+                .next()
+                .map_or(self.version, |(version, record)| {
+                    if record.partial {
+                        *version
+                    } else {
+                        version - 1
+                    }
+                });
         first.max(self.base)
     }
 
-    /// Whether the records of every version after `version` are kept.
+    /// Whether the complete records of every version after `version` are kept.
     fn reaches(&self, version: u64) -> bool {
         version <= self.version
             && version >= self.oldest_version()
-            && (version + 1..=self.version).all(|kept| self.records.contains_key(&kept))
+            && (version + 1..=self.version).all(|kept| {
+                self.records
+                    .get(&kept)
+                    .is_some_and(|record| !record.partial)
+            })
     }
 
-    /// The bookmark of the state now; `pending`: the object has writes not yet committed,
-    /// which the bookmark then includes.
-    pub fn current_bookmark(&self, now_ms: u64, pending: bool) -> Result<Bookmark, HistoryError> {
+    /// The last version that is not an intermediate batch of a restore.
+    fn settled_version(&self) -> u64 {
+        let mut version = self.version;
+        while self
+            .records
+            .get(&version)
+            .is_some_and(|record| record.intermediate)
+        {
+            version -= 1;
+        }
+        version
+    }
+
+    /// The bookmark of the state now (the committed writes: an event's writes are committed
+    /// when its handler next awaits or ends).
+    pub fn current_bookmark(&self, now_ms: u64) -> Result<Bookmark, HistoryError> {
         if !self.enabled() {
             return Err(HistoryError::Disabled);
         }
+        if self.restore_pending {
+            return Err(HistoryError::RestoreInProgress);
+        }
         Ok(Bookmark {
             time_ms: now_ms.max(self.time_ms),
-            version: self.version + u64::from(pending),
+            version: self.version,
+            history: self.id,
         })
     }
 
@@ -333,16 +429,20 @@ impl History {
                 retention_ms: self.retention_ms,
             });
         }
-        // The last version committed at or before `time_ms`; versions and times rise together.
+        // The last version committed at or before `time_ms` (versions and times rise
+        // together); a restore's intermediate batches are no state anyone saw.
         let version = self
             .records
             .range(self.base + 1..)
             .rev()
-            .find(|(_, record)| record.time_ms <= time_ms)
+            .find(|(_, record)| {
+                record.time_ms <= time_ms && !record.partial && !record.intermediate
+            })
             .map_or(self.oldest_version(), |(version, _)| *version);
         Ok(Bookmark {
             time_ms,
             version: version.min(self.version),
+            history: self.id,
         })
     }
 
@@ -358,16 +458,16 @@ impl History {
         window_start.max(known)
     }
 
-    /// Checks that the object can go back to `bookmark` now; `pending` as for
-    /// `current_bookmark`.
-    pub fn check_restore(
-        &self,
-        bookmark: Bookmark,
-        now_ms: u64,
-        pending: bool,
-    ) -> Result<(), HistoryError> {
+    /// Checks that the object can go back to `bookmark` now.
+    pub fn check_restore(&self, bookmark: Bookmark, now_ms: u64) -> Result<(), HistoryError> {
         if !self.enabled() {
             return Err(HistoryError::Disabled);
+        }
+        if self.restore_pending {
+            return Err(HistoryError::RestoreInProgress);
+        }
+        if bookmark.history != self.id {
+            return Err(HistoryError::OtherHistory);
         }
         if bookmark.time_ms > now_ms.max(self.time_ms) {
             return Err(HistoryError::InTheFuture {
@@ -375,47 +475,74 @@ impl History {
                 now_ms,
             });
         }
-        let window_start = now_ms.saturating_sub(self.retention_ms);
-        if bookmark.time_ms < window_start {
+        let oldest_ms = now_ms.saturating_sub(self.retention_ms);
+        if bookmark.time_ms < oldest_ms {
             return Err(HistoryError::TooOld {
                 time_ms: bookmark.time_ms,
                 oldest_ms: self.oldest_time(now_ms),
                 retention_ms: self.retention_ms,
             });
         }
-        let pending_version = self.version + u64::from(pending);
-        if bookmark.version == pending_version || self.reaches(bookmark.version) {
-            return Ok(());
-        }
-        Err(HistoryError::NotReachable {
+        let not_reachable = || HistoryError::NotReachable {
             version: bookmark.version,
             oldest_version: self.oldest_version(),
-            current_version: pending_version,
-        })
+            current_version: self.version,
+        };
+        if !self.reaches(bookmark.version) {
+            return Err(not_reachable());
+        }
+        match self.records.get(&bookmark.version) {
+            Some(record) if record.intermediate => Err(HistoryError::MidRestore {
+                version: bookmark.version,
+            }),
+            // A bookmark names a version at a time that version was in force.
+            Some(record) if !record.partial && record.time_ms > bookmark.time_ms => {
+                Err(not_reachable())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The bookmark that undoes a restore carried out now: the last state before it.
+    pub fn undo_bookmark(&self, now_ms: u64) -> Bookmark {
+        Bookmark {
+            time_ms: now_ms.max(self.time_ms),
+            version: self.settled_version(),
+            history: self.id,
+        }
     }
 
     /// Adds to `batch` the record of the changes `befores` undo, as the next version,
     /// committed at `now_ms` (or the last version's time, if later), and the new version key.
+    /// `intermediate`: the batch is one of a restore's but its last.
     pub fn record<'a>(
         &mut self,
         batch: &mut Batch,
         befores: impl IntoIterator<Item = Before<'a>>,
         now_ms: u64,
+        intermediate: bool,
     ) {
+        if !self.stored && self.id == 0 {
+            self.id = new_history_id();
+        }
         let version = self.version + 1;
         let time_ms = now_ms.max(self.time_ms);
         let mut record = Record {
             time_ms,
+            intermediate,
+            partial: false,
+            headed: true,
             keys: Vec::new(),
         };
         let mut put = |key: Vec<u8>, value: Vec<u8>| {
             record.keys.push(key.clone().into_boxed_slice());
             batch.put(key, value);
         };
-        put(
-            record_key(version, TAG_HEADER, &time_ms.to_be_bytes()),
-            Vec::new(),
-        );
+        let mut header = time_ms.to_be_bytes().to_vec();
+        if intermediate {
+            header.push(HEADER_INTERMEDIATE);
+        }
+        put(record_key(version, TAG_HEADER, &header), Vec::new());
         for before in befores {
             match before {
                 Before::Key(key, None) => put(record_key(version, TAG_ABSENT, key), Vec::new()),
@@ -437,37 +564,57 @@ impl History {
     }
 
     fn version_value(&self) -> Vec<u8> {
-        [self.version, self.time_ms, self.base, self.known_since_ms]
-            .iter()
-            .flat_map(|field| field.to_be_bytes())
-            .collect()
+        [
+            self.version,
+            self.time_ms,
+            self.base,
+            self.known_since_ms,
+            self.id,
+        ]
+        .iter()
+        .flat_map(|field| field.to_be_bytes())
+        .collect()
     }
 
     /// Adds to `batch` the deletes of records past the window at `now_ms` (or of every record,
-    /// with no window): whole versions, oldest first, about `TRIM_BYTES_PER_BATCH_MAX` of
-    /// deletes at most. With no window, the version key goes too, so a later history starts over.
-    pub fn trim(&mut self, batch: &mut Batch, now_ms: u64) {
+    /// with no window), oldest first, at most `TRIM_BYTES_PER_BATCH_MAX` of deletes: whole
+    /// versions, and part of one that alone is larger. Versions after `keep_after` stay (a
+    /// restore waiting for the next activation needs them). With no window, the version key
+    /// goes too, so a later history starts over.
+    pub fn trim(&mut self, batch: &mut Batch, now_ms: u64, keep_after: Option<u64>) {
         let cutoff = if self.enabled() {
             now_ms.saturating_sub(self.retention_ms)
         } else {
             u64::MAX
         };
         let mut deleted = 0;
-        while let Some(entry) = self.records.first_entry() {
-            let leftover = *entry.key() <= self.base;
-            let expired = entry.get().time_ms < cutoff;
-            let bytes: usize = entry.get().keys.iter().map(|key| key.len() + 16).sum();
-            let room = deleted == 0 || deleted + bytes <= TRIM_BYTES_PER_BATCH_MAX;
-            if !(leftover || expired) || !room {
+        while let Some(mut entry) = self.records.first_entry() {
+            let version = *entry.key();
+            let leftover = version <= self.base;
+            let expired = entry.get().time_ms < cutoff || entry.get().partial;
+            let needed = keep_after.is_some_and(|target| version > target);
+            if !(leftover || expired) || needed || deleted >= TRIM_BYTES_PER_BATCH_MAX {
                 break;
             }
-            let record = entry.remove();
-            deleted += bytes;
-            for key in record.keys {
-                batch.delete(key.into_vec());
-            }
+            let record = entry.get_mut();
             if !leftover {
                 self.known_since_ms = self.known_since_ms.max(record.time_ms);
+            }
+            // Keys go in order, the header first, so the rest of a record cut short here is
+            // never taken for a whole one, in memory (`partial`) or after a reload (no header).
+            let mut keys = std::mem::take(&mut record.keys).into_iter();
+            for key in keys.by_ref() {
+                deleted += key.len() + 16;
+                batch.delete(key.into_vec());
+                if deleted >= TRIM_BYTES_PER_BATCH_MAX {
+                    break;
+                }
+            }
+            record.keys = keys.collect();
+            if record.keys.is_empty() {
+                entry.remove();
+            } else {
+                record.partial = true;
             }
         }
         if !self.enabled() && self.stored {
@@ -481,6 +628,7 @@ impl History {
                 .unwrap_or(self.version);
             self.base = last.max(self.version);
             self.version = self.base;
+            self.id = 0;
         } else if deleted > 0 && self.stored {
             batch.put(VERSION_KEY, self.version_value());
         }
@@ -576,8 +724,13 @@ mod tests {
             Some(value) => batch.put(key.to_vec(), value.to_vec()),
             None => batch.delete(key.to_vec()),
         };
-        history.record(&mut batch, [Before::Key(key, before.as_deref())], now_ms);
-        history.trim(&mut batch, now_ms);
+        history.record(
+            &mut batch,
+            [Before::Key(key, before.as_deref())],
+            now_ms,
+            false,
+        );
+        history.trim(&mut batch, now_ms, None);
         apply(stored, &batch);
     }
 
@@ -586,14 +739,16 @@ mod tests {
         let early = Bookmark {
             time_ms: 5,
             version: 900,
+            history: u64::MAX,
         };
         let late = Bookmark {
             time_ms: 6,
             version: 1,
+            history: 1,
         };
         assert!(early.to_string() < late.to_string());
         assert_eq!(early.to_string().parse::<Bookmark>(), Ok(early));
-        for bad in ["", "zz", &"0".repeat(31), &"A".repeat(32), &"0".repeat(33)] {
+        for bad in ["", "zz", &"0".repeat(47), &"A".repeat(48), &"0".repeat(49)] {
             assert!(matches!(
                 bad.parse::<Bookmark>(),
                 Err(HistoryError::MalformedBookmark { .. })
@@ -662,11 +817,22 @@ mod tests {
         let old = Bookmark {
             time_ms: 1000,
             version: 1,
+            history: history.id,
         };
         assert!(matches!(
-            history.check_restore(old, 1200, false),
+            history.check_restore(old, 1200),
             Err(HistoryError::TooOld { .. })
         ));
+        // Another history's bookmark of a version this one has is refused too.
+        let other = Bookmark {
+            history: history.id ^ 1,
+            ..bookmark
+        };
+        assert_eq!(
+            history.check_restore(other, 1200),
+            Err(HistoryError::OtherHistory)
+        );
+        assert_eq!(history.check_restore(bookmark, 1200), Ok(()));
     }
 
     #[test]
@@ -681,13 +847,79 @@ mod tests {
         }
         off.loaded();
         let mut batch = Batch::new();
-        off.trim(&mut batch, 2000);
+        off.trim(&mut batch, 2000, None);
         apply(&mut stored, &batch);
         assert!(stored.keys().all(|key| !is_history_key(key)), "{stored:?}");
         assert!(!off.holds_anything());
         assert!(matches!(
-            off.current_bookmark(2000, false),
+            off.current_bookmark(2000),
             Err(HistoryError::Disabled)
         ));
+        // Turned on again, the history starts over under another number.
+        let mut again = History::new(1_000_000);
+        for (key, value) in &stored {
+            again.load_key(key, value);
+        }
+        again.loaded();
+        assert_ne!(again.id, history.id);
+    }
+
+    #[test]
+    fn a_record_too_large_for_one_trim_goes_over_several_and_is_never_used_half_gone() {
+        let mut history = History::new(100);
+        let mut stored = BTreeMap::new();
+        // Version 1 writes 200 keys of 2 KiB: its record keys are some 400 KiB.
+        let keys: Vec<Vec<u8>> = (0..200)
+            .map(|n| {
+                let mut key = vec![b'x'; 2000];
+                key.extend(format!("{n:03}").bytes());
+                key
+            })
+            .collect();
+        let mut batch = Batch::new();
+        for key in &keys {
+            batch.put(key.clone(), b"v".to_vec());
+        }
+        history.record(
+            &mut batch,
+            keys.iter().map(|key| Before::Key(key, None)),
+            1000,
+            false,
+        );
+        apply(&mut stored, &batch);
+        write(&mut history, &mut stored, b"k", Some(b"1"), 1050);
+        // At 1200 both versions are past the window; one batch trims only part of version 1.
+        let mut batch = Batch::new();
+        history.trim(&mut batch, 1200, None);
+        let deleted: usize = batch
+            .ops()
+            .iter()
+            .map(|op| match op {
+                stead_storage::Op::Delete { key } => key.len() + 16,
+                _ => 0,
+            })
+            .sum();
+        assert!(deleted <= TRIM_BYTES_PER_BATCH_MAX + 2100, "{deleted}");
+        apply(&mut stored, &batch);
+        assert!(history.records[&1].partial);
+        assert!(history.state_at(0, &stored, None).is_err());
+        assert_eq!(history.oldest_version(), 1);
+        // Reloaded, the rest of the record is known as partial: its header went first.
+        let mut loaded = History::new(100);
+        for (key, value) in &stored {
+            loaded.load_key(key, value);
+        }
+        loaded.loaded();
+        assert!(loaded.records[&1].partial);
+        assert!(loaded.state_at(0, &stored, None).is_err());
+        assert!(loaded.state_at(1, &stored, None).is_ok());
+        // Later batches finish it, and then version 2.
+        for _ in 0..3 {
+            let mut batch = Batch::new();
+            loaded.trim(&mut batch, 1200, None);
+            apply(&mut stored, &batch);
+        }
+        assert!(loaded.records.is_empty(), "{:?}", loaded.records.keys());
+        assert!(stored.keys().all(|key| !is_record_key(key)));
     }
 }

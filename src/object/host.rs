@@ -586,7 +586,7 @@ impl ObjectHost {
                 });
             }
         }
-        if slot.storage.restart_requested() {
+        if slot.storage.take_restart_request() {
             self.restart(slot);
         }
         // Another event's commit of this object may have been refused while this one ran: the
@@ -619,14 +619,16 @@ impl ObjectHost {
             .map_err(load_failed)?;
         if data.entries.contains_key(history::RESTORE_KEY) {
             let retention_ms = self.config.history_retention_ms(&slot.class);
-            // A restore that fails is dropped: this activation fails with it, and the next
-            // one serves the object as it is.
-            self.restore_stored(slot.id, retention_ms)
+            // A restore whose records are gone or damaged is dropped; one that fails to commit
+            // stays for the next activation. Either way this activation fails with it.
+            let undo = self
+                .restore_stored(slot.id, retention_ms)
                 .await
                 .map_err(|reason| EventError::ActivationFailed {
                     id: slot.id,
-                    reason: format!("the restore it asked for failed and was dropped: {reason}"),
+                    reason: format!("the restore it asked for failed: {reason}"),
                 })?;
+            slot.restore_undo.set(undo);
             data = self
                 .store
                 .load_object_except(&slot.id.0, history::is_record_key)
@@ -660,6 +662,13 @@ impl ObjectHost {
             id: slot.id,
             reason: format!("init failed: {error}"),
         })?;
+        if slot.storage.take_restart_request() {
+            // The request is committed; the next activation carries it out.
+            return Err(EventError::ActivationFailed {
+                id: slot.id,
+                reason: "init asked for a restore: the next activation carries it out".to_string(),
+            });
+        }
         Ok(instance)
     }
 

@@ -50,6 +50,8 @@ pub(super) struct Slot {
     /// The sequence number of the object's last commit: a response waits until it is durable,
     /// since the event may have read anything the object wrote up to then.
     pub(super) last_submitted_seq: Cell<u64>,
+    /// Set by an activation that carried out a restore: the bookmark that undoes it.
+    pub(super) restore_undo: Cell<Option<crate::object::history::Bookmark>>,
 }
 
 impl Slot {
@@ -64,6 +66,7 @@ impl Slot {
             parked: Rc::new(Cell::new(0)),
             last_event: Cell::new(Instant::now()),
             last_submitted_seq: Cell::new(seq_floor),
+            restore_undo: Cell::new(None),
         }
     }
 

@@ -154,6 +154,9 @@ struct State {
     /// Set by `restore_on_next_activation`: the host takes the instance out of memory after
     /// the event.
     restart_requested: bool,
+    /// The version a requested restore goes back to: the records after it are not trimmed
+    /// until it is carried out.
+    restore_target: Option<u64>,
 }
 
 /// How to undo the key-value writes of one `transaction_sync`.
@@ -163,6 +166,9 @@ struct UndoFrame {
     pending: Pending,
     /// The alarm when the transaction began.
     alarm_ms: Option<i64>,
+    /// The restore asked for when the transaction began (`restart_requested`,
+    /// `restore_target`).
+    restore: (bool, Option<u64>),
     /// What each write replaced, oldest first (undone newest first).
     undo: Vec<Undo>,
 }
@@ -230,6 +236,7 @@ impl Storage {
             name_stored: false,
             history,
             restart_requested: false,
+            restore_target: None,
         };
         Storage {
             closed: Rc::new(Broadcast::new()),
@@ -296,27 +303,29 @@ impl Storage {
                 .iter()
                 .map(|(key, value)| Before::Key(key, value.as_deref()))
                 .chain(alarm_before.map(Before::Alarm));
-            state.history.record(&mut batch, befores, now_ms);
+            state.history.record(&mut batch, befores, now_ms, false);
         }
         if state.history.holds_anything() {
-            state.history.trim(&mut batch, now_ms);
+            let keep_after = state.restore_target;
+            state.history.trim(&mut batch, now_ms, keep_after);
         }
         Some((batch, alarm))
     }
 
-    /// Whether the instance asked to be restarted after the current event (a restore).
-    pub(super) fn restart_requested(&self) -> bool {
-        self.state.borrow().restart_requested
+    /// Whether the instance asked to be restarted after the current event (a restore), once:
+    /// the request is cleared.
+    pub(super) fn take_restart_request(&self) -> bool {
+        std::mem::take(&mut self.state.borrow_mut().restart_requested)
     }
 
-    /// A bookmark of the object's state now (including this event's writes so far), for
-    /// [`Storage::restore_on_next_activation`]: an opaque string of 32 hex digits; bookmarks
-    /// of one object order by time as strings. Fails when the class keeps no history
-    /// (`history_retention_ms`).
+    /// A bookmark of the object's committed state now, for
+    /// [`Storage::restore_on_next_activation`]: an opaque string of 48 hex digits; bookmarks
+    /// of one object order by time as strings. The writes the current event made since it last
+    /// awaited are not committed yet, so they are not in it. Fails when the class keeps no
+    /// history (`history_retention_ms`).
     pub fn current_bookmark(&self) -> Result<String, HistoryError> {
         let state = self.state.borrow();
-        let pending = !state.pending.is_empty();
-        let bookmark = state.history.current_bookmark(history::now_ms(), pending)?;
+        let bookmark = state.history.current_bookmark(history::now_ms())?;
         Ok(bookmark.to_string())
     }
 
@@ -339,7 +348,9 @@ impl Storage {
     /// leaves memory (its WebSockets are closed with 1012), and the next activation puts its
     /// key-value entries, SQL database and alarm back as they were at the bookmark before the
     /// class's constructor runs. The restore is a new point in the history, so restoring a
-    /// later bookmark undoes it. The request is durable with the event's other writes.
+    /// later bookmark undoes it. The request is committed with the event's other writes.
+    /// Asked for in `init`, it fails that activation (and its event) instead, and the next
+    /// activation carries it out.
     pub fn restore_on_next_activation(&self, bookmark: &str) -> Result<(), HistoryError> {
         let bookmark: Bookmark = bookmark.parse()?;
         let mut state = self.state.borrow_mut();
@@ -348,14 +359,12 @@ impl Storage {
                 reason: reason.clone(),
             });
         }
-        let pending = !state.pending.is_empty();
-        state
-            .history
-            .check_restore(bookmark, history::now_ms(), pending)?;
+        state.history.check_restore(bookmark, history::now_ms())?;
         state
             .pending
             .write_reserved(RESTORE_KEY, Some(bookmark.version.to_be_bytes().to_vec()));
         state.restart_requested = true;
+        state.restore_target = Some(bookmark.version);
         Ok(())
     }
 
@@ -439,6 +448,7 @@ impl Storage {
             let frame = UndoFrame {
                 pending: state.pending.clone(),
                 alarm_ms: state.alarm_ms,
+                restore: (state.restart_requested, state.restore_target),
                 undo: Vec::new(),
             };
             state.transactions.push(frame);
@@ -483,6 +493,7 @@ impl Storage {
                 }
                 state.pending = frame.pending;
                 state.alarm_ms = frame.alarm_ms;
+                (state.restart_requested, state.restore_target) = frame.restore;
                 Err(error)
             }
         }

@@ -30,6 +30,7 @@ pub type AdminHistoryError = (u16, String);
 fn admin_error(error: HistoryError) -> AdminHistoryError {
     let status = match error {
         HistoryError::Damaged { .. } | HistoryError::Unavailable { .. } => 500,
+        HistoryError::RestoreInProgress => 409,
         _ => 400,
     };
     (status, error.to_string())
@@ -46,11 +47,24 @@ pub struct Restored {
 
 impl ObjectHost {
     /// Takes an instance that asked for a restore out of memory after its event, and closes
-    /// its WebSockets: its next event activates it again, which carries out the restore.
+    /// its WebSockets: its next event activates it again, which carries out the restore. An
+    /// instance no longer in the map (already restarted) is only retired.
     pub(super) fn restart(&self, slot: &Slot) {
-        self.detach(slot);
+        let current = self
+            .objects
+            .borrow()
+            .get(&slot.id)
+            .is_some_and(|entry| std::ptr::eq(Rc::as_ptr(entry), slot));
+        if current {
+            self.detach(slot);
+            self.close_sockets_for_restore(slot.id);
+        }
         self.retire(slot, "the object restarts to restore a bookmark");
-        for socket in self.sockets.list(&slot.id, None) {
+    }
+
+    /// Closes the WebSockets of object `id` with 1012.
+    fn close_sockets_for_restore(&self, id: ObjectId) {
+        for socket in self.sockets.list(&id, None) {
             // A socket already closing refuses a second close; it goes away either way.
             let _ = socket.close(
                 CloseCode(RESTART_CLOSE_CODE),
@@ -92,20 +106,21 @@ impl ObjectHost {
     /// key-value entry, SQL page and the alarm back as they were at the bookmark, as new
     /// versions of its history (one batch, or several for a large change: the request is
     /// deleted by the last, so a crash in between carries the restore out again at the next
-    /// activation, to the same state). A restore that cannot be carried out is dropped, and
-    /// the error returned. Runs while the object is activating, so no event sees it half done.
+    /// activation, to the same state). A restore whose records are gone or damaged is
+    /// dropped, and the error returned. Runs while the object is activating, so no event sees
+    /// it half done. Returns the bookmark that undoes it, if there was one to carry out.
     pub(super) async fn restore_stored(
         &self,
         id: ObjectId,
         retention_ms: u64,
-    ) -> Result<(), String> {
+    ) -> Result<Option<Bookmark>, String> {
         let data = self
             .store
             .load_object(&id.0)
             .await
             .map_err(|error| format!("cannot read the object's history: {error}"))?;
         let Some(requested) = data.entries.get(RESTORE_KEY) else {
-            return Ok(());
+            return Ok(None);
         };
         let mut history = History::new(retention_ms);
         for (key, value) in &data.entries {
@@ -116,9 +131,11 @@ impl ObjectHost {
             Err(_) => Err(HistoryError::Damaged {
                 reason: "the restore request is malformed".to_string(),
             }),
-            Ok(_) if !history.enabled() => Err(HistoryError::Disabled),
             Ok(bytes) => history.state_at(u64::from_be_bytes(bytes), &data.entries, data.alarm_ms),
         };
+        // A restore begun before a crash goes on even if the window was set to 0 meanwhile:
+        // the object is half way between two states until it ends.
+        let undo = history.undo_bookmark(history::now_ms());
         let (entries, alarm_ms) = match target {
             Ok(target) => target,
             Err(error) => {
@@ -171,7 +188,7 @@ impl ObjectHost {
                 }
                 batch.delete(RESTORE_KEY);
             }
-            history.record(&mut batch, befores, history::now_ms());
+            history.record(&mut batch, befores, history::now_ms(), index != last);
             self.commit_durably(id, batch).await?;
         }
         if alarm_ms != data.alarm_ms {
@@ -180,7 +197,7 @@ impl ObjectHost {
                 listener(id, alarm_ms);
             }
         }
-        Ok(())
+        Ok(Some(undo))
     }
 
     /// `GET /admin/objects/{class}/{target}/bookmark[?at=MS]`: the bookmark of object `id`
@@ -199,7 +216,7 @@ impl ObjectHost {
         let now_ms = history::now_ms();
         match at_ms {
             Some(at_ms) => history.bookmark_for_time(at_ms, now_ms),
-            None => history.current_bookmark(now_ms, false),
+            None => history.current_bookmark(now_ms),
         }
         .map_err(admin_error)
     }
@@ -220,23 +237,23 @@ impl ObjectHost {
             .map_err(|reason| (500, reason))?;
         let now_ms = history::now_ms();
         history
-            .check_restore(bookmark, now_ms, false)
-            .map_err(admin_error)?;
-        let undo = history
-            .current_bookmark(now_ms, false)
+            .check_restore(bookmark, now_ms)
             .map_err(admin_error)?;
         // Synchronous from here until the activation has started: no event can activate the
-        // object in between and miss the request.
-        let slot = self.objects.borrow_mut().remove(&id);
-        if let Some(slot) = &slot {
-            self.restart(slot);
-        } else {
-            for socket in self.sockets.list(&id, None) {
-                let _ = socket.close(
-                    CloseCode(RESTART_CLOSE_CODE),
-                    "the object restarts to restore a bookmark",
-                );
+        // object in between and miss the request. An activation in progress may be carrying
+        // out another restore: this one is refused until it ends.
+        let slot = self.objects.borrow().get(&id).cloned();
+        if let Some(slot) = slot {
+            if slot.is_activating() {
+                return Err((
+                    409,
+                    "the object is activating (it may be carrying out a restore); try again"
+                        .to_string(),
+                ));
             }
+            self.restart(&slot);
+        } else {
+            self.close_sockets_for_restore(id);
         }
         let mut batch = Batch::new();
         batch.put(RESTORE_KEY, bookmark.version.to_be_bytes().to_vec());
@@ -253,6 +270,12 @@ impl ObjectHost {
             .ready()
             .await
             .map_err(|error| (500, error.to_string()))?;
+        let undo = event.slot.restore_undo.take().ok_or_else(|| {
+            (
+                500,
+                "the activation did not carry out the restore".to_string(),
+            )
+        })?;
         Ok(Restored { bookmark, undo })
     }
 }
