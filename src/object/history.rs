@@ -210,7 +210,8 @@ impl fmt::Display for HistoryError {
 
 impl std::error::Error for HistoryError {}
 
-/// One version's record, as an active object keeps it: the keys only, not the values.
+/// What an active object keeps of one version's record: its header. The record's keys are
+/// in the store's index, which `trim` and `state_at` read them from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Record {
     time_ms: u64,
@@ -220,7 +221,6 @@ struct Record {
     partial: bool,
     /// Whether its header key was loaded (or written).
     headed: bool,
-    keys: Vec<Box<[u8]>>,
 }
 
 /// What one object knows of its history while it is in memory.
@@ -255,6 +255,13 @@ fn record_key(version: u64, tag: u8, rest: &[u8]) -> Vec<u8> {
     key.push(tag);
     key.extend_from_slice(rest);
     key
+}
+
+/// The prefix of every key of version `version`'s record.
+fn record_prefix(version: u64) -> Vec<u8> {
+    let mut prefix = HISTORY_PREFIX.to_vec();
+    prefix.extend_from_slice(&version.to_be_bytes());
+    prefix
 }
 
 /// The version, tag and rest of a record key.
@@ -339,7 +346,6 @@ impl History {
             record.intermediate = rest.get(8) == Some(&HEADER_INTERMEDIATE);
             record.headed = true;
         }
-        record.keys.push(key.into());
         true
     }
 
@@ -527,15 +533,13 @@ impl History {
         }
         let version = self.version + 1;
         let time_ms = now_ms.max(self.time_ms);
-        let mut record = Record {
+        let record = Record {
             time_ms,
             intermediate,
             partial: false,
             headed: true,
-            keys: Vec::new(),
         };
         let mut put = |key: Vec<u8>, value: Vec<u8>| {
-            record.keys.push(key.clone().into_boxed_slice());
             batch.put(key, value);
         };
         let mut header = time_ms.to_be_bytes().to_vec();
@@ -580,8 +584,15 @@ impl History {
     /// with no window), oldest first, at most `TRIM_BYTES_PER_BATCH_MAX` of deletes: whole
     /// versions, and part of one that alone is larger. Versions after `keep_after` stay (a
     /// restore waiting for the next activation needs them). With no window, the version key
-    /// goes too, so a later history starts over.
-    pub fn trim(&mut self, batch: &mut Batch, now_ms: u64, keep_after: Option<u64>) {
+    /// goes too, so a later history starts over. `keys_of(prefix)` gives the object's stored
+    /// keys that start with `prefix`, in order (those of one version's record).
+    pub fn trim(
+        &mut self,
+        batch: &mut Batch,
+        now_ms: u64,
+        keep_after: Option<u64>,
+        keys_of: impl Fn(&[u8]) -> Vec<Vec<u8>>,
+    ) {
         let cutoff = if self.enabled() {
             now_ms.saturating_sub(self.retention_ms)
         } else {
@@ -602,16 +613,15 @@ impl History {
             }
             // Keys go in order, the header first, so the rest of a record cut short here is
             // never taken for a whole one, in memory (`partial`) or after a reload (no header).
-            let mut keys = std::mem::take(&mut record.keys).into_iter();
+            let mut keys = keys_of(&record_prefix(version)).into_iter();
             for key in keys.by_ref() {
                 deleted += key.len() + 16;
-                batch.delete(key.into_vec());
+                batch.delete(key);
                 if deleted >= TRIM_BYTES_PER_BATCH_MAX {
                     break;
                 }
             }
-            record.keys = keys.collect();
-            if record.keys.is_empty() {
+            if keys.next().is_none() {
                 entry.remove();
             } else {
                 record.partial = true;
@@ -661,16 +671,22 @@ impl History {
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
         let mut alarm = alarm_ms;
-        for (version, record) in self.records.range(target + 1..).rev() {
-            for key in &record.keys {
+        for version in self
+            .records
+            .range(target + 1..)
+            .map(|(version, _)| *version)
+            .rev()
+        {
+            let prefix = record_prefix(version);
+            let record = stored
+                .range(prefix.clone()..)
+                .take_while(|(key, _)| key.starts_with(&prefix));
+            for (key, value) in record {
                 let damaged = |what: &str| HistoryError::Damaged {
                     reason: format!("version {version}: {what}"),
                 };
                 let (_, tag, rest) =
                     parse_record_key(key).ok_or_else(|| damaged("a malformed key"))?;
-                let value = stored
-                    .get(&key[..])
-                    .ok_or_else(|| damaged("a record key is missing"))?;
                 match tag {
                     TAG_HEADER => {}
                     TAG_ALARM if value.is_empty() => alarm = None,
@@ -695,6 +711,17 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `trim`'s view of the keys of `stored`.
+    fn keys_of(stored: &BTreeMap<Vec<u8>, Vec<u8>>) -> impl Fn(&[u8]) -> Vec<Vec<u8>> + '_ {
+        |prefix| {
+            stored
+                .range(prefix.to_vec()..)
+                .take_while(|(key, _)| key.starts_with(prefix))
+                .map(|(key, _)| key.clone())
+                .collect()
+        }
+    }
 
     fn apply(state: &mut BTreeMap<Vec<u8>, Vec<u8>>, batch: &Batch) {
         for op in batch.ops() {
@@ -730,7 +757,7 @@ mod tests {
             now_ms,
             false,
         );
-        history.trim(&mut batch, now_ms, None);
+        history.trim(&mut batch, now_ms, None, keys_of(stored));
         apply(stored, &batch);
     }
 
@@ -847,7 +874,7 @@ mod tests {
         }
         off.loaded();
         let mut batch = Batch::new();
-        off.trim(&mut batch, 2000, None);
+        off.trim(&mut batch, 2000, None, keys_of(&stored));
         apply(&mut stored, &batch);
         assert!(stored.keys().all(|key| !is_history_key(key)), "{stored:?}");
         assert!(!off.holds_anything());
@@ -890,7 +917,7 @@ mod tests {
         write(&mut history, &mut stored, b"k", Some(b"1"), 1050);
         // At 1200 both versions are past the window; one batch trims only part of version 1.
         let mut batch = Batch::new();
-        history.trim(&mut batch, 1200, None);
+        history.trim(&mut batch, 1200, None, keys_of(&stored));
         let deleted: usize = batch
             .ops()
             .iter()
@@ -916,7 +943,7 @@ mod tests {
         // Later batches finish it, and then version 2.
         for _ in 0..3 {
             let mut batch = Batch::new();
-            loaded.trim(&mut batch, 1200, None);
+            loaded.trim(&mut batch, 1200, None, keys_of(&stored));
             apply(&mut stored, &batch);
         }
         assert!(loaded.records.is_empty(), "{:?}", loaded.records.keys());

@@ -725,6 +725,10 @@ impl Commit for ObjectHost {
             }
             return Ok(());
         };
+        let mut batch = batch;
+        slot.storage.trim_history(&mut batch, |prefix| {
+            self.store.keys_with_prefix(&slot.id.0, prefix, usize::MAX)
+        });
         match self.store.commit(&slot.id.0, batch) {
             Ok((seq, _durable)) => {
                 slot.last_submitted_seq.set(seq);

@@ -305,11 +305,19 @@ impl Storage {
                 .chain(alarm_before.map(Before::Alarm));
             state.history.record(&mut batch, befores, now_ms, false);
         }
+        Some((batch, alarm))
+    }
+
+    /// Adds to `batch` (taken from `take_pending`) the deletes of history records past the
+    /// window; `keys_of(prefix)` gives the object's stored keys under `prefix`, in order.
+    pub(super) fn trim_history(&self, batch: &mut Batch, keys_of: impl Fn(&[u8]) -> Vec<Vec<u8>>) {
+        let mut state = self.state.borrow_mut();
         if state.history.holds_anything() {
             let keep_after = state.restore_target;
-            state.history.trim(&mut batch, now_ms, keep_after);
+            state
+                .history
+                .trim(batch, history::now_ms(), keep_after, keys_of);
         }
-        Some((batch, alarm))
     }
 
     /// Whether the instance asked to be restarted after the current event (a restore), once:

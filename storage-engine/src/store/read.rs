@@ -141,6 +141,25 @@ impl Store {
             .collect()
     }
 
+    /// The keys of `object` that start with `prefix`, in key order, at most `limit`, without
+    /// their values (read from the index alone).
+    pub fn keys_with_prefix(&self, object: &ObjectId, prefix: &[u8], limit: usize) -> Vec<Vec<u8>> {
+        let state = self.inner.state.borrow();
+        let Some(found) = state.index.objects.get(object) else {
+            return Vec::new();
+        };
+        found
+            .keys
+            .range(
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            )
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .take(limit)
+            .map(|(key, _)| key.to_vec())
+            .collect()
+    }
+
     pub async fn load_object(&self, object: &ObjectId) -> Result<ObjectData, StoreError> {
         self.load_object_except(object, |_| false).await
     }
