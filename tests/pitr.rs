@@ -1,6 +1,6 @@
 //! Point-in-time recovery through the admin API and `stead admin`, black-box: the real binary
-//! with history windows set in `stead.toml`, over real sockets, across a restart that changes
-//! `--cores`.
+//! with history windows set in `stead.toml`, over real sockets, across a kill -9 and a restart
+//! that changes `--cores`.
 
 mod common;
 
@@ -93,9 +93,9 @@ fn objects_go_back_to_bookmarks_across_a_restart_with_other_cores() {
     let object = admin(&mut client, "GET", "/admin/objects/counter/c", "").json();
     assert!(object["historyBytes"].as_u64().unwrap_or(0) > 0, "{object}");
     assert!(server.metric_sum("stead_history_bytes") > 0.0);
-    server.stop();
+    server.kill();
 
-    // One core now: every object moved to the new store, its history with it.
+    // Killed, and back on one core: every object moved to the new store, its history with it.
     let server = start(dir.path(), 1);
     let mut client = server.client();
     assert_eq!(client.get("/objects/counter/c/value").text(), "3");

@@ -294,6 +294,9 @@ fn new_history_id() -> u64 {
 /// The header's flag byte after the time: the version is an intermediate batch of a restore.
 const HEADER_INTERMEDIATE: u8 = 1;
 
+/// An object's key-value entries (SQL pages included) and alarm.
+pub type ObjectState = (BTreeMap<Vec<u8>, Vec<u8>>, Option<i64>);
+
 /// A change the history records before a batch: what a key, or the alarm, held.
 pub enum Before<'a> {
     Key(&'a [u8], Option<&'a [u8]>),
@@ -657,7 +660,7 @@ impl History {
         target: u64,
         stored: &BTreeMap<Vec<u8>, Vec<u8>>,
         alarm_ms: Option<i64>,
-    ) -> Result<(BTreeMap<Vec<u8>, Vec<u8>>, Option<i64>), HistoryError> {
+    ) -> Result<ObjectState, HistoryError> {
         if !self.reaches(target) {
             return Err(HistoryError::NotReachable {
                 version: target,

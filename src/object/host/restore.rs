@@ -154,7 +154,7 @@ impl ObjectHost {
         // Puts in key order (SQL pages past the file's end rising), then deletes in reverse
         // key order (SQL pages from the end): every prefix of the changes leaves the SQL file
         // without holes, so a restore cut short by a crash still loads.
-        let mut changes: Vec<(&[u8], Option<&[u8]>)> = entries
+        let mut changes: Vec<Change> = entries
             .iter()
             .filter(|(key, value)| current.get(key.as_slice()) != Some(&value.as_slice()))
             .map(|(key, value)| (key.as_slice(), Some(value.as_slice())))
@@ -280,13 +280,16 @@ impl ObjectHost {
     }
 }
 
+/// A key and its new value (`None`: deleted).
+type Change<'a> = (&'a [u8], Option<&'a [u8]>);
+
 /// `changes` cut into batches of at most `RESTORE_BATCH_CHANGES` changes and about
 /// `RESTORE_BATCH_BYTES`, counting each change's key, new value and the value it replaces
 /// (`current`); always at least one batch.
 fn chunk_changes<'a, 'b>(
-    changes: &'a [(&'b [u8], Option<&'b [u8]>)],
+    changes: &'a [Change<'b>],
     current: &BTreeMap<&[u8], &[u8]>,
-) -> Vec<&'a [(&'b [u8], Option<&'b [u8]>)]> {
+) -> Vec<&'a [Change<'b>]> {
     let mut chunks = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (index, (key, value)) in changes.iter().enumerate() {
