@@ -401,6 +401,16 @@ impl Shard {
         }
     }
 
+    /// Answers `op`, a question about object `id`, on the core that owns it.
+    async fn admin_about(
+        self: &Rc<Self>,
+        id: ObjectId,
+        op: AdminOp,
+    ) -> Result<AdminReply, Response> {
+        self.admin_on(id.core(self.partitions, self.cores), op)
+            .await
+    }
+
     /// One request to the admin API; `path` follows `/admin`.
     pub(super) async fn admin(self: &Rc<Self>, request: &Request, path: &str) -> Response {
         let Some(expected) = &self.admin_header else {
@@ -531,8 +541,7 @@ impl Shard {
         target: &str,
     ) -> Result<Response, Response> {
         let id = self.admin_target(class, target)?;
-        let core = id.core(self.partitions, self.cores);
-        match self.admin_on(core, AdminOp::Object { id }).await? {
+        match self.admin_about(id, AdminOp::Object { id }).await? {
             AdminReply::Object(Ok(Some(info))) => Ok(json(&ObjectJson::from(&info))),
             AdminReply::Object(Ok(None)) => Err(Response::json_error(404, "no such object")),
             AdminReply::Object(Err(error)) => Err(store_failed(&error)),
@@ -565,8 +574,7 @@ impl Shard {
             after,
             limit,
         };
-        let core = id.core(self.partitions, self.cores);
-        let page = match self.admin_on(core, op).await? {
+        let page = match self.admin_about(id, op).await? {
             AdminReply::Storage(Ok(page)) => page,
             AdminReply::Storage(Err(error)) => return Err(store_failed(&error)),
             _ => return Err(wrong_reply()),
@@ -580,8 +588,7 @@ impl Shard {
         target: &str,
     ) -> Result<Response, Response> {
         let id = self.admin_target(class, target)?;
-        let core = id.core(self.partitions, self.cores);
-        match self.admin_on(core, AdminOp::Delete { id }).await? {
+        match self.admin_about(id, AdminOp::Delete { id }).await? {
             AdminReply::Deleted(Ok(deleted)) => Ok(json(&Deleted {
                 id: id.to_string(),
                 deleted,
@@ -612,8 +619,7 @@ impl Shard {
             id,
             at_ms,
         };
-        let core = id.core(self.partitions, self.cores);
-        match self.admin_on(core, op).await? {
+        match self.admin_about(id, op).await? {
             AdminReply::Bookmark(Ok(bookmark)) => Ok(json(&BookmarkJson {
                 id: id.to_string(),
                 bookmark: bookmark.to_string(),
@@ -651,8 +657,7 @@ impl Shard {
             id,
             bookmark,
         };
-        let core = id.core(self.partitions, self.cores);
-        match self.admin_on(core, op).await? {
+        match self.admin_about(id, op).await? {
             AdminReply::Restored(Ok(restored)) => Ok(json(&RestoredJson {
                 id: id.to_string(),
                 restored: restored.bookmark.to_string(),

@@ -88,6 +88,20 @@ impl ObjectHost {
         Ok(history)
     }
 
+    /// The stored history of object `id` of `class`, and the time it was read at.
+    async fn admin_history(
+        &self,
+        class: &str,
+        id: ObjectId,
+    ) -> Result<(History, u64), AdminHistoryError> {
+        let retention_ms = self.config.history_retention_ms(class);
+        let history = self
+            .stored_history(id, retention_ms)
+            .await
+            .map_err(|reason| (500, reason))?;
+        Ok((history, history::now_ms()))
+    }
+
     /// Commits `batch` of object `id` outside any event and waits until it is durable.
     async fn commit_durably(&self, id: ObjectId, batch: Batch) -> Result<(), String> {
         let (seq, _) = self
@@ -208,12 +222,7 @@ impl ObjectHost {
         id: ObjectId,
         at_ms: Option<u64>,
     ) -> Result<Bookmark, AdminHistoryError> {
-        let retention_ms = self.config.history_retention_ms(class);
-        let history = self
-            .stored_history(id, retention_ms)
-            .await
-            .map_err(|reason| (500, reason))?;
-        let now_ms = history::now_ms();
+        let (history, now_ms) = self.admin_history(class, id).await?;
         match at_ms {
             Some(at_ms) => history.bookmark_for_time(at_ms, now_ms),
             None => history.current_bookmark(now_ms),
@@ -230,12 +239,7 @@ impl ObjectHost {
         id: ObjectId,
         bookmark: Bookmark,
     ) -> Result<Restored, AdminHistoryError> {
-        let retention_ms = self.config.history_retention_ms(class);
-        let history = self
-            .stored_history(id, retention_ms)
-            .await
-            .map_err(|reason| (500, reason))?;
-        let now_ms = history::now_ms();
+        let (history, now_ms) = self.admin_history(class, id).await?;
         history
             .check_restore(bookmark, now_ms)
             .map_err(admin_error)?;
