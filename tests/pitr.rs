@@ -5,14 +5,17 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
+use common::ws::{Frame, WsClient};
 use common::{Client, Reply, TestServer};
 use serde_json::Value;
 
 const TOKEN: &str = "admin-secret";
 
 const CONFIG: &str = "[classes.counter]\nhistory_retention_ms = 3600000\n\n\
-                      [classes.sql]\nhistory_retention_ms = 3600000\n";
+                      [classes.sql]\nhistory_retention_ms = 3600000\n\n\
+                      [classes.chat]\nhistory_retention_ms = 3600000\n";
 
 fn admin(client: &mut Client, method: &str, path: &str, body: &str) -> Reply {
     let bearer = format!("Bearer {TOKEN}");
@@ -212,4 +215,31 @@ fn a_window_for_a_class_that_is_not_registered_is_refused_at_start() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("[classes.nosuch]"), "{stderr}");
+}
+
+#[test]
+fn a_restore_closes_the_objects_websockets_with_1012() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(dir.path(), 2);
+    let mut client = server.client();
+    // A room that never wrote: its bookmark is its state now, and restoring it is allowed.
+    let now = bookmark(&mut client, "chat/room");
+    let mut member = WsClient::connect(server.addr, "/objects/chat/room/websocket?name=m");
+    member
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    restore(&mut client, "chat/room", &now);
+    assert_eq!(
+        member.last_frame_until_close(),
+        Some(Frame::Close(Some(1012)))
+    );
+    // The room serves again after its restart.
+    let mut again = WsClient::connect(server.addr, "/objects/chat/room/websocket?name=n");
+    again
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    assert_eq!(again.next_json()["type"], "join");
+    server.stop();
 }

@@ -475,7 +475,10 @@ impl History {
         if self.restore_pending {
             return Err(HistoryError::RestoreInProgress);
         }
-        if bookmark.history != self.id {
+        // Before its first recorded batch a history's number is not stored yet (each reading
+        // draws one): its only point is the state now, which any bookmark of it names.
+        let unrecorded = !self.stored && bookmark.version == self.version;
+        if bookmark.history != self.id && !unrecorded {
             return Err(HistoryError::OtherHistory);
         }
         if bookmark.time_ms > now_ms.max(self.time_ms) {
