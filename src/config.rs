@@ -69,6 +69,9 @@ pub struct ObjectLimits {
     /// 140 bytes of memory each; see BENCHMARKS.md), so that the admin API can show and filter
     /// by it. Off, objects are listed by id only.
     pub keep_names: bool,
+    /// How deep a chain of calls between objects may go (A calls B calls C …); a call past it
+    /// fails with 508 instead of looping.
+    pub call_depth_max: u32,
 }
 
 impl Default for ObjectLimits {
@@ -78,6 +81,7 @@ impl Default for ObjectLimits {
             idle_evict_ms: 30_000,
             cross_core_requests_max: 4096,
             keep_names: true,
+            call_depth_max: 16,
         }
     }
 }

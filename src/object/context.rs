@@ -3,10 +3,13 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use serde_json::json;
 use stead_storage::Store;
 
+use super::call::{CallError, Caller, ObjectStub, Router};
+use super::registry::ClassRegistry;
 use super::{CoreSockets, ObjectError, Storage};
 use crate::config::Config;
 use crate::http::{Request, Response};
@@ -40,6 +43,10 @@ struct Inner {
     stopping: Rc<Shutdown>,
     /// How many of the object's events are parked (see [`ObjectContext::park`]).
     parked: Rc<Cell<usize>>,
+    /// The classes, for the ids of the objects a stub names.
+    registry: Arc<ClassRegistry>,
+    /// What the object's stubs call through.
+    caller: Caller,
 }
 
 /// An event's mark as parked, from [`ObjectContext::park`]; dropping it counts the event
@@ -62,6 +69,8 @@ pub(super) struct CoreParts<'a> {
     pub(super) sockets: &'a Rc<CoreSockets>,
     pub(super) store: &'a Store,
     pub(super) stopping: &'a Rc<Shutdown>,
+    pub(super) registry: &'a Arc<ClassRegistry>,
+    pub(super) router: Option<Rc<dyn Router>>,
 }
 
 /// An object's identity, storage, sockets and configuration. Cheap to clone.
@@ -82,10 +91,11 @@ impl std::fmt::Debug for ObjectContext {
 
 impl ObjectContext {
     /// The context of the object `id` of `class`, with what its core shares among objects.
+    /// `parked` counts its parked events, `depth` is the call depth of the event running.
     pub(super) fn new(
         (id, class): (ObjectId, Rc<str>),
         storage: Storage,
-        parked: Rc<Cell<usize>>,
+        (parked, depth): (Rc<Cell<usize>>, Rc<Cell<u32>>),
         core: &CoreParts,
     ) -> ObjectContext {
         ObjectContext {
@@ -98,6 +108,12 @@ impl ObjectContext {
                 store: core.store.clone(),
                 stopping: core.stopping.clone(),
                 parked,
+                registry: core.registry.clone(),
+                caller: Caller {
+                    router: core.router.clone(),
+                    depth,
+                    call_depth_max: core.config.objects.call_depth_max,
+                },
             }),
         }
     }
@@ -128,6 +144,60 @@ impl ObjectContext {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// A stub of the object `name` of `class` (the object a request to
+    /// `/objects/{class}/{name}/…` reaches), on whichever core owns it.
+    pub fn object(&self, class: &str, name: &str) -> Result<ObjectStub, CallError> {
+        let registry = &self.inner.registry;
+        if !registry.contains(class) {
+            return Err(CallError::UnknownClass {
+                class: class.to_string(),
+            });
+        }
+        let id = ObjectId::from_name(registry.id_namespace(class), name);
+        let name = self
+            .inner
+            .config
+            .objects
+            .keep_names
+            .then(|| name.to_string());
+        Ok(ObjectStub::new(
+            self.inner.caller.clone(),
+            class.to_string(),
+            id,
+            name,
+        ))
+    }
+
+    /// A stub of the object `id` of `class` (an id from [`ObjectContext::new_unique_id`] or
+    /// one a client sent as `id:…`). An id of another class is refused by its core.
+    pub fn object_by_id(&self, class: &str, id: ObjectId) -> Result<ObjectStub, CallError> {
+        if !self.inner.registry.contains(class) {
+            return Err(CallError::UnknownClass {
+                class: class.to_string(),
+            });
+        }
+        Ok(ObjectStub::new(
+            self.inner.caller.clone(),
+            class.to_string(),
+            id,
+            None,
+        ))
+    }
+
+    /// A new random id of `class` (as `newUniqueId()`), for objects such as shards that need
+    /// no name.
+    pub fn new_unique_id(&self, class: &str) -> Result<ObjectId, CallError> {
+        let registry = &self.inner.registry;
+        if !registry.contains(class) {
+            return Err(CallError::UnknownClass {
+                class: class.to_string(),
+            });
+        }
+        ObjectId::new_unique(registry.id_namespace(class)).map_err(|error| CallError::Json {
+            reason: format!("no randomness for a unique id: {error}"),
+        })
     }
 
     /// Resolves once the server begins shutting down. A handler that waits for something

@@ -32,15 +32,24 @@ pub(super) struct Gated<'a, T> {
     handler: BoxedLocal<T>,
     /// The first commit failure, reported when the handler finishes.
     commit_error: Option<EventError>,
+    /// The call depth of the event (see `call.rs`), the object's while the handler is polled.
+    depth: u32,
 }
 
 impl<'a, T> Gated<'a, T> {
-    pub(super) fn new(host: &'a dyn Commit, slot: &'a Slot, handler: BoxedLocal<T>) -> Self {
+    /// `handler` of an event at call depth `depth`.
+    pub(super) fn new(
+        host: &'a dyn Commit,
+        slot: &'a Slot,
+        handler: BoxedLocal<T>,
+        depth: u32,
+    ) -> Self {
         Gated {
             host,
             slot,
             handler,
             commit_error: None,
+            depth,
         }
     }
 }
@@ -51,6 +60,7 @@ impl<T> Future for Gated<'_, T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        this.slot.call_depth.set(this.depth);
         let poll = this.handler.as_mut().poll(cx);
         if let Err(error) = this.host.commit_pending(this.slot) {
             this.commit_error.get_or_insert(error);

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use futures_lite::future::BoxedLocal;
 use stead_storage::{Limits, Store};
 
+use super::call::{call_depth, Router};
 use super::context::CoreParts;
 use super::error::EventError;
 use super::gate::{Commit, Gated};
@@ -144,6 +145,8 @@ pub struct ObjectHost {
     store_failed: Cell<bool>,
     /// The `/healthz` hook, if one is installed.
     store_failure_listener: RefCell<Option<StoreFailureListener>>,
+    /// How objects' stubs reach other objects (the server's routing), once installed.
+    router: RefCell<Option<Rc<dyn Router>>>,
 }
 
 /// An admitted event; dropping it (answered or abandoned) releases its place.
@@ -229,6 +232,7 @@ impl ObjectHost {
             sockets: Rc::new(CoreSockets::new(config_websocket)),
             store_failed: Cell::new(false),
             store_failure_listener: RefCell::new(None),
+            router: RefCell::new(None),
         })
     }
 
@@ -238,6 +242,12 @@ impl ObjectHost {
 
     pub fn registry(&self) -> &Arc<ClassRegistry> {
         &self.registry
+    }
+
+    /// Installs the routing objects' stubs call other objects through (objects activated
+    /// before it have none).
+    pub fn set_router(&self, router: Rc<dyn Router>) {
+        *self.router.borrow_mut() = Some(router);
     }
 
     /// Installs the hook told about every committed alarm change.
@@ -317,7 +327,8 @@ impl ObjectHost {
                 event.slot.storage.note_name(name);
             }
             let instance = event.ready().await?;
-            self.run(&event.slot, instance.fetch(request)).await
+            let depth = call_depth(&request);
+            self.run(&event.slot, instance.fetch(request), depth).await
         };
         answer
             .await
@@ -344,7 +355,7 @@ impl ObjectHost {
             }
             Ok(())
         });
-        self.run(&event.slot, handler).await
+        self.run(&event.slot, handler, 0).await
     }
 
     /// Objects in memory (active or activating).
@@ -423,7 +434,7 @@ impl ObjectHost {
                             instance.websocket_error(handle, format!("{error:?}"))
                         }
                     };
-                    self.run(&event_guard.slot, handler).await
+                    self.run(&event_guard.slot, handler, 0).await
                 }
             },
         };
@@ -566,14 +577,16 @@ impl ObjectHost {
         Ok(slot)
     }
 
-    /// Runs one handler under the commit gate, then the output gate. A handler's own error
-    /// keeps its status (413 for a write the client made too large); a failed commit is 500.
+    /// Runs one handler (of an event at call depth `depth`) under the commit gate, then the
+    /// output gate. A handler's own error keeps its status (413 for a write the client made
+    /// too large); a failed commit is 500.
     async fn run<T>(
         &self,
         slot: &Slot,
         handler: BoxedLocal<Result<T, ObjectError>>,
+        depth: u32,
     ) -> Result<T, EventError> {
-        let (result, commit_error) = Gated::new(self, slot, handler).await;
+        let (result, commit_error) = Gated::new(self, slot, handler, depth).await;
         if let Some(error) = commit_error {
             return Err(error);
         }
@@ -646,15 +659,18 @@ impl ObjectHost {
             sockets: &self.sockets,
             store: &self.store,
             stopping: &self.stopping,
+            registry: &self.registry,
+            router: self.router.borrow().clone(),
         };
         let context = ObjectContext::new(
             (slot.id, slot.class.clone()),
             slot.storage.clone(),
-            slot.parked.clone(),
+            (slot.parked.clone(), slot.call_depth.clone()),
             &core,
         );
         let instance = constructor(context);
-        let (result, commit_error) = Gated::new(self, slot, instance.clone().init()).await;
+        let init = instance.clone().init();
+        let (result, commit_error) = Gated::new(self, slot, init, 0).await;
         if let Some(error) = commit_error {
             return Err(error);
         }

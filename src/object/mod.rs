@@ -17,6 +17,7 @@ use std::future::Future;
 
 use crate::http::{Request, Response};
 
+mod call;
 mod context;
 mod error;
 mod gate;
@@ -33,6 +34,7 @@ mod storage;
 mod tests;
 
 pub use crate::websocket::{Message as WebSocketMessage, SocketHandle};
+pub use call::{CallError, ObjectStub, Router, CALL_DEPTH_HEADER};
 pub use context::{AcceptedSocket, ObjectContext, Parked};
 pub use error::EventError;
 pub(crate) use history::HISTORY_PREFIX;

@@ -50,6 +50,9 @@ pub(super) struct Slot {
     /// The sequence number of the object's last commit: a response waits until it is durable,
     /// since the event may have read anything the object wrote up to then.
     pub(super) last_submitted_seq: Cell<u64>,
+    /// The call depth of the event whose handler is being polled (see `call.rs`), shared with
+    /// the object's context.
+    pub(super) call_depth: Rc<Cell<u32>>,
     /// Set by an activation that carried out a restore: the bookmark that undoes it.
     pub(super) restore_undo: Cell<Option<crate::object::history::Bookmark>>,
 }
@@ -67,6 +70,7 @@ impl Slot {
             last_event: Cell::new(Instant::now()),
             last_submitted_seq: Cell::new(seq_floor),
             restore_undo: Cell::new(None),
+            call_depth: Rc::new(Cell::new(0)),
         }
     }
 

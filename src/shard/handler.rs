@@ -475,3 +475,25 @@ pub(super) fn object_id(namespace: &str, target: ObjectTarget) -> Result<ObjectI
             .map_err(|error| Response::json_error(400, &error.to_string())),
     }
 }
+
+/// The routing objects' stubs call through (`ObjectContext::object`): the way a client's
+/// request to the object goes, here or over the mesh to the owning core.
+pub(super) struct ShardRouter(pub(super) std::rc::Weak<Shard>);
+
+impl crate::object::Router for ShardRouter {
+    fn call(
+        &self,
+        class: String,
+        id: ObjectId,
+        name: Option<String>,
+        request: Request,
+    ) -> futures_lite::future::BoxedLocal<Response> {
+        let shard = self.0.upgrade();
+        Box::pin(async move {
+            match shard {
+                Some(shard) => shard.run_on_owner(&class, id, name, request).await,
+                None => crate::object::shutting_down(),
+            }
+        })
+    }
+}

@@ -342,6 +342,7 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         shutdown: shutdown.clone(),
         connection_slots: accept::connection_slots(config.http.connections_per_core_max),
     });
+    host.set_router(Rc::new(handler::ShardRouter(Rc::downgrade(&shard))));
     for (from, receiver) in receivers {
         glommio::spawn_local(receive_loop(shard.clone(), from, receiver)).detach();
     }
