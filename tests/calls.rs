@@ -209,3 +209,44 @@ fn objects_call_objects_on_their_own_and_on_the_other_core() {
     server.stop();
     server.wait().expect("clean shutdown");
 }
+
+/// The `sharded_counter` example: increments spread over four shards made with unique ids, the
+/// sum read back through typed calls, the same after a restart.
+#[test]
+fn the_sharded_counter_example_spreads_increments_and_sums_them() {
+    let working_dir = tempfile::tempdir().expect("temp dir");
+    let example = std::path::Path::new(env!("CARGO_BIN_EXE_stead"))
+        .parent()
+        .expect("the binary's directory")
+        .join("examples")
+        .join("sharded_counter");
+    assert!(example.exists(), "{} was not built", example.display());
+    let start = || {
+        let mut command = std::process::Command::new(&example);
+        command
+            .current_dir(working_dir.path())
+            .env("STEAD_LISTEN", "127.0.0.1:0");
+        common::TestServer::spawn(command, &working_dir.path().join("sharded-data"))
+    };
+    let server = start();
+    let mut client = server.client();
+    for _ in 0..10 {
+        let reply = client.request("POST", "/objects/sharded/visits/increment", b"");
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    assert_eq!(client.get("/objects/sharded/visits/value").text(), "10");
+    assert_eq!(
+        client.get("/objects/sharded/visits/shards").text(),
+        "3,3,2,2"
+    );
+    assert_eq!(server.stop(), Some(0));
+    let server = start();
+    let mut client = server.client();
+    assert_eq!(client.get("/objects/sharded/visits/value").text(), "10");
+    client.request("POST", "/objects/sharded/visits/increment", b"");
+    assert_eq!(
+        client.get("/objects/sharded/visits/shards").text(),
+        "3,3,3,2"
+    );
+    assert_eq!(server.stop(), Some(0));
+}
