@@ -124,6 +124,21 @@ impl DurableObject for Relay {
                 let sum: Sum = stub.call("/add", &Add { a: 20, b: 22 }).await?;
                 Ok(Response::text(200, sum.sum.to_string()))
             }
+            // Calls to itself one after another: each returns to this event's own depth.
+            "/self-many" => {
+                for _ in 0..(2 * 16) {
+                    let answer = self.relay(&me, "/value", String::new()).await?;
+                    if answer.status != 200 {
+                        return Ok(answer);
+                    }
+                }
+                Ok(Response::text(200, "all answered"))
+            }
+            "/wrong-class" => {
+                let other = ObjectId::from_name("other", "x");
+                let refused = self.context.object_by_id(CLASS, other).err();
+                Ok(Response::text(200, format!("{refused:?}")))
+            }
             "/unique" => {
                 let id = self.context.new_unique_id(CLASS)?;
                 let stub = self.context.object_by_id(CLASS, id)?;
@@ -133,6 +148,27 @@ impl DurableObject for Relay {
             }
             _ => Ok(Response::not_found()),
         }
+    }
+}
+
+/// A class whose `init` calls another object: refused, so no activation waits for itself.
+struct Eager {
+    context: ObjectContext,
+}
+
+impl DurableObject for Eager {
+    fn new(context: ObjectContext) -> Eager {
+        Eager { context }
+    }
+
+    async fn init(&self) -> Result<(), ObjectError> {
+        let stub = self.context.object(CLASS, "anyone")?;
+        stub.fetch(get("/value", String::new())).await?;
+        Ok(())
+    }
+
+    async fn fetch(&self, _request: Request) -> Result<Response, ObjectError> {
+        Ok(Response::text(200, "activated"))
     }
 }
 
@@ -146,6 +182,8 @@ fn start(dir: &std::path::Path) -> RunningServer {
     stead::Server::builder()
         .config(config)
         .class::<Relay>(CLASS)
+        .class::<Relay>("other")
+        .class::<Eager>("eager")
         .build()
         .start()
         .expect("start the server")
@@ -205,7 +243,16 @@ fn objects_call_objects_on_their_own_and_on_the_other_core() {
         assert_eq!(typed, (200, "42".to_string()));
         let unique = ask(&mut client, &format!("{}/unique", object(&a)));
         assert_eq!(unique, (200, "2".to_string()));
+        // Many calls to itself in one event: none is refused as too deep.
+        let many = ask(&mut client, &format!("{}/self-many?me={a}", object(&a)));
+        assert_eq!(many, (200, "all answered".to_string()));
+        let wrong = ask(&mut client, &format!("{}/wrong-class", object(&a)));
+        assert!(wrong.1.contains("WrongClass"), "{wrong:?}");
     }
+    // A call from init is refused: the activation fails with why, and nothing hangs.
+    let (status, text) = ask(&mut client, "/objects/eager/e/hello");
+    assert_eq!(status, 500, "{text}");
+    assert!(text.contains("from an event's handler"), "{text}");
     server.stop();
     server.wait().expect("clean shutdown");
 }

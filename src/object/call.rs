@@ -22,6 +22,11 @@ use crate::id::ObjectId;
 /// client started). Requests from clients may carry it too: it only lowers what they may call.
 pub const CALL_DEPTH_HEADER: &str = "stead-call-depth";
 
+/// The call depth the object's cell holds while none of its events is being polled (and
+/// while `init` runs): a stub refuses to call then ([`CallError::OutsideEvent`]), since no
+/// event's chain can be told.
+pub(super) const NO_EVENT_DEPTH: u32 = u32::MAX;
+
 /// The depth of the chain `request` belongs to: 0 for a client's request.
 pub fn call_depth(request: &Request) -> u32 {
     request
@@ -53,6 +58,15 @@ pub enum CallError {
     TooDeep { depth: u32, call_depth_max: u32 },
     /// The object runs without a server to route calls (a host used on its own).
     NoRouter,
+    /// The call was made outside an event's handler: from `init`, or from a task the handler
+    /// spawned (whose chain cannot be told, so a cycle through it could not be bounded).
+    OutsideEvent,
+    /// An id of another class than the stub's.
+    WrongClass { class: String },
+    /// An object name that is empty or longer than `http.object_name_bytes_max`.
+    InvalidName { name_bytes: usize },
+    /// No randomness for a unique id.
+    NoRandomness { reason: String },
     /// A typed call's request could not be encoded, or its answer decoded.
     Json { reason: String },
     /// A typed call was answered with this status.
@@ -73,6 +87,19 @@ impl fmt::Display for CallError {
             CallError::NoRouter => {
                 f.write_str("calls between objects need the server's routing, which this host has not")
             }
+            CallError::OutsideEvent => f.write_str(
+                "a call between objects must be made from an event's handler (not from init, nor from a task it spawned)",
+            ),
+            CallError::WrongClass { class } => {
+                write!(f, "the id is not of an object of class {class:?}")
+            }
+            CallError::InvalidName { name_bytes } => write!(
+                f,
+                "an object name of {name_bytes} bytes: it must be 1 to http.object_name_bytes_max bytes"
+            ),
+            CallError::NoRandomness { reason } => {
+                write!(f, "no randomness for a unique id: {reason}")
+            }
             CallError::Json { reason } => write!(f, "a typed call's JSON: {reason}"),
             CallError::Status { status, body } => {
                 write!(f, "the object answered {status}: {body}")
@@ -91,7 +118,12 @@ impl From<CallError> for super::ObjectError {
             CallError::TooDeep { .. } => 508,
             CallError::Json { .. } => 502,
             CallError::Status { status, .. } => *status,
-            CallError::UnknownClass { .. } | CallError::NoRouter => 500,
+            CallError::UnknownClass { .. }
+            | CallError::NoRouter
+            | CallError::OutsideEvent
+            | CallError::WrongClass { .. }
+            | CallError::InvalidName { .. }
+            | CallError::NoRandomness { .. } => 500,
         };
         super::ObjectError::with_status(status, error.to_string())
     }
@@ -147,17 +179,22 @@ impl ObjectStub {
 
     /// Delivers `request` as an event of the object and returns its response: the object's own
     /// answer, or the server's refusal (503 overloaded or shutting down, 500 a failed
-    /// activation), never a panic. The call belongs to the chain of the event that makes it,
-    /// taken when `fetch` is called (so call it from the handler, not from a task it spawned).
+    /// activation), never a panic. The call belongs to the chain of the event whose handler
+    /// calls `fetch`; called from `init` or from a task the handler spawned, it is refused
+    /// ([`CallError::OutsideEvent`]).
     pub fn fetch(
         &self,
         mut request: Request,
     ) -> impl std::future::Future<Output = Result<Response, CallError>> {
-        let depth = self.caller.depth.get().saturating_add(1);
+        let current = self.caller.depth.get();
+        let depth = current.saturating_add(1);
         let call_depth_max = self.caller.call_depth_max;
         let router = self.caller.router.clone();
         let (class, id, name) = (self.class.clone(), self.id, self.name.clone());
         async move {
+            if current == NO_EVENT_DEPTH {
+                return Err(CallError::OutsideEvent);
+            }
             if depth > call_depth_max {
                 return Err(CallError::TooDeep {
                     depth,

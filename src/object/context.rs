@@ -155,6 +155,10 @@ impl ObjectContext {
                 class: class.to_string(),
             });
         }
+        let name_bytes = name.len();
+        if name_bytes == 0 || name_bytes > self.inner.config.http.object_name_bytes_max {
+            return Err(CallError::InvalidName { name_bytes });
+        }
         let id = ObjectId::from_name(registry.id_namespace(class), name);
         let name = self
             .inner
@@ -171,10 +175,15 @@ impl ObjectContext {
     }
 
     /// A stub of the object `id` of `class` (an id from [`ObjectContext::new_unique_id`] or
-    /// one a client sent as `id:…`). An id of another class is refused by its core.
+    /// one a client sent as `id:…`); an id of another class is refused.
     pub fn object_by_id(&self, class: &str, id: ObjectId) -> Result<ObjectStub, CallError> {
-        if !self.inner.registry.contains(class) {
+        let Some(tag) = self.inner.registry.tag(class) else {
             return Err(CallError::UnknownClass {
+                class: class.to_string(),
+            });
+        };
+        if id.class_tag() != tag {
+            return Err(CallError::WrongClass {
                 class: class.to_string(),
             });
         }
@@ -195,8 +204,10 @@ impl ObjectContext {
                 class: class.to_string(),
             });
         }
-        ObjectId::new_unique(registry.id_namespace(class)).map_err(|error| CallError::Json {
-            reason: format!("no randomness for a unique id: {error}"),
+        ObjectId::new_unique(registry.id_namespace(class)).map_err(|error| {
+            CallError::NoRandomness {
+                reason: error.to_string(),
+            }
         })
     }
 

@@ -60,8 +60,11 @@ impl<T> Future for Gated<'_, T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        this.slot.call_depth.set(this.depth);
+        // The event's depth while its handler is polled, then back to what it was (an outer
+        // poll of the same object, for a call to itself, or none).
+        let outer = this.slot.call_depth.replace(this.depth);
         let poll = this.handler.as_mut().poll(cx);
+        this.slot.call_depth.set(outer);
         if let Err(error) = this.host.commit_pending(this.slot) {
             this.commit_error.get_or_insert(error);
         }

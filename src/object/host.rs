@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use futures_lite::future::BoxedLocal;
 use stead_storage::{Limits, Store};
 
-use super::call::{call_depth, Router};
+use super::call::{call_depth, Router, NO_EVENT_DEPTH};
 use super::context::CoreParts;
 use super::error::EventError;
 use super::gate::{Commit, Gated};
@@ -670,7 +670,9 @@ impl ObjectHost {
         );
         let instance = constructor(context);
         let init = instance.clone().init();
-        let (result, commit_error) = Gated::new(self, slot, init, 0).await;
+        // No calls from `init`: an object's activation would wait for itself (A's init calls
+        // B, which calls A, which is still activating).
+        let (result, commit_error) = Gated::new(self, slot, init, NO_EVENT_DEPTH).await;
         if let Some(error) = commit_error {
             return Err(error);
         }

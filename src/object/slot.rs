@@ -70,7 +70,7 @@ impl Slot {
             last_event: Cell::new(Instant::now()),
             last_submitted_seq: Cell::new(seq_floor),
             restore_undo: Cell::new(None),
-            call_depth: Rc::new(Cell::new(0)),
+            call_depth: Rc::new(Cell::new(super::call::NO_EVENT_DEPTH)),
         }
     }
 
