@@ -232,6 +232,36 @@ pub struct ClassRename {
     pub to: String,
 }
 
+/// Outgoing HTTP from objects (`ObjectContext::fetch`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FetchSettings {
+    /// Hosts objects may reach: `name`, `name:port`, `address` or `address:port` (`[v6]:port`);
+    /// empty (the default) denies every request. A listed name must resolve to public
+    /// addresses only; to reach a private one, list the address itself.
+    pub allow_hosts: Vec<String>,
+    /// The whole exchange (resolving, connecting, redirects, the answer) within this.
+    pub timeout_ms: u64,
+    /// Largest answer body.
+    pub response_bytes_max: usize,
+    /// Redirects followed (each hop checked against the allow list); 0 answers them as they are.
+    pub redirects_max: u32,
+    /// Kept-alive connections per host and core.
+    pub idle_connections_per_host: usize,
+}
+
+impl Default for FetchSettings {
+    fn default() -> FetchSettings {
+        FetchSettings {
+            allow_hosts: Vec::new(),
+            timeout_ms: 10_000,
+            response_bytes_max: 8 * 1024 * 1024,
+            redirects_max: 0,
+            idle_connections_per_host: 8,
+        }
+    }
+}
+
 /// Settings of one class (`[classes.NAME]`).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -277,6 +307,8 @@ pub struct Config {
     pub migrations: Vec<Migration>,
     /// Settings of single classes, by class name; every name must be a registered class.
     pub classes: std::collections::BTreeMap<String, ClassSettings>,
+    /// Outgoing HTTP from objects.
+    pub fetch: FetchSettings,
 }
 
 impl Default for Config {
@@ -298,6 +330,7 @@ impl Default for Config {
             websocket: crate::websocket::WebSocketLimits::default(),
             migrations: Vec::new(),
             classes: std::collections::BTreeMap::new(),
+            fetch: FetchSettings::default(),
         }
     }
 }

@@ -9,6 +9,7 @@ use serde_json::json;
 use stead_storage::Store;
 
 use super::call::{CallError, Caller, ObjectStub, Router};
+use super::fetch::{FetchClient, FetchError, FetchRequest};
 use super::registry::ClassRegistry;
 use super::{CoreSockets, ObjectError, Storage};
 use crate::config::Config;
@@ -47,6 +48,8 @@ struct Inner {
     registry: Arc<ClassRegistry>,
     /// What the object's stubs call through.
     caller: Caller,
+    /// The core's outgoing HTTP client.
+    fetch: Rc<FetchClient>,
 }
 
 /// An event's mark as parked, from [`ObjectContext::park`]; dropping it counts the event
@@ -71,6 +74,7 @@ pub(super) struct CoreParts<'a> {
     pub(super) stopping: &'a Rc<Shutdown>,
     pub(super) registry: &'a Arc<ClassRegistry>,
     pub(super) router: Option<Rc<dyn Router>>,
+    pub(super) fetch: &'a Rc<FetchClient>,
 }
 
 /// An object's identity, storage, sockets and configuration. Cheap to clone.
@@ -109,6 +113,7 @@ impl ObjectContext {
                 stopping: core.stopping.clone(),
                 parked,
                 registry: core.registry.clone(),
+                fetch: core.fetch.clone(),
                 caller: Caller {
                     router: core.router.clone(),
                     depth,
@@ -144,6 +149,14 @@ impl ObjectContext {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Sends an HTTP request to another server (`http://` only) and returns its answer; see
+    /// `[fetch]` in the configuration: hosts not in `allow_hosts` are refused, and so is a
+    /// listed name that resolves to a private address. Awaiting it lets the object's other
+    /// events run.
+    pub async fn fetch(&self, request: FetchRequest) -> Result<Response, FetchError> {
+        self.inner.fetch.fetch(request).await
     }
 
     /// A stub of the object `name` of `class` (the object a request to

@@ -29,6 +29,7 @@ use stead_storage::{Limits, Store};
 use super::call::{call_depth, Router, NO_EVENT_DEPTH};
 use super::context::CoreParts;
 use super::error::EventError;
+use super::fetch::FetchClient;
 use super::gate::{Commit, Gated};
 use super::history;
 use super::pending::SQL_PAGES_PER_BATCH_MAX;
@@ -147,6 +148,8 @@ pub struct ObjectHost {
     store_failure_listener: RefCell<Option<StoreFailureListener>>,
     /// How objects' stubs reach other objects (the server's routing), once installed.
     router: RefCell<Option<Rc<dyn Router>>>,
+    /// The core's outgoing HTTP client, shared by its objects (one pool of connections).
+    fetch: Rc<FetchClient>,
 }
 
 /// An admitted event; dropping it (answered or abandoned) releases its place.
@@ -216,6 +219,7 @@ impl ObjectHost {
     pub fn new(store: Store, registry: Arc<ClassRegistry>, config: Rc<Config>) -> Rc<ObjectHost> {
         let limits = object_limits(&config);
         let config_websocket = config.websocket.clone();
+        let fetch = Rc::new(FetchClient::new(config.fetch.clone()));
         Rc::new(ObjectHost {
             store,
             registry,
@@ -233,6 +237,7 @@ impl ObjectHost {
             store_failed: Cell::new(false),
             store_failure_listener: RefCell::new(None),
             router: RefCell::new(None),
+            fetch,
         })
     }
 
@@ -661,6 +666,7 @@ impl ObjectHost {
             stopping: &self.stopping,
             registry: &self.registry,
             router: self.router.borrow().clone(),
+            fetch: &self.fetch,
         };
         let context = ObjectContext::new(
             (slot.id, slot.class.clone()),

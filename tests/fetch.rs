@@ -1,0 +1,218 @@
+//! Outgoing HTTP from objects (`ObjectContext::fetch`): an embedded server whose class fetches
+//! the URL it is given, against a local upstream that counts its connections. Kept-alive
+//! connections, chunked answers, redirects, and every refusal: a host not in `allow_hosts`, a
+//! redirect to one, a listed name that resolves to a private address, `https://`, a slow
+//! upstream, an answer too large.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Client;
+use stead::object::FetchRequest;
+use stead::{Config, DurableObject, ObjectContext, ObjectError, Request, Response, RunningServer};
+
+struct Fetcher {
+    context: ObjectContext,
+}
+
+impl DurableObject for Fetcher {
+    fn new(context: ObjectContext) -> Fetcher {
+        Fetcher { context }
+    }
+
+    async fn fetch(&self, request: Request) -> Result<Response, ObjectError> {
+        let url = request.query_param("url").unwrap_or_default();
+        let answer = self.context.fetch(FetchRequest::get(url)).await?;
+        Ok(Response::new(answer.status, answer.body))
+    }
+}
+
+/// A local upstream: answers by path, one thread per connection, keeping connections open.
+/// Returns its address and its count of accepted connections.
+fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            counted.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || serve(stream));
+        }
+    });
+    (address, connections)
+}
+
+fn serve(stream: std::net::TcpStream) {
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut stream = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = line.split(' ').nth(1).unwrap_or("/").to_string();
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            if header == "\r\n" {
+                break;
+            }
+        }
+        let answer: Vec<u8> = match path.as_str() {
+            "/hello" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+            "/chunked" => {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n"
+                    .to_vec()
+            }
+            "/big" => {
+                let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2097152\r\n\r\n".to_vec();
+                answer.resize(answer.len() + 2 * 1024 * 1024, b'x');
+                answer
+            }
+            "/slow" => {
+                std::thread::sleep(Duration::from_secs(3));
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow".to_vec()
+            }
+            "/redirect-denied" => {
+                b"HTTP/1.1 302 Found\r\nLocation: http://10.255.255.1/x\r\nContent-Length: 0\r\n\r\n"
+                    .to_vec()
+            }
+            "/redirect-ok" => {
+                b"HTTP/1.1 302 Found\r\nLocation: /hello\r\nContent-Length: 0\r\n\r\n".to_vec()
+            }
+            _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        };
+        if stream.write_all(&answer).is_err() {
+            return;
+        }
+    }
+}
+
+fn start(dir: &std::path::Path, upstream: SocketAddr) -> RunningServer {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        data_dir: dir.to_path_buf(),
+        cores: 1,
+        ..Config::default()
+    };
+    config.fetch.allow_hosts = vec![upstream.to_string(), "localhost".to_string()];
+    config.fetch.redirects_max = 2;
+    config.fetch.timeout_ms = 500;
+    config.fetch.response_bytes_max = 1024 * 1024;
+    stead::Server::builder()
+        .config(config)
+        .class::<Fetcher>("fetcher")
+        .build()
+        .start()
+        .expect("start the server")
+}
+
+fn fetch(client: &mut Client, url: &str) -> (u16, String) {
+    let encoded: String = url
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect();
+    let reply = client.get(&format!("/objects/fetcher/f/get?url={encoded}"));
+    (reply.status, reply.text())
+}
+
+#[test]
+fn objects_fetch_allowed_hosts_and_nothing_else() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (address, connections) = upstream();
+    let server = start(dir.path(), address);
+    let mut client = Client::connect(server.local_addr());
+    client
+        .stream()
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let base = format!("http://{address}");
+
+    assert_eq!(
+        fetch(&mut client, &format!("{base}/hello")),
+        (200, "hello".into())
+    );
+    assert_eq!(
+        fetch(&mut client, &format!("{base}/hello")),
+        (200, "hello".into())
+    );
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "the connection was kept alive"
+    );
+    assert_eq!(
+        fetch(&mut client, &format!("{base}/chunked")),
+        (200, "hello".into())
+    );
+    assert_eq!(fetch(&mut client, &format!("{base}/missing")).0, 404);
+    assert_eq!(
+        fetch(&mut client, &format!("{base}/redirect-ok")),
+        (200, "hello".into())
+    );
+
+    // Refused: a host not listed (another port, another address), a redirect to one, a
+    // listed name that resolves to loopback, https.
+    let refusals = [
+        (
+            format!("http://127.0.0.1:{}/hello", address.port() + 1),
+            "not in [fetch] allow_hosts",
+        ),
+        (
+            "http://127.0.0.2/hello".to_string(),
+            "not in [fetch] allow_hosts",
+        ),
+        (
+            format!("{base}/redirect-denied"),
+            "10.255.255.1:80 is not in [fetch] allow_hosts",
+        ),
+        // `localhost` is listed by name (any port), but its address on this port is not.
+        (
+            format!("http://localhost:{}/hello", address.port() + 1),
+            "non-public address",
+        ),
+        (
+            format!("https://{address}/hello"),
+            "https:// is not supported",
+        ),
+        ("file:///etc/passwd".to_string(), "only http:// URLs"),
+    ];
+    let before = connections.load(Ordering::SeqCst);
+    for (url, reason) in refusals {
+        let (status, text) = fetch(&mut client, &url);
+        assert_eq!(status, 502, "{url}: {text}");
+        assert!(text.contains(reason), "{url}: {text}");
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        before,
+        "no refused request reached the upstream"
+    );
+
+    // Too slow (504), too large (502); the object goes on serving.
+    let (status, text) = fetch(&mut client, &format!("{base}/slow"));
+    assert_eq!(status, 504, "{text}");
+    let (status, text) = fetch(&mut client, &format!("{base}/big"));
+    assert_eq!(status, 502, "{text}");
+    assert!(text.contains("response_bytes_max"), "{text}");
+    assert_eq!(
+        fetch(&mut client, &format!("{base}/hello")),
+        (200, "hello".into())
+    );
+    server.stop();
+    server.wait().expect("clean shutdown");
+}
