@@ -4,6 +4,7 @@
 
 mod chat;
 mod counter;
+mod dedup;
 mod doc;
 mod lock;
 mod ratelimiter;
@@ -16,6 +17,7 @@ mod tests;
 
 pub use chat::ChatRoom;
 pub use counter::Counter;
+pub use dedup::Dedup;
 pub use doc::Document;
 pub use lock::Lock;
 pub use ratelimiter::RateLimiter;
@@ -83,6 +85,7 @@ pub fn register_builtins(registry: &mut ClassRegistry) -> Result<(), RegistryErr
     registry.register::<Document>("doc")?;
     registry.register::<SqlRateLimiter>("sqlratelimiter")?;
     registry.register::<SqlDatabase>("sql")?;
+    registry.register::<Dedup>("dedup")?;
     Ok(())
 }
 
