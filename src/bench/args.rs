@@ -28,7 +28,9 @@ Scenarios:
                   keys: the limit is never reached, so every check is allowed and a 429 counts as an error
   sqlratelimiter  GET /objects/sqlratelimiter/o{n}/check?key=k{m}&limit=1000000000&windowMs=60000 over
                   --objects objects and 100 keys each (the SQL limiter: one row per check)
-  lock, chat-fanout, alarms: not yet available (later releases); refused.
+  lock            GET /objects/lock/l{n}/acquire?clientId=bench&timeoutMs=60000 over --objects locks:
+                  one client holds them all, so each acquire renews its lease (a write and an alarm)
+  chat-fanout, alarms: not yet available (later releases); refused.
 
 A response other than 2xx is an error, and so are connect errors, timeouts and lost connections.
 The exit status is 1 when the error rate passes --max-error-rate (default 0.01, i.e. 1 %), 2 when

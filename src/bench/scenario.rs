@@ -12,10 +12,14 @@ pub const AVAILABLE: &[&str] = &[
     "counter-read",
     "ratelimit",
     "sqlratelimiter",
+    "lock",
 ];
 
 /// Scenario names that are reserved for later releases: refused with a clear message.
-pub const NOT_YET_AVAILABLE: &[&str] = &["lock", "chat-fanout", "alarms"];
+pub const NOT_YET_AVAILABLE: &[&str] = &["chat-fanout", "alarms"];
+
+/// The query of `lock`: one client that holds every lock, renewing a one-minute lease.
+pub const LOCK_QUERY: &str = "clientId=bench&timeoutMs=60000";
 
 /// The name of the one object that `counter-hot` and `counter-read` use.
 pub const HOT_OBJECT: &str = "hot";
@@ -44,6 +48,9 @@ pub enum Scenario {
     /// Checks of `SQL_RATELIMIT_KEYS` keys in each of `objects` SQL rate limiters, each one
     /// allowed.
     SqlRateLimit { objects: u64 },
+    /// Acquires of `objects` locks `l0`… by the one client that holds them all: each renews
+    /// its lease (a write and the lease's alarm), none waits.
+    Lock { objects: u64 },
 }
 
 impl Scenario {
@@ -58,6 +65,7 @@ impl Scenario {
             "counter-read" => Ok(Scenario::CounterRead),
             "ratelimit" => Ok(Scenario::RateLimit { objects }),
             "sqlratelimiter" => Ok(Scenario::SqlRateLimit { objects }),
+            "lock" => Ok(Scenario::Lock { objects }),
             _ if NOT_YET_AVAILABLE.contains(&name) => {
                 Err(BenchError::ScenarioNotYetAvailable(name.to_string()))
             }
@@ -74,6 +82,7 @@ impl Scenario {
             Scenario::CounterRead => "counter-read",
             Scenario::RateLimit { .. } => "ratelimit",
             Scenario::SqlRateLimit { .. } => "sqlratelimiter",
+            Scenario::Lock { .. } => "lock",
         }
     }
 
@@ -106,6 +115,11 @@ impl Scenario {
                     (number / objects) % SQL_RATELIMIT_KEYS
                 )
             }
+            Scenario::Lock { objects } => write!(
+                out,
+                "/objects/lock/l{}/acquire?{LOCK_QUERY}",
+                number % objects.max(&1)
+            ),
         };
     }
 }
@@ -138,6 +152,11 @@ mod tests {
         assert_eq!(
             path(&limiter, 4),
             "/objects/ratelimiter/k1/check?limit=1000000000&windowMs=60000"
+        );
+        let lock = Scenario::parse("lock", "", 10).expect("lock");
+        assert_eq!(
+            path(&lock, 13),
+            "/objects/lock/l3/acquire?clientId=bench&timeoutMs=60000"
         );
         let sql_limiter = Scenario::parse("sqlratelimiter", "", 100).expect("sqlratelimiter");
         assert_eq!(
