@@ -30,7 +30,9 @@ Scenarios:
                   --objects objects and 100 keys each (the SQL limiter: one row per check)
   lock            GET /objects/lock/l{n}/acquire?clientId=bench&timeoutMs=60000 over --objects locks:
                   one client holds them all, so each acquire renews its lease (a write and an alarm)
-  chat-fanout, alarms: not yet available (later releases); refused.
+  alarms          POST /objects/scheduler/s{n}/events {\"id\":\"e{n}\",\"runAt\":now+1000} over --objects
+                  schedulers: each event moves an alarm, and fires (and is deleted) a second later
+  chat-fanout: not yet available (a later release); refused.
 
 A response other than 2xx is an error, and so are connect errors, timeouts and lost connections.
 The exit status is 1 when the error rate passes --max-error-rate (default 0.01, i.e. 1 %), 2 when

@@ -180,7 +180,8 @@ impl ResponseReader {
 pub struct RequestEncoder {
     /// Prepended to every scenario path.
     prefix: String,
-    /// The header block after the request line, `Host` and `Authorization`, ending in CRLF CRLF.
+    /// The header block after the request line, `Host` and `Authorization`, each line ending
+    /// in CRLF (the blank line that ends the block is written per request).
     headers: Vec<u8>,
 }
 
@@ -191,7 +192,6 @@ impl RequestEncoder {
         if let Some(token) = auth_token {
             let _ = write!(headers, "Authorization: Bearer {token}\r\n");
         }
-        headers.extend_from_slice(b"\r\n");
         RequestEncoder {
             prefix: target.prefix.clone(),
             headers,
@@ -200,11 +200,22 @@ impl RequestEncoder {
 
     /// Appends request number `number` of `scenario` to `out`.
     pub fn encode(&self, scenario: &Scenario, number: u64, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"GET ");
+        let mut body = Vec::new();
+        scenario.write_body(number, &mut body);
+        out.extend_from_slice(if body.is_empty() { b"GET " } else { b"POST " });
         out.extend_from_slice(self.prefix.as_bytes());
         scenario.write_path(number, out);
         out.extend_from_slice(b" HTTP/1.1\r\n");
         out.extend_from_slice(&self.headers);
+        if !body.is_empty() {
+            let _ = write!(
+                out,
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            );
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&body);
     }
 }
 

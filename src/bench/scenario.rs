@@ -13,10 +13,14 @@ pub const AVAILABLE: &[&str] = &[
     "ratelimit",
     "sqlratelimiter",
     "lock",
+    "alarms",
 ];
 
 /// Scenario names that are reserved for later releases: refused with a clear message.
-pub const NOT_YET_AVAILABLE: &[&str] = &["chat-fanout", "alarms"];
+pub const NOT_YET_AVAILABLE: &[&str] = &["chat-fanout"];
+
+/// How far ahead an `alarms` event is scheduled: it fires (and is deleted) during the run.
+pub const ALARMS_AHEAD_MS: u64 = 1000;
 
 /// The query of `lock`: one client that holds every lock, renewing a one-minute lease.
 pub const LOCK_QUERY: &str = "clientId=bench&timeoutMs=60000";
@@ -51,6 +55,9 @@ pub enum Scenario {
     /// Acquires of `objects` locks `l0`… by the one client that holds them all: each renews
     /// its lease (a write and the lease's alarm), none waits.
     Lock { objects: u64 },
+    /// Events scheduled `ALARMS_AHEAD_MS` ahead in `objects` schedulers `s0`…: each a write
+    /// and the object's alarm moved, and each fires a second later.
+    Alarms { objects: u64 },
 }
 
 impl Scenario {
@@ -66,6 +73,7 @@ impl Scenario {
             "ratelimit" => Ok(Scenario::RateLimit { objects }),
             "sqlratelimiter" => Ok(Scenario::SqlRateLimit { objects }),
             "lock" => Ok(Scenario::Lock { objects }),
+            "alarms" => Ok(Scenario::Alarms { objects }),
             _ if NOT_YET_AVAILABLE.contains(&name) => {
                 Err(BenchError::ScenarioNotYetAvailable(name.to_string()))
             }
@@ -83,6 +91,7 @@ impl Scenario {
             Scenario::RateLimit { .. } => "ratelimit",
             Scenario::SqlRateLimit { .. } => "sqlratelimiter",
             Scenario::Lock { .. } => "lock",
+            Scenario::Alarms { .. } => "alarms",
         }
     }
 
@@ -120,7 +129,26 @@ impl Scenario {
                 "/objects/lock/l{}/acquire?{LOCK_QUERY}",
                 number % objects.max(&1)
             ),
+            Scenario::Alarms { objects } => {
+                write!(
+                    out,
+                    "/objects/scheduler/s{}/events",
+                    number % objects.max(&1)
+                )
+            }
         };
+    }
+
+    /// Appends the JSON body of request number `number` to `out`: nothing (a `GET`) but for
+    /// `alarms`, whose requests are `POST`s.
+    pub fn write_body(&self, number: u64, out: &mut Vec<u8>) {
+        if let Scenario::Alarms { .. } = self {
+            let run_at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_millis() as u64)
+                + ALARMS_AHEAD_MS;
+            let _ = write!(out, "{{\"id\":\"e{number}\",\"runAt\":{run_at}}}");
+        }
     }
 }
 
@@ -158,6 +186,18 @@ mod tests {
             path(&lock, 13),
             "/objects/lock/l3/acquire?clientId=bench&timeoutMs=60000"
         );
+        let alarms = Scenario::parse("alarms", "", 4).expect("alarms");
+        assert_eq!(path(&alarms, 6), "/objects/scheduler/s2/events");
+        let mut body = Vec::new();
+        alarms.write_body(6, &mut body);
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(body["id"], "e6");
+        assert!(body["runAt"]
+            .as_u64()
+            .is_some_and(|at| at > ALARMS_AHEAD_MS));
+        let mut none = Vec::new();
+        lock.write_body(6, &mut none);
+        assert!(none.is_empty(), "a GET has no body");
         let sql_limiter = Scenario::parse("sqlratelimiter", "", 100).expect("sqlratelimiter");
         assert_eq!(
             path(&sql_limiter, 1234),
