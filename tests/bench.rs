@@ -352,13 +352,12 @@ fn an_error_rate_past_the_limit_exits_1() {
 #[test]
 fn scenarios_of_later_releases_are_refused_by_name() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for scenario in ["chat-fanout"] {
-        let run = bench(
-            dir.path(),
-            &["--url", "http://127.0.0.1:9", "--scenario", scenario],
-        );
-        assert_eq!(run.code, Some(2));
-        assert!(run.stderr.contains("not available yet"), "{}", run.stderr);
-        assert_eq!(run.figures, Value::Null);
-    }
+    let scenario = "chat-fanout";
+    let run = bench(
+        dir.path(),
+        &["--url", "http://127.0.0.1:9", "--scenario", scenario],
+    );
+    assert_eq!(run.code, Some(2));
+    assert!(run.stderr.contains("not available yet"), "{}", run.stderr);
+    assert_eq!(run.figures, Value::Null);
 }
