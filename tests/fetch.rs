@@ -86,6 +86,30 @@ fn serve(stream: std::net::TcpStream) {
                 b"HTTP/1.1 302 Found\r\nLocation: http://10.255.255.1/x\r\nContent-Length: 0\r\n\r\n"
                     .to_vec()
             }
+            // A chunk size that would overflow: refused as too large, no panic.
+            "/overflow" => {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\nffffffffffffffff\r\n"
+                    .to_vec()
+            }
+            // An interim answer before the final one.
+            "/interim" => {
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                    .to_vec()
+            }
+            // Bytes past the body's end: the connection must not be used again.
+            "/extra" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale".to_vec(),
+            // A chunk size that would overflow: refused as too large, no panic.
+            "/overflow" => {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\nffffffffffffffff\r\n"
+                    .to_vec()
+            }
+            // An interim answer before the final one.
+            "/interim" => {
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                    .to_vec()
+            }
+            // Bytes past the body's end: the connection must not be used again.
+            "/extra" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale".to_vec(),
             "/redirect-ok" => {
                 b"HTTP/1.1 302 Found\r\nLocation: /hello\r\nContent-Length: 0\r\n\r\n".to_vec()
             }
@@ -202,6 +226,56 @@ fn objects_fetch_allowed_hosts_and_nothing_else() {
         before,
         "no refused request reached the upstream"
     );
+
+    // An interim answer is skipped; an answer with bytes past its end leaves its connection
+    // unused (the next request does not read the stale bytes as its answer); a chunk size
+    // that overflows is refused.
+    assert_eq!(
+        fetch(&mut client, &format!("{base}/interim")),
+        (200, "ok".into())
+    );
+    assert_eq!(
+        fetch(&mut client, &format!("{base}/extra")),
+        (200, "ok".into())
+    );
+    let opened = connections.load(Ordering::SeqCst);
+    assert_eq!(
+        fetch(&mut client, &format!("{base}/hello")),
+        (200, "hello".into())
+    );
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        opened + 1,
+        "a new connection"
+    );
+    let (status, text) = fetch(&mut client, &format!("{base}/overflow"));
+    assert_eq!(status, 502, "{text}");
+    assert!(text.contains("response_bytes_max"), "{text}");
+
+    // An interim answer is skipped; an answer with bytes past its end leaves its connection
+    // unused (the next request does not read the stale bytes as its answer); a chunk size
+    // that overflows is refused.
+    assert_eq!(
+        fetch(&mut client, &format!("{base}/interim")),
+        (200, "ok".into())
+    );
+    assert_eq!(
+        fetch(&mut client, &format!("{base}/extra")),
+        (200, "ok".into())
+    );
+    let opened = connections.load(Ordering::SeqCst);
+    assert_eq!(
+        fetch(&mut client, &format!("{base}/hello")),
+        (200, "hello".into())
+    );
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        opened + 1,
+        "a new connection"
+    );
+    let (status, text) = fetch(&mut client, &format!("{base}/overflow"));
+    assert_eq!(status, 502, "{text}");
+    assert!(text.contains("response_bytes_max"), "{text}");
 
     // Too slow (504), too large (502); the object goes on serving.
     let (status, text) = fetch(&mut client, &format!("{base}/slow"));

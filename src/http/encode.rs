@@ -66,7 +66,7 @@ fn is_framing_header(name: &str) -> bool {
 }
 
 /// RFC 9110 `token`: the characters a header name may have.
-fn is_token(name: &str) -> bool {
+pub(crate) fn is_token(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()
@@ -74,7 +74,7 @@ fn is_token(name: &str) -> bool {
 }
 
 /// A field value without the bytes that could end the line or the head.
-fn is_field_value(value: &str) -> bool {
+pub(crate) fn is_field_value(value: &str) -> bool {
     !value
         .bytes()
         .any(|byte| matches!(byte, b'\r' | b'\n' | b'\0'))

@@ -14,6 +14,7 @@ pub(crate) mod upgrade;
 pub(crate) use conn::linger;
 pub use conn::{serve_connection, Handler};
 pub use encode::{encode_response, reason_phrase};
+pub(crate) use encode::{is_field_value, is_token};
 pub use error::HttpError;
 pub use message::{percent_decode, Method, Request, Response, UpgradeToken};
 pub use parse::{parse_request, request_bytes_max, ParsedRequest};

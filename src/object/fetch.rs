@@ -6,7 +6,8 @@
 //! and port, and then every address the name resolves to must be public (not loopback,
 //! private, link-local, …) unless the list names that address itself: a listed name that
 //! resolves into the server's own network is refused ([`FetchError::AddressDenied`]). Names
-//! are resolved on glommio's blocking thread pool, so a slow resolver does not stall the core.
+//! are resolved on the core's blocking thread (glommio's), not on the core itself, at most
+//! `LOOKUPS_IN_FLIGHT_MAX` at once.
 //! Redirects are answered as they are unless `redirects_max` > 0; each hop is checked again.
 //!
 //! [`ObjectContext::fetch`]: super::ObjectContext::fetch
@@ -15,6 +16,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -161,6 +164,7 @@ fn parse_url(url: &str) -> Result<Url, FetchError> {
     if !lower.starts_with("http://") {
         return Err(invalid("only http:// URLs"));
     }
+    // The first 7 bytes are ASCII (checked above), so this is a character boundary.
     let rest = &url[7..];
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
@@ -171,8 +175,19 @@ fn parse_url(url: &str) -> Result<Url, FetchError> {
         let close = inner
             .find(']')
             .ok_or_else(|| invalid("an unclosed [ in the host"))?;
-        let port = &inner[close + 1..];
-        (&inner[..close], port.strip_prefix(':'))
+        let after = &inner[close + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(port) => Some(port),
+            None if after.is_empty() => None,
+            None => return Err(invalid("bytes after the ] of the host")),
+        };
+        let host = &inner[..close];
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(invalid(
+                "brackets around something that is not an IPv6 address",
+            ));
+        }
+        (host, port)
     } else {
         match authority.rsplit_once(':') {
             Some((host, port)) => (host, Some(port)),
@@ -185,7 +200,10 @@ fn parse_url(url: &str) -> Result<Url, FetchError> {
     }
     let port = match port {
         None => 80,
-        Some(port) => port.parse().map_err(|_| invalid("a malformed port"))?,
+        Some(port) if !port.is_empty() && port.bytes().all(|byte| byte.is_ascii_digit()) => {
+            port.parse().map_err(|_| invalid("a malformed port"))?
+        }
+        Some(_) => return Err(invalid("a malformed port")),
     };
     let tail = tail.split('#').next().unwrap_or("");
     let target = if tail.starts_with('/') {
@@ -204,11 +222,12 @@ fn parse_url(url: &str) -> Result<Url, FetchError> {
 }
 
 /// Whether an address is one an object may reach without the allow list naming it: not
-/// loopback, private, link-local, shared (CGNAT), unspecified, multicast or broadcast.
+/// loopback, private, link-local, shared (CGNAT), reserved, unspecified, multicast,
+/// broadcast or for documentation, nor an IPv6 address that carries such an IPv4 address.
 fn is_public(address: IpAddr) -> bool {
     match address {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             !(v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -217,18 +236,41 @@ fn is_public(address: IpAddr) -> bool {
                 || v4.is_broadcast()
                 || v4.is_documentation()
                 || a == 0
-                || (a == 100 && (64..128).contains(&b)))
+                || a >= 240
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 198 && (b == 18 || b == 19)))
         }
         IpAddr::V6(v6) => {
+            let segments = v6.segments();
+            let embedded = |high: u16, low: u16| {
+                let [a, b] = high.to_be_bytes();
+                let [c, d] = low.to_be_bytes();
+                IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d))
+            };
+            // Addresses that carry an IPv4 address are judged by it: mapped (::ffff:a.b.c.d),
+            // compatible (::a.b.c.d), NAT64 (64:ff9b::/96 and 64:ff9b:1::/48), 6to4 (2002::/16).
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            if segments[..6] == [0; 6] && !(v6.is_loopback() || v6.is_unspecified()) {
+                return is_public(embedded(segments[6], segments[7]));
+            }
+            if segments[..2] == [0x64, 0xff9b] {
+                return is_public(embedded(segments[6], segments[7]));
+            }
+            if segments[0] == 0x2002 {
+                return is_public(embedded(segments[1], segments[2]));
+            }
+            let first = segments[0];
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80)
+                || (first & 0xffc0) == 0xfe80
+                || (first & 0xffc0) == 0xfec0
+                || (first == 0x2001 && segments[1] == 0x0db8)
+                || (first == 0x64 && segments[1] == 0xff9b))
         }
     }
 }
@@ -239,8 +281,12 @@ type PoolKey = (String, u16, SocketAddr);
 /// The outgoing HTTP client of one core.
 pub struct FetchClient {
     settings: FetchSettings,
-    /// Idle kept-alive connections, at most `idle_connections_per_host` per key.
+    /// Idle kept-alive connections, at most `idle_connections_per_host` per key and
+    /// `IDLE_CONNECTIONS_PER_CORE_MAX` in all; a key with none left is removed.
     idle: RefCell<HashMap<PoolKey, Vec<TcpStream>>>,
+    /// Name lookups not yet finished on the blocking thread: counted down by the lookup
+    /// itself, which runs on even when its fetch gave up.
+    lookups: Arc<AtomicUsize>,
 }
 
 impl fmt::Debug for FetchClient {
@@ -249,16 +295,25 @@ impl fmt::Debug for FetchClient {
     }
 }
 
+/// Idle kept-alive connections one core keeps at most, over all hosts.
+const IDLE_CONNECTIONS_PER_CORE_MAX: usize = 256;
+/// Name lookups one core has unfinished at most. glommio gives each core one blocking thread,
+/// which a lookup holds for as long as the resolver takes (seconds, for a slow one), so past
+/// this a fetch that needs a lookup fails at once instead of queueing behind them.
+const LOOKUPS_IN_FLIGHT_MAX: usize = 16;
 /// Bytes of an answer's head read at most.
 const HEAD_BYTES_MAX: usize = 64 * 1024;
 /// Headers of an answer parsed at most.
 const HEADERS_MAX: usize = 100;
+/// Interim (1xx) answers skipped before the final one, at most.
+const INTERIM_ANSWERS_MAX: usize = 8;
 
 impl FetchClient {
     pub fn new(settings: FetchSettings) -> FetchClient {
         FetchClient {
             settings,
             idle: RefCell::new(HashMap::new()),
+            lookups: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -296,11 +351,21 @@ impl FetchClient {
                 });
             }
             redirects += 1;
-            request.url = if location.starts_with('/') {
+            request.url = if location.starts_with('/') && !location.starts_with("//") {
                 format!("http://{}:{}{location}", bracketed(&url.host), url.port)
             } else {
                 location
             };
+            let same_host = parse_url(&request.url)
+                .is_ok_and(|next| next.host == url.host && next.port == url.port);
+            if !same_host {
+                // Credentials meant for one host do not follow a redirect to another.
+                request.headers.retain(|(name, _)| {
+                    !["authorization", "cookie", "proxy-authorization"]
+                        .iter()
+                        .any(|secret| name.eq_ignore_ascii_case(secret))
+                });
+            }
             if response.status == 303 {
                 (request.method, request.body) = (Method::Get, Vec::new());
             }
@@ -333,9 +398,22 @@ impl FetchClient {
             // An address the allow list names itself may be anything.
             return Ok(SocketAddr::new(address, url.port));
         }
-        let name = (url.host.clone(), url.port);
+        if self.lookups.load(Ordering::Relaxed) >= LOOKUPS_IN_FLIGHT_MAX {
+            return Err(FetchError::Resolve {
+                host: url.host.clone(),
+                reason: format!(
+                    "{LOOKUPS_IN_FLIGHT_MAX} lookups are already waiting for this core's resolver"
+                ),
+            });
+        }
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        let (name, lookups) = ((url.host.clone(), url.port), self.lookups.clone());
         let resolved = glommio::executor()
-            .spawn_blocking(move || name.to_socket_addrs().map(Vec::from_iter))
+            .spawn_blocking(move || {
+                let resolved = name.to_socket_addrs().map(Vec::from_iter);
+                lookups.fetch_sub(1, Ordering::Relaxed);
+                resolved
+            })
             .await
             .map_err(|error| FetchError::Resolve {
                 host: url.host.clone(),
@@ -361,13 +439,20 @@ impl FetchClient {
             })
     }
 
-    /// One request and its answer, on a kept-alive connection if there is one (and once more on
-    /// a new one if that had been closed meanwhile).
+    /// One request and its answer, on a kept-alive connection if there is one (and, for a
+    /// request that may be sent twice, once more on a new one if that had been closed).
     async fn once(&self, url: &Url, request: &FetchRequest) -> Result<Response, FetchError> {
         let address = self.resolve(url).await?;
         let key = (url.host.clone(), url.port, address);
         let head = encode_head(url, request);
-        let pooled = self.idle.borrow_mut().get_mut(&key).and_then(Vec::pop);
+        let pooled = {
+            let mut idle = self.idle.borrow_mut();
+            let stream = idle.get_mut(&key).and_then(Vec::pop);
+            if idle.get(&key).is_some_and(Vec::is_empty) {
+                idle.remove(&key);
+            }
+            stream
+        };
         if let Some(mut stream) = pooled {
             match exchange(
                 &mut stream,
@@ -382,9 +467,8 @@ impl FetchClient {
                     self.keep(key, stream, reusable);
                     return Ok(response);
                 }
-                // A kept-alive connection the server closed meanwhile: try a new one.
-                Err(Exchange::Unanswered(_)) => {}
-                Err(Exchange::Failed(error)) => return Err(error),
+                Err(Exchange::Unanswered(_)) if idempotent(request.method) => {}
+                Err(Exchange::Unanswered(error) | Exchange::Failed(error)) => return Err(error),
             }
         }
         let mut stream =
@@ -417,11 +501,23 @@ impl FetchClient {
             return;
         }
         let mut idle = self.idle.borrow_mut();
+        let total: usize = idle.values().map(Vec::len).sum();
+        if total >= IDLE_CONNECTIONS_PER_CORE_MAX {
+            return;
+        }
         let connections = idle.entry(key).or_default();
         if connections.len() < self.settings.idle_connections_per_host {
             connections.push(stream);
         }
     }
+}
+
+/// Whether a request may be sent a second time (RFC 9110's idempotent methods).
+fn idempotent(method: Method) -> bool {
+    matches!(
+        method,
+        Method::Get | Method::Head | Method::Put | Method::Delete | Method::Options
+    )
 }
 
 /// `[v6]` for an IPv6 address in a URL, else the host.
@@ -433,7 +529,8 @@ fn bracketed(host: &str) -> String {
     }
 }
 
-/// The request line and headers.
+/// The request line and headers. Headers that are the client's own, or whose name is not a
+/// token or whose value could end the line, are left out.
 fn encode_head(url: &Url, request: &FetchRequest) -> Vec<u8> {
     let mut head = format!(
         "{} {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Length: {}\r\n",
@@ -443,10 +540,16 @@ fn encode_head(url: &Url, request: &FetchRequest) -> Vec<u8> {
         url.port,
         request.body.len()
     );
-    const OWN: [&str; 4] = ["host", "content-length", "connection", "transfer-encoding"];
+    const OWN: [&str; 5] = [
+        "host",
+        "content-length",
+        "connection",
+        "transfer-encoding",
+        "expect",
+    ];
     for (name, value) in &request.headers {
-        let clean = |text: &str| !text.bytes().any(|byte| byte == b'\r' || byte == b'\n');
-        if OWN.iter().any(|own| name.eq_ignore_ascii_case(own)) || !clean(name) || !clean(value) {
+        let own = OWN.iter().any(|own| name.eq_ignore_ascii_case(own));
+        if own || !crate::http::is_token(name) || !crate::http::is_field_value(value) {
             continue;
         }
         head.push_str(&format!("{name}: {value}\r\n"));
@@ -468,8 +571,88 @@ fn io_error(error: std::io::Error) -> FetchError {
     }
 }
 
+fn malformed(reason: impl Into<String>) -> FetchError {
+    FetchError::MalformedResponse {
+        reason: reason.into(),
+    }
+}
+
+/// A parsed answer head: status, headers, and where the body starts in the buffer.
+type Head = (u16, Vec<(String, String)>, usize);
+
+/// Reads one answer head from `stream` into `buffer` (which may hold bytes already).
+async fn read_head(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<Head, Exchange> {
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        if !buffer.is_empty() {
+            let mut parsed = [httparse::EMPTY_HEADER; HEADERS_MAX];
+            let mut response = httparse::Response::new(&mut parsed);
+            match response.parse(buffer) {
+                Ok(httparse::Status::Complete(end)) => {
+                    let status = response.code.unwrap_or(0);
+                    let headers = response
+                        .headers
+                        .iter()
+                        .map(|header| {
+                            let value = String::from_utf8_lossy(header.value).into_owned();
+                            (header.name.to_string(), value)
+                        })
+                        .collect();
+                    return Ok((status, headers, end));
+                }
+                Ok(httparse::Status::Partial) if buffer.len() < HEAD_BYTES_MAX => {}
+                Ok(httparse::Status::Partial) => {
+                    return Err(Exchange::Failed(malformed(format!(
+                        "a head over {HEAD_BYTES_MAX} bytes"
+                    ))))
+                }
+                Err(error) => return Err(Exchange::Failed(malformed(error.to_string()))),
+            }
+        }
+        let read = stream.read(&mut chunk).await;
+        match read {
+            Ok(0) if buffer.is_empty() => {
+                return Err(Exchange::Unanswered(FetchError::Io {
+                    reason: "the server closed the connection".to_string(),
+                }))
+            }
+            Ok(0) => {
+                return Err(Exchange::Failed(malformed(
+                    "the connection closed inside the answer's head",
+                )))
+            }
+            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+            Err(error) if buffer.is_empty() => return Err(Exchange::Unanswered(io_error(error))),
+            Err(error) => return Err(Exchange::Failed(io_error(error))),
+        }
+    }
+}
+
+/// A decimal `Content-Length` (digits only), the same in every header that gives one.
+fn content_length(headers: &[(String, String)]) -> Result<Option<usize>, FetchError> {
+    let mut found = None;
+    for (name, value) in headers {
+        if !name.eq_ignore_ascii_case("content-length") {
+            continue;
+        }
+        let value = value.trim();
+        if value.is_empty() || !value.bytes().all(|byte| byte.is_ascii_digit()) {
+            return Err(malformed("a malformed Content-Length"));
+        }
+        let length: usize = value
+            .parse()
+            .map_err(|_| malformed("a malformed Content-Length"))?;
+        if found.is_some_and(|earlier| earlier != length) {
+            return Err(malformed("two different Content-Lengths"));
+        }
+        found = Some(length);
+    }
+    Ok(found)
+}
+
 /// Writes the request on `stream` and reads the answer; also returns whether the connection
-/// may carry another request.
+/// may carry another request (the answer ended exactly where its framing says, and the
+/// server did not ask to close).
 async fn exchange(
     stream: &mut TcpStream,
     head: &[u8],
@@ -481,56 +664,25 @@ async fn exchange(
     stream.write_all(head).await.map_err(unanswered)?;
     stream.write_all(body).await.map_err(unanswered)?;
     stream.flush().await.map_err(unanswered)?;
+    let failed = Exchange::Failed;
     let mut buffer = Vec::with_capacity(4096);
-    let mut chunk = vec![0u8; 16 * 1024];
-    // The head.
+    // Interim answers (100 Continue, 103 Early Hints) come before the final one.
+    let mut interim = 0;
     let (status, headers, head_end) = loop {
-        let read = stream.read(&mut chunk).await;
-        let read = match read {
-            Ok(0) if buffer.is_empty() => {
-                return Err(Exchange::Unanswered(FetchError::Io {
-                    reason: "the server closed the connection".to_string(),
-                }))
-            }
-            Ok(0) => {
-                return Err(Exchange::Failed(FetchError::MalformedResponse {
-                    reason: "the connection closed inside the answer's head".to_string(),
-                }))
-            }
-            Ok(read) => read,
-            Err(error) if buffer.is_empty() => return Err(unanswered(error)),
-            Err(error) => return Err(Exchange::Failed(io_error(error))),
-        };
-        buffer.extend_from_slice(&chunk[..read]);
-        let mut parsed = [httparse::EMPTY_HEADER; HEADERS_MAX];
-        let mut response = httparse::Response::new(&mut parsed);
-        match response.parse(&buffer) {
-            Ok(httparse::Status::Complete(end)) => {
-                let status = response.code.unwrap_or(0);
-                let headers: Vec<(String, String)> = response
-                    .headers
-                    .iter()
-                    .map(|header| {
-                        (
-                            header.name.to_string(),
-                            String::from_utf8_lossy(header.value).into_owned(),
-                        )
-                    })
-                    .collect();
-                break (status, headers, end);
-            }
-            Ok(httparse::Status::Partial) if buffer.len() < HEAD_BYTES_MAX => {}
-            Ok(httparse::Status::Partial) => {
-                return Err(Exchange::Failed(FetchError::MalformedResponse {
-                    reason: format!("a head over {HEAD_BYTES_MAX} bytes"),
-                }))
-            }
-            Err(error) => {
-                return Err(Exchange::Failed(FetchError::MalformedResponse {
-                    reason: error.to_string(),
-                }))
-            }
+        let (status, headers, end) = read_head(stream, &mut buffer).await?;
+        if status == 101 {
+            return Err(failed(malformed(
+                "101 Switching Protocols to a plain request",
+            )));
         }
+        if !(100..200).contains(&status) {
+            break (status, headers, end);
+        }
+        interim += 1;
+        if interim > INTERIM_ANSWERS_MAX {
+            return Err(failed(malformed("too many interim (1xx) answers")));
+        }
+        buffer.drain(..end);
     };
     let header = |name: &str| {
         headers
@@ -539,25 +691,27 @@ async fn exchange(
             .map(|(_, value)| value.trim().to_ascii_lowercase())
     };
     let closes = header("connection").is_some_and(|value| value.contains("close"));
-    let chunked = header("transfer-encoding").is_some_and(|value| value.ends_with("chunked"));
-    let length = header("content-length");
+    let encoding = header("transfer-encoding");
+    let chunked = encoding
+        .as_deref()
+        .is_some_and(|value| value.ends_with("chunked"));
+    let length = content_length(&headers).map_err(failed)?;
     let limit = settings.response_bytes_max;
     let mut rest = buffer.split_off(head_end);
-    let no_body = method == Method::Head || status == 204 || status == 304 || status < 200;
-    let failed = Exchange::Failed;
+    let no_body = method == Method::Head || status == 204 || status == 304;
+    let mut chunk = vec![0u8; 16 * 1024];
     let (body, reusable) = if no_body {
-        (Vec::new(), !closes)
+        let clean = rest.is_empty();
+        (Vec::new(), !closes && clean)
     } else if chunked {
-        let body = read_chunked(stream, &mut rest, limit)
+        let (body, clean) = read_chunked(stream, &mut rest, limit)
             .await
             .map_err(failed)?;
-        (body, !closes)
+        // A body framed both ways is answered as chunked, but the connection is not trusted.
+        (body, !closes && clean && length.is_none())
+    } else if encoding.is_some() {
+        return Err(failed(malformed("a Transfer-Encoding other than chunked")));
     } else if let Some(length) = length {
-        let length: usize = length.parse().map_err(|_| {
-            Exchange::Failed(FetchError::MalformedResponse {
-                reason: "a malformed Content-Length".to_string(),
-            })
-        })?;
         if length > limit {
             return Err(failed(FetchError::ResponseTooLarge {
                 response_bytes_max: limit,
@@ -567,17 +721,15 @@ async fn exchange(
             let read = stream
                 .read(&mut chunk)
                 .await
-                .map_err(|e| failed(io_error(e)))?;
+                .map_err(|error| failed(io_error(error)))?;
             if read == 0 {
-                return Err(failed(FetchError::MalformedResponse {
-                    reason: "the connection closed inside the body".to_string(),
-                }));
+                return Err(failed(malformed("the connection closed inside the body")));
             }
             rest.extend_from_slice(&chunk[..read]);
         }
-        let extra = rest.len() > length;
+        let clean = rest.len() == length;
         rest.truncate(length);
-        (rest, !closes && !extra)
+        (rest, !closes && clean)
     } else {
         // No framing: the body runs to the end of the connection.
         loop {
@@ -589,7 +741,7 @@ async fn exchange(
             let read = stream
                 .read(&mut chunk)
                 .await
-                .map_err(|e| failed(io_error(e)))?;
+                .map_err(|error| failed(io_error(error)))?;
             if read == 0 {
                 break (rest, false);
             }
@@ -601,15 +753,14 @@ async fn exchange(
     Ok((response, reusable))
 }
 
-/// Reads a chunked body, `buffered` holding the bytes already read past the head.
+/// Reads a chunked body, `buffered` holding the bytes already read past the head; also
+/// returns whether it ended exactly at the end of what was read (no bytes of anything else).
 async fn read_chunked(
     stream: &mut TcpStream,
     buffered: &mut Vec<u8>,
     limit: usize,
-) -> Result<Vec<u8>, FetchError> {
-    let malformed = |reason: &str| FetchError::MalformedResponse {
-        reason: format!("chunked body: {reason}"),
-    };
+) -> Result<(Vec<u8>, bool), FetchError> {
+    let bad = |reason: &str| malformed(format!("chunked body: {reason}"));
     let mut body = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
     let mut position = 0;
@@ -620,42 +771,48 @@ async fn read_chunked(
                 break position + found;
             }
             if buffered.len() - position > 1024 {
-                return Err(malformed("a size line over 1 KiB"));
+                return Err(bad("a size line over 1 KiB"));
             }
             let read = stream.read(&mut chunk).await.map_err(io_error)?;
             if read == 0 {
-                return Err(malformed("the connection closed inside it"));
+                return Err(bad("the connection closed inside it"));
             }
             buffered.extend_from_slice(&chunk[..read]);
         };
         let line = std::str::from_utf8(&buffered[position..line_end])
-            .map_err(|_| malformed("a size line that is not text"))?;
-        let size = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size, 16).map_err(|_| malformed("a bad size"))?;
-        position = line_end + 2;
-        if body.len() + size > limit {
+            .map_err(|_| bad("a size line that is not text"))?;
+        let digits = line.split(';').next().unwrap_or("").trim();
+        if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+            return Err(bad("a bad size"));
+        }
+        let size = usize::from_str_radix(digits, 16).map_err(|_| bad("a size too large"))?;
+        if size > limit.saturating_sub(body.len()) {
             return Err(FetchError::ResponseTooLarge {
                 response_bytes_max: limit,
             });
         }
-        // The chunk and its CRLF (for the last, empty chunk: the end of the trailers).
-        let needed = if size == 0 { 2 } else { size + 2 };
-        while buffered.len() < position + needed {
+        position = line_end + 2;
+        // The chunk and its CRLF (for the last, empty chunk: the empty line after it).
+        let end = position + size + 2;
+        while buffered.len() < end {
             let read = stream.read(&mut chunk).await.map_err(io_error)?;
             if read == 0 {
-                return Err(malformed("the connection closed inside it"));
+                return Err(bad("the connection closed inside it"));
             }
             buffered.extend_from_slice(&chunk[..read]);
         }
+        if &buffered[end - 2..end] != b"\r\n" {
+            return Err(bad(if size == 0 {
+                "trailers are not supported"
+            } else {
+                "a chunk not followed by CRLF"
+            }));
+        }
         if size == 0 {
-            // Trailers are not supported: the last chunk must be followed by an empty line.
-            if &buffered[position..position + 2] != b"\r\n" {
-                return Err(malformed("trailers are not supported"));
-            }
-            return Ok(body);
+            return Ok((body, end == buffered.len()));
         }
         body.extend_from_slice(&buffered[position..position + size]);
-        position += size + 2;
+        position = end;
     }
 }
 
@@ -682,6 +839,9 @@ mod tests {
             "http://",
             "http://u@h/",
             "http://h:x/",
+            "http://h:+80/",
+            "http://[::1]junk/",
+            "http://[example.com]/",
             "http://h/a b",
             "http://h\r\n/",
         ] {
@@ -706,6 +866,14 @@ mod tests {
             "fe80::1",
             "fd00::1",
             "::ffff:10.0.0.1",
+            "::10.0.0.1",
+            "64:ff9b::a00:1",
+            "2002:a00:1::1",
+            "fec0::1",
+            "2001:db8::1",
+            "240.0.0.1",
+            "198.18.0.1",
+            "192.0.0.8",
         ] {
             assert!(!is_public(private.parse().expect("address")), "{private}");
         }
