@@ -98,18 +98,6 @@ fn serve(stream: std::net::TcpStream) {
             }
             // Bytes past the body's end: the connection must not be used again.
             "/extra" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale".to_vec(),
-            // A chunk size that would overflow: refused as too large, no panic.
-            "/overflow" => {
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\nffffffffffffffff\r\n"
-                    .to_vec()
-            }
-            // An interim answer before the final one.
-            "/interim" => {
-                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-                    .to_vec()
-            }
-            // Bytes past the body's end: the connection must not be used again.
-            "/extra" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale".to_vec(),
             "/redirect-ok" => {
                 b"HTTP/1.1 302 Found\r\nLocation: /hello\r\nContent-Length: 0\r\n\r\n".to_vec()
             }
