@@ -445,7 +445,7 @@ impl FetchClient {
         let address = self.resolve(url).await?;
         let key = (url.host.clone(), url.port, address);
         let head = encode_head(url, request);
-        let pooled = {
+        let mut pooled = {
             let mut idle = self.idle.borrow_mut();
             let stream = idle.get_mut(&key).and_then(Vec::pop);
             if idle.get(&key).is_some_and(Vec::is_empty) {
@@ -453,45 +453,29 @@ impl FetchClient {
             }
             stream
         };
-        if let Some(mut stream) = pooled {
-            match exchange(
-                &mut stream,
-                &head,
-                &request.body,
-                &self.settings,
-                request.method,
-            )
-            .await
-            {
+        loop {
+            let reused = pooled.is_some();
+            let mut stream = match pooled.take() {
+                Some(stream) => stream,
+                None => TcpStream::connect(address)
+                    .await
+                    .map_err(|error| FetchError::Connect {
+                        address,
+                        reason: error.to_string(),
+                    })?,
+            };
+            let settings = &self.settings;
+            let answer = exchange(&mut stream, &head, &request.body, settings, request.method);
+            match answer.await {
                 Ok((response, reusable)) => {
                     self.keep(key, stream, reusable);
                     return Ok(response);
                 }
-                Err(Exchange::Unanswered(_)) if idempotent(request.method) => {}
+                // A kept-alive connection the server closed meanwhile: a request that may be
+                // sent twice goes again on a new one.
+                Err(Exchange::Unanswered(_)) if reused && idempotent(request.method) => {}
                 Err(Exchange::Unanswered(error) | Exchange::Failed(error)) => return Err(error),
             }
-        }
-        let mut stream =
-            TcpStream::connect(address)
-                .await
-                .map_err(|error| FetchError::Connect {
-                    address,
-                    reason: error.to_string(),
-                })?;
-        match exchange(
-            &mut stream,
-            &head,
-            &request.body,
-            &self.settings,
-            request.method,
-        )
-        .await
-        {
-            Ok((response, reusable)) => {
-                self.keep(key, stream, reusable);
-                Ok(response)
-            }
-            Err(Exchange::Unanswered(error) | Exchange::Failed(error)) => Err(error),
         }
     }
 
