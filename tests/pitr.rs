@@ -243,3 +243,50 @@ fn a_restore_closes_the_objects_websockets_with_1012() {
     assert_eq!(again.next_json()["type"], "join");
     server.stop();
 }
+
+/// A backup holds each object's history: after `stead restore` into a new data directory,
+/// the object still goes back to a bookmark taken before the backup.
+#[test]
+fn history_survives_a_backup_and_restore() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(dir.path(), 1);
+    let mut client = server.client();
+    for _ in 0..2 {
+        client.request("POST", "/objects/counter/b/increment", b"");
+    }
+    let two = bookmark(&mut client, "counter/b");
+    for _ in 0..3 {
+        client.request("POST", "/objects/counter/b/increment", b"");
+    }
+    let file = dir.path().join("stead.backup");
+    let url = format!("http://{}", server.addr);
+    let saved = Command::new(env!("CARGO_BIN_EXE_stead"))
+        .args(["admin", "--url", &url, "--token", TOKEN, "backup", "--out"])
+        .arg(&file)
+        .output()
+        .expect("stead admin backup");
+    assert!(saved.status.success(), "{saved:?}");
+    server.stop();
+
+    let restored_dir = dir.path().join("restored");
+    let restored = Command::new(env!("CARGO_BIN_EXE_stead"))
+        .args(["restore", "--from"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(&restored_dir)
+        .output()
+        .expect("stead restore");
+    assert!(restored.status.success(), "{restored:?}");
+    let config = dir.path().join("stead.toml");
+    let config = config.to_string_lossy().into_owned();
+    let server = TestServer::start(
+        &restored_dir,
+        1,
+        &["--config", &config, "--admin-token", TOKEN],
+    );
+    let mut client = server.client();
+    assert_eq!(client.get("/objects/counter/b/value").text(), "5");
+    restore(&mut client, "counter/b", &two);
+    assert_eq!(client.get("/objects/counter/b/value").text(), "2");
+    server.stop();
+}
