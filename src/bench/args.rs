@@ -32,6 +32,8 @@ Scenarios:
                   one client holds them all, so each acquire renews its lease (a write and an alarm)
   alarms          POST /objects/scheduler/s{n}/events {\"id\":\"e{n}\",\"runAt\":now+1000} over --objects
                   schedulers: each event moves an alarm, and fires (and is deleted) a second later
+  dedup           GET /objects/dedup/d{n}/fetch?url=<--fetch-url> over --objects objects: concurrent
+                  requests to one object share one upstream fetch (the server must allow the host)
   chat-fanout: not yet available (a later release); refused.
 
 A response other than 2xx is an error, and so are connect errors, timeouts and lost connections.
@@ -76,6 +78,10 @@ pub struct BenchArgs {
     /// Path of the hello scenario.
     #[arg(long, default_value = "/healthz")]
     pub path: String,
+    /// The http:// URL the dedup scenario has every object fetch (the server's
+    /// `[fetch] allow_hosts` must list its host).
+    #[arg(long)]
+    pub fetch_url: Option<String>,
     /// A response (or a connect) slower than this counts as a timeout error.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub timeout: Duration,
@@ -213,6 +219,18 @@ impl BenchArgs {
     /// Checks every value and resolves the defaults.
     pub fn plan(&self) -> Result<Plan, BenchError> {
         let scenario = Scenario::parse(&self.scenario, &self.path, self.objects)?;
+        let scenario = match (&scenario, &self.fetch_url) {
+            (Scenario::Dedup { .. }, Some(url)) if url.starts_with("http://") => {
+                scenario.with_fetch_url(url)
+            }
+            (Scenario::Dedup { .. }, _) => {
+                return Err(invalid(
+                    "--fetch-url",
+                    "the dedup scenario needs an http:// URL to fetch",
+                ))
+            }
+            _ => scenario,
+        };
         if !self.path.starts_with('/') {
             return Err(invalid("--path", "must start with /"));
         }

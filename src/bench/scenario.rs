@@ -14,6 +14,7 @@ pub const AVAILABLE: &[&str] = &[
     "sqlratelimiter",
     "lock",
     "alarms",
+    "dedup",
 ];
 
 /// Scenario names that are reserved for later releases: refused with a clear message.
@@ -58,6 +59,10 @@ pub enum Scenario {
     /// Events scheduled `ALARMS_AHEAD_MS` ahead in `objects` schedulers `s0`…: each a write
     /// and the object's alarm moved, and each fires a second later.
     Alarms { objects: u64 },
+    /// Fetches of one URL through `objects` dedup objects `d0`…: concurrent requests to one
+    /// object share one upstream fetch. `url` is percent-encoded for the query (set from
+    /// `--fetch-url`).
+    Dedup { objects: u64, url: String },
 }
 
 impl Scenario {
@@ -74,6 +79,10 @@ impl Scenario {
             "sqlratelimiter" => Ok(Scenario::SqlRateLimit { objects }),
             "lock" => Ok(Scenario::Lock { objects }),
             "alarms" => Ok(Scenario::Alarms { objects }),
+            "dedup" => Ok(Scenario::Dedup {
+                objects,
+                url: String::new(),
+            }),
             _ if NOT_YET_AVAILABLE.contains(&name) => {
                 Err(BenchError::ScenarioNotYetAvailable(name.to_string()))
             }
@@ -92,6 +101,7 @@ impl Scenario {
             Scenario::SqlRateLimit { .. } => "sqlratelimiter",
             Scenario::Lock { .. } => "lock",
             Scenario::Alarms { .. } => "alarms",
+            Scenario::Dedup { .. } => "dedup",
         }
     }
 
@@ -136,7 +146,31 @@ impl Scenario {
                     number % objects.max(&1)
                 )
             }
+            Scenario::Dedup { objects, url } => write!(
+                out,
+                "/objects/dedup/d{}/fetch?url={url}",
+                number % objects.max(&1)
+            ),
         };
+    }
+
+    /// The scenario with the URL `dedup` fetches (percent-encoded here); others unchanged.
+    pub fn with_fetch_url(self, fetch_url: &str) -> Scenario {
+        match self {
+            Scenario::Dedup { objects, .. } => {
+                let url = fetch_url
+                    .bytes()
+                    .map(|byte| match byte {
+                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                            (byte as char).to_string()
+                        }
+                        _ => format!("%{byte:02X}"),
+                    })
+                    .collect();
+                Scenario::Dedup { objects, url }
+            }
+            other => other,
+        }
     }
 
     /// Appends the JSON body of request number `number` to `out`: nothing (a `GET`) but for
@@ -198,6 +232,13 @@ mod tests {
         let mut none = Vec::new();
         lock.write_body(6, &mut none);
         assert!(none.is_empty(), "a GET has no body");
+        let dedup = Scenario::parse("dedup", "", 2)
+            .expect("dedup")
+            .with_fetch_url("http://u:8/x?y");
+        assert_eq!(
+            path(&dedup, 3),
+            "/objects/dedup/d1/fetch?url=http%3A%2F%2Fu%3A8%2Fx%3Fy"
+        );
         let sql_limiter = Scenario::parse("sqlratelimiter", "", 100).expect("sqlratelimiter");
         assert_eq!(
             path(&sql_limiter, 1234),
