@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use stead::http::percent_encode;
+
 /// How long one admin request may take, connect to last byte.
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest answer read (a page holds at most 1,000 pairs of at most 1 MiB each).
@@ -98,7 +100,7 @@ impl Page {
             .filter_map(|(name, value)| {
                 value
                     .as_ref()
-                    .map(|value| format!("{name}={}", encode(value)))
+                    .map(|value| format!("{name}={}", percent_encode(value)))
             })
             .collect();
         if parts.is_empty() {
@@ -164,7 +166,7 @@ fn request_line(command: &AdminCommand) -> (&'static str, String) {
     let object = |class: &str, target: &str| {
         format!(
             "/admin/objects/{}/{}",
-            encode(class),
+            percent_encode(class),
             target_segment(target)
         )
     };
@@ -172,7 +174,7 @@ fn request_line(command: &AdminCommand) -> (&'static str, String) {
         AdminCommand::Classes => ("GET", "/admin/classes".to_string()),
         AdminCommand::Objects { class, page } => (
             "GET",
-            format!("/admin/objects/{}{}", encode(class), page.query()),
+            format!("/admin/objects/{}{}", percent_encode(class), page.query()),
         ),
         AdminCommand::Object { class, target } => ("GET", object(class, target)),
         AdminCommand::Storage {
@@ -201,21 +203,8 @@ fn target_segment(target: &str) -> String {
         Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
             target.to_string()
         }
-        _ => encode(target),
+        _ => percent_encode(target),
     }
-}
-
-/// Percent-encodes every byte but the unreserved ones.
-fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 /// A response: its status and body.

@@ -366,38 +366,13 @@ fn scenarios_of_later_releases_are_refused_by_name() {
 /// hit at most once per request (concurrent requests to one object share a fetch).
 #[test]
 fn the_dedup_scenario_fetches_through_the_dedup_objects() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::Ordering;
 
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let upstream = listener.local_addr().expect("address");
-    let hits = std::sync::Arc::new(AtomicU64::new(0));
-    let counted = hits.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let counted = counted.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-                let mut stream = stream;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    while reader.read_line(&mut line).unwrap_or(0) > 0
-                        && !line.ends_with("\r\n\r\n")
-                    {}
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                    if stream.write_all(answer).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
+    let upstream = common::upstream::start(|_, _| {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
     });
+    let (upstream, hits) = (upstream.address, upstream.requests.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("stead.toml");
     std::fs::write(

@@ -3,59 +3,28 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use common::{Client, TestServer};
 
-/// A local upstream: every request to `/slow` waits `delay` and answers with the hit's
-/// number; `/fail` answers 503 slowly. Returns its address and its hit count.
-fn upstream(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let address = listener.local_addr().expect("address");
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counted = hits.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let counted = counted.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-                let mut stream = stream;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    loop {
-                        let mut header = String::new();
-                        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
-                            break;
-                        }
-                    }
-                    let hit = counted.fetch_add(1, Ordering::SeqCst) + 1;
-                    std::thread::sleep(delay);
-                    let answer = if line.contains("/fail") {
-                        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown"
-                            .to_string()
-                    } else {
-                        let body = format!("hit {hit}");
-                        format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-                            body.len()
-                        )
-                    };
-                    if stream.write_all(answer.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
+/// A local upstream (see `common::upstream`): every request waits `delay` and answers with
+/// its number, `/fail` with 503. Its `requests` count the hits.
+fn upstream(delay: Duration) -> common::upstream::Upstream {
+    common::upstream::start(move |path, hit| {
+        std::thread::sleep(delay);
+        if path.contains("/fail") {
+            return b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown".to_vec();
         }
-    });
-    (address, hits)
+        let body = format!("hit {hit}");
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    })
 }
 
 fn start(dir: &std::path::Path, upstream: SocketAddr) -> TestServer {
@@ -97,7 +66,8 @@ fn at_once(server: &TestServer, url: &str, count: usize) -> Vec<(u16, String)> {
 #[test]
 fn concurrent_identical_requests_share_one_upstream_fetch() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (address, hits) = upstream(Duration::from_millis(500));
+    let upstream = upstream(Duration::from_millis(500));
+    let (address, hits) = (upstream.address, upstream.requests.clone());
     let server = start(dir.path(), address);
     let url = format!("http://{address}/slow");
 

@@ -6,10 +6,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::Client;
@@ -32,80 +30,47 @@ impl DurableObject for Fetcher {
     }
 }
 
-/// A local upstream: answers by path, one thread per connection, keeping connections open.
-/// Returns its address and its count of accepted connections.
-fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let address = listener.local_addr().expect("address");
-    let connections = Arc::new(AtomicUsize::new(0));
-    let counted = connections.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            counted.fetch_add(1, Ordering::SeqCst);
-            std::thread::spawn(move || serve(stream));
-        }
-    });
-    (address, connections)
+/// A local upstream that answers by path (see `common::upstream`).
+fn upstream() -> common::upstream::Upstream {
+    common::upstream::start(|path, _| answer(path))
 }
 
-fn serve(stream: std::net::TcpStream) {
-    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-    let mut stream = stream;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
+fn answer(path: &str) -> Vec<u8> {
+    match path {
+        "/hello" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+        "/chunked" => {
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n"
+                .to_vec()
         }
-        let path = line.split(' ').nth(1).unwrap_or("/").to_string();
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                return;
-            }
-            if header == "\r\n" {
-                break;
-            }
+        "/big" => {
+            let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2097152\r\n\r\n".to_vec();
+            answer.resize(answer.len() + 2 * 1024 * 1024, b'x');
+            answer
         }
-        let answer: Vec<u8> = match path.as_str() {
-            "/hello" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
-            "/chunked" => {
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n"
-                    .to_vec()
-            }
-            "/big" => {
-                let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2097152\r\n\r\n".to_vec();
-                answer.resize(answer.len() + 2 * 1024 * 1024, b'x');
-                answer
-            }
-            "/slow" => {
-                std::thread::sleep(Duration::from_secs(3));
-                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow".to_vec()
-            }
-            "/redirect-denied" => {
-                b"HTTP/1.1 302 Found\r\nLocation: http://10.255.255.1/x\r\nContent-Length: 0\r\n\r\n"
-                    .to_vec()
-            }
-            // A chunk size that would overflow: refused as too large, no panic.
-            "/overflow" => {
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\nffffffffffffffff\r\n"
-                    .to_vec()
-            }
-            // An interim answer before the final one.
-            "/interim" => {
-                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-                    .to_vec()
-            }
-            // Bytes past the body's end: the connection must not be used again.
-            "/extra" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale".to_vec(),
-            "/redirect-ok" => {
-                b"HTTP/1.1 302 Found\r\nLocation: /hello\r\nContent-Length: 0\r\n\r\n".to_vec()
-            }
-            _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
-        };
-        if stream.write_all(&answer).is_err() {
-            return;
+        "/slow" => {
+            std::thread::sleep(Duration::from_secs(3));
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow".to_vec()
         }
+        "/redirect-denied" => {
+            b"HTTP/1.1 302 Found\r\nLocation: http://10.255.255.1/x\r\nContent-Length: 0\r\n\r\n"
+                .to_vec()
+        }
+        // A chunk size that would overflow: refused as too large, no panic.
+        "/overflow" => {
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\nffffffffffffffff\r\n"
+                .to_vec()
+        }
+        // An interim answer before the final one.
+        "/interim" => {
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                .to_vec()
+        }
+        // Bytes past the body's end: the connection must not be used again.
+        "/extra" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale".to_vec(),
+        "/redirect-ok" => {
+            b"HTTP/1.1 302 Found\r\nLocation: /hello\r\nContent-Length: 0\r\n\r\n".to_vec()
+        }
+        _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
     }
 }
 
@@ -129,15 +94,7 @@ fn start(dir: &std::path::Path, upstream: SocketAddr) -> RunningServer {
 }
 
 fn fetch(client: &mut Client, url: &str) -> (u16, String) {
-    let encoded: String = url
-        .bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (byte as char).to_string()
-            }
-            _ => format!("%{byte:02X}"),
-        })
-        .collect();
+    let encoded = stead::http::percent_encode(url);
     let reply = client.get(&format!("/objects/fetcher/f/get?url={encoded}"));
     (reply.status, reply.text())
 }
@@ -145,7 +102,8 @@ fn fetch(client: &mut Client, url: &str) -> (u16, String) {
 #[test]
 fn objects_fetch_allowed_hosts_and_nothing_else() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (address, connections) = upstream();
+    let upstream = upstream();
+    let (address, connections) = (upstream.address, upstream.connections.clone());
     let server = start(dir.path(), address);
     let mut client = Client::connect(server.local_addr());
     client

@@ -157,18 +157,10 @@ impl Scenario {
     /// The scenario with the URL `dedup` fetches (percent-encoded here); others unchanged.
     pub fn with_fetch_url(self, fetch_url: &str) -> Scenario {
         match self {
-            Scenario::Dedup { objects, .. } => {
-                let url = fetch_url
-                    .bytes()
-                    .map(|byte| match byte {
-                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                            (byte as char).to_string()
-                        }
-                        _ => format!("%{byte:02X}"),
-                    })
-                    .collect();
-                Scenario::Dedup { objects, url }
-            }
+            Scenario::Dedup { objects, .. } => Scenario::Dedup {
+                objects,
+                url: crate::http::percent_encode(fetch_url),
+            },
             other => other,
         }
     }

@@ -82,6 +82,19 @@ impl Request {
     }
 }
 
+/// Percent-encodes every byte but the unreserved ones (RFC 3986: letters, digits, `-._~`).
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 /// Decodes `%XX` escapes (and `+` as a space when `plus_is_space`); None if an escape is
 /// malformed or the result is not UTF-8.
 pub fn percent_decode(text: &str, plus_is_space: bool) -> Option<String> {

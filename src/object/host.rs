@@ -696,16 +696,17 @@ impl ObjectHost {
         Ok(instance)
     }
 
-    /// Removes `slot` from the map if it is still the one there.
-    fn detach(&self, slot: &Slot) {
+    /// Removes `slot` from the map if it is still the one there; returns whether it was.
+    fn detach(&self, slot: &Slot) -> bool {
         let mut objects = self.objects.borrow_mut();
-        if objects
+        let current = objects
             .get(&slot.id)
-            .is_some_and(|entry| std::ptr::eq(Rc::as_ptr(entry), slot))
-        {
+            .is_some_and(|entry| std::ptr::eq(Rc::as_ptr(entry), slot));
+        if current {
             objects.remove(&slot.id);
             self.sockets.object_left_memory(&slot.id);
         }
+        current
     }
 
     /// Commits writes made outside any event, then refuses later ones (from tasks that still

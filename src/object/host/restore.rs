@@ -50,13 +50,7 @@ impl ObjectHost {
     /// its WebSockets: its next event activates it again, which carries out the restore. An
     /// instance no longer in the map (already restarted) is only retired.
     pub(super) fn restart(&self, slot: &Slot) {
-        let current = self
-            .objects
-            .borrow()
-            .get(&slot.id)
-            .is_some_and(|entry| std::ptr::eq(Rc::as_ptr(entry), slot));
-        if current {
-            self.detach(slot);
+        if self.detach(slot) {
             self.close_sockets_for_restore(slot.id);
         }
         self.retire(slot, "the object restarts to restore a bookmark");
