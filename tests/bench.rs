@@ -204,6 +204,13 @@ fn every_scenario_runs_clean_and_the_server_saw_every_request() {
         .sum();
     assert_eq!(firings as u64, REQUESTS);
 
+    // Each relay's request is a call to a counter on the other core (or its own).
+    let before = requests_total(&mut client, "object", "relay", 200);
+    run("call", &[]);
+    run("call", &["--call-core", "same"]);
+    let after = requests_total(&mut client, "object", "relay", 200);
+    assert_eq!(after - before, 2 * REQUESTS);
+
     // Every lock is held by the bench's one client, with a lease, and nobody waits.
     let locked = run("lock", &[]);
     assert_eq!(locked.count("successes"), REQUESTS);
@@ -349,17 +356,108 @@ fn an_error_rate_past_the_limit_exits_1() {
     assert_eq!(server.stop(), Some(0));
 }
 
+/// `--scenario chat-fanout`: every message a sender sends reaches every member of its room, on
+/// one bench executor or two, closed and open loop; `--objects` rooms need as many members.
 #[test]
-fn scenarios_of_later_releases_are_refused_by_name() {
+fn the_chat_fanout_scenario_delivers_every_message_to_every_member() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let scenario = "chat-fanout";
-    let run = bench(
+    let server = TestServer::start(&dir.path().join("data"), 2, &[]);
+    let url = url(&server);
+    // 3 rooms of 4 members; the senders are split over two executors (rooms 0 and 2 on one).
+    let closed = bench(
         dir.path(),
-        &["--url", "http://127.0.0.1:9", "--scenario", scenario],
+        &[
+            "--url",
+            &url,
+            "--scenario",
+            "chat-fanout",
+            "--connections",
+            "12",
+            "--objects",
+            "3",
+            "--requests",
+            "300",
+            "--pipeline",
+            "2",
+            "--bench-cores",
+            "0,1",
+        ],
     );
-    assert_eq!(run.code, Some(2));
-    assert!(run.stderr.contains("not available yet"), "{}", run.stderr);
-    assert_eq!(run.figures, Value::Null);
+    closed.assert_clean(300 * 4);
+    assert_eq!(closed.figures["unit"], "deliveries", "{}", closed.figures);
+    assert_eq!(closed.count("messages_sent"), 300, "{}", closed.figures);
+    assert_eq!(closed.figures["errors"]["lost"], 0);
+    assert!(closed.stdout.contains("deliveries/s"), "{}", closed.stdout);
+
+    // Open loop: 400 messages a second for one second, over 2 rooms of 4.
+    let open = bench(
+        dir.path(),
+        &[
+            "--url",
+            &url,
+            "--scenario",
+            "chat-fanout",
+            "--connections",
+            "8",
+            "--objects",
+            "2",
+            "--rate",
+            "400",
+            "--duration",
+            "1s",
+        ],
+    );
+    open.assert_clean(400 * 4);
+    assert_eq!(open.count("messages_sent"), 400, "{}", open.figures);
+
+    let too_many_rooms = bench(
+        dir.path(),
+        &[
+            "--url",
+            &url,
+            "--scenario",
+            "chat-fanout",
+            "--connections",
+            "4",
+            "--objects",
+            "5",
+        ],
+    );
+    assert_eq!(too_many_rooms.code, Some(2));
+    assert!(
+        too_many_rooms.stderr.contains("--objects"),
+        "{}",
+        too_many_rooms.stderr
+    );
+
+    // A server that refuses the upgrades: every member is a failed connect, and the run says
+    // why once.
+    let refused = bench(
+        dir.path(),
+        &[
+            "--url",
+            &format!("{url}/nowhere"),
+            "--scenario",
+            "chat-fanout",
+            "--connections",
+            "3",
+            "--requests",
+            "10",
+        ],
+    );
+    assert_eq!(refused.code, Some(1), "{}", refused.stderr);
+    assert_eq!(
+        refused.figures["errors"]["connect"], 3,
+        "{}",
+        refused.figures
+    );
+    assert_eq!(
+        refused.stderr.matches("could not join").count(),
+        1,
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(server.stop(), Some(0));
 }
 
 /// `--scenario dedup`: every request answered with the upstream's answer, and the upstream

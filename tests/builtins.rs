@@ -422,3 +422,41 @@ fn answers_keep_the_designs_field_order_byte_for_byte() {
     );
     assert_eq!(server.stop(), Some(0));
 }
+
+/// `relay` (the `call` scenario's object): each request is a call to a counter on the other
+/// core, or on the relay's own with `core=same`, and always the same counter for one relay and
+/// core; with one core there is no other.
+#[test]
+fn relay_calls_a_counter_on_the_core_asked_for() {
+    for cores in [2, 1] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = TestServer::start(dir.path(), cores, &[]);
+        let mut client = server.client();
+        for (core, expected) in [("other", "other"), ("same", "same")] {
+            let expected = if cores == 1 { "same" } else { expected };
+            for (step, value) in [("increment", "1"), ("increment", "2"), ("value", "2")] {
+                let reply = client.get(&format!("/objects/relay/r/counter/{step}?core={core}"));
+                assert_eq!(
+                    (reply.status, reply.text().as_str()),
+                    (200, value),
+                    "{cores} cores, core={core}"
+                );
+                assert_eq!(reply.header("Stead-Callee-Core"), Some(expected));
+            }
+        }
+        // The counter's own answer passes through; a bad core or path is refused.
+        assert_eq!(client.get("/objects/relay/r/counter/reset").status, 404);
+        let bad = client.get("/objects/relay/r/counter/value?core=third");
+        assert_eq!(bad.status, 400);
+        assert!(bad.text().contains("core must be"), "{}", bad.text());
+        assert_eq!(client.get("/objects/relay/r/elsewhere").status, 404);
+        // `times`: the calls one after another, the last answer given.
+        let repeated = client.get("/objects/relay/t/counter/increment?times=50");
+        assert_eq!((repeated.status, repeated.text().as_str()), (200, "50"));
+        for times in ["0", "10001", "x"] {
+            let refused = client.get(&format!("/objects/relay/t/counter/value?times={times}"));
+            assert_eq!(refused.status, 400, "times={times}");
+        }
+        assert_eq!(server.stop(), Some(0));
+    }
+}

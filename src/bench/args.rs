@@ -15,6 +15,8 @@ const PIPELINE_MAX: usize = 128;
 const DURATION_MAX: Duration = Duration::from_secs(3600);
 /// Most requests of a `--requests` run.
 const REQUESTS_MAX: u64 = 10_000_000_000;
+/// Distinct object names of the spread scenarios unless `--objects` says.
+const OBJECTS_DEFAULT: u64 = 1000;
 /// Most distinct object names of the spread scenarios.
 const OBJECTS_MAX: u64 = 100_000_000;
 
@@ -34,7 +36,13 @@ Scenarios:
                   schedulers: each event moves an alarm, and fires (and is deleted) a second later
   dedup           GET /objects/dedup/d{n}/fetch?url=<--fetch-url> over --objects objects: concurrent
                   requests to one object share one upstream fetch (the server must allow the host)
-  chat-fanout: not yet available (a later release); refused.
+  call            GET /objects/relay/r{n}/counter/value?core=<--call-core> over --objects relays: each
+                  calls a counter on the other core (or its own, --call-core same) and answers its value
+  chat-fanout     WebSocket members of --objects chat rooms (default 1): connection i joins room
+                  r{i mod rooms} as m{i}, and connection i < rooms sends to its room (--pipeline
+                  messages in flight, or --rate messages/s in all); every member reads every message of
+                  its room. Reports deliveries/s and the send -> read latency of each delivery;
+                  --requests counts messages sent. A message a member never read is an error (lost)
 
 A response other than 2xx is an error, and so are connect errors, timeouts and lost connections.
 The exit status is 1 when the error rate passes --max-error-rate (default 0.01, i.e. 1 %), 2 when
@@ -59,9 +67,10 @@ pub struct BenchArgs {
     /// Measured requests to send in all, instead of --duration.
     #[arg(long)]
     pub requests: Option<u64>,
-    /// Distinct object names of counter-spread, ratelimit and sqlratelimiter.
-    #[arg(long, default_value_t = 1000)]
-    pub objects: u64,
+    /// Distinct object names of the spread scenarios (default 1000), or the rooms of
+    /// chat-fanout (default 1).
+    #[arg(long)]
+    pub objects: Option<u64>,
     /// Open loop: requests per second in all, sent on schedule; latency is measured from the
     /// intended send time (no coordinated omission). Without it: closed loop, as fast as possible.
     #[arg(long)]
@@ -82,6 +91,10 @@ pub struct BenchArgs {
     /// `[fetch] allow_hosts` must list its host).
     #[arg(long)]
     pub fetch_url: Option<String>,
+    /// The call scenario: where each relay's callee lives, `other` (another core than the
+    /// relay's, when the server has more than one) or `same`.
+    #[arg(long, default_value = "other", value_parser = ["other", "same"])]
+    pub call_core: String,
     /// A response (or a connect) slower than this counts as a timeout error.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub timeout: Duration,
@@ -218,7 +231,12 @@ pub fn parse_url(url: &str) -> Result<Target, BenchError> {
 impl BenchArgs {
     /// Checks every value and resolves the defaults.
     pub fn plan(&self) -> Result<Plan, BenchError> {
-        let scenario = Scenario::parse(&self.scenario, &self.path, self.objects)?;
+        let objects = match (self.objects, self.scenario.as_str()) {
+            (Some(objects), _) => objects,
+            (None, "chat-fanout") => 1,
+            (None, _) => OBJECTS_DEFAULT,
+        };
+        let scenario = Scenario::parse(&self.scenario, &self.path, objects)?;
         let scenario = match (&scenario, &self.fetch_url) {
             (Scenario::Dedup { .. }, Some(url)) if url.starts_with("http://") => {
                 scenario.with_fetch_url(url)
@@ -229,7 +247,7 @@ impl BenchArgs {
                     "the dedup scenario needs an http:// URL to fetch",
                 ))
             }
-            _ => scenario,
+            _ => scenario.with_call_core(self.call_core == "same"),
         };
         if !self.path.starts_with('/') {
             return Err(invalid("--path", "must start with /"));
@@ -243,7 +261,7 @@ impl BenchArgs {
         if self.pipeline == 0 || self.pipeline > PIPELINE_MAX {
             return Err(invalid("--pipeline", format!("must be 1..={PIPELINE_MAX}")));
         }
-        if self.objects == 0 || self.objects > OBJECTS_MAX {
+        if objects == 0 || objects > OBJECTS_MAX {
             return Err(invalid("--objects", format!("must be 1..={OBJECTS_MAX}")));
         }
         let stop = match (self.requests, self.duration) {
@@ -282,6 +300,15 @@ impl BenchArgs {
             }
             self.bench_cores.iter().map(|core| Some(*core)).collect()
         };
+        if scenario
+            .chat_rooms()
+            .is_some_and(|rooms| rooms > self.connections as u64)
+        {
+            return Err(invalid(
+                "--objects",
+                "chat-fanout needs a member (connection) per room at least",
+            ));
+        }
         if self.connections < cores.len() {
             return Err(invalid(
                 "--connections",

@@ -198,6 +198,16 @@ impl RequestEncoder {
         }
     }
 
+    /// The path prefix of the target, before every scenario path.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The `Host` and `Authorization` lines, each ending in CRLF.
+    pub fn headers(&self) -> &[u8] {
+        &self.headers
+    }
+
     /// Appends request number `number` of `scenario` to `out`.
     pub fn encode(&self, scenario: &Scenario, number: u64, out: &mut Vec<u8>) {
         let mut body = Vec::new();

@@ -44,6 +44,7 @@ mod tests {
             executors: 1,
             rate: None,
             elapsed_s: 1.0,
+            unit: "requests",
             requests: 0,
             successes: 0,
             throughput_rps: throughput,
@@ -56,6 +57,7 @@ mod tests {
             },
             warmup_requests: 0,
             unsent: 0,
+            messages_sent: None,
         }
     }
 

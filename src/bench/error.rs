@@ -9,8 +9,6 @@ use std::path::PathBuf;
 pub enum BenchError {
     /// A command-line value is out of range or malformed: the flag and what was wrong.
     InvalidArgument { flag: &'static str, reason: String },
-    /// The scenario is named in the help but comes with a later release.
-    ScenarioNotYetAvailable(String),
     /// The scenario name is unknown.
     UnknownScenario(String),
     /// A glommio executor could not be started (often the locked-memory limit, `ulimit -l`).
@@ -27,12 +25,6 @@ impl std::fmt::Display for BenchError {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BenchError::InvalidArgument { flag, reason } => write!(formatter, "{flag}: {reason}"),
-            BenchError::ScenarioNotYetAvailable(name) => write!(
-                formatter,
-                "scenario {name:?} is not available yet (it comes with a later release); \
-                 available: {}",
-                super::scenario::AVAILABLE.join(", ")
-            ),
             BenchError::UnknownScenario(name) => write!(
                 formatter,
                 "unknown scenario {name:?}; available: {}",

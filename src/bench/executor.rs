@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use super::args::{Plan, Stop, Target};
+use super::chat;
 use super::client::RequestEncoder;
 use super::connection;
 use super::error::BenchError;
@@ -45,9 +46,18 @@ pub fn run_load(
         let indexes: Vec<u64> = (0..plan.connections as u64)
             .filter(|index| index % executors == executor)
             .collect();
-        let budget = match plan.stop {
-            Stop::Requests(requests) => Some(share(requests, executors, executor)),
-            Stop::Duration(_) => None,
+        // A chat-fanout run's requests are its senders' messages: each executor gets the
+        // shares of the senders it holds.
+        let budget = match (plan.stop, plan.scenario.chat_rooms()) {
+            (Stop::Requests(requests), Some(rooms)) => Some(
+                indexes
+                    .iter()
+                    .filter(|index| chat::room_of(**index, rooms).1)
+                    .map(|index| share(requests, rooms, *index))
+                    .sum(),
+            ),
+            (Stop::Requests(requests), None) => Some(share(requests, executors, executor)),
+            (Stop::Duration(_), _) => None,
         };
         let shared = SharedParts {
             plan: plan.clone(),
@@ -109,6 +119,13 @@ pub fn run_load(
     Ok((stats, measure_start))
 }
 
+/// A connection's first socket: a plain one (None if its connect failed), or a chat member that
+/// joined its room (None if it could not).
+enum First {
+    Socket(Option<glommio::net::TcpStream>),
+    Member(Option<chat::Joined>),
+}
+
 /// What an executor thread is handed (all `Send`); it builds its `Shared` from it.
 struct SharedParts {
     plan: Plan,
@@ -134,12 +151,19 @@ async fn executor_main(
         recent: RefCell::new(new_histogram()),
         live: parts.live,
     });
-    // Connect every connection first, so that connecting is not part of the measurement.
+    // Connect every connection first (and join every chat member to its room), so that
+    // connecting is not part of the measurement.
+    let rooms = shared.plan.scenario.chat_rooms();
     let connects: Vec<_> = indexes
         .iter()
-        .map(|_| {
-            let shared = shared.clone();
-            glommio::spawn_local(async move { connection::connect(&shared).await })
+        .map(|index| {
+            let (shared, index) = (shared.clone(), *index);
+            glommio::spawn_local(async move {
+                match rooms {
+                    Some(rooms) => First::Member(chat::join(&shared, index, rooms).await),
+                    None => First::Socket(connection::connect(&shared).await),
+                }
+            })
         })
         .collect();
     let mut firsts = Vec::with_capacity(connects.len());
@@ -171,7 +195,18 @@ async fn executor_main(
         .into_iter()
         .zip(indexes)
         .map(|(first, index)| {
-            glommio::spawn_local(connection::run(shared.clone(), clock, index, first))
+            let shared = shared.clone();
+            glommio::spawn_local(async move {
+                match (first, rooms) {
+                    (First::Socket(first), _) => {
+                        connection::run(shared, clock, index, first).await;
+                    }
+                    (First::Member(Some(joined)), Some(rooms)) => {
+                        chat::run(&shared, clock, index, rooms, joined).await;
+                    }
+                    (First::Member(_), _) => {}
+                }
+            })
         })
         .collect();
     for task in tasks {

@@ -7,12 +7,14 @@
 //! Only ever connects to the given URL, or to the server it spawned on 127.0.0.1.
 //!
 //! Layout: `args` (command line and its checks), `scenario` (which path request n asks for),
-//! `client` (HTTP/1.1 encoding and pipelined response reading), `schedule` (open-loop
+//! `client` (HTTP/1.1 encoding and pipelined response reading), `chat` (the WebSocket
+//! members of `chat-fanout`), `schedule` (open-loop
 //! timetable, request budget), `connection` (one connection's writer and reader),
 //! `executor` (the executors and their shared figures), `stats` (counts and histograms),
 //! `report` / `hgrm` / `plot` / `progress` (output), `compare` (A B A B), `spawn` (`--spawn`).
 
 mod args;
+mod chat;
 mod client;
 mod compare;
 mod connection;

@@ -44,7 +44,11 @@ pub struct Summary {
     pub rate: Option<f64>,
     /// Measured interval: from the end of the warm-up to the last response, in seconds.
     pub elapsed_s: f64,
-    /// Measured requests (answered or failed).
+    /// What `requests` counts: `requests`, or `deliveries` (`chat-fanout`: messages read by
+    /// members, each timed from its send).
+    pub unit: &'static str,
+    /// Measured requests (answered or failed); `chat-fanout`: deliveries, lost messages and
+    /// failed members.
     pub requests: u64,
     /// Measured 2xx responses.
     pub successes: u64,
@@ -61,6 +65,9 @@ pub struct Summary {
     pub warmup_requests: u64,
     /// Requests of a `--requests` run never sent because every connection gave up.
     pub unsent: u64,
+    /// `chat-fanout`: measured messages the senders sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages_sent: Option<u64>,
 }
 
 impl Summary {
@@ -84,6 +91,7 @@ impl Summary {
                 mean: histogram.mean() / 1000.0,
             }
         };
+        let chat = matches!(plan.scenario, super::scenario::Scenario::ChatFanout { .. });
         Summary {
             url: url.to_string(),
             scenario: plan.scenario.name().to_string(),
@@ -92,6 +100,7 @@ impl Summary {
             executors: plan.cores.len(),
             rate: plan.rate,
             elapsed_s,
+            unit: if chat { "deliveries" } else { "requests" },
             requests,
             successes: stats.successes(),
             throughput_rps: if elapsed_s > 0.0 {
@@ -114,12 +123,16 @@ impl Summary {
             latency_ms: latency,
             warmup_requests: stats.warmup_requests,
             unsent: stats.unsent,
+            messages_sent: chat.then_some(stats.messages_sent),
         }
     }
 
     /// The human summary printed at the end of a run.
     pub fn text(&self) -> String {
         let mode = match self.rate {
+            Some(rate) if self.messages_sent.is_some() => {
+                format!("open loop at {rate} messages/s")
+            }
             Some(rate) => format!("open loop at {rate} req/s"),
             None => "closed loop".to_string(),
         };
@@ -133,17 +146,19 @@ impl Summary {
         let latency = &self.latency_ms;
         let mut text = format!(
             "{} against {}: {} connections, pipeline {}, {} executor(s), {mode}\n\
-             requests   {} in {:.2} s = {:.0} req/s ({} ok)\n\
-             errors     {} ({:.4} %): status [{}], connect {}, timeout {}, closed {}, io {}, protocol {}\n\
+             {:<10} {} in {:.2} s = {:.0} {}/s ({} ok)\n\
+             errors     {} ({:.4} %): status [{}], connect {}, timeout {}, closed {}, io {}, protocol {}, lost {}\n\
              latency ms p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}\n",
             self.scenario,
             self.url,
             self.connections,
             self.pipeline,
             self.executors,
+            self.unit,
             self.requests,
             self.elapsed_s,
             self.throughput_rps,
+            if self.unit == "requests" { "req" } else { "deliveries" },
             self.successes,
             self.errors.total,
             self.error_rate * 100.0,
@@ -153,6 +168,7 @@ impl Summary {
             failures.closed,
             failures.io,
             failures.protocol,
+            failures.lost,
             latency.p50,
             latency.p90,
             latency.p99,
@@ -160,6 +176,16 @@ impl Summary {
             latency.max,
             latency.mean,
         );
+        if let Some(sent) = self.messages_sent {
+            text.push_str(&format!(
+                "sent       {sent} messages, {:.0} per second\n",
+                if self.elapsed_s > 0.0 {
+                    sent as f64 / self.elapsed_s
+                } else {
+                    0.0
+                }
+            ));
+        }
         if self.warmup_requests > 0 {
             text.push_str(&format!(
                 "warm-up    {} requests (not measured)\n",

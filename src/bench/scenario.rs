@@ -15,10 +15,9 @@ pub const AVAILABLE: &[&str] = &[
     "lock",
     "alarms",
     "dedup",
+    "call",
+    "chat-fanout",
 ];
-
-/// Scenario names that are reserved for later releases: refused with a clear message.
-pub const NOT_YET_AVAILABLE: &[&str] = &["chat-fanout"];
 
 /// How far ahead an `alarms` event is scheduled: it fires (and is deleted) during the run.
 pub const ALARMS_AHEAD_MS: u64 = 1000;
@@ -63,6 +62,12 @@ pub enum Scenario {
     /// object share one upstream fetch. `url` is percent-encoded for the query (set from
     /// `--fetch-url`).
     Dedup { objects: u64, url: String },
+    /// Reads of a counter through `objects` relays `r0`…, each calling its counter on the
+    /// other core (`same_core` false) or on its own: one call between objects per request.
+    Call { objects: u64, same_core: bool },
+    /// WebSocket members of `rooms` chat rooms, one sender each (see `chat`): not requests
+    /// but messages, each delivered to every member of its room.
+    ChatFanout { rooms: u64 },
 }
 
 impl Scenario {
@@ -83,9 +88,11 @@ impl Scenario {
                 objects,
                 url: String::new(),
             }),
-            _ if NOT_YET_AVAILABLE.contains(&name) => {
-                Err(BenchError::ScenarioNotYetAvailable(name.to_string()))
-            }
+            "call" => Ok(Scenario::Call {
+                objects,
+                same_core: false,
+            }),
+            "chat-fanout" => Ok(Scenario::ChatFanout { rooms: objects }),
             _ => Err(BenchError::UnknownScenario(name.to_string())),
         }
     }
@@ -102,6 +109,17 @@ impl Scenario {
             Scenario::Lock { .. } => "lock",
             Scenario::Alarms { .. } => "alarms",
             Scenario::Dedup { .. } => "dedup",
+            Scenario::Call { .. } => "call",
+            Scenario::ChatFanout { .. } => "chat-fanout",
+        }
+    }
+
+    /// The rooms of `chat-fanout`, whose connections are WebSocket members; None for the
+    /// scenarios of plain requests.
+    pub fn chat_rooms(&self) -> Option<u64> {
+        match self {
+            Scenario::ChatFanout { rooms } => Some(*rooms),
+            _ => None,
         }
     }
 
@@ -151,6 +169,14 @@ impl Scenario {
                 "/objects/dedup/d{}/fetch?url={url}",
                 number % objects.max(&1)
             ),
+            Scenario::Call { objects, same_core } => write!(
+                out,
+                "/objects/relay/r{}/counter/value?core={}",
+                number % objects.max(&1),
+                if *same_core { "same" } else { "other" }
+            ),
+            // Its members send WebSocket messages, not requests (`chat::run`).
+            Scenario::ChatFanout { .. } => Ok(()),
         };
     }
 
@@ -161,6 +187,14 @@ impl Scenario {
                 objects,
                 url: crate::http::percent_encode(fetch_url),
             },
+            other => other,
+        }
+    }
+
+    /// The scenario with the callee's core `call` asks for; others unchanged.
+    pub fn with_call_core(self, same_core: bool) -> Scenario {
+        match self {
+            Scenario::Call { objects, .. } => Scenario::Call { objects, same_core },
             other => other,
         }
     }
@@ -231,6 +265,12 @@ mod tests {
             path(&dedup, 3),
             "/objects/dedup/d1/fetch?url=http%3A%2F%2Fu%3A8%2Fx%3Fy"
         );
+        let call = Scenario::parse("call", "", 3).expect("call");
+        assert_eq!(path(&call, 4), "/objects/relay/r1/counter/value?core=other");
+        assert_eq!(
+            path(&call.with_call_core(true), 5),
+            "/objects/relay/r2/counter/value?core=same"
+        );
         let sql_limiter = Scenario::parse("sqlratelimiter", "", 100).expect("sqlratelimiter");
         assert_eq!(
             path(&sql_limiter, 1234),
@@ -239,12 +279,12 @@ mod tests {
     }
 
     #[test]
-    fn later_scenarios_are_refused_by_name() {
-        for name in NOT_YET_AVAILABLE {
-            assert!(matches!(
-                Scenario::parse(name, "/", 1),
-                Err(BenchError::ScenarioNotYetAvailable(_))
-            ));
+    fn unknown_scenarios_are_refused_by_name() {
+        for name in AVAILABLE {
+            assert_eq!(
+                Scenario::parse(name, "/", 1).map(|s| s.name()).ok(),
+                Some(*name)
+            );
         }
         assert!(matches!(
             Scenario::parse("nope", "/", 1),

@@ -51,6 +51,8 @@ impl Clock {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Status(u16),
+    /// A chat message read by a member (`chat-fanout`), timed from its send time.
+    Delivered,
     ConnectFailed,
     Timeout,
     Closed,
@@ -99,6 +101,13 @@ impl Shared {
         }
         stats.last_completion = Some(stats.last_completion.map_or(now, |last| last.max(now)));
         let error = match outcome {
+            Outcome::Delivered => {
+                let latency = micros(now.saturating_duration_since(start));
+                stats.histogram.saturating_record(latency);
+                self.recent.borrow_mut().saturating_record(latency);
+                stats.deliveries += 1;
+                false
+            }
             Outcome::Status(status) => {
                 let latency = micros(now.saturating_duration_since(start));
                 stats.histogram.saturating_record(latency);
@@ -124,5 +133,28 @@ impl Shared {
             }
         };
         self.live.add_completed(error);
+    }
+
+    /// Counts a chat message sent at `start`, if it is measured.
+    pub fn count_sent(&self, start: Instant) {
+        if self
+            .clock
+            .get()
+            .is_some_and(|clock| start >= clock.measure_start)
+        {
+            self.stats.borrow_mut().messages_sent += 1;
+        }
+    }
+
+    /// Counts `lost` chat messages that a member never read (warm-up ones included: a message
+    /// lost is an error whenever it was sent).
+    pub fn record_lost(&self, lost: u64) {
+        if lost == 0 {
+            return;
+        }
+        self.stats.borrow_mut().failures.lost += lost;
+        self.live
+            .errors
+            .fetch_add(lost, std::sync::atomic::Ordering::Relaxed);
     }
 }

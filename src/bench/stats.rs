@@ -30,14 +30,17 @@ pub struct Failures {
     pub closed: u64,
     /// Requests whose connection failed with a socket error.
     pub io: u64,
-    /// Requests answered with bytes that are not a valid HTTP/1.1 response.
+    /// Requests answered with bytes that are not a valid HTTP/1.1 response (`chat-fanout`: a
+    /// member's socket that carried an invalid frame).
     pub protocol: u64,
+    /// `chat-fanout`: messages a member never read though its room's sender sent them.
+    pub lost: u64,
 }
 
 impl Failures {
     /// Failed requests (connect failures are not requests).
     pub fn requests(&self) -> u64 {
-        self.timeout + self.closed + self.io + self.protocol
+        self.timeout + self.closed + self.io + self.protocol + self.lost
     }
 
     fn merge(&mut self, other: &Failures) {
@@ -46,6 +49,7 @@ impl Failures {
         self.closed += other.closed;
         self.io += other.io;
         self.protocol += other.protocol;
+        self.lost += other.lost;
     }
 }
 
@@ -64,6 +68,10 @@ pub struct Stats {
     pub warmup_requests: u64,
     /// Requests of a `--requests` run never sent because every connection gave up.
     pub unsent: u64,
+    /// `chat-fanout`: messages read by members (each a measured operation, like a response).
+    pub deliveries: u64,
+    /// `chat-fanout`: measured messages the senders sent.
+    pub messages_sent: u64,
     /// When the last measured response (or failure) came; the end of the measured interval.
     pub last_completion: Option<Instant>,
 }
@@ -76,6 +84,8 @@ impl Default for Stats {
             failures: Failures::default(),
             warmup_requests: 0,
             unsent: 0,
+            deliveries: 0,
+            messages_sent: 0,
             last_completion: None,
         }
     }
@@ -92,20 +102,27 @@ impl Stats {
         self.failures.merge(&other.failures);
         self.warmup_requests += other.warmup_requests;
         self.unsent += other.unsent;
+        self.deliveries += other.deliveries;
+        self.messages_sent += other.messages_sent;
         self.last_completion = match (self.last_completion, other.last_completion) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
     }
 
-    /// Responses with a 2xx status.
+    /// Responses with a 2xx status, and chat deliveries.
     pub fn successes(&self) -> u64 {
-        self.statuses.range(200..300).map(|(_, count)| count).sum()
+        self.statuses
+            .range(200..300)
+            .map(|(_, count)| count)
+            .sum::<u64>()
+            + self.deliveries
     }
 
-    /// Measured requests: every response plus every failed request.
+    /// Measured requests: every response plus every failed request (`chat-fanout`: every
+    /// delivery plus every lost message and failed member).
     pub fn requests(&self) -> u64 {
-        self.statuses.values().sum::<u64>() + self.failures.requests()
+        self.statuses.values().sum::<u64>() + self.failures.requests() + self.deliveries
     }
 
     /// Non-2xx responses, failed requests and failed connects.

@@ -46,6 +46,9 @@ pub trait Router {
         name: Option<String>,
         request: Request,
     ) -> BoxedLocal<Response>;
+
+    /// Whether object `id` lives on the core this router serves (None once it has stopped).
+    fn is_local(&self, id: ObjectId) -> Option<bool>;
 }
 
 /// Why a call was not delivered, or (typed calls) its answer not understood.
@@ -175,6 +178,12 @@ impl ObjectStub {
 
     pub fn id(&self) -> ObjectId {
         self.id
+    }
+
+    /// Whether the object lives on the caller's core (a call to it then crosses no channel);
+    /// None when the caller runs without the server's routing.
+    pub fn is_on_this_core(&self) -> Option<bool> {
+        self.caller.router.as_ref()?.is_local(self.id)
     }
 
     /// Delivers `request` as an event of the object and returns its response: the object's own

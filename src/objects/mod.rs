@@ -8,6 +8,7 @@ mod dedup;
 mod doc;
 mod lock;
 mod ratelimiter;
+mod relay;
 mod scheduler;
 mod sessions;
 mod sql;
@@ -21,6 +22,7 @@ pub use dedup::Dedup;
 pub use doc::Document;
 pub use lock::Lock;
 pub use ratelimiter::RateLimiter;
+pub use relay::{Relay, CALLEE_CORE_HEADER};
 pub use scheduler::Scheduler;
 pub use sessions::Sessions;
 pub use sql::SqlDatabase;
@@ -86,6 +88,7 @@ pub fn register_builtins(registry: &mut ClassRegistry) -> Result<(), RegistryErr
     registry.register::<SqlRateLimiter>("sqlratelimiter")?;
     registry.register::<SqlDatabase>("sql")?;
     registry.register::<Dedup>("dedup")?;
+    registry.register::<Relay>("relay")?;
     Ok(())
 }
 

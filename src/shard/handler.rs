@@ -496,4 +496,9 @@ impl crate::object::Router for ShardRouter {
             }
         })
     }
+
+    fn is_local(&self, id: ObjectId) -> Option<bool> {
+        let shard = self.0.upgrade()?;
+        Some(id.core(shard.partitions, shard.cores) == shard.core)
+    }
 }
