@@ -450,10 +450,31 @@ fn relay_calls_a_counter_on_the_core_asked_for() {
         assert_eq!(bad.status, 400);
         assert!(bad.text().contains("core must be"), "{}", bad.text());
         assert_eq!(client.get("/objects/relay/r/elsewhere").status, 404);
+        // The callee really is on the core asked for: calls to the other core cross the
+        // cross-core channels (`stead_forwarded_total`), calls on the same core do not.
+        if cores == 2 {
+            for (core, crossing) in [("same", false), ("other", true)] {
+                let before = server.metric_sum("stead_forwarded_total");
+                let reply = client.get(&format!(
+                    "/objects/relay/f/counter/value?core={core}&times=100"
+                ));
+                assert_eq!(reply.status, 200);
+                let forwarded = server.metric_sum("stead_forwarded_total") - before;
+                // The client's own request may be forwarded once, to the relay's core.
+                if crossing {
+                    assert!(forwarded >= 100.0, "core={core}: {forwarded} forwarded");
+                } else {
+                    assert!(forwarded <= 1.0, "core={core}: {forwarded} forwarded");
+                }
+            }
+        }
+        // A failing answer stops the calls: 10 asked, the first 404 returned.
+        let stopped = client.get("/objects/relay/t/counter/reset?times=10");
+        assert_eq!(stopped.status, 404);
         // `times`: the calls one after another, the last answer given.
         let repeated = client.get("/objects/relay/t/counter/increment?times=50");
         assert_eq!((repeated.status, repeated.text().as_str()), (200, "50"));
-        for times in ["0", "10001", "x"] {
+        for times in ["0", "1001", "x"] {
             let refused = client.get(&format!("/objects/relay/t/counter/value?times={times}"));
             assert_eq!(refused.status, 400, "times={times}");
         }

@@ -75,7 +75,8 @@ pub struct BenchArgs {
     /// intended send time (no coordinated omission). Without it: closed loop, as fast as possible.
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Requests in flight per connection (HTTP/1.1 pipelining).
+    /// Requests in flight per connection (HTTP/1.1 pipelining); chat-fanout: messages per
+    /// sender not yet back to it.
     #[arg(long, default_value_t = 1)]
     pub pipeline: usize,
     /// Load sent before measuring starts (not recorded), e.g. 2s.
@@ -95,7 +96,8 @@ pub struct BenchArgs {
     /// relay's, when the server has more than one) or `same`.
     #[arg(long, default_value = "other", value_parser = ["other", "same"])]
     pub call_core: String,
-    /// A response (or a connect) slower than this counts as a timeout error.
+    /// A response (or a connect) slower than this counts as a timeout error; chat-fanout: a
+    /// member that reads nothing for this long (plus twice its sender's gap in open loop).
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub timeout: Duration,
     /// Sent as `Authorization: Bearer <token>` when set.

@@ -7,8 +7,11 @@
 //! its reading. Closed loop: a sender keeps at most `--pipeline` messages that have not come back
 //! to it yet; open loop: `--rate` messages per second over all senders. When it stops, a sender
 //! sends `end {sent}`; a member that reads it counts the messages of its room it never read as
-//! lost, and stops. A member that reads nothing for its idle limit counts a timeout and stops.
-//! Pings are not expected (the server sends none) and are ignored.
+//! lost, and stops. A member that reads nothing for its idle limit (`--timeout`, plus twice the
+//! gap between two of its sender's messages in open loop) counts a timeout and stops. A member
+//! that fails (closed by the server, a timeout, a socket error) counts one error, and once the
+//! run is over every message its room's sender sent that it did not read is lost
+//! (`lost_by_failed_members`). Pings are not expected (the server sends none) and are ignored.
 
 use std::cell::Cell;
 use std::io::Write;
@@ -18,7 +21,8 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 
-use super::schedule::Timetable;
+use super::args::Stop;
+use super::schedule::{share, Timetable};
 use super::shared::{Clock, Outcome, Shared};
 use crate::websocket::{encode_close, encode_frame, CloseCode, CloseFrame, Decoded, Decoder};
 use crate::websocket::{Incoming, Opcode, Role};
@@ -31,6 +35,9 @@ const READ_CHUNK_BYTES: usize = 16 * 1024;
 const MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 /// Any fixed key does: the bench does not check the server's accept key.
 const WEBSOCKET_KEY: &str = "c3RlYWQtYmVuY2gtbWVtYg==";
+
+/// The longest a member waits for its next message, whatever `--rate` says.
+const IDLE_MAX: Duration = Duration::from_secs(86_400);
 
 /// Set once a failed join was logged, so that a server refusing every member logs one line.
 static JOIN_FAILURE_SHOWN: std::sync::atomic::AtomicBool =
@@ -51,7 +58,12 @@ pub fn room_of(index: u64, rooms: u64) -> (u64, bool) {
 /// Connects member `index` and joins its room; a failure is counted as a failed connect (it
 /// happens before the run's clock starts) and logged with its reason.
 pub async fn join(shared: &Shared, index: u64, rooms: u64) -> Option<Joined> {
-    match try_join(shared, index, rooms).await {
+    let timeout = shared.plan.timeout;
+    let joined =
+        glommio::timer::timeout(timeout, async { Ok(try_join(shared, index, rooms).await) })
+            .await
+            .unwrap_or_else(|_| Err(format!("not joined within {timeout:?}")));
+    match joined {
         Ok(joined) => Some(joined),
         Err(reason) => {
             // One line says why; the count of failed members is in the summary.
@@ -83,12 +95,9 @@ async fn try_join(shared: &Shared, index: u64, rooms: u64) -> Result<Joined, Str
         "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {WEBSOCKET_KEY}\r\n\
          Sec-WebSocket-Version: 13\r\n\r\n"
     );
-    let answer = glommio::timer::timeout(timeout, async {
-        Ok(read_answer(&mut stream, &request).await)
-    })
-    .await
-    .map_err(|_| format!("no answer to the upgrade within {timeout:?}"))?
-    .map_err(|error| format!("upgrade: {error}"))?;
+    let answer = read_answer(&mut stream, &request)
+        .await
+        .map_err(|error| format!("upgrade: {error}"))?;
     let (buffer, head_end) = answer;
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
@@ -195,7 +204,26 @@ pub async fn run(shared: &Shared, clock: Clock, index: u64, rooms: u64, joined: 
     let gap = shared.plan.rate.map_or(Duration::ZERO, |rate| {
         Duration::try_from_secs_f64(2.0 * rooms as f64 / rate).unwrap_or(Duration::MAX)
     });
-    let idle_max = shared.plan.timeout.saturating_add(gap);
+    let idle_max = shared.plan.timeout.saturating_add(gap).min(IDLE_MAX);
+    // Each sender spends its own share of a `--requests` run, so that rooms of any size get
+    // the same number of messages whatever the timing.
+    let left = Cell::new(match shared.plan.stop {
+        Stop::Requests(total) if sender => share(total, rooms, room),
+        _ => 0,
+    });
+    let claim = |start: Instant| {
+        if start < clock.measure_start {
+            return true;
+        }
+        match clock.end {
+            Some(end) => start < end,
+            None if left.get() == 0 => false,
+            None => {
+                left.set(left.get() - 1);
+                true
+            }
+        }
+    };
     let (mut read_half, mut write_half) = futures_lite::io::split(joined.stream);
     // Messages sent and not yet back to the sender, at most `pipeline`.
     let window = Semaphore::new(pipeline as u64);
@@ -223,7 +251,7 @@ pub async fn run(shared: &Shared, clock: Clock, index: u64, rooms: u64, joined: 
                 break;
             }
             let start = intended.unwrap_or_else(Instant::now);
-            if !clock.claim(shared, start) {
+            if !claim(start) {
                 break;
             }
             let micros = start.saturating_duration_since(clock.start).as_micros();
@@ -239,6 +267,9 @@ pub async fn run(shared: &Shared, clock: Clock, index: u64, rooms: u64, joined: 
             }
             shared.count_sent(start);
             sent += 1;
+            if let Some(count) = shared.room_sent.get(room as usize) {
+                count.store(sent, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         if !broken.get() {
             frame.clear();
@@ -267,7 +298,7 @@ pub async fn run(shared: &Shared, clock: Clock, index: u64, rooms: u64, joined: 
                     }
                     Err(error) => {
                         tracing::debug!(%error, "chat-fanout: bad frame");
-                        return Some(Outcome::Protocol);
+                        return Err((Outcome::Protocol, received));
                     }
                 };
                 match item {
@@ -283,11 +314,11 @@ pub async fn run(shared: &Shared, clock: Clock, index: u64, rooms: u64, joined: 
                         }
                         Text::End { sent } => {
                             shared.record_lost(sent.saturating_sub(received));
-                            return None;
+                            return Ok(());
                         }
                         Text::Other => {}
                     },
-                    Some(Incoming::Close(_)) => return Some(Outcome::Closed),
+                    Some(Incoming::Close(_)) => return Err((Outcome::Closed, received)),
                     Some(_) => {}
                 }
             }
@@ -299,26 +330,35 @@ pub async fn run(shared: &Shared, clock: Clock, index: u64, rooms: u64, joined: 
             })
             .await;
             match read {
-                Ok(Ok(0)) => return Some(Outcome::Closed),
+                Ok(Ok(0)) => return Err((Outcome::Closed, received)),
                 Ok(Ok(read)) => buffer.truncate(filled + read),
-                Ok(Err(_)) => return Some(Outcome::Io),
-                Err(_) => return Some(Outcome::Timeout),
+                Ok(Err(_)) => return Err((Outcome::Io, received)),
+                Err(_) => return Err((Outcome::Timeout, received)),
             }
         }
     };
 
     let reader = async {
-        let failure = reader.await;
-        if failure.is_some() {
+        let result = reader.await;
+        if result.is_err() {
             // The sender must not wait for messages that will not come back.
             broken.set(true);
             window.close();
         }
-        failure
+        result
     };
-    let ((), failure) = futures_lite::future::zip(writer, reader).await;
-    if let Some(outcome) = failure {
-        shared.record(Instant::now(), Instant::now(), outcome);
+    let ((), result) = futures_lite::future::zip(writer, reader).await;
+    // A sender that stopped early leaves part of its share unsent.
+    shared.stats.borrow_mut().unsent += left.get();
+    if let Err((outcome, received)) = result {
+        // A failed member is an error whenever it fails (warm-up too), and what it missed is
+        // counted once the run is over and its room's count is final.
+        shared.record(clock.measure_start, Instant::now(), outcome);
+        shared
+            .stats
+            .borrow_mut()
+            .failed_members
+            .push((room, received));
         return;
     }
     let mut close = Vec::new();
@@ -327,9 +367,32 @@ pub async fn run(shared: &Shared, clock: Clock, index: u64, rooms: u64, joined: 
     let _ = write_half.write_all(&close).await;
 }
 
+/// The messages that failed members never read: for each (room, messages read), what the
+/// room's sender sent in all less what the member read.
+pub fn lost_by_failed_members(room_sent: &[u64], failed: &[(u64, u64)]) -> u64 {
+    failed
+        .iter()
+        .map(|(room, received)| {
+            let sent = room_sent.get(*room as usize).copied().unwrap_or(0);
+            sent.saturating_sub(*received)
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_member_lost_what_its_room_sent_after_it_stopped_reading() {
+        let sent = [100, 40];
+        assert_eq!(lost_by_failed_members(&sent, &[]), 0);
+        assert_eq!(lost_by_failed_members(&sent, &[(0, 30)]), 70);
+        assert_eq!(lost_by_failed_members(&sent, &[(0, 100), (1, 0)]), 40);
+        // A member that read more than the count it saw (a race at the end) lost nothing.
+        assert_eq!(lost_by_failed_members(&sent, &[(1, 41)]), 0);
+        assert_eq!(lost_by_failed_members(&sent, &[(7, 0)]), 0);
+    }
 
     #[test]
     fn members_spread_over_rooms_and_the_first_ones_send() {

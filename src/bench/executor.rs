@@ -4,6 +4,7 @@
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,8 @@ pub fn run_load(
     let executors = plan.cores.len() as u64;
     let encoder = RequestEncoder::new(target, plan.auth_token.as_deref());
     let (ready_sender, ready_receiver) = mpsc::channel::<()>();
+    let rooms = plan.scenario.chat_rooms().unwrap_or(0);
+    let room_sent: Arc<[AtomicU64]> = (0..rooms).map(|_| AtomicU64::new(0)).collect();
     let mut clock_senders = Vec::new();
     let mut handles = Vec::new();
     for (executor, core) in (0..executors).zip(&plan.cores) {
@@ -46,18 +49,11 @@ pub fn run_load(
         let indexes: Vec<u64> = (0..plan.connections as u64)
             .filter(|index| index % executors == executor)
             .collect();
-        // A chat-fanout run's requests are its senders' messages: each executor gets the
-        // shares of the senders it holds.
+        // A chat-fanout run's requests are its senders' messages: each sender keeps its own
+        // share (`chat::run`).
         let budget = match (plan.stop, plan.scenario.chat_rooms()) {
-            (Stop::Requests(requests), Some(rooms)) => Some(
-                indexes
-                    .iter()
-                    .filter(|index| chat::room_of(**index, rooms).1)
-                    .map(|index| share(requests, rooms, *index))
-                    .sum(),
-            ),
             (Stop::Requests(requests), None) => Some(share(requests, executors, executor)),
-            (Stop::Duration(_), _) => None,
+            (Stop::Requests(_), Some(_)) | (Stop::Duration(_), _) => None,
         };
         let shared = SharedParts {
             plan: plan.clone(),
@@ -65,6 +61,7 @@ pub fn run_load(
             encoder: encoder.clone(),
             budget,
             live: live.clone(),
+            room_sent: room_sent.clone(),
         };
         let ready = ready_sender.clone();
         let placement = core.map(Placement::Fixed).unwrap_or(Placement::Unbound);
@@ -116,6 +113,11 @@ pub fn run_load(
             .map_err(|error| BenchError::Executor(error.to_string()))?;
         stats.merge(&executor_stats);
     }
+    let sent: Vec<u64> = room_sent
+        .iter()
+        .map(|count| count.load(Ordering::Relaxed))
+        .collect();
+    stats.failures.lost += chat::lost_by_failed_members(&sent, &stats.failed_members);
     Ok((stats, measure_start))
 }
 
@@ -133,6 +135,7 @@ struct SharedParts {
     encoder: RequestEncoder,
     budget: Option<u64>,
     live: Arc<Live>,
+    room_sent: Arc<[AtomicU64]>,
 }
 
 async fn executor_main(
@@ -150,6 +153,7 @@ async fn executor_main(
         stats: RefCell::new(Stats::default()),
         recent: RefCell::new(new_histogram()),
         live: parts.live,
+        room_sent: parts.room_sent,
     });
     // Connect every connection first (and join every chat member to its room), so that
     // connecting is not part of the measurement.

@@ -103,8 +103,9 @@ impl Summary {
             unit: if chat { "deliveries" } else { "requests" },
             requests,
             successes: stats.successes(),
+            // Deliveries per second count what members read, not what they missed.
             throughput_rps: if elapsed_s > 0.0 {
-                requests as f64 / elapsed_s
+                (if chat { stats.successes() } else { requests }) as f64 / elapsed_s
             } else {
                 0.0
             },

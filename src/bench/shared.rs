@@ -4,6 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -78,6 +79,9 @@ pub struct Shared {
     pub recent: RefCell<Histogram<u64>>,
     /// The figures of the progress line.
     pub live: Arc<Live>,
+    /// `chat-fanout`: messages sent so far by each room's sender, shared by every executor
+    /// (empty for the other scenarios).
+    pub room_sent: Arc<[AtomicU64]>,
 }
 
 impl Shared {

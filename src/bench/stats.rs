@@ -72,6 +72,9 @@ pub struct Stats {
     pub deliveries: u64,
     /// `chat-fanout`: measured messages the senders sent.
     pub messages_sent: u64,
+    /// `chat-fanout`: (room, messages read) of each member that failed before its room's
+    /// sender said it stopped.
+    pub failed_members: Vec<(u64, u64)>,
     /// When the last measured response (or failure) came; the end of the measured interval.
     pub last_completion: Option<Instant>,
 }
@@ -86,6 +89,7 @@ impl Default for Stats {
             unsent: 0,
             deliveries: 0,
             messages_sent: 0,
+            failed_members: Vec::new(),
             last_completion: None,
         }
     }
@@ -104,6 +108,7 @@ impl Stats {
         self.unsent += other.unsent;
         self.deliveries += other.deliveries;
         self.messages_sent += other.messages_sent;
+        self.failed_members.extend_from_slice(&other.failed_members);
         self.last_completion = match (self.last_completion, other.last_completion) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),

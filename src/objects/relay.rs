@@ -1,13 +1,15 @@
 //! `relay`: a call between objects on demand, for measuring them (`stead bench --scenario
 //! call`). Not one of the design's objects.
 //!
-//! `GET /counter/{path}?core=other|same` calls the `counter` named `{name}.{k}` with
+//! `GET /counter/{path}?core=other|same` calls the `counter` named `{id}.{k}` (`id` the relay's
+//! id in hex) with
 //! `GET /{path}`, where `k` is the smallest number below `CANDIDATES_MAX` whose object lives on
 //! another core than this relay (`core=other`, the default) or on the same core (`core=same`),
 //! and answers what the counter answered, with `Stead-Callee-Core: other|same` saying where it
 //! ran (with one core, always `same`). `times=N` (1 to `TIMES_MAX`, default 1) makes the same
-//! call N times one after another in the one event and answers the last answer, so that the
-//! cost of one call can be told apart from a request's. The relay stores nothing. A call the server refuses is
+//! call N times one after another in the one event, stopping at the first answer that is not
+//! 2xx, and answers the last answer, so that the cost of one call can be told apart from a
+//! request's. The relay stores nothing. A call the server refuses is
 //! passed on as its status (503 retryable when the callee's core is overloaded). Any other path
 //! is 404 `Not Found`.
 
@@ -19,7 +21,7 @@ use crate::object::{DurableObject, ObjectContext, ObjectError, ObjectStub};
 const CANDIDATES_MAX: u32 = 64;
 
 /// Most calls one request may ask for.
-const TIMES_MAX: u64 = 10_000;
+const TIMES_MAX: u64 = 1_000;
 
 /// The header saying on which core, relative to the relay, the callee ran.
 pub const CALLEE_CORE_HEADER: &str = "Stead-Callee-Core";
@@ -86,7 +88,12 @@ impl DurableObject for Relay {
                 body: Vec::new(),
                 upgrade: None,
             };
-            answer = Some(stub.fetch(call).await?);
+            let response = stub.fetch(call).await?;
+            let failed = !(200..300).contains(&response.status);
+            answer = Some(response);
+            if failed {
+                break;
+            }
         }
         let answer = answer.ok_or_else(|| ObjectError::new("no call was made"))?;
         let core = if local { "same" } else { "other" };
