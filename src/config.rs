@@ -309,6 +309,47 @@ pub struct Config {
     pub classes: std::collections::BTreeMap<String, ClassSettings>,
     /// Outgoing HTTP from objects.
     pub fetch: FetchSettings,
+    /// Replication through NATS JetStream (`[cluster]`, or `--cluster` and `--node-id`); None
+    /// for a single node, which needs no NATS.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// A node of a cluster (see `src/cluster/`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// NATS servers to connect to, e.g. `nats://127.0.0.1:4222`.
+    pub nats: Vec<String>,
+    /// This node's name in the cluster (who owns the partitions).
+    pub node_id: String,
+    /// Copies of each partition's log (the stream's replicas); fixed when the cluster is
+    /// created, and a node with another value refuses to join.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// How long a write waits for the stream's acknowledgement before it fails (and its
+    /// partition stops being served here).
+    #[serde(default = "default_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+}
+
+impl ClusterSettings {
+    /// Node `node_id` of the cluster behind `nats`, with the default replicas and timeout.
+    pub fn new(nats: Vec<String>, node_id: String) -> ClusterSettings {
+        ClusterSettings {
+            nats,
+            node_id,
+            replicas: default_replicas(),
+            ack_timeout_ms: default_ack_timeout_ms(),
+        }
+    }
+}
+
+fn default_replicas() -> usize {
+    3
+}
+
+fn default_ack_timeout_ms() -> u64 {
+    5000
 }
 
 impl Default for Config {
@@ -331,6 +372,7 @@ impl Default for Config {
             migrations: Vec::new(),
             classes: std::collections::BTreeMap::new(),
             fetch: FetchSettings::default(),
+            cluster: None,
         }
     }
 }

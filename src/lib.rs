@@ -41,13 +41,19 @@
 //! - `objects`: the built-in classes (`counter`, `ratelimiter`, `sqlratelimiter`, `sessions`, …).
 //! - `server`: the builder and the running server.
 //! - `bench`: the load generator behind `stead bench`.
+//! - `cluster`: replication of every commit through NATS JetStream, on a control thread of
+//!   its own (`stead serve --cluster`).
 //! - `wake`, `shutdown`: the wake-up primitives of a core, and its shutdown signal.
 //!
-//! What it is not: a distributed system. One server, one machine; no replication.
+//! What it is not (yet): a distributed system of many serving nodes. A cluster today is one
+//! node that owns every partition and replicates each write to a NATS JetStream stream before
+//! answering; another node can take over from it (see `cluster`), but nothing moves partitions
+//! between nodes or takes over on its own.
 
 pub mod alarm;
 pub mod backup;
 pub mod bench;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod id;

@@ -76,6 +76,14 @@ struct ServeArgs {
     /// Answer every request with a fixed body (the benchmark floor); no objects.
     #[arg(long)]
     hello: bool,
+    /// Join a cluster through these NATS servers (comma-separated), e.g.
+    /// nats://127.0.0.1:4222; needs --node-id. The local store is then rebuilt from the
+    /// cluster's log at every start.
+    #[arg(long, value_delimiter = ',', requires = "node_id")]
+    cluster: Vec<String>,
+    /// This node's name in the cluster.
+    #[arg(long, requires = "cluster")]
+    node_id: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -150,6 +158,17 @@ fn serve(args: ServeArgs) -> ExitCode {
         config.admin_token = args.admin_token;
     }
     config.hello |= args.hello;
+    if let Some(node_id) = args.node_id {
+        match config.cluster.as_mut() {
+            Some(settings) => {
+                settings.nats = args.cluster;
+                settings.node_id = node_id;
+            }
+            None => {
+                config.cluster = Some(stead::config::ClusterSettings::new(args.cluster, node_id))
+            }
+        }
+    }
     let data_dir = config.data_dir.clone();
     let cores = config.cores_resolved();
     let running = match Server::builder().config(config).builtins().build().start() {

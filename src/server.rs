@@ -107,6 +107,25 @@ impl ServerBuilder {
     }
 }
 
+/// In a cluster the local store is a copy of the stream, rebuilt at every start: the data
+/// directory's `replica` folder is emptied and used in its place.
+fn prepare_replica_dir(data_dir: &std::path::Path) -> Result<std::path::PathBuf, ServerError> {
+    let dir = data_dir.join("replica");
+    let failed = |error: std::io::Error| {
+        ServerError::Config(format!(
+            "cluster: cannot prepare {} for the rebuilt store: {error}",
+            dir.display()
+        ))
+    };
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(failed(error)),
+    }
+    std::fs::create_dir_all(&dir).map_err(failed)?;
+    Ok(dir)
+}
+
 /// A configured server, not yet started.
 pub struct Server {
     /// What it was built from.
@@ -143,8 +162,21 @@ impl Server {
             )));
         }
         crate::object::set_heap_limit(config.sql.heap_bytes_max);
+        let mut config = config;
+        if config.cluster.is_some() {
+            config.data_dir = prepare_replica_dir(&config.data_dir)?;
+        }
         let layout = layout::prepare(&config).map_err(ServerError::Layout)?;
         let cores = layout.cores;
+        let mut cluster_links = match &config.cluster {
+            Some(settings) => {
+                let started = crate::cluster::start(settings, layout.partitions, cores)
+                    .map_err(|error| ServerError::Config(error.to_string()))?;
+                tracing::info!(epoch = started.epoch, "joined the cluster");
+                started.links.into_iter().map(Some).collect()
+            }
+            None => Vec::new(),
+        };
         let available = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
@@ -191,6 +223,7 @@ impl Server {
                 events: events_sender.clone(),
                 bound_address,
                 classes_checked,
+                cluster: cluster_links.get_mut(core).and_then(Option::take),
             };
             let mut executor = LocalExecutorBuilder::new(Placement::Fixed(core % available))
                 .name(&format!("stead-core-{core}"))

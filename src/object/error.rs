@@ -34,6 +34,9 @@ pub enum EventError {
     /// The store refused one commit of the object (a bug in the limits the host checks), or a
     /// committed write of it failed to become durable: 500.
     CommitFailed { id: ObjectId, reason: String },
+    /// In a cluster: the write was not acknowledged by the stream, or this node no longer
+    /// serves the object's partition: 503, retryable (on the partition's owner).
+    NotReplicated { reason: String },
     /// The handler returned an error: its own status (500, or 413 for a write the client made
     /// too large).
     Handler(ObjectError),
@@ -50,7 +53,9 @@ impl EventError {
     /// The HTTP status of the answer.
     pub fn status(&self) -> u16 {
         match self {
-            EventError::Overloaded | EventError::ShuttingDown => 503,
+            EventError::Overloaded
+            | EventError::ShuttingDown
+            | EventError::NotReplicated { .. } => 503,
             EventError::StorageUnavailable { .. } => 507,
             EventError::Handler(error) => error.status,
             EventError::UnknownClass { .. }
@@ -62,7 +67,10 @@ impl EventError {
 
     /// Whether the same request may succeed if sent again later, unchanged.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, EventError::Overloaded | EventError::ShuttingDown)
+        matches!(
+            self,
+            EventError::Overloaded | EventError::ShuttingDown | EventError::NotReplicated { .. }
+        )
     }
 
     /// The client's answer: `{"error": …, "retryable": …}` with the status, and `Retry-After`
@@ -105,6 +113,7 @@ impl fmt::Display for EventError {
             EventError::CommitFailed { id, reason } => {
                 write!(f, "commit of object {id} failed: {reason}")
             }
+            EventError::NotReplicated { reason } => f.write_str(reason),
             EventError::Handler(error) => f.write_str(&error.message),
         }
     }

@@ -148,6 +148,8 @@ pub struct ObjectHost {
     store_failure_listener: RefCell<Option<StoreFailureListener>>,
     /// How objects' stubs reach other objects (the server's routing), once installed.
     router: RefCell<Option<Rc<dyn Router>>>,
+    /// In a cluster: where each commit's batch goes to be replicated.
+    replication: RefCell<Option<Rc<crate::cluster::Replication>>>,
     /// The core's outgoing HTTP client, shared by its objects (one pool of connections).
     fetch: Rc<FetchClient>,
 }
@@ -237,6 +239,7 @@ impl ObjectHost {
             store_failed: Cell::new(false),
             store_failure_listener: RefCell::new(None),
             router: RefCell::new(None),
+            replication: RefCell::new(None),
             fetch,
         })
     }
@@ -253,6 +256,11 @@ impl ObjectHost {
     /// before it have none).
     pub fn set_router(&self, router: Rc<dyn Router>) {
         *self.router.borrow_mut() = Some(router);
+    }
+
+    /// Makes every commit wait for the cluster's stream too (see `src/cluster/`).
+    pub fn set_replication(&self, replication: Rc<crate::cluster::Replication>) {
+        *self.replication.borrow_mut() = Some(replication);
     }
 
     /// Installs the hook told about every committed alarm change.
@@ -576,6 +584,9 @@ impl ObjectHost {
             self.highest_submitted_seq.get()
         };
         let slot = Rc::new(Slot::new(id, Rc::from(class), storage, seq_floor));
+        if let Some(replication) = self.replication.borrow().as_ref() {
+            slot.replica_ticket.set(replication.floor(&id));
+        }
         self.objects.borrow_mut().insert(id, slot.clone());
         self.count(|stats| stats.activations_total += 1);
         glommio::spawn_local(activate(self.clone(), slot.clone(), constructor)).detach();
@@ -591,6 +602,16 @@ impl ObjectHost {
         handler: BoxedLocal<Result<T, ObjectError>>,
         depth: u32,
     ) -> Result<T, EventError> {
+        let replication = self.replication.borrow().clone();
+        // A node that no longer serves the partition answers nothing from its memory.
+        if let Some(error) = replication
+            .as_ref()
+            .and_then(|replication| replication.refusal(&slot.id))
+        {
+            return Err(EventError::NotReplicated {
+                reason: error.to_string(),
+            });
+        }
         let (result, commit_error) = Gated::new(self, slot, handler, depth).await;
         if let Some(error) = commit_error {
             return Err(error);
@@ -601,6 +622,15 @@ impl ObjectHost {
                 return Err(EventError::CommitFailed {
                     id: slot.id,
                     reason: format!("the write is not durable: {error}"),
+                });
+            }
+        }
+        if let (Some(replication), Some((partition, ticket))) =
+            (replication, slot.replica_ticket.get())
+        {
+            if let Err(error) = replication.wait(partition, ticket).await {
+                return Err(EventError::NotReplicated {
+                    reason: error.to_string(),
                 });
             }
         }
@@ -754,9 +784,28 @@ impl Commit for ObjectHost {
         slot.storage.trim_history(&mut batch, |prefix| {
             self.store.keys_with_prefix(&slot.id.0, prefix, usize::MAX)
         });
+        let replication = self.replication.borrow().clone();
+        let encoded = replication
+            .as_ref()
+            .map(|_| crate::cluster::Replication::encode(&slot.id, &batch));
         match self.store.commit(&slot.id.0, batch) {
             Ok((seq, _durable)) => {
                 slot.last_submitted_seq.set(seq);
+                if let (Some(replication), Some(encoded)) = (replication, encoded) {
+                    match replication.submit(&slot.id, &encoded) {
+                        Ok(ticket) => slot.replica_ticket.set(Some(ticket)),
+                        Err(error) => {
+                            // The write is in this node's memory and store but will not be in
+                            // the stream: the object leaves memory, and the partition is
+                            // refused until a restart rebuilds it from the stream.
+                            slot.storage.fail_commits(error.to_string());
+                            self.detach(slot);
+                            return Err(EventError::NotReplicated {
+                                reason: error.to_string(),
+                            });
+                        }
+                    }
+                }
                 self.highest_submitted_seq
                     .set(self.highest_submitted_seq.get().max(seq));
                 let listener = self.alarm_listener.borrow().clone();

@@ -55,6 +55,9 @@ pub(super) struct Slot {
     pub(super) call_depth: Rc<Cell<u32>>,
     /// Set by an activation that carried out a restore: the bookmark that undoes it.
     pub(super) restore_undo: Cell<Option<crate::object::history::Bookmark>>,
+    /// In a cluster: the partition and ticket of the object's last batch (or, for a new
+    /// slot, of its partition's last batch): a response waits until the stream has it.
+    pub(super) replica_ticket: Cell<Option<(u32, u64)>>,
 }
 
 impl Slot {
@@ -70,6 +73,7 @@ impl Slot {
             last_event: Cell::new(Instant::now()),
             last_submitted_seq: Cell::new(seq_floor),
             restore_undo: Cell::new(None),
+            replica_ticket: Cell::new(None),
             call_depth: Rc::new(Cell::new(super::call::NO_EVENT_DEPTH)),
         }
     }

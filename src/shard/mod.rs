@@ -86,6 +86,8 @@ pub struct CoreStart {
     /// Gets `()` once every core checked its classes and none found an unknown one; closed
     /// without it when the start is called off.
     pub classes_checked: mpsc::Receiver<()>,
+    /// In a cluster: this core's channels to the control thread (`src/cluster/`).
+    pub cluster: Option<crate::cluster::ClusterLink>,
 }
 
 /// The state of one core, shared by its tasks.
@@ -242,6 +244,49 @@ impl Shard {
     }
 }
 
+/// Commits the batches the control thread replays from the cluster's log into this core's
+/// (empty) store, and waits until they are durable; the link's channels for serving.
+async fn replay(
+    core: usize,
+    store: &Store,
+    link: crate::cluster::ClusterLink,
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<crate::cluster::Append>,
+        tokio::sync::mpsc::Receiver<crate::cluster::ControlEvent>,
+    ),
+    String,
+> {
+    use crate::cluster::ReplayItem;
+    let crate::cluster::ClusterLink {
+        appends,
+        events,
+        mut replay,
+    } = link;
+    let mut batches = 0u64;
+    loop {
+        match replay.recv().await {
+            Some(ReplayItem::Batch(id, batch)) => {
+                store
+                    .commit(&id.0, batch)
+                    .map_err(|error| format!("core {core}: cannot replay the log: {error}"))?;
+                batches += 1;
+            }
+            Some(ReplayItem::Done) => break,
+            Some(ReplayItem::Failed(reason)) => {
+                return Err(format!("core {core}: the log's replay failed: {reason}"))
+            }
+            None => return Err(format!("core {core}: the log's replay stopped")),
+        }
+    }
+    store
+        .wait_durable(store.last_seq())
+        .await
+        .map_err(|error| format!("core {core}: the replayed log is not durable: {error}"))?;
+    tracing::info!(core, batches, "batches replayed from the cluster's log");
+    Ok((appends, events))
+}
+
 /// Given when the core that forwarded a request no longer wants its response.
 type Cancel = Handoff<()>;
 
@@ -270,6 +315,7 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         events,
         bound_address,
         classes_checked,
+        cluster,
     } = start;
     let config = Rc::new((*config).clone());
     let cores = layout.cores;
@@ -287,6 +333,10 @@ async fn serve(start: CoreStart) -> Result<(), String> {
                 dir.display()
             )
         })?;
+    let cluster = match cluster {
+        Some(link) => Some(replay(core, &store, link).await?),
+        None => None,
+    };
     let check = classes::check(&store, &registry);
     let unknown = !check.unknown.is_empty();
     let _ = events.send(CoreEvent::Checked {
@@ -343,6 +393,11 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         connection_slots: accept::connection_slots(config.http.connections_per_core_max),
     });
     host.set_router(Rc::new(handler::ShardRouter(Rc::downgrade(&shard))));
+    if let Some((appends, events)) = cluster {
+        let replication = crate::cluster::Replication::new(core, layout.partitions, appends);
+        glommio::spawn_local(replication.clone().run(events)).detach();
+        host.set_replication(replication);
+    }
     for (from, receiver) in receivers {
         glommio::spawn_local(receive_loop(shard.clone(), from, receiver)).detach();
     }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod nats;
 pub mod upstream;
 pub mod ws;
 

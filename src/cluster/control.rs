@@ -1,0 +1,559 @@
+//! The control thread: the node's one NATS client, on a tokio runtime of its own, talking to the
+//! cores through bounded channels only.
+//!
+//! At start ([`start`]) it joins the cluster and becomes the owner (see the module above), and
+//! only then returns; it goes on replaying the stream to the cores (`ReplayItem`), watching the
+//! `owner` key (another node's takeover deposes this one), and publishing the cores' appends,
+//! each with the epoch and the partition's last sequence. It stops when every core has dropped
+//! its sender of appends.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::HeaderMap;
+use futures_lite::StreamExt;
+use stead_storage::Batch;
+use tokio::sync::mpsc;
+
+use super::record;
+use super::{Append, ClusterError, ControlEvent, ReplicationError};
+use crate::config::ClusterSettings;
+use crate::id::ObjectId;
+
+/// The stream of every partition's log, and its subjects.
+const STREAM: &str = "STEAD_LOG";
+const SUBJECT_PREFIX: &str = "stead.log.";
+/// The KV bucket of the cluster's settings and owner.
+const BUCKET: &str = "stead_cluster";
+const SETTINGS_KEY: &str = "settings";
+const OWNER_KEY: &str = "owner";
+/// Headers of every append.
+const EXPECTED_LAST: &str = "Nats-Expected-Last-Subject-Sequence";
+const KIND_HEADER: &str = "Stead-Kind";
+const EPOCH_HEADER: &str = "Stead-Epoch";
+const NODE_HEADER: &str = "Stead-Node";
+/// Partitions fenced at once at start.
+const FENCE_CONCURRENCY: usize = 256;
+/// Batches a core's replay queue holds.
+const REPLAY_QUEUE: usize = 1024;
+/// How long start-up waits for NATS to answer one step.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a core receives while the stream is replayed, before it serves.
+#[derive(Debug)]
+pub enum ReplayItem {
+    /// A batch of one of the core's objects, in log order.
+    Batch(ObjectId, Batch),
+    /// Every batch was sent.
+    Done,
+    /// The replay cannot go on: the core must not serve.
+    Failed(String),
+}
+
+/// A core's ends of the channels to the control thread.
+pub struct ClusterLink {
+    pub appends: mpsc::Sender<Append>,
+    pub events: mpsc::Receiver<ControlEvent>,
+    pub replay: mpsc::Receiver<ReplayItem>,
+}
+
+/// A joined cluster: each core's link, and this node's epoch.
+pub struct StartedCluster {
+    pub links: Vec<ClusterLink>,
+    pub epoch: u64,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Joins the cluster as the owner of all `partitions`, on a thread of its own; returns once
+/// the fence is in place (the replay then runs while the cores start).
+pub fn start(
+    settings: &ClusterSettings,
+    partitions: u32,
+    cores: usize,
+) -> Result<StartedCluster, ClusterError> {
+    let (append_sender, append_receiver) = mpsc::channel(partitions as usize + cores);
+    let mut links = Vec::with_capacity(cores);
+    let mut event_senders = Vec::with_capacity(cores);
+    let mut replay_senders = Vec::with_capacity(cores);
+    for _ in 0..cores {
+        let (event_sender, events) = mpsc::channel(partitions as usize + 16);
+        let (replay_sender, replay) = mpsc::channel(REPLAY_QUEUE);
+        event_senders.push(event_sender);
+        replay_senders.push(replay_sender);
+        links.push(ClusterLink {
+            appends: append_sender.clone(),
+            events,
+            replay,
+        });
+    }
+    drop(append_sender);
+    let (ready_sender, ready) = std::sync::mpsc::channel();
+    let settings = settings.clone();
+    let thread = std::thread::Builder::new()
+        .name("stead-cluster".to_string())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = ready_sender.send(Err(nats_error("start the runtime", error)));
+                    return;
+                }
+            };
+            let control = Control {
+                settings,
+                partitions,
+                cores,
+                events: event_senders,
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(
+                &runtime,
+                control.run(append_receiver, replay_senders, ready_sender),
+            );
+        })
+        .map_err(|error| nats_error("start the control thread", error))?;
+    match ready.recv() {
+        Ok(Ok(epoch)) => Ok(StartedCluster {
+            links,
+            epoch,
+            thread,
+        }),
+        Ok(Err(error)) => {
+            let _ = thread.join();
+            Err(error)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(ClusterError::Nats {
+                step: "start",
+                reason: "the control thread stopped".to_string(),
+            })
+        }
+    }
+}
+
+fn nats_error(step: &'static str, error: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Nats {
+        step,
+        reason: error.to_string(),
+    }
+}
+
+/// Runs `future` within `STEP_TIMEOUT`, naming `step` when it fails.
+async fn step<T, E: std::fmt::Display>(
+    step: &'static str,
+    future: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, ClusterError> {
+    match tokio::time::timeout(STEP_TIMEOUT, future).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(nats_error(step, error)),
+        Err(_) => Err(nats_error(
+            step,
+            format!("no answer within {STEP_TIMEOUT:?}"),
+        )),
+    }
+}
+
+/// The headers of an append of `kind` by `node` at `epoch`, after sequence `expected`.
+fn headers(kind: &str, node: &str, epoch: u64, expected: u64) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(KIND_HEADER, kind);
+    headers.insert(EPOCH_HEADER, epoch.to_string().as_str());
+    headers.insert(NODE_HEADER, node);
+    headers.insert(EXPECTED_LAST, expected.to_string().as_str());
+    headers
+}
+
+/// The subject of partition `partition`'s log.
+fn subject(partition: u32) -> String {
+    format!("{SUBJECT_PREFIX}{partition}")
+}
+
+struct Control {
+    settings: ClusterSettings,
+    partitions: u32,
+    cores: usize,
+    /// Each core's channel of answers.
+    events: Vec<mpsc::Sender<ControlEvent>>,
+}
+
+/// What start-up leaves for the rest of the thread's life.
+struct Joined {
+    js: jetstream::Context,
+    bucket: kv::Store,
+    log: stream::Stream,
+    epoch: u64,
+    /// The last sequence of each partition's subject.
+    last: Rc<RefCell<Vec<u64>>>,
+    /// The stream's last sequence once every partition was fenced: the end of the replay.
+    replay_end: u64,
+}
+
+impl Control {
+    async fn run(
+        self,
+        appends: mpsc::Receiver<Append>,
+        replay: Vec<mpsc::Sender<ReplayItem>>,
+        ready: std::sync::mpsc::Sender<Result<u64, ClusterError>>,
+    ) {
+        let joined = match self.join().await {
+            Ok(joined) => joined,
+            Err(error) => {
+                let _ = ready.send(Err(error));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(joined.epoch));
+        let control = Rc::new(self);
+        if let Err(error) = control.replay(&joined, &replay).await {
+            tracing::error!(%error, "cluster: replay failed");
+            for sender in &replay {
+                let _ = sender.send(ReplayItem::Failed(error.to_string())).await;
+            }
+            return;
+        }
+        for sender in &replay {
+            let _ = sender.send(ReplayItem::Done).await;
+        }
+        drop(replay);
+        tokio::task::spawn_local(
+            control
+                .clone()
+                .watch_owner(joined.bucket.clone(), joined.epoch),
+        );
+        control.serve_appends(appends, &joined).await;
+    }
+
+    /// Checks the settings, becomes the owner and fences every partition.
+    async fn join(&self) -> Result<Joined, ClusterError> {
+        let servers = self
+            .settings
+            .nats
+            .iter()
+            .map(|url| url.parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| nats_error("read the NATS addresses", error))?;
+        if servers.is_empty() {
+            return Err(nats_error("connect", "no NATS server given (--cluster)"));
+        }
+        let client = step(
+            "connect to NATS",
+            async_nats::ConnectOptions::new()
+                .connection_timeout(STEP_TIMEOUT)
+                .connect(servers),
+        )
+        .await?;
+        let js = jetstream::new(client);
+        let replicas = self.settings.replicas;
+        let bucket = match js.get_key_value(BUCKET).await {
+            Ok(bucket) => bucket,
+            Err(_) => {
+                let config = kv::Config {
+                    bucket: BUCKET.to_string(),
+                    history: 1,
+                    num_replicas: replicas,
+                    ..Default::default()
+                };
+                step("create the settings bucket", js.create_key_value(config)).await?
+            }
+        };
+        let ours = format!(
+            "{{\"partitions\":{},\"replicas\":{replicas}}}",
+            self.partitions
+        );
+        let stored = step("read the settings", bucket.get(SETTINGS_KEY)).await?;
+        let theirs = match stored {
+            Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            None => match bucket.create(SETTINGS_KEY, ours.clone().into()).await {
+                Ok(_) => ours.clone(),
+                // Another node created them first: compare with theirs.
+                Err(_) => step("read the settings", bucket.get(SETTINGS_KEY))
+                    .await?
+                    .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                    .unwrap_or_default(),
+            },
+        };
+        if theirs != ours {
+            return Err(ClusterError::Settings {
+                cluster: theirs,
+                node: ours,
+            });
+        }
+        let log = step(
+            "open the log stream",
+            js.get_or_create_stream(stream::Config {
+                name: STREAM.to_string(),
+                subjects: vec![format!("{SUBJECT_PREFIX}*")],
+                num_replicas: replicas,
+                ..Default::default()
+            }),
+        )
+        .await?;
+        let owner = format!("{{\"node\":{:?}}}", self.settings.node_id);
+        let current = step("read the owner", bucket.entry(OWNER_KEY)).await?;
+        let epoch = match current {
+            Some(entry) => {
+                step(
+                    "become the owner",
+                    bucket.update(OWNER_KEY, owner.into(), entry.revision),
+                )
+                .await?
+            }
+            None => step("become the owner", bucket.create(OWNER_KEY, owner.into())).await?,
+        };
+        tracing::info!(node = %self.settings.node_id, epoch, "cluster: owner of every partition");
+        let last = self.fence(&js, &log, epoch).await?;
+        let mut log = log;
+        let replay_end = step("read the log's end", log.info())
+            .await?
+            .state
+            .last_sequence;
+        Ok(Joined {
+            js,
+            bucket,
+            log,
+            epoch,
+            last: Rc::new(RefCell::new(last)),
+            replay_end,
+        })
+    }
+
+    /// Appends a takeover record to every partition's subject, after its last message: from
+    /// then on an append of the previous owner names a stale sequence and is refused.
+    async fn fence(
+        &self,
+        js: &jetstream::Context,
+        log: &stream::Stream,
+        epoch: u64,
+    ) -> Result<Vec<u64>, ClusterError> {
+        let mut last = vec![0u64; self.partitions as usize];
+        let partitions: Vec<u32> = (0..self.partitions).collect();
+        for chunk in partitions.chunks(FENCE_CONCURRENCY) {
+            // Spawned together, so that the client pipelines the requests.
+            let fences: Vec<_> = chunk
+                .iter()
+                .map(|partition| {
+                    let (js, log, partition) = (js.clone(), log.clone(), *partition);
+                    let node = self.settings.node_id.clone();
+                    tokio::task::spawn_local(async move {
+                        let subject = subject(partition);
+                        let previous = match log.get_last_raw_message_by_subject(&subject).await
+                        {
+                            Ok(message) => message.sequence,
+                            Err(error)
+                                if error.kind()
+                                    == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                            {
+                                0
+                            }
+                            Err(error) => {
+                                return Err(nats_error("read a partition's last record", error))
+                            }
+                        };
+                        let headers = headers("takeover", &node, epoch, previous);
+                        let sequence = step(
+                            "fence a partition",
+                            publish(&js, subject, headers, Vec::new()),
+                        )
+                        .await?;
+                        Ok((partition, sequence))
+                    })
+                })
+                .collect();
+            for fence in fences {
+                let (partition, sequence) = fence
+                    .await
+                    .map_err(|error| nats_error("fence a partition", error))??;
+                last[partition as usize] = sequence;
+            }
+        }
+        Ok(last)
+    }
+
+    /// Sends every batch of the stream, up to the end seen at start, to the core owning its
+    /// object.
+    async fn replay(
+        &self,
+        joined: &Joined,
+        cores: &[mpsc::Sender<ReplayItem>],
+    ) -> Result<(), ClusterError> {
+        if joined.replay_end == 0 {
+            return Ok(());
+        }
+        let consumer = step(
+            "open the log for replay",
+            joined.log.create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("{SUBJECT_PREFIX}*"),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            }),
+        )
+        .await?;
+        let mut messages = step("read the log", consumer.messages()).await?;
+        let mut batches = 0u64;
+        loop {
+            let message = match tokio::time::timeout(STEP_TIMEOUT, messages.next()).await {
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(error))) => return Err(nats_error("read the log", error)),
+                Ok(None) => return Err(nats_error("read the log", "the log ended early")),
+                Err(_) => return Err(nats_error("read the log", "no message in time")),
+            };
+            let sequence = message
+                .info()
+                .map_err(|error| nats_error("read a log message's sequence", error))?
+                .stream_sequence;
+            let kind = message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(KIND_HEADER))
+                .map(|value| value.as_str().to_string());
+            if kind.as_deref() == Some("batches") {
+                let decoded =
+                    record::decode(&message.payload).map_err(|error| ClusterError::Damaged {
+                        sequence,
+                        reason: error.to_string(),
+                    })?;
+                for (id, batch) in decoded {
+                    let core = id.core(self.partitions, self.cores);
+                    let sent = cores[core].send(ReplayItem::Batch(id, batch)).await;
+                    if sent.is_err() {
+                        return Err(nats_error("replay", "a core stopped during the replay"));
+                    }
+                    batches += 1;
+                }
+            }
+            if sequence >= joined.replay_end {
+                break;
+            }
+        }
+        tracing::info!(
+            batches,
+            end = joined.replay_end,
+            "cluster: store rebuilt from the log"
+        );
+        Ok(())
+    }
+
+    /// Deposes this node when another one writes the `owner` key.
+    async fn watch_owner(self: Rc<Self>, bucket: kv::Store, epoch: u64) {
+        let mut watch = match bucket.watch(OWNER_KEY).await {
+            Ok(watch) => watch,
+            Err(error) => {
+                tracing::error!(%error, "cluster: cannot watch the owner key");
+                return;
+            }
+        };
+        while let Some(entry) = watch.next().await {
+            let Ok(entry) = entry else { continue };
+            if entry.revision > epoch {
+                let node = serde_json::from_slice::<serde_json::Value>(&entry.value)
+                    .ok()
+                    .and_then(|owner| owner["node"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| String::from_utf8_lossy(&entry.value).into_owned());
+                let error = ReplicationError::Deposed {
+                    node,
+                    epoch: entry.revision,
+                };
+                tracing::error!(%error, "cluster: deposed");
+                for sender in &self.events {
+                    let _ = sender
+                        .send(ControlEvent::Deposed {
+                            error: error.clone(),
+                        })
+                        .await;
+                }
+                return;
+            }
+        }
+    }
+
+    /// Publishes the cores' appends until every core has stopped.
+    async fn serve_appends(self: Rc<Self>, mut appends: mpsc::Receiver<Append>, joined: &Joined) {
+        let timeout = Duration::from_millis(self.settings.ack_timeout_ms.max(1));
+        while let Some(append) = appends.recv().await {
+            let control = self.clone();
+            let (js, last, epoch) = (joined.js.clone(), joined.last.clone(), joined.epoch);
+            tokio::task::spawn_local(async move {
+                let partition = append.partition;
+                let expected = last.borrow().get(partition as usize).copied().unwrap_or(0);
+                let headers = headers("batches", &control.settings.node_id, epoch, expected);
+                let sent = tokio::time::timeout(
+                    timeout,
+                    publish(&js, subject(partition), headers, append.payload),
+                )
+                .await;
+                let event = match sent {
+                    Ok(Ok(sequence)) => {
+                        if let Some(slot) = last.borrow_mut().get_mut(partition as usize) {
+                            *slot = sequence;
+                        }
+                        ControlEvent::Acked {
+                            partition,
+                            upto: append.upto,
+                        }
+                    }
+                    Ok(Err(PublishFailure::Fenced)) => ControlEvent::Failed {
+                        partition,
+                        error: ReplicationError::Fenced { partition },
+                    },
+                    Ok(Err(PublishFailure::Other(reason))) => ControlEvent::Failed {
+                        partition,
+                        error: ReplicationError::Unavailable(reason),
+                    },
+                    Err(_) => ControlEvent::Failed {
+                        partition,
+                        error: ReplicationError::Unavailable(format!(
+                            "no acknowledgement within cluster.ack_timeout_ms ({} ms)",
+                            timeout.as_millis()
+                        )),
+                    },
+                };
+                if let Some(sender) = control.events.get(append.core) {
+                    let _ = sender.send(event).await;
+                }
+            });
+        }
+    }
+}
+
+/// Why one publish failed.
+#[derive(Debug)]
+enum PublishFailure {
+    /// The subject's last sequence was not the one named: a newer owner wrote.
+    Fenced,
+    Other(String),
+}
+
+impl std::fmt::Display for PublishFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublishFailure::Fenced => f.write_str("refused: the subject has a newer record"),
+            PublishFailure::Other(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// Publishes and waits for the stream's acknowledgement; the new message's sequence.
+async fn publish(
+    js: &jetstream::Context,
+    subject: String,
+    headers: HeaderMap,
+    payload: Vec<u8>,
+) -> Result<u64, PublishFailure> {
+    let classify = |error: jetstream::context::PublishError| match error.kind() {
+        jetstream::context::PublishErrorKind::WrongLastSequence => PublishFailure::Fenced,
+        _ => PublishFailure::Other(error.to_string()),
+    };
+    let ack = js
+        .publish_with_headers(subject, headers, payload.into())
+        .await
+        .map_err(classify)?
+        .await
+        .map_err(classify)?;
+    Ok(ack.sequence)
+}

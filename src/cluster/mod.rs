@@ -1,0 +1,118 @@
+//! The cluster (first part): every write acknowledged by a NATS JetStream quorum as well as
+//! by the local disk, a fence against a deposed owner, and a node's store rebuilt from the
+//! stream when it starts.
+//!
+//! What is built: with `stead serve --cluster nats://… --node-id N`, one node owns every
+//! partition. At start it checks the cluster's settings (partition count, replicas) in the KV
+//! bucket `stead_cluster`, becomes the owner by a compare-and-set on the key `owner` (the new
+//! revision is its epoch), appends a takeover record to each partition's subject
+//! `stead.log.<partition>` of the stream `STEAD_LOG` (which refuses the previous owner's next
+//! append: the fence), and rebuilds its store from the stream before it serves. Each commit's
+//! batch then goes to its partition's subject, with `Nats-Expected-Last-Subject-Sequence`, and
+//! an event's answer waits for the acknowledgement as well as for the local fdatasync.
+//!
+//! What is not built yet (see README, Cluster): ownership of partitions spread over several
+//! nodes, leases and automatic takeover, forwarding between nodes, snapshots (a start replays
+//! the whole stream), metrics of replication lag.
+//!
+//! Layout: `control` (the control thread: NATS on a tokio runtime of its own, never on a
+//! serving core), `replica` (a core's side: batches grouped per partition, tickets the output
+//! gate waits on), `record` (the bytes of an append).
+
+mod control;
+mod record;
+mod replica;
+
+pub use control::{start, ClusterLink, ReplayItem, StartedCluster};
+pub use record::DecodeError;
+pub use replica::Replication;
+
+use std::fmt;
+
+/// One append: the batches of one partition of one core since its previous append.
+#[derive(Debug)]
+pub struct Append {
+    pub core: usize,
+    pub partition: u32,
+    /// The last ticket it carries.
+    pub upto: u64,
+    pub payload: Vec<u8>,
+}
+
+/// What the control thread tells a core.
+#[derive(Debug)]
+pub enum ControlEvent {
+    /// The partition's appends up to ticket `upto` are acknowledged by a quorum.
+    Acked { partition: u32, upto: u64 },
+    /// The partition's append failed: it is refused from now on.
+    Failed {
+        partition: u32,
+        error: ReplicationError,
+    },
+    /// Another node took every partition over.
+    Deposed { error: ReplicationError },
+}
+
+/// Why a write was not replicated; every one answers 503 (retryable, perhaps on another node).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReplicationError {
+    /// The stream refused the append: a newer owner has written to the partition.
+    Fenced { partition: u32 },
+    /// Another node became the owner (epoch `epoch`).
+    Deposed { node: String, epoch: u64 },
+    /// No acknowledgement from a quorum (NATS unreachable, timed out, or stopped).
+    Unavailable(String),
+}
+
+impl fmt::Display for ReplicationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplicationError::Fenced { partition } => write!(
+                f,
+                "partition {partition} was written by a newer owner: this node no longer serves it"
+            ),
+            ReplicationError::Deposed { node, epoch } => write!(
+                f,
+                "node {node:?} became the owner (epoch {epoch}): this node no longer serves"
+            ),
+            ReplicationError::Unavailable(reason) => {
+                write!(f, "the write was not replicated: {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ReplicationError {}
+
+/// Why the cluster could not be joined; `serve` stops with it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// NATS could not be reached, or JetStream refused a request.
+    Nats { step: &'static str, reason: String },
+    /// The cluster was created with other settings than this node's.
+    Settings { cluster: String, node: String },
+    /// The stream holds an append this version cannot read.
+    Damaged { sequence: u64, reason: String },
+}
+
+impl fmt::Display for ClusterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClusterError::Nats { step, reason } => write!(f, "cluster: {step}: {reason}"),
+            ClusterError::Settings { cluster, node } => write!(
+                f,
+                "cluster: the cluster was created with {cluster}, this node has {node}; a node \
+                 joins only with the cluster's settings"
+            ),
+            ClusterError::Damaged { sequence, reason } => write!(
+                f,
+                "cluster: the log's message {sequence} cannot be read ({reason}); refusing to \
+                 rebuild from it"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ClusterError {}

@@ -1,0 +1,257 @@
+//! One core's side of replication: its objects' batches, grouped by partition, handed to the
+//! control thread as appends, and the tickets an event's output gate waits on.
+//!
+//! Each partition has at most one append in flight (the fence names the previous sequence, so
+//! appends to one subject go one at a time); the batches committed meanwhile wait in the
+//! partition's buffer and leave together in the next append. A batch's ticket is its number in
+//! the partition; it is replicated once the partition's acknowledged number reaches it.
+//! A partition whose append was refused (fenced by a newer owner) or failed (no quorum within
+//! `cluster.ack_timeout_ms`) is refused from then on: its objects' state in memory holds writes
+//! that may not be in the stream, so this node answers 503 for them until it restarts and
+//! rebuilds from the stream. A node that another node took over from refuses every partition.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use stead_storage::Batch;
+use tokio::sync::mpsc;
+
+use super::record;
+use super::{Append, ControlEvent, ReplicationError};
+use crate::id::ObjectId;
+use crate::wake::Broadcast;
+
+/// What one partition has sent and what is waiting.
+struct PartitionState {
+    /// Tickets given out so far; the last batch's ticket.
+    issued: u64,
+    /// Tickets the stream has acknowledged.
+    acked: u64,
+    /// The last ticket of the append in flight (0: none in flight).
+    in_flight_upto: u64,
+    /// Batches not sent yet, encoded, and how many.
+    buffer: Vec<u8>,
+    buffered: u32,
+    /// Set when the append in flight is answered.
+    in_flight_done: Rc<Broadcast>,
+    /// Set when the append that will carry the buffer is answered.
+    buffer_done: Rc<Broadcast>,
+    /// Why the partition is refused, once it is.
+    failed: Option<ReplicationError>,
+}
+
+impl Default for PartitionState {
+    fn default() -> PartitionState {
+        PartitionState {
+            issued: 0,
+            acked: 0,
+            in_flight_upto: 0,
+            buffer: Vec::new(),
+            buffered: 0,
+            in_flight_done: Rc::new(Broadcast::new()),
+            buffer_done: Rc::new(Broadcast::new()),
+            failed: None,
+        }
+    }
+}
+
+/// The replication of one core's partitions.
+pub struct Replication {
+    core: usize,
+    partitions: u32,
+    appends: mpsc::Sender<Append>,
+    states: RefCell<HashMap<u32, PartitionState>>,
+    /// Set when another node took this node's partitions: every partition is refused.
+    deposed: RefCell<Option<ReplicationError>>,
+    /// Appends sent and not answered, for `/metrics`.
+    in_flight: Cell<u64>,
+}
+
+impl Replication {
+    /// The core's side; `events` is the control thread's answers, read by [`Replication::run`].
+    pub fn new(core: usize, partitions: u32, appends: mpsc::Sender<Append>) -> Rc<Replication> {
+        Rc::new(Replication {
+            core,
+            partitions,
+            appends,
+            states: RefCell::default(),
+            deposed: RefCell::new(None),
+            in_flight: Cell::new(0),
+        })
+    }
+
+    /// The partition of object `id`.
+    pub fn partition_of(&self, id: &ObjectId) -> u32 {
+        id.partition(self.partitions)
+    }
+
+    /// Why events of `id`'s partition are refused, if they are.
+    pub fn refusal(&self, id: &ObjectId) -> Option<ReplicationError> {
+        if let Some(error) = self.deposed.borrow().clone() {
+            return Some(error);
+        }
+        let partition = self.partition_of(id);
+        self.states
+            .borrow()
+            .get(&partition)
+            .and_then(|state| state.failed.clone())
+    }
+
+    /// The bytes of `batch` of `id` in an append, made before the batch goes to the local
+    /// store (which takes it).
+    pub fn encode(id: &ObjectId, batch: &Batch) -> Vec<u8> {
+        let mut encoded = Vec::new();
+        record::encode_batch(&mut encoded, id, batch);
+        encoded
+    }
+
+    /// The ticket of the last batch of `id`'s partition, if it has one: what an object loaded
+    /// now may have read.
+    pub fn floor(&self, id: &ObjectId) -> Option<(u32, u64)> {
+        let partition = self.partition_of(id);
+        let issued = self.states.borrow().get(&partition)?.issued;
+        Some((partition, issued))
+    }
+
+    /// Queues the `encoded` batch of `id` (already committed to the local store) for its
+    /// partition's next append; its ticket, for [`Replication::wait`].
+    pub fn submit(&self, id: &ObjectId, encoded: &[u8]) -> Result<(u32, u64), ReplicationError> {
+        if let Some(error) = self.refusal(id) {
+            return Err(error);
+        }
+        let partition = self.partition_of(id);
+        let ticket = {
+            let mut states = self.states.borrow_mut();
+            let state = states.entry(partition).or_default();
+            state.buffer.extend_from_slice(encoded);
+            state.buffered += 1;
+            state.issued += 1;
+            state.issued
+        };
+        self.flush(partition);
+        Ok((partition, ticket))
+    }
+
+    /// Sends the partition's buffer as its next append, unless one is in flight already.
+    fn flush(&self, partition: u32) {
+        let mut states = self.states.borrow_mut();
+        let Some(state) = states.get_mut(&partition) else {
+            return;
+        };
+        if state.in_flight_upto != 0 || state.buffered == 0 || state.failed.is_some() {
+            return;
+        }
+        let payload = record::finish(state.buffered, &state.buffer);
+        state.buffer.clear();
+        state.buffered = 0;
+        state.in_flight_upto = state.issued;
+        state.in_flight_done = std::mem::replace(&mut state.buffer_done, Rc::new(Broadcast::new()));
+        let append = Append {
+            core: self.core,
+            partition,
+            upto: state.issued,
+            payload,
+        };
+        // The channel holds an append per partition of the core, and a partition has at most
+        // one in flight, so it is full only when the control thread is gone.
+        if let Err(error) = self.appends.try_send(append) {
+            let reason = match error {
+                mpsc::error::TrySendError::Full(_) => "the control thread's queue is full",
+                mpsc::error::TrySendError::Closed(_) => "the control thread has stopped",
+            };
+            Self::fail(state, ReplicationError::Unavailable(reason.to_string()));
+            return;
+        }
+        self.in_flight.set(self.in_flight.get() + 1);
+    }
+
+    fn fail(state: &mut PartitionState, error: ReplicationError) {
+        if state.failed.is_none() {
+            state.failed = Some(error);
+        }
+        state.in_flight_done.set();
+        state.buffer_done.set();
+    }
+
+    /// Resolves once ticket `ticket` of `partition` is replicated, or with why it never will be.
+    pub async fn wait(&self, partition: u32, ticket: u64) -> Result<(), ReplicationError> {
+        loop {
+            let done = {
+                if let Some(error) = self.deposed.borrow().clone() {
+                    return Err(error);
+                }
+                let states = self.states.borrow();
+                let Some(state) = states.get(&partition) else {
+                    return Ok(());
+                };
+                if let Some(error) = &state.failed {
+                    return Err(error.clone());
+                }
+                if state.acked >= ticket {
+                    return Ok(());
+                }
+                if ticket <= state.in_flight_upto {
+                    state.in_flight_done.clone()
+                } else {
+                    state.buffer_done.clone()
+                }
+            };
+            done.wait().await;
+        }
+    }
+
+    /// Reads the control thread's answers until it stops.
+    pub async fn run(self: Rc<Self>, mut events: mpsc::Receiver<ControlEvent>) {
+        while let Some(event) = events.recv().await {
+            match event {
+                ControlEvent::Acked { partition, upto } => {
+                    self.in_flight.set(self.in_flight.get().saturating_sub(1));
+                    {
+                        let mut states = self.states.borrow_mut();
+                        if let Some(state) = states.get_mut(&partition) {
+                            state.acked = state.acked.max(upto);
+                            state.in_flight_upto = 0;
+                            state.in_flight_done.set();
+                        }
+                    }
+                    self.flush(partition);
+                }
+                ControlEvent::Failed { partition, error } => {
+                    self.in_flight.set(self.in_flight.get().saturating_sub(1));
+                    tracing::error!(core = self.core, partition, %error, "partition refused");
+                    let mut states = self.states.borrow_mut();
+                    let state = states.entry(partition).or_default();
+                    Self::fail(state, error);
+                }
+                ControlEvent::Deposed { error } => {
+                    tracing::error!(core = self.core, %error, "every partition refused");
+                    *self.deposed.borrow_mut() = Some(error.clone());
+                    for state in self.states.borrow_mut().values_mut() {
+                        Self::fail(state, error.clone());
+                    }
+                }
+            }
+        }
+        // The control thread is gone: nothing more will be acknowledged.
+        let error = ReplicationError::Unavailable("the control thread has stopped".to_string());
+        *self.deposed.borrow_mut() = Some(error.clone());
+        for state in self.states.borrow_mut().values_mut() {
+            Self::fail(state, error.clone());
+        }
+    }
+
+    /// Appends in flight, and partitions refused, for `/metrics`.
+    pub fn counts(&self) -> (u64, u64) {
+        let refused = if self.deposed.borrow().is_some() {
+            u64::from(self.partitions)
+        } else {
+            self.states
+                .borrow()
+                .values()
+                .filter(|state| state.failed.is_some())
+                .count() as u64
+        };
+        (self.in_flight.get(), refused)
+    }
+}

@@ -1,0 +1,297 @@
+//! The cluster's first part against real `nats-server` processes and real `stead serve`
+//! nodes: every acknowledged write is in the stream (a node that lost its disk gets it back),
+//! a node another one took over from stops serving, and without NATS a write fails with 503
+//! instead of being acknowledged. Skipped without nats-server unless `STEAD_REQUIRE_NATS=1`.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::nats::{self, NatsServer};
+use common::TestServer;
+
+/// Partitions of the test clusters: fencing 64 subjects at start is quick.
+const PARTITIONS: u32 = 64;
+
+/// Writes `stead.toml` for node `node` of the cluster behind `nats` into `dir`.
+fn node_config(dir: &Path, node: &str, nats: &str, partitions: u32) -> String {
+    let path = dir.join(format!("{node}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[storage]\npartitions = {partitions}\n\n[cluster]\nnats = [\"{nats}\"]\n\
+             node_id = \"{node}\"\nreplicas = 1\nack_timeout_ms = 1000\n"
+        ),
+    )
+    .expect("config");
+    path.to_string_lossy().into_owned()
+}
+
+fn start_node(dir: &Path, node: &str, nats: &str) -> TestServer {
+    let config = node_config(dir, node, nats, PARTITIONS);
+    TestServer::start(&dir.join(node), 2, &["--config", &config])
+}
+
+/// Increments counter `name` and returns the value it acknowledged, or the status it failed
+/// with.
+fn increment(server: &TestServer, name: &str) -> Result<u64, u16> {
+    let reply = server
+        .client()
+        .get(&format!("/objects/counter/{name}/increment"));
+    match reply.status {
+        200 => Ok(reply.text().parse().expect("a number")),
+        status => Err(status),
+    }
+}
+
+fn value(server: &TestServer, name: &str) -> u64 {
+    let reply = server
+        .client()
+        .get(&format!("/objects/counter/{name}/value"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.text().parse().expect("a number")
+}
+
+#[test]
+fn acknowledged_writes_survive_losing_the_node_and_its_disk() {
+    let Some(binary) = nats::binary("acknowledged_writes_survive_losing_the_node_and_its_disk")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(&binary, dir.path());
+    let node = start_node(dir.path(), "a", &nats.url());
+    let mut acknowledged = [0u64; 6];
+    for round in 0..60 {
+        let counter = round % acknowledged.len();
+        acknowledged[counter] = increment(&node, &format!("c{counter}")).expect("acknowledged");
+    }
+    let mut client = node.client();
+    let lock = client.get("/objects/lock/l/acquire?clientId=ada&timeoutMs=600000");
+    assert_eq!(lock.status, 200, "{}", lock.text());
+    node.kill();
+    // The disk is gone: everything comes back from the stream.
+    std::fs::remove_dir_all(dir.path().join("a")).expect("remove the node's data");
+    let node = start_node(dir.path(), "a", &nats.url());
+    for (counter, expected) in acknowledged.iter().enumerate() {
+        assert_eq!(
+            value(&node, &format!("c{counter}")),
+            *expected,
+            "c{counter}"
+        );
+    }
+    let status = node.client().get("/objects/lock/l/status").json();
+    assert_eq!(status["holder"], "ada", "{status}");
+    // It goes on from there, on fewer cores too.
+    assert_eq!(increment(&node, "c0"), Ok(acknowledged[0] + 1));
+    node.kill();
+    let config = node_config(dir.path(), "a", &nats.url(), PARTITIONS);
+    let node = TestServer::start(&dir.path().join("a"), 1, &["--config", &config]);
+    assert_eq!(value(&node, "c0"), acknowledged[0] + 1);
+    assert_eq!(node.stop(), Some(0));
+}
+
+#[test]
+fn a_node_taken_over_stops_serving_and_the_new_owner_has_every_write() {
+    let Some(binary) =
+        nats::binary("a_node_taken_over_stops_serving_and_the_new_owner_has_every_write")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(&binary, dir.path());
+    let old = start_node(dir.path(), "a", &nats.url());
+    let names: Vec<String> = (0..8).map(|n| format!("t{n}")).collect();
+    for name in &names {
+        assert_eq!(increment(&old, name), Ok(1));
+    }
+    let new = start_node(dir.path(), "b", &nats.url());
+    for name in &names {
+        assert_eq!(value(&new, name), 1, "{name}");
+    }
+    // The old owner refuses reads and writes alike once it learns of the takeover (a watch
+    // on the owner key), and the stream refuses its appends whatever it knows.
+    let refused = common::wait_until(Duration::from_secs(10), || {
+        old.client().get("/objects/counter/t0/value").status == 503
+    });
+    assert!(refused, "the deposed node still serves reads");
+    for name in &names {
+        assert_eq!(increment(&old, name), Err(503), "{name}");
+    }
+    let reply = old.client().get("/objects/counter/t1/increment");
+    assert!(
+        reply.text().contains("became the owner"),
+        "{}",
+        reply.text()
+    );
+    for name in &names {
+        assert_eq!(increment(&new, name), Ok(2), "{name}");
+    }
+    assert_eq!(new.stop(), Some(0));
+    assert_eq!(old.stop(), Some(0));
+}
+
+#[test]
+fn without_nats_a_write_fails_and_nothing_is_falsely_acknowledged() {
+    let Some(binary) =
+        nats::binary("without_nats_a_write_fails_and_nothing_is_falsely_acknowledged")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nats = NatsServer::start(&binary, dir.path());
+    let node = start_node(dir.path(), "a", &nats.url());
+    let mut acknowledged = 0;
+    for _ in 0..10 {
+        acknowledged = increment(&node, "n").expect("acknowledged");
+    }
+    nats.kill();
+    let mut failed = 0;
+    for _ in 0..3 {
+        match increment(&node, "n") {
+            Ok(value) => panic!("acknowledged {value} with NATS down"),
+            Err(status) => assert_eq!(status, 503),
+        }
+        failed += 1;
+    }
+    // The partition stays refused on this node, reads too: its memory may hold writes the
+    // stream does not.
+    assert_eq!(node.client().get("/objects/counter/n/value").status, 503);
+    nats.restart(&binary);
+    node.kill();
+    let node = start_node(dir.path(), "a", &nats.url());
+    let after = value(&node, "n");
+    // Every acknowledged write is there; a refused one may or may not be (its append may
+    // have reached the stream before the acknowledgement was lost).
+    assert!(
+        (acknowledged..=acknowledged + failed).contains(&after),
+        "{acknowledged} acknowledged, {failed} refused, {after} after the restart"
+    );
+    assert_eq!(increment(&node, "n"), Ok(after + 1));
+    assert_eq!(node.stop(), Some(0));
+}
+
+#[test]
+fn a_node_with_other_settings_refuses_to_join() {
+    let Some(binary) = nats::binary("a_node_with_other_settings_refuses_to_join") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(&binary, dir.path());
+    let first = start_node(dir.path(), "a", &nats.url());
+    let config = node_config(dir.path(), "c", &nats.url(), PARTITIONS * 2);
+    let output = Command::new(env!("CARGO_BIN_EXE_stead"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "1",
+            "--config",
+            &config,
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("c"))
+        .stdout(Stdio::null())
+        .output()
+        .expect("run stead");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the cluster was created with") && stderr.contains("\"partitions\":64"),
+        "{stderr}"
+    );
+    // The refused node took nothing over.
+    assert_eq!(increment(&first, "still-mine"), Ok(1));
+    assert_eq!(first.stop(), Some(0));
+
+    // No NATS at all: the node says so and does not start.
+    let output = Command::new(env!("CARGO_BIN_EXE_stead"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--cores", "1"])
+        .arg("--data-dir")
+        .arg(dir.path().join("d"))
+        .args([
+            "--cluster",
+            &format!("nats://127.0.0.1:{}", nats::free_port()),
+            "--node-id",
+            "d",
+        ])
+        .stdout(Stdio::null())
+        .output()
+        .expect("run stead");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("connect to NATS"), "{stderr}");
+}
+
+/// Three NATS servers, three replicas: one server down, writes go on; all three down, writes
+/// fail with 503; back up, every acknowledged write is there.
+#[test]
+fn three_replicas_keep_serving_without_one_nats_server() {
+    let Some(binary) = nats::binary("three_replicas_keep_serving_without_one_nats_server") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut servers = NatsServer::cluster(&binary, dir.path());
+    let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
+    let config = dir.path().join("r3.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\npartitions = {PARTITIONS}\n\n[cluster]\nnats = {urls:?}\n\
+             node_id = \"a\"\nreplicas = 3\nack_timeout_ms = 2000\n"
+        ),
+    )
+    .expect("config");
+    let config = config.to_string_lossy().into_owned();
+    let start = || TestServer::start(&dir.path().join("a"), 2, &["--config", &config]);
+    let node = start();
+    let mut acknowledged = 0;
+    for _ in 0..20 {
+        acknowledged = increment(&node, "r").expect("acknowledged");
+    }
+    // One server of three gone: a quorum of two remains. A write may fail while the stream
+    // elects a new leader; once one succeeds, the rest do.
+    servers[0].kill();
+    let mut attempt = 0;
+    let recovered = common::wait_until(Duration::from_secs(30), || {
+        // A refused write leaves its partition refused until a restart: use fresh objects.
+        attempt += 1;
+        increment(&node, &format!("after-{attempt}")).is_ok()
+    });
+    assert!(
+        recovered,
+        "no write succeeded with two of three NATS servers"
+    );
+    for _ in 0..10 {
+        acknowledged = increment(&node, "r").expect("acknowledged with 2 of 3 servers");
+    }
+    // All gone: nothing is acknowledged.
+    servers[1].kill();
+    servers[2].kill();
+    assert_eq!(increment(&node, "r"), Err(503));
+    node.kill();
+    for server in &mut servers {
+        server.restart(&binary);
+    }
+    // The streams elect their leaders again first; until then a node cannot join.
+    let mut restarted = None;
+    for _ in 0..30 {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(start)) {
+            Ok(node) => {
+                restarted = Some(node);
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
+    let node = restarted.expect("the node starts once NATS is back");
+    let after = value(&node, "r");
+    assert!(
+        (acknowledged..=acknowledged + 1).contains(&after),
+        "{acknowledged} acknowledged, {after} after"
+    );
+    assert_eq!(node.stop(), Some(0));
+}

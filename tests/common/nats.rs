@@ -1,0 +1,157 @@
+//! Real `nats-server` processes with JetStream for the cluster tests, on free loopback ports,
+//! each with a store directory of its own; stopped (SIGKILL) when dropped.
+//!
+//! A machine without `nats-server` skips those tests with a message, unless
+//! `STEAD_REQUIRE_NATS=1` (as `.ci/run` sets after installing it) makes that a failure.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One nats-server process.
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    store: PathBuf,
+    log: PathBuf,
+    /// Arguments past the client port and store (a cluster's routes).
+    extra: Vec<String>,
+}
+
+/// The nats-server binary, or None (after saying why) when the test should be skipped.
+pub fn binary(test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+            .map(|dir| dir.join("nats-server"))
+            .find(|path| path.is_file())
+    });
+    if found.is_none() {
+        let required = std::env::var_os("STEAD_REQUIRE_NATS").is_some_and(|value| value == "1");
+        assert!(
+            !required,
+            "{test}: STEAD_REQUIRE_NATS=1 but nats-server is not installed"
+        );
+        eprintln!("{test}: SKIPPED: nats-server is not installed (apt-get install nats-server)");
+    }
+    found
+}
+
+/// A free loopback port (free when asked; the server binds it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+impl NatsServer {
+    /// Starts one server with JetStream, its store in `dir`.
+    pub fn start(binary: &Path, dir: &Path) -> NatsServer {
+        NatsServer::start_with(binary, dir, free_port(), Vec::new())
+    }
+
+    fn start_with(binary: &Path, dir: &Path, port: u16, extra: Vec<String>) -> NatsServer {
+        let mut server = NatsServer {
+            child: None,
+            port,
+            store: dir.join(format!("nats-{port}")),
+            log: dir.join(format!("nats-{port}.log")),
+            extra,
+        };
+        server.restart(binary);
+        server
+    }
+
+    /// Three servers routed into one JetStream cluster; returns once it has a metadata leader.
+    pub fn cluster(binary: &Path, dir: &Path) -> Vec<NatsServer> {
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let servers: Vec<NatsServer> = ports
+            .iter()
+            .enumerate()
+            .map(|(index, (client, route))| {
+                let routes: Vec<String> = ports
+                    .iter()
+                    .filter(|(other, _)| other != client)
+                    .map(|(_, route)| format!("nats://127.0.0.1:{route}"))
+                    .collect();
+                let extra = vec![
+                    "-n".to_string(),
+                    format!("stead-test-{index}"),
+                    "--cluster_name".to_string(),
+                    "stead-test".to_string(),
+                    "--cluster".to_string(),
+                    format!("nats://127.0.0.1:{route}"),
+                    "--routes".to_string(),
+                    routes.join(","),
+                ];
+                NatsServer::start_with(binary, dir, *client, extra)
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if servers.iter().any(|server| {
+                std::fs::read_to_string(&server.log)
+                    .unwrap_or_default()
+                    .contains("JetStream cluster new metadata leader")
+            }) {
+                return servers;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the NATS cluster elected no metadata leader");
+    }
+
+    /// The URL clients connect to.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server again on the same port and store (after `kill`).
+    pub fn restart(&mut self, binary: &Path) {
+        let log = std::fs::File::create(&self.log).expect("nats log");
+        let child = Command::new(binary)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.store)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if log.contains("Server is ready") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "nats-server did not start: {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
