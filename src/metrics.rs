@@ -262,7 +262,7 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
     let mut out = String::with_capacity(8 * 1024);
     render_requests(&mut out, snapshots);
     render_latency(&mut out, snapshots);
-    let per_core: [PerCoreMetric; 36] = [
+    let per_core: [PerCoreMetric; 39] = [
         (
             "stead_shutdown_waiters",
             "gauge",
@@ -378,6 +378,27 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
             "Record bytes in segments minus live bytes: what compaction reclaims and its \
              trigger counts (block padding is not in it).",
             |s| s.store.dead_bytes as f64,
+        ),
+        (
+            "stead_cluster_appends_in_flight",
+            "gauge",
+            "In a cluster: appends of this core sent to the stream and not acknowledged yet.",
+            |s| s.host.replication_appends_in_flight as f64,
+        ),
+        (
+            "stead_cluster_partitions_refused",
+            "gauge",
+            "In a cluster: partitions this core wrote since the start that answer 503 (fenced \
+             by a newer owner, an append not acknowledged, or the node deposed); they serve \
+             again after a restart.",
+            |s| s.host.replication_partitions_refused as f64,
+        ),
+        (
+            "stead_cluster_deposed",
+            "gauge",
+            "In a cluster: 1 once another node became the owner (or the watch of the owner key \
+             was lost): every partition answers 503 on this node.",
+            |s| s.host.replication_deposed as f64,
         ),
         (
             "stead_history_keys",

@@ -170,6 +170,14 @@ impl Server {
         let cores = layout.cores;
         let mut cluster_links = match &config.cluster {
             Some(settings) => {
+                // Joining deposes the running owner: first make sure this node could serve.
+                if let Err(error) = std::net::TcpListener::bind(config.listen) {
+                    return Err(ServerError::Config(format!(
+                        "cannot listen on {}: {error} (checked before joining the cluster, \
+                         which would take the partitions over)",
+                        config.listen
+                    )));
+                }
                 let started = crate::cluster::start(settings, layout.partitions, cores)
                     .map_err(|error| ServerError::Config(error.to_string()))?;
                 tracing::info!(epoch = started.epoch, "joined the cluster");

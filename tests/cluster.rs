@@ -126,6 +126,8 @@ fn a_node_taken_over_stops_serving_and_the_new_owner_has_every_write() {
         "{}",
         reply.text()
     );
+    assert_eq!(old.metric_per_core("stead_cluster_deposed"), vec![1.0, 1.0]);
+    assert_eq!(new.metric_sum("stead_cluster_deposed"), 0.0);
     for name in &names {
         assert_eq!(increment(&new, name), Ok(2), "{name}");
     }
@@ -165,11 +167,63 @@ fn without_nats_a_write_fails_and_nothing_is_falsely_acknowledged() {
     let after = value(&node, "n");
     // Every acknowledged write is there; a refused one may or may not be (its append may
     // have reached the stream before the acknowledgement was lost).
+    // Only the first refused write was sent: the partition refused the others on the node.
+    assert_eq!(failed, 3);
     assert!(
-        (acknowledged..=acknowledged + failed).contains(&after),
+        (acknowledged..=acknowledged + 1).contains(&after),
         "{acknowledged} acknowledged, {failed} refused, {after} after the restart"
     );
     assert_eq!(increment(&node, "n"), Ok(after + 1));
+    assert_eq!(node.stop(), Some(0));
+}
+
+/// The stream itself fences: once another writer appended to a partition's subject, the node's
+/// next append there is refused, and that partition (only) answers 503 on the node.
+#[test]
+fn an_append_after_another_writers_record_is_refused() {
+    let Some(binary) = nats::binary("an_append_after_another_writers_record_is_refused") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(&binary, dir.path());
+    let node = start_node(dir.path(), "a", &nats.url());
+    let partition =
+        |name: &str| stead::id::ObjectId::from_name("counter", name).partition(PARTITIONS);
+    let fenced = "fenced";
+    let other = (0..100)
+        .map(|n| format!("other{n}"))
+        .find(|name| partition(name) != partition(fenced))
+        .expect("a name in another partition");
+    assert_eq!(increment(&node, fenced), Ok(1));
+    assert_eq!(increment(&node, &other), Ok(1));
+    // A record by someone else (as a newer owner's takeover record would be).
+    nats::publish_raw(
+        nats.port,
+        &format!("stead.log.{}", partition(fenced)),
+        &[("Stead-Kind", "takeover"), ("Stead-Node", "intruder")],
+        b"",
+    );
+    let refused = node
+        .client()
+        .get(&format!("/objects/counter/{fenced}/increment"));
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        refused.text().contains("written by a newer owner"),
+        "{}",
+        refused.text()
+    );
+    let read = node
+        .client()
+        .get(&format!("/objects/counter/{fenced}/value"));
+    assert_eq!(read.status, 503);
+    assert_eq!(increment(&node, &other), Ok(2));
+    assert_eq!(node.metric_sum("stead_cluster_partitions_refused"), 1.0);
+    assert_eq!(node.metric_sum("stead_cluster_deposed"), 0.0);
+    // Rebuilt from the stream, the partition serves again, without the refused write.
+    node.kill();
+    let node = start_node(dir.path(), "a", &nats.url());
+    assert_eq!(value(&node, fenced), 1);
+    assert_eq!(value(&node, &other), 2);
     assert_eq!(node.stop(), Some(0));
 }
 
@@ -256,10 +310,14 @@ fn three_replicas_keep_serving_without_one_nats_server() {
     // elects a new leader; once one succeeds, the rest do.
     servers[0].kill();
     let mut attempt = 0;
+    let r_partition = stead::id::ObjectId::from_name("counter", "r").partition(PARTITIONS);
     let recovered = common::wait_until(Duration::from_secs(30), || {
         // A refused write leaves its partition refused until a restart: use fresh objects.
         attempt += 1;
-        increment(&node, &format!("after-{attempt}")).is_ok()
+        let name = format!("after-{attempt}");
+        // A refused write refuses its partition on this node: never probe with `r`'s.
+        stead::id::ObjectId::from_name("counter", &name).partition(PARTITIONS) != r_partition
+            && increment(&node, &name).is_ok()
     });
     assert!(
         recovered,

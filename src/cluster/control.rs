@@ -34,6 +34,28 @@ const EXPECTED_LAST: &str = "Nats-Expected-Last-Subject-Sequence";
 const KIND_HEADER: &str = "Stead-Kind";
 const EPOCH_HEADER: &str = "Stead-Epoch";
 const NODE_HEADER: &str = "Stead-Node";
+/// Below this nats-server release the check of `Nats-Expected-Last-Subject-Sequence` on a
+/// clustered stream is known to fail under concurrent appends (nats-server#4320, reported on
+/// 2.9.15 to 2.9.20) or for an empty subject (nats-server#5794, merged in August 2024): a warning, since
+/// a single-server stream (replicas 1) is not affected.
+const FENCE_SAFE_VERSION: (u64, u64, u64) = (2, 10, 20);
+
+/// Whether version text like `2.9.10` is below `minimum` (unreadable text counts as below).
+fn version_below(version: &str, minimum: (u64, u64, u64)) -> bool {
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|part| !part.is_empty())
+        .map(|part| part.parse::<u64>().unwrap_or(0));
+    let found = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    found < minimum
+}
+
+/// Room in a NATS message for an append's headers and batch count.
+const APPEND_OVERHEAD_BYTES: usize = 4096;
 /// Partitions fenced at once at start.
 const FENCE_CONCURRENCY: usize = 256;
 /// Batches a core's replay queue holds.
@@ -54,6 +76,8 @@ pub enum ReplayItem {
 
 /// A core's ends of the channels to the control thread.
 pub struct ClusterLink {
+    /// The most bytes of batches one append may carry.
+    pub append_bytes_max: usize,
     pub appends: mpsc::Sender<Append>,
     pub events: mpsc::Receiver<ControlEvent>,
     pub replay: mpsc::Receiver<ReplayItem>,
@@ -83,6 +107,7 @@ pub fn start(
         event_senders.push(event_sender);
         replay_senders.push(replay_sender);
         links.push(ClusterLink {
+            append_bytes_max: 0,
             appends: append_sender.clone(),
             events,
             replay,
@@ -118,11 +143,16 @@ pub fn start(
         })
         .map_err(|error| nats_error("start the control thread", error))?;
     match ready.recv() {
-        Ok(Ok(epoch)) => Ok(StartedCluster {
-            links,
-            epoch,
-            thread,
-        }),
+        Ok(Ok((epoch, append_bytes_max))) => {
+            for link in &mut links {
+                link.append_bytes_max = append_bytes_max;
+            }
+            Ok(StartedCluster {
+                links,
+                epoch,
+                thread,
+            })
+        }
         Ok(Err(error)) => {
             let _ = thread.join();
             Err(error)
@@ -185,13 +215,17 @@ struct Control {
 /// What start-up leaves for the rest of the thread's life.
 struct Joined {
     js: jetstream::Context,
-    bucket: kv::Store,
     log: stream::Stream,
     epoch: u64,
     /// The last sequence of each partition's subject.
     last: Rc<RefCell<Vec<u64>>>,
     /// The stream's last sequence once every partition was fenced: the end of the replay.
     replay_end: u64,
+    /// Every change of the `owner` key after this node's, from the moment it became the owner.
+    owner_watch: Option<kv::Watch>,
+    /// The most bytes of batches one append may carry: the server's `max_payload` less room
+    /// for the headers and the count.
+    append_bytes_max: usize,
 }
 
 impl Control {
@@ -199,17 +233,20 @@ impl Control {
         self,
         appends: mpsc::Receiver<Append>,
         replay: Vec<mpsc::Sender<ReplayItem>>,
-        ready: std::sync::mpsc::Sender<Result<u64, ClusterError>>,
+        ready: std::sync::mpsc::Sender<Result<(u64, usize), ClusterError>>,
     ) {
-        let joined = match self.join().await {
+        let mut joined = match self.join().await {
             Ok(joined) => joined,
             Err(error) => {
                 let _ = ready.send(Err(error));
                 return;
             }
         };
-        let _ = ready.send(Ok(joined.epoch));
+        let _ = ready.send(Ok((joined.epoch, joined.append_bytes_max)));
         let control = Rc::new(self);
+        if let Some(watch) = joined.owner_watch.take() {
+            tokio::task::spawn_local(control.clone().watch_owner(watch, joined.epoch));
+        }
         if let Err(error) = control.replay(&joined, &replay).await {
             tracing::error!(%error, "cluster: replay failed");
             for sender in &replay {
@@ -221,11 +258,6 @@ impl Control {
             let _ = sender.send(ReplayItem::Done).await;
         }
         drop(replay);
-        tokio::task::spawn_local(
-            control
-                .clone()
-                .watch_owner(joined.bucket.clone(), joined.epoch),
-        );
         control.serve_appends(appends, &joined).await;
     }
 
@@ -238,6 +270,18 @@ impl Control {
             .map(|url| url.parse::<async_nats::ServerAddr>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|error| nats_error("read the NATS addresses", error))?;
+        let node = &self.settings.node_id;
+        let valid = !node.is_empty()
+            && node.len() <= 64
+            && node
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
+        if !valid {
+            return Err(nats_error(
+                "check the node id",
+                format!("{node:?}: use 1 to 64 letters, digits, '-' or '_'"),
+            ));
+        }
         if servers.is_empty() {
             return Err(nats_error("connect", "no NATS server given (--cluster)"));
         }
@@ -248,6 +292,19 @@ impl Control {
                 .connect(servers),
         )
         .await?;
+        let version = client.server_info().version;
+        if version_below(&version, FENCE_SAFE_VERSION) {
+            tracing::warn!(
+                %version,
+                "cluster: this nats-server may not hold the fence on a clustered stream \
+                 (nats-server#4320, #5794): with replicas > 1, use a release with both fixes"
+            );
+        }
+        let append_bytes_max = client
+            .server_info()
+            .max_payload
+            .saturating_sub(APPEND_OVERHEAD_BYTES)
+            .max(1);
         let js = jetstream::new(client);
         let replicas = self.settings.replicas;
         let bucket = match js.get_key_value(BUCKET).await {
@@ -294,7 +351,7 @@ impl Control {
             }),
         )
         .await?;
-        let owner = format!("{{\"node\":{:?}}}", self.settings.node_id);
+        let owner = serde_json::json!({ "node": self.settings.node_id }).to_string();
         let current = step("read the owner", bucket.entry(OWNER_KEY)).await?;
         let epoch = match current {
             Some(entry) => {
@@ -307,6 +364,17 @@ impl Control {
             None => step("become the owner", bucket.create(OWNER_KEY, owner.into())).await?,
         };
         tracing::info!(node = %self.settings.node_id, epoch, "cluster: owner of every partition");
+        // Watched before anything else, so that no takeover is missed however long the fence
+        // and the replay take; a change between the compare-and-set and the watch is caught by
+        // reading the key again once the watch is in place.
+        let owner_watch = step("watch the owner", bucket.watch(OWNER_KEY)).await?;
+        let now = step("read the owner again", bucket.entry(OWNER_KEY)).await?;
+        if now.map(|entry| entry.revision) != Some(epoch) {
+            return Err(nats_error(
+                "become the owner",
+                "another node became the owner while this one joined",
+            ));
+        }
         let last = self.fence(&js, &log, epoch).await?;
         let mut log = log;
         let replay_end = step("read the log's end", log.info())
@@ -315,11 +383,12 @@ impl Control {
             .last_sequence;
         Ok(Joined {
             js,
-            bucket,
             log,
             epoch,
             last: Rc::new(RefCell::new(last)),
             replay_end,
+            owner_watch: Some(owner_watch),
+            append_bytes_max,
         })
     }
 
@@ -412,7 +481,22 @@ impl Control {
                 .as_ref()
                 .and_then(|headers| headers.get(KIND_HEADER))
                 .map(|value| value.as_str().to_string());
-            if kind.as_deref() == Some("batches") {
+            match kind.as_deref() {
+                Some("batches") => {}
+                Some("takeover") => {
+                    if sequence >= joined.replay_end {
+                        break;
+                    }
+                    continue;
+                }
+                other => {
+                    return Err(ClusterError::Damaged {
+                        sequence,
+                        reason: format!("a record of kind {other:?}, not one of this version's"),
+                    })
+                }
+            }
+            {
                 let decoded =
                     record::decode(&message.payload).map_err(|error| ClusterError::Damaged {
                         sequence,
@@ -439,36 +523,41 @@ impl Control {
         Ok(())
     }
 
-    /// Deposes this node when another one writes the `owner` key.
-    async fn watch_owner(self: Rc<Self>, bucket: kv::Store, epoch: u64) {
-        let mut watch = match bucket.watch(OWNER_KEY).await {
-            Ok(watch) => watch,
-            Err(error) => {
-                tracing::error!(%error, "cluster: cannot watch the owner key");
-                return;
+    /// Deposes this node when another one writes the `owner` key, and also when the watch
+    /// fails or ends: without it, a takeover could go unseen, so the node stops serving.
+    async fn watch_owner(self: Rc<Self>, mut watch: kv::Watch, epoch: u64) {
+        let error = loop {
+            match watch.next().await {
+                Some(Ok(entry)) if entry.revision > epoch => {
+                    let node = serde_json::from_slice::<serde_json::Value>(&entry.value)
+                        .ok()
+                        .and_then(|owner| owner["node"].as_str().map(str::to_string))
+                        .unwrap_or_else(|| String::from_utf8_lossy(&entry.value).into_owned());
+                    break ReplicationError::Deposed {
+                        node,
+                        epoch: entry.revision,
+                    };
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => {
+                    break ReplicationError::Unavailable(format!(
+                        "lost the watch of the owner key: {error}"
+                    ))
+                }
+                None => {
+                    break ReplicationError::Unavailable(
+                        "the watch of the owner key ended".to_string(),
+                    )
+                }
             }
         };
-        while let Some(entry) = watch.next().await {
-            let Ok(entry) = entry else { continue };
-            if entry.revision > epoch {
-                let node = serde_json::from_slice::<serde_json::Value>(&entry.value)
-                    .ok()
-                    .and_then(|owner| owner["node"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| String::from_utf8_lossy(&entry.value).into_owned());
-                let error = ReplicationError::Deposed {
-                    node,
-                    epoch: entry.revision,
-                };
-                tracing::error!(%error, "cluster: deposed");
-                for sender in &self.events {
-                    let _ = sender
-                        .send(ControlEvent::Deposed {
-                            error: error.clone(),
-                        })
-                        .await;
-                }
-                return;
-            }
+        tracing::error!(%error, "cluster: this node stops serving");
+        for sender in &self.events {
+            let _ = sender
+                .send(ControlEvent::Deposed {
+                    error: error.clone(),
+                })
+                .await;
         }
     }
 
@@ -556,4 +645,18 @@ async fn publish(
         .await
         .map_err(classify)?;
     Ok(ack.sequence)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_by_number() {
+        assert!(version_below("2.9.10", FENCE_SAFE_VERSION));
+        assert!(version_below("2.10.19", FENCE_SAFE_VERSION));
+        assert!(!version_below("2.10.20", FENCE_SAFE_VERSION));
+        assert!(!version_below("2.11.0-beta", FENCE_SAFE_VERSION));
+        assert!(version_below("", FENCE_SAFE_VERSION));
+    }
 }

@@ -63,6 +63,11 @@ pub enum ReplicationError {
     Deposed { node: String, epoch: u64 },
     /// No acknowledgement from a quorum (NATS unreachable, timed out, or stopped).
     Unavailable(String),
+    /// One batch is larger than an append may be (the NATS servers' `max_payload`).
+    TooLarge {
+        bytes: usize,
+        append_bytes_max: usize,
+    },
 }
 
 impl fmt::Display for ReplicationError {
@@ -79,6 +84,14 @@ impl fmt::Display for ReplicationError {
             ReplicationError::Unavailable(reason) => {
                 write!(f, "the write was not replicated: {reason}")
             }
+            ReplicationError::TooLarge {
+                bytes,
+                append_bytes_max,
+            } => write!(
+                f,
+                "a batch of {bytes} bytes is larger than the cluster's messages may be \
+                 ({append_bytes_max} bytes, from the NATS servers' max_payload)"
+            ),
         }
     }
 }

@@ -30,9 +30,8 @@ struct PartitionState {
     acked: u64,
     /// The last ticket of the append in flight (0: none in flight).
     in_flight_upto: u64,
-    /// Batches not sent yet, encoded, and how many.
-    buffer: Vec<u8>,
-    buffered: u32,
+    /// Batches not sent yet, encoded, oldest first.
+    pending: std::collections::VecDeque<Vec<u8>>,
     /// Set when the append in flight is answered.
     in_flight_done: Rc<Broadcast>,
     /// Set when the append that will carry the buffer is answered.
@@ -47,8 +46,7 @@ impl Default for PartitionState {
             issued: 0,
             acked: 0,
             in_flight_upto: 0,
-            buffer: Vec::new(),
-            buffered: 0,
+            pending: std::collections::VecDeque::new(),
             in_flight_done: Rc::new(Broadcast::new()),
             buffer_done: Rc::new(Broadcast::new()),
             failed: None,
@@ -61,6 +59,9 @@ pub struct Replication {
     core: usize,
     partitions: u32,
     appends: mpsc::Sender<Append>,
+    /// The most bytes of batches one append carries (the NATS servers' message limit, less
+    /// room for the headers); a larger batch is refused before it is committed.
+    append_bytes_max: usize,
     states: RefCell<HashMap<u32, PartitionState>>,
     /// Set when another node took this node's partitions: every partition is refused.
     deposed: RefCell<Option<ReplicationError>>,
@@ -70,11 +71,17 @@ pub struct Replication {
 
 impl Replication {
     /// The core's side; `events` is the control thread's answers, read by [`Replication::run`].
-    pub fn new(core: usize, partitions: u32, appends: mpsc::Sender<Append>) -> Rc<Replication> {
+    pub fn new(
+        core: usize,
+        partitions: u32,
+        appends: mpsc::Sender<Append>,
+        append_bytes_max: usize,
+    ) -> Rc<Replication> {
         Rc::new(Replication {
             core,
             partitions,
             appends,
+            append_bytes_max,
             states: RefCell::default(),
             deposed: RefCell::new(None),
             in_flight: Cell::new(0),
@@ -99,11 +106,17 @@ impl Replication {
     }
 
     /// The bytes of `batch` of `id` in an append, made before the batch goes to the local
-    /// store (which takes it).
-    pub fn encode(id: &ObjectId, batch: &Batch) -> Vec<u8> {
+    /// store (which takes it); refused when they could not fit one append.
+    pub fn encode(&self, id: &ObjectId, batch: &Batch) -> Result<Vec<u8>, ReplicationError> {
         let mut encoded = Vec::new();
         record::encode_batch(&mut encoded, id, batch);
-        encoded
+        if encoded.len() > self.append_bytes_max {
+            return Err(ReplicationError::TooLarge {
+                bytes: encoded.len(),
+                append_bytes_max: self.append_bytes_max,
+            });
+        }
+        Ok(encoded)
     }
 
     /// The ticket of the last batch of `id`'s partition, if it has one: what an object loaded
@@ -124,8 +137,7 @@ impl Replication {
         let ticket = {
             let mut states = self.states.borrow_mut();
             let state = states.entry(partition).or_default();
-            state.buffer.extend_from_slice(encoded);
-            state.buffered += 1;
+            state.pending.push_back(encoded.to_vec());
             state.issued += 1;
             state.issued
         };
@@ -139,18 +151,28 @@ impl Replication {
         let Some(state) = states.get_mut(&partition) else {
             return;
         };
-        if state.in_flight_upto != 0 || state.buffered == 0 || state.failed.is_some() {
+        if state.in_flight_upto != 0 || state.pending.is_empty() || state.failed.is_some() {
             return;
         }
-        let payload = record::finish(state.buffered, &state.buffer);
-        state.buffer.clear();
-        state.buffered = 0;
-        state.in_flight_upto = state.issued;
+        // The oldest batches that fit one append (at least one: `encode` bounds each).
+        let first_ticket = state.issued + 1 - state.pending.len() as u64;
+        let mut batches = Vec::new();
+        let mut count = 0u32;
+        while let Some(next) = state.pending.front() {
+            if count > 0 && batches.len() + next.len() > self.append_bytes_max {
+                break;
+            }
+            batches.extend_from_slice(next);
+            state.pending.pop_front();
+            count += 1;
+        }
+        let payload = record::finish(count, &batches);
+        state.in_flight_upto = first_ticket + u64::from(count) - 1;
         state.in_flight_done = std::mem::replace(&mut state.buffer_done, Rc::new(Broadcast::new()));
         let append = Append {
             core: self.core,
             partition,
-            upto: state.issued,
+            upto: state.in_flight_upto,
             payload,
         };
         // The channel holds an append per partition of the core, and a partition has at most
@@ -241,17 +263,19 @@ impl Replication {
         }
     }
 
-    /// Appends in flight, and partitions refused, for `/metrics`.
-    pub fn counts(&self) -> (u64, u64) {
-        let refused = if self.deposed.borrow().is_some() {
-            u64::from(self.partitions)
-        } else {
-            self.states
-                .borrow()
-                .values()
-                .filter(|state| state.failed.is_some())
-                .count() as u64
-        };
-        (self.in_flight.get(), refused)
+    /// Appends in flight, partitions written since the start that are refused, and whether
+    /// the node was deposed (every partition refused), for `/metrics`.
+    pub fn counts(&self) -> (u64, u64, bool) {
+        let refused = self
+            .states
+            .borrow()
+            .values()
+            .filter(|state| state.failed.is_some())
+            .count() as u64;
+        (
+            self.in_flight.get(),
+            refused,
+            self.deposed.borrow().is_some(),
+        )
     }
 }

@@ -50,6 +50,8 @@ struct Inner {
     caller: Caller,
     /// The core's outgoing HTTP client.
     fetch: Rc<FetchClient>,
+    /// In a cluster: the core's replication, which [`ObjectContext::flush`] waits for too.
+    replication: Option<Rc<crate::cluster::Replication>>,
 }
 
 /// An event's mark as parked, from [`ObjectContext::park`]; dropping it counts the event
@@ -75,6 +77,7 @@ pub(super) struct CoreParts<'a> {
     pub(super) registry: &'a Arc<ClassRegistry>,
     pub(super) router: Option<Rc<dyn Router>>,
     pub(super) fetch: &'a Rc<FetchClient>,
+    pub(super) replication: Option<Rc<crate::cluster::Replication>>,
 }
 
 /// An object's identity, storage, sockets and configuration. Cheap to clone.
@@ -114,6 +117,7 @@ impl ObjectContext {
                 parked,
                 registry: core.registry.clone(),
                 fetch: core.fetch.clone(),
+                replication: core.replication.clone(),
                 caller: Caller {
                     router: core.router.clone(),
                     depth,
@@ -279,8 +283,9 @@ impl ObjectContext {
             .set_auto_response(&self.inner.id, auto_response);
     }
 
-    /// Commits the writes made so far and waits until they are durable: for effects outside
-    /// the response (a message to other sockets) that must not get ahead of the disk.
+    /// Commits the writes made so far and waits until they are durable (in a cluster, until
+    /// the stream has them too): for effects outside the response (a message to other sockets)
+    /// that must not get ahead of the disk.
     pub async fn flush(&self) -> Result<(), ObjectError> {
         // The host commits an event's writes when its handler suspends: suspend once.
         futures_lite::future::yield_now().await;
@@ -290,6 +295,16 @@ impl ObjectContext {
         store
             .wait_durable(store.last_seq())
             .await
-            .map_err(|error| ObjectError::new(format!("writes are not durable: {error}")))
+            .map_err(|error| ObjectError::new(format!("writes are not durable: {error}")))?;
+        if let Some(replication) = &self.inner.replication {
+            // The partition's last batch follows every batch of this object.
+            if let Some((partition, ticket)) = replication.floor(&self.inner.id) {
+                replication
+                    .wait(partition, ticket)
+                    .await
+                    .map_err(|error| ObjectError::with_status(503, error.to_string()))?;
+            }
+        }
+        Ok(())
     }
 }

@@ -108,6 +108,14 @@ pub struct HostStats {
     pub websocket_events_total: u64,
     /// Bytes queued for WebSocket clients and not yet written, over the core's sockets.
     pub websocket_queued_bytes: usize,
+    /// In a cluster: appends sent to the stream and not answered yet.
+    pub replication_appends_in_flight: u64,
+    /// In a cluster: partitions this core wrote since the start that answer 503 (fenced,
+    /// not acknowledged, or deposed).
+    pub replication_partitions_refused: u64,
+    /// In a cluster: 1 once another node took over (or the owner key's watch was lost) and
+    /// this core answers 503 for every partition.
+    pub replication_deposed: u64,
 }
 
 /// The objects of one core. One per core, behind an `Rc`.
@@ -258,6 +266,50 @@ impl ObjectHost {
         *self.router.borrow_mut() = Some(router);
     }
 
+    /// Commits `batch` of object `id` outside any event (admin deletes, restores), in a cluster
+    /// to the stream as well, and waits until it is durable (and acknowledged). Returns its
+    /// sequence number.
+    pub(super) async fn commit_outside_events(
+        &self,
+        id: ObjectId,
+        batch: stead_storage::Batch,
+    ) -> Result<u64, String> {
+        let replication = self.replication.borrow().clone();
+        if let Some(error) = replication.as_ref().and_then(|r| r.refusal(&id)) {
+            return Err(error.to_string());
+        }
+        let encoded = match replication.as_ref().map(|r| r.encode(&id, &batch)) {
+            None => None,
+            Some(Ok(encoded)) => Some(encoded),
+            Some(Err(error)) => return Err(error.to_string()),
+        };
+        let (seq, _) = self
+            .store
+            .commit(&id.0, batch)
+            .map_err(|error| error.to_string())?;
+        self.highest_submitted_seq
+            .set(self.highest_submitted_seq.get().max(seq));
+        let ticket = match (&replication, encoded) {
+            (Some(replication), Some(encoded)) => Some(
+                replication
+                    .submit(&id, &encoded)
+                    .map_err(|error| error.to_string())?,
+            ),
+            _ => None,
+        };
+        self.store
+            .wait_durable(seq)
+            .await
+            .map_err(|error| format!("the write is not durable: {error}"))?;
+        if let (Some(replication), Some((partition, ticket))) = (replication, ticket) {
+            replication
+                .wait(partition, ticket)
+                .await
+                .map_err(|error| error.to_string())?;
+        }
+        Ok(seq)
+    }
+
     /// Makes every commit wait for the cluster's stream too (see `src/cluster/`).
     pub fn set_replication(&self, replication: Rc<crate::cluster::Replication>) {
         *self.replication.borrow_mut() = Some(replication);
@@ -382,11 +434,19 @@ impl ObjectHost {
     }
 
     pub fn stats(&self) -> HostStats {
+        let replication = self
+            .replication
+            .borrow()
+            .as_ref()
+            .map(|replication| replication.counts());
         HostStats {
             active_objects: self.active_objects(),
             events_queued: self.events_queued(),
             websockets_open: self.sockets.len(),
             websocket_queued_bytes: self.sockets.queued_bytes(),
+            replication_appends_in_flight: replication.map_or(0, |counts| counts.0),
+            replication_partitions_refused: replication.map_or(0, |counts| counts.1),
+            replication_deposed: replication.map_or(0, |counts| u64::from(counts.2)),
             ..self.stats.get()
         }
     }
@@ -625,10 +685,16 @@ impl ObjectHost {
                 });
             }
         }
-        if let (Some(replication), Some((partition, ticket))) =
-            (replication, slot.replica_ticket.get())
-        {
-            if let Err(error) = replication.wait(partition, ticket).await {
+        if let Some(replication) = replication {
+            if let Some((partition, ticket)) = slot.replica_ticket.get() {
+                if let Err(error) = replication.wait(partition, ticket).await {
+                    return Err(EventError::NotReplicated {
+                        reason: error.to_string(),
+                    });
+                }
+            }
+            // Deposed while the handler ran: what it read may be stale.
+            if let Some(error) = replication.refusal(&slot.id) {
                 return Err(EventError::NotReplicated {
                     reason: error.to_string(),
                 });
@@ -697,6 +763,7 @@ impl ObjectHost {
             registry: &self.registry,
             router: self.router.borrow().clone(),
             fetch: &self.fetch,
+            replication: self.replication.borrow().clone(),
         };
         let context = ObjectContext::new(
             (slot.id, slot.class.clone()),
@@ -785,9 +852,19 @@ impl Commit for ObjectHost {
             self.store.keys_with_prefix(&slot.id.0, prefix, usize::MAX)
         });
         let replication = self.replication.borrow().clone();
-        let encoded = replication
-            .as_ref()
-            .map(|_| crate::cluster::Replication::encode(&slot.id, &batch));
+        let encoded = match replication.as_ref().map(|r| r.encode(&slot.id, &batch)) {
+            None => None,
+            Some(Ok(encoded)) => Some(encoded),
+            Some(Err(error)) => {
+                // Not committed: the writes in memory leave with the instance.
+                slot.storage.fail_commits(error.to_string());
+                self.detach(slot);
+                return Err(EventError::Handler(ObjectError::with_status(
+                    413,
+                    error.to_string(),
+                )));
+            }
+        };
         match self.store.commit(&slot.id.0, batch) {
             Ok((seq, _durable)) => {
                 slot.last_submitted_seq.set(seq);

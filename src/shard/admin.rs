@@ -170,9 +170,7 @@ impl Shard {
                 host.admin_storage(id, &prefix, after.as_deref(), limit)
                     .await,
             ),
-            AdminOp::Delete { id } => {
-                AdminReply::Deleted(host.admin_delete(id).await.map_err(|e| e.to_string()))
-            }
+            AdminOp::Delete { id } => AdminReply::Deleted(host.admin_delete(id).await),
             AdminOp::Bookmark { class, id, at_ms } => {
                 AdminReply::Bookmark(host.admin_bookmark(&class, id, at_ms).await)
             }

@@ -254,11 +254,13 @@ async fn replay(
     (
         tokio::sync::mpsc::Sender<crate::cluster::Append>,
         tokio::sync::mpsc::Receiver<crate::cluster::ControlEvent>,
+        usize,
     ),
     String,
 > {
     use crate::cluster::ReplayItem;
     let crate::cluster::ClusterLink {
+        append_bytes_max,
         appends,
         events,
         mut replay,
@@ -284,7 +286,7 @@ async fn replay(
         .await
         .map_err(|error| format!("core {core}: the replayed log is not durable: {error}"))?;
     tracing::info!(core, batches, "batches replayed from the cluster's log");
-    Ok((appends, events))
+    Ok((appends, events, append_bytes_max))
 }
 
 /// Given when the core that forwarded a request no longer wants its response.
@@ -393,8 +395,9 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         connection_slots: accept::connection_slots(config.http.connections_per_core_max),
     });
     host.set_router(Rc::new(handler::ShardRouter(Rc::downgrade(&shard))));
-    if let Some((appends, events)) = cluster {
-        let replication = crate::cluster::Replication::new(core, layout.partitions, appends);
+    if let Some((appends, events, append_bytes_max)) = cluster {
+        let replication =
+            crate::cluster::Replication::new(core, layout.partitions, appends, append_bytes_max);
         glommio::spawn_local(replication.clone().run(events)).detach();
         host.set_replication(replication);
     }

@@ -155,3 +155,41 @@ impl Drop for NatsServer {
         self.kill();
     }
 }
+
+/// Publishes one message with `headers` to `subject` on the server at `port`, speaking the
+/// NATS protocol by hand (a core publish: no acknowledgement is asked for), and returns once
+/// the server answered the PING after it (so the message was processed).
+pub fn publish_raw(port: u16, subject: &str, headers: &[(&str, &str)], payload: &[u8]) {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to NATS");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("INFO");
+    assert!(line.starts_with("INFO"), "{line}");
+    let mut header_block = String::from("NATS/1.0\r\n");
+    for (name, value) in headers {
+        header_block.push_str(&format!("{name}: {value}\r\n"));
+    }
+    header_block.push_str("\r\n");
+    let mut message = format!(
+        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}}\r\n\
+         HPUB {subject} {} {}\r\n{header_block}",
+        header_block.len(),
+        header_block.len() + payload.len()
+    )
+    .into_bytes();
+    message.extend_from_slice(payload);
+    message.extend_from_slice(b"\r\nPING\r\n");
+    (&stream).write_all(&message).expect("publish");
+    loop {
+        line.clear();
+        reader.read_line(&mut line).expect("an answer");
+        assert!(!line.starts_with("-ERR"), "{line}");
+        if line.starts_with("PONG") {
+            return;
+        }
+    }
+}

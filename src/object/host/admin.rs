@@ -217,7 +217,7 @@ impl ObjectHost {
     /// Deletes object `id`: takes it out of memory (its events in flight can write no more),
     /// closes its sockets with 1001, and removes its keys, SQL pages, name and alarm in one
     /// batch, durable before this returns. Returns whether there was anything to delete.
-    pub async fn admin_delete(&self, id: ObjectId) -> Result<bool, StoreError> {
+    pub async fn admin_delete(&self, id: ObjectId) -> Result<bool, String> {
         let slot = self.objects.borrow_mut().remove(&id);
         if let Some(slot) = &slot {
             self.retire(slot, "the object was deleted by an operator");
@@ -234,16 +234,14 @@ impl ObjectHost {
         let mut batch = Batch::new();
         batch.delete_all();
         batch.delete_alarm();
-        // Synchronous up to here: an activation admitted after the removal above loads the
-        // object from the store after this commit, so it finds it empty.
-        let (seq, _) = self.store.commit(&id.0, batch)?;
-        self.highest_submitted_seq
-            .set(self.highest_submitted_seq.get().max(seq));
+        // Synchronous up to the commit in `commit_outside_events`: an activation admitted after
+        // the removal above loads the object from the store after this commit, so it finds it
+        // empty.
+        self.commit_outside_events(id, batch).await?;
         let listener = self.alarm_listener.borrow().clone();
         if let Some(listener) = listener {
             listener(id, None);
         }
-        self.store.wait_durable(seq).await?;
         Ok(true)
     }
 

@@ -98,16 +98,10 @@ impl ObjectHost {
 
     /// Commits `batch` of object `id` outside any event and waits until it is durable.
     async fn commit_durably(&self, id: ObjectId, batch: Batch) -> Result<(), String> {
-        let (seq, _) = self
-            .store
-            .commit(&id.0, batch)
-            .map_err(|error| error.to_string())?;
-        self.highest_submitted_seq
-            .set(self.highest_submitted_seq.get().max(seq));
-        self.store
-            .wait_durable(seq)
+        self.commit_outside_events(id, batch)
             .await
-            .map_err(|error| format!("the restore is not durable: {error}"))
+            .map(|_| ())
+            .map_err(|error| format!("the restore was not committed: {error}"))
     }
 
     /// Carries out the restore object `id` asked for (`RESTORE_KEY`), if it did: puts every
@@ -255,12 +249,9 @@ impl ObjectHost {
         }
         let mut batch = Batch::new();
         batch.put(RESTORE_KEY, bookmark.version.to_be_bytes().to_vec());
-        let (seq, _) = self
-            .store
-            .commit(&id.0, batch)
-            .map_err(|error| (500, error.to_string()))?;
-        self.highest_submitted_seq
-            .set(self.highest_submitted_seq.get().max(seq));
+        self.commit_outside_events(id, batch)
+            .await
+            .map_err(|reason| (500, reason))?;
         let event = self
             .admit(class, id, Queue::Unbounded)
             .map_err(|error| (503, error.to_string()))?;
