@@ -330,6 +330,13 @@ pub struct ClusterSettings {
     /// partition stops being served here).
     #[serde(default = "default_ack_timeout_ms")]
     pub ack_timeout_ms: u64,
+    /// How long the owner's lease lasts without renewal (renewed every third of it). The
+    /// owner serves only while its lease is fresh (less a quarter, for clock drift); another
+    /// node takes over only once it has expired. It must outlast the NATS servers' election
+    /// of a new stream leader (seconds), or one NATS server's death deposes the owner. Fixed
+    /// when the cluster is created.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
 }
 
 impl ClusterSettings {
@@ -340,6 +347,7 @@ impl ClusterSettings {
             node_id,
             replicas: default_replicas(),
             ack_timeout_ms: default_ack_timeout_ms(),
+            lease_ms: default_lease_ms(),
         }
     }
 }
@@ -350,6 +358,10 @@ fn default_replicas() -> usize {
 
 fn default_ack_timeout_ms() -> u64 {
     5000
+}
+
+fn default_lease_ms() -> u64 {
+    10_000
 }
 
 impl Default for Config {

@@ -14,6 +14,8 @@ use common::TestServer;
 
 /// Partitions of the test clusters: fencing 64 subjects at start is quick.
 const PARTITIONS: u32 = 64;
+/// The owner's lease in the tests: a restarted node waits for its earlier lease to expire.
+const LEASE_MS: u64 = 1000;
 
 /// Writes `stead.toml` for node `node` of the cluster behind `nats` into `dir`.
 fn node_config(dir: &Path, node: &str, nats: &str, partitions: u32) -> String {
@@ -22,7 +24,7 @@ fn node_config(dir: &Path, node: &str, nats: &str, partitions: u32) -> String {
         &path,
         format!(
             "[storage]\npartitions = {partitions}\n\n[cluster]\nnats = [\"{nats}\"]\n\
-             node_id = \"{node}\"\nreplicas = 1\nack_timeout_ms = 1000\n"
+             node_id = \"{node}\"\nreplicas = 1\nack_timeout_ms = 1000\nlease_ms = {LEASE_MS}\n"
         ),
     )
     .expect("config");
@@ -93,11 +95,11 @@ fn acknowledged_writes_survive_losing_the_node_and_its_disk() {
     assert_eq!(node.stop(), Some(0));
 }
 
+/// A second node waits while the owner's lease is renewed, and takes over once the owner is
+/// killed and its lease expired, with every acknowledged write.
 #[test]
-fn a_node_taken_over_stops_serving_and_the_new_owner_has_every_write() {
-    let Some(binary) =
-        nats::binary("a_node_taken_over_stops_serving_and_the_new_owner_has_every_write")
-    else {
+fn a_standby_takes_over_when_the_owner_dies() {
+    let Some(binary) = nats::binary("a_standby_takes_over_when_the_owner_dies") else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
@@ -107,32 +109,66 @@ fn a_node_taken_over_stops_serving_and_the_new_owner_has_every_write() {
     for name in &names {
         assert_eq!(increment(&old, name), Ok(1));
     }
-    let new = start_node(dir.path(), "b", &nats.url());
-    for name in &names {
+    let standby = {
+        let (dir, url) = (dir.path().to_path_buf(), nats.url());
+        std::thread::spawn(move || start_node(&dir, "b", &url))
+    };
+    // The owner keeps its lease: the standby does not start serving.
+    std::thread::sleep(Duration::from_millis(3 * LEASE_MS));
+    assert!(!standby.is_finished(), "the standby took over a live owner");
+    assert_eq!(increment(&old, "t0"), Ok(2));
+    let killed = std::time::Instant::now();
+    old.kill();
+    let new = standby.join().expect("the standby started");
+    let takeover = killed.elapsed();
+    // The lease expires within about a second past LEASE_MS (NATS checks ages once a second).
+    assert!(
+        takeover < Duration::from_millis(LEASE_MS) + Duration::from_secs(10),
+        "took over after {takeover:?}"
+    );
+    assert_eq!(value(&new, "t0"), 2);
+    for name in &names[1..] {
         assert_eq!(value(&new, name), 1, "{name}");
+        assert_eq!(increment(&new, name), Ok(2), "{name}");
     }
-    // The old owner refuses reads and writes alike once it learns of the takeover (a watch
-    // on the owner key), and the stream refuses its appends whatever it knows.
+    assert_eq!(new.metric_sum("stead_cluster_deposed"), 0.0);
+    assert_eq!(new.stop(), Some(0));
+}
+
+/// A node that sees another one written into the owner key stops serving at once, reads
+/// included.
+#[test]
+fn a_node_whose_owner_key_changes_stops_serving() {
+    let Some(binary) = nats::binary("a_node_whose_owner_key_changes_stops_serving") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(&binary, dir.path());
+    let node = start_node(dir.path(), "a", &nats.url());
+    assert_eq!(increment(&node, "k"), Ok(1));
+    // What a newer owner's compare-and-set would leave in the key.
+    nats::publish_raw(
+        nats.port,
+        "$KV.stead_cluster.owner",
+        &[],
+        br#"{"node":"intruder"}"#,
+    );
     let refused = common::wait_until(Duration::from_secs(10), || {
-        old.client().get("/objects/counter/t0/value").status == 503
+        node.client().get("/objects/counter/k/value").status == 503
     });
     assert!(refused, "the deposed node still serves reads");
-    for name in &names {
-        assert_eq!(increment(&old, name), Err(503), "{name}");
-    }
-    let reply = old.client().get("/objects/counter/t1/increment");
+    let reply = node.client().get("/objects/counter/k/increment");
+    assert_eq!(reply.status, 503);
     assert!(
-        reply.text().contains("became the owner"),
+        reply.text().contains("intruder") && reply.text().contains("became the owner"),
         "{}",
         reply.text()
     );
-    assert_eq!(old.metric_per_core("stead_cluster_deposed"), vec![1.0, 1.0]);
-    assert_eq!(new.metric_sum("stead_cluster_deposed"), 0.0);
-    for name in &names {
-        assert_eq!(increment(&new, name), Ok(2), "{name}");
-    }
-    assert_eq!(new.stop(), Some(0));
-    assert_eq!(old.stop(), Some(0));
+    assert_eq!(
+        node.metric_per_core("stead_cluster_deposed"),
+        vec![1.0, 1.0]
+    );
+    assert_eq!(node.stop(), Some(0));
 }
 
 #[test]
@@ -161,6 +197,13 @@ fn without_nats_a_write_fails_and_nothing_is_falsely_acknowledged() {
     // The partition stays refused on this node, reads too: its memory may hold writes the
     // stream does not.
     assert_eq!(node.client().get("/objects/counter/n/value").status, 503);
+    // Without NATS the lease is not renewed: once it is stale, nothing is served, not even an
+    // object that was never written.
+    let stale = common::wait_until(Duration::from_secs(10), || {
+        let reply = node.client().get("/objects/counter/quiet/value");
+        reply.status == 503 && reply.text().contains("lease is not fresh")
+    });
+    assert!(stale, "a node without a fresh lease still serves");
     nats.restart(&binary);
     node.kill();
     let node = start_node(dir.path(), "a", &nats.url());
@@ -295,7 +338,7 @@ fn three_replicas_keep_serving_without_one_nats_server() {
         &config,
         format!(
             "[storage]\npartitions = {PARTITIONS}\n\n[cluster]\nnats = {urls:?}\n\
-             node_id = \"a\"\nreplicas = 3\nack_timeout_ms = 2000\n"
+             node_id = \"a\"\nreplicas = 3\nack_timeout_ms = 2000\nlease_ms = 8000\n"
         ),
     )
     .expect("config");
@@ -306,7 +349,8 @@ fn three_replicas_keep_serving_without_one_nats_server() {
     for _ in 0..20 {
         acknowledged = increment(&node, "r").expect("acknowledged");
     }
-    // One server of three gone: a quorum of two remains. A write may fail while the stream
+    // One server of three gone: a quorum of two remains. The lease (8 s here) outlasts the
+    // streams' elections of new leaders, so the node keeps it. A write may fail while the stream
     // elects a new leader; once one succeeds, the rest do.
     servers[0].kill();
     let mut attempt = 0;

@@ -22,6 +22,9 @@ use super::{Append, ClusterError, ControlEvent, ReplicationError};
 use crate::config::ClusterSettings;
 use crate::id::ObjectId;
 
+/// The KV bucket (entries expire after the lease) and key of the owner's lease.
+const LEASE_BUCKET: &str = "stead_lease";
+const LEASE_KEY: &str = "lease";
 /// The stream of every partition's log, and its subjects.
 const STREAM: &str = "STEAD_LOG";
 const SUBJECT_PREFIX: &str = "stead.log.";
@@ -76,6 +79,8 @@ pub enum ReplayItem {
 
 /// A core's ends of the channels to the control thread.
 pub struct ClusterLink {
+    /// The node's lease, shared by every core.
+    pub lease: std::sync::Arc<super::Lease>,
     /// The most bytes of batches one append may carry.
     pub append_bytes_max: usize,
     pub appends: mpsc::Sender<Append>,
@@ -98,6 +103,9 @@ pub fn start(
     cores: usize,
 ) -> Result<StartedCluster, ClusterError> {
     let (append_sender, append_receiver) = mpsc::channel(partitions as usize + cores);
+    let lease = std::sync::Arc::new(super::Lease::new(Duration::from_millis(
+        settings.lease_ms.max(1),
+    )));
     let mut links = Vec::with_capacity(cores);
     let mut event_senders = Vec::with_capacity(cores);
     let mut replay_senders = Vec::with_capacity(cores);
@@ -107,6 +115,7 @@ pub fn start(
         event_senders.push(event_sender);
         replay_senders.push(replay_sender);
         links.push(ClusterLink {
+            lease: lease.clone(),
             append_bytes_max: 0,
             appends: append_sender.clone(),
             events,
@@ -130,6 +139,7 @@ pub fn start(
                 }
             };
             let control = Control {
+                lease,
                 settings,
                 partitions,
                 cores,
@@ -205,6 +215,7 @@ fn subject(partition: u32) -> String {
 }
 
 struct Control {
+    lease: std::sync::Arc<super::Lease>,
     settings: ClusterSettings,
     partitions: u32,
     cores: usize,
@@ -320,8 +331,8 @@ impl Control {
             }
         };
         let ours = format!(
-            "{{\"partitions\":{},\"replicas\":{replicas}}}",
-            self.partitions
+            "{{\"partitions\":{},\"replicas\":{replicas},\"lease_ms\":{}}}",
+            self.partitions, self.settings.lease_ms
         );
         let stored = step("read the settings", bucket.get(SETTINGS_KEY)).await?;
         let theirs = match stored {
@@ -351,6 +362,7 @@ impl Control {
             }),
         )
         .await?;
+        self.take_lease(&js).await?;
         let owner = serde_json::json!({ "node": self.settings.node_id }).to_string();
         let current = step("read the owner", bucket.entry(OWNER_KEY)).await?;
         let epoch = match current {
@@ -390,6 +402,55 @@ impl Control {
             owner_watch: Some(owner_watch),
             append_bytes_max,
         })
+    }
+
+    /// Waits until no node holds the lease, takes it, and keeps renewing it on a task of its
+    /// own. A standby node waits here for as long as the owner lives.
+    async fn take_lease(&self, js: &jetstream::Context) -> Result<(), ClusterError> {
+        let lease = Duration::from_millis(self.settings.lease_ms.max(1));
+        let bucket = match js.get_key_value(LEASE_BUCKET).await {
+            Ok(bucket) => bucket,
+            Err(_) => {
+                let config = kv::Config {
+                    bucket: LEASE_BUCKET.to_string(),
+                    history: 1,
+                    max_age: lease,
+                    num_replicas: self.settings.replicas,
+                    ..Default::default()
+                };
+                step("create the lease bucket", js.create_key_value(config)).await?
+            }
+        };
+        let value =
+            bytes::Bytes::from(serde_json::json!({ "node": self.settings.node_id }).to_string());
+        let mut said = false;
+        let revision = loop {
+            let sent = std::time::Instant::now();
+            match step("take the lease", bucket.create(LEASE_KEY, value.clone())).await {
+                Ok(revision) => {
+                    self.lease.renewed(sent);
+                    break revision;
+                }
+                Err(error) => {
+                    if !said {
+                        tracing::info!(%error, "cluster: another node holds the lease; waiting");
+                        said = true;
+                    }
+                    tokio::time::sleep(lease / 3).await;
+                }
+            }
+        };
+        tracing::info!(node = %self.settings.node_id, "cluster: lease taken");
+        let (events, lease_clock) = (self.events.clone(), self.lease.clone());
+        tokio::task::spawn_local(renew_lease(
+            bucket,
+            value,
+            revision,
+            lease,
+            lease_clock,
+            events,
+        ));
+        Ok(())
     }
 
     /// Appends a takeover record to every partition's subject, after its last message: from
@@ -606,6 +667,50 @@ impl Control {
                     let _ = sender.send(event).await;
                 }
             });
+        }
+    }
+}
+
+/// Renews the lease every third of it. A renewal refused (the lease expired and was taken)
+/// deposes the node; one that fails otherwise is tried again, and the node stops serving on
+/// its own once its lease is no longer fresh.
+async fn renew_lease(
+    bucket: kv::Store,
+    value: bytes::Bytes,
+    mut revision: u64,
+    lease: Duration,
+    clock: std::sync::Arc<super::Lease>,
+    events: Vec<mpsc::Sender<ControlEvent>>,
+) {
+    loop {
+        tokio::time::sleep(lease / 3).await;
+        if events.iter().all(|sender| sender.is_closed()) {
+            return;
+        }
+        let sent = std::time::Instant::now();
+        match tokio::time::timeout(lease / 3, bucket.update(LEASE_KEY, value.clone(), revision))
+            .await
+        {
+            Ok(Ok(next)) => {
+                revision = next;
+                clock.renewed(sent);
+            }
+            Ok(Err(error)) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                let error = ReplicationError::Unavailable(format!(
+                    "this node's lease expired and was taken: {error}"
+                ));
+                tracing::error!(%error, "cluster: this node stops serving");
+                for sender in &events {
+                    let _ = sender
+                        .send(ControlEvent::Deposed {
+                            error: error.clone(),
+                        })
+                        .await;
+                }
+                return;
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "cluster: the lease was not renewed"),
+            Err(_) => tracing::warn!("cluster: the lease renewal timed out"),
         }
     }
 }

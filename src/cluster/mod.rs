@@ -28,6 +28,41 @@ pub use record::DecodeError;
 pub use replica::Replication;
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Until when this node may serve: its lease's last renewal (as sent) plus the lease, less a
+/// quarter of it for clock drift. Written by the control thread, read by every core.
+#[derive(Debug)]
+pub struct Lease {
+    base: Instant,
+    /// Milliseconds after `base`; 0 before the lease was first taken.
+    valid_until_ms: AtomicU64,
+    lease: Duration,
+}
+
+impl Lease {
+    pub fn new(lease: Duration) -> Lease {
+        Lease {
+            base: Instant::now(),
+            valid_until_ms: AtomicU64::new(0),
+            lease,
+        }
+    }
+
+    /// The lease was taken or renewed by a request sent at `sent`.
+    pub fn renewed(&self, sent: Instant) {
+        let margin = self.lease / 4;
+        let until = sent.saturating_duration_since(self.base) + self.lease - margin;
+        self.valid_until_ms
+            .fetch_max(until.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Whether the node may serve now.
+    pub fn is_fresh(&self) -> bool {
+        (self.base.elapsed().as_millis() as u64) < self.valid_until_ms.load(Ordering::SeqCst)
+    }
+}
 
 /// One append: the batches of one partition of one core since its previous append.
 #[derive(Debug)]

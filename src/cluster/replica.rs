@@ -18,9 +18,10 @@ use stead_storage::Batch;
 use tokio::sync::mpsc;
 
 use super::record;
-use super::{Append, ControlEvent, ReplicationError};
+use super::{Append, ControlEvent, Lease, ReplicationError};
 use crate::id::ObjectId;
 use crate::wake::Broadcast;
+use std::sync::Arc;
 
 /// What one partition has sent and what is waiting.
 struct PartitionState {
@@ -59,6 +60,8 @@ pub struct Replication {
     core: usize,
     partitions: u32,
     appends: mpsc::Sender<Append>,
+    /// The node's lease: nothing is served while it is not fresh.
+    lease: Arc<Lease>,
     /// The most bytes of batches one append carries (the NATS servers' message limit, less
     /// room for the headers); a larger batch is refused before it is committed.
     append_bytes_max: usize,
@@ -74,12 +77,13 @@ impl Replication {
     pub fn new(
         core: usize,
         partitions: u32,
-        appends: mpsc::Sender<Append>,
-        append_bytes_max: usize,
+        (appends, append_bytes_max): (mpsc::Sender<Append>, usize),
+        lease: Arc<Lease>,
     ) -> Rc<Replication> {
         Rc::new(Replication {
             core,
             partitions,
+            lease,
             appends,
             append_bytes_max,
             states: RefCell::default(),
@@ -97,6 +101,13 @@ impl Replication {
     pub fn refusal(&self, id: &ObjectId) -> Option<ReplicationError> {
         if let Some(error) = self.deposed.borrow().clone() {
             return Some(error);
+        }
+        if !self.lease.is_fresh() {
+            return Some(ReplicationError::Unavailable(
+                "this node's lease is not fresh (NATS unreachable?): it cannot tell whether it \
+                 still owns its partitions"
+                    .to_string(),
+            ));
         }
         let partition = self.partition_of(id);
         self.states
@@ -130,10 +141,14 @@ impl Replication {
     /// Queues the `encoded` batch of `id` (already committed to the local store) for its
     /// partition's next append; its ticket, for [`Replication::wait`].
     pub fn submit(&self, id: &ObjectId, encoded: &[u8]) -> Result<(u32, u64), ReplicationError> {
+        let partition = self.partition_of(id);
         if let Some(error) = self.refusal(id) {
+            // The batch is in the local store and will not be in the stream: the partition is
+            // refused from now on (until a restart rebuilds it), even once the lease is fresh.
+            let mut states = self.states.borrow_mut();
+            Self::fail(states.entry(partition).or_default(), error.clone());
             return Err(error);
         }
-        let partition = self.partition_of(id);
         let ticket = {
             let mut states = self.states.borrow_mut();
             let state = states.entry(partition).or_default();

@@ -255,11 +255,13 @@ async fn replay(
         tokio::sync::mpsc::Sender<crate::cluster::Append>,
         tokio::sync::mpsc::Receiver<crate::cluster::ControlEvent>,
         usize,
+        Arc<crate::cluster::Lease>,
     ),
     String,
 > {
     use crate::cluster::ReplayItem;
     let crate::cluster::ClusterLink {
+        lease,
         append_bytes_max,
         appends,
         events,
@@ -286,7 +288,7 @@ async fn replay(
         .await
         .map_err(|error| format!("core {core}: the replayed log is not durable: {error}"))?;
     tracing::info!(core, batches, "batches replayed from the cluster's log");
-    Ok((appends, events, append_bytes_max))
+    Ok((appends, events, append_bytes_max, lease))
 }
 
 /// Given when the core that forwarded a request no longer wants its response.
@@ -395,9 +397,13 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         connection_slots: accept::connection_slots(config.http.connections_per_core_max),
     });
     host.set_router(Rc::new(handler::ShardRouter(Rc::downgrade(&shard))));
-    if let Some((appends, events, append_bytes_max)) = cluster {
-        let replication =
-            crate::cluster::Replication::new(core, layout.partitions, appends, append_bytes_max);
+    if let Some((appends, events, append_bytes_max, lease)) = cluster {
+        let replication = crate::cluster::Replication::new(
+            core,
+            layout.partitions,
+            (appends, append_bytes_max),
+            lease,
+        );
         glommio::spawn_local(replication.clone().run(events)).detach();
         host.set_replication(replication);
     }

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# How long a cluster is without an owner when the owner dies: one nats-server, node "a"
+# (`--cores 1`, 256 partitions) takes N increments, node "b" waits as a standby, "a" is killed
+# with SIGKILL, and the time until "b" answers /healthz is taken, for each lease_ms. Medians
+# of interleaved runs. Needs nats-server.
+# Usage: scripts/bench-cluster-takeover.sh [increments] [runs] [lease_ms...]
+#        (default: 20000 3 2000 10000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REQUESTS=${1:-20000}
+RUNS=${2:-3}
+LEASES=("${@:3}")
+[ ${#LEASES[@]} -eq 0 ] && LEASES=(2000 10000)
+PORT=18092
+STANDBY_PORT=18093
+WORK_NAME=bench-cluster-takeover
+source scripts/bench-common.sh
+source scripts/nats-cluster.sh
+STANDBY_PID=
+trap '[ -n "$STANDBY_PID" ] && kill "$STANDBY_PID" 2>/dev/null; stop_nats; cleanup' EXIT
+
+measure() { # lease_ms; prints the takeover in ms
+  rm -rf "$WORK"/nats-* "$WORK/b"
+  start_nats_single 14522 "$WORK"
+  for node in a b; do
+    printf '[storage]\npartitions = 256\n\n[cluster]\nnats = ["nats://127.0.0.1:14522"]\nnode_id = "%s"\nreplicas = 1\nlease_ms = %s\n' \
+      "$node" "$1" >"$WORK/$node.toml"
+  done
+  start_stead --config "$WORK/a.toml"
+  "$BIN" bench --url "http://127.0.0.1:$PORT" --scenario counter-spread --objects 1000 \
+    --connections 16 --requests "$REQUESTS" >/dev/null
+  "$BIN" serve --listen "127.0.0.1:$STANDBY_PORT" --data-dir "$WORK/b" --cores 1 \
+    --config "$WORK/b.toml" >"$WORK/b.log" 2>&1 &
+  STANDBY_PID=$!
+  sleep 1
+  local killed=$(date +%s%N)
+  kill -KILL "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
+  until curl -sf "http://127.0.0.1:$STANDBY_PORT/healthz" >/dev/null 2>&1; do sleep 0.02; done
+  local served=$(date +%s%N)
+  kill -TERM "$STANDBY_PID"; wait "$STANDBY_PID" 2>/dev/null || true; STANDBY_PID=
+  stop_nats
+  wait 2>/dev/null || true
+  echo $(( (served - killed) / 1000000 ))
+}
+
+declare -A RESULTS
+for run in $(seq "$RUNS"); do
+  for lease in "${LEASES[@]}"; do
+    RESULTS[$lease]+="$(measure "$lease")"$'\n'
+  done
+done
+echo "Machine: $(nproc) cores, $(uname -sr); $REQUESTS increments over 1,000 counters before the"
+echo "SIGKILL of the owner; medians of $RUNS runs."
+echo
+echo "| lease_ms | owner killed → standby serving, ms |"
+echo "|---:|---:|"
+for lease in "${LEASES[@]}"; do
+  echo "| $lease | $(printf '%s' "${RESULTS[$lease]}" | awk 'NF' | median) |"
+done
