@@ -399,6 +399,12 @@ fn validate(config: &Config) -> Result<(), ServerError> {
         Some("storage.value_bytes_max must be at most 4 MiB (4194304)")
     } else if config.storage.partitions == 0 {
         Some("storage.partitions must be positive")
+    } else if config
+        .cluster
+        .as_ref()
+        .is_some_and(|cluster| cluster.lease_ms < 1000 || cluster.ack_timeout_ms == 0)
+    {
+        Some("cluster.lease_ms must be at least 1000 and cluster.ack_timeout_ms positive")
     } else if config.storage.compaction_dead_percent_min > 100 {
         // Dead bytes are a share of all bytes: past 100 compaction would never start.
         Some("storage.compaction_dead_percent_min must be at most 100")

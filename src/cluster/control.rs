@@ -22,6 +22,8 @@ use super::{Append, ClusterError, ControlEvent, ReplicationError};
 use crate::config::ClusterSettings;
 use crate::id::ObjectId;
 
+/// Pause before making a failed watch of the owner key again.
+const REWATCH_PAUSE: Duration = Duration::from_secs(1);
 /// The KV bucket (entries expire after the lease) and key of the owner's lease.
 const LEASE_BUCKET: &str = "stead_lease";
 const LEASE_KEY: &str = "lease";
@@ -59,6 +61,8 @@ fn version_below(version: &str, minimum: (u64, u64, u64)) -> bool {
 
 /// Room in a NATS message for an append's headers and batch count.
 const APPEND_OVERHEAD_BYTES: usize = 4096;
+/// Tries to append a partition's takeover record after its last record.
+const FENCE_ATTEMPTS_MAX: u32 = 5;
 /// Partitions fenced at once at start.
 const FENCE_CONCURRENCY: usize = 256;
 /// Batches a core's replay queue holds.
@@ -140,6 +144,7 @@ pub fn start(
             };
             let control = Control {
                 lease,
+                deposed: Rc::default(),
                 settings,
                 partitions,
                 cores,
@@ -216,6 +221,8 @@ fn subject(partition: u32) -> String {
 
 struct Control {
     lease: std::sync::Arc<super::Lease>,
+    /// Set once the node is deposed: the lease is no longer renewed, so a standby can take it.
+    deposed: Rc<std::cell::Cell<bool>>,
     settings: ClusterSettings,
     partitions: u32,
     cores: usize,
@@ -226,6 +233,8 @@ struct Control {
 /// What start-up leaves for the rest of the thread's life.
 struct Joined {
     js: jetstream::Context,
+    /// The bucket of the settings and the owner key.
+    bucket: kv::Store,
     log: stream::Stream,
     epoch: u64,
     /// The last sequence of each partition's subject.
@@ -256,7 +265,8 @@ impl Control {
         let _ = ready.send(Ok((joined.epoch, joined.append_bytes_max)));
         let control = Rc::new(self);
         if let Some(watch) = joined.owner_watch.take() {
-            tokio::task::spawn_local(control.clone().watch_owner(watch, joined.epoch));
+            let bucket = joined.bucket.clone();
+            tokio::task::spawn_local(control.clone().watch_owner(bucket, watch, joined.epoch));
         }
         if let Err(error) = control.replay(&joined, &replay).await {
             tracing::error!(%error, "cluster: replay failed");
@@ -395,6 +405,7 @@ impl Control {
             .last_sequence;
         Ok(Joined {
             js,
+            bucket,
             log,
             epoch,
             last: Rc::new(RefCell::new(last)),
@@ -421,8 +432,15 @@ impl Control {
                 step("create the lease bucket", js.create_key_value(config)).await?
             }
         };
-        let value =
-            bytes::Bytes::from(serde_json::json!({ "node": self.settings.node_id }).to_string());
+        let mut process = [0u8; 8];
+        getrandom::fill(&mut process).map_err(|error| nats_error("make a lease id", error))?;
+        let value = bytes::Bytes::from(
+            serde_json::json!({
+                "node": self.settings.node_id,
+                "process": u64::from_le_bytes(process),
+            })
+            .to_string(),
+        );
         let mut said = false;
         let revision = loop {
             let sent = std::time::Instant::now();
@@ -441,15 +459,15 @@ impl Control {
             }
         };
         tracing::info!(node = %self.settings.node_id, "cluster: lease taken");
-        let (events, lease_clock) = (self.events.clone(), self.lease.clone());
-        tokio::task::spawn_local(renew_lease(
+        let renewal = Renewal {
             bucket,
             value,
-            revision,
             lease,
-            lease_clock,
-            events,
-        ));
+            clock: self.lease.clone(),
+            deposed: self.deposed.clone(),
+            events: self.events.clone(),
+        };
+        tokio::task::spawn_local(renew_lease(renewal, revision));
         Ok(())
     }
 
@@ -472,25 +490,41 @@ impl Control {
                     let node = self.settings.node_id.clone();
                     tokio::task::spawn_local(async move {
                         let subject = subject(partition);
-                        let previous = match log.get_last_raw_message_by_subject(&subject).await
-                        {
-                            Ok(message) => message.sequence,
-                            Err(error)
-                                if error.kind()
-                                    == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                        // An append of the expiring owner may land between the read and the
+                        // takeover record: read again and retry.
+                        let mut attempts = 0;
+                        let sequence = loop {
+                            attempts += 1;
+                            let previous = match log
+                                .get_last_raw_message_by_subject(&subject)
+                                .await
                             {
-                                0
-                            }
-                            Err(error) => {
-                                return Err(nats_error("read a partition's last record", error))
+                                Ok(message) => message.sequence,
+                                Err(error)
+                                    if error.kind()
+                                        == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                                {
+                                    0
+                                }
+                                Err(error) => {
+                                    return Err(nats_error("read a partition's last record", error))
+                                }
+                            };
+                            let headers = headers("takeover", &node, epoch, previous);
+                            let published = tokio::time::timeout(
+                                STEP_TIMEOUT,
+                                publish(&js, subject.clone(), headers, Vec::new()),
+                            )
+                            .await;
+                            match published {
+                                Ok(Ok(sequence)) => break sequence,
+                                Ok(Err(PublishFailure::Fenced)) if attempts < FENCE_ATTEMPTS_MAX => {}
+                                Ok(Err(error)) => return Err(nats_error("fence a partition", error)),
+                                Err(_) => {
+                                    return Err(nats_error("fence a partition", "no answer in time"))
+                                }
                             }
                         };
-                        let headers = headers("takeover", &node, epoch, previous);
-                        let sequence = step(
-                            "fence a partition",
-                            publish(&js, subject, headers, Vec::new()),
-                        )
-                        .await?;
                         Ok((partition, sequence))
                     })
                 })
@@ -584,35 +618,25 @@ impl Control {
         Ok(())
     }
 
-    /// Deposes this node when another one writes the `owner` key, and also when the watch
-    /// fails or ends: without it, a takeover could go unseen, so the node stops serving.
-    async fn watch_owner(self: Rc<Self>, mut watch: kv::Watch, epoch: u64) {
+    /// Deposes this node when another one writes the `owner` key. A watch that fails or ends
+    /// is made again, and the key read again (a change meanwhile deposes); until it is back,
+    /// the lease alone keeps this node from serving past a takeover.
+    async fn watch_owner(self: Rc<Self>, bucket: kv::Store, mut watch: kv::Watch, epoch: u64) {
         let error = loop {
-            match watch.next().await {
-                Some(Ok(entry)) if entry.revision > epoch => {
-                    let node = serde_json::from_slice::<serde_json::Value>(&entry.value)
-                        .ok()
-                        .and_then(|owner| owner["node"].as_str().map(str::to_string))
-                        .unwrap_or_else(|| String::from_utf8_lossy(&entry.value).into_owned());
-                    break ReplicationError::Deposed {
-                        node,
-                        epoch: entry.revision,
-                    };
-                }
+            let broken = match watch.next().await {
+                Some(Ok(entry)) if entry.revision > epoch => break deposed_by(&entry),
                 Some(Ok(_)) => continue,
-                Some(Err(error)) => {
-                    break ReplicationError::Unavailable(format!(
-                        "lost the watch of the owner key: {error}"
-                    ))
-                }
-                None => {
-                    break ReplicationError::Unavailable(
-                        "the watch of the owner key ended".to_string(),
-                    )
-                }
+                Some(Err(error)) => error.to_string(),
+                None => "the watch ended".to_string(),
+            };
+            tracing::warn!(reason = %broken, "cluster: watching the owner key again");
+            match rewatch(&bucket, epoch).await {
+                Ok(again) => watch = again,
+                Err(error) => break error,
             }
         };
         tracing::error!(%error, "cluster: this node stops serving");
+        self.deposed.set(true);
         for sender in &self.events {
             let _ = sender
                 .send(ControlEvent::Deposed {
@@ -671,48 +695,114 @@ impl Control {
     }
 }
 
-/// Renews the lease every third of it. A renewal refused (the lease expired and was taken)
-/// deposes the node; one that fails otherwise is tried again, and the node stops serving on
-/// its own once its lease is no longer fresh.
-async fn renew_lease(
-    bucket: kv::Store,
-    value: bytes::Bytes,
-    mut revision: u64,
-    lease: Duration,
-    clock: std::sync::Arc<super::Lease>,
-    events: Vec<mpsc::Sender<ControlEvent>>,
-) {
+/// The error of a node whose owner key now names `entry`'s node.
+fn deposed_by(entry: &kv::Entry) -> ReplicationError {
+    let node = serde_json::from_slice::<serde_json::Value>(&entry.value)
+        .ok()
+        .and_then(|owner| owner["node"].as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(&entry.value).into_owned());
+    ReplicationError::Deposed {
+        node,
+        epoch: entry.revision,
+    }
+}
+
+/// A new watch of the owner key, once one can be made and the key still holds `epoch`.
+async fn rewatch(bucket: &kv::Store, epoch: u64) -> Result<kv::Watch, ReplicationError> {
     loop {
-        tokio::time::sleep(lease / 3).await;
-        if events.iter().all(|sender| sender.is_closed()) {
+        tokio::time::sleep(REWATCH_PAUSE).await;
+        let Ok(watch) = bucket.watch(OWNER_KEY).await else {
+            continue;
+        };
+        match bucket.entry(OWNER_KEY).await {
+            Ok(Some(entry)) if entry.revision == epoch => return Ok(watch),
+            Ok(Some(entry)) => return Err(deposed_by(&entry)),
+            Ok(None) => {
+                return Err(ReplicationError::Unavailable(
+                    "the owner key was deleted".to_string(),
+                ))
+            }
+            Err(_) => continue,
+        }
+    }
+}
+
+/// Renews the lease every third of it, retrying a failed renewal every twelfth. A renewal
+/// refused for a stale revision is looked into: the lease still ours (a renewal that timed
+/// out but was applied) is kept; gone (expired, taken by nobody) it is taken again; another
+/// node's, the node is deposed. Stops once the node is deposed, so a standby can take over.
+async fn renew_lease(renewal: Renewal, mut revision: u64) {
+    let Renewal {
+        bucket,
+        value,
+        lease,
+        clock,
+        deposed,
+        events,
+    } = renewal;
+    let mut pause = lease / 3;
+    loop {
+        tokio::time::sleep(pause).await;
+        if deposed.get() {
             return;
         }
+        pause = lease / 12;
         let sent = std::time::Instant::now();
-        match tokio::time::timeout(lease / 3, bucket.update(LEASE_KEY, value.clone(), revision))
-            .await
-        {
+        let update = bucket.update(LEASE_KEY, value.clone(), revision);
+        match tokio::time::timeout(lease / 6, update).await {
             Ok(Ok(next)) => {
                 revision = next;
                 clock.renewed(sent);
+                pause = lease / 3;
             }
             Ok(Err(error)) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                let error = ReplicationError::Unavailable(format!(
-                    "this node's lease expired and was taken: {error}"
-                ));
-                tracing::error!(%error, "cluster: this node stops serving");
-                for sender in &events {
-                    let _ = sender
-                        .send(ControlEvent::Deposed {
-                            error: error.clone(),
-                        })
-                        .await;
+                match bucket.entry(LEASE_KEY).await {
+                    Ok(Some(entry)) if entry.value == value => revision = entry.revision,
+                    Ok(Some(entry)) => {
+                        let error = ReplicationError::Unavailable(format!(
+                            "this node's lease expired and was taken by {}",
+                            String::from_utf8_lossy(&entry.value)
+                        ));
+                        tracing::error!(%error, "cluster: this node stops serving");
+                        deposed.set(true);
+                        for sender in &events {
+                            let _ = sender
+                                .send(ControlEvent::Deposed {
+                                    error: error.clone(),
+                                })
+                                .await;
+                        }
+                        return;
+                    }
+                    Ok(None) => {
+                        // Expired and taken by nobody: the owner key's watch would have told
+                        // of a takeover, so taking it again is safe.
+                        let sent = std::time::Instant::now();
+                        if let Ok(next) = bucket.create(LEASE_KEY, value.clone()).await {
+                            revision = next;
+                            clock.renewed(sent);
+                            pause = lease / 3;
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "cluster: cannot read the lease"),
                 }
-                return;
             }
             Ok(Err(error)) => tracing::warn!(%error, "cluster: the lease was not renewed"),
             Err(_) => tracing::warn!("cluster: the lease renewal timed out"),
         }
     }
+}
+
+/// What the lease's renewal task needs.
+struct Renewal {
+    bucket: kv::Store,
+    /// This process's lease value: the node id and a number of this process, so that a
+    /// restarted node never mistakes its earlier run's lease for its own.
+    value: bytes::Bytes,
+    lease: Duration,
+    clock: std::sync::Arc<super::Lease>,
+    deposed: Rc<std::cell::Cell<bool>>,
+    events: Vec<mpsc::Sender<ControlEvent>>,
 }
 
 /// Why one publish failed.

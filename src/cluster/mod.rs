@@ -3,17 +3,20 @@
 //! stream when it starts.
 //!
 //! What is built: with `stead serve --cluster nats://… --node-id N`, one node owns every
-//! partition. At start it checks the cluster's settings (partition count, replicas) in the KV
-//! bucket `stead_cluster`, becomes the owner by a compare-and-set on the key `owner` (the new
-//! revision is its epoch), appends a takeover record to each partition's subject
+//! partition. At start it checks the cluster's settings (partition count, replicas, lease) in
+//! the KV bucket `stead_cluster`, takes the lease (a key of the bucket `stead_lease` whose
+//! entries expire; while another node holds it, this one waits as a standby), becomes the
+//! owner by a compare-and-set on the key `owner` (the new revision is its epoch), appends a takeover record to each partition's subject
 //! `stead.log.<partition>` of the stream `STEAD_LOG` (which refuses the previous owner's next
 //! append: the fence), and rebuilds its store from the stream before it serves. Each commit's
 //! batch then goes to its partition's subject, with `Nats-Expected-Last-Subject-Sequence`, and
 //! an event's answer waits for the acknowledgement as well as for the local fdatasync.
 //!
+//! A node serves only while its lease is fresh ([`Lease`]).
+//!
 //! What is not built yet (see README, Cluster): ownership of partitions spread over several
-//! nodes, leases and automatic takeover, forwarding between nodes, snapshots (a start replays
-//! the whole stream), metrics of replication lag.
+//! nodes, forwarding between nodes, snapshots (a start replays the whole stream), metrics of
+//! replication lag.
 //!
 //! Layout: `control` (the control thread: NATS on a tokio runtime of its own, never on a
 //! serving core), `replica` (a core's side: batches grouped per partition, tickets the output
