@@ -15,18 +15,6 @@ PORT=18086
 WORK_NAME=bench-call-roundtrip
 source scripts/bench-common.sh
 
-start_two_cores() {
-  wait_quiet
-  rm -rf "$WORK/data"
-  "$BIN" serve --listen 127.0.0.1:$PORT --data-dir "$WORK/data" --cores 2 >"$WORK/server.log" 2>&1 &
-  SERVER_PID=$!
-  for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "stead did not start" >&2; cat "$WORK/server.log" >&2; exit 1
-}
-
 # Prints "rps p50_us p99_us" of one run.
 measure() { # scenario [extra args...]
   "$BIN" bench --url "http://127.0.0.1:$PORT" --scenario "$1" --duration "${SECONDS_PER_RUN}s" \
@@ -36,7 +24,7 @@ print(round(f["throughput_rps"]), round(l["p50"]*1000), round(l["p99"]*1000))' "
 }
 
 declare -A RESULTS
-start_two_cores
+start_stead_with "" 2
 for run in $(seq "$RUNS"); do
   for core in same other; do
     for times in 1 1000; do

@@ -24,10 +24,16 @@ wait_quiet() {
   done
 }
 
-start_stead() { # extra args...
+start_stead() { # extra args...: one core, pinned to core 0
+  start_stead_with "taskset -c 0" 1 "$@"
+}
+start_stead_with() { # pin-command ("" for none) cores extra args...
+  local pin=$1 cores=$2
+  shift 2
   wait_quiet
   rm -rf "$WORK/data"
-  taskset -c 0 "$BIN" serve --listen 127.0.0.1:$PORT --data-dir "$WORK/data" --cores 1 "$@" \
+  # shellcheck disable=SC2086 # the pin command is words
+  $pin "$BIN" serve --listen 127.0.0.1:$PORT --data-dir "$WORK/data" --cores "$cores" "$@" \
     >"$WORK/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 100); do
