@@ -132,6 +132,7 @@ fn a_standby_takes_over_when_the_owner_dies() {
         assert_eq!(increment(&new, name), Ok(2), "{name}");
     }
     assert_eq!(new.metric_sum("stead_cluster_deposed"), 0.0);
+    assert_eq!(new.client().get("/healthz").text(), "ok");
     assert_eq!(new.stop(), Some(0));
 }
 
@@ -205,6 +206,15 @@ fn without_nats_a_write_fails_and_nothing_is_falsely_acknowledged() {
         reply.status == 503 && reply.text().contains("lease is not fresh")
     });
     assert!(stale, "a node without a fresh lease still serves");
+    let health = node.client().get("/healthz");
+    assert_eq!(health.status, 503);
+    assert!(
+        health.json()["cluster"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("lease is not fresh")),
+        "{}",
+        health.text()
+    );
     nats.restart(&binary);
     node.kill();
     let node = start_node(dir.path(), "a", &nats.url());

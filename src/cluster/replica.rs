@@ -97,17 +97,24 @@ impl Replication {
         id.partition(self.partitions)
     }
 
-    /// Why events of `id`'s partition are refused, if they are.
-    pub fn refusal(&self, id: &ObjectId) -> Option<ReplicationError> {
+    /// Why this node serves nothing at all, if it does not: deposed, or its lease not fresh.
+    pub fn node_refusal(&self) -> Option<ReplicationError> {
         if let Some(error) = self.deposed.borrow().clone() {
             return Some(error);
         }
-        if !self.lease.is_fresh() {
-            return Some(ReplicationError::Unavailable(
+        (!self.lease.is_fresh()).then(|| {
+            ReplicationError::Unavailable(
                 "this node's lease is not fresh (NATS unreachable?): it cannot tell whether it \
                  still owns its partitions"
                     .to_string(),
-            ));
+            )
+        })
+    }
+
+    /// Why events of `id`'s partition are refused, if they are.
+    pub fn refusal(&self, id: &ObjectId) -> Option<ReplicationError> {
+        if let Some(error) = self.node_refusal() {
+            return Some(error);
         }
         let partition = self.partition_of(id);
         self.states

@@ -310,6 +310,15 @@ impl ObjectHost {
         Ok(seq)
     }
 
+    /// In a cluster: why this node serves nothing now (deposed, or its lease not fresh).
+    pub fn cluster_refusal(&self) -> Option<String> {
+        let replication = self.replication.borrow();
+        replication
+            .as_ref()?
+            .node_refusal()
+            .map(|error| error.to_string())
+    }
+
     /// Makes every commit wait for the cluster's stream too (see `src/cluster/`).
     pub fn set_replication(&self, replication: Rc<crate::cluster::Replication>) {
         *self.replication.borrow_mut() = Some(replication);

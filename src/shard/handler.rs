@@ -360,14 +360,17 @@ impl Shard {
         }
     }
 
-    /// `/healthz`: 200 `ok` while every core's store takes writes; else 503 with
+    /// `/healthz`: 200 `ok` while every core's store takes writes (and, in a cluster, this
+    /// node holds a fresh lease and was not deposed); else 503 with
     /// `{"status":"unhealthy","cores":[{"core":N,"storage":"unwritable","reason":"..."}]}`
-    /// naming each core whose store does not (reads of durable data still work there).
+    /// naming each core whose store does not (reads of durable data still work there), and
+    /// `"cluster":"<why this node serves nothing>"` after `status` when that is the reason.
     fn health_response(&self) -> Response {
         // This core's store may have failed where no event noticed yet (a compaction).
         self.host.check_store();
         let failures = self.health.failures();
-        if failures.is_empty() {
+        let cluster = self.host.cluster_refusal();
+        if failures.is_empty() && cluster.is_none() {
             return Response::text(200, "ok");
         }
         let cores: Vec<_> = failures
@@ -376,7 +379,13 @@ impl Shard {
                 |(core, reason)| json!({ "core": core, "storage": "unwritable", "reason": reason }),
             )
             .collect();
-        Response::json(503, &json!({ "status": "unhealthy", "cores": cores }))
+        match cluster {
+            Some(reason) => Response::json(
+                503,
+                &json!({ "status": "unhealthy", "cluster": reason, "cores": cores }),
+            ),
+            None => Response::json(503, &json!({ "status": "unhealthy", "cores": cores })),
+        }
     }
 
     /// `/metrics`: this core's figures and every other core's, asked for over the mesh.
