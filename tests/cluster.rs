@@ -145,8 +145,24 @@ fn a_node_whose_owner_key_changes_stops_serving() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = NatsServer::start(&binary, dir.path());
-    let node = start_node(dir.path(), "a", &nats.url());
+    let config = node_config(dir.path(), "a", &nats.url(), PARTITIONS);
+    let node = TestServer::start(
+        &dir.path().join("a"),
+        2,
+        &["--config", &config, "--admin-token", "admin"],
+    );
     assert_eq!(increment(&node, "k"), Ok(1));
+    let admin = |node: &TestServer| {
+        node.client()
+            .request_with(
+                "GET",
+                "/admin/objects/counter/k",
+                &[("Authorization", "Bearer admin")],
+                b"",
+            )
+            .status
+    };
+    assert_eq!(admin(&node), 200);
     // What a newer owner's compare-and-set would leave in the key.
     nats::publish_raw(
         nats.port,
@@ -158,6 +174,7 @@ fn a_node_whose_owner_key_changes_stops_serving() {
         node.client().get("/objects/counter/k/value").status == 503
     });
     assert!(refused, "the deposed node still serves reads");
+    assert_eq!(admin(&node), 503, "the admin API still shows objects");
     let reply = node.client().get("/objects/counter/k/increment");
     assert_eq!(reply.status, 503);
     assert!(

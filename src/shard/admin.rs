@@ -422,6 +422,17 @@ impl Shard {
                 .with_header("WWW-Authenticate", "Bearer");
         }
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        // A deposed node, or one without a fresh lease, shows no object: what it has may be
+        // stale, and what it would write would not reach the stream.
+        if segments.first() == Some(&"objects") {
+            if let Some(reason) = self.host.cluster_refusal() {
+                return Response::json(
+                    503,
+                    &serde_json::json!({ "error": reason, "retryable": true }),
+                )
+                .with_header("Retry-After", "1");
+            }
+        }
         let read = matches!(request.method, Method::Get | Method::Head);
         let answer = match segments.as_slice() {
             ["classes"] if read => self.admin_classes().await,
