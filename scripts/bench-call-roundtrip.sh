@@ -38,7 +38,6 @@ for run in $(seq "$RUNS"); do
   done
 done
 stop_stead
-field() { printf '%s' "${RESULTS["$1"]}" | awk -v f="$2" 'NF {print $f}' | median; }
 echo "Machine: $(nproc) cores, $(uname -sr); stead serve --cores 2, stead bench unpinned;"
 echo "${SECONDS_PER_RUN}s per run after 1s warm-up, medians of $RUNS interleaved runs."
 echo

@@ -38,7 +38,6 @@ for run in $(seq "$RUNS"); do
   done
 done
 stop_stead
-field() { printf '%s' "${RESULTS["$1"]}" | awk -v f="$2" 'NF {print $f}' | median; }
 echo "Machine: $(nproc) cores, $(uname -sr); stead serve --cores 1 on core 0, stead bench on"
 echo "core 1; ${SECONDS_PER_RUN}s per run after 1s warm-up, medians of $RUNS interleaved runs."
 echo

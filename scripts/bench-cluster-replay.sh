@@ -48,7 +48,6 @@ for run in $(seq "$RUNS"); do
     RESULTS[$replicas]+="$(measure "$replicas")"$'\n'
   done
 done
-field() { printf '%s' "${RESULTS[$1]}" | awk -v f="$2" 'NF {print $f}' | median; }
 echo "Machine: $(nproc) cores, $(uname -sr); $REQUESTS increments over 1,000 counters before the"
 echo "SIGKILL; the start is timed until /healthz answers (curl every 100 ms); medians of $RUNS runs."
 echo

@@ -49,7 +49,6 @@ for run in $(seq "$RUNS"); do
     done
   done
 done
-field() { printf '%s' "${RESULTS["$1"]}" | awk -v f="$2" 'NF {print $f}' | median; }
 echo "Machine: $(nproc) cores, $(uname -sr); stead serve --cores 1 on core 0, stead bench on core 1,"
 echo "nats-server unpinned; ${SECONDS_PER_RUN}s per run after 1s warm-up, medians of $RUNS interleaved runs."
 echo

@@ -57,3 +57,6 @@ start_redis() {
 stop_redis() { kill -TERM "$REDIS_PID"; wait "$REDIS_PID" || true; REDIS_PID=; }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# The median of field number $2 over the runs kept in RESULTS[$1] (one run per line), for the
+# scripts that collect their runs in an associative array RESULTS.
+field() { printf '%s' "${RESULTS["$1"]}" | awk -v f="$2" 'NF {print $f}' | median; }

@@ -53,7 +53,6 @@ for run in $(seq "$RUNS"); do
   done
 done
 
-field() { printf '%s' "${RESULTS["$1"]}" | awk -v f="$2" 'NF {print $f}' | median; }
 echo "Machine: $(nproc) cores, $(uname -sr). Server pinned to core 0, wrk to core 1, $CONNECTIONS"
 echo "connections; ${SECONDS_PER_RUN}s per run, medians of $RUNS interleaved runs."
 echo

@@ -60,7 +60,6 @@ for _ in $(seq "$RUNS"); do
   stop_redis
 done
 
-field() { printf '%s' "${RESULTS["$1"]}" | awk -v f="$2" 'NF {print $f}' | median; }
 errors() { printf '%s' "${RESULTS["$1"]}" | awk 'NF {s += $3} END {print s + 0}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 ms() { awk -v u="$1" 'BEGIN{printf "%.2f", u/1000}'; }

@@ -22,7 +22,7 @@ use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 
 use super::args::Stop;
-use super::schedule::{share, Timetable};
+use super::schedule::{self, share, Budget, Timetable};
 use super::shared::{Clock, Outcome, Shared};
 use crate::websocket::{encode_close, encode_frame, CloseCode, CloseFrame, Decoded, Decoder};
 use crate::websocket::{Incoming, Opcode, Role};
@@ -207,23 +207,10 @@ pub async fn run(shared: &Shared, clock: Clock, index: u64, rooms: u64, joined: 
     let idle_max = shared.plan.timeout.saturating_add(gap).min(IDLE_MAX);
     // Each sender spends its own share of a `--requests` run, so that rooms of any size get
     // the same number of messages whatever the timing.
-    let left = Cell::new(match shared.plan.stop {
-        Stop::Requests(total) if sender => share(total, rooms, room),
-        _ => 0,
+    let budget = Budget::new(match shared.plan.stop {
+        Stop::Requests(total) => Some(if sender { share(total, rooms, room) } else { 0 }),
+        Stop::Duration(_) => None,
     });
-    let claim = |start: Instant| {
-        if start < clock.measure_start {
-            return true;
-        }
-        match clock.end {
-            Some(end) => start < end,
-            None if left.get() == 0 => false,
-            None => {
-                left.set(left.get() - 1);
-                true
-            }
-        }
-    };
     let (mut read_half, mut write_half) = futures_lite::io::split(joined.stream);
     // Messages sent and not yet back to the sender, at most `pipeline`.
     let window = Semaphore::new(pipeline as u64);
@@ -237,21 +224,14 @@ pub async fn run(shared: &Shared, clock: Clock, index: u64, rooms: u64, joined: 
         let mut frame = Vec::with_capacity(128);
         let mut sent = 0u64;
         while !broken.get() {
-            let intended = timetable.map(|timetable| timetable.intended(sent));
-            if let Some(intended) = intended {
-                if clock.end.is_some_and(|end| intended >= end) {
-                    break;
-                }
-                let now = Instant::now();
-                if intended > now {
-                    glommio::timer::sleep(intended - now).await;
-                }
-            }
+            let Ok(intended) = schedule::due(timetable, sent, clock.end).await else {
+                break;
+            };
             if window.acquire(1).await.is_err() {
                 break;
             }
             let start = intended.unwrap_or_else(Instant::now);
-            if !claim(start) {
+            if !clock.claim_from(&budget, start) {
                 break;
             }
             let micros = start.saturating_duration_since(clock.start).as_micros();
@@ -349,7 +329,7 @@ pub async fn run(shared: &Shared, clock: Clock, index: u64, rooms: u64, joined: 
     };
     let ((), result) = futures_lite::future::zip(writer, reader).await;
     // A sender that stopped early leaves part of its share unsent.
-    shared.stats.borrow_mut().unsent += left.get();
+    shared.stats.borrow_mut().unsent += budget.left();
     if let Err((outcome, received)) = result {
         // A failed member is an error whenever it fails (warm-up too), and what it missed is
         // counted once the run is over and its room's count is final.

@@ -12,7 +12,7 @@ use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 
 use super::client::{ClientError, ResponseReader};
-use super::schedule::Timetable;
+use super::schedule::{self, Timetable};
 use super::shared::{Clock, Outcome, Shared};
 
 /// Consecutive failed connects after which a connection gives up.
@@ -106,18 +106,12 @@ async fn session(shared: &Shared, clock: &Clock, state: &mut ConnectionState, so
         let mut starts = Vec::with_capacity(pipeline);
         // Each pass sends at least one request or ends the session.
         while !broken.get() {
-            let intended = state
-                .timetable
-                .map(|timetable| timetable.intended(state.sequence));
-            if let Some(intended) = intended {
-                if clock.end.is_some_and(|end| intended >= end) {
-                    state.finished = true;
-                    break;
-                }
-                let now = Instant::now();
-                if intended > now {
-                    glommio::timer::sleep(intended - now).await;
-                }
+            if schedule::due(state.timetable, state.sequence, clock.end)
+                .await
+                .is_err()
+            {
+                state.finished = true;
+                break;
             }
             if window.acquire(1).await.is_err() {
                 break;

@@ -41,6 +41,30 @@ impl Timetable {
     }
 }
 
+/// Request `sequence` of an open-loop timetable is meant to leave at or after the run's end.
+#[derive(Debug)]
+pub struct RunOver;
+
+/// Waits until request `sequence` of `timetable` is due and returns when it was meant to
+/// leave; at once with None in closed loop (no timetable).
+pub async fn due(
+    timetable: Option<Timetable>,
+    sequence: u64,
+    end: Option<Instant>,
+) -> Result<Option<Instant>, RunOver> {
+    let Some(intended) = timetable.map(|timetable| timetable.intended(sequence)) else {
+        return Ok(None);
+    };
+    if end.is_some_and(|end| intended >= end) {
+        return Err(RunOver);
+    }
+    let now = Instant::now();
+    if intended > now {
+        glommio::timer::sleep(intended - now).await;
+    }
+    Ok(Some(intended))
+}
+
 /// The requests an executor may still send in a `--requests` run, claimed one at a time by its
 /// connections so that the total is exact.
 #[derive(Debug)]

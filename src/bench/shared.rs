@@ -30,12 +30,17 @@ pub struct Clock {
 impl Clock {
     /// May a request meant to leave at `start` be sent? Takes it from the budget if so.
     pub fn claim(&self, shared: &Shared, start: Instant) -> bool {
+        self.claim_from(&shared.budget, start)
+    }
+
+    /// [`Clock::claim`] against `budget` (a `chat-fanout` sender's own share).
+    pub fn claim_from(&self, budget: &Budget, start: Instant) -> bool {
         if start < self.measure_start {
             return true;
         }
         match self.end {
             Some(end) => start < end,
-            None => shared.budget.claim(),
+            None => budget.claim(),
         }
     }
 

@@ -96,7 +96,6 @@ pub struct ClusterLink {
 pub struct StartedCluster {
     pub links: Vec<ClusterLink>,
     pub epoch: u64,
-    pub thread: std::thread::JoinHandle<()>,
 }
 
 /// Joins the cluster as the owner of all `partitions`, on a thread of its own; returns once
@@ -162,11 +161,8 @@ pub fn start(
             for link in &mut links {
                 link.append_bytes_max = append_bytes_max;
             }
-            Ok(StartedCluster {
-                links,
-                epoch,
-                thread,
-            })
+            // The thread is detached: it ends when every core has dropped its link.
+            Ok(StartedCluster { links, epoch })
         }
         Ok(Err(error)) => {
             let _ = thread.join();
@@ -513,7 +509,7 @@ impl Control {
                             let headers = headers("takeover", &node, epoch, previous);
                             let published = tokio::time::timeout(
                                 STEP_TIMEOUT,
-                                publish(&js, subject.clone(), headers, Vec::new()),
+                                publish_until_heard(&js, subject.clone(), headers, Vec::new()),
                             )
                             .await;
                             match published {
@@ -658,7 +654,7 @@ impl Control {
                 let headers = headers("batches", &control.settings.node_id, epoch, expected);
                 let sent = tokio::time::timeout(
                     timeout,
-                    publish(&js, subject(partition), headers, append.payload),
+                    publish_until_heard(&js, subject(partition), headers, append.payload),
                 )
                 .await;
                 let event = match sent {
@@ -675,9 +671,9 @@ impl Control {
                         partition,
                         error: ReplicationError::Fenced { partition },
                     },
-                    Ok(Err(PublishFailure::Other(reason))) => ControlEvent::Failed {
+                    Ok(Err(other)) => ControlEvent::Failed {
                         partition,
-                        error: ReplicationError::Unavailable(reason),
+                        error: ReplicationError::Unavailable(other.to_string()),
                     },
                     Err(_) => ControlEvent::Failed {
                         partition,
@@ -810,6 +806,8 @@ struct Renewal {
 enum PublishFailure {
     /// The subject's last sequence was not the one named: a newer owner wrote.
     Fenced,
+    /// No server of the stream took the message: nothing was stored.
+    NoResponders,
     Other(String),
 }
 
@@ -817,7 +815,30 @@ impl std::fmt::Display for PublishFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PublishFailure::Fenced => f.write_str("refused: the subject has a newer record"),
+            PublishFailure::NoResponders => f.write_str("no server of the stream answered"),
             PublishFailure::Other(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// Publishes until a server of the stream answers, and waits for its acknowledgement; the new
+/// message's sequence. "No responders" means no server took the message (the stream is electing
+/// a leader, or its leader's server just went away), so sending it again cannot store it twice;
+/// any other failure is final. The caller bounds the whole by `cluster.ack_timeout_ms`.
+async fn publish_until_heard(
+    js: &jetstream::Context,
+    subject: String,
+    headers: HeaderMap,
+    payload: Vec<u8>,
+) -> Result<u64, PublishFailure> {
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match publish(js, subject.clone(), headers.clone(), payload.clone()).await {
+            Err(PublishFailure::NoResponders) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            other => return other,
         }
     }
 }
@@ -831,6 +852,7 @@ async fn publish(
 ) -> Result<u64, PublishFailure> {
     let classify = |error: jetstream::context::PublishError| match error.kind() {
         jetstream::context::PublishErrorKind::WrongLastSequence => PublishFailure::Fenced,
+        jetstream::context::PublishErrorKind::StreamNotFound => PublishFailure::NoResponders,
         _ => PublishFailure::Other(error.to_string()),
     };
     let ack = js

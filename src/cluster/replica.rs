@@ -10,7 +10,7 @@
 //! that may not be in the stream, so this node answers 503 for them until it restarts and
 //! rebuilds from the stream. A node that another node took over from refuses every partition.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -68,8 +68,6 @@ pub struct Replication {
     states: RefCell<HashMap<u32, PartitionState>>,
     /// Set when another node took this node's partitions: every partition is refused.
     deposed: RefCell<Option<ReplicationError>>,
-    /// Appends sent and not answered, for `/metrics`.
-    in_flight: Cell<u64>,
 }
 
 impl Replication {
@@ -88,7 +86,6 @@ impl Replication {
             append_bytes_max,
             states: RefCell::default(),
             deposed: RefCell::new(None),
-            in_flight: Cell::new(0),
         })
     }
 
@@ -205,15 +202,15 @@ impl Replication {
                 mpsc::error::TrySendError::Closed(_) => "the control thread has stopped",
             };
             Self::fail(state, ReplicationError::Unavailable(reason.to_string()));
-            return;
         }
-        self.in_flight.set(self.in_flight.get() + 1);
     }
 
     fn fail(state: &mut PartitionState, error: ReplicationError) {
         if state.failed.is_none() {
             state.failed = Some(error);
         }
+        // Whatever was in flight no longer counts: the partition is refused.
+        state.in_flight_upto = 0;
         state.in_flight_done.set();
         state.buffer_done.set();
     }
@@ -250,7 +247,6 @@ impl Replication {
         while let Some(event) = events.recv().await {
             match event {
                 ControlEvent::Acked { partition, upto } => {
-                    self.in_flight.set(self.in_flight.get().saturating_sub(1));
                     {
                         let mut states = self.states.borrow_mut();
                         if let Some(state) = states.get_mut(&partition) {
@@ -262,7 +258,6 @@ impl Replication {
                     self.flush(partition);
                 }
                 ControlEvent::Failed { partition, error } => {
-                    self.in_flight.set(self.in_flight.get().saturating_sub(1));
                     tracing::error!(core = self.core, partition, %error, "partition refused");
                     let mut states = self.states.borrow_mut();
                     let state = states.entry(partition).or_default();
@@ -294,10 +289,12 @@ impl Replication {
             .values()
             .filter(|state| state.failed.is_some())
             .count() as u64;
-        (
-            self.in_flight.get(),
-            refused,
-            self.deposed.borrow().is_some(),
-        )
+        let in_flight = self
+            .states
+            .borrow()
+            .values()
+            .filter(|state| state.in_flight_upto != 0)
+            .count() as u64;
+        (in_flight, refused, self.deposed.borrow().is_some())
     }
 }
