@@ -262,7 +262,7 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
     let mut out = String::with_capacity(8 * 1024);
     render_requests(&mut out, snapshots);
     render_latency(&mut out, snapshots);
-    let per_core: [PerCoreMetric; 39] = [
+    let per_core: [PerCoreMetric; 43] = [
         (
             "stead_shutdown_waiters",
             "gauge",
@@ -380,10 +380,38 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
             |s| s.store.dead_bytes as f64,
         ),
         (
+            "stead_cluster_partitions_served",
+            "gauge",
+            "In a cluster: partitions of this core this node serves now (it holds a fresh lease, \
+             is not deposed, and has not refused them); 0 on a node that is not the owner.",
+            |s| s.host.replication.partitions_served as f64,
+        ),
+        (
             "stead_cluster_appends_in_flight",
             "gauge",
             "In a cluster: appends of this core sent to the stream and not acknowledged yet.",
-            |s| s.host.replication_appends_in_flight as f64,
+            |s| s.host.replication.appends_in_flight as f64,
+        ),
+        (
+            "stead_cluster_replication_lag_batches",
+            "gauge",
+            "In a cluster: batches this core committed that the stream has not acknowledged \
+             yet (their events' answers wait for it).",
+            |s| s.host.replication.batches_unacknowledged as f64,
+        ),
+        (
+            "stead_cluster_replication_lag_seconds",
+            "gauge",
+            "In a cluster: age of this core's oldest append not yet acknowledged; 0 when none \
+             is in flight.",
+            |s| s.host.replication.oldest_append_micros as f64 / 1e6,
+        ),
+        (
+            "stead_cluster_fence_refusals_total",
+            "counter",
+            "In a cluster: appends of this core the stream refused because another writer \
+             had appended to the partition first (a newer owner).",
+            |s| s.host.replication.fence_refusals_total as f64,
         ),
         (
             "stead_cluster_partitions_refused",
@@ -391,14 +419,14 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
             "In a cluster: partitions this core wrote since the start that answer 503 (fenced \
              by a newer owner, an append not acknowledged, or the node deposed); they serve \
              again after a restart.",
-            |s| s.host.replication_partitions_refused as f64,
+            |s| s.host.replication.partitions_refused as f64,
         ),
         (
             "stead_cluster_deposed",
             "gauge",
             "In a cluster: 1 once another node became the owner (or the watch of the owner key \
              was lost): every partition answers 503 on this node.",
-            |s| s.host.replication_deposed as f64,
+            |s| u64::from(s.host.replication.deposed) as f64,
         ),
         (
             "stead_history_keys",

@@ -132,6 +132,10 @@ fn a_standby_takes_over_when_the_owner_dies() {
         assert_eq!(increment(&new, name), Ok(2), "{name}");
     }
     assert_eq!(new.metric_sum("stead_cluster_deposed"), 0.0);
+    assert_eq!(
+        new.metric_sum("stead_cluster_partitions_served"),
+        f64::from(PARTITIONS)
+    );
     assert_eq!(new.client().get("/healthz").text(), "ok");
     assert_eq!(new.stop(), Some(0));
 }
@@ -288,6 +292,16 @@ fn an_append_after_another_writers_record_is_refused() {
     assert_eq!(read.status, 503);
     assert_eq!(increment(&node, &other), Ok(2));
     assert_eq!(node.metric_sum("stead_cluster_partitions_refused"), 1.0);
+    assert_eq!(node.metric_sum("stead_cluster_fence_refusals_total"), 1.0);
+    assert_eq!(
+        node.metric_sum("stead_cluster_partitions_served"),
+        f64::from(PARTITIONS - 1)
+    );
+    assert_eq!(node.metric_sum("stead_cluster_appends_in_flight"), 0.0);
+    assert_eq!(
+        node.metric_sum("stead_cluster_replication_lag_batches"),
+        0.0
+    );
     assert_eq!(node.metric_sum("stead_cluster_deposed"), 0.0);
     // Rebuilt from the stream, the partition serves again, without the refused write.
     node.kill();
@@ -430,4 +444,163 @@ fn three_replicas_keep_serving_without_one_nats_server() {
         "{acknowledged} acknowledged, {after} after"
     );
     assert_eq!(node.stop(), Some(0));
+}
+
+/// A node cut off from NATS (its link to NATS down, its link to clients up) stops serving,
+/// reads included, before a standby may take its partitions over; a standby takes over; the
+/// cut-off node never answers with what it holds once the new owner has written; after the link
+/// heals it stays deposed, and restarted it waits as a standby. Every write it acknowledged is
+/// in the new owner's state, and no counter value was acknowledged by both. Needs root (network
+/// namespaces); skipped elsewhere unless `STEAD_REQUIRE_NETNS=1`.
+#[test]
+fn a_node_cut_off_from_nats_stops_serving_before_a_standby_takes_over() {
+    const TEST: &str = "a_node_cut_off_from_nats_stops_serving_before_a_standby_takes_over";
+    let Some(binary) = nats::binary(TEST) else {
+        return;
+    };
+    let Some(mut net) = common::netns::Namespace::create(TEST) else {
+        return;
+    };
+    // Node a lives in the namespace: NATS over one link, clients over the other.
+    let to_nats = net.link(0);
+    let to_clients = net.link(1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start_on(&binary, dir.path(), &to_nats.host_ip.to_string());
+    let start_inside = || {
+        let config = node_config(dir.path(), "a", &nats.url(), PARTITIONS);
+        let data_dir = dir.path().join("a");
+        let mut command = net.command(env!("CARGO_BIN_EXE_stead"));
+        command
+            .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+            .arg(&data_dir)
+            .args(["--cores", "2", "--config", &config]);
+        let mut node = TestServer::spawn(command, &data_dir);
+        node.addr = std::net::SocketAddr::from((to_clients.inside_ip, node.addr.port()));
+        node
+    };
+    let a = start_inside();
+    // `r` is only read during the cut (a write that cannot be replicated refuses its partition
+    // at once, so reads of `w` stop for that reason, not the lease's).
+    assert_eq!(increment(&a, "r"), Ok(1));
+    let r_partition = stead::id::ObjectId::from_name("counter", "r").partition(PARTITIONS);
+    assert_ne!(
+        r_partition,
+        stead::id::ObjectId::from_name("counter", "w").partition(PARTITIONS)
+    );
+    let mut acknowledged_by_a = Vec::new();
+    for _ in 0..5 {
+        acknowledged_by_a.push(increment(&a, "w").expect("acknowledged"));
+    }
+    let mut standby = Some({
+        let (dir, url) = (dir.path().to_path_buf(), nats.url());
+        std::thread::spawn(move || start_node(&dir, "b", &url))
+    });
+    std::thread::sleep(Duration::from_millis(LEASE_MS));
+    assert!(
+        !standby
+            .as_ref()
+            .is_some_and(|standby| standby.is_finished()),
+        "the standby took over a live owner"
+    );
+
+    net.set(&to_nats, false);
+    let cut = std::time::Instant::now();
+    // Ask a for reads and writes until the standby serves, then a while longer.
+    let mut last_served = None;
+    let mut stale_reason_seen = false;
+    let mut b_serving_since = None;
+    let mut b_wrote = false;
+    let mut b = None;
+    while cut.elapsed() < Duration::from_secs(60) {
+        let read = a.client().get("/objects/counter/r/value");
+        if read.status == 200 {
+            assert!(
+                b_serving_since.is_none(),
+                "a served a read after b began serving: {}",
+                read.text()
+            );
+            last_served = Some(cut.elapsed());
+        } else {
+            assert_eq!(read.status, 503, "{}", read.text());
+            stale_reason_seen |= read.text().contains("lease is not fresh");
+        }
+        match increment(&a, "w") {
+            Ok(value) => {
+                assert!(
+                    b_serving_since.is_none(),
+                    "a acknowledged {value} after b took over"
+                );
+                acknowledged_by_a.push(value);
+            }
+            Err(status) => assert_eq!(status, 503),
+        }
+        if standby
+            .as_ref()
+            .is_some_and(|standby| standby.is_finished())
+        {
+            b_serving_since = Some(cut.elapsed());
+            let joined = standby.take().map(|standby| standby.join());
+            b = Some(joined.expect("a standby").expect("the standby started"));
+        }
+        if let (Some(node), false) = (&b, b_wrote) {
+            // The new owner writes: a stale read from a would now show an older value.
+            assert_eq!(increment(node, "r"), Ok(2));
+            b_wrote = true;
+        }
+        if let Some(since) = b_serving_since {
+            if cut.elapsed() > since + Duration::from_secs(2) {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let b_since = b_serving_since.expect("the standby took over within 60 s of the cut");
+    let b = b.expect("b");
+    let last = last_served.unwrap_or_default();
+    assert!(stale_reason_seen, "a never said its lease is not fresh");
+    // a stops within its lease (less the margin) and before b serves.
+    assert!(
+        last < Duration::from_millis(LEASE_MS),
+        "a served {last:?} after the cut"
+    );
+    assert!(last < b_since, "a served at {last:?}, b from {b_since:?}");
+    eprintln!("{TEST}: a served until {last:?} after the cut, b from {b_since:?}");
+
+    // Nothing a acknowledged is lost, and b's values come after all of them.
+    let max_a = acknowledged_by_a.iter().copied().max().unwrap_or(0);
+    let mut distinct = acknowledged_by_a.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        acknowledged_by_a.len(),
+        "{acknowledged_by_a:?}"
+    );
+    let next = increment(&b, "w").expect("b acknowledged");
+    assert!(next > max_a, "b acknowledged {next}, a up to {max_a}");
+
+    // Healed: a hears that b owns the cluster and stays deposed.
+    net.set(&to_nats, true);
+    let deposed = common::wait_until(Duration::from_secs(30), || {
+        a.metric_sum("stead_cluster_deposed") > 0.0
+    });
+    assert!(deposed, "a did not hear that it was deposed");
+    assert_eq!(a.metric_sum("stead_cluster_partitions_served"), 0.0);
+    assert_eq!(a.client().get("/objects/counter/w/value").status, 503);
+    assert_eq!(a.client().get("/healthz").status, 503);
+    // Restarted, a waits as a standby; b keeps serving.
+    a.kill();
+    std::thread::scope(|scope| {
+        let again = scope.spawn(start_inside);
+        std::thread::sleep(Duration::from_millis(LEASE_MS));
+        assert!(
+            !again.is_finished(),
+            "the restarted node took over a live owner"
+        );
+        assert_eq!(increment(&b, "w"), Ok(next + 1));
+        b.kill();
+        let a = again.join().expect("a took over again");
+        assert_eq!(value(&a, "w"), next + 1);
+        assert_eq!(a.stop(), Some(0));
+    });
 }

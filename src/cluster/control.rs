@@ -306,6 +306,10 @@ impl Control {
             "connect to NATS",
             async_nats::ConnectOptions::new()
                 .connection_timeout(STEP_TIMEOUT)
+                // A connection whose link died without a reset is noticed after two unanswered
+                // pings: ping every quarter lease, so it is remade soon after the link heals
+                // (the client's default, a minute, kept a healed node deaf for two).
+                .ping_interval(Duration::from_millis(self.settings.lease_ms / 4))
                 .connect(servers),
         )
         .await?;

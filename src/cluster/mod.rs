@@ -28,7 +28,7 @@ mod replica;
 
 pub use control::{start, ClusterLink, ReplayItem, StartedCluster};
 pub use record::DecodeError;
-pub use replica::Replication;
+pub use replica::{Replication, ReplicationCounts};
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -10,9 +10,10 @@
 //! that may not be in the stream, so this node answers 503 for them until it restarts and
 //! rebuilds from the stream. A node that another node took over from refuses every partition.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Instant;
 
 use stead_storage::Batch;
 use tokio::sync::mpsc;
@@ -23,6 +24,27 @@ use crate::id::ObjectId;
 use crate::wake::Broadcast;
 use std::sync::Arc;
 
+/// What `/metrics` shows of one core's replication.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplicationCounts {
+    /// Partitions of this core the node serves now: it holds a fresh lease, is not deposed,
+    /// and has not refused them.
+    pub partitions_served: u64,
+    /// Appends sent to the stream and not answered yet.
+    pub appends_in_flight: u64,
+    /// Batches committed here and not yet acknowledged by the stream (the lag, in batches).
+    pub batches_unacknowledged: u64,
+    /// Microseconds since the oldest append in flight was sent (the lag, in time); 0 when
+    /// none is.
+    pub oldest_append_micros: u64,
+    /// Partitions written since the start that answer 503.
+    pub partitions_refused: u64,
+    /// Appends the stream refused because another writer had appended first.
+    pub fence_refusals_total: u64,
+    /// Another node took over (or the owner key's watch was lost).
+    pub deposed: bool,
+}
+
 /// What one partition has sent and what is waiting.
 struct PartitionState {
     /// Tickets given out so far; the last batch's ticket.
@@ -31,6 +53,8 @@ struct PartitionState {
     acked: u64,
     /// The last ticket of the append in flight (0: none in flight).
     in_flight_upto: u64,
+    /// When the append in flight was handed to the control thread.
+    in_flight_since: Option<Instant>,
     /// Batches not sent yet, encoded, oldest first.
     pending: std::collections::VecDeque<Vec<u8>>,
     /// Set when the append in flight is answered.
@@ -47,6 +71,7 @@ impl Default for PartitionState {
             issued: 0,
             acked: 0,
             in_flight_upto: 0,
+            in_flight_since: None,
             pending: std::collections::VecDeque::new(),
             in_flight_done: Rc::new(Broadcast::new()),
             buffer_done: Rc::new(Broadcast::new()),
@@ -59,6 +84,10 @@ impl Default for PartitionState {
 pub struct Replication {
     core: usize,
     partitions: u32,
+    /// The node's cores: partition `p` is core `p % cores`'s.
+    cores: usize,
+    /// Appends the stream refused because another writer appended first.
+    fence_refusals: Cell<u64>,
     appends: mpsc::Sender<Append>,
     /// The node's lease: nothing is served while it is not fresh.
     lease: Arc<Lease>,
@@ -74,13 +103,15 @@ impl Replication {
     /// The core's side; `events` is the control thread's answers, read by [`Replication::run`].
     pub fn new(
         core: usize,
-        partitions: u32,
+        (partitions, cores): (u32, usize),
         (appends, append_bytes_max): (mpsc::Sender<Append>, usize),
         lease: Arc<Lease>,
     ) -> Rc<Replication> {
         Rc::new(Replication {
             core,
             partitions,
+            cores: cores.max(1),
+            fence_refusals: Cell::new(0),
             lease,
             appends,
             append_bytes_max,
@@ -187,6 +218,7 @@ impl Replication {
         }
         let payload = record::finish(count, &batches);
         state.in_flight_upto = first_ticket + u64::from(count) - 1;
+        state.in_flight_since = Some(Instant::now());
         state.in_flight_done = std::mem::replace(&mut state.buffer_done, Rc::new(Broadcast::new()));
         let append = Append {
             core: self.core,
@@ -211,6 +243,7 @@ impl Replication {
         }
         // Whatever was in flight no longer counts: the partition is refused.
         state.in_flight_upto = 0;
+        state.in_flight_since = None;
         state.in_flight_done.set();
         state.buffer_done.set();
     }
@@ -252,12 +285,16 @@ impl Replication {
                         if let Some(state) = states.get_mut(&partition) {
                             state.acked = state.acked.max(upto);
                             state.in_flight_upto = 0;
+                            state.in_flight_since = None;
                             state.in_flight_done.set();
                         }
                     }
                     self.flush(partition);
                 }
                 ControlEvent::Failed { partition, error } => {
+                    if matches!(error, ReplicationError::Fenced { .. }) {
+                        self.fence_refusals.set(self.fence_refusals.get() + 1);
+                    }
                     tracing::error!(core = self.core, partition, %error, "partition refused");
                     let mut states = self.states.borrow_mut();
                     let state = states.entry(partition).or_default();
@@ -280,21 +317,36 @@ impl Replication {
         }
     }
 
-    /// Appends in flight, partitions written since the start that are refused, and whether
-    /// the node was deposed (every partition refused), for `/metrics`.
-    pub fn counts(&self) -> (u64, u64, bool) {
-        let refused = self
-            .states
-            .borrow()
-            .values()
-            .filter(|state| state.failed.is_some())
-            .count() as u64;
-        let in_flight = self
-            .states
-            .borrow()
-            .values()
-            .filter(|state| state.in_flight_upto != 0)
-            .count() as u64;
-        (in_flight, refused, self.deposed.borrow().is_some())
+    /// What `/metrics` shows of this core's replication.
+    pub fn counts(&self) -> ReplicationCounts {
+        let states = self.states.borrow();
+        let deposed = self.deposed.borrow().is_some();
+        let mut counts = ReplicationCounts {
+            deposed,
+            fence_refusals_total: self.fence_refusals.get(),
+            ..ReplicationCounts::default()
+        };
+        let now = Instant::now();
+        for state in states.values() {
+            if state.failed.is_some() {
+                counts.partitions_refused += 1;
+                continue;
+            }
+            counts.batches_unacknowledged += state.issued - state.acked;
+            if let Some(since) = state.in_flight_since {
+                counts.appends_in_flight += 1;
+                let age = now.saturating_duration_since(since).as_micros();
+                let age = u64::try_from(age).unwrap_or(u64::MAX);
+                counts.oldest_append_micros = counts.oldest_append_micros.max(age);
+            }
+        }
+        if !deposed && self.lease.is_fresh() {
+            let core = self.core as u32;
+            let cores = self.cores as u32;
+            let mine =
+                u64::from(self.partitions / cores) + u64::from(self.partitions % cores > core);
+            counts.partitions_served = mine.saturating_sub(counts.partitions_refused);
+        }
+        counts
     }
 }

@@ -108,14 +108,8 @@ pub struct HostStats {
     pub websocket_events_total: u64,
     /// Bytes queued for WebSocket clients and not yet written, over the core's sockets.
     pub websocket_queued_bytes: usize,
-    /// In a cluster: appends sent to the stream and not answered yet.
-    pub replication_appends_in_flight: u64,
-    /// In a cluster: partitions this core wrote since the start that answer 503 (fenced,
-    /// not acknowledged, or deposed).
-    pub replication_partitions_refused: u64,
-    /// In a cluster: 1 once another node took over (or the owner key's watch was lost) and
-    /// this core answers 503 for every partition.
-    pub replication_deposed: u64,
+    /// In a cluster: what this core's replication stands at.
+    pub replication: crate::cluster::ReplicationCounts,
 }
 
 /// The objects of one core. One per core, behind an `Rc`.
@@ -453,9 +447,7 @@ impl ObjectHost {
             events_queued: self.events_queued(),
             websockets_open: self.sockets.len(),
             websocket_queued_bytes: self.sockets.queued_bytes(),
-            replication_appends_in_flight: replication.map_or(0, |counts| counts.0),
-            replication_partitions_refused: replication.map_or(0, |counts| counts.1),
-            replication_deposed: replication.map_or(0, |counts| u64::from(counts.2)),
+            replication: replication.unwrap_or_default(),
             ..self.stats.get()
         }
     }

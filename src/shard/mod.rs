@@ -400,7 +400,7 @@ async fn serve(start: CoreStart) -> Result<(), String> {
     if let Some((appends, events, append_bytes_max, lease)) = cluster {
         let replication = crate::cluster::Replication::new(
             core,
-            layout.partitions,
+            (layout.partitions, layout.cores),
             (appends, append_bytes_max),
             lease,
         );

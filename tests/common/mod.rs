@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod nats;
+pub mod netns;
 pub mod upstream;
 pub mod ws;
 

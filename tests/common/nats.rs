@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
+    /// The address it listens on for clients.
+    host: String,
     store: PathBuf,
     log: PathBuf,
     /// Arguments past the client port and store (a cluster's routes).
@@ -49,13 +51,25 @@ pub fn free_port() -> u16 {
 impl NatsServer {
     /// Starts one server with JetStream, its store in `dir`.
     pub fn start(binary: &Path, dir: &Path) -> NatsServer {
-        NatsServer::start_with(binary, dir, free_port(), Vec::new())
+        NatsServer::start_with(binary, dir, "127.0.0.1", free_port(), Vec::new())
     }
 
-    fn start_with(binary: &Path, dir: &Path, port: u16, extra: Vec<String>) -> NatsServer {
+    /// Starts one server with JetStream listening on `host` (an address of this machine).
+    pub fn start_on(binary: &Path, dir: &Path, host: &str) -> NatsServer {
+        NatsServer::start_with(binary, dir, host, free_port(), Vec::new())
+    }
+
+    fn start_with(
+        binary: &Path,
+        dir: &Path,
+        host: &str,
+        port: u16,
+        extra: Vec<String>,
+    ) -> NatsServer {
         let mut server = NatsServer {
             child: None,
             port,
+            host: host.to_string(),
             store: dir.join(format!("nats-{port}")),
             log: dir.join(format!("nats-{port}.log")),
             extra,
@@ -86,7 +100,7 @@ impl NatsServer {
                     "--routes".to_string(),
                     routes.join(","),
                 ];
-                NatsServer::start_with(binary, dir, *client, extra)
+                NatsServer::start_with(binary, dir, "127.0.0.1", *client, extra)
             })
             .collect();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -105,21 +119,14 @@ impl NatsServer {
 
     /// The URL clients connect to.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.host, self.port)
     }
 
     /// Starts the server again on the same port and store (after `kill`).
     pub fn restart(&mut self, binary: &Path) {
         let log = std::fs::File::create(&self.log).expect("nats log");
         let child = Command::new(binary)
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
+            .args(["-js", "-a", &self.host, "-p", &self.port.to_string(), "-sd"])
             .arg(&self.store)
             .args(&self.extra)
             .stdout(Stdio::null())
