@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# How long a cluster is without an owner when the owner dies: one nats-server, node "a"
-# (`--cores 1`, 256 partitions) takes N increments, node "b" waits as a standby, "a" is killed
-# with SIGKILL, and the time until "b" answers /healthz is taken, for each lease_ms. Medians
-# of interleaved runs. Needs nats-server.
+# How long a cluster is without an owner when the owner dies or is stopped: one nats-server,
+# node "a" (`--cores 1`, 256 partitions) takes N increments, node "b" waits as a standby, "a"
+# is killed with SIGKILL (it dies: the standby waits for its lease to expire) or stopped with
+# SIGTERM (it gives its lease up once its cores stopped), and the time until "b" answers
+# /healthz is taken, for each lease_ms. Medians of interleaved runs. Needs nats-server.
 # Usage: scripts/bench-cluster-takeover.sh [increments] [runs] [lease_ms...]
 #        (default: 20000 3 2000 10000)
 set -euo pipefail
@@ -19,7 +20,7 @@ source scripts/nats-cluster.sh
 STANDBY_PID=
 trap '[ -n "$STANDBY_PID" ] && kill "$STANDBY_PID" 2>/dev/null; stop_nats; cleanup' EXIT
 
-measure() { # lease_ms; prints the takeover in ms
+measure() { # lease_ms signal; prints the takeover in ms
   rm -rf "$WORK"/nats-* "$WORK/b"
   start_nats_single 14522 "$WORK"
   for node in a b; do
@@ -34,7 +35,7 @@ measure() { # lease_ms; prints the takeover in ms
   STANDBY_PID=$!
   sleep 1
   local killed=$(date +%s%N)
-  kill -KILL "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
+  kill "-$2" "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
   until curl -sf "http://127.0.0.1:$STANDBY_PORT/healthz" >/dev/null 2>&1; do sleep 0.02; done
   local served=$(date +%s%N)
   kill -TERM "$STANDBY_PID"; wait "$STANDBY_PID" 2>/dev/null || true; STANDBY_PID=
@@ -46,14 +47,18 @@ measure() { # lease_ms; prints the takeover in ms
 declare -A RESULTS
 for run in $(seq "$RUNS"); do
   for lease in "${LEASES[@]}"; do
-    RESULTS[$lease]+="$(measure "$lease")"$'\n'
+    for signal in KILL TERM; do
+      RESULTS[$lease-$signal]+="$(measure "$lease" "$signal")"$'\n'
+    done
   done
 done
 echo "Machine: $(nproc) cores, $(uname -sr); $REQUESTS increments over 1,000 counters before the"
-echo "SIGKILL of the owner; medians of $RUNS runs."
+echo "owner's SIGKILL or SIGTERM; medians of $RUNS runs."
 echo
-echo "| lease_ms | owner killed → standby serving, ms |"
-echo "|---:|---:|"
+echo "| lease_ms | owner killed (SIGKILL) → standby serving, ms | owner stopped (SIGTERM) → standby serving, ms |"
+echo "|---:|---:|---:|"
 for lease in "${LEASES[@]}"; do
-  echo "| $lease | $(printf '%s' "${RESULTS[$lease]}" | awk 'NF' | median) |"
+  kill_ms=$(printf '%s' "${RESULTS[$lease-KILL]}" | awk 'NF' | median)
+  term_ms=$(printf '%s' "${RESULTS[$lease-TERM]}" | awk 'NF' | median)
+  echo "| $lease | $kill_ms | $term_ms |"
 done

@@ -168,6 +168,7 @@ impl Server {
         }
         let layout = layout::prepare(&config).map_err(ServerError::Layout)?;
         let cores = layout.cores;
+        let mut cluster_shutdown = None;
         let mut cluster_links = match &config.cluster {
             Some(settings) => {
                 // Joining deposes the running owner: first make sure this node could serve.
@@ -181,6 +182,7 @@ impl Server {
                 let started = crate::cluster::start(settings, layout.partitions, cores)
                     .map_err(|error| ServerError::Config(error.to_string()))?;
                 tracing::info!(epoch = started.epoch, "joined the cluster");
+                cluster_shutdown = Some(started.shutdown);
                 started.links.into_iter().map(Some).collect()
             }
             None => Vec::new(),
@@ -259,6 +261,7 @@ impl Server {
             address: config.listen,
             stop,
             threads,
+            cluster: cluster_shutdown,
         };
         // No core deletes or serves anything before every core's objects are of known classes.
         if let Err(error) = await_class_checks(&events, cores) {
@@ -433,6 +436,8 @@ pub struct RunningServer {
     stop: Arc<AtomicBool>,
     /// The cores' executor threads.
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// In a cluster: gives the lease up once the cores have stopped.
+    cluster: Option<crate::cluster::ClusterShutdown>,
 }
 
 impl RunningServer {
@@ -448,6 +453,10 @@ impl RunningServer {
     /// Waits until every core has stopped.
     pub fn wait(self) -> Result<(), ServerError> {
         let failed = join_all(self.threads);
+        // Nothing is served any more: a standby may take over at once.
+        if let Some(cluster) = self.cluster {
+            cluster.wait();
+        }
         match failed {
             Some(core) => Err(ServerError::Core {
                 core,

@@ -96,6 +96,27 @@ pub struct ClusterLink {
 pub struct StartedCluster {
     pub links: Vec<ClusterLink>,
     pub epoch: u64,
+    /// Waits, once every core has stopped, for the lease to be given up.
+    pub shutdown: ClusterShutdown,
+}
+
+/// The end of a graceful shutdown: once every core has stopped (nothing is served any more and
+/// every core has dropped its link), the control thread deletes this process's lease so that a
+/// standby takes over at its next try instead of when the lease expires.
+pub struct ClusterShutdown {
+    /// Tells the control thread that the cores have stopped.
+    release: std::sync::Arc<tokio::sync::Notify>,
+    released: std::sync::mpsc::Receiver<()>,
+    /// The longest wait: the deletion's own bound and a second more.
+    wait_max: Duration,
+}
+
+impl ClusterShutdown {
+    /// Waits until the lease was given up (or could not be: it then expires by itself).
+    pub fn wait(self) {
+        self.release.notify_one();
+        let _ = self.released.recv_timeout(self.wait_max);
+    }
 }
 
 /// Joins the cluster as the owner of all `partitions`, on a thread of its own; returns once
@@ -127,6 +148,13 @@ pub fn start(
     }
     drop(append_sender);
     let (ready_sender, ready) = std::sync::mpsc::channel();
+    let (released_sender, released) = std::sync::mpsc::channel();
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let shutdown = ClusterShutdown {
+        release: release.clone(),
+        released,
+        wait_max: release_timeout(settings.lease_ms) + Duration::from_secs(1),
+    };
     let settings = settings.clone();
     let thread = std::thread::Builder::new()
         .name("stead-cluster".to_string())
@@ -143,6 +171,7 @@ pub fn start(
             };
             let control = Control {
                 lease,
+                held: RefCell::default(),
                 deposed: Rc::default(),
                 settings,
                 partitions,
@@ -152,8 +181,13 @@ pub fn start(
             let local = tokio::task::LocalSet::new();
             local.block_on(
                 &runtime,
-                control.run(append_receiver, replay_senders, ready_sender),
+                control.run(append_receiver, replay_senders, ready_sender, release),
             );
+            let _ = released_sender.send(());
+            // The tasks left (a watch's subscriber) spawn their unsubscribes as they are
+            // dropped, which needs the runtime.
+            let _entered = runtime.enter();
+            drop(local);
         })
         .map_err(|error| nats_error("start the control thread", error))?;
     match ready.recv() {
@@ -162,7 +196,11 @@ pub fn start(
                 link.append_bytes_max = append_bytes_max;
             }
             // The thread is detached: it ends when every core has dropped its link.
-            Ok(StartedCluster { links, epoch })
+            Ok(StartedCluster {
+                links,
+                epoch,
+                shutdown,
+            })
         }
         Ok(Err(error)) => {
             let _ = thread.join();
@@ -215,8 +253,15 @@ fn subject(partition: u32) -> String {
     format!("{SUBJECT_PREFIX}{partition}")
 }
 
+/// How long giving the lease up may take.
+fn release_timeout(lease_ms: u64) -> Duration {
+    Duration::from_millis(lease_ms.max(1) / 6)
+}
+
 struct Control {
     lease: std::sync::Arc<super::Lease>,
+    /// The lease bucket and this process's lease value, once it took the lease.
+    held: RefCell<Option<(kv::Store, bytes::Bytes)>>,
     /// Set once the node is deposed: the lease is no longer renewed, so a standby can take it.
     deposed: Rc<std::cell::Cell<bool>>,
     settings: ClusterSettings,
@@ -250,6 +295,7 @@ impl Control {
         appends: mpsc::Receiver<Append>,
         replay: Vec<mpsc::Sender<ReplayItem>>,
         ready: std::sync::mpsc::Sender<Result<(u64, usize), ClusterError>>,
+        release: std::sync::Arc<tokio::sync::Notify>,
     ) {
         let mut joined = match self.join().await {
             Ok(joined) => joined,
@@ -275,7 +321,52 @@ impl Control {
             let _ = sender.send(ReplayItem::Done).await;
         }
         drop(replay);
-        control.serve_appends(appends, &joined).await;
+        // Until every core has stopped: their appends' channel closes, or the server says so
+        // (a core's task may keep its end of the channel until the process exits).
+        tokio::select! {
+            () = control.clone().serve_appends(appends, &joined) => {}
+            () = release.notified() => {}
+        }
+        control.release_lease().await;
+    }
+
+    /// Gives the lease up after every core has stopped: deletes the lease key if it still
+    /// holds this process's value (never a lease another process took since).
+    async fn release_lease(&self) {
+        let Some((bucket, value)) = self.held.borrow_mut().take() else {
+            return;
+        };
+        if self.deposed.replace(true) {
+            return;
+        }
+        // The renewals stop at their next wake; one in flight may still move the revision,
+        // so a refused deletion reads the key once more.
+        let release = async {
+            let mut outcome = Err("no attempt".to_string());
+            for _ in 0..2 {
+                outcome = match bucket.entry(LEASE_KEY).await {
+                    Ok(Some(entry))
+                        if entry.value == value && entry.operation == kv::Operation::Put =>
+                    {
+                        bucket
+                            .delete_expect_revision(LEASE_KEY, Some(entry.revision))
+                            .await
+                            .map_err(|error| error.to_string())
+                    }
+                    Ok(_) => Err("the lease is no longer this process's".to_string()),
+                    Err(error) => Err(error.to_string()),
+                };
+                if outcome.is_ok() {
+                    break;
+                }
+            }
+            outcome
+        };
+        match tokio::time::timeout(release_timeout(self.settings.lease_ms), release).await {
+            Ok(Ok(())) => tracing::info!("cluster: lease given up"),
+            Ok(Err(reason)) => tracing::warn!(%reason, "cluster: the lease was not given up"),
+            Err(_) => tracing::warn!("cluster: giving the lease up timed out; it expires"),
+        }
     }
 
     /// Checks the settings, becomes the owner and fences every partition.
@@ -454,11 +545,13 @@ impl Control {
                         tracing::info!(%error, "cluster: another node holds the lease; waiting");
                         said = true;
                     }
-                    tokio::time::sleep(lease / 3).await;
+                    // Often enough to follow a lease given up at once.
+                    tokio::time::sleep(lease / 12).await;
                 }
             }
         };
         tracing::info!(node = %self.settings.node_id, "cluster: lease taken");
+        *self.held.borrow_mut() = Some((bucket.clone(), value.clone()));
         let renewal = Renewal {
             bucket,
             value,

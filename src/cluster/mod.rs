@@ -26,7 +26,7 @@ mod control;
 mod record;
 mod replica;
 
-pub use control::{start, ClusterLink, ReplayItem, StartedCluster};
+pub use control::{start, ClusterLink, ClusterShutdown, ReplayItem, StartedCluster};
 pub use record::DecodeError;
 pub use replica::{Replication, ReplicationCounts};
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod load;
 pub mod nats;
 pub mod netns;
 pub mod upstream;
