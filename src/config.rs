@@ -337,6 +337,11 @@ pub struct ClusterSettings {
     /// when the cluster is created.
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
+    /// A partition's state is written to the snapshot bucket once this many of its batches
+    /// were acknowledged since its last snapshot, and its subject is purged below it, so a
+    /// start replays the snapshot and what came after instead of the whole log. 0: never.
+    #[serde(default = "default_snapshot_batches")]
+    pub snapshot_batches: u64,
 }
 
 impl ClusterSettings {
@@ -348,6 +353,7 @@ impl ClusterSettings {
             replicas: default_replicas(),
             ack_timeout_ms: default_ack_timeout_ms(),
             lease_ms: default_lease_ms(),
+            snapshot_batches: default_snapshot_batches(),
         }
     }
 }
@@ -358,6 +364,10 @@ fn default_replicas() -> usize {
 
 fn default_ack_timeout_ms() -> u64 {
     5000
+}
+
+fn default_snapshot_batches() -> u64 {
+    10_000
 }
 
 fn default_lease_ms() -> u64 {

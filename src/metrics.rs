@@ -262,7 +262,7 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
     let mut out = String::with_capacity(8 * 1024);
     render_requests(&mut out, snapshots);
     render_latency(&mut out, snapshots);
-    let per_core: [PerCoreMetric; 43] = [
+    let per_core: [PerCoreMetric; 44] = [
         (
             "stead_shutdown_waiters",
             "gauge",
@@ -412,6 +412,13 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
             "In a cluster: appends of this core the stream refused because another writer \
              had appended to the partition first (a newer owner).",
             |s| s.host.replication.fence_refusals_total as f64,
+        ),
+        (
+            "stead_cluster_snapshots_total",
+            "counter",
+            "In a cluster: snapshots of this core's partitions kept in the snapshot bucket (each \
+             lets the partition's subject be purged below it).",
+            |s| s.host.replication.snapshots_total as f64,
         ),
         (
             "stead_cluster_partitions_refused",

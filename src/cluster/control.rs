@@ -8,10 +8,11 @@
 //! its sender of appends.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::jetstream::{self, consumer, kv, object_store, stream};
 use async_nats::HeaderMap;
 use futures_lite::StreamExt;
 use stead_storage::Batch;
@@ -32,6 +33,8 @@ const STREAM: &str = "STEAD_LOG";
 const SUBJECT_PREFIX: &str = "stead.log.";
 /// The KV bucket of the cluster's settings and owner.
 const BUCKET: &str = "stead_cluster";
+/// The object store of the partitions' snapshots.
+const SNAPSHOT_BUCKET: &str = "stead_snapshots";
 const SETTINGS_KEY: &str = "settings";
 const OWNER_KEY: &str = "owner";
 /// Headers of every append.
@@ -126,7 +129,8 @@ pub fn start(
     partitions: u32,
     cores: usize,
 ) -> Result<StartedCluster, ClusterError> {
-    let (append_sender, append_receiver) = mpsc::channel(partitions as usize + cores);
+    // An append and a snapshot per partition at most, and room for each core.
+    let (append_sender, append_receiver) = mpsc::channel(2 * partitions as usize + cores);
     let lease = std::sync::Arc::new(super::Lease::new(Duration::from_millis(
         settings.lease_ms.max(1),
     )));
@@ -134,7 +138,7 @@ pub fn start(
     let mut event_senders = Vec::with_capacity(cores);
     let mut replay_senders = Vec::with_capacity(cores);
     for _ in 0..cores {
-        let (event_sender, events) = mpsc::channel(partitions as usize + 16);
+        let (event_sender, events) = mpsc::channel(2 * partitions as usize + 16);
         let (replay_sender, replay) = mpsc::channel(REPLAY_QUEUE);
         event_senders.push(event_sender);
         replay_senders.push(replay_sender);
@@ -248,6 +252,12 @@ fn headers(kind: &str, node: &str, epoch: u64, expected: u64) -> HeaderMap {
     headers
 }
 
+/// The partition and the sequence a snapshot's object name (`p<partition>.<sequence>`) says.
+fn snapshot_name(name: &str) -> Option<(u32, u64)> {
+    let (partition, sequence) = name.strip_prefix('p')?.split_once('.')?;
+    Some((partition.parse().ok()?, sequence.parse().ok()?))
+}
+
 /// The subject of partition `partition`'s log.
 fn subject(partition: u32) -> String {
     format!("{SUBJECT_PREFIX}{partition}")
@@ -277,6 +287,10 @@ struct Joined {
     /// The bucket of the settings and the owner key.
     bucket: kv::Store,
     log: stream::Stream,
+    /// The object store of the partitions' snapshots.
+    snapshots: object_store::ObjectStore,
+    /// Each partition's latest snapshot's object name, once known.
+    snapshot_names: Rc<RefCell<HashMap<u32, String>>>,
     epoch: u64,
     /// The last sequence of each partition's subject.
     last: Rc<RefCell<Vec<u64>>>,
@@ -463,6 +477,17 @@ impl Control {
             }),
         )
         .await?;
+        let snapshots = match js.get_object_store(SNAPSHOT_BUCKET).await {
+            Ok(store) => store,
+            Err(_) => {
+                let config = object_store::Config {
+                    bucket: SNAPSHOT_BUCKET.to_string(),
+                    num_replicas: replicas,
+                    ..Default::default()
+                };
+                step("create the snapshot bucket", js.create_object_store(config)).await?
+            }
+        };
         self.take_lease(&js).await?;
         let owner = serde_json::json!({ "node": self.settings.node_id }).to_string();
         let current = step("read the owner", bucket.entry(OWNER_KEY)).await?;
@@ -498,6 +523,8 @@ impl Control {
             js,
             bucket,
             log,
+            snapshots,
+            snapshot_names: Rc::default(),
             epoch,
             last: Rc::new(RefCell::new(last)),
             replay_end,
@@ -632,13 +659,83 @@ impl Control {
         Ok(last)
     }
 
+    /// Sends each partition's latest snapshot to the cores; the stream sequence each one
+    /// covers, by partition.
+    async fn replay_snapshots(
+        &self,
+        joined: &Joined,
+        cores: &[mpsc::Sender<ReplayItem>],
+    ) -> Result<HashMap<u32, u64>, ClusterError> {
+        use tokio::io::AsyncReadExt as _;
+        let mut listed = step("list the snapshots", joined.snapshots.list()).await?;
+        let mut latest: HashMap<u32, (u64, String)> = HashMap::new();
+        while let Some(info) = tokio::time::timeout(STEP_TIMEOUT, listed.next())
+            .await
+            .map_err(|_| nats_error("list the snapshots", "no answer in time"))?
+        {
+            let info = info.map_err(|error| nats_error("list the snapshots", error))?;
+            let Some((partition, covers)) = snapshot_name(&info.name) else {
+                continue;
+            };
+            if latest
+                .get(&partition)
+                .is_none_or(|(seen, _)| covers > *seen)
+            {
+                latest.insert(partition, (covers, info.name));
+            }
+        }
+        let mut covered = HashMap::with_capacity(latest.len());
+        let mut batches = 0u64;
+        for (partition, (covers, name)) in latest {
+            let mut bytes = Vec::new();
+            let read = async {
+                let mut object = joined
+                    .snapshots
+                    .get(&name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                object
+                    .read_to_end(&mut bytes)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            step("read a snapshot", read).await?;
+            let decoded = record::decode(&bytes).map_err(|error| ClusterError::Damaged {
+                sequence: covers,
+                reason: format!("snapshot {name}: {error}"),
+            })?;
+            for (id, batch) in decoded {
+                let core = id.core(self.partitions, self.cores);
+                if cores[core]
+                    .send(ReplayItem::Batch(id, batch))
+                    .await
+                    .is_err()
+                {
+                    return Err(nats_error("replay", "a core stopped during the replay"));
+                }
+                batches += 1;
+            }
+            joined.snapshot_names.borrow_mut().insert(partition, name);
+            covered.insert(partition, covers);
+        }
+        if !covered.is_empty() {
+            tracing::info!(
+                partitions = covered.len(),
+                objects = batches,
+                "cluster: snapshots replayed"
+            );
+        }
+        Ok(covered)
+    }
+
     /// Sends every batch of the stream, up to the end seen at start, to the core owning its
-    /// object.
+    /// object, but those a partition's snapshot holds already.
     async fn replay(
         &self,
         joined: &Joined,
         cores: &[mpsc::Sender<ReplayItem>],
     ) -> Result<(), ClusterError> {
+        let covered = self.replay_snapshots(joined, cores).await?;
         if joined.replay_end == 0 {
             return Ok(());
         }
@@ -684,7 +781,15 @@ impl Control {
                     })
                 }
             }
-            {
+            let partition = message
+                .subject
+                .strip_prefix(SUBJECT_PREFIX)
+                .and_then(|partition| partition.parse::<u32>().ok());
+            // In the partition's snapshot already (its subject's purge may not have run).
+            let in_snapshot = partition
+                .and_then(|partition| covered.get(&partition))
+                .is_some_and(|covers| sequence <= *covers);
+            if !in_snapshot {
                 let decoded =
                     record::decode(&message.payload).map_err(|error| ClusterError::Damaged {
                         sequence,
@@ -739,10 +844,86 @@ impl Control {
         }
     }
 
+    /// Keeps a partition's snapshot (the object `p<partition>.<sequence>` of the snapshot
+    /// bucket), purges the partition's subject below `sequence` (the message itself stays:
+    /// the fence names the subject's last sequence), and deletes the partition's previous
+    /// snapshot. Done only while the lease is fresh and within a quarter of the lease, so a
+    /// node that lost its lease (and whose successor may be reading the snapshots) has
+    /// stopped before another node may take over; a snapshot never replaces a newer one (each
+    /// has a name of its own, and a start takes the highest).
+    async fn keep_snapshot(
+        self: Rc<Self>,
+        log: stream::Stream,
+        snapshots: object_store::ObjectStore,
+        names: Rc<RefCell<HashMap<u32, String>>>,
+        (append, sequence): (Append, u64),
+    ) {
+        let partition = append.partition;
+        let name = format!("p{partition}.{sequence:020}");
+        let keep = async {
+            if !self.lease.is_fresh() || self.deposed.get() {
+                return Err("this node's lease is not fresh".to_string());
+            }
+            snapshots
+                .put(name.as_str(), &mut append.payload.as_slice())
+                .await
+                .map_err(|error| format!("store the snapshot: {error}"))?;
+            if !self.lease.is_fresh() || self.deposed.get() {
+                return Err("this node's lease is not fresh".to_string());
+            }
+            log.purge()
+                .filter(subject(partition))
+                .sequence(sequence)
+                .await
+                .map_err(|error| format!("purge the subject: {error}"))?;
+            Ok(())
+        };
+        let bound = Duration::from_millis(self.settings.lease_ms.max(1) / 4);
+        let kept = match tokio::time::timeout(bound, keep).await {
+            Ok(Ok(())) => {
+                let previous = names.borrow_mut().insert(partition, name.clone());
+                if let Some(previous) = previous.filter(|previous| *previous < name) {
+                    if let Err(error) = snapshots.delete(&previous).await {
+                        tracing::warn!(%error, previous, "cluster: an old snapshot stays");
+                    }
+                }
+                tracing::debug!(
+                    partition,
+                    sequence,
+                    bytes = append.payload.len(),
+                    "cluster: snapshot kept"
+                );
+                true
+            }
+            Ok(Err(reason)) => {
+                tracing::warn!(partition, %reason, "cluster: snapshot not kept");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(partition, "cluster: snapshot not kept in a quarter lease");
+                false
+            }
+        };
+        if let Some(sender) = self.events.get(append.core) {
+            let _ = sender
+                .send(ControlEvent::SnapshotDone { partition, kept })
+                .await;
+        }
+    }
+
     /// Publishes the cores' appends until every core has stopped.
     async fn serve_appends(self: Rc<Self>, mut appends: mpsc::Receiver<Append>, joined: &Joined) {
         let timeout = Duration::from_millis(self.settings.ack_timeout_ms.max(1));
         while let Some(append) = appends.recv().await {
+            if let Some(sequence) = append.snapshot_of {
+                tokio::task::spawn_local(self.clone().keep_snapshot(
+                    joined.log.clone(),
+                    joined.snapshots.clone(),
+                    joined.snapshot_names.clone(),
+                    (append, sequence),
+                ));
+                continue;
+            }
             let control = self.clone();
             let (js, last, epoch) = (joined.js.clone(), joined.last.clone(), joined.epoch);
             tokio::task::spawn_local(async move {
@@ -762,6 +943,7 @@ impl Control {
                         ControlEvent::Acked {
                             partition,
                             upto: append.upto,
+                            sequence,
                         }
                     }
                     Ok(Err(PublishFailure::Fenced)) => ControlEvent::Failed {

@@ -75,13 +75,24 @@ pub struct Append {
     /// The last ticket it carries.
     pub upto: u64,
     pub payload: Vec<u8>,
+    /// `Some(sequence)`: not an append but the partition's whole state as of its subject's
+    /// message `sequence` (the payload holds every object as one batch), to keep as the
+    /// partition's snapshot; the subject is then purged below that message.
+    pub snapshot_of: Option<u64>,
 }
 
 /// What the control thread tells a core.
 #[derive(Debug)]
 pub enum ControlEvent {
     /// The partition's appends up to ticket `upto` are acknowledged by a quorum.
-    Acked { partition: u32, upto: u64 },
+    Acked {
+        partition: u32,
+        upto: u64,
+        /// The stream sequence of the append that carried ticket `upto`.
+        sequence: u64,
+    },
+    /// The partition's snapshot was kept (and its subject purged), or not.
+    SnapshotDone { partition: u32, kept: bool },
     /// The partition's append failed: it is refused from now on.
     Failed {
         partition: u32,

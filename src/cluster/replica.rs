@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Instant;
 
-use stead_storage::Batch;
+use stead_storage::{Batch, Snapshot, Store};
 use tokio::sync::mpsc;
 
 use super::record;
@@ -41,6 +41,8 @@ pub struct ReplicationCounts {
     pub partitions_refused: u64,
     /// Appends the stream refused because another writer had appended first.
     pub fence_refusals_total: u64,
+    /// Snapshots of this core's partitions kept in the snapshot bucket.
+    pub snapshots_total: u64,
     /// Another node took over (or the owner key's watch was lost).
     pub deposed: bool,
 }
@@ -63,6 +65,25 @@ struct PartitionState {
     buffer_done: Rc<Broadcast>,
     /// Why the partition is refused, once it is.
     failed: Option<ReplicationError>,
+    /// Batches acknowledged since the partition's last snapshot was taken.
+    acked_since_snapshot: u64,
+    /// Where the partition's next snapshot stands.
+    snapshot: Snapshotting,
+}
+
+/// A partition's snapshot, from the moment its state is taken to the moment it is kept.
+#[derive(Default)]
+enum Snapshotting {
+    #[default]
+    Idle,
+    /// The state as of ticket `ticket` was taken; the appends are cut after that ticket, and
+    /// once it is acknowledged the snapshot is sent with that append's sequence.
+    Cut {
+        ticket: u64,
+        snapshot: Box<Snapshot>,
+    },
+    /// Sent to the control thread, not answered yet.
+    Sending,
 }
 
 impl Default for PartitionState {
@@ -76,6 +97,8 @@ impl Default for PartitionState {
             in_flight_done: Rc::new(Broadcast::new()),
             buffer_done: Rc::new(Broadcast::new()),
             failed: None,
+            acked_since_snapshot: 0,
+            snapshot: Snapshotting::Idle,
         }
     }
 }
@@ -88,6 +111,12 @@ pub struct Replication {
     cores: usize,
     /// Appends the stream refused because another writer appended first.
     fence_refusals: Cell<u64>,
+    /// The core's store, whose state of a partition a snapshot copies.
+    store: Store,
+    /// Batches acknowledged in a partition between its snapshots (0: none are taken).
+    snapshot_batches: u64,
+    /// Snapshots kept.
+    snapshots: Cell<u64>,
     appends: mpsc::Sender<Append>,
     /// The node's lease: nothing is served while it is not fresh.
     lease: Arc<Lease>,
@@ -106,12 +135,16 @@ impl Replication {
         (partitions, cores): (u32, usize),
         (appends, append_bytes_max): (mpsc::Sender<Append>, usize),
         lease: Arc<Lease>,
+        (store, snapshot_batches): (Store, u64),
     ) -> Rc<Replication> {
         Rc::new(Replication {
             core,
             partitions,
             cores: cores.max(1),
             fence_refusals: Cell::new(0),
+            store,
+            snapshot_batches,
+            snapshots: Cell::new(0),
             lease,
             appends,
             append_bytes_max,
@@ -208,8 +241,16 @@ impl Replication {
         let first_ticket = state.issued + 1 - state.pending.len() as u64;
         let mut batches = Vec::new();
         let mut count = 0u32;
+        // A snapshot's state ends at its ticket: the append that carries that ticket ends there.
+        let cut = match &state.snapshot {
+            Snapshotting::Cut { ticket, .. } if *ticket >= first_ticket => Some(*ticket),
+            _ => None,
+        };
         while let Some(next) = state.pending.front() {
             if count > 0 && batches.len() + next.len() > self.append_bytes_max {
+                break;
+            }
+            if cut.is_some_and(|cut| first_ticket + u64::from(count) > cut) {
                 break;
             }
             batches.extend_from_slice(next);
@@ -225,6 +266,7 @@ impl Replication {
             partition,
             upto: state.in_flight_upto,
             payload,
+            snapshot_of: None,
         };
         // The channel holds an append per partition of the core, and a partition has at most
         // one in flight, so it is full only when the control thread is gone.
@@ -246,6 +288,7 @@ impl Replication {
         state.in_flight_since = None;
         state.in_flight_done.set();
         state.buffer_done.set();
+        state.snapshot = Snapshotting::Idle;
     }
 
     /// Resolves once ticket `ticket` of `partition` is replicated, or with why it never will be.
@@ -279,17 +322,42 @@ impl Replication {
     pub async fn run(self: Rc<Self>, mut events: mpsc::Receiver<ControlEvent>) {
         while let Some(event) = events.recv().await {
             match event {
-                ControlEvent::Acked { partition, upto } => {
-                    {
+                ControlEvent::Acked {
+                    partition,
+                    upto,
+                    sequence,
+                } => {
+                    let send = {
                         let mut states = self.states.borrow_mut();
-                        if let Some(state) = states.get_mut(&partition) {
-                            state.acked = state.acked.max(upto);
-                            state.in_flight_upto = 0;
-                            state.in_flight_since = None;
-                            state.in_flight_done.set();
+                        match states.get_mut(&partition) {
+                            Some(state) => {
+                                state.acked_since_snapshot += upto.saturating_sub(state.acked);
+                                state.acked = state.acked.max(upto);
+                                state.in_flight_upto = 0;
+                                state.in_flight_since = None;
+                                state.in_flight_done.set();
+                                self.snapshot_step(partition, state)
+                            }
+                            None => None,
                         }
+                    };
+                    if let Some(snapshot) = send {
+                        glommio::spawn_local(
+                            self.clone().send_snapshot(partition, sequence, snapshot),
+                        )
+                        .detach();
                     }
                     self.flush(partition);
+                }
+                ControlEvent::SnapshotDone { partition, kept } => {
+                    if kept {
+                        self.snapshots.set(self.snapshots.get() + 1);
+                    }
+                    if let Some(state) = self.states.borrow_mut().get_mut(&partition) {
+                        if matches!(state.snapshot, Snapshotting::Sending) {
+                            state.snapshot = Snapshotting::Idle;
+                        }
+                    }
                 }
                 ControlEvent::Failed { partition, error } => {
                     if matches!(error, ReplicationError::Fenced { .. }) {
@@ -317,6 +385,100 @@ impl Replication {
         }
     }
 
+    /// After an acknowledgement of `partition`: takes the partition's state when enough was
+    /// acknowledged since its last snapshot, and gives back the snapshot to send once the
+    /// ticket it ends at is acknowledged (at once when nothing is pending).
+    fn snapshot_step(&self, partition: u32, state: &mut PartitionState) -> Option<Box<Snapshot>> {
+        if state.failed.is_some() {
+            return None;
+        }
+        if matches!(state.snapshot, Snapshotting::Idle)
+            && self.snapshot_batches > 0
+            && state.acked_since_snapshot >= self.snapshot_batches
+        {
+            // The store holds exactly the batches with tickets up to `issued`: each commit
+            // takes its ticket in the same step, with no wait in between.
+            let partitions = self.partitions;
+            let taken = self
+                .store
+                .snapshot_of(|id| ObjectId(*id).partition(partitions) == partition);
+            match taken {
+                Ok(snapshot) => {
+                    state.acked_since_snapshot = 0;
+                    state.snapshot = Snapshotting::Cut {
+                        ticket: state.issued,
+                        snapshot: Box::new(snapshot),
+                    };
+                }
+                Err(error) => {
+                    tracing::warn!(core = self.core, partition, %error, "snapshot not taken");
+                    state.acked_since_snapshot = 0;
+                }
+            }
+        }
+        match std::mem::take(&mut state.snapshot) {
+            Snapshotting::Cut { ticket, snapshot } if state.acked >= ticket => {
+                state.snapshot = Snapshotting::Sending;
+                Some(snapshot)
+            }
+            other => {
+                state.snapshot = other;
+                None
+            }
+        }
+    }
+
+    /// Reads the snapshot's values and hands it to the control thread as the state of
+    /// `partition` as of its subject's message `sequence`.
+    async fn send_snapshot(
+        self: Rc<Self>,
+        partition: u32,
+        sequence: u64,
+        mut snapshot: Box<Snapshot>,
+    ) {
+        let mut batches = Vec::new();
+        let mut count = 0u32;
+        while let Some(next) = snapshot.next_object().await {
+            match next {
+                Ok((id, data)) => {
+                    let mut batch = Batch::new();
+                    for (key, value) in data.entries {
+                        batch.put(key, value);
+                    }
+                    if let Some(time_ms) = data.alarm_ms {
+                        batch.set_alarm(time_ms);
+                    }
+                    record::encode_batch(&mut batches, &ObjectId(id), &batch);
+                    count += 1;
+                }
+                Err(error) => {
+                    tracing::warn!(core = self.core, partition, %error, "snapshot not read");
+                    self.snapshot_abandoned(partition);
+                    return;
+                }
+            }
+        }
+        let append = Append {
+            core: self.core,
+            partition,
+            upto: 0,
+            payload: record::finish(count, &batches),
+            snapshot_of: Some(sequence),
+        };
+        // The channel holds one append and one snapshot per partition of the core.
+        if self.appends.try_send(append).is_err() {
+            self.snapshot_abandoned(partition);
+        }
+    }
+
+    fn snapshot_abandoned(&self, partition: u32) {
+        if let Some(state) = self.states.borrow_mut().get_mut(&partition) {
+            if matches!(state.snapshot, Snapshotting::Sending) {
+                state.snapshot = Snapshotting::Idle;
+            }
+        }
+    }
+
     /// What `/metrics` shows of this core's replication.
     pub fn counts(&self) -> ReplicationCounts {
         let states = self.states.borrow();
@@ -324,6 +486,7 @@ impl Replication {
         let mut counts = ReplicationCounts {
             deposed,
             fence_refusals_total: self.fence_refusals.get(),
+            snapshots_total: self.snapshots.get(),
             ..ReplicationCounts::default()
         };
         let now = Instant::now();

@@ -403,6 +403,13 @@ async fn serve(start: CoreStart) -> Result<(), String> {
             (layout.partitions, layout.cores),
             (appends, append_bytes_max),
             lease,
+            (
+                host.store().clone(),
+                config
+                    .cluster
+                    .as_ref()
+                    .map_or(0, |cluster| cluster.snapshot_batches),
+            ),
         );
         glommio::spawn_local(replication.clone().run(events)).detach();
         host.set_replication(replication);

@@ -53,7 +53,34 @@ pub fn try_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, 
         .nth(1)
         .and_then(|status| status.parse().ok())
         .ok_or_else(|| format!("no status: {head:?}"))?;
-    Ok((status, body.to_string()))
+    let chunked = head
+        .lines()
+        .any(|line| line.eq_ignore_ascii_case("transfer-encoding: chunked"));
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+/// The body of a chunked answer.
+fn dechunk(mut rest: &str) -> Result<String, String> {
+    let mut body = String::new();
+    loop {
+        let (size, after) = rest
+            .split_once("\r\n")
+            .ok_or_else(|| format!("a chunk without its size: {rest:?}"))?;
+        let size = usize::from_str_radix(size.trim(), 16).map_err(|e| e.to_string())?;
+        if size == 0 {
+            return Ok(body);
+        }
+        let chunk = after
+            .get(..size)
+            .ok_or_else(|| "a chunk cut short".to_string())?;
+        body.push_str(chunk);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
 }
 
 /// What one counter writer saw.

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
+    /// Its monitoring port (HTTP: `/jsz`).
+    pub monitor_port: u16,
     /// The address it listens on for clients.
     host: String,
     store: PathBuf,
@@ -69,6 +71,7 @@ impl NatsServer {
         let mut server = NatsServer {
             child: None,
             port,
+            monitor_port: free_port(),
             host: host.to_string(),
             store: dir.join(format!("nats-{port}")),
             log: dir.join(format!("nats-{port}.log")),
@@ -126,7 +129,8 @@ impl NatsServer {
     pub fn restart(&mut self, binary: &Path) {
         let log = std::fs::File::create(&self.log).expect("nats log");
         let child = Command::new(binary)
-            .args(["-js", "-a", &self.host, "-p", &self.port.to_string(), "-sd"])
+            .args(["-js", "-a", &self.host, "-p", &self.port.to_string()])
+            .args(["-m", &self.monitor_port.to_string(), "-sd"])
             .arg(&self.store)
             .args(&self.extra)
             .stdout(Stdio::null())
@@ -146,6 +150,27 @@ impl NatsServer {
             "nats-server did not start: {}",
             std::fs::read_to_string(&self.log).unwrap_or_default()
         );
+    }
+
+    /// Messages the stream `stream` holds now, from the monitoring endpoint.
+    pub fn stream_messages(&self, stream: &str) -> u64 {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.monitor_port));
+        let (status, body) = super::load::try_get(
+            addr,
+            "/jsz?accounts=true&streams=true",
+            Duration::from_secs(10),
+        )
+        .expect("the monitoring endpoint");
+        assert_eq!(status, 200, "{body}");
+        let jsz: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        jsz["account_details"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|account| account["stream_detail"].as_array().into_iter().flatten())
+            .find(|detail| detail["name"] == stream)
+            .and_then(|detail| detail["state"]["messages"].as_u64())
+            .unwrap_or_else(|| panic!("no stream {stream} in {body}"))
     }
 
     /// SIGKILL, and wait for the process to be gone.

@@ -29,7 +29,13 @@ impl Store {
     /// Takes a snapshot of every object as of the latest committed batch (durable or not:
     /// wait for [`Snapshot::seq`] to be durable before trusting it to outlive a crash).
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.snapshot_of(|_| true)
+    }
+
+    /// Like [`Store::snapshot`], of the objects for which `keep` holds only.
+    pub fn snapshot_of(&self, keep: impl Fn(&ObjectId) -> bool) -> Result<Snapshot, StoreError> {
         let mut ids = self.objects();
+        ids.retain(|id| keep(id));
         ids.sort_unstable();
         let mut objects = VecDeque::with_capacity(ids.len());
         for id in ids {
