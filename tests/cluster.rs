@@ -230,6 +230,13 @@ fn without_nats_a_write_fails_and_nothing_is_falsely_acknowledged() {
     let health = node.client().get("/healthz");
     assert_eq!(health.status, 503);
     assert!(
+        health
+            .text()
+            .starts_with(r#"{"status":"unhealthy","cluster":"the write was not replicated: this node's lease is not fresh"#),
+        "{}",
+        health.text()
+    );
+    assert!(
         health.json()["cluster"]
             .as_str()
             .is_some_and(|reason| reason.contains("lease is not fresh")),
@@ -787,6 +794,33 @@ fn snapshots_keep_the_log_short_and_a_restart_loses_nothing() {
     let config = config.to_string_lossy().into_owned();
     let start = || TestServer::start(&dir.path().join("a"), 2, &["--config", &config]);
     let node = start();
+    // An object larger than one batch may be (17.6 MB; a batch may hold 16 MiB), written in
+    // batches of 440 KB: its snapshot is split into batches a start can commit.
+    let sql = |node: &TestServer, body: &str| {
+        let reply =
+            node.client()
+                .request_with("POST", "/objects/sql/big/exec", &[], body.as_bytes());
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        reply.text()
+    };
+    sql(
+        &node,
+        r#"{"query":"CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"}"#,
+    );
+    for _ in 0..40 {
+        sql(
+            &node,
+            r#"{"query":"INSERT INTO t (v) SELECT hex(randomblob(2200)) FROM (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100) SELECT i FROM n)"}"#,
+        );
+    }
+    let count = r#"{"query":"SELECT count(*), sum(length(v)) FROM t"}"#;
+    let before = sql(&node, count);
+    assert!(before.contains("[[4000,17600000]]"), "{before}");
+    // Its partition's 41 batches make two snapshots, the second of all 17.6 MB.
+    let two = common::wait_until(Duration::from_secs(20), || {
+        node.metric_sum("stead_cluster_snapshots_total") >= 2.0
+    });
+    assert!(two, "{}", node.metric_sum("stead_cluster_snapshots_total"));
     let names: Vec<String> = (0..10).map(|n| format!("s{n}")).collect();
     for round in 1..=30 {
         for name in &names {
@@ -822,15 +856,15 @@ fn snapshots_keep_the_log_short_and_a_restart_loses_nothing() {
         assert_eq!(increment(&node, "s0"), Ok(round));
     }
     let kept = common::wait_until(Duration::from_secs(10), || {
-        node.metric_sum("stead_cluster_snapshots_total") >= 10.0
+        node.metric_sum("stead_cluster_snapshots_total") >= 11.0
     });
     assert!(
         kept,
         "{} snapshots",
         node.metric_sum("stead_cluster_snapshots_total")
     );
-    // 300 + 400 + 31 appends at most (one per batch) and a takeover record per partition.
-    let written = 300 + 400 + 31 + u64::from(PARTITIONS);
+    // 300 + 400 + 31 + 42 appends at most (one per batch) and a takeover record per partition.
+    let written = 300 + 400 + 31 + 42 + u64::from(PARTITIONS);
     let messages = nats.stream_messages("STEAD_LOG");
     assert!(
         messages < written / 2,
@@ -843,6 +877,7 @@ fn snapshots_keep_the_log_short_and_a_restart_loses_nothing() {
         assert_eq!(value(&node, name), 30, "{name}");
     }
     assert_eq!(value(&node, "hot"), 400);
+    assert_eq!(sql(&node, count), before);
     let status = node.client().get("/objects/lock/snaplock/status");
     assert_eq!(
         status.text(),

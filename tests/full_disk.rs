@@ -157,6 +157,14 @@ fn a_full_disk_refuses_writes_serves_reads_and_recovers_after_a_restart() {
 
     let health = client.get("/healthz");
     assert_eq!(health.status, 503, "{}", health.text());
+    // The fields in the README's order, byte for byte up to the reason.
+    assert!(
+        health.text().starts_with(
+            r#"{"status":"unhealthy","cores":[{"core":0,"storage":"unwritable","reason":""#
+        ),
+        "{}",
+        health.text()
+    );
     let health = health.json();
     assert_eq!(health["status"], "unhealthy");
     assert_eq!(health["cores"][0]["core"], 0);

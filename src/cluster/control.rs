@@ -35,6 +35,10 @@ const SUBJECT_PREFIX: &str = "stead.log.";
 const BUCKET: &str = "stead_cluster";
 /// The object store of the partitions' snapshots.
 const SNAPSHOT_BUCKET: &str = "stead_snapshots";
+/// Snapshots a start reads at once (each is held in memory until its core has it).
+const SNAPSHOT_READS: usize = 16;
+/// The longest a snapshot may take to store or to read.
+const SNAPSHOT_STORE_TIMEOUT: Duration = Duration::from_secs(120);
 const SETTINGS_KEY: &str = "settings";
 const OWNER_KEY: &str = "owner";
 /// Headers of every append.
@@ -669,6 +673,8 @@ impl Control {
         use tokio::io::AsyncReadExt as _;
         let mut listed = step("list the snapshots", joined.snapshots.list()).await?;
         let mut latest: HashMap<u32, (u64, String)> = HashMap::new();
+        // Older snapshots that outlived their replacement (a stop before their deletion).
+        let mut stale = Vec::new();
         while let Some(info) = tokio::time::timeout(STEP_TIMEOUT, listed.next())
             .await
             .map_err(|_| nats_error("list the snapshots", "no answer in time"))?
@@ -677,51 +683,71 @@ impl Control {
             let Some((partition, covers)) = snapshot_name(&info.name) else {
                 continue;
             };
-            if latest
-                .get(&partition)
-                .is_none_or(|(seen, _)| covers > *seen)
-            {
-                latest.insert(partition, (covers, info.name));
+            match latest.get(&partition) {
+                Some((seen, _)) if *seen >= covers => stale.push(info.name),
+                _ => {
+                    if let Some((_, older)) = latest.insert(partition, (covers, info.name)) {
+                        stale.push(older);
+                    }
+                }
+            }
+        }
+        for name in stale {
+            let deleted = tokio::time::timeout(STEP_TIMEOUT, joined.snapshots.delete(&name)).await;
+            if !matches!(deleted, Ok(Ok(()))) {
+                tracing::warn!(name, "cluster: an older snapshot stays");
             }
         }
         let mut covered = HashMap::with_capacity(latest.len());
         let mut batches = 0u64;
-        for (partition, (covers, name)) in latest {
-            let mut bytes = Vec::new();
-            let read = async {
-                let mut object = joined
-                    .snapshots
-                    .get(&name)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                object
-                    .read_to_end(&mut bytes)
-                    .await
-                    .map_err(|e| e.to_string())
-            };
-            step("read a snapshot", read).await?;
-            let decoded = record::decode(&bytes).map_err(|error| ClusterError::Damaged {
-                sequence: covers,
-                reason: format!("snapshot {name}: {error}"),
-            })?;
-            for (id, batch) in decoded {
-                let core = id.core(self.partitions, self.cores);
-                if cores[core]
-                    .send(ReplayItem::Batch(id, batch))
-                    .await
-                    .is_err()
-                {
-                    return Err(nats_error("replay", "a core stopped during the replay"));
+        let latest: Vec<(u32, (u64, String))> = latest.into_iter().collect();
+        for chunk in latest.chunks(SNAPSHOT_READS) {
+            // Read together (the client pipelines them), handed to the cores in turn.
+            let reads: Vec<_> = chunk
+                .iter()
+                .map(|(_, (_, name))| {
+                    let (snapshots, name) = (joined.snapshots.clone(), name.clone());
+                    tokio::task::spawn_local(async move {
+                        let mut bytes = Vec::new();
+                        let mut object = snapshots.get(&name).await.map_err(|e| e.to_string())?;
+                        object
+                            .read_to_end(&mut bytes)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        Ok::<_, String>(bytes)
+                    })
+                })
+                .collect();
+            for ((partition, (covers, name)), read) in chunk.iter().cloned().zip(reads) {
+                let bytes = match tokio::time::timeout(SNAPSHOT_STORE_TIMEOUT, read).await {
+                    Ok(Ok(Ok(bytes))) => bytes,
+                    Ok(Ok(Err(error))) => return Err(nats_error("read a snapshot", error)),
+                    Ok(Err(error)) => return Err(nats_error("read a snapshot", error)),
+                    Err(_) => return Err(nats_error("read a snapshot", "no answer in time")),
+                };
+                let decoded = record::decode(&bytes).map_err(|error| ClusterError::Damaged {
+                    sequence: covers,
+                    reason: format!("snapshot {name}: {error}"),
+                })?;
+                for (id, batch) in decoded {
+                    let core = id.core(self.partitions, self.cores);
+                    if cores[core]
+                        .send(ReplayItem::Batch(id, batch))
+                        .await
+                        .is_err()
+                    {
+                        return Err(nats_error("replay", "a core stopped during the replay"));
+                    }
+                    batches += 1;
                 }
-                batches += 1;
+                joined.snapshot_names.borrow_mut().insert(partition, name);
+                covered.insert(partition, covers);
             }
-            joined.snapshot_names.borrow_mut().insert(partition, name);
-            covered.insert(partition, covers);
         }
         if !covered.is_empty() {
             tracing::info!(
                 partitions = covered.len(),
-                objects = batches,
+                batches,
                 "cluster: snapshots replayed"
             );
         }
@@ -860,54 +886,92 @@ impl Control {
     ) {
         let partition = append.partition;
         let name = format!("p{partition}.{sequence:020}");
-        let keep = async {
-            if !self.lease.is_fresh() || self.deposed.get() {
-                return Err("this node's lease is not fresh".to_string());
-            }
-            snapshots
-                .put(name.as_str(), &mut append.payload.as_slice())
-                .await
-                .map_err(|error| format!("store the snapshot: {error}"))?;
-            if !self.lease.is_fresh() || self.deposed.get() {
-                return Err("this node's lease is not fresh".to_string());
-            }
-            log.purge()
-                .filter(subject(partition))
-                .sequence(sequence)
-                .await
-                .map_err(|error| format!("purge the subject: {error}"))?;
-            Ok(())
+        let kept = self
+            .store_and_purge(
+                &log,
+                &snapshots,
+                &name,
+                (partition, sequence),
+                &append.payload,
+            )
+            .await;
+        match &kept {
+            Ok(()) => tracing::debug!(
+                partition,
+                sequence,
+                bytes = append.payload.len(),
+                "cluster: snapshot kept"
+            ),
+            Err(reason) => tracing::warn!(partition, %reason, "cluster: snapshot not kept"),
+        }
+        // A stored snapshot is the partition's newest (whether or not the purge ran): the one
+        // before it goes. One that was not stored completely goes too.
+        let stored = !matches!(kept, Err(SnapshotFailure::NotStored(_)));
+        let drop = if stored {
+            names
+                .borrow_mut()
+                .insert(partition, name.clone())
+                .filter(|previous| *previous < name)
+        } else {
+            Some(name)
         };
-        let bound = Duration::from_millis(self.settings.lease_ms.max(1) / 4);
-        let kept = match tokio::time::timeout(bound, keep).await {
-            Ok(Ok(())) => {
-                let previous = names.borrow_mut().insert(partition, name.clone());
-                if let Some(previous) = previous.filter(|previous| *previous < name) {
-                    if let Err(error) = snapshots.delete(&previous).await {
-                        tracing::warn!(%error, previous, "cluster: an old snapshot stays");
-                    }
-                }
-                tracing::debug!(
-                    partition,
-                    sequence,
-                    bytes = append.payload.len(),
-                    "cluster: snapshot kept"
-                );
-                true
+        if let Some(drop) = drop {
+            let deleted = tokio::time::timeout(STEP_TIMEOUT, snapshots.delete(&drop)).await;
+            if !matches!(deleted, Ok(Ok(()))) {
+                tracing::warn!(drop, "cluster: a snapshot that is no longer needed stays");
             }
-            Ok(Err(reason)) => {
-                tracing::warn!(partition, %reason, "cluster: snapshot not kept");
-                false
-            }
-            Err(_) => {
-                tracing::warn!(partition, "cluster: snapshot not kept in a quarter lease");
-                false
-            }
-        };
+        }
+        let kept = kept.is_ok();
         if let Some(sender) = self.events.get(append.core) {
             let _ = sender
                 .send(ControlEvent::SnapshotDone { partition, kept })
                 .await;
+        }
+    }
+
+    /// Stores snapshot `name` of `partition` (as of `sequence`), then purges the partition's
+    /// subject below `sequence`. Storing may take as long as `SNAPSHOT_STORE_TIMEOUT`: a
+    /// snapshot stored late is still the state as of its sequence. The purge is what a
+    /// successor must never miss: it is sent only while the lease stays fresh for at least a
+    /// quarter of it more, and waited for no longer than it stays fresh, which leaves the
+    /// quarter-lease margin between the end of freshness and the lease's expiry to it.
+    async fn store_and_purge(
+        &self,
+        log: &stream::Stream,
+        snapshots: &object_store::ObjectStore,
+        name: &str,
+        (partition, sequence): (u32, u64),
+        payload: &[u8],
+    ) -> Result<(), SnapshotFailure> {
+        if !self.lease.is_fresh() || self.deposed.get() {
+            return Err(SnapshotFailure::NotStored(
+                "the lease is not fresh".to_string(),
+            ));
+        }
+        let mut reader = payload;
+        match tokio::time::timeout(SNAPSHOT_STORE_TIMEOUT, snapshots.put(name, &mut reader)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return Err(SnapshotFailure::NotStored(error.to_string())),
+            Err(_) => {
+                return Err(SnapshotFailure::NotStored(format!(
+                    "not stored within {SNAPSHOT_STORE_TIMEOUT:?}"
+                )))
+            }
+        }
+        let quarter = Duration::from_millis(self.settings.lease_ms.max(1) / 4);
+        let fresh_for = self.lease.fresh_for();
+        if fresh_for < quarter || self.deposed.get() {
+            return Err(SnapshotFailure::NotPurged(
+                "the lease is not fresh for long enough".to_string(),
+            ));
+        }
+        let purge = log.purge().filter(subject(partition)).sequence(sequence);
+        match tokio::time::timeout(fresh_for, std::future::IntoFuture::into_future(purge)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(SnapshotFailure::NotPurged(error.to_string())),
+            Err(_) => Err(SnapshotFailure::NotPurged(
+                "no answer while the lease was fresh".to_string(),
+            )),
         }
     }
 
@@ -1078,6 +1142,24 @@ struct Renewal {
     clock: std::sync::Arc<super::Lease>,
     deposed: Rc<std::cell::Cell<bool>>,
     events: Vec<mpsc::Sender<ControlEvent>>,
+}
+
+/// Why a snapshot was not kept.
+#[derive(Debug)]
+enum SnapshotFailure {
+    /// Not (completely) stored: it is deleted.
+    NotStored(String),
+    /// Stored, its subject not purged: it stays, the partition's newest.
+    NotPurged(String),
+}
+
+impl std::fmt::Display for SnapshotFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotFailure::NotStored(reason) => write!(f, "not stored: {reason}"),
+            SnapshotFailure::NotPurged(reason) => write!(f, "stored, not purged: {reason}"),
+        }
+    }
 }
 
 /// Why one publish failed.

@@ -65,6 +65,13 @@ impl Lease {
     pub fn is_fresh(&self) -> bool {
         (self.base.elapsed().as_millis() as u64) < self.valid_until_ms.load(Ordering::SeqCst)
     }
+
+    /// How much longer the node may serve: zero once the lease is not fresh.
+    pub fn fresh_for(&self) -> std::time::Duration {
+        let now = self.base.elapsed().as_millis() as u64;
+        let until = self.valid_until_ms.load(Ordering::SeqCst);
+        std::time::Duration::from_millis(until.saturating_sub(now))
+    }
 }
 
 /// One append: the batches of one partition of one core since its previous append.

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Instant;
 
-use stead_storage::{Batch, Snapshot, Store};
+use stead_storage::{Batch, Limits, Snapshot, Store};
 use tokio::sync::mpsc;
 
 use super::record;
@@ -67,6 +67,8 @@ struct PartitionState {
     failed: Option<ReplicationError>,
     /// Batches acknowledged since the partition's last snapshot was taken.
     acked_since_snapshot: u64,
+    /// The stream sequence of the partition's last acknowledged append.
+    acked_sequence: u64,
     /// Where the partition's next snapshot stands.
     snapshot: Snapshotting,
 }
@@ -98,6 +100,7 @@ impl Default for PartitionState {
             buffer_done: Rc::new(Broadcast::new()),
             failed: None,
             acked_since_snapshot: 0,
+            acked_sequence: 0,
             snapshot: Snapshotting::Idle,
         }
     }
@@ -113,6 +116,9 @@ pub struct Replication {
     fence_refusals: Cell<u64>,
     /// The core's store, whose state of a partition a snapshot copies.
     store: Store,
+    /// The store's batch limits: a snapshot splits an object's state into batches within
+    /// them, so that a start can commit each.
+    limits: Limits,
     /// Batches acknowledged in a partition between its snapshots (0: none are taken).
     snapshot_batches: u64,
     /// Snapshots kept.
@@ -135,7 +141,7 @@ impl Replication {
         (partitions, cores): (u32, usize),
         (appends, append_bytes_max): (mpsc::Sender<Append>, usize),
         lease: Arc<Lease>,
-        (store, snapshot_batches): (Store, u64),
+        (store, limits, snapshot_batches): (Store, Limits, u64),
     ) -> Rc<Replication> {
         Rc::new(Replication {
             core,
@@ -143,6 +149,7 @@ impl Replication {
             cores: cores.max(1),
             fence_refusals: Cell::new(0),
             store,
+            limits,
             snapshot_batches,
             snapshots: Cell::new(0),
             lease,
@@ -332,6 +339,9 @@ impl Replication {
                         match states.get_mut(&partition) {
                             Some(state) => {
                                 state.acked_since_snapshot += upto.saturating_sub(state.acked);
+                                if upto > state.acked {
+                                    state.acked_sequence = sequence;
+                                }
                                 state.acked = state.acked.max(upto);
                                 state.in_flight_upto = 0;
                                 state.in_flight_since = None;
@@ -341,7 +351,7 @@ impl Replication {
                             None => None,
                         }
                     };
-                    if let Some(snapshot) = send {
+                    if let Some((snapshot, sequence)) = send {
                         glommio::spawn_local(
                             self.clone().send_snapshot(partition, sequence, snapshot),
                         )
@@ -353,11 +363,28 @@ impl Replication {
                     if kept {
                         self.snapshots.set(self.snapshots.get() + 1);
                     }
-                    if let Some(state) = self.states.borrow_mut().get_mut(&partition) {
-                        if matches!(state.snapshot, Snapshotting::Sending) {
-                            state.snapshot = Snapshotting::Idle;
+                    // What was acknowledged while this one was on its way may call for the
+                    // next at once: a partition that went quiet still gets its tail kept.
+                    let send = match self.states.borrow_mut().get_mut(&partition) {
+                        Some(state) => {
+                            if matches!(state.snapshot, Snapshotting::Sending) {
+                                state.snapshot = Snapshotting::Idle;
+                            }
+                            if kept {
+                                self.snapshot_step(partition, state)
+                            } else {
+                                None
+                            }
                         }
+                        None => None,
+                    };
+                    if let Some((snapshot, sequence)) = send {
+                        glommio::spawn_local(
+                            self.clone().send_snapshot(partition, sequence, snapshot),
+                        )
+                        .detach();
                     }
+                    self.flush(partition);
                 }
                 ControlEvent::Failed { partition, error } => {
                     if matches!(error, ReplicationError::Fenced { .. }) {
@@ -388,8 +415,15 @@ impl Replication {
     /// After an acknowledgement of `partition`: takes the partition's state when enough was
     /// acknowledged since its last snapshot, and gives back the snapshot to send once the
     /// ticket it ends at is acknowledged (at once when nothing is pending).
-    fn snapshot_step(&self, partition: u32, state: &mut PartitionState) -> Option<Box<Snapshot>> {
-        if state.failed.is_some() {
+    fn snapshot_step(
+        &self,
+        partition: u32,
+        state: &mut PartitionState,
+    ) -> Option<(Box<Snapshot>, u64)> {
+        // A store that failed a write dropped batches the stream has: its state is no
+        // snapshot of the stream any more.
+        if state.failed.is_some() || self.store.write_failure().is_some() {
+            state.snapshot = Snapshotting::Idle;
             return None;
         }
         if matches!(state.snapshot, Snapshotting::Idle)
@@ -419,7 +453,7 @@ impl Replication {
         match std::mem::take(&mut state.snapshot) {
             Snapshotting::Cut { ticket, snapshot } if state.acked >= ticket => {
                 state.snapshot = Snapshotting::Sending;
-                Some(snapshot)
+                Some((snapshot, state.acked_sequence))
             }
             other => {
                 state.snapshot = other;
@@ -441,15 +475,10 @@ impl Replication {
         while let Some(next) = snapshot.next_object().await {
             match next {
                 Ok((id, data)) => {
-                    let mut batch = Batch::new();
-                    for (key, value) in data.entries {
-                        batch.put(key, value);
+                    for batch in crate::layout::migration_batches(data, &self.limits) {
+                        record::encode_batch(&mut batches, &ObjectId(id), &batch);
+                        count += 1;
                     }
-                    if let Some(time_ms) = data.alarm_ms {
-                        batch.set_alarm(time_ms);
-                    }
-                    record::encode_batch(&mut batches, &ObjectId(id), &batch);
-                    count += 1;
                 }
                 Err(error) => {
                     tracing::warn!(core = self.core, partition, %error, "snapshot not read");

@@ -373,18 +373,36 @@ impl Shard {
         if failures.is_empty() && cluster.is_none() {
             return Response::text(200, "ok");
         }
-        let cores: Vec<_> = failures
+        // Fields in the documented order (a `json!` map would sort them).
+        #[derive(serde::Serialize)]
+        struct Unhealthy<'a> {
+            status: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            cluster: Option<String>,
+            cores: Vec<CoreFailure<'a>>,
+        }
+        #[derive(serde::Serialize)]
+        struct CoreFailure<'a> {
+            core: usize,
+            storage: &'static str,
+            reason: &'a str,
+        }
+        let cores = failures
             .iter()
-            .map(
-                |(core, reason)| json!({ "core": core, "storage": "unwritable", "reason": reason }),
-            )
+            .map(|(core, reason)| CoreFailure {
+                core: *core,
+                storage: "unwritable",
+                reason,
+            })
             .collect();
-        match cluster {
-            Some(reason) => Response::json(
-                503,
-                &json!({ "status": "unhealthy", "cluster": reason, "cores": cores }),
-            ),
-            None => Response::json(503, &json!({ "status": "unhealthy", "cores": cores })),
+        let body = Unhealthy {
+            status: "unhealthy",
+            cluster,
+            cores,
+        };
+        match serde_json::to_string(&body) {
+            Ok(text) => Response::new(503, text).with_header("Content-Type", "application/json"),
+            Err(error) => Response::json_error(503, &format!("unhealthy: {error}")),
         }
     }
 

@@ -405,6 +405,7 @@ async fn serve(start: CoreStart) -> Result<(), String> {
             lease,
             (
                 host.store().clone(),
+                crate::object::store_limits(&config),
                 config
                     .cluster
                     .as_ref()
