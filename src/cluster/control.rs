@@ -43,6 +43,8 @@ const SETTINGS_KEY: &str = "settings";
 const OWNER_KEY: &str = "owner";
 /// Headers of every append.
 const EXPECTED_LAST: &str = "Nats-Expected-Last-Subject-Sequence";
+/// The header naming a message for the stream's deduplication.
+const MSG_ID: &str = "Nats-Msg-Id";
 const KIND_HEADER: &str = "Stead-Kind";
 const EPOCH_HEADER: &str = "Stead-Epoch";
 const NODE_HEADER: &str = "Stead-Node";
@@ -178,6 +180,7 @@ pub fn start(
                 }
             };
             let control = Control {
+                append_ids: process_number(),
                 lease,
                 held: RefCell::default(),
                 deposed: Rc::default(),
@@ -267,12 +270,26 @@ fn subject(partition: u32) -> String {
     format!("{SUBJECT_PREFIX}{partition}")
 }
 
+/// A random number for this process; the clock's nanoseconds if the system has no randomness.
+fn process_number() -> u64 {
+    let mut bytes = [0u8; 8];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as u64),
+    }
+}
+
 /// How long giving the lease up may take.
 fn release_timeout(lease_ms: u64) -> Duration {
     Duration::from_millis(lease_ms.max(1) / 6)
 }
 
 struct Control {
+    /// This process's part of its appends' message ids (random): a resent append is the
+    /// same message, another process's never is.
+    append_ids: u64,
     lease: std::sync::Arc<super::Lease>,
     /// The lease bucket and this process's lease value, once it took the lease.
     held: RefCell<Option<(kv::Store, bytes::Bytes)>>,
@@ -637,7 +654,13 @@ impl Control {
                             let headers = headers("takeover", &node, epoch, previous);
                             let published = tokio::time::timeout(
                                 STEP_TIMEOUT,
-                                publish_until_heard(&js, subject.clone(), headers, Vec::new()),
+                                publish_until_heard(
+                                    &js,
+                                    subject.clone(),
+                                    headers,
+                                    Vec::new(),
+                                    None,
+                                ),
                             )
                             .await;
                             match published {
@@ -993,10 +1016,19 @@ impl Control {
             tokio::task::spawn_local(async move {
                 let partition = append.partition;
                 let expected = last.borrow().get(partition as usize).copied().unwrap_or(0);
-                let headers = headers("batches", &control.settings.node_id, epoch, expected);
+                let mut headers = headers("batches", &control.settings.node_id, epoch, expected);
+                let id = format!("{:016x}.{partition}.{}", control.append_ids, append.upto);
+                headers.insert(MSG_ID, id.as_str());
+                let resend_after = (timeout / 4).max(Duration::from_millis(250));
                 let sent = tokio::time::timeout(
                     timeout,
-                    publish_until_heard(&js, subject(partition), headers, append.payload),
+                    publish_until_heard(
+                        &js,
+                        subject(partition),
+                        headers,
+                        append.payload,
+                        Some(resend_after),
+                    ),
                 )
                 .await;
                 let event = match sent {
@@ -1169,6 +1201,8 @@ enum PublishFailure {
     Fenced,
     /// No server of the stream took the message: nothing was stored.
     NoResponders,
+    /// No answer (timed out, or the connection broke): it may have been stored.
+    NoAnswer(String),
     Other(String),
 }
 
@@ -1177,6 +1211,7 @@ impl std::fmt::Display for PublishFailure {
         match self {
             PublishFailure::Fenced => f.write_str("refused: the subject has a newer record"),
             PublishFailure::NoResponders => f.write_str("no server of the stream answered"),
+            PublishFailure::NoAnswer(reason) => write!(f, "no answer: {reason}"),
             PublishFailure::Other(reason) => f.write_str(reason),
         }
     }
@@ -1186,19 +1221,34 @@ impl std::fmt::Display for PublishFailure {
 /// message's sequence. "No responders" means no server took the message (the stream is electing
 /// a leader, or its leader's server just went away), so sending it again cannot store it twice;
 /// any other failure is final. The caller bounds the whole by `cluster.ack_timeout_ms`.
+///
+/// With `resend_after`, the message carries a `Nats-Msg-Id` of its own: an attempt not
+/// answered within it (or whose connection broke) is sent again, and the stream's
+/// deduplication stores it at most once, answering a resend of a stored message with that
+/// message's sequence.
 async fn publish_until_heard(
     js: &jetstream::Context,
     subject: String,
     headers: HeaderMap,
     payload: Vec<u8>,
+    resend_after: Option<Duration>,
 ) -> Result<u64, PublishFailure> {
     let mut pause = Duration::from_millis(20);
     loop {
-        match publish(js, subject.clone(), headers.clone(), payload.clone()).await {
+        let attempt = publish(js, subject.clone(), headers.clone(), payload.clone());
+        let outcome = match resend_after {
+            Some(wait) => match tokio::time::timeout(wait, attempt).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(PublishFailure::NoAnswer("no answer in time".to_string())),
+            },
+            None => attempt.await,
+        };
+        match outcome {
             Err(PublishFailure::NoResponders) => {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(500));
             }
+            Err(PublishFailure::NoAnswer(_)) if resend_after.is_some() => {}
             other => return other,
         }
     }
@@ -1214,6 +1264,10 @@ async fn publish(
     let classify = |error: jetstream::context::PublishError| match error.kind() {
         jetstream::context::PublishErrorKind::WrongLastSequence => PublishFailure::Fenced,
         jetstream::context::PublishErrorKind::StreamNotFound => PublishFailure::NoResponders,
+        jetstream::context::PublishErrorKind::TimedOut
+        | jetstream::context::PublishErrorKind::BrokenPipe => {
+            PublishFailure::NoAnswer(error.to_string())
+        }
         _ => PublishFailure::Other(error.to_string()),
     };
     let ack = js
