@@ -351,13 +351,7 @@ impl Replication {
                             None => None,
                         }
                     };
-                    if let Some((snapshot, sequence)) = send {
-                        glommio::spawn_local(
-                            self.clone().send_snapshot(partition, sequence, snapshot),
-                        )
-                        .detach();
-                    }
-                    self.flush(partition);
+                    self.clone().go_on(partition, send);
                 }
                 ControlEvent::SnapshotDone { partition, kept } => {
                     if kept {
@@ -378,13 +372,7 @@ impl Replication {
                         }
                         None => None,
                     };
-                    if let Some((snapshot, sequence)) = send {
-                        glommio::spawn_local(
-                            self.clone().send_snapshot(partition, sequence, snapshot),
-                        )
-                        .detach();
-                    }
-                    self.flush(partition);
+                    self.clone().go_on(partition, send);
                 }
                 ControlEvent::Failed { partition, error } => {
                     if matches!(error, ReplicationError::Fenced { .. }) {
@@ -460,6 +448,16 @@ impl Replication {
                 None
             }
         }
+    }
+
+    /// After an answer of the control thread: sends the snapshot the answer made ready, if
+    /// any, and the partition's next append.
+    fn go_on(self: Rc<Self>, partition: u32, snapshot: Option<(Box<Snapshot>, u64)>) {
+        if let Some((snapshot, sequence)) = snapshot {
+            glommio::spawn_local(self.clone().send_snapshot(partition, sequence, snapshot))
+                .detach();
+        }
+        self.flush(partition);
     }
 
     /// Reads the snapshot's values and hands it to the control thread as the state of

@@ -292,3 +292,14 @@ pub fn check_lock(logs: &[LockLog]) -> usize {
     }
     holdings.len()
 }
+
+/// Checks that every status the clients saw (each client's counts by status) is one of
+/// `allowed`.
+pub fn check_statuses<'a>(seen: impl IntoIterator<Item = &'a BTreeMap<u16, u64>>, allowed: &[u16]) {
+    for statuses in seen {
+        assert!(
+            statuses.keys().all(|status| allowed.contains(status)),
+            "{statuses:?}, only {allowed:?} expected"
+        );
+    }
+}
