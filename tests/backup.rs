@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,50 +19,16 @@ use serde_json::{json, Value};
 const TOKEN: &str = "backup-token";
 const COUNTERS: usize = 24;
 
-/// Downloads a backup: the raw answer, de-chunked.
+/// Downloads a backup: the status and the body, de-chunked.
 fn download(addr: SocketAddr, token: &str) -> (u16, Vec<u8>) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let request = format!(
-        "GET /admin/backup HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\n\r\n"
+    let authorization = format!("Bearer {token}");
+    let reply = Client::connect(addr).request_with(
+        "GET",
+        "/admin/backup",
+        &[("Authorization", &authorization)],
+        b"",
     );
-    stream.write_all(request.as_bytes()).expect("send");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read");
-    let end = raw
-        .windows(4)
-        .position(|window| window == b"\r\n\r\n")
-        .expect("a head");
-    let head = String::from_utf8_lossy(&raw[..end]).to_string();
-    let status: u16 = head
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("status");
-    let mut rest = &raw[end + 4..];
-    if !head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return (status, rest.to_vec());
-    }
-    let mut body = Vec::new();
-    loop {
-        let line = rest
-            .windows(2)
-            .position(|window| window == b"\r\n")
-            .expect("a chunk size");
-        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line]).expect("hex"), 16)
-            .expect("chunk size");
-        rest = &rest[line + 2..];
-        if size == 0 {
-            return (status, body);
-        }
-        body.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
-    }
+    (reply.status, reply.body)
 }
 
 fn restore(from: &Path, data_dir: &Path, cores: &str) -> (Option<i32>, String) {

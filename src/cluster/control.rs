@@ -109,9 +109,9 @@ pub struct StartedCluster {
     pub shutdown: ClusterShutdown,
 }
 
-/// The end of a graceful shutdown: once every core has stopped (nothing is served any more and
-/// every core has dropped its link), the control thread deletes this process's lease so that a
-/// standby takes over at its next try instead of when the lease expires.
+/// The end of a graceful shutdown: once every core has stopped (nothing is served any more),
+/// the server tells the control thread, which deletes this process's lease so that a standby
+/// takes over at its next try instead of when the lease expires.
 pub struct ClusterShutdown {
     /// Tells the control thread that the cores have stopped.
     release: std::sync::Arc<tokio::sync::Notify>,
@@ -206,7 +206,8 @@ pub fn start(
             for link in &mut links {
                 link.append_bytes_max = append_bytes_max;
             }
-            // The thread is detached: it ends when every core has dropped its link.
+            // The thread is detached: it ends once `ClusterShutdown::wait` tells it the cores
+            // have stopped (or the appends' channel closes).
             Ok(StartedCluster {
                 links,
                 epoch,
@@ -896,10 +897,8 @@ impl Control {
     /// Keeps a partition's snapshot (the object `p<partition>.<sequence>` of the snapshot
     /// bucket), purges the partition's subject below `sequence` (the message itself stays:
     /// the fence names the subject's last sequence), and deletes the partition's previous
-    /// snapshot. Done only while the lease is fresh and within a quarter of the lease, so a
-    /// node that lost its lease (and whose successor may be reading the snapshots) has
-    /// stopped before another node may take over; a snapshot never replaces a newer one (each
-    /// has a name of its own, and a start takes the highest).
+    /// snapshot (see `store_and_purge` for how the purge keeps within the lease); a snapshot
+    /// never replaces a newer one (each has a name of its own, and a start takes the highest).
     async fn keep_snapshot(
         self: Rc<Self>,
         log: stream::Stream,
@@ -1233,6 +1232,8 @@ async fn publish_until_heard(
     payload: Vec<u8>,
     resend_after: Option<Duration>,
 ) -> Result<u64, PublishFailure> {
+    // Shared by every attempt, not copied.
+    let payload = bytes::Bytes::from(payload);
     let mut pause = Duration::from_millis(20);
     loop {
         let attempt = publish(js, subject.clone(), headers.clone(), payload.clone());
@@ -1259,7 +1260,7 @@ async fn publish(
     js: &jetstream::Context,
     subject: String,
     headers: HeaderMap,
-    payload: Vec<u8>,
+    payload: bytes::Bytes,
 ) -> Result<u64, PublishFailure> {
     let classify = |error: jetstream::context::PublishError| match error.kind() {
         jetstream::context::PublishErrorKind::WrongLastSequence => PublishFailure::Fenced,
@@ -1271,7 +1272,7 @@ async fn publish(
         _ => PublishFailure::Other(error.to_string()),
     };
     let ack = js
-        .publish_with_headers(subject, headers, payload.into())
+        .publish_with_headers(subject, headers, payload)
         .await
         .map_err(classify)?
         .await

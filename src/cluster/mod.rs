@@ -63,7 +63,7 @@ impl Lease {
 
     /// Whether the node may serve now.
     pub fn is_fresh(&self) -> bool {
-        (self.base.elapsed().as_millis() as u64) < self.valid_until_ms.load(Ordering::SeqCst)
+        !self.fresh_for().is_zero()
     }
 
     /// How much longer the node may serve: zero once the lease is not fresh.
@@ -83,7 +83,7 @@ pub struct Append {
     pub upto: u64,
     pub payload: Vec<u8>,
     /// `Some(sequence)`: not an append but the partition's whole state as of its subject's
-    /// message `sequence` (the payload holds every object as one batch), to keep as the
+    /// message `sequence` (the payload holds every object's keys and alarm as batches), to keep as the
     /// partition's snapshot; the subject is then purged below that message.
     pub snapshot_of: Option<u64>,
 }

@@ -359,11 +359,9 @@ impl Replication {
                     }
                     // What was acknowledged while this one was on its way may call for the
                     // next at once: a partition that went quiet still gets its tail kept.
+                    self.snapshot_finished(partition);
                     let send = match self.states.borrow_mut().get_mut(&partition) {
                         Some(state) => {
-                            if matches!(state.snapshot, Snapshotting::Sending) {
-                                state.snapshot = Snapshotting::Idle;
-                            }
                             if kept {
                                 self.snapshot_step(partition, state)
                             } else {
@@ -480,7 +478,7 @@ impl Replication {
                 }
                 Err(error) => {
                     tracing::warn!(core = self.core, partition, %error, "snapshot not read");
-                    self.snapshot_abandoned(partition);
+                    self.snapshot_finished(partition);
                     return;
                 }
             }
@@ -494,11 +492,12 @@ impl Replication {
         };
         // The channel holds one append and one snapshot per partition of the core.
         if self.appends.try_send(append).is_err() {
-            self.snapshot_abandoned(partition);
+            self.snapshot_finished(partition);
         }
     }
 
-    fn snapshot_abandoned(&self, partition: u32) {
+    /// The partition's snapshot in flight is done with (kept, or not): the next may be taken.
+    fn snapshot_finished(&self, partition: u32) {
         if let Some(state) = self.states.borrow_mut().get_mut(&partition) {
             if matches!(state.snapshot, Snapshotting::Sending) {
                 state.snapshot = Snapshotting::Idle;

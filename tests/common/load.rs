@@ -4,8 +4,7 @@
 //! they saw comes back as a log for the checks below.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -33,54 +32,9 @@ impl Target {
 
 /// One GET over a fresh connection: the status and body, or why no answer came.
 pub fn try_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), String> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| e.to_string())?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&answer);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no complete answer: {text:?}"))?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|status| status.parse().ok())
-        .ok_or_else(|| format!("no status: {head:?}"))?;
-    let chunked = head
-        .lines()
-        .any(|line| line.eq_ignore_ascii_case("transfer-encoding: chunked"));
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_string()
-    };
-    Ok((status, body))
-}
-
-/// The body of a chunked answer.
-fn dechunk(mut rest: &str) -> Result<String, String> {
-    let mut body = String::new();
-    loop {
-        let (size, after) = rest
-            .split_once("\r\n")
-            .ok_or_else(|| format!("a chunk without its size: {rest:?}"))?;
-        let size = usize::from_str_radix(size.trim(), 16).map_err(|e| e.to_string())?;
-        if size == 0 {
-            return Ok(body);
-        }
-        let chunk = after
-            .get(..size)
-            .ok_or_else(|| "a chunk cut short".to_string())?;
-        body.push_str(chunk);
-        rest = after[size..].trim_start_matches("\r\n");
-    }
+    let mut client = super::Client::try_connect(addr, timeout).map_err(|e| e.to_string())?;
+    let reply = client.try_request("GET", path)?;
+    Ok((reply.status, reply.text()))
 }
 
 /// What one counter writer saw.

@@ -173,14 +173,18 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        stream.set_nodelay(true).expect("nodelay");
-        Client {
+        Client::try_connect(addr, Duration::from_secs(30)).expect("connect")
+    }
+
+    /// Connects within `timeout`, which also bounds each read and write.
+    pub fn try_connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<Client> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        Ok(Client {
             reader: BufReader::new(stream),
-        }
+        })
     }
 
     pub fn stream(&mut self) -> &mut TcpStream {
@@ -190,6 +194,17 @@ impl Client {
     /// Sends raw bytes.
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.reader.get_mut().write_all(bytes).expect("write");
+    }
+
+    /// One request and its answer, or why none came (the connection failed or closed).
+    pub fn try_request(&mut self, method: &str, path: &str) -> Result<Reply, String> {
+        let head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n");
+        self.reader
+            .get_mut()
+            .write_all(head.as_bytes())
+            .map_err(|error| error.to_string())?;
+        self.read_reply()
+            .ok_or_else(|| "no answer: the connection failed or closed".to_string())
     }
 
     pub fn request(&mut self, method: &str, path: &str, body: &[u8]) -> Reply {
@@ -228,6 +243,24 @@ impl Client {
         self.request("GET", path, b"")
     }
 
+    /// A chunked body (no trailers).
+    fn read_chunks(&mut self) -> Option<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).ok()?;
+            let size = usize::from_str_radix(line.trim(), 16).ok()?;
+            if size == 0 {
+                self.reader.read_line(&mut line).ok()?;
+                return Some(body);
+            }
+            // The chunk and its CRLF.
+            let mut chunk = vec![0; size + 2];
+            self.reader.read_exact(&mut chunk).ok()?;
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+
     /// Reads one response; None if the server closed the connection first.
     pub fn read_reply(&mut self) -> Option<Reply> {
         let mut status_line = String::new();
@@ -246,13 +279,21 @@ impl Client {
             let (name, value) = line.split_once(':')?;
             headers.push((name.trim().to_string(), value.trim().to_string()));
         }
-        let length: usize = headers
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, value)| value.parse().ok())
-            .unwrap_or(0);
-        let mut body = vec![0; length];
-        self.reader.read_exact(&mut body).ok()?;
+        let chunked = headers.iter().any(|(name, value)| {
+            name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked")
+        });
+        let body = if chunked {
+            self.read_chunks()?
+        } else {
+            let length: usize = headers
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, value)| value.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; length];
+            self.reader.read_exact(&mut body).ok()?;
+            body
+        };
         Some(Reply {
             status,
             headers,
