@@ -18,7 +18,7 @@ source scripts/bench-common.sh
 source scripts/nats-cluster.sh
 trap 'stop_nats; cleanup' EXIT
 
-# Prints "start_ms batches objects".
+# Prints "start_ms log_batches snapshot_batches".
 measure() { # replicas snapshot_batches
   rm -rf "$WORK"/nats-*
   local nats
@@ -33,17 +33,17 @@ measure() { # replicas snapshot_batches
   start_stead --config "$WORK/cluster.toml"
   "$BIN" bench --url "http://127.0.0.1:$PORT" --scenario counter-spread --objects 1000 \
     --connections 32 --requests "$REQUESTS" >/dev/null
-  kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
+  stop_stead
   local started=$(date +%s%N)
   start_stead --config "$WORK/cluster.toml"
   local ready=$(date +%s%N)
-  local batches objects
+  local batches from_snapshots
   batches=$(grep -o 'rebuilt from the log.*batches[^ ]*=[^ ]*[0-9]\+' "$WORK/server.log" | grep -o '[0-9]\+$' | tail -1)
-  objects=$(grep -o 'snapshots replayed.*batches[^ ]*=[^ ]*[0-9]\+' "$WORK/server.log" | grep -o '[0-9]\+$' | tail -1)
+  from_snapshots=$(grep -o 'snapshots replayed.*batches[^ ]*=[^ ]*[0-9]\+' "$WORK/server.log" | grep -o '[0-9]\+$' | tail -1)
   stop_stead
   stop_nats
   wait 2>/dev/null || true
-  echo "$(( (ready - started) / 1000000 )) ${batches:-0} ${objects:-0}"
+  echo "$(( (ready - started) / 1000000 )) ${batches:-0} ${from_snapshots:-0}"
 }
 
 declare -A RESULTS

@@ -150,6 +150,16 @@ impl Response {
         Response::new(status, value.to_string()).with_header("Content-Type", "application/json")
     }
 
+    /// An `application/json` response of any serializable value, its fields in the order they
+    /// are declared or inserted.
+    pub fn json_of<T: serde::Serialize + ?Sized>(
+        status: u16,
+        value: &T,
+    ) -> Result<Response, serde_json::Error> {
+        Ok(Response::new(status, serde_json::to_vec(value)?)
+            .with_header("Content-Type", "application/json"))
+    }
+
     /// `{"error": message}` as JSON.
     pub fn json_error(status: u16, message: &str) -> Response {
         Response::json(status, &serde_json::json!({ "error": message }))

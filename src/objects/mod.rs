@@ -43,8 +43,7 @@ const KEYS_PER_BATCH_MAX: usize = 64;
 /// answers with `JSON.stringify`, which keeps insertion order, and clients may compare bytes.
 /// (`serde_json::Value` sorts object keys, so it is not used for answers with several fields.)
 fn json_response<T: Serialize>(status: u16, value: &T) -> Result<Response, ObjectError> {
-    Ok(Response::new(status, serde_json::to_vec(value)?)
-        .with_header("Content-Type", "application/json"))
+    Ok(Response::json_of(status, value)?)
 }
 
 /// The `limit` and `windowMs` query parameters of both rate limiters, each a positive integer

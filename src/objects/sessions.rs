@@ -204,8 +204,7 @@ impl Sessions {
             created_at,
             expires_at,
         };
-        Ok(Response::new(200, serde_json::to_vec(&view)?)
-            .with_header("Content-Type", "application/json"))
+        Ok(Response::json_of(200, &view)?)
     }
 
     fn delete(&self, id: &str) -> Result<Response, ObjectError> {

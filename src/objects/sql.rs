@@ -102,8 +102,7 @@ fn cursor_json(cursor: &Cursor) -> Value {
 
 /// A JSON object answer, fields in insertion order.
 fn answer(status: u16, value: &Value) -> Result<Response, ObjectError> {
-    Ok(Response::new(status, serde_json::to_vec(value)?)
-        .with_header("Content-Type", "application/json"))
+    Ok(Response::json_of(status, value)?)
 }
 
 /// The answer to a failed statement: the client's (400) unless the database failed.

@@ -714,10 +714,9 @@ fn limit(request: &Request) -> Result<usize, Response> {
 
 /// A 200 answer of `value` as JSON, fields in declaration order.
 fn json(value: &impl Serialize) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(body) => Response::new(200, body).with_header("Content-Type", "application/json"),
-        Err(error) => Response::json_error(500, &format!("cannot encode the answer: {error}")),
-    }
+    Response::json_of(200, value).unwrap_or_else(|error| {
+        Response::json_error(500, &format!("cannot encode the answer: {error}"))
+    })
 }
 
 /// `GET /admin/classes`.

@@ -400,10 +400,8 @@ impl Shard {
             cluster,
             cores,
         };
-        match serde_json::to_string(&body) {
-            Ok(text) => Response::new(503, text).with_header("Content-Type", "application/json"),
-            Err(error) => Response::json_error(503, &format!("unhealthy: {error}")),
-        }
+        Response::json_of(503, &body)
+            .unwrap_or_else(|error| Response::json_error(503, &format!("unhealthy: {error}")))
     }
 
     /// `/metrics`: this core's figures and every other core's, asked for over the mesh.
