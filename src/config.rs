@@ -342,6 +342,15 @@ pub struct ClusterSettings {
     /// start replays the snapshot and what came after instead of the whole log. 0: never.
     #[serde(default = "default_snapshot_batches")]
     pub snapshot_batches: u64,
+    /// `HOST:PORT` where the other nodes reach this node's listener: requests that reach a
+    /// node which does not serve their object are forwarded to the owner's. None: the bound
+    /// listening address, unless it is unspecified (`0.0.0.0`), in which case no node can
+    /// forward to this one (they answer 503 instead).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// How long a node waits for the owner's answer to a request it forwarded.
+    #[serde(default = "default_forward_timeout_ms")]
+    pub forward_timeout_ms: u64,
 }
 
 impl ClusterSettings {
@@ -354,6 +363,8 @@ impl ClusterSettings {
             ack_timeout_ms: default_ack_timeout_ms(),
             lease_ms: default_lease_ms(),
             snapshot_batches: default_snapshot_batches(),
+            advertise: None,
+            forward_timeout_ms: default_forward_timeout_ms(),
         }
     }
 }
@@ -368,6 +379,10 @@ fn default_ack_timeout_ms() -> u64 {
 
 fn default_snapshot_batches() -> u64 {
     10_000
+}
+
+fn default_forward_timeout_ms() -> u64 {
+    30_000
 }
 
 fn default_lease_ms() -> u64 {

@@ -84,6 +84,10 @@ struct ServeArgs {
     /// This node's name in the cluster.
     #[arg(long, requires = "cluster")]
     node_id: Option<String>,
+    /// HOST:PORT where the other nodes of the cluster reach this node (they forward requests
+    /// for its objects there); default: the listening address, if it names a host.
+    #[arg(long, requires = "cluster")]
+    advertise: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -168,6 +172,9 @@ fn serve(args: ServeArgs) -> ExitCode {
                 config.cluster = Some(stead::config::ClusterSettings::new(args.cluster, node_id))
             }
         }
+    }
+    if let (Some(settings), Some(advertise)) = (config.cluster.as_mut(), args.advertise) {
+        settings.advertise = Some(advertise);
     }
     let data_dir = config.data_dir.clone();
     let cores = config.cores_resolved();

@@ -75,6 +75,11 @@ pub struct CoreMetrics {
     pub forward_rejections_total: Cell<u64>,
     /// WebSocket upgrades this core handed (with their connection) to the owning core.
     pub websocket_handoffs_total: Cell<u64>,
+    /// In a cluster: requests (WebSocket upgrades included) this core forwarded to the owner,
+    /// another node.
+    pub cluster_forwarded_total: Cell<u64>,
+    /// In a cluster: forwarded requests that got no answer from the owner (503 here).
+    pub cluster_forward_failures_total: Cell<u64>,
     /// How late the core's stall probe woke; see [`run_stall_probe`].
     pub stalls: Rc<StallProbe>,
 }
@@ -220,6 +225,8 @@ impl CoreMetrics {
             forwarded_total: self.forwarded_total.get(),
             forward_rejections_total: self.forward_rejections_total.get(),
             websocket_handoffs_total: self.websocket_handoffs_total.get(),
+            cluster_forwarded_total: self.cluster_forwarded_total.get(),
+            cluster_forward_failures_total: self.cluster_forward_failures_total.get(),
             stalls: self.stalls.stats(),
             shutdown_waiters,
             host,
@@ -240,6 +247,8 @@ pub struct CoreSnapshot {
     pub forwarded_total: u64,
     pub forward_rejections_total: u64,
     pub websocket_handoffs_total: u64,
+    pub cluster_forwarded_total: u64,
+    pub cluster_forward_failures_total: u64,
     pub stalls: StallStats,
     /// Tasks registered to wake at shutdown: at most one per open connection plus the accept
     /// loop. More would be a leak (one once grew by two per accepted connection).
@@ -262,7 +271,7 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
     let mut out = String::with_capacity(8 * 1024);
     render_requests(&mut out, snapshots);
     render_latency(&mut out, snapshots);
-    let per_core: [PerCoreMetric; 44] = [
+    let per_core: [PerCoreMetric; 46] = [
         (
             "stead_shutdown_waiters",
             "gauge",
@@ -434,6 +443,20 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
             "In a cluster: 1 once another node became the owner (or the watch of the owner key \
              was lost): every partition answers 503 on this node.",
             |s| u64::from(s.host.replication.deposed) as f64,
+        ),
+        (
+            "stead_cluster_forwarded_total",
+            "counter",
+            "In a cluster: requests (WebSocket upgrades included) this core forwarded to the \
+             owner, another node, because this node does not serve them.",
+            |s| s.cluster_forwarded_total as f64,
+        ),
+        (
+            "stead_cluster_forward_failures_total",
+            "counter",
+            "In a cluster: forwarded requests the owner did not answer (connection refused, \
+             timed out, or a malformed answer): each was answered 503 here.",
+            |s| s.cluster_forward_failures_total as f64,
         ),
         (
             "stead_history_keys",

@@ -169,6 +169,7 @@ impl Server {
         let layout = layout::prepare(&config).map_err(ServerError::Layout)?;
         let cores = layout.cores;
         let mut cluster_shutdown = None;
+        let mut cluster_view = None;
         let mut cluster_links = match &config.cluster {
             Some(settings) => {
                 // Joining deposes the running owner: first make sure this node could serve.
@@ -181,8 +182,9 @@ impl Server {
                 }
                 let started = crate::cluster::start(settings, layout.partitions, cores)
                     .map_err(|error| ServerError::Config(error.to_string()))?;
-                tracing::info!(epoch = started.epoch, "joined the cluster");
+                tracing::info!("joined the cluster (a standby until this node holds the lease)");
                 cluster_shutdown = Some(started.shutdown);
+                cluster_view = Some(started.view);
                 started.links.into_iter().map(Some).collect()
             }
             None => Vec::new(),
@@ -280,6 +282,16 @@ impl Server {
             match events.recv() {
                 Ok(CoreEvent::Bound(bound)) => {
                     address = Some(bound);
+                    if let (Some(view), Some(settings)) = (&cluster_view, &config.cluster) {
+                        match advertised(settings, bound) {
+                            Some(advertise) => view.set_advertise(advertise),
+                            None => tracing::warn!(
+                                %bound,
+                                "cluster: listening on an unspecified address without \
+                                 --advertise: the other nodes cannot forward requests to this one"
+                            ),
+                        }
+                    }
                     for sender in address_senders.drain(..) {
                         let _ = sender.send(bound);
                     }
@@ -309,6 +321,35 @@ impl Server {
         let address = address.unwrap_or(config.listen);
         Ok(RunningServer { address, ..running })
     }
+}
+
+/// Where the other nodes of the cluster reach this node: `advertise`, else the bound address
+/// unless it is unspecified (`0.0.0.0`, `::`).
+fn advertised(settings: &crate::config::ClusterSettings, bound: SocketAddr) -> Option<String> {
+    match &settings.advertise {
+        Some(advertise) => Some(advertise.clone()),
+        None if bound.ip().is_unspecified() => None,
+        None => Some(bound.to_string()),
+    }
+}
+
+/// Whether `address` is `HOST:PORT` (`[v6]:PORT` for an IPv6 address) with a port above 0.
+fn is_host_and_port(address: &str) -> bool {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = match host.strip_prefix('[') {
+        Some(inner) => inner
+            .strip_suffix(']')
+            .is_some_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'.' || byte == b'-')
+        }
+    };
+    host_ok && port.parse::<u16>().is_ok_and(|port| port > 0)
 }
 
 /// Waits until every core checked the classes of its objects; an error if one could not start
@@ -408,6 +449,19 @@ fn validate(config: &Config) -> Result<(), ServerError> {
         .is_some_and(|cluster| cluster.lease_ms < 1000 || cluster.ack_timeout_ms == 0)
     {
         Some("cluster.lease_ms must be at least 1000 and cluster.ack_timeout_ms positive")
+    } else if config.cluster.as_ref().is_some_and(|cluster| {
+        cluster
+            .advertise
+            .as_deref()
+            .is_some_and(|advertise| !is_host_and_port(advertise))
+    }) {
+        Some("cluster.advertise (--advertise) must be HOST:PORT, e.g. 10.0.0.1:8080")
+    } else if config
+        .cluster
+        .as_ref()
+        .is_some_and(|cluster| cluster.forward_timeout_ms == 0)
+    {
+        Some("cluster.forward_timeout_ms must be positive")
     } else if config.storage.compaction_dead_percent_min > 100 {
         // Dead bytes are a share of all bytes: past 100 compaction would never start.
         Some("storage.compaction_dead_percent_min must be at most 100")

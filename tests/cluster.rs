@@ -40,9 +40,34 @@ fn one_nats(test: &str) -> Option<(std::path::PathBuf, tempfile::TempDir, NatsSe
     Some((binary, dir, nats))
 }
 
-fn start_node(dir: &Path, node: &str, nats: &str) -> TestServer {
+/// How long a node may take to serve: a standby waits for the owner's lease.
+const SERVING_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Waits until `node` serves: `/healthz` answers 200 once it owns the partitions and every
+/// core replayed its own. A node listens from its start, as a standby until then.
+fn serving(node: TestServer) -> TestServer {
+    let serves = common::wait_until(SERVING_TIMEOUT, || {
+        common::Client::try_connect(node.addr, Duration::from_secs(5))
+            .ok()
+            .and_then(|mut client| client.try_request("GET", "/healthz").ok())
+            .is_some_and(|reply| reply.status == 200)
+    });
+    if !serves {
+        node.kill();
+        panic!("the node did not serve within {SERVING_TIMEOUT:?}");
+    }
+    node
+}
+
+/// Starts node `node` and returns once it listens (perhaps as a standby).
+fn start_standby(dir: &Path, node: &str, nats: &str) -> TestServer {
     let config = node_config(dir, node, nats, PARTITIONS);
     TestServer::start(&dir.join(node), 2, &["--config", &config])
+}
+
+/// Starts node `node` and returns once it serves.
+fn start_node(dir: &Path, node: &str, nats: &str) -> TestServer {
+    serving(start_standby(dir, node, nats))
 }
 
 /// Increments counter `name` and returns the value it acknowledged, or the status it failed
@@ -97,7 +122,11 @@ fn acknowledged_writes_survive_losing_the_node_and_its_disk() {
     assert_eq!(increment(&node, "c0"), Ok(acknowledged[0] + 1));
     node.kill();
     let config = node_config(dir.path(), "a", &nats.url(), PARTITIONS);
-    let node = TestServer::start(&dir.path().join("a"), 1, &["--config", &config]);
+    let node = serving(TestServer::start(
+        &dir.path().join("a"),
+        1,
+        &["--config", &config],
+    ));
     assert_eq!(value(&node, "c0"), acknowledged[0] + 1);
     assert_eq!(node.stop(), Some(0));
 }
@@ -145,6 +174,91 @@ fn a_standby_takes_over_when_the_owner_dies() {
     assert_eq!(new.stop(), Some(0));
 }
 
+/// Every node listens from its start: a standby forwards each request (a POST with its body,
+/// a WebSocket) to the owner the `owner` key names; a request another node already forwarded
+/// is answered 421 with the owner instead of a second hop; once the standby took over, the
+/// old owner, restarted, forwards to it, and takes over again when it stops.
+#[test]
+fn a_standby_forwards_to_the_owner_and_so_does_the_old_owner_after_a_takeover() {
+    const TEST: &str = "a_standby_forwards_to_the_owner_and_so_does_the_old_owner_after_a_takeover";
+    let Some((_, dir, nats)) = one_nats(TEST) else {
+        return;
+    };
+    let a = start_node(dir.path(), "a", &nats.url());
+    let b = start_standby(dir.path(), "b", &nats.url());
+    let forwarded = common::wait_until(Duration::from_secs(10), || increment(&b, "f") == Ok(1));
+    assert!(forwarded, "the standby did not forward to the owner");
+    for expected in 2..=5 {
+        assert_eq!(increment(&b, "f"), Ok(expected));
+    }
+    assert_eq!(value(&a, "f"), 5);
+    assert!(b.metric_sum("stead_cluster_forwarded_total") >= 5.0);
+    assert_eq!(b.metric_sum("stead_cluster_partitions_served"), 0.0);
+    let health = b.client().get("/healthz");
+    assert_eq!(health.status, 503);
+    assert_eq!(
+        health.text(),
+        r#"{"status":"unhealthy","cluster":"this node is a standby: node \"a\" owns the partitions","cores":[]}"#
+    );
+    // A body and the answer's own status and headers make the trip.
+    let posted = br#"{"userId":"u1","data":{"b":1.50},"ttlMs":600000}"#;
+    let created = b
+        .client()
+        .request("POST", "/objects/sessions/app/sessions", posted);
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(created.header("content-type"), Some("application/json"));
+    let id = created.json()["id"].as_str().expect("id").to_string();
+    let got = a
+        .client()
+        .get(&format!("/objects/sessions/app/sessions/{id}"));
+    assert!(
+        got.text().contains(r#""data":{"b":1.50}"#),
+        "{}",
+        got.text()
+    );
+    // No second hop: a node that does not serve a forwarded request names the owner.
+    let misdirected = b.client().request_with(
+        "GET",
+        "/objects/counter/f/value",
+        &[("stead-forwarded-by", "c")],
+        b"",
+    );
+    assert_eq!(misdirected.status, 421);
+    assert_eq!(
+        misdirected.text(),
+        format!(
+            r#"{{"error":"this node does not serve the object; send the request to its owner","owner":"a","address":"{}"}}"#,
+            a.addr
+        )
+    );
+    // A WebSocket through the standby: the owner's room, which a member on the owner shares.
+    let mut through_b =
+        common::ws::WsClient::connect(b.addr, "/objects/chat/room/websocket?name=via-b");
+    assert_eq!(through_b.next_json()["type"], "join");
+    let mut on_a = common::ws::WsClient::connect(a.addr, "/objects/chat/room/websocket?name=on-a");
+    assert_eq!(on_a.next_json()["type"], "join");
+    let joined = through_b.next_json();
+    assert_eq!(joined["type"], "join", "{joined}");
+    assert_eq!(joined["name"], "on-a", "{joined}");
+    through_b.send_text(r#"{"type":"message","text":"hello from b"}"#);
+    let said = on_a.next_json();
+    assert_eq!(said["text"], "hello from b", "{said}");
+    drop((through_b, on_a));
+
+    a.kill();
+    let b = serving(b);
+    assert_eq!(value(&b, "f"), 5);
+    // Restarted, a is a standby that forwards to b.
+    let a = start_standby(dir.path(), "a", &nats.url());
+    let forwarded = common::wait_until(Duration::from_secs(10), || increment(&a, "f") == Ok(6));
+    assert!(forwarded, "the old owner did not forward to the new one");
+    assert_eq!(value(&b, "f"), 6);
+    assert_eq!(b.stop(), Some(0));
+    let a = serving(a);
+    assert_eq!(value(&a, "f"), 6);
+    assert_eq!(a.stop(), Some(0));
+}
+
 /// A node that sees another one written into the owner key stops serving at once, reads
 /// included.
 #[test]
@@ -153,11 +267,11 @@ fn a_node_whose_owner_key_changes_stops_serving() {
         return;
     };
     let config = node_config(dir.path(), "a", &nats.url(), PARTITIONS);
-    let node = TestServer::start(
+    let node = serving(TestServer::start(
         &dir.path().join("a"),
         2,
         &["--config", &config, "--admin-token", "admin"],
-    );
+    ));
     assert_eq!(increment(&node, "k"), Ok(1));
     let admin = |node: &TestServer| {
         node.client()
@@ -182,10 +296,13 @@ fn a_node_whose_owner_key_changes_stops_serving() {
     });
     assert!(refused, "the deposed node still serves reads");
     assert_eq!(admin(&node), 503, "the admin API still shows objects");
+    // The node forwards to the owner the key names, which gave no address to forward to.
     let reply = node.client().get("/objects/counter/k/increment");
     assert_eq!(reply.status, 503);
     assert!(
-        reply.text().contains("intruder") && reply.text().contains("became the owner"),
+        reply
+            .text()
+            .contains(r#"its owner, node \"intruder\": it gave no address"#),
         "{}",
         reply.text()
     );
@@ -388,7 +505,13 @@ fn three_replicas_keep_serving_without_one_nats_server() {
     )
     .expect("config");
     let config = config.to_string_lossy().into_owned();
-    let start = || TestServer::start(&dir.path().join("a"), 2, &["--config", &config]);
+    let start = || {
+        serving(TestServer::start(
+            &dir.path().join("a"),
+            2,
+            &["--config", &config],
+        ))
+    };
     let node = start();
     let mut acknowledged = 0;
     for _ in 0..20 {
@@ -483,7 +606,7 @@ fn a_node_cut_off_from_nats_stops_serving_before_a_standby_takes_over() {
             .args(["--cores", "2", "--config", &config]);
         let mut node = TestServer::spawn(command, &data_dir);
         node.addr = std::net::SocketAddr::from((to_clients.inside_ip, node.addr.port()));
-        node
+        serving(node)
     };
     let a = start_inside();
     // `r` is only read during the cut (a write that cannot be replicated refuses its partition
@@ -762,7 +885,13 @@ fn snapshots_keep_the_log_short_and_a_restart_loses_nothing() {
     )
     .expect("config");
     let config = config.to_string_lossy().into_owned();
-    let start = || TestServer::start(&dir.path().join("a"), 2, &["--config", &config]);
+    let start = || {
+        serving(TestServer::start(
+            &dir.path().join("a"),
+            2,
+            &["--config", &config],
+        ))
+    };
     let node = start();
     // An object larger than one batch may be (17.6 MB; a batch may hold 16 MiB), written in
     // batches of 440 KB: its snapshot is split into batches a start can commit.

@@ -207,6 +207,14 @@ impl AlarmScheduler {
         }
     }
 
+    /// Adds the store's alarms to the wheel: for a store filled after the scheduler started
+    /// (a cluster node's replay of the log when it takes the partitions over).
+    pub fn load_stored(&self) {
+        for (id, time_ms) in self.host.store().objects_with_alarms() {
+            self.insert(deadline_of(time_ms), ObjectId(id));
+        }
+    }
+
     /// Adds a wheel entry, waking the driver if it sleeps past the entry's deadline.
     fn insert(&self, deadline_ms: u64, id: ObjectId) {
         let mut state = self.state.borrow_mut();

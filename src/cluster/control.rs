@@ -1,11 +1,13 @@
 //! The control thread: the node's one NATS client, on a tokio runtime of its own, talking to the
 //! cores through bounded channels only.
 //!
-//! At start ([`start`]) it joins the cluster and becomes the owner (see the module above), and
-//! only then returns; it goes on replaying the stream to the cores (`ReplayItem`), watching the
-//! `owner` key (another node's takeover deposes this one), and publishing the cores' appends,
-//! each with the epoch and the partition's last sequence. It stops when every core has dropped
-//! its sender of appends.
+//! At start ([`start`]) it connects and checks the cluster's settings, and returns: the cores
+//! then listen while the node is a standby (following the `owner` key, so that they can
+//! forward requests to the owner). Once the lease is this node's, it becomes the owner (see
+//! the module above), replays the stream to the cores (`ReplayItem`), watches the `owner` key
+//! (another node's takeover deposes this one), and publishes the cores' appends, each with
+//! the epoch and the partition's last sequence. It stops when every core has dropped its
+//! sender of appends, or the server says every core has stopped.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -94,6 +96,8 @@ pub enum ReplayItem {
 pub struct ClusterLink {
     /// The node's lease, shared by every core.
     pub lease: std::sync::Arc<super::Lease>,
+    /// The owner as last read, and this node's id and address.
+    pub view: std::sync::Arc<super::ClusterView>,
     /// The most bytes of batches one append may carry.
     pub append_bytes_max: usize,
     pub appends: mpsc::Sender<Append>,
@@ -101,10 +105,11 @@ pub struct ClusterLink {
     pub replay: mpsc::Receiver<ReplayItem>,
 }
 
-/// A joined cluster: each core's link, and this node's epoch.
+/// A joined cluster (settings checked; not yet the owner): each core's link, and what the
+/// cores share.
 pub struct StartedCluster {
     pub links: Vec<ClusterLink>,
-    pub epoch: u64,
+    pub view: std::sync::Arc<super::ClusterView>,
     /// Waits, once every core has stopped, for the lease to be given up.
     pub shutdown: ClusterShutdown,
 }
@@ -128,8 +133,9 @@ impl ClusterShutdown {
     }
 }
 
-/// Joins the cluster as the owner of all `partitions`, on a thread of its own; returns once
-/// the fence is in place (the replay then runs while the cores start).
+/// Joins the cluster on a thread of its own; returns once the cluster's settings are checked.
+/// The node is then a standby: the control thread takes the partitions over once the lease
+/// is free, and replays them to the cores (`ClusterLink::replay`).
 pub fn start(
     settings: &ClusterSettings,
     partitions: u32,
@@ -140,6 +146,7 @@ pub fn start(
     let lease = std::sync::Arc::new(super::Lease::new(Duration::from_millis(
         settings.lease_ms.max(1),
     )));
+    let view = std::sync::Arc::new(super::ClusterView::new(&settings.node_id));
     let mut links = Vec::with_capacity(cores);
     let mut event_senders = Vec::with_capacity(cores);
     let mut replay_senders = Vec::with_capacity(cores);
@@ -150,6 +157,7 @@ pub fn start(
         replay_senders.push(replay_sender);
         links.push(ClusterLink {
             lease: lease.clone(),
+            view: view.clone(),
             append_bytes_max: 0,
             appends: append_sender.clone(),
             events,
@@ -166,6 +174,7 @@ pub fn start(
         wait_max: release_timeout(settings.lease_ms) + Duration::from_secs(1),
     };
     let settings = settings.clone();
+    let thread_view = view.clone();
     let thread = std::thread::Builder::new()
         .name("stead-cluster".to_string())
         .spawn(move || {
@@ -182,8 +191,10 @@ pub fn start(
             let control = Control {
                 append_ids: process_number(),
                 lease,
+                view: thread_view,
                 held: RefCell::default(),
                 deposed: Rc::default(),
+                renewal_stop: RefCell::default(),
                 settings,
                 partitions,
                 cores,
@@ -202,7 +213,7 @@ pub fn start(
         })
         .map_err(|error| nats_error("start the control thread", error))?;
     match ready.recv() {
-        Ok(Ok((epoch, append_bytes_max))) => {
+        Ok(Ok(append_bytes_max)) => {
             for link in &mut links {
                 link.append_bytes_max = append_bytes_max;
             }
@@ -210,7 +221,7 @@ pub fn start(
             // have stopped (or the appends' channel closes).
             Ok(StartedCluster {
                 links,
-                epoch,
+                view,
                 shutdown,
             })
         }
@@ -292,15 +303,30 @@ struct Control {
     /// same message, another process's never is.
     append_ids: u64,
     lease: std::sync::Arc<super::Lease>,
+    view: std::sync::Arc<super::ClusterView>,
     /// The lease bucket and this process's lease value, once it took the lease.
     held: RefCell<Option<(kv::Store, bytes::Bytes)>>,
     /// Set once the node is deposed: the lease is no longer renewed, so a standby can take it.
     deposed: Rc<std::cell::Cell<bool>>,
+    /// Stops the renewals of the lease taken last (a failed takeover gives it up and tries
+    /// again later with a lease of its own).
+    renewal_stop: RefCell<Option<Rc<std::cell::Cell<bool>>>>,
     settings: ClusterSettings,
     partitions: u32,
     cores: usize,
     /// Each core's channel of answers.
     events: Vec<mpsc::Sender<ControlEvent>>,
+}
+
+/// A connection to NATS, the cluster's settings checked: what a standby has.
+struct Connected {
+    js: jetstream::Context,
+    bucket: kv::Store,
+    log: stream::Stream,
+    snapshots: object_store::ObjectStore,
+    /// The most bytes of batches one append may carry: the server's `max_payload` less room
+    /// for the headers and the count.
+    append_bytes_max: usize,
 }
 
 /// What start-up leaves for the rest of the thread's life.
@@ -320,9 +346,6 @@ struct Joined {
     replay_end: u64,
     /// Every change of the `owner` key after this node's, from the moment it became the owner.
     owner_watch: Option<kv::Watch>,
-    /// The most bytes of batches one append may carry: the server's `max_payload` less room
-    /// for the headers and the count.
-    append_bytes_max: usize,
 }
 
 impl Control {
@@ -330,18 +353,44 @@ impl Control {
         self,
         appends: mpsc::Receiver<Append>,
         replay: Vec<mpsc::Sender<ReplayItem>>,
-        ready: std::sync::mpsc::Sender<Result<(u64, usize), ClusterError>>,
+        ready: std::sync::mpsc::Sender<Result<usize, ClusterError>>,
         release: std::sync::Arc<tokio::sync::Notify>,
     ) {
-        let mut joined = match self.join().await {
-            Ok(joined) => joined,
+        let connected = match self.connect().await {
+            Ok(connected) => connected,
             Err(error) => {
                 let _ = ready.send(Err(error));
                 return;
             }
         };
-        let _ = ready.send(Ok((joined.epoch, joined.append_bytes_max)));
+        let _ = ready.send(Ok(connected.append_bytes_max));
         let control = Rc::new(self);
+        tokio::task::spawn_local(control.clone().follow_owner(connected.bucket.clone()));
+        // A standby waits here; the server may stop meanwhile. A takeover that fails before
+        // the replay (NATS did not answer a step) has sent the cores nothing: the lease is
+        // given up and the node waits as a standby again.
+        let mut joined = loop {
+            let attempt = tokio::select! {
+                joined = control.take_over(&connected) => joined,
+                () = release.notified() => {
+                    control.release_lease().await;
+                    return;
+                }
+            };
+            match attempt {
+                Ok(joined) => break joined,
+                Err(error) => {
+                    tracing::error!(
+                        %error,
+                        "cluster: the takeover failed; the lease is given up, and this node \
+                         waits as a standby again"
+                    );
+                    control.release_lease().await;
+                    control.deposed.set(false);
+                    tokio::time::sleep(Duration::from_millis(control.settings.lease_ms / 4)).await;
+                }
+            }
+        };
         if let Some(watch) = joined.owner_watch.take() {
             let bucket = joined.bucket.clone();
             tokio::task::spawn_local(control.clone().watch_owner(bucket, watch, joined.epoch));
@@ -351,6 +400,9 @@ impl Control {
             for sender in &replay {
                 let _ = sender.send(ReplayItem::Failed(error.to_string())).await;
             }
+            // The cores may hold part of the replay: they serve nothing until a restart, and
+            // another node may take over at once.
+            control.release_lease().await;
             return;
         }
         for sender in &replay {
@@ -369,6 +421,9 @@ impl Control {
     /// Gives the lease up after every core has stopped: deletes the lease key if it still
     /// holds this process's value (never a lease another process took since).
     async fn release_lease(&self) {
+        if let Some(stop) = self.renewal_stop.borrow_mut().take() {
+            stop.set(true);
+        }
         let Some((bucket, value)) = self.held.borrow_mut().take() else {
             return;
         };
@@ -405,8 +460,9 @@ impl Control {
         }
     }
 
-    /// Checks the settings, becomes the owner and fences every partition.
-    async fn join(&self) -> Result<Joined, ClusterError> {
+    /// Connects to NATS and checks the cluster's settings (creating them, the stream and the
+    /// buckets for the first node).
+    async fn connect(&self) -> Result<Connected, ClusterError> {
         let servers = self
             .settings
             .nats
@@ -510,8 +566,62 @@ impl Control {
                 step("create the snapshot bucket", js.create_object_store(config)).await?
             }
         };
+        Ok(Connected {
+            js,
+            bucket,
+            log,
+            snapshots,
+            append_bytes_max,
+        })
+    }
+
+    /// Keeps the view of the owner current: reads the `owner` key every twelfth of the lease,
+    /// for as long as the control thread runs (a standby forwards to the owner it names, and
+    /// so does a deposed node).
+    async fn follow_owner(self: Rc<Self>, bucket: kv::Store) {
+        let pause = Duration::from_millis(self.settings.lease_ms.max(12) / 12);
+        loop {
+            match tokio::time::timeout(STEP_TIMEOUT, bucket.entry(OWNER_KEY)).await {
+                Ok(Ok(Some(entry))) if entry.operation == kv::Operation::Put => {
+                    if let Some(owner) = super::Owner::parse(&entry.value, entry.revision) {
+                        self.view.set_owner(owner);
+                    }
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "cluster: cannot read the owner"),
+                Err(_) => tracing::debug!("cluster: reading the owner timed out"),
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Waits for the lease (a standby waits here as long as the owner lives), becomes the
+    /// owner and fences every partition.
+    async fn take_over(&self, connected: &Connected) -> Result<Joined, ClusterError> {
+        let Connected {
+            js,
+            bucket,
+            log,
+            snapshots,
+            ..
+        } = connected;
+        let (js, bucket, log, snapshots) =
+            (js.clone(), bucket.clone(), log.clone(), snapshots.clone());
         self.take_lease(&js).await?;
-        let owner = serde_json::json!({ "node": self.settings.node_id }).to_string();
+        // The owner key names where this node listens: the server says once it is bound.
+        let address = {
+            let since = std::time::Instant::now();
+            loop {
+                if let Some(address) = self.view.advertise() {
+                    break Some(address);
+                }
+                if since.elapsed() > STEP_TIMEOUT {
+                    break None;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let owner = super::Owner::value(&self.settings.node_id, address.as_deref());
         let current = step("read the owner", bucket.entry(OWNER_KEY)).await?;
         let epoch = match current {
             Some(entry) => {
@@ -524,6 +634,11 @@ impl Control {
             None => step("become the owner", bucket.create(OWNER_KEY, owner.into())).await?,
         };
         tracing::info!(node = %self.settings.node_id, epoch, "cluster: owner of every partition");
+        self.view.set_owner(super::Owner {
+            node: self.settings.node_id.clone(),
+            address,
+            epoch,
+        });
         // Watched before anything else, so that no takeover is missed however long the fence
         // and the replay take; a change between the compare-and-set and the watch is caught by
         // reading the key again once the watch is in place.
@@ -551,7 +666,6 @@ impl Control {
             last: Rc::new(RefCell::new(last)),
             replay_end,
             owner_watch: Some(owner_watch),
-            append_bytes_max,
         })
     }
 
@@ -601,12 +715,15 @@ impl Control {
         };
         tracing::info!(node = %self.settings.node_id, "cluster: lease taken");
         *self.held.borrow_mut() = Some((bucket.clone(), value.clone()));
+        let stop = Rc::new(std::cell::Cell::new(false));
+        *self.renewal_stop.borrow_mut() = Some(stop.clone());
         let renewal = Renewal {
             bucket,
             value,
             lease,
             clock: self.lease.clone(),
             deposed: self.deposed.clone(),
+            stop,
             events: self.events.clone(),
         };
         tokio::task::spawn_local(renew_lease(renewal, revision));
@@ -872,7 +989,12 @@ impl Control {
     async fn watch_owner(self: Rc<Self>, bucket: kv::Store, mut watch: kv::Watch, epoch: u64) {
         let error = loop {
             let broken = match watch.next().await {
-                Some(Ok(entry)) if entry.revision > epoch => break deposed_by(&entry),
+                Some(Ok(entry)) if entry.revision > epoch => {
+                    if let Some(owner) = super::Owner::parse(&entry.value, entry.revision) {
+                        self.view.set_owner(owner);
+                    }
+                    break deposed_by(&entry);
+                }
                 Some(Ok(_)) => continue,
                 Some(Err(error)) => error.to_string(),
                 None => "the watch ended".to_string(),
@@ -1108,12 +1230,13 @@ async fn renew_lease(renewal: Renewal, mut revision: u64) {
         lease,
         clock,
         deposed,
+        stop,
         events,
     } = renewal;
     let mut pause = lease / 3;
     loop {
         tokio::time::sleep(pause).await;
-        if deposed.get() {
+        if deposed.get() || stop.get() {
             return;
         }
         pause = lease / 12;
@@ -1172,6 +1295,8 @@ struct Renewal {
     lease: Duration,
     clock: std::sync::Arc<super::Lease>,
     deposed: Rc<std::cell::Cell<bool>>,
+    /// Set when this lease was given up.
+    stop: Rc<std::cell::Cell<bool>>,
     events: Vec<mpsc::Sender<ControlEvent>>,
 }
 

@@ -31,7 +31,8 @@ pub use record::DecodeError;
 pub use replica::{Replication, ReplicationCounts};
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 /// Until when this node may serve: its lease's last renewal (as sent) plus the lease, less a
@@ -71,6 +72,115 @@ impl Lease {
         let now = self.base.elapsed().as_millis() as u64;
         let until = self.valid_until_ms.load(Ordering::SeqCst);
         std::time::Duration::from_millis(until.saturating_sub(now))
+    }
+}
+
+/// The owner of the partitions as this node last read it from the `owner` key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub node: String,
+    /// Where the owner listens (`HOST:PORT`), if it said.
+    pub address: Option<String>,
+    /// The key's revision when this owner wrote it.
+    pub epoch: u64,
+}
+
+impl Owner {
+    /// The `owner` key's value: `{"node":"a","address":"10.0.0.1:8080"}`.
+    pub(crate) fn value(node: &str, address: Option<&str>) -> String {
+        serde_json::json!({ "node": node, "address": address }).to_string()
+    }
+
+    /// The owner an `owner` key's value at `revision` names; None when it is not one.
+    pub(crate) fn parse(value: &[u8], revision: u64) -> Option<Owner> {
+        let value: serde_json::Value = serde_json::from_slice(value).ok()?;
+        Some(Owner {
+            node: value["node"].as_str()?.to_string(),
+            address: value["address"].as_str().map(str::to_string),
+            epoch: revision,
+        })
+    }
+}
+
+/// What every core knows of the cluster beyond its own partitions: this node's id and
+/// address, and the owner as last read. Written by the control thread (the address by the
+/// server once it is bound), read by the cores to forward requests to the owner.
+#[derive(Debug)]
+pub struct ClusterView {
+    node: String,
+    owner: RwLock<Option<Owner>>,
+    advertise: RwLock<Option<String>>,
+    /// Cores that replayed their partitions and serve them.
+    cores_serving: AtomicUsize,
+}
+
+impl ClusterView {
+    pub fn new(node: &str) -> ClusterView {
+        ClusterView {
+            node: node.to_string(),
+            owner: RwLock::new(None),
+            advertise: RwLock::new(None),
+            cores_serving: AtomicUsize::new(0),
+        }
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The owner as last read, if any node owns the partitions yet.
+    pub fn owner(&self) -> Option<Owner> {
+        self.owner
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Records the owner read at a newer (or the same) revision; an older read is ignored.
+    pub(crate) fn set_owner(&self, owner: Owner) {
+        let mut current = self
+            .owner
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if current
+            .as_ref()
+            .is_none_or(|known| known.epoch <= owner.epoch)
+        {
+            *current = Some(owner);
+        }
+    }
+
+    /// The owner, when it is another node: a request for any object goes there (this node
+    /// is a standby, or was deposed). None: this node's cores decide (they serve, or answer
+    /// 503 while taking over or when no node owns the partitions).
+    pub fn owner_elsewhere(&self) -> Option<Owner> {
+        self.owner().filter(|owner| owner.node != self.node)
+    }
+
+    /// One more core replayed its partitions and serves them.
+    pub fn core_serving(&self) {
+        self.cores_serving.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many cores replayed their partitions and serve them.
+    pub fn cores_serving(&self) -> usize {
+        self.cores_serving.load(Ordering::SeqCst)
+    }
+
+    /// Where the other nodes reach this one, once the server knows (it is bound).
+    pub fn advertise(&self) -> Option<String> {
+        self.advertise
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub fn set_advertise(&self, address: String) {
+        *self
+            .advertise
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(address);
     }
 }
 
@@ -119,6 +229,9 @@ pub enum ReplicationError {
     Deposed { node: String, epoch: u64 },
     /// No acknowledgement from a quorum (NATS unreachable, timed out, or stopped).
     Unavailable(String),
+    /// This node does not serve the partitions (yet): a standby, one taking over, or one whose
+    /// takeover failed.
+    NotServing(String),
     /// One batch is larger than an append may be (the NATS servers' `max_payload`).
     TooLarge {
         bytes: usize,
@@ -140,6 +253,7 @@ impl fmt::Display for ReplicationError {
             ReplicationError::Unavailable(reason) => {
                 write!(f, "the write was not replicated: {reason}")
             }
+            ReplicationError::NotServing(reason) => write!(f, "{reason}"),
             ReplicationError::TooLarge {
                 bytes,
                 append_bytes_max,

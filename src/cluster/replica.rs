@@ -19,7 +19,7 @@ use stead_storage::{Batch, Limits, Snapshot, Store};
 use tokio::sync::mpsc;
 
 use super::record;
-use super::{Append, ControlEvent, Lease, ReplicationError};
+use super::{Append, ClusterView, ControlEvent, Lease, ReplicationError};
 use crate::id::ObjectId;
 use crate::wake::Broadcast;
 use std::sync::Arc;
@@ -45,6 +45,17 @@ pub struct ReplicationCounts {
     pub snapshots_total: u64,
     /// Another node took over (or the owner key's watch was lost).
     pub deposed: bool,
+}
+
+/// Where a core stands in the node's takeover of the partitions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Not (yet) the owner, or replaying the log after becoming it.
+    Standby,
+    /// The core's partitions were replayed: it serves them while the node owns them.
+    Serving,
+    /// The takeover failed on this core (the replay, or objects of unknown classes).
+    Failed(String),
 }
 
 /// What one partition has sent and what is waiting.
@@ -132,6 +143,9 @@ pub struct Replication {
     states: RefCell<HashMap<u32, PartitionState>>,
     /// Set when another node took this node's partitions: every partition is refused.
     deposed: RefCell<Option<ReplicationError>>,
+    /// The owner as last read, to forward to.
+    view: Arc<ClusterView>,
+    phase: RefCell<Phase>,
 }
 
 impl Replication {
@@ -140,7 +154,7 @@ impl Replication {
         core: usize,
         (partitions, cores): (u32, usize),
         (appends, append_bytes_max): (mpsc::Sender<Append>, usize),
-        lease: Arc<Lease>,
+        (lease, view): (Arc<Lease>, Arc<ClusterView>),
         (store, limits, snapshot_batches): (Store, Limits, u64),
     ) -> Rc<Replication> {
         Rc::new(Replication {
@@ -157,7 +171,50 @@ impl Replication {
             append_bytes_max,
             states: RefCell::default(),
             deposed: RefCell::new(None),
+            view,
+            phase: RefCell::new(Phase::Standby),
         })
+    }
+
+    /// The core's partitions were replayed: it serves them from now on (while the node owns
+    /// them and its lease is fresh).
+    pub fn start_serving(&self) {
+        *self.phase.borrow_mut() = Phase::Serving;
+    }
+
+    /// The takeover failed on this core: it serves nothing until the node is restarted.
+    pub fn takeover_failed(&self, reason: String) {
+        *self.phase.borrow_mut() = Phase::Failed(reason);
+    }
+
+    /// Why a core that does not serve yet refuses, by what it knows of the owner.
+    fn standby_reason(&self) -> String {
+        match self.view.owner() {
+            Some(owner) if owner.node == self.view.node() => {
+                "this node is taking the partitions over (replaying the log)".to_string()
+            }
+            Some(owner) => format!(
+                "this node is a standby: node {:?} owns the partitions{}",
+                owner.node,
+                if owner.address.is_none() {
+                    " and gave no address to forward to"
+                } else {
+                    ""
+                }
+            ),
+            None => "this node is a standby and no node owns the partitions yet".to_string(),
+        }
+    }
+
+    /// Why the core serves nothing yet (or any more) by its phase: None once it serves.
+    fn phase_refusal(&self) -> Option<ReplicationError> {
+        match &*self.phase.borrow() {
+            Phase::Standby => Some(ReplicationError::NotServing(self.standby_reason())),
+            Phase::Failed(reason) => Some(ReplicationError::NotServing(format!(
+                "this node's takeover failed ({reason}); restart it"
+            ))),
+            Phase::Serving => None,
+        }
     }
 
     /// The partition of object `id`.
@@ -167,6 +224,9 @@ impl Replication {
 
     /// Why this node serves nothing at all, if it does not: deposed, or its lease not fresh.
     pub fn node_refusal(&self) -> Option<ReplicationError> {
+        if let Some(error) = self.phase_refusal() {
+            return Some(error);
+        }
         if let Some(error) = self.deposed.borrow().clone() {
             return Some(error);
         }
@@ -529,7 +589,8 @@ impl Replication {
                 counts.oldest_append_micros = counts.oldest_append_micros.max(age);
             }
         }
-        if !deposed && self.lease.is_fresh() {
+        let serving = *self.phase.borrow() == Phase::Serving;
+        if serving && !deposed && self.lease.is_fresh() {
             let core = self.core as u32;
             let cores = self.cores as u32;
             let mine =

@@ -281,6 +281,9 @@ type PoolKey = (String, u16, SocketAddr);
 /// The outgoing HTTP client of one core.
 pub struct FetchClient {
     settings: FetchSettings,
+    /// A client for the cluster's own nodes (addresses from the cluster's `owner` key, not
+    /// from an object): no allow list, and private addresses are fine.
+    peers: bool,
     /// Idle kept-alive connections, at most `idle_connections_per_host` per key and
     /// `IDLE_CONNECTIONS_PER_CORE_MAX` in all; a key with none left is removed.
     idle: RefCell<HashMap<PoolKey, Vec<TcpStream>>>,
@@ -312,8 +315,18 @@ impl FetchClient {
     pub fn new(settings: FetchSettings) -> FetchClient {
         FetchClient {
             settings,
+            peers: false,
             idle: RefCell::new(HashMap::new()),
             lookups: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// A client that forwards requests to the cluster's other nodes: `allow_hosts` is not
+    /// consulted and any address may be reached.
+    pub fn to_peers(settings: FetchSettings) -> FetchClient {
+        FetchClient {
+            peers: true,
+            ..FetchClient::new(settings)
         }
     }
 
@@ -388,7 +401,7 @@ impl FetchClient {
 
     /// The address to connect to for `url`, checked against the allow list.
     async fn resolve(&self, url: &Url) -> Result<SocketAddr, FetchError> {
-        if !self.allowed(&url.host, url.port) {
+        if !self.peers && !self.allowed(&url.host, url.port) {
             return Err(FetchError::HostDenied {
                 host: url.host.clone(),
                 port: url.port,
@@ -423,7 +436,7 @@ impl FetchClient {
         // otherwise be pointed inside by whoever controls its records.
         for address in &resolved {
             let named = self.allowed(&address.ip().to_string(), url.port);
-            if !is_public(address.ip()) && !named {
+            if !self.peers && !is_public(address.ip()) && !named {
                 return Err(FetchError::AddressDenied {
                     host: url.host.clone(),
                     address: address.ip(),
@@ -437,6 +450,28 @@ impl FetchClient {
                 host: url.host.clone(),
                 reason: "no address".to_string(),
             })
+    }
+
+    /// A new connection to `address` (`HOST:PORT`), resolved and connected within
+    /// `timeout_ms`: for a connection that carries something else than one request (a
+    /// WebSocket a node forwards to the owner).
+    pub async fn connect(&self, address: &str) -> Result<TcpStream, FetchError> {
+        let url = parse_url(&format!("http://{address}/"))?;
+        let connect = async {
+            let address = self.resolve(&url).await?;
+            TcpStream::connect(address)
+                .await
+                .map_err(|error| FetchError::Connect {
+                    address,
+                    reason: error.to_string(),
+                })
+        };
+        let timeout_ms = self.settings.timeout_ms;
+        let timeout = async {
+            glommio::timer::sleep(Duration::from_millis(timeout_ms)).await;
+            Err(FetchError::Timeout { timeout_ms })
+        };
+        futures_lite::future::or(connect, timeout).await
     }
 
     /// One request and its answer, on a kept-alive connection if there is one (and, for a

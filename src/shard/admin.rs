@@ -285,7 +285,14 @@ impl Shard {
                 Response::json_error(401, "missing or wrong admin bearer token")
                     .with_header("WWW-Authenticate", "Bearer"),
             ),
-            Some(_) => None,
+            // A standby's store is empty, a deposed node's may be stale.
+            Some(_) => self.host.cluster_refusal().map(|reason| {
+                Response::json(
+                    503,
+                    &serde_json::json!({ "error": reason, "retryable": true }),
+                )
+                .with_header("Retry-After", "1")
+            }),
         };
         if let Some(response) = refusal {
             let status = response.status;

@@ -19,6 +19,7 @@ use crate::http::{encode_response, route, Handler, ObjectTarget, Request, Respon
 use crate::id::ObjectId;
 use crate::metrics::{render, RequestLabels};
 use crate::object::overloaded;
+use crate::shutdown::Shutdown;
 use crate::websocket::{serve_socket, CloseCode, EventSink};
 
 /// The chat page served at `/chat`.
@@ -137,8 +138,14 @@ impl Shard {
                         )
                     }
                 };
-                request.path = path;
-                let response = self.run_on_owner(&class, id, name, request).await;
+                let response = match self.owner_elsewhere() {
+                    // The request as the client sent it, path included.
+                    Some(owner) => self.forward(owner, request).await,
+                    None => {
+                        request.path = path;
+                        self.run_on_owner(&class, id, name, request).await
+                    }
+                };
                 (
                     RequestLabels {
                         route: "object",
@@ -197,6 +204,116 @@ impl Shard {
         }
     }
 
+    /// In a cluster: the owner, when it is another node (this one is a standby or was
+    /// deposed): every object request goes there.
+    fn owner_elsewhere(&self) -> Option<crate::cluster::Owner> {
+        self.cluster_view.as_ref()?.owner_elsewhere()
+    }
+
+    /// Sends `request` (as the client sent it) to `owner` and answers with its answer: 421
+    /// naming the owner for a request another node already forwarded (no second hop), 503
+    /// when the owner gave no address or did not answer.
+    async fn forward(&self, owner: crate::cluster::Owner, request: Request) -> Response {
+        let (Some(view), Some(client)) = (&self.cluster_view, &self.forwarder) else {
+            return Response::json_error(500, "forwarding outside a cluster");
+        };
+        if request.header(FORWARDED_BY_HEADER).is_some() {
+            return misdirected(&owner);
+        }
+        let Some(address) = owner.address.clone() else {
+            return unreachable_owner(&owner, "it gave no address (start it with --advertise)");
+        };
+        let target = if request.query.is_empty() {
+            request.path
+        } else {
+            format!("{}?{}", request.path, request.query)
+        };
+        // A value that is not UTF-8 cannot be sent on by the client; it is left out.
+        let mut headers: Vec<(String, String)> = request
+            .headers
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, String::from_utf8(value).ok()?)))
+            .collect();
+        headers.push((FORWARDED_BY_HEADER.to_string(), view.node().to_string()));
+        let fetch = crate::object::FetchRequest {
+            method: request.method,
+            url: format!("http://{address}{target}"),
+            headers,
+            body: request.body,
+        };
+        let forwarded = self.metrics.cluster_forwarded_total.get() + 1;
+        self.metrics.cluster_forwarded_total.set(forwarded);
+        match client.fetch(fetch).await {
+            Ok(mut response) => {
+                // The connection's own headers; ours are written for the client's connection.
+                response.headers.retain(|(name, _)| {
+                    ![
+                        "connection",
+                        "keep-alive",
+                        "content-length",
+                        "transfer-encoding",
+                    ]
+                    .iter()
+                    .any(|hop| name.eq_ignore_ascii_case(hop))
+                });
+                response
+            }
+            Err(error) => {
+                let failures = self.metrics.cluster_forward_failures_total.get() + 1;
+                self.metrics.cluster_forward_failures_total.set(failures);
+                unreachable_owner(&owner, &error.to_string())
+            }
+        }
+    }
+
+    /// Forwards a WebSocket upgrade (as the client sent it) to `owner`, then carries the
+    /// bytes both ways (the owner's answer, then the socket's frames) until one side closes.
+    async fn proxy_upgrade(
+        &self,
+        client: TcpStream,
+        unread: Vec<u8>,
+        request: Request,
+        owner: crate::cluster::Owner,
+    ) {
+        let (Some(view), Some(peers)) = (&self.cluster_view, &self.forwarder) else {
+            let response = Response::json_error(500, "forwarding outside a cluster");
+            write_and_close(client, &response).await;
+            return;
+        };
+        if request.header(FORWARDED_BY_HEADER).is_some() {
+            write_and_close(client, &misdirected(&owner)).await;
+            return;
+        }
+        let Some(address) = owner.address.clone() else {
+            let reason = "it gave no address (start it with --advertise)";
+            write_and_close(client, &unreachable_owner(&owner, reason)).await;
+            return;
+        };
+        let forwarded = self.metrics.cluster_forwarded_total.get() + 1;
+        self.metrics.cluster_forwarded_total.set(forwarded);
+        let mut head = forwarded_head(&request, view.node());
+        head.extend_from_slice(&unread);
+        let connected = match peers.connect(&address).await {
+            Ok(mut upstream) => match upstream.write_all(&head).await {
+                Ok(()) => Ok(upstream),
+                Err(error) => Err(error.to_string()),
+            },
+            Err(error) => Err(error.to_string()),
+        };
+        let upstream = match connected {
+            Ok(upstream) => upstream,
+            Err(reason) => {
+                let failures = self.metrics.cluster_forward_failures_total.get() + 1;
+                self.metrics.cluster_forward_failures_total.set(failures);
+                write_and_close(client, &unreachable_owner(&owner, &reason)).await;
+                return;
+            }
+        };
+        if let Err(error) = pipe(client, upstream, &self.shutdown).await {
+            tracing::debug!(%error, "a forwarded WebSocket ended");
+        }
+    }
+
     /// A WebSocket upgrade: route it like any request, then serve it on the core that owns its
     /// object, moving the connection there if it was accepted here.
     async fn upgrade(self: &Rc<Self>, stream: TcpStream, unread: Vec<u8>, mut request: Request) {
@@ -226,6 +343,11 @@ impl Shard {
                 return;
             }
         };
+        if let Some(owner) = self.owner_elsewhere() {
+            // The request as the client sent it, path included; the owner counts its answer.
+            self.proxy_upgrade(stream, unread, request, owner).await;
+            return;
+        }
         request.path = path;
         let owner = id.core(self.partitions, self.cores);
         if owner == self.core {
@@ -369,7 +491,14 @@ impl Shard {
         // This core's store may have failed where no event noticed yet (a compaction).
         self.host.check_store();
         let failures = self.health.failures();
-        let cluster = self.host.cluster_refusal();
+        // Every core must serve: each replays its own partitions when the node takes over.
+        let replaying = self
+            .cluster_view
+            .as_ref()
+            .is_some_and(|view| view.cores_serving() < self.cores);
+        let cluster = self.host.cluster_refusal().or_else(|| {
+            replaying.then(|| "this node is taking the partitions over (replaying the log)".into())
+        });
         if failures.is_empty() && cluster.is_none() {
             return Response::text(200, "ok");
         }
@@ -431,6 +560,127 @@ impl Shard {
             None => true,
         }
     }
+}
+
+/// The header a node adds to a request it forwards to the owner: its own id. A node that
+/// gets a request with it and does not serve it answers 421 instead of forwarding it again.
+pub(super) const FORWARDED_BY_HEADER: &str = "stead-forwarded-by";
+
+/// How long the other direction of a forwarded WebSocket may go on once one side closed (the
+/// rest of a closing handshake).
+const PIPE_LINGER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The head of an upgrade request as a node forwards it: the client's request line and
+/// headers (their framing aside), the body's length if it has one, and `stead-forwarded-by`.
+fn forwarded_head(request: &Request, node: &str) -> Vec<u8> {
+    let mut head = format!("{} {}", request.method.as_str(), request.path);
+    if !request.query.is_empty() {
+        head.push('?');
+        head.push_str(&request.query);
+    }
+    head.push_str(" HTTP/1.1\r\n");
+    for (name, value) in &request.headers {
+        let framing = name == "content-length" || name == "transfer-encoding";
+        let Ok(value) = std::str::from_utf8(value) else {
+            continue;
+        };
+        if framing || !crate::http::is_token(name) || !crate::http::is_field_value(value) {
+            continue;
+        }
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !request.body.is_empty() {
+        head.push_str(&format!("content-length: {}\r\n", request.body.len()));
+    }
+    head.push_str(&format!("{FORWARDED_BY_HEADER}: {node}\r\n\r\n"));
+    let mut head = head.into_bytes();
+    head.extend_from_slice(&request.body);
+    head
+}
+
+/// Carries bytes between `client` and `upstream` both ways until one side closes, the other
+/// then for at most `PIPE_LINGER`, or until the core shuts down.
+async fn pipe(client: TcpStream, upstream: TcpStream, shutdown: &Shutdown) -> std::io::Result<()> {
+    use std::os::fd::FromRawFd;
+    // Each direction reads one descriptor and writes another, so that each can end its own
+    // writing side.
+    // SAFETY: `duplicate_fd` returns a new descriptor that nothing else owns.
+    let client_reader = unsafe { TcpStream::from_raw_fd(duplicate_fd(&client)?) };
+    // SAFETY: as above.
+    let upstream_reader = unsafe { TcpStream::from_raw_fd(duplicate_fd(&upstream)?) };
+    let up = carry(client_reader, upstream);
+    let down = carry(upstream_reader, client);
+    futures_lite::pin!(up);
+    futures_lite::pin!(down);
+    let both = async {
+        let up_ended = futures_lite::future::or(
+            async {
+                (&mut up).await;
+                true
+            },
+            async {
+                (&mut down).await;
+                false
+            },
+        )
+        .await;
+        let rest = async {
+            if up_ended {
+                (&mut down).await
+            } else {
+                (&mut up).await
+            }
+        };
+        futures_lite::future::or(rest, glommio::timer::sleep(PIPE_LINGER)).await;
+    };
+    futures_lite::future::or(both, shutdown.wait()).await;
+    Ok(())
+}
+
+/// Copies what `from` reads to `to` until `from` ends or either fails, then ends `to`'s
+/// writing side.
+async fn carry(mut from: TcpStream, mut to: TcpStream) {
+    use futures_lite::AsyncReadExt;
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => {
+                if to.write_all(&buffer[..read]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write).await;
+}
+
+/// 421 Misdirected Request: this node does not serve the object; `owner` does.
+fn misdirected(owner: &crate::cluster::Owner) -> Response {
+    // Fields in this order (a `json!` map would sort them).
+    #[derive(serde::Serialize)]
+    struct Misdirected<'a> {
+        error: &'a str,
+        owner: &'a str,
+        address: Option<&'a str>,
+    }
+    let body = Misdirected {
+        error: "this node does not serve the object; send the request to its owner",
+        owner: &owner.node,
+        address: owner.address.as_deref(),
+    };
+    Response::json_of(421, &body)
+        .unwrap_or_else(|error| Response::json_error(421, &format!("misdirected: {error}")))
+}
+
+/// 503 for a request that could not be forwarded to `owner`.
+fn unreachable_owner(owner: &crate::cluster::Owner, reason: &str) -> Response {
+    let error = format!(
+        "this node does not serve the object and could not reach its owner, node {:?}: {reason}",
+        owner.node
+    );
+    Response::json(503, &json!({ "error": error, "retryable": true }))
+        .with_header("Retry-After", "1")
 }
 
 /// Answers a handed-over upgrade that this core has no connection slot for.

@@ -45,6 +45,12 @@ use mesh::{Mesh, Message, Reply};
 /// How often a core looks at the server's stop flag.
 const STOP_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
+/// The largest answer a forwarded request may get from the owner.
+const FORWARDED_RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Kept-alive connections to the owner one core keeps for forwarding.
+const FORWARD_IDLE_CONNECTIONS_MAX: usize = 64;
+
 /// How long shutdown waits for connections to finish their in-flight requests, and then for
 /// the other cores to get as far.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -94,6 +100,11 @@ pub struct CoreStart {
 pub struct Shard {
     /// This core's index.
     core: usize,
+    /// In a cluster: the owner as last read (requests go there while it is another node).
+    cluster_view: Option<Arc<crate::cluster::ClusterView>>,
+    /// In a cluster: the client that forwards requests to the owner, with its kept-alive
+    /// connections.
+    forwarder: Option<crate::object::FetchClient>,
     /// Cores serving; an id's owner is `id.core(partitions, cores)`.
     cores: usize,
     /// Fixed by the data directory.
@@ -244,29 +255,44 @@ impl Shard {
     }
 }
 
-/// Commits the batches the control thread replays from the cluster's log into this core's
-/// (empty) store, and waits until they are durable; the link's channels for serving.
-async fn replay(
-    core: usize,
-    store: &Store,
-    link: crate::cluster::ClusterLink,
-) -> Result<
-    (
-        tokio::sync::mpsc::Sender<crate::cluster::Append>,
-        tokio::sync::mpsc::Receiver<crate::cluster::ControlEvent>,
-        usize,
-        Arc<crate::cluster::Lease>,
-    ),
-    String,
-> {
+/// Once this node took the partitions over: commits the batches the control thread replays
+/// from the cluster's log into this core's store (empty: it was made at start and nothing was
+/// served from it), waits until they are durable, checks their classes (and deletes those of
+/// classes a migration deletes), schedules their alarms, and then serves. Until then the host
+/// refuses every event (`Replication::node_refusal`) and requests go to the owner.
+async fn take_over(
+    shard: Rc<Shard>,
+    replication: Rc<crate::cluster::Replication>,
+    mut replay: tokio::sync::mpsc::Receiver<crate::cluster::ReplayItem>,
+) {
+    let core = shard.core;
+    match replay_into(&shard, &mut replay).await {
+        Ok(batches) => {
+            shard.alarms.load_stored();
+            replication.start_serving();
+            if let Some(view) = &shard.cluster_view {
+                view.core_serving();
+            }
+            tracing::info!(
+                core,
+                batches,
+                "serving the partitions replayed from the log"
+            );
+        }
+        Err(reason) => {
+            tracing::error!(core, "{reason}");
+            replication.takeover_failed(reason);
+        }
+    }
+}
+
+/// The replay of `take_over`; the number of batches replayed.
+async fn replay_into(
+    shard: &Shard,
+    replay: &mut tokio::sync::mpsc::Receiver<crate::cluster::ReplayItem>,
+) -> Result<u64, String> {
     use crate::cluster::ReplayItem;
-    let crate::cluster::ClusterLink {
-        lease,
-        append_bytes_max,
-        appends,
-        events,
-        mut replay,
-    } = link;
+    let (core, store) = (shard.core, shard.host.store());
     let mut batches = 0u64;
     loop {
         match replay.recv().await {
@@ -287,8 +313,20 @@ async fn replay(
         .wait_durable(store.last_seq())
         .await
         .map_err(|error| format!("core {core}: the replayed log is not durable: {error}"))?;
-    tracing::info!(core, batches, "batches replayed from the cluster's log");
-    Ok((appends, events, append_bytes_max, lease))
+    let check = classes::check(store, &shard.registry);
+    if !check.unknown.is_empty() {
+        let unknown: Vec<String> = check.unknown.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "core {core}: the log holds objects of classes this node does not have: {}",
+            unknown.join("; ")
+        ));
+    }
+    classes::delete_doomed(core, store, &shard.registry, check)
+        .await
+        .map_err(|error| {
+            format!("core {core}: cannot delete the objects of deleted classes: {error}")
+        })?;
+    Ok(batches)
 }
 
 /// Given when the core that forwarded a request no longer wants its response.
@@ -337,10 +375,6 @@ async fn serve(start: CoreStart) -> Result<(), String> {
                 dir.display()
             )
         })?;
-    let cluster = match cluster {
-        Some(link) => Some(replay(core, &store, link).await?),
-        None => None,
-    };
     let check = classes::check(&store, &registry);
     let unknown = !check.unknown.is_empty();
     let _ = events.send(CoreEvent::Checked {
@@ -378,8 +412,22 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         .as_ref()
         .or(config.auth_token.as_ref())
         .map(|token| format!("Bearer {token}"));
+    let forwarder = cluster.as_ref().map(|_| {
+        crate::object::FetchClient::to_peers(crate::config::FetchSettings {
+            allow_hosts: Vec::new(),
+            timeout_ms: config
+                .cluster
+                .as_ref()
+                .map_or(30_000, |settings| settings.forward_timeout_ms),
+            response_bytes_max: FORWARDED_RESPONSE_BYTES_MAX,
+            redirects_max: 0,
+            idle_connections_per_host: FORWARD_IDLE_CONNECTIONS_MAX,
+        })
+    });
     let shard = Rc::new(Shard {
         core,
+        cluster_view: cluster.as_ref().map(|link| link.view.clone()),
+        forwarder,
         cores,
         partitions: layout.partitions,
         config: config.clone(),
@@ -397,12 +445,20 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         connection_slots: accept::connection_slots(config.http.connections_per_core_max),
     });
     host.set_router(Rc::new(handler::ShardRouter(Rc::downgrade(&shard))));
-    if let Some((appends, events, append_bytes_max, lease)) = cluster {
+    if let Some(link) = cluster {
+        let crate::cluster::ClusterLink {
+            lease,
+            view,
+            append_bytes_max,
+            appends,
+            events,
+            replay,
+        } = link;
         let replication = crate::cluster::Replication::new(
             core,
             (layout.partitions, layout.cores),
             (appends, append_bytes_max),
-            lease,
+            (lease, view),
             (
                 host.store().clone(),
                 crate::object::store_limits(&config),
@@ -413,7 +469,8 @@ async fn serve(start: CoreStart) -> Result<(), String> {
             ),
         );
         glommio::spawn_local(replication.clone().run(events)).detach();
-        host.set_replication(replication);
+        host.set_replication(replication.clone());
+        glommio::spawn_local(take_over(shard.clone(), replication, replay)).detach();
     }
     for (from, receiver) in receivers {
         glommio::spawn_local(receive_loop(shard.clone(), from, receiver)).detach();
