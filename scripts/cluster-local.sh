@@ -2,8 +2,8 @@
 # A cluster on one machine: three nats-server processes with JetStream (client ports
 # 4231-4233) and one stead node owning every partition (replicas 3), its data in
 # ./cluster-data, on http://127.0.0.1:8080. A second node started the same way (another node
-# id and port, NATS already up) is a standby: it takes the partitions over once the first one
-# stops (README, Cluster). Ctrl-C stops the node (and NATS, in the terminal that started it);
+# id and port, NATS already up) is a standby: it forwards requests to the owner and takes the
+# partitions over once the first one stops (README, Cluster). Ctrl-C stops the node (and NATS, in the terminal that started it);
 # NATS's store stays in ./cluster-data/nats-*. Needs nats-server (apt-get install nats-server).
 # Usage: scripts/cluster-local.sh [node-id] [port]   (default: a 8080)
 set -euo pipefail

@@ -1,22 +1,23 @@
 //! The cluster (first part): every write acknowledged by a NATS JetStream quorum as well as
-//! by the local disk, a fence against a deposed owner, and a node's store rebuilt from the
-//! stream when it starts.
+//! by the local disk, a fence against a deposed owner, a node's store rebuilt from the stream
+//! when it takes over, and requests forwarded to the owner by every other node.
 //!
 //! What is built: with `stead serve --cluster nats://… --node-id N`, one node owns every
-//! partition. At start it checks the cluster's settings (partition count, replicas, lease) in
-//! the KV bucket `stead_cluster`, takes the lease (a key of the bucket `stead_lease` whose
-//! entries expire; while another node holds it, this one waits as a standby), becomes the
-//! owner by a compare-and-set on the key `owner` (the new revision is its epoch), appends a takeover record to each partition's subject
-//! `stead.log.<partition>` of the stream `STEAD_LOG` (which refuses the previous owner's next
-//! append: the fence), and rebuilds its store from the stream before it serves. Each commit's
-//! batch then goes to its partition's subject, with `Nats-Expected-Last-Subject-Sequence`, and
-//! an event's answer waits for the acknowledgement as well as for the local fdatasync.
+//! partition. At start a node checks the cluster's settings (partition count, replicas, lease)
+//! in the KV bucket `stead_cluster` and listens as a standby, forwarding every object request
+//! to the owner the `owner` key names ([`ClusterView`]). It takes the lease (a key of the bucket
+//! `stead_lease` whose entries expire) once no other node holds it, becomes the owner by a
+//! compare-and-set on the key `owner` (the new revision is its epoch; the value names its
+//! address), appends a takeover record to each partition's subject `stead.log.<partition>` of
+//! the stream `STEAD_LOG` (which refuses the previous owner's next append: the fence), and
+//! rebuilds its cores' stores from the stream before they serve. Each commit's batch then goes
+//! to its partition's subject, with `Nats-Expected-Last-Subject-Sequence`, and an event's
+//! answer waits for the acknowledgement as well as for the local fdatasync.
 //!
 //! A node serves only while its lease is fresh ([`Lease`]).
 //!
 //! What is not built yet (see README, Cluster): ownership of partitions spread over several
-//! nodes, forwarding between nodes, snapshots (a start replays the whole stream), metrics of
-//! replication lag.
+//! nodes, and a rebalancer.
 //!
 //! Layout: `control` (the control thread: NATS on a tokio runtime of its own, never on a
 //! serving core), `replica` (a core's side: batches grouped per partition, tickets the output
