@@ -184,7 +184,16 @@ fn a_standby_forwards_to_the_owner_and_so_does_the_old_owner_after_a_takeover() 
     let Some((_, dir, nats)) = one_nats(TEST) else {
         return;
     };
-    let a = start_node(dir.path(), "a", &nats.url());
+    // a closes idle connections soon: b's kept-alive ones among them.
+    let a_config = node_config(dir.path(), "a", &nats.url(), PARTITIONS);
+    let mut text = std::fs::read_to_string(&a_config).expect("config");
+    text.push_str("\n[http]\nidle_connection_timeout_ms = 300\n");
+    std::fs::write(&a_config, text).expect("config");
+    let a = serving(TestServer::start(
+        &dir.path().join("a"),
+        2,
+        &["--config", &a_config],
+    ));
     let b = start_standby(dir.path(), "b", &nats.url());
     let forwarded = common::wait_until(Duration::from_secs(10), || increment(&b, "f") == Ok(1));
     assert!(forwarded, "the standby did not forward to the owner");
@@ -216,6 +225,15 @@ fn a_standby_forwards_to_the_owner_and_so_does_the_old_owner_after_a_takeover() 
         "{}",
         got.text()
     );
+    // a closed b's idle connections meanwhile: b does not send a POST on one of them.
+    std::thread::sleep(Duration::from_millis(800));
+    for _ in 0..4 {
+        let again = b
+            .client()
+            .request("POST", "/objects/sessions/app/sessions", posted);
+        assert_eq!(again.status, 201, "{}", again.text());
+    }
+    assert_eq!(b.metric_sum("stead_cluster_forward_failures_total"), 0.0);
     // No second hop: a node that does not serve a forwarded request names the owner.
     let misdirected = b.client().request_with(
         "GET",

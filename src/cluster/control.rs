@@ -380,12 +380,19 @@ impl Control {
             match attempt {
                 Ok(joined) => break joined,
                 Err(error) => {
+                    // The lease's renewal found it taken meanwhile: the cores were told they
+                    // are deposed, and stay so; the node only forwards from now on.
+                    let deposed = control.deposed.get();
                     tracing::error!(
                         %error,
-                        "cluster: the takeover failed; the lease is given up, and this node \
-                         waits as a standby again"
+                        deposed,
+                        "cluster: the takeover failed; the lease is given up"
                     );
                     control.release_lease().await;
+                    if deposed {
+                        release.notified().await;
+                        return;
+                    }
                     control.deposed.set(false);
                     tokio::time::sleep(Duration::from_millis(control.settings.lease_ms / 4)).await;
                 }
@@ -401,14 +408,17 @@ impl Control {
                 let _ = sender.send(ReplayItem::Failed(error.to_string())).await;
             }
             // The cores may hold part of the replay: they serve nothing until a restart, and
-            // another node may take over at once.
+            // another node may take over at once; this one goes on following the owner (to
+            // forward to it) until it stops.
             control.release_lease().await;
+            release.notified().await;
             return;
         }
         for sender in &replay {
             let _ = sender.send(ReplayItem::Done).await;
         }
         drop(replay);
+        tokio::task::spawn_local(control.clone().watch_takeover());
         // Until every core has stopped: their appends' channel closes, or the server says so
         // (a core's task may keep its end of the channel until the process exits).
         tokio::select! {
@@ -416,6 +426,33 @@ impl Control {
             () = release.notified() => {}
         }
         control.release_lease().await;
+    }
+
+    /// Once the cores have the whole replay: if one of them could not take its partitions over
+    /// (objects of classes this node does not have, a store error), the node must own none of
+    /// them, or they would answer 503 until a restart: every core is deposed (the others
+    /// stop serving) and the lease given up, so that another node takes over.
+    async fn watch_takeover(self: Rc<Self>) {
+        while self.view.cores_failed() == 0 {
+            if self.view.cores_serving() >= self.cores {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let error = ReplicationError::NotServing(
+            "a core of this node could not take its partitions over (see the node's log): \
+             the node gave them up"
+                .to_string(),
+        );
+        tracing::error!(%error, "cluster: the takeover failed; giving the lease up");
+        for sender in &self.events {
+            let _ = sender
+                .send(ControlEvent::Deposed {
+                    error: error.clone(),
+                })
+                .await;
+        }
+        self.release_lease().await;
     }
 
     /// Gives the lease up after every core has stopped: deletes the lease key if it still
@@ -794,7 +831,10 @@ impl Control {
                     })
                 })
                 .collect();
-            for fence in fences {
+            // A failed (or abandoned) takeover leaves no fence running: one that went on
+            // after the lease was given up could land after the next owner's fence.
+            let mut fences = AbortOnDrop(fences);
+            for fence in &mut fences.0 {
                 let (partition, sequence) = fence
                     .await
                     .map_err(|error| nats_error("fence a partition", error))??;
@@ -1187,6 +1227,17 @@ impl Control {
     }
 }
 
+/// Tasks aborted when dropped, finished or not.
+struct AbortOnDrop<T>(Vec<tokio::task::JoinHandle<T>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 /// The error of a node whose owner key now names `entry`'s node.
 fn deposed_by(entry: &kv::Entry) -> ReplicationError {
     let node = serde_json::from_slice::<serde_json::Value>(&entry.value)
@@ -1242,14 +1293,28 @@ async fn renew_lease(renewal: Renewal, mut revision: u64) {
         pause = lease / 12;
         let sent = std::time::Instant::now();
         let update = bucket.update(LEASE_KEY, value.clone(), revision);
-        match tokio::time::timeout(lease / 6, update).await {
+        let updated = tokio::time::timeout(lease / 6, update).await;
+        // Given up meanwhile (a failed takeover): whatever the key holds now is not this
+        // renewal's business.
+        if stop.get() {
+            return;
+        }
+        match updated {
             Ok(Ok(next)) => {
                 revision = next;
                 clock.renewed(sent);
                 pause = lease / 3;
             }
             Ok(Err(error)) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                match bucket.entry(LEASE_KEY).await {
+                // A deleted key reads as a delete marker: nobody holds the lease then.
+                let current = bucket
+                    .entry(LEASE_KEY)
+                    .await
+                    .map(|entry| entry.filter(|entry| entry.operation == kv::Operation::Put));
+                if stop.get() {
+                    return;
+                }
+                match current {
                     Ok(Some(entry)) if entry.value == value => revision = entry.revision,
                     Ok(Some(entry)) => {
                         let error = ReplicationError::Unavailable(format!(

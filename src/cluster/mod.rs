@@ -113,6 +113,8 @@ pub struct ClusterView {
     advertise: RwLock<Option<String>>,
     /// Cores that replayed their partitions and serve them.
     cores_serving: AtomicUsize,
+    /// Cores whose takeover failed.
+    cores_failed: AtomicUsize,
 }
 
 impl ClusterView {
@@ -122,6 +124,7 @@ impl ClusterView {
             owner: RwLock::new(None),
             advertise: RwLock::new(None),
             cores_serving: AtomicUsize::new(0),
+            cores_failed: AtomicUsize::new(0),
         }
     }
 
@@ -167,6 +170,16 @@ impl ClusterView {
     /// How many cores replayed their partitions and serve them.
     pub fn cores_serving(&self) -> usize {
         self.cores_serving.load(Ordering::SeqCst)
+    }
+
+    /// One more core could not take its partitions over: the control thread gives them up.
+    pub fn core_failed(&self) {
+        self.cores_failed.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many cores could not take their partitions over.
+    pub fn cores_failed(&self) -> usize {
+        self.cores_failed.load(Ordering::SeqCst)
     }
 
     /// Where the other nodes reach this one, once the server knows (it is bound).

@@ -5,7 +5,7 @@ mod chunked;
 mod conn;
 mod encode;
 mod error;
-mod hangup;
+pub(crate) mod hangup;
 mod message;
 mod parse;
 mod route;

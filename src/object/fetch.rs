@@ -482,7 +482,14 @@ impl FetchClient {
         let head = encode_head(url, request);
         let mut pooled = {
             let mut idle = self.idle.borrow_mut();
-            let stream = idle.get_mut(&key).and_then(Vec::pop);
+            // A connection the server closed while it was idle (its idle timeout) is dropped
+            // here rather than found out by a request that may not be sent twice.
+            let stream = loop {
+                match idle.get_mut(&key).and_then(Vec::pop) {
+                    Some(stream) if crate::http::hangup::peer_hung_up(&stream) => {}
+                    other => break other,
+                }
+            };
             if idle.get(&key).is_some_and(Vec::is_empty) {
                 idle.remove(&key);
             }

@@ -632,6 +632,18 @@ impl ObjectHost {
                 class: class.to_string(),
             });
         };
+        // A core that does not serve the partition (a standby, one still replaying it, one
+        // deposed) loads nothing: what its store holds may be empty or stale.
+        let refusal = self
+            .replication
+            .borrow()
+            .as_ref()
+            .and_then(|r| r.refusal(&id));
+        if let Some(error) = refusal {
+            return Err(EventError::NotReplicated {
+                reason: error.to_string(),
+            });
+        }
         let storage = Storage::new(
             self.limits.clone(),
             self.config.sql.clone(),
@@ -853,6 +865,15 @@ impl Commit for ObjectHost {
             self.store.keys_with_prefix(&slot.id.0, prefix, usize::MAX)
         });
         let replication = self.replication.borrow().clone();
+        // Refused now (deposed, the lease not fresh): the writes leave with the instance and
+        // never reach the local store, which stays a copy of the stream.
+        if let Some(error) = replication.as_ref().and_then(|r| r.refusal(&slot.id)) {
+            slot.storage.fail_commits(error.to_string());
+            self.detach(slot);
+            return Err(EventError::NotReplicated {
+                reason: error.to_string(),
+            });
+        }
         let encoded = match replication.as_ref().map(|r| r.encode(&slot.id, &batch)) {
             None => None,
             Some(Ok(encoded)) => Some(encoded),

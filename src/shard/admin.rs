@@ -286,7 +286,7 @@ impl Shard {
                     .with_header("WWW-Authenticate", "Bearer"),
             ),
             // A standby's store is empty, a deposed node's may be stale.
-            Some(_) => self.host.cluster_refusal().map(|reason| {
+            Some(_) => self.cluster_refusal().map(|reason| {
                 Response::json(
                     503,
                     &serde_json::json!({ "error": reason, "retryable": true }),
@@ -429,16 +429,15 @@ impl Shard {
                 .with_header("WWW-Authenticate", "Bearer");
         }
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        // A deposed node, or one without a fresh lease, shows no object: what it has may be
-        // stale, and what it would write would not reach the stream.
-        if segments.first() == Some(&"objects") {
-            if let Some(reason) = self.host.cluster_refusal() {
-                return Response::json(
-                    503,
-                    &serde_json::json!({ "error": reason, "retryable": true }),
-                )
-                .with_header("Retry-After", "1");
-            }
+        // A node that does not serve (a standby, one taking over, a deposed one, one without a
+        // fresh lease) shows nothing: what it has may be empty or stale, and what it would
+        // write would not reach the stream.
+        if let Some(reason) = self.cluster_refusal() {
+            return Response::json(
+                503,
+                &serde_json::json!({ "error": reason, "retryable": true }),
+            )
+            .with_header("Retry-After", "1");
         }
         let read = matches!(request.method, Method::Get | Method::Head);
         let answer = match segments.as_slice() {

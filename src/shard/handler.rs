@@ -204,6 +204,19 @@ impl Shard {
         }
     }
 
+    /// In a cluster: why this node does not serve every object now (a standby, deposed, its
+    /// lease not fresh, or a core still replaying its partitions).
+    pub(super) fn cluster_refusal(&self) -> Option<String> {
+        // Every core must serve: each replays its own partitions when the node takes over.
+        let replaying = self
+            .cluster_view
+            .as_ref()
+            .is_some_and(|view| view.cores_serving() < self.cores);
+        self.host.cluster_refusal().or_else(|| {
+            replaying.then(|| "this node is taking the partitions over (replaying the log)".into())
+        })
+    }
+
     /// In a cluster: the owner, when it is another node (this one is a standby or was
     /// deposed): every object request goes there.
     fn owner_elsewhere(&self) -> Option<crate::cluster::Owner> {
@@ -261,7 +274,7 @@ impl Shard {
             Err(error) => {
                 let failures = self.metrics.cluster_forward_failures_total.get() + 1;
                 self.metrics.cluster_forward_failures_total.set(failures);
-                unreachable_owner(&owner, &error.to_string())
+                forward_failed(&owner, &error)
             }
         }
     }
@@ -491,14 +504,7 @@ impl Shard {
         // This core's store may have failed where no event noticed yet (a compaction).
         self.host.check_store();
         let failures = self.health.failures();
-        // Every core must serve: each replays its own partitions when the node takes over.
-        let replaying = self
-            .cluster_view
-            .as_ref()
-            .is_some_and(|view| view.cores_serving() < self.cores);
-        let cluster = self.host.cluster_refusal().or_else(|| {
-            replaying.then(|| "this node is taking the partitions over (replaying the log)".into())
-        });
+        let cluster = self.cluster_refusal();
         if failures.is_empty() && cluster.is_none() {
             return Response::text(200, "ok");
         }
@@ -681,6 +687,25 @@ fn unreachable_owner(owner: &crate::cluster::Owner, reason: &str) -> Response {
     );
     Response::json(503, &json!({ "error": error, "retryable": true }))
         .with_header("Retry-After", "1")
+}
+
+/// The answer to a request the owner did not answer: 503 (retry) when it never reached the
+/// owner; 504 or 502 when it may have, so a retry could apply it twice.
+fn forward_failed(owner: &crate::cluster::Owner, error: &crate::object::FetchError) -> Response {
+    use crate::object::FetchError;
+    let status = match error {
+        FetchError::Connect { .. } | FetchError::Resolve { .. } | FetchError::InvalidUrl { .. } => {
+            return unreachable_owner(owner, &error.to_string())
+        }
+        FetchError::Timeout { .. } => 504,
+        _ => 502,
+    };
+    let error = format!(
+        "the owner, node {:?}, did not answer the forwarded request ({error}); it may have \
+         been applied",
+        owner.node
+    );
+    Response::json(status, &json!({ "error": error, "retryable": false }))
 }
 
 /// Answers a handed-over upgrade that this core has no connection slot for.

@@ -282,6 +282,9 @@ async fn take_over(
         Err(reason) => {
             tracing::error!(core, "{reason}");
             replication.takeover_failed(reason);
+            if let Some(view) = &shard.cluster_view {
+                view.core_failed();
+            }
         }
     }
 }
