@@ -380,17 +380,35 @@ fn without_nats_a_write_fails_and_nothing_is_falsely_acknowledged() {
         health.text()
     );
     nats.restart(&binary);
-    node.kill();
-    let node = start_node(dir.path(), "a", &nats.url());
-    let after = value(&node, "n");
+    // NATS is back: the node renews its lease and rebuilds the refused partition from the
+    // stream, without a restart.
+    let back = std::time::Instant::now();
+    let served = common::wait_until(Duration::from_secs(30), || {
+        node.client().get("/objects/counter/n/value").status == 200
+    });
+    assert!(
+        served,
+        "the refused partition did not come back once NATS did"
+    );
+    eprintln!(
+        "without NATS: the refused partition served again {:?} after NATS restarted",
+        back.elapsed()
+    );
+    let rebuilt = value(&node, "n");
     // Every acknowledged write is there; a refused one may or may not be (its append may
     // have reached the stream before the acknowledgement was lost).
     // Only the first refused write was sent: the partition refused the others on the node.
     assert!(
-        (acknowledged..=acknowledged + 1).contains(&after),
-        "{acknowledged} acknowledged, {failed} refused, {after} after the restart"
+        (acknowledged..=acknowledged + 1).contains(&rebuilt),
+        "{acknowledged} acknowledged, {failed} refused, {rebuilt} after the rebuild"
     );
-    assert_eq!(increment(&node, "n"), Ok(after + 1));
+    assert_eq!(increment(&node, "n"), Ok(rebuilt + 1));
+    assert_eq!(node.metric_sum("stead_cluster_partitions_refused"), 0.0);
+    // And a node rebuilt from the stream at its start agrees.
+    node.kill();
+    let node = start_node(dir.path(), "a", &nats.url());
+    assert_eq!(value(&node, "n"), rebuilt + 1);
+    assert_eq!(increment(&node, "n"), Ok(rebuilt + 2));
     assert_eq!(node.stop(), Some(0));
 }
 
@@ -570,10 +588,32 @@ fn three_replicas_keep_serving_without_one_nats_server() {
     servers[1].kill();
     servers[2].kill();
     assert_eq!(increment(&node, "r"), Err(503));
-    node.kill();
     for server in &mut servers {
         server.restart(&binary);
     }
+    // Back: the node, not restarted, serves again (its refused partition rebuilt from the
+    // stream) once the streams have their leaders.
+    let back = std::time::Instant::now();
+    let served = common::wait_until(Duration::from_secs(90), || {
+        let reply = node.client().get("/objects/counter/r/value");
+        if reply.status == 200 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        false
+    });
+    assert!(served, "the node did not serve again once NATS was back");
+    let rebuilt = value(&node, "r");
+    assert!(
+        (acknowledged..=acknowledged + 1).contains(&rebuilt),
+        "{acknowledged} acknowledged, {rebuilt} after the rebuild"
+    );
+    eprintln!(
+        "three replicas, all NATS servers restarted: served again after {:?}",
+        back.elapsed()
+    );
+    acknowledged = rebuilt;
+    node.kill();
     // The streams elect their leaders again first; until then a node cannot join.
     let mut restarted = None;
     for _ in 0..30 {

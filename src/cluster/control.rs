@@ -76,6 +76,8 @@ const APPEND_OVERHEAD_BYTES: usize = 4096;
 const FENCE_ATTEMPTS_MAX: u32 = 5;
 /// Partitions fenced at once at start.
 const FENCE_CONCURRENCY: usize = 256;
+/// The shortest pause between rebuilds of refused partitions.
+const RECOVER_PAUSE_MIN: Duration = Duration::from_millis(250);
 /// Batches a core's replay queue holds.
 const REPLAY_QUEUE: usize = 1024;
 /// How long start-up waits for NATS to answer one step.
@@ -90,6 +92,14 @@ pub enum ReplayItem {
     Done,
     /// The replay cannot go on: the core must not serve.
     Failed(String),
+    /// Once the core serves: `partition`, refused for want of an acknowledgement, is rebuilt
+    /// from the stream. Its objects leave memory and the core's store, and the batches that
+    /// follow (up to `Recovered`) are its state.
+    Recover(u32),
+    /// Every batch of the partition's rebuild was sent: it serves again.
+    Recovered(u32),
+    /// The rebuild stopped: the partition stays refused (another rebuild comes later).
+    RecoverFailed(u32, String),
 }
 
 /// A core's ends of the channels to the control thread.
@@ -195,6 +205,7 @@ pub fn start(
                 held: RefCell::default(),
                 deposed: Rc::default(),
                 renewal_stop: RefCell::default(),
+                to_recover: RefCell::default(),
                 settings,
                 partitions,
                 cores,
@@ -308,6 +319,9 @@ struct Control {
     held: RefCell<Option<(kv::Store, bytes::Bytes)>>,
     /// Set once the node is deposed: the lease is no longer renewed, so a standby can take it.
     deposed: Rc<std::cell::Cell<bool>>,
+    /// Partitions refused because an append was not acknowledged (not fenced): rebuilt from
+    /// the stream once the lease is fresh again.
+    to_recover: RefCell<std::collections::BTreeSet<u32>>,
     /// Stops the renewals of the lease taken last (a failed takeover gives it up and tries
     /// again later with a lease of its own).
     renewal_stop: RefCell<Option<Rc<std::cell::Cell<bool>>>>,
@@ -417,12 +431,12 @@ impl Control {
         for sender in &replay {
             let _ = sender.send(ReplayItem::Done).await;
         }
-        drop(replay);
         tokio::task::spawn_local(control.clone().watch_takeover());
         // Until every core has stopped: their appends' channel closes, or the server says so
         // (a core's task may keep its end of the channel until the process exits).
         tokio::select! {
             () = control.clone().serve_appends(appends, &joined) => {}
+            () = control.recover_partitions(&joined, &replay) => {}
             () = release.notified() => {}
         }
         control.release_lease().await;
@@ -785,49 +799,8 @@ impl Control {
                     let (js, log, partition) = (js.clone(), log.clone(), *partition);
                     let node = self.settings.node_id.clone();
                     tokio::task::spawn_local(async move {
-                        let subject = subject(partition);
-                        // An append of the expiring owner may land between the read and the
-                        // takeover record: read again and retry.
-                        let mut attempts = 0;
-                        let sequence = loop {
-                            attempts += 1;
-                            let previous = match log
-                                .get_last_raw_message_by_subject(&subject)
-                                .await
-                            {
-                                Ok(message) => message.sequence,
-                                Err(error)
-                                    if error.kind()
-                                        == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
-                                {
-                                    0
-                                }
-                                Err(error) => {
-                                    return Err(nats_error("read a partition's last record", error))
-                                }
-                            };
-                            let headers = headers("takeover", &node, epoch, previous);
-                            let published = tokio::time::timeout(
-                                STEP_TIMEOUT,
-                                publish_until_heard(
-                                    &js,
-                                    subject.clone(),
-                                    headers,
-                                    Vec::new(),
-                                    None,
-                                ),
-                            )
-                            .await;
-                            match published {
-                                Ok(Ok(sequence)) => break sequence,
-                                Ok(Err(PublishFailure::Fenced)) if attempts < FENCE_ATTEMPTS_MAX => {}
-                                Ok(Err(error)) => return Err(nats_error("fence a partition", error)),
-                                Err(_) => {
-                                    return Err(nats_error("fence a partition", "no answer in time"))
-                                }
-                            }
-                        };
-                        Ok((partition, sequence))
+                        let sequence = fence_one(&js, &log, &node, epoch, partition).await?;
+                        Ok::<_, ClusterError>((partition, sequence))
                     })
                 })
                 .collect();
@@ -968,26 +941,6 @@ impl Control {
                 .info()
                 .map_err(|error| nats_error("read a log message's sequence", error))?
                 .stream_sequence;
-            let kind = message
-                .headers
-                .as_ref()
-                .and_then(|headers| headers.get(KIND_HEADER))
-                .map(|value| value.as_str().to_string());
-            match kind.as_deref() {
-                Some("batches") => {}
-                Some("takeover") => {
-                    if sequence >= joined.replay_end {
-                        break;
-                    }
-                    continue;
-                }
-                other => {
-                    return Err(ClusterError::Damaged {
-                        sequence,
-                        reason: format!("a record of kind {other:?}, not one of this version's"),
-                    })
-                }
-            }
             let partition = message
                 .subject
                 .strip_prefix(SUBJECT_PREFIX)
@@ -997,12 +950,7 @@ impl Control {
                 .and_then(|partition| covered.get(&partition))
                 .is_some_and(|covers| sequence <= *covers);
             if !in_snapshot {
-                let decoded =
-                    record::decode(&message.payload).map_err(|error| ClusterError::Damaged {
-                        sequence,
-                        reason: error.to_string(),
-                    })?;
-                for (id, batch) in decoded {
+                for (id, batch) in message_batches(&message, sequence)? {
                     let core = id.core(self.partitions, self.cores);
                     let sent = cores[core].send(ReplayItem::Batch(id, batch)).await;
                     if sent.is_err() {
@@ -1021,6 +969,145 @@ impl Control {
             "cluster: store rebuilt from the log"
         );
         Ok(())
+    }
+
+    /// Rebuilds, one at a time, the partitions refused for want of an acknowledgement, once
+    /// the lease is fresh (NATS answers again): the stream, not this node's memory or store,
+    /// says what they hold. Never returns.
+    async fn recover_partitions(&self, joined: &Joined, cores: &[mpsc::Sender<ReplayItem>]) {
+        let pause = Duration::from_millis(self.settings.lease_ms / 4).max(RECOVER_PAUSE_MIN);
+        loop {
+            tokio::time::sleep(pause).await;
+            if self.deposed.get() || !self.lease.is_fresh() {
+                continue;
+            }
+            let next = self.to_recover.borrow().iter().next().copied();
+            let Some(partition) = next else {
+                continue;
+            };
+            let Some(core) = cores.get(partition as usize % self.cores.max(1)) else {
+                continue;
+            };
+            // The fence goes after whatever an unacknowledged append left in the subject.
+            let node = &self.settings.node_id;
+            let end = match fence_one(&joined.js, &joined.log, node, joined.epoch, partition).await
+            {
+                Ok(end) => end,
+                Err(error) => {
+                    tracing::warn!(partition, %error, "cluster: a partition's rebuild failed");
+                    continue;
+                }
+            };
+            if let Some(slot) = joined.last.borrow_mut().get_mut(partition as usize) {
+                *slot = end;
+            }
+            match self.recover(joined, partition, end, core).await {
+                Ok(batches) => {
+                    self.to_recover.borrow_mut().remove(&partition);
+                    tracing::info!(
+                        partition,
+                        batches,
+                        "cluster: partition rebuilt from the log"
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(partition, %error, "cluster: a partition's rebuild failed");
+                    let _ = core
+                        .send(ReplayItem::RecoverFailed(partition, error.to_string()))
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Sends `partition`'s core the partition's state: its snapshot, then its messages up to
+    /// `end` (the fence this node just appended). The batches sent.
+    async fn recover(
+        &self,
+        joined: &Joined,
+        partition: u32,
+        end: u64,
+        core: &mpsc::Sender<ReplayItem>,
+    ) -> Result<u64, ClusterError> {
+        use tokio::io::AsyncReadExt as _;
+        let stopped = || nats_error("rebuild a partition", "its core stopped");
+        core.send(ReplayItem::Recover(partition))
+            .await
+            .map_err(|_| stopped())?;
+        let mut batches = 0u64;
+        let mut covered = 0;
+        let name = joined.snapshot_names.borrow().get(&partition).cloned();
+        if let Some(name) = name {
+            covered = snapshot_name(&name).map_or(0, |(_, covers)| covers);
+            let read = async {
+                let mut bytes = Vec::new();
+                let mut object = joined
+                    .snapshots
+                    .get(&name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                object
+                    .read_to_end(&mut bytes)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(bytes)
+            };
+            let bytes = tokio::time::timeout(SNAPSHOT_STORE_TIMEOUT, read)
+                .await
+                .map_err(|_| nats_error("read a snapshot", "no answer in time"))?
+                .map_err(|error| nats_error("read a snapshot", error))?;
+            let decoded = record::decode(&bytes).map_err(|error| ClusterError::Damaged {
+                sequence: covered,
+                reason: format!("snapshot {name}: {error}"),
+            })?;
+            for (id, batch) in decoded {
+                core.send(ReplayItem::Batch(id, batch))
+                    .await
+                    .map_err(|_| stopped())?;
+                batches += 1;
+            }
+        }
+        let consumer = step(
+            "open a partition's log",
+            joined.log.create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject(partition),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: covered + 1,
+                },
+                ..Default::default()
+            }),
+        )
+        .await?;
+        let mut messages = step("read a partition's log", consumer.messages()).await?;
+        loop {
+            let message = match tokio::time::timeout(STEP_TIMEOUT, messages.next()).await {
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(error))) => return Err(nats_error("read a partition's log", error)),
+                Ok(None) | Err(_) => {
+                    return Err(nats_error(
+                        "read a partition's log",
+                        "it ended before the fence",
+                    ))
+                }
+            };
+            let sequence = message
+                .info()
+                .map_err(|error| nats_error("read a log message's sequence", error))?
+                .stream_sequence;
+            for (id, batch) in message_batches(&message, sequence)? {
+                core.send(ReplayItem::Batch(id, batch))
+                    .await
+                    .map_err(|_| stopped())?;
+                batches += 1;
+            }
+            if sequence >= end {
+                break;
+            }
+        }
+        core.send(ReplayItem::Recovered(partition))
+            .await
+            .map_err(|_| stopped())?;
+        Ok(batches)
     }
 
     /// Deposes this node when another one writes the `owner` key. A watch that fails or ends
@@ -1219,11 +1306,84 @@ impl Control {
                         )),
                     },
                 };
+                if let ControlEvent::Failed {
+                    error: ReplicationError::Unavailable(_),
+                    ..
+                } = &event
+                {
+                    control.to_recover.borrow_mut().insert(partition);
+                }
                 if let Some(sender) = control.events.get(append.core) {
                     let _ = sender.send(event).await;
                 }
             });
         }
+    }
+}
+
+/// Appends a takeover record of `node` (epoch `epoch`) to `partition`'s subject, right after
+/// its last message: from then on an append of an earlier writer names a stale sequence and
+/// is refused. The record's sequence.
+async fn fence_one(
+    js: &jetstream::Context,
+    log: &stream::Stream,
+    node: &str,
+    epoch: u64,
+    partition: u32,
+) -> Result<u64, ClusterError> {
+    let subject = subject(partition);
+    // An append of the expiring owner may land between the read and the
+    // takeover record: read again and retry.
+    let mut attempts = 0;
+    let sequence = loop {
+        attempts += 1;
+        let previous = match log.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => message.sequence,
+            Err(error)
+                if error.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                0
+            }
+            Err(error) => return Err(nats_error("read a partition's last record", error)),
+        };
+        let headers = headers("takeover", &node, epoch, previous);
+        let published = tokio::time::timeout(
+            STEP_TIMEOUT,
+            publish_until_heard(&js, subject.clone(), headers, Vec::new(), None),
+        )
+        .await;
+        match published {
+            Ok(Ok(sequence)) => break sequence,
+            Ok(Err(PublishFailure::Fenced)) if attempts < FENCE_ATTEMPTS_MAX => {}
+            Ok(Err(error)) => return Err(nats_error("fence a partition", error)),
+            Err(_) => return Err(nats_error("fence a partition", "no answer in time")),
+        }
+    };
+    Ok(sequence)
+}
+
+/// The batches a message of the log carries (none for a takeover record).
+fn message_batches(
+    message: &jetstream::Message,
+    sequence: u64,
+) -> Result<Vec<(ObjectId, Batch)>, ClusterError> {
+    let kind = message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(KIND_HEADER))
+        .map(|value| value.as_str().to_string());
+    match kind.as_deref() {
+        Some("batches") => {
+            record::decode(&message.payload).map_err(|error| ClusterError::Damaged {
+                sequence,
+                reason: error.to_string(),
+            })
+        }
+        Some("takeover") => Ok(Vec::new()),
+        other => Err(ClusterError::Damaged {
+            sequence,
+            reason: format!("a record of kind {other:?}, not one of this version's"),
+        }),
     }
 }
 

@@ -74,6 +74,10 @@ struct PartitionState {
     in_flight_done: Rc<Broadcast>,
     /// Set when the append that will carry the buffer is answered.
     buffer_done: Rc<Broadcast>,
+    /// Tickets up to this one were given out before the partition was rebuilt from the
+    /// stream: they stay refused, with `refused`'s error.
+    refused_upto: u64,
+    refused: Option<ReplicationError>,
     /// Why the partition is refused, once it is.
     failed: Option<ReplicationError>,
     /// Batches acknowledged since the partition's last snapshot was taken.
@@ -109,6 +113,8 @@ impl Default for PartitionState {
             pending: std::collections::VecDeque::new(),
             in_flight_done: Rc::new(Broadcast::new()),
             buffer_done: Rc::new(Broadcast::new()),
+            refused_upto: 0,
+            refused: None,
             failed: None,
             acked_since_snapshot: 0,
             acked_sequence: 0,
@@ -269,8 +275,10 @@ impl Replication {
     /// now may have read.
     pub fn floor(&self, id: &ObjectId) -> Option<(u32, u64)> {
         let partition = self.partition_of(id);
-        let issued = self.states.borrow().get(&partition)?.issued;
-        Some((partition, issued))
+        let states = self.states.borrow();
+        let state = states.get(&partition)?;
+        // Nothing committed since a rebuild: what the store holds came from the stream.
+        (state.issued > state.refused_upto).then_some((partition, state.issued))
     }
 
     /// Queues the `encoded` batch of `id` (already committed to the local store) for its
@@ -358,6 +366,23 @@ impl Replication {
         state.snapshot = Snapshotting::Idle;
     }
 
+    /// `partition` was rebuilt from the stream: it serves again, from a fresh state. The
+    /// tickets given out before stay refused (their events were answered with the failure).
+    pub fn recovered(&self, partition: u32) {
+        let mut states = self.states.borrow_mut();
+        let Some(old) = states.get(&partition) else {
+            return;
+        };
+        let state = PartitionState {
+            issued: old.issued,
+            acked: old.issued,
+            refused_upto: old.issued,
+            refused: old.failed.clone().or_else(|| old.refused.clone()),
+            ..PartitionState::default()
+        };
+        states.insert(partition, state);
+    }
+
     /// Resolves once ticket `ticket` of `partition` is replicated, or with why it never will be.
     pub async fn wait(&self, partition: u32, ticket: u64) -> Result<(), ReplicationError> {
         loop {
@@ -371,6 +396,11 @@ impl Replication {
                 };
                 if let Some(error) = &state.failed {
                     return Err(error.clone());
+                }
+                if ticket <= state.refused_upto {
+                    if let Some(error) = &state.refused {
+                        return Err(error.clone());
+                    }
                 }
                 if state.acked >= ticket {
                     return Ok(());

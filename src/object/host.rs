@@ -806,6 +806,23 @@ impl ObjectHost {
         Ok(instance)
     }
 
+    /// Takes the objects `leaving` picks out of memory, as after a failed commit: their
+    /// instances take no more writes, and their next events load them again. How many left.
+    pub fn forget_objects(&self, leaving: impl Fn(&ObjectId) -> bool, reason: &str) -> usize {
+        let slots: Vec<Rc<Slot>> = self
+            .objects
+            .borrow()
+            .values()
+            .filter(|slot| leaving(&slot.id))
+            .cloned()
+            .collect();
+        for slot in &slots {
+            slot.storage.fail_commits(reason.to_string());
+            self.detach(slot);
+        }
+        slots.len()
+    }
+
     /// Removes `slot` from the map if it is still the one there; returns whether it was.
     fn detach(&self, slot: &Slot) -> bool {
         let mut objects = self.objects.borrow_mut();

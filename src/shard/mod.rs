@@ -265,6 +265,7 @@ async fn take_over(
     replication: Rc<crate::cluster::Replication>,
     mut replay: tokio::sync::mpsc::Receiver<crate::cluster::ReplayItem>,
 ) {
+    use crate::cluster::ReplayItem;
     let core = shard.core;
     match replay_into(&shard, &mut replay).await {
         Ok(batches) => {
@@ -285,8 +286,70 @@ async fn take_over(
             if let Some(view) = &shard.cluster_view {
                 view.core_failed();
             }
+            return;
         }
     }
+    // A partition refused for want of an acknowledgement comes back rebuilt from the stream.
+    while let Some(item) = replay.recv().await {
+        let ReplayItem::Recover(partition) = item else {
+            tracing::warn!(core, ?item, "a rebuild's item out of place; ignored");
+            continue;
+        };
+        match rebuild(&shard, partition, &mut replay).await {
+            Ok(batches) => {
+                replication.recovered(partition);
+                tracing::info!(core, partition, batches, "partition rebuilt from the log");
+            }
+            Err(reason) => tracing::warn!(core, partition, "{reason}"),
+        }
+    }
+}
+
+/// Rebuilds `partition` from the stream (see `ReplayItem::Recover`): its objects leave memory
+/// and the store, then the batches the control thread sends are committed; the number of
+/// batches. The partition stays refused meanwhile (`Replication::recovered` ends that).
+async fn rebuild(
+    shard: &Shard,
+    partition: u32,
+    replay: &mut tokio::sync::mpsc::Receiver<crate::cluster::ReplayItem>,
+) -> Result<u64, String> {
+    use crate::cluster::ReplayItem;
+    let (core, store, partitions) = (shard.core, shard.host.store(), shard.partitions);
+    let in_partition = |id: &crate::id::ObjectId| id.partition(partitions) == partition;
+    let reason = "the partition is being rebuilt from the cluster's log";
+    shard.host.forget_objects(in_partition, reason);
+    let failed = |error: stead_storage::StoreError| {
+        format!("core {core}: cannot rebuild partition {partition}: {error}")
+    };
+    for id in store.objects() {
+        if in_partition(&crate::id::ObjectId(id)) {
+            let mut batch = stead_storage::Batch::new();
+            batch.delete_all().delete_alarm();
+            store.commit(&id, batch).map_err(failed)?;
+        }
+    }
+    let mut batches = 0u64;
+    loop {
+        match replay.recv().await {
+            Some(ReplayItem::Batch(id, batch)) => {
+                store.commit(&id.0, batch).map_err(failed)?;
+                batches += 1;
+            }
+            Some(ReplayItem::Recovered(done)) if done == partition => break,
+            Some(ReplayItem::RecoverFailed(_, reason)) => {
+                return Err(format!("partition {partition}'s rebuild failed: {reason}"))
+            }
+            Some(other) => {
+                return Err(format!(
+                    "partition {partition}'s rebuild got an item out of place: {other:?}"
+                ))
+            }
+            None => return Err("the control thread stopped".to_string()),
+        }
+    }
+    store.wait_durable(store.last_seq()).await.map_err(failed)?;
+    shard.alarms.load_stored_of(in_partition);
+    Ok(batches)
 }
 
 /// The replay of `take_over`; the number of batches replayed.
@@ -306,6 +369,14 @@ async fn replay_into(
                 batches += 1;
             }
             Some(ReplayItem::Done) => break,
+            Some(item @ (ReplayItem::Recover(_) | ReplayItem::Recovered(_))) => {
+                return Err(format!(
+                    "core {core}: a rebuild's item in the replay: {item:?}"
+                ))
+            }
+            Some(ReplayItem::RecoverFailed(_, reason)) => {
+                return Err(format!("core {core}: the log's replay failed: {reason}"))
+            }
             Some(ReplayItem::Failed(reason)) => {
                 return Err(format!("core {core}: the log's replay failed: {reason}"))
             }
