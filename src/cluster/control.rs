@@ -1346,10 +1346,10 @@ async fn fence_one(
             }
             Err(error) => return Err(nats_error("read a partition's last record", error)),
         };
-        let headers = headers("takeover", &node, epoch, previous);
+        let headers = headers("takeover", node, epoch, previous);
         let published = tokio::time::timeout(
             STEP_TIMEOUT,
-            publish_until_heard(&js, subject.clone(), headers, Vec::new(), None),
+            publish_until_heard(js, subject.clone(), headers, Vec::new(), None),
         )
         .await;
         match published {
