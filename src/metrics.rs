@@ -432,9 +432,9 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
         (
             "stead_cluster_partitions_refused",
             "gauge",
-            "In a cluster: partitions this core wrote since the start that answer 503 (fenced \
-             by a newer owner, an append not acknowledged, or the node deposed); they serve \
-             again after a restart.",
+            "In a cluster: partitions of this core that answer 503 (fenced by a newer owner, \
+             an append not acknowledged, or the node deposed); one refused for want of an \
+             acknowledgement is rebuilt from the stream once the lease is fresh again.",
             |s| s.host.replication.partitions_refused as f64,
         ),
         (

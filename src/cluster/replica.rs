@@ -7,8 +7,9 @@
 //! the partition; it is replicated once the partition's acknowledged number reaches it.
 //! A partition whose append was refused (fenced by a newer owner) or failed (no quorum within
 //! `cluster.ack_timeout_ms`) is refused from then on: its objects' state in memory holds writes
-//! that may not be in the stream, so this node answers 503 for them until it restarts and
-//! rebuilds from the stream. A node that another node took over from refuses every partition.
+//! that may not be in the stream, so this node answers 503 for them. One that failed is
+//! rebuilt from the stream once the lease is fresh again (`Replication::recovered`); a fenced
+//! one waits for a restart. A node that another node took over from refuses every partition.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -287,7 +288,8 @@ impl Replication {
         let partition = self.partition_of(id);
         if let Some(error) = self.refusal(id) {
             // The batch is in the local store and will not be in the stream: the partition is
-            // refused from now on (until a restart rebuilds it), even once the lease is fresh.
+            // refused from now on, even once the lease is fresh. (The host checks the refusal
+            // before it commits, so this is not reached today.)
             let mut states = self.states.borrow_mut();
             Self::fail(states.entry(partition).or_default(), error.clone());
             return Err(error);
