@@ -872,6 +872,56 @@ fn under_load_a_killed_owner_loses_nothing_and_the_lock_stays_exclusive() {
     assert_eq!(b.stop(), Some(0));
 }
 
+/// Clients that only ever talk to the standby: while the owner lives their requests are
+/// forwarded to it; when it is killed they get errors, never an acknowledgement of a write
+/// that is lost; once the standby took over it answers them itself. Every acknowledged
+/// increment is there, none was acknowledged twice, and the lock stays exclusive throughout.
+#[test]
+fn clients_of_a_standby_lose_nothing_when_the_owner_dies() {
+    let Some((_, dir, nats)) = one_nats("clients_of_a_standby_lose_nothing_when_the_owner_dies")
+    else {
+        return;
+    };
+    let a = start_node(dir.path(), "a", &nats.url());
+    let b = start_standby(dir.path(), "b", &nats.url());
+    let forwards = common::wait_until(Duration::from_secs(10), || increment(&b, "warm") == Ok(1));
+    assert!(forwards, "the standby did not forward to the owner");
+    let target = common::load::Target::default();
+    target.set(Some(b.addr));
+    let load = common::load::Load::start(&target, 3, 3, "S");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(b.metric_sum("stead_cluster_forwarded_total") > 10.0);
+    let killed = std::time::Instant::now();
+    a.kill();
+    let b = serving(b);
+    let serving_since = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let (counters, locks) = load.stop();
+    let outage = longest_gap(&counters, killed);
+    eprintln!(
+        "clients of the standby: it served {:?} after the kill; no acknowledgement for {outage:?}",
+        serving_since - killed
+    );
+    common::load::check_counters(&counters, |name| value(&b, name));
+    common::load::check_lock(&locks);
+    let after = counters
+        .iter()
+        .flat_map(|log| &log.acked)
+        .filter(|(_, at)| *at > serving_since)
+        .count();
+    assert!(after > 0, "nothing acknowledged after the takeover");
+    // 502 or 504: a forwarded request the dying owner may have applied; 503: it never got it.
+    common::load::check_statuses(
+        counters.iter().map(|log| &log.statuses),
+        &[200, 502, 503, 504],
+    );
+    common::load::check_statuses(
+        locks.iter().map(|log| &log.statuses),
+        &[200, 403, 502, 503, 504],
+    );
+    assert_eq!(b.stop(), Some(0));
+}
+
 /// Both nodes restarted in turn (SIGTERM, as a rolling restart does) under load: the owner
 /// gives its lease up as it stops, so the standby takes over without waiting for it to
 /// expire; no acknowledged write is lost, and the only error any client gets is 503.

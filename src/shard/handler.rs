@@ -236,15 +236,27 @@ impl Shard {
         let Some(address) = owner.address.clone() else {
             return unreachable_owner(&owner, "it gave no address (start it with --advertise)");
         };
+        // The client's connection's own headers stay with it (the client sends its own
+        // `Host`, `Content-Length` and `Connection`); a value that is not UTF-8 cannot be sent
+        // on by the client and is left out.
+        let named: Vec<String> = request
+            .header("connection")
+            .map(|value| {
+                value
+                    .split(',')
+                    .map(|name| name.trim().to_ascii_lowercase())
+                    .collect()
+            })
+            .unwrap_or_default();
         let target = if request.query.is_empty() {
             request.path
         } else {
             format!("{}?{}", request.path, request.query)
         };
-        // A value that is not UTF-8 cannot be sent on by the client; it is left out.
         let mut headers: Vec<(String, String)> = request
             .headers
             .into_iter()
+            .filter(|(name, _)| !HOP_BY_HOP.contains(&name.as_str()) && !named.contains(name))
             .filter_map(|(name, value)| Some((name, String::from_utf8(value).ok()?)))
             .collect();
         headers.push((FORWARDED_BY_HEADER.to_string(), view.node().to_string()));
@@ -260,14 +272,8 @@ impl Shard {
             Ok(mut response) => {
                 // The connection's own headers; ours are written for the client's connection.
                 response.headers.retain(|(name, _)| {
-                    ![
-                        "connection",
-                        "keep-alive",
-                        "content-length",
-                        "transfer-encoding",
-                    ]
-                    .iter()
-                    .any(|hop| name.eq_ignore_ascii_case(hop))
+                    let name = name.to_ascii_lowercase();
+                    name != "content-length" && !HOP_BY_HOP.contains(&name.as_str())
                 });
                 response
             }
@@ -571,6 +577,17 @@ impl Shard {
 /// The header a node adds to a request it forwards to the owner: its own id. A node that
 /// gets a request with it and does not serve it answers 421 instead of forwarding it again.
 pub(super) const FORWARDED_BY_HEADER: &str = "stead-forwarded-by";
+
+/// Headers of one connection (RFC 9110 §7.6.1), not sent on by a forwarding node.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// How long the other direction of a forwarded WebSocket may go on once one side closed (the
 /// rest of a closing handshake).
