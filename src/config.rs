@@ -72,6 +72,10 @@ pub struct ObjectLimits {
     /// How deep a chain of calls between objects may go (A calls B calls C …); a call past it
     /// fails with 508 instead of looping.
     pub call_depth_max: u32,
+    /// New objects one client (its bearer token, else its IP address) may create per second,
+    /// per class, with a burst of as many; past it the request is answered 429. 0: no limit.
+    /// `[classes.NAME] creations_per_second` overrides it for one class.
+    pub creations_per_second: u32,
 }
 
 impl Default for ObjectLimits {
@@ -82,6 +86,7 @@ impl Default for ObjectLimits {
             cross_core_requests_max: 4096,
             keep_names: true,
             call_depth_max: 16,
+            creations_per_second: 0,
         }
     }
 }
@@ -269,6 +274,9 @@ pub struct ClassSettings {
     /// How long the class's objects keep history, in milliseconds; unset:
     /// `storage.history_retention_ms`.
     pub history_retention_ms: Option<u64>,
+    /// New objects of the class one client may create per second; unset:
+    /// `objects.creations_per_second`.
+    pub creations_per_second: Option<u32>,
 }
 
 /// The whole server configuration.
@@ -437,6 +445,14 @@ impl Config {
             .get(class)
             .and_then(|settings| settings.history_retention_ms)
             .unwrap_or(self.storage.history_retention_ms)
+    }
+
+    /// New objects of `class` one client may create per second (0: no limit).
+    pub fn creations_per_second(&self, class: &str) -> u32 {
+        self.classes
+            .get(class)
+            .and_then(|settings| settings.creations_per_second)
+            .unwrap_or(self.objects.creations_per_second)
     }
 
     /// How long each core's executor spins before parking; `None` (from 0) never spins.

@@ -58,6 +58,7 @@ pub mod config;
 pub mod http;
 pub mod id;
 pub mod layout;
+pub mod limits;
 pub mod metrics;
 pub mod object;
 pub mod objects;

@@ -197,6 +197,7 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let drained = Arc::new(AtomicUsize::new(0));
         let health = Arc::new(StoreHealth::new(cores));
+        let creations = Arc::new(crate::limits::CreationLimiter::default());
         let (events_sender, events) = mpsc::channel();
         let capacity = 2 * config.objects.cross_core_requests_max.max(1);
         // Spinning saves a peer's wake-up only if the spinning core has a CPU of its own; with
@@ -236,6 +237,7 @@ impl Server {
                 bound_address,
                 classes_checked,
                 cluster: cluster_links.get_mut(core).and_then(Option::take),
+                creations: creations.clone(),
             };
             let mut executor = LocalExecutorBuilder::new(Placement::Fixed(core % available))
                 .name(&format!("stead-core-{core}"))

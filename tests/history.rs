@@ -171,6 +171,7 @@ fn config(retention_ms: u64) -> Config {
     let mut config = Config::default();
     let settings = stead::config::ClassSettings {
         history_retention_ms: Some(retention_ms),
+        ..Default::default()
     };
     config.classes.insert(CLASS.to_string(), settings);
     config

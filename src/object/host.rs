@@ -806,6 +806,11 @@ impl ObjectHost {
         Ok(instance)
     }
 
+    /// Whether `id` is a new object: not in memory and nothing stored.
+    pub fn is_new(&self, id: &ObjectId) -> bool {
+        !self.objects.borrow().contains_key(id) && !self.store.contains_object(&id.0)
+    }
+
     /// Takes the objects `leaving` picks out of memory, as after a failed commit: their
     /// instances take no more writes, and their next events load them again. How many left.
     pub fn forget_objects(&self, leaving: impl Fn(&ObjectId) -> bool, reason: &str) -> usize {

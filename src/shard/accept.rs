@@ -56,10 +56,9 @@ pub fn connection_slots(connections_per_core_max: usize) -> Rc<Semaphore> {
 }
 
 /// Accepts until shutdown.
-pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, handler: Rc<CoreHandler>) {
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     let limits = Rc::new(shard.config.http.clone());
     let slots = shard.connection_slots.clone();
-    let handler: Rc<dyn Handler> = handler;
     loop {
         // A slot first: at the limit, new clients wait in the kernel's backlog.
         let permit = or(async { slots.acquire_static_permit(1).await.ok() }, async {
@@ -85,7 +84,13 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, handler: Rc<Co
         let total = &shard.metrics.connections_total;
         total.set(total.get() + 1);
         let slot = ConnectionSlot::new(shard.clone(), permit);
-        let (shutdown, handler, limits) = (shard.shutdown.clone(), handler.clone(), limits.clone());
+        // Each connection's handler knows its client's address (the creation limits count
+        // clients without a bearer token by it).
+        let handler: Rc<dyn Handler> = Rc::new(CoreHandler {
+            shard: shard.clone(),
+            peer: stream.peer_addr().ok().map(|address| address.ip()),
+        });
+        let (shutdown, limits) = (shard.shutdown.clone(), limits.clone());
         glommio::spawn_local(async move {
             serve_connection(stream, handler, limits, shutdown).await;
             drop(slot);

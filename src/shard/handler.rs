@@ -17,10 +17,12 @@ use crate::http::upgrade::BACKUP_PATH;
 use crate::http::UpgradeToken;
 use crate::http::{encode_response, route, Handler, ObjectTarget, Request, Response, Route};
 use crate::id::ObjectId;
+use crate::limits::Client;
 use crate::metrics::{render, RequestLabels};
 use crate::object::overloaded;
 use crate::shutdown::Shutdown;
 use crate::websocket::{serve_socket, CloseCode, EventSink};
+use std::net::IpAddr;
 
 /// The chat page served at `/chat`.
 const CHAT_PAGE: &str = include_str!("../../static/chat.html");
@@ -37,16 +39,18 @@ struct UpgradeTarget {
     path: String,
 }
 
-/// The HTTP handler of one core.
+/// The HTTP handler of one connection.
 pub struct CoreHandler {
     /// The core it serves.
     pub shard: Rc<Shard>,
+    /// The client's address.
+    pub peer: Option<std::net::IpAddr>,
 }
 
 impl Handler for CoreHandler {
     fn handle(&self, request: Request) -> Pin<Box<dyn Future<Output = Response>>> {
-        let shard = self.shard.clone();
-        Box::pin(async move { shard.handle(request).await })
+        let (shard, peer) = (self.shard.clone(), self.peer);
+        Box::pin(async move { shard.handle(request, peer).await })
     }
 
     fn upgrade(
@@ -55,22 +59,26 @@ impl Handler for CoreHandler {
         unread: Vec<u8>,
         request: Request,
     ) -> Pin<Box<dyn Future<Output = ()>>> {
-        let shard = self.shard.clone();
-        Box::pin(async move { shard.upgrade(stream, unread, request).await })
+        let (shard, peer) = (self.shard.clone(), self.peer);
+        Box::pin(async move { shard.upgrade(stream, unread, request, peer).await })
     }
 }
 
 impl Shard {
     /// Answers one request and counts it.
-    pub async fn handle(self: &Rc<Self>, request: Request) -> Response {
+    pub async fn handle(self: &Rc<Self>, request: Request, peer: Option<IpAddr>) -> Response {
         let start = Instant::now();
-        let (labels, response) = self.answer(request).await;
+        let (labels, response) = self.answer(request, peer).await;
         self.metrics
             .record(labels, response.status, start.elapsed());
         response
     }
 
-    async fn answer(self: &Rc<Self>, mut request: Request) -> (RequestLabels, Response) {
+    async fn answer(
+        self: &Rc<Self>,
+        mut request: Request,
+        peer: Option<IpAddr>,
+    ) -> (RequestLabels, Response) {
         let no_class = |route| RequestLabels {
             route,
             class: String::new(),
@@ -103,6 +111,8 @@ impl Shard {
             Route::NewId { class } => {
                 let response = if !self.registry.contains(&class) {
                     Response::not_found()
+                } else if let Some(refused) = self.creation_refused(&class, &request, peer) {
+                    refused
                 } else {
                     match ObjectId::new_unique(self.registry.id_namespace(&class)) {
                         Ok(id) => Response::json(200, &json!({ "id": id.to_string() })),
@@ -142,8 +152,9 @@ impl Shard {
                     // The request as the client sent it, path included.
                     Some(owner) => self.forward(owner, request).await,
                     None => {
+                        let client = self.client_of(&request, peer);
                         request.path = path;
-                        self.run_on_owner(&class, id, name, request).await
+                        self.run_on_owner(&class, id, name, request, client).await
                     }
                 };
                 (
@@ -157,16 +168,61 @@ impl Shard {
         }
     }
 
-    /// Runs the request on the core owning `id`.
+    /// Who sent `request`, for the creation limits: its `Authorization` header, else `peer`.
+    fn client_of(&self, request: &Request, peer: Option<IpAddr>) -> Option<Client> {
+        let authorization = request
+            .headers
+            .iter()
+            .find(|(name, _)| name == "authorization")
+            .map(|(_, value)| value.as_slice());
+        self.creations.client(authorization, peer)
+    }
+
+    /// `POST /ids/{class}`: 429 when the client made its class's share of new ids this second.
+    fn creation_refused(
+        &self,
+        class: &str,
+        request: &Request,
+        peer: Option<IpAddr>,
+    ) -> Option<Response> {
+        let rate = self.config.creations_per_second(class);
+        let client = self.client_of(request, peer)?;
+        let wait = self.creations.take(client, class, rate).err()?;
+        Some(too_many_creations(class, rate, wait))
+    }
+
+    /// On the core owning `id`: 429 when `id` is a new object (nothing stored, not in memory)
+    /// and `client` created its class's share of objects this second. Nothing is created then.
+    pub(super) fn refuse_creation(
+        &self,
+        class: &str,
+        id: &ObjectId,
+        client: Option<Client>,
+    ) -> Option<Response> {
+        let client = client?;
+        let rate = self.config.creations_per_second(class);
+        if rate == 0 || !self.host.is_new(id) {
+            return None;
+        }
+        let wait = self.creations.take(client, class, rate).err()?;
+        Some(too_many_creations(class, rate, wait))
+    }
+
+    /// Runs the request on the core owning `id`; `client` is who sent it (None: another
+    /// object's call, which the creation limits do not count).
     async fn run_on_owner(
         self: &Rc<Self>,
         class: &str,
         id: ObjectId,
         name: Option<String>,
         request: Request,
+        client: Option<Client>,
     ) -> Response {
         let owner = id.core(self.partitions, self.cores);
         if owner == self.core {
+            if let Some(refused) = self.refuse_creation(class, &id, client) {
+                return refused;
+            }
             return self
                 .host
                 .dispatch_named(class, id, name.as_deref(), request)
@@ -179,6 +235,7 @@ impl Shard {
             id,
             name,
             request,
+            client,
         });
         match sent {
             Ok(wait) => {
@@ -335,7 +392,13 @@ impl Shard {
 
     /// A WebSocket upgrade: route it like any request, then serve it on the core that owns its
     /// object, moving the connection there if it was accepted here.
-    async fn upgrade(self: &Rc<Self>, stream: TcpStream, unread: Vec<u8>, mut request: Request) {
+    async fn upgrade(
+        self: &Rc<Self>,
+        stream: TcpStream,
+        unread: Vec<u8>,
+        mut request: Request,
+        peer: Option<IpAddr>,
+    ) {
         if request.path == BACKUP_PATH {
             let start = Instant::now();
             let status = self.stream_backup(stream, &request).await;
@@ -367,10 +430,11 @@ impl Shard {
             self.proxy_upgrade(stream, unread, request, owner).await;
             return;
         }
+        let client = self.client_of(&request, peer);
         request.path = path;
         let owner = id.core(self.partitions, self.cores);
         if owner == self.core {
-            self.serve_upgrade(stream, unread, class, id, name, request)
+            self.serve_upgrade(stream, unread, (class, id, name), request, client)
                 .await;
             return;
         }
@@ -392,6 +456,7 @@ impl Shard {
             name,
             request,
             unread,
+            client,
         };
         if let Err(unsent) = self.mesh.send_upgrade(owner, message) {
             close_fd(unsent);
@@ -456,12 +521,20 @@ impl Shard {
         self: &Rc<Self>,
         mut stream: TcpStream,
         unread: Vec<u8>,
-        class: String,
-        id: ObjectId,
-        name: Option<String>,
+        (class, id, name): (String, ObjectId, Option<String>),
         mut request: Request,
+        client: Option<Client>,
     ) {
         let start = Instant::now();
+        if let Some(refused) = self.refuse_creation(&class, &id, client) {
+            let labels = RequestLabels {
+                route: "object",
+                class,
+            };
+            self.metrics.record(labels, refused.status, start.elapsed());
+            write_and_close(stream, &refused).await;
+            return;
+        }
         let token = self.host.sockets().new_token();
         request.upgrade = Some(UpgradeToken(token));
         let response = self
@@ -725,6 +798,18 @@ fn forward_failed(owner: &crate::cluster::Owner, error: &crate::object::FetchErr
     Response::json(status, &json!({ "error": error, "retryable": false }))
 }
 
+/// 429 for a client past its creation limit of `class` (`rate` a second); it may try again
+/// after `wait`.
+fn too_many_creations(class: &str, rate: u32, wait: std::time::Duration) -> Response {
+    let error = format!(
+        "too many new objects: at most {rate} new {class:?} objects a second per client; \
+         nothing was created"
+    );
+    let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
+    Response::json(429, &json!({ "error": error, "retryable": true }))
+        .with_header("Retry-After", &retry_after.to_string())
+}
+
 /// Answers a handed-over upgrade that this core has no connection slot for.
 pub(super) async fn refuse_upgrade(stream: TcpStream) {
     write_and_close(stream, &overloaded()).await;
@@ -808,7 +893,7 @@ impl crate::object::Router for ShardRouter {
         let shard = self.0.upgrade();
         Box::pin(async move {
             match shard {
-                Some(shard) => shard.run_on_owner(&class, id, name, request).await,
+                Some(shard) => shard.run_on_owner(&class, id, name, request, None).await,
                 None => crate::object::shutting_down(),
             }
         })

@@ -35,6 +35,8 @@ pub enum Message {
         /// The name the request reached the object by, if it did.
         name: Option<String>,
         request: Request,
+        /// Who sent it, for the creation limits (None: another object's call).
+        client: Option<crate::limits::Client>,
     },
     /// The answer to a `Dispatch`.
     Response { tag: u64, response: Response },
@@ -49,6 +51,7 @@ pub enum Message {
         name: Option<String>,
         request: Request,
         unread: Vec<u8>,
+        client: Option<crate::limits::Client>,
     },
     /// Send back your figures.
     Snapshot { tag: u64 },

@@ -39,7 +39,6 @@ use crate::object::{ClassRegistry, ObjectHost, UnknownClass};
 use crate::shutdown::Shutdown;
 use crate::wake::Handoff;
 use crate::websocket::CloseCode;
-use handler::CoreHandler;
 use mesh::{Mesh, Message, Reply};
 
 /// How often a core looks at the server's stop flag.
@@ -94,12 +93,16 @@ pub struct CoreStart {
     pub classes_checked: mpsc::Receiver<()>,
     /// In a cluster: this core's channels to the control thread (`src/cluster/`).
     pub cluster: Option<crate::cluster::ClusterLink>,
+    /// The object creation limits' buckets, shared by every core.
+    pub creations: Arc<crate::limits::CreationLimiter>,
 }
 
 /// The state of one core, shared by its tasks.
 pub struct Shard {
     /// This core's index.
     core: usize,
+    /// The object creation limits' buckets, shared by every core.
+    creations: Arc<crate::limits::CreationLimiter>,
     /// In a cluster: the owner as last read (requests go there while it is another node).
     cluster_view: Option<Arc<crate::cluster::ClusterView>>,
     /// In a cluster: the client that forwards requests to the owner, with its kept-alive
@@ -161,6 +164,7 @@ impl Shard {
                 id,
                 name,
                 request,
+                client,
             } => {
                 let shard = self.clone();
                 let cancel: Rc<Cancel> = Rc::default();
@@ -169,6 +173,9 @@ impl Shard {
                     .insert((from, tag), cancel.clone());
                 glommio::spawn_local(async move {
                     let dispatch = async {
+                        if let Some(refused) = shard.refuse_creation(&class, &id, client) {
+                            return Some(refused);
+                        }
                         let name = name.as_deref();
                         Some(shard.host.dispatch_named(&class, id, name, request).await)
                     };
@@ -204,6 +211,7 @@ impl Shard {
                 name,
                 request,
                 unread,
+                client,
             } => {
                 use std::os::fd::FromRawFd;
                 // SAFETY: the sending core made `fd` with dup(2) for this core alone and never
@@ -217,7 +225,7 @@ impl Shard {
                         return;
                     };
                     shard
-                        .serve_upgrade(stream, unread, class, id, name, request)
+                        .serve_upgrade(stream, unread, (class, id, name), request, client)
                         .await;
                     drop(slot);
                 })
@@ -432,6 +440,7 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         bound_address,
         classes_checked,
         cluster,
+        creations,
     } = start;
     let config = Rc::new((*config).clone());
     let cores = layout.cores;
@@ -500,6 +509,7 @@ async fn serve(start: CoreStart) -> Result<(), String> {
     });
     let shard = Rc::new(Shard {
         core,
+        creations,
         cluster_view: cluster.as_ref().map(|link| link.view.clone()),
         forwarder,
         cores,
@@ -571,10 +581,7 @@ async fn serve(start: CoreStart) -> Result<(), String> {
     }
     let _ = events.send(CoreEvent::Ready { core });
 
-    let handler = Rc::new(CoreHandler {
-        shard: shard.clone(),
-    });
-    accept::accept_loop(shard.clone(), listener, handler).await;
+    accept::accept_loop(shard.clone(), listener).await;
     let connections = shard.connection_slots.clone();
     // Events waiting on other clients (lock waiters) answer 503 now rather than hold the drain.
     host.begin_shutdown();

@@ -372,6 +372,12 @@ impl Store {
         Durable::new(self.inner.durable.clone(), seq, FailureReport::Poisoned)
     }
 
+    /// Whether the object has at least one key or an alarm.
+    pub fn contains_object(&self, object: &ObjectId) -> bool {
+        self.inner.state.borrow().index.objects.contains_key(object)
+    }
+
+    /// The object's stored alarm, if it has one.
     pub fn alarm(&self, object: &ObjectId) -> Option<i64> {
         self.inner
             .state
