@@ -277,6 +277,9 @@ pub struct ClassSettings {
     /// New objects of the class one client may create per second; unset:
     /// `objects.creations_per_second`.
     pub creations_per_second: Option<u32>,
+    /// The jurisdiction the class's objects must stay in: only a node whose `jurisdiction`
+    /// is this tag stores and serves them.
+    pub jurisdiction: Option<String>,
 }
 
 /// The whole server configuration.
@@ -303,6 +306,9 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Serve a fixed body on every route (the benchmark floor), no objects.
     pub hello: bool,
+    /// This node's jurisdiction tag (e.g. `eu`): a class pinned to a jurisdiction
+    /// (`[classes.NAME] jurisdiction`) is stored and served only on nodes with its tag.
+    pub jurisdiction: Option<String>,
     pub http: HttpLimits,
     pub objects: ObjectLimits,
     pub storage: StorageSettings,
@@ -407,6 +413,7 @@ impl Default for Config {
             auth_token: None,
             admin_token: None,
             hello: false,
+            jurisdiction: None,
             http: HttpLimits::default(),
             objects: ObjectLimits::default(),
             storage: StorageSettings::default(),
@@ -445,6 +452,27 @@ impl Config {
             .get(class)
             .and_then(|settings| settings.history_retention_ms)
             .unwrap_or(self.storage.history_retention_ms)
+    }
+
+    /// Why this node may not store every class's objects: the first class pinned to a
+    /// jurisdiction other than this node's.
+    pub fn jurisdiction_mismatch(&self) -> Option<String> {
+        self.classes.iter().find_map(|(class, settings)| {
+            let wanted = settings.jurisdiction.as_deref()?;
+            if self.jurisdiction.as_deref() == Some(wanted) {
+                return None;
+            }
+            Some(match &self.jurisdiction {
+                Some(own) => format!(
+                    "class {class:?} is pinned to jurisdiction {wanted:?} and this node's is \
+                     {own:?}"
+                ),
+                None => format!(
+                    "class {class:?} is pinned to jurisdiction {wanted:?} and this node has none \
+                     (--jurisdiction {wanted})"
+                ),
+            })
+        })
     }
 
     /// New objects of `class` one client may create per second (0: no limit).

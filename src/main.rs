@@ -84,6 +84,10 @@ struct ServeArgs {
     /// This node's name in the cluster.
     #[arg(long, requires = "cluster")]
     node_id: Option<String>,
+    /// This node's jurisdiction tag (e.g. eu): classes pinned to a jurisdiction
+    /// ([classes.NAME] jurisdiction) are stored and served only on nodes with their tag.
+    #[arg(long)]
+    jurisdiction: Option<String>,
     /// HOST:PORT where the other nodes of the cluster reach this node (they forward requests
     /// for its objects there); default: the listening address, if it names a host.
     #[arg(long, requires = "cluster")]
@@ -162,6 +166,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         config.admin_token = args.admin_token;
     }
     config.hello |= args.hello;
+    if args.jurisdiction.is_some() {
+        config.jurisdiction = args.jurisdiction;
+    }
     if let Some(node_id) = args.node_id {
         match config.cluster.as_mut() {
             Some(settings) => {

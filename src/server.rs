@@ -162,6 +162,14 @@ impl Server {
             )));
         }
         crate::object::set_heap_limit(config.sql.heap_bytes_max);
+        // A class pinned to another jurisdiction: a single node refuses to start (it would
+        // store the class's objects); a cluster node starts, but never owns the partitions.
+        let jurisdiction_mismatch = config.jurisdiction_mismatch();
+        if let (Some(reason), None) = (&jurisdiction_mismatch, &config.cluster) {
+            return Err(ServerError::Config(format!(
+                "jurisdiction: {reason}: this node may not store its objects"
+            )));
+        }
         let mut config = config;
         if config.cluster.is_some() {
             config.data_dir = prepare_replica_dir(&config.data_dir)?;
@@ -180,8 +188,12 @@ impl Server {
                         config.listen
                     )));
                 }
-                let started = crate::cluster::start(settings, layout.partitions, cores)
-                    .map_err(|error| ServerError::Config(error.to_string()))?;
+                let started = crate::cluster::start(
+                    settings,
+                    (layout.partitions, cores),
+                    jurisdiction_mismatch.clone(),
+                )
+                .map_err(|error| ServerError::Config(error.to_string()))?;
                 tracing::info!("joined the cluster (a standby until this node holds the lease)");
                 cluster_shutdown = Some(started.shutdown);
                 cluster_view = Some(started.view);
@@ -323,6 +335,14 @@ impl Server {
         let address = address.unwrap_or(config.listen);
         Ok(RunningServer { address, ..running })
     }
+}
+
+/// Whether `tag` is a jurisdiction tag: 1 to 32 lowercase letters, digits, '-' or '_'.
+fn is_tag(tag: &str) -> bool {
+    (1..=32).contains(&tag.len())
+        && tag
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || b"-_".contains(&byte))
 }
 
 /// Where the other nodes of the cluster reach this node: `advertise`, else the bound address
@@ -473,6 +493,18 @@ fn validate(config: &Config) -> Result<(), ServerError> {
         Some("auth_token must not be empty")
     } else if config.admin_token.as_deref() == Some("") {
         Some("admin_token must not be empty")
+    } else if config
+        .jurisdiction
+        .iter()
+        .chain(
+            config
+                .classes
+                .values()
+                .filter_map(|c| c.jurisdiction.as_ref()),
+        )
+        .any(|tag| !is_tag(tag))
+    {
+        Some("a jurisdiction must be 1 to 32 lowercase letters, digits, '-' or '_'")
     } else if config.http.object_name_bytes_max > OBJECT_NAME_BYTES_MAX {
         Some("http.object_name_bytes_max must be at most 65536")
     } else {

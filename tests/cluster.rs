@@ -277,6 +277,48 @@ fn a_standby_forwards_to_the_owner_and_so_does_the_old_owner_after_a_takeover() 
     assert_eq!(a.stop(), Some(0));
 }
 
+/// A class pinned to a jurisdiction: a node without its tag joins, forwards to the owner, and
+/// never takes the partitions over, even once the owner died; a node with the tag does.
+#[test]
+fn a_node_without_a_pinned_classs_jurisdiction_only_forwards() {
+    let Some((_, dir, nats)) =
+        one_nats("a_node_without_a_pinned_classs_jurisdiction_only_forwards")
+    else {
+        return;
+    };
+    let start = |node: &str, tag: &str| {
+        let config = node_config(dir.path(), node, &nats.url(), PARTITIONS);
+        let mut text = std::fs::read_to_string(&config).expect("config");
+        text.push_str("\n[classes.counter]\njurisdiction = \"eu\"\n");
+        std::fs::write(&config, text).expect("config");
+        TestServer::start(
+            &dir.path().join(node),
+            2,
+            &["--config", &config, "--jurisdiction", tag],
+        )
+    };
+    let a = serving(start("a", "eu"));
+    let us = start("u", "us");
+    let forwarded = common::wait_until(Duration::from_secs(10), || increment(&us, "j") == Ok(1));
+    assert!(forwarded, "the node without the tag did not forward");
+    a.kill();
+    // The lease expires (3 s) and more: the node without the tag never takes over.
+    std::thread::sleep(Duration::from_millis(3 * LEASE_MS));
+    assert_eq!(us.client().get("/healthz").status, 503);
+    assert_eq!(us.metric_sum("stead_cluster_partitions_served"), 0.0);
+    assert_eq!(increment(&us, "j"), Err(503));
+    // A node with the tag does, and the other forwards to it.
+    let eu = serving(start("e", "eu"));
+    assert_eq!(value(&eu, "j"), 1);
+    let forwarded = common::wait_until(Duration::from_secs(10), || increment(&us, "j") == Ok(2));
+    assert!(
+        forwarded,
+        "the node without the tag did not forward to the new owner"
+    );
+    assert_eq!(eu.stop(), Some(0));
+    assert_eq!(us.stop(), Some(0));
+}
+
 /// A node that sees another one written into the owner key stops serving at once, reads
 /// included.
 #[test]

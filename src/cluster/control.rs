@@ -146,10 +146,12 @@ impl ClusterShutdown {
 /// Joins the cluster on a thread of its own; returns once the cluster's settings are checked.
 /// The node is then a standby: the control thread takes the partitions over once the lease
 /// is free, and replays them to the cores (`ClusterLink::replay`).
+/// `never_own`: why this node may never own the partitions (a class pinned to a jurisdiction
+/// it does not have): it then only forwards.
 pub fn start(
     settings: &ClusterSettings,
-    partitions: u32,
-    cores: usize,
+    (partitions, cores): (u32, usize),
+    never_own: Option<String>,
 ) -> Result<StartedCluster, ClusterError> {
     // An append and a snapshot per partition at most, and room for each core.
     let (append_sender, append_receiver) = mpsc::channel(2 * partitions as usize + cores);
@@ -214,7 +216,12 @@ pub fn start(
             let local = tokio::task::LocalSet::new();
             local.block_on(
                 &runtime,
-                control.run(append_receiver, replay_senders, ready_sender, release),
+                control.run(
+                    append_receiver,
+                    replay_senders,
+                    (ready_sender, release),
+                    never_own,
+                ),
             );
             let _ = released_sender.send(());
             // The tasks left (a watch's subscriber) spawn their unsubscribes as they are
@@ -367,8 +374,11 @@ impl Control {
         self,
         appends: mpsc::Receiver<Append>,
         replay: Vec<mpsc::Sender<ReplayItem>>,
-        ready: std::sync::mpsc::Sender<Result<usize, ClusterError>>,
-        release: std::sync::Arc<tokio::sync::Notify>,
+        (ready, release): (
+            std::sync::mpsc::Sender<Result<usize, ClusterError>>,
+            std::sync::Arc<tokio::sync::Notify>,
+        ),
+        never_own: Option<String>,
     ) {
         let connected = match self.connect().await {
             Ok(connected) => connected,
@@ -380,6 +390,14 @@ impl Control {
         let _ = ready.send(Ok(connected.append_bytes_max));
         let control = Rc::new(self);
         tokio::task::spawn_local(control.clone().follow_owner(connected.bucket.clone()));
+        if let Some(reason) = never_own {
+            tracing::warn!(
+                %reason,
+                "cluster: this node never takes the partitions over; it forwards to the owner"
+            );
+            release.notified().await;
+            return;
+        }
         // A standby waits here; the server may stop meanwhile. A takeover that fails before
         // the replay (NATS did not answer a step) has sent the cores nothing: the lease is
         // given up and the node waits as a standby again.
