@@ -28,12 +28,25 @@ pub enum Client {
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// Tokens a second (and the most it holds).
+    rate: f64,
+}
+
+/// How often, at most, a full table is swept for buckets that are full again: between sweeps
+/// a new client is refused at once, so a flood of new clients cannot make every core scan the
+/// table under its lock.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+
+#[derive(Debug)]
+struct Table {
+    buckets: HashMap<(Client, u64), Bucket>,
+    swept: Option<Instant>,
 }
 
 /// The buckets of every (client, class), shared by the cores.
 #[derive(Debug)]
 pub struct CreationLimiter {
-    buckets: Mutex<HashMap<(Client, u64), Bucket>>,
+    table: Mutex<Table>,
     hasher: ahash::RandomState,
     buckets_max: usize,
 }
@@ -48,7 +61,10 @@ impl CreationLimiter {
     /// A limiter that keeps at most `buckets_max` buckets.
     pub fn with_capacity(buckets_max: usize) -> CreationLimiter {
         CreationLimiter {
-            buckets: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table {
+                buckets: HashMap::new(),
+                swept: None,
+            }),
             hasher: ahash::RandomState::new(),
             buckets_max: buckets_max.max(1),
         }
@@ -72,14 +88,21 @@ impl CreationLimiter {
         let rate = f64::from(rate);
         let now = Instant::now();
         let key = (client, self.hasher.hash_one(class));
-        let mut buckets = self
-            .buckets
+        let mut table = self
+            .table
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Table { buckets, swept } = &mut *table;
         if !buckets.contains_key(&key) && buckets.len() >= self.buckets_max {
+            if swept.is_some_and(|at| now.duration_since(at) < SWEEP_INTERVAL) {
+                return Err(Duration::from_secs(1));
+            }
+            *swept = Some(now);
             // Full again: nothing is lost by forgetting it.
             buckets.retain(|_, bucket| {
-                bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate < rate
+                let refilled =
+                    bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * bucket.rate;
+                refilled < bucket.rate
             });
             if buckets.len() >= self.buckets_max {
                 return Err(Duration::from_secs(1));
@@ -88,6 +111,7 @@ impl CreationLimiter {
         let bucket = buckets.entry(key).or_insert(Bucket {
             tokens: rate,
             at: now,
+            rate,
         });
         let refilled = bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate;
         bucket.tokens = refilled.min(rate);
@@ -102,9 +126,10 @@ impl CreationLimiter {
 
     /// Buckets kept now.
     pub fn len(&self) -> usize {
-        self.buckets
+        self.table
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .buckets
             .len()
     }
 

@@ -95,7 +95,7 @@ pub enum ReplayItem {
     /// Once the core serves: `partition`, refused for want of an acknowledgement, is rebuilt
     /// from the stream. Its objects leave memory and the core's store, and the batches that
     /// follow (up to `Recovered`) are its state.
-    Recover(u32),
+    Recover(u32, tokio::sync::oneshot::Sender<Result<(), String>>),
     /// Every batch of the partition's rebuild was sent: it serves again.
     Recovered(u32),
     /// The rebuild stopped: the partition stays refused (another rebuild comes later).
@@ -208,6 +208,7 @@ pub fn start(
                 deposed: Rc::default(),
                 renewal_stop: RefCell::default(),
                 to_recover: RefCell::default(),
+                snapshots_in_flight: RefCell::default(),
                 settings,
                 partitions,
                 cores,
@@ -329,6 +330,9 @@ struct Control {
     /// Partitions refused because an append was not acknowledged (not fenced): rebuilt from
     /// the stream once the lease is fresh again.
     to_recover: RefCell<std::collections::BTreeSet<u32>>,
+    /// Partitions whose snapshot is being stored (and its subject purged): not rebuilt
+    /// meanwhile, since the purge could remove messages the rebuild reads.
+    snapshots_in_flight: RefCell<std::collections::HashSet<u32>>,
     /// Stops the renewals of the lease taken last (a failed takeover gives it up and tries
     /// again later with a lease of its own).
     renewal_stop: RefCell<Option<Rc<std::cell::Cell<bool>>>>,
@@ -816,8 +820,9 @@ impl Control {
                 .map(|partition| {
                     let (js, log, partition) = (js.clone(), log.clone(), *partition);
                     let node = self.settings.node_id.clone();
+                    let ours = self.still_ours();
                     tokio::task::spawn_local(async move {
-                        let sequence = fence_one(&js, &log, &node, epoch, partition).await?;
+                        let sequence = fence_one(&js, &log, &node, epoch, partition, ours).await?;
                         Ok::<_, ClusterError>((partition, sequence))
                     })
                 })
@@ -993,26 +998,44 @@ impl Control {
     /// the lease is fresh (NATS answers again): the stream, not this node's memory or store,
     /// says what they hold. Never returns.
     async fn recover_partitions(&self, joined: &Joined, cores: &[mpsc::Sender<ReplayItem>]) {
-        let pause = Duration::from_millis(self.settings.lease_ms / 4).max(RECOVER_PAUSE_MIN);
+        let pause_min = Duration::from_millis(self.settings.lease_ms / 4).max(RECOVER_PAUSE_MIN);
+        let mut pause = pause_min;
         loop {
             tokio::time::sleep(pause).await;
             if self.deposed.get() || !self.lease.is_fresh() {
                 continue;
             }
-            let next = self.to_recover.borrow().iter().next().copied();
+            let next = {
+                let in_flight = self.snapshots_in_flight.borrow();
+                let to_recover = self.to_recover.borrow();
+                to_recover
+                    .iter()
+                    .find(|partition| !in_flight.contains(partition))
+                    .copied()
+            };
             let Some(partition) = next else {
+                pause = pause_min;
                 continue;
             };
+            // A rebuild that failed is tried again later and later (up to 16 times the pause).
+            pause = (pause * 2).min(pause_min * 16);
             let Some(core) = cores.get(partition as usize % self.cores.max(1)) else {
                 continue;
             };
             // The fence goes after whatever an unacknowledged append left in the subject.
             let node = &self.settings.node_id;
-            let end = match fence_one(&joined.js, &joined.log, node, joined.epoch, partition).await
-            {
-                Ok(end) => end,
-                Err(error) => {
+            // Only while this node is surely the owner: a fence retried after the lease ran
+            // out could land after a new owner's.
+            let ours = self.still_ours();
+            let fence = fence_one(&joined.js, &joined.log, node, joined.epoch, partition, ours);
+            let end = match tokio::time::timeout(self.lease.fresh_for(), fence).await {
+                Ok(Ok(end)) => end,
+                Ok(Err(error)) => {
                     tracing::warn!(partition, %error, "cluster: a partition's rebuild failed");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(partition, "cluster: a partition's rebuild ran out of lease");
                     continue;
                 }
             };
@@ -1022,6 +1045,7 @@ impl Control {
             match self.recover(joined, partition, end, core).await {
                 Ok(batches) => {
                     self.to_recover.borrow_mut().remove(&partition);
+                    pause = pause_min;
                     tracing::info!(
                         partition,
                         batches,
@@ -1049,7 +1073,8 @@ impl Control {
     ) -> Result<u64, ClusterError> {
         use tokio::io::AsyncReadExt as _;
         let stopped = || nats_error("rebuild a partition", "its core stopped");
-        core.send(ReplayItem::Recover(partition))
+        let (done_sender, done) = tokio::sync::oneshot::channel();
+        core.send(ReplayItem::Recover(partition, done_sender))
             .await
             .map_err(|_| stopped())?;
         let mut batches = 0u64;
@@ -1125,7 +1150,18 @@ impl Control {
         core.send(ReplayItem::Recovered(partition))
             .await
             .map_err(|_| stopped())?;
-        Ok(batches)
+        // The core's own part (its store's commits) may fail too.
+        match done.await {
+            Ok(Ok(())) => Ok(batches),
+            Ok(Err(reason)) => Err(nats_error("rebuild a partition", reason)),
+            Err(_) => Err(stopped()),
+        }
+    }
+
+    /// Whether this node is still surely the owner: its lease fresh and not deposed.
+    fn still_ours(&self) -> impl Fn() -> bool + 'static {
+        let (lease, deposed) = (self.lease.clone(), self.deposed.clone());
+        move || lease.is_fresh() && !deposed.get()
     }
 
     /// Deposes this node when another one writes the `owner` key. A watch that fails or ends
@@ -1175,15 +1211,21 @@ impl Control {
     ) {
         let partition = append.partition;
         let name = format!("p{partition}.{sequence:020}");
-        let kept = self
-            .store_and_purge(
+        self.snapshots_in_flight.borrow_mut().insert(partition);
+        let kept = if self.to_recover.borrow().contains(&partition) {
+            Err(SnapshotFailure::NotStored(
+                "the partition is refused and waits for its rebuild".to_string(),
+            ))
+        } else {
+            self.store_and_purge(
                 &log,
                 &snapshots,
                 &name,
                 (partition, sequence),
                 &append.payload,
             )
-            .await;
+            .await
+        };
         match &kept {
             Ok(()) => tracing::debug!(
                 partition,
@@ -1210,6 +1252,7 @@ impl Control {
                 tracing::warn!(drop, "cluster: a snapshot that is no longer needed stays");
             }
         }
+        self.snapshots_in_flight.borrow_mut().remove(&partition);
         let kept = kept.is_ok();
         if let Some(sender) = self.events.get(append.core) {
             let _ = sender
@@ -1252,6 +1295,11 @@ impl Control {
         if fresh_for < quarter || self.deposed.get() {
             return Err(SnapshotFailure::NotPurged(
                 "the lease is not fresh for long enough".to_string(),
+            ));
+        }
+        if self.to_recover.borrow().contains(&partition) {
+            return Err(SnapshotFailure::NotPurged(
+                "the partition was refused meanwhile and waits for its rebuild".to_string(),
             ));
         }
         let purge = log.purge().filter(subject(partition)).sequence(sequence);
@@ -1348,6 +1396,7 @@ async fn fence_one(
     node: &str,
     epoch: u64,
     partition: u32,
+    still_ours: impl Fn() -> bool,
 ) -> Result<u64, ClusterError> {
     let subject = subject(partition);
     // An append of the expiring owner may land between the read and the
@@ -1355,6 +1404,12 @@ async fn fence_one(
     let mut attempts = 0;
     let sequence = loop {
         attempts += 1;
+        if !still_ours() {
+            return Err(nats_error(
+                "fence a partition",
+                "this node's lease is no longer fresh",
+            ));
+        }
         let previous = match log.get_last_raw_message_by_subject(&subject).await {
             Ok(message) => message.sequence,
             Err(error)

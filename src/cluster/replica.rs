@@ -368,11 +368,28 @@ impl Replication {
         state.snapshot = Snapshotting::Idle;
     }
 
+    /// `partition` is about to be rebuilt from the stream: refused meanwhile (it is already,
+    /// unless the failure's event has not arrived yet).
+    pub fn begin_rebuild(&self, partition: u32) {
+        let mut states = self.states.borrow_mut();
+        let state = states.entry(partition).or_default();
+        if state.failed.is_none() {
+            let error = ReplicationError::Unavailable("the partition is being rebuilt".to_string());
+            Self::fail(state, error);
+        }
+    }
+
     /// `partition` was rebuilt from the stream: it serves again, from a fresh state. The
     /// tickets given out before stay refused (their events were answered with the failure).
     pub fn recovered(&self, partition: u32) {
         let mut states = self.states.borrow_mut();
-        let Some(old) = states.get(&partition) else {
+        // Only a refused partition is rebuilt (`begin_rebuild`): a fresh state for one that
+        // was not would count its unacknowledged tickets as acknowledged.
+        let Some(old) = states.get(&partition).filter(|old| old.failed.is_some()) else {
+            tracing::warn!(
+                partition,
+                "a partition rebuilt that was not refused: left as it is"
+            );
             return;
         };
         let state = PartitionState {

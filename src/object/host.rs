@@ -806,9 +806,19 @@ impl ObjectHost {
         Ok(instance)
     }
 
-    /// Whether `id` is a new object: not in memory and nothing stored.
+    /// Whether `id` is a new object: not in memory and nothing stored. Never for an object
+    /// this core does not serve now (a cluster node that is a standby, or rebuilding the
+    /// object's partition: its store may lack what the object has); that event is refused
+    /// anyway.
     pub fn is_new(&self, id: &ObjectId) -> bool {
-        !self.objects.borrow().contains_key(id) && !self.store.contains_object(&id.0)
+        let refused = self
+            .replication
+            .borrow()
+            .as_ref()
+            .and_then(|r| r.refusal(id));
+        refused.is_none()
+            && !self.objects.borrow().contains_key(id)
+            && !self.store.contains_object(&id.0)
     }
 
     /// Takes the objects `leaving` picks out of memory, as after a failed commit: their

@@ -168,13 +168,17 @@ impl Shard {
         }
     }
 
-    /// Who sent `request`, for the creation limits: its `Authorization` header, else `peer`.
+    /// Who sent `request`, for the creation limits: its token when the server checks one
+    /// (then the request carried it), else `peer`. Without an auth token the header proves
+    /// nothing, and a client could name a new one for every request.
     fn client_of(&self, request: &Request, peer: Option<IpAddr>) -> Option<Client> {
-        let authorization = request
-            .headers
-            .iter()
-            .find(|(name, _)| name == "authorization")
-            .map(|(_, value)| value.as_slice());
+        let authorization = self.auth_header.as_ref().and_then(|_| {
+            request
+                .headers
+                .iter()
+                .find(|(name, _)| name == "authorization")
+                .map(|(_, value)| value.as_slice())
+        });
         self.creations.client(authorization, peer)
     }
 

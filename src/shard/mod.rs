@@ -299,17 +299,24 @@ async fn take_over(
     }
     // A partition refused for want of an acknowledgement comes back rebuilt from the stream.
     while let Some(item) = replay.recv().await {
-        let ReplayItem::Recover(partition) = item else {
+        let ReplayItem::Recover(partition, done) = item else {
             tracing::warn!(core, ?item, "a rebuild's item out of place; ignored");
             continue;
         };
-        match rebuild(&shard, partition, &mut replay).await {
+        // Refused while it is rebuilt, whatever this core had heard of it.
+        replication.begin_rebuild(partition);
+        let outcome = match rebuild(&shard, partition, &mut replay).await {
             Ok(batches) => {
                 replication.recovered(partition);
                 tracing::info!(core, partition, batches, "partition rebuilt from the log");
+                Ok(())
             }
-            Err(reason) => tracing::warn!(core, partition, "{reason}"),
-        }
+            Err(reason) => {
+                tracing::warn!(core, partition, "{reason}");
+                Err(reason)
+            }
+        };
+        let _ = done.send(outcome);
     }
 }
 
@@ -329,21 +336,28 @@ async fn rebuild(
     let failed = |error: stead_storage::StoreError| {
         format!("core {core}: cannot rebuild partition {partition}: {error}")
     };
+    // After a failed commit the rest of the partition's items are read and dropped.
+    let mut error = None;
     for id in store.objects() {
-        if in_partition(&crate::id::ObjectId(id)) {
+        if error.is_none() && in_partition(&crate::id::ObjectId(id)) {
             let mut batch = stead_storage::Batch::new();
             batch.delete_all().delete_alarm();
-            store.commit(&id, batch).map_err(failed)?;
+            error = store.commit(&id, batch).err().map(failed);
         }
     }
     let mut batches = 0u64;
     loop {
         match replay.recv().await {
             Some(ReplayItem::Batch(id, batch)) => {
-                store.commit(&id.0, batch).map_err(failed)?;
-                batches += 1;
+                if error.is_none() {
+                    error = store.commit(&id.0, batch).err().map(failed);
+                    batches += 1;
+                }
             }
-            Some(ReplayItem::Recovered(done)) if done == partition => break,
+            Some(ReplayItem::Recovered(done)) if done == partition => match error {
+                Some(error) => return Err(error),
+                None => break,
+            },
             Some(ReplayItem::RecoverFailed(_, reason)) => {
                 return Err(format!("partition {partition}'s rebuild failed: {reason}"))
             }
@@ -377,7 +391,7 @@ async fn replay_into(
                 batches += 1;
             }
             Some(ReplayItem::Done) => break,
-            Some(item @ (ReplayItem::Recover(_) | ReplayItem::Recovered(_))) => {
+            Some(item @ (ReplayItem::Recover(..) | ReplayItem::Recovered(_))) => {
                 return Err(format!(
                     "core {core}: a rebuild's item in the replay: {item:?}"
                 ))
