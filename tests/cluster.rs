@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::nats::{self, NatsServer};
@@ -519,23 +518,7 @@ fn a_node_with_other_settings_refuses_to_join() {
     };
     let first = start_node(dir.path(), "a", &nats.url());
     let config = node_config(dir.path(), "c", &nats.url(), PARTITIONS * 2);
-    let output = Command::new(env!("CARGO_BIN_EXE_stead"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--cores",
-            "1",
-            "--config",
-            &config,
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("c"))
-        .stdout(Stdio::null())
-        .output()
-        .expect("run stead");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = common::refused_start(&dir.path().join("c"), &["--config", &config]);
     assert!(
         stderr.contains("the cluster was created with") && stderr.contains("\"partitions\":64"),
         "{stderr}"
@@ -545,21 +528,11 @@ fn a_node_with_other_settings_refuses_to_join() {
     assert_eq!(first.stop(), Some(0));
 
     // No NATS at all: the node says so and does not start.
-    let output = Command::new(env!("CARGO_BIN_EXE_stead"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--cores", "1"])
-        .arg("--data-dir")
-        .arg(dir.path().join("d"))
-        .args([
-            "--cluster",
-            &format!("nats://127.0.0.1:{}", nats::free_port()),
-            "--node-id",
-            "d",
-        ])
-        .stdout(Stdio::null())
-        .output()
-        .expect("run stead");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let nats_url = format!("nats://127.0.0.1:{}", nats::free_port());
+    let stderr = common::refused_start(
+        &dir.path().join("d"),
+        &["--cluster", &nats_url, "--node-id", "d"],
+    );
     assert!(stderr.contains("connect to NATS"), "{stderr}");
 }
 

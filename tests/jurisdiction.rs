@@ -3,32 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-
 use common::TestServer;
-
-/// Runs `stead serve` with the config and extra arguments until it exits (a refused start);
-/// its stderr.
-fn refused_start(dir: &std::path::Path, config: &str, extra: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_stead"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--cores",
-            "1",
-            "--config",
-            config,
-        ])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(extra)
-        .stdout(Stdio::null())
-        .output()
-        .expect("run stead");
-    assert!(!output.status.success(), "the node started");
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 #[test]
 fn a_class_pinned_to_a_jurisdiction_starts_only_on_a_node_with_its_tag() {
@@ -37,7 +12,13 @@ fn a_class_pinned_to_a_jurisdiction_starts_only_on_a_node_with_its_tag() {
     std::fs::write(&config, "[classes.counter]\njurisdiction = \"eu\"\n").expect("config");
     let config = config.to_string_lossy().into_owned();
 
-    let none = refused_start(dir.path(), &config, &[]);
+    let data = dir.path().join("data");
+    let refused_start = |extra: &[&str]| {
+        let mut args = vec!["--config", config.as_str()];
+        args.extend_from_slice(extra);
+        common::refused_start(&data, &args)
+    };
+    let none = refused_start(&[]);
     assert!(
         none.contains(
             "jurisdiction: class \"counter\" is pinned to jurisdiction \"eu\" and this node has \
@@ -45,12 +26,12 @@ fn a_class_pinned_to_a_jurisdiction_starts_only_on_a_node_with_its_tag() {
         ),
         "{none}"
     );
-    let other = refused_start(dir.path(), &config, &["--jurisdiction", "us"]);
+    let other = refused_start(&["--jurisdiction", "us"]);
     assert!(
         other.contains("pinned to jurisdiction \"eu\" and this node's is \"us\""),
         "{other}"
     );
-    let malformed = refused_start(dir.path(), &config, &["--jurisdiction", "EU!"]);
+    let malformed = refused_start(&["--jurisdiction", "EU!"]);
     assert!(
         malformed.contains("a jurisdiction must be 1 to 32"),
         "{malformed}"
