@@ -405,6 +405,10 @@ impl Control {
         // A standby waits here; the server may stop meanwhile. A takeover that fails before
         // the replay (NATS did not answer a step) has sent the cores nothing: the lease is
         // given up and the node waits as a standby again.
+        // Each failed takeover doubles the wait before the next (a quarter lease at first, at
+        // most four leases): each try bumps the epoch and appends takeover records.
+        let quarter = Duration::from_millis(control.settings.lease_ms / 4);
+        let mut retry_pause = quarter;
         let mut joined = loop {
             let attempt = tokio::select! {
                 joined = control.take_over(&connected) => joined,
@@ -430,7 +434,8 @@ impl Control {
                         return;
                     }
                     control.deposed.set(false);
-                    tokio::time::sleep(Duration::from_millis(control.settings.lease_ms / 4)).await;
+                    tokio::time::sleep(retry_pause).await;
+                    retry_pause = (retry_pause * 2).min(quarter * 16);
                 }
             }
         };
