@@ -207,15 +207,11 @@ impl AlarmScheduler {
         }
     }
 
-    /// Adds the store's alarms to the wheel: for a store filled after the scheduler started
-    /// (a cluster node's replay of the log when it takes the partitions over).
-    pub fn load_stored(&self) {
-        self.load_stored_of(|_| true);
-    }
-
-    /// [`AlarmScheduler::load_stored`] for the objects `which` picks (a partition rebuilt from
-    /// the cluster's log). An entry the wheel holds already is harmless: a due entry whose
-    /// alarm is not the stored one, or is being delivered, is skipped.
+    /// Adds the stored alarms of the objects `which` picks to the wheel: for a store filled
+    /// after the scheduler started (a cluster node's replay of the log when it takes the
+    /// partitions over, or a partition rebuilt from it). An entry the wheel holds already is
+    /// harmless: a due entry whose alarm is not the stored one, or is being delivered, is
+    /// skipped.
     pub fn load_stored_of(&self, which: impl Fn(&ObjectId) -> bool) {
         for (id, time_ms) in self.host.store().objects_with_alarms() {
             let id = ObjectId(id);

@@ -99,7 +99,7 @@ pub enum ReplayItem {
     /// Every batch of the partition's rebuild was sent: it serves again.
     Recovered(u32),
     /// The rebuild stopped: the partition stays refused (another rebuild comes later).
-    RecoverFailed(u32, String),
+    RecoverFailed(String),
 }
 
 /// A core's ends of the channels to the control thread.
@@ -206,7 +206,6 @@ pub fn start(
                 view: thread_view,
                 held: RefCell::default(),
                 deposed: Rc::default(),
-                renewal_stop: RefCell::default(),
                 to_recover: RefCell::default(),
                 snapshots_in_flight: RefCell::default(),
                 settings,
@@ -323,8 +322,9 @@ struct Control {
     append_ids: u64,
     lease: std::sync::Arc<super::Lease>,
     view: std::sync::Arc<super::ClusterView>,
-    /// The lease bucket and this process's lease value, once it took the lease.
-    held: RefCell<Option<(kv::Store, bytes::Bytes)>>,
+    /// The lease bucket, this process's lease value, and what stops its renewals, once it
+    /// took the lease (a failed takeover gives it up and tries again with a lease of its own).
+    held: RefCell<Option<HeldLease>>,
     /// Set once the node is deposed: the lease is no longer renewed, so a standby can take it.
     deposed: Rc<std::cell::Cell<bool>>,
     /// Partitions refused because an append was not acknowledged (not fenced): rebuilt from
@@ -333,9 +333,6 @@ struct Control {
     /// Partitions whose snapshot is being stored (and its subject purged): not rebuilt
     /// meanwhile, since the purge could remove messages the rebuild reads.
     snapshots_in_flight: RefCell<std::collections::HashSet<u32>>,
-    /// Stops the renewals of the lease taken last (a failed takeover gives it up and tries
-    /// again later with a lease of its own).
-    renewal_stop: RefCell<Option<Rc<std::cell::Cell<bool>>>>,
     settings: ClusterSettings,
     partitions: u32,
     cores: usize,
@@ -353,6 +350,9 @@ struct Connected {
     /// for the headers and the count.
     append_bytes_max: usize,
 }
+
+/// A lease this process took: its bucket, its value, and the flag that stops its renewals.
+type HeldLease = (kv::Store, bytes::Bytes, Rc<std::cell::Cell<bool>>);
 
 /// What start-up leaves for the rest of the thread's life.
 struct Joined {
@@ -499,12 +499,10 @@ impl Control {
     /// Gives the lease up after every core has stopped: deletes the lease key if it still
     /// holds this process's value (never a lease another process took since).
     async fn release_lease(&self) {
-        if let Some(stop) = self.renewal_stop.borrow_mut().take() {
-            stop.set(true);
-        }
-        let Some((bucket, value)) = self.held.borrow_mut().take() else {
+        let Some((bucket, value, stop)) = self.held.borrow_mut().take() else {
             return;
         };
+        stop.set(true);
         if self.deposed.replace(true) {
             return;
         }
@@ -792,9 +790,8 @@ impl Control {
             }
         };
         tracing::info!(node = %self.settings.node_id, "cluster: lease taken");
-        *self.held.borrow_mut() = Some((bucket.clone(), value.clone()));
         let stop = Rc::new(std::cell::Cell::new(false));
-        *self.renewal_stop.borrow_mut() = Some(stop.clone());
+        *self.held.borrow_mut() = Some((bucket.clone(), value.clone(), stop.clone()));
         let renewal = Renewal {
             bucket,
             value,
@@ -852,7 +849,6 @@ impl Control {
         joined: &Joined,
         cores: &[mpsc::Sender<ReplayItem>],
     ) -> Result<HashMap<u32, u64>, ClusterError> {
-        use tokio::io::AsyncReadExt as _;
         let mut listed = step("list the snapshots", joined.snapshots.list()).await?;
         let mut latest: HashMap<u32, (u64, String)> = HashMap::new();
         // Older snapshots that outlived their replacement (a stop before their deletion).
@@ -887,30 +883,15 @@ impl Control {
             // Read together (the client pipelines them), handed to the cores in turn.
             let reads: Vec<_> = chunk
                 .iter()
-                .map(|(_, (_, name))| {
+                .map(|(_, (covers, name))| {
                     let (snapshots, name) = (joined.snapshots.clone(), name.clone());
-                    tokio::task::spawn_local(async move {
-                        let mut bytes = Vec::new();
-                        let mut object = snapshots.get(&name).await.map_err(|e| e.to_string())?;
-                        object
-                            .read_to_end(&mut bytes)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        Ok::<_, String>(bytes)
-                    })
+                    tokio::task::spawn_local(read_snapshot(snapshots, name, *covers))
                 })
                 .collect();
             for ((partition, (covers, name)), read) in chunk.iter().cloned().zip(reads) {
-                let bytes = match tokio::time::timeout(SNAPSHOT_STORE_TIMEOUT, read).await {
-                    Ok(Ok(Ok(bytes))) => bytes,
-                    Ok(Ok(Err(error))) => return Err(nats_error("read a snapshot", error)),
-                    Ok(Err(error)) => return Err(nats_error("read a snapshot", error)),
-                    Err(_) => return Err(nats_error("read a snapshot", "no answer in time")),
-                };
-                let decoded = record::decode(&bytes).map_err(|error| ClusterError::Damaged {
-                    sequence: covers,
-                    reason: format!("snapshot {name}: {error}"),
-                })?;
+                let decoded = read
+                    .await
+                    .map_err(|error| nats_error("read a snapshot", error))??;
                 for (id, batch) in decoded {
                     let core = id.core(self.partitions, self.cores);
                     if cores[core]
@@ -1060,7 +1041,7 @@ impl Control {
                 Err(error) => {
                     tracing::warn!(partition, %error, "cluster: a partition's rebuild failed");
                     let _ = core
-                        .send(ReplayItem::RecoverFailed(partition, error.to_string()))
+                        .send(ReplayItem::RecoverFailed(error.to_string()))
                         .await;
                 }
             }
@@ -1076,7 +1057,6 @@ impl Control {
         end: u64,
         core: &mpsc::Sender<ReplayItem>,
     ) -> Result<u64, ClusterError> {
-        use tokio::io::AsyncReadExt as _;
         let stopped = || nats_error("rebuild a partition", "its core stopped");
         let (done_sender, done) = tokio::sync::oneshot::channel();
         core.send(ReplayItem::Recover(partition, done_sender))
@@ -1087,27 +1067,7 @@ impl Control {
         let name = joined.snapshot_names.borrow().get(&partition).cloned();
         if let Some(name) = name {
             covered = snapshot_name(&name).map_or(0, |(_, covers)| covers);
-            let read = async {
-                let mut bytes = Vec::new();
-                let mut object = joined
-                    .snapshots
-                    .get(&name)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                object
-                    .read_to_end(&mut bytes)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok::<_, String>(bytes)
-            };
-            let bytes = tokio::time::timeout(SNAPSHOT_STORE_TIMEOUT, read)
-                .await
-                .map_err(|_| nats_error("read a snapshot", "no answer in time"))?
-                .map_err(|error| nats_error("read a snapshot", error))?;
-            let decoded = record::decode(&bytes).map_err(|error| ClusterError::Damaged {
-                sequence: covered,
-                reason: format!("snapshot {name}: {error}"),
-            })?;
+            let decoded = read_snapshot(joined.snapshots.clone(), name, covered).await?;
             for (id, batch) in decoded {
                 core.send(ReplayItem::Batch(id, batch))
                     .await
@@ -1217,20 +1177,15 @@ impl Control {
         let partition = append.partition;
         let name = format!("p{partition}.{sequence:020}");
         self.snapshots_in_flight.borrow_mut().insert(partition);
-        let kept = if self.to_recover.borrow().contains(&partition) {
-            Err(SnapshotFailure::NotStored(
-                "the partition is refused and waits for its rebuild".to_string(),
-            ))
-        } else {
-            self.store_and_purge(
+        let kept = self
+            .store_and_purge(
                 &log,
                 &snapshots,
                 &name,
                 (partition, sequence),
                 &append.payload,
             )
-            .await
-        };
+            .await;
         match &kept {
             Ok(()) => tracing::debug!(
                 partition,
@@ -1283,6 +1238,11 @@ impl Control {
         if !self.lease.is_fresh() || self.deposed.get() {
             return Err(SnapshotFailure::NotStored(
                 "the lease is not fresh".to_string(),
+            ));
+        }
+        if self.to_recover.borrow().contains(&partition) {
+            return Err(SnapshotFailure::NotStored(
+                "the partition is refused and waits for its rebuild".to_string(),
             ));
         }
         let mut reader = payload;
@@ -1440,6 +1400,33 @@ async fn fence_one(
     Ok(sequence)
 }
 
+/// The batches of snapshot `name` (covering the log up to `covers`), read within
+/// `SNAPSHOT_STORE_TIMEOUT`.
+async fn read_snapshot(
+    snapshots: object_store::ObjectStore,
+    name: String,
+    covers: u64,
+) -> Result<Vec<(ObjectId, Batch)>, ClusterError> {
+    use tokio::io::AsyncReadExt as _;
+    let read = async {
+        let mut bytes = Vec::new();
+        let mut object = snapshots.get(&name).await.map_err(|e| e.to_string())?;
+        object
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(bytes)
+    };
+    let bytes = tokio::time::timeout(SNAPSHOT_STORE_TIMEOUT, read)
+        .await
+        .map_err(|_| nats_error("read a snapshot", "no answer in time"))?
+        .map_err(|error| nats_error("read a snapshot", error))?;
+    record::decode(&bytes).map_err(|error| ClusterError::Damaged {
+        sequence: covers,
+        reason: format!("snapshot {name}: {error}"),
+    })
+}
+
 /// The batches a message of the log carries (none for a takeover record).
 fn message_batches(
     message: &jetstream::Message,
@@ -1478,10 +1465,10 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// The error of a node whose owner key now names `entry`'s node.
 fn deposed_by(entry: &kv::Entry) -> ReplicationError {
-    let node = serde_json::from_slice::<serde_json::Value>(&entry.value)
-        .ok()
-        .and_then(|owner| owner["node"].as_str().map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(&entry.value).into_owned());
+    let node = super::Owner::parse(&entry.value, entry.revision).map_or_else(
+        || String::from_utf8_lossy(&entry.value).into_owned(),
+        |owner| owner.node,
+    );
     ReplicationError::Deposed {
         node,
         epoch: entry.revision,

@@ -289,7 +289,7 @@ impl Replication {
         if let Some(error) = self.refusal(id) {
             // The batch is in the local store and will not be in the stream: the partition is
             // refused from now on, even once the lease is fresh. (The host checks the refusal
-            // before it commits, so this is not reached today.)
+            // before it commits; the lease can still run out in between.)
             let mut states = self.states.borrow_mut();
             Self::fail(states.entry(partition).or_default(), error.clone());
             return Err(error);
@@ -396,7 +396,7 @@ impl Replication {
             issued: old.issued,
             acked: old.issued,
             refused_upto: old.issued,
-            refused: old.failed.clone().or_else(|| old.refused.clone()),
+            refused: old.failed.clone(),
             ..PartitionState::default()
         };
         states.insert(partition, state);

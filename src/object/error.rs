@@ -79,12 +79,14 @@ impl EventError {
         let status = self.status();
         match self {
             EventError::Handler(error) => Response::json_error(status, &error.message),
-            _ => error_body(status, &self.to_string(), self.is_retryable()),
+            _ => error_answer(status, &self.to_string(), self.is_retryable()),
         }
     }
 }
 
-fn error_body(status: u16, error: &str, retryable: bool) -> Response {
+/// `{"error": …, "retryable": …}` with `status`, and `Retry-After: 1` when it is retryable:
+/// the body of every error answer of the server's own.
+pub(crate) fn error_answer(status: u16, error: &str, retryable: bool) -> Response {
     // Two plain fields always serialize; an empty body would still carry the status.
     let body = serde_json::to_vec(&ErrorBody { error, retryable }).unwrap_or_default();
     let response = Response::new(status, body).with_header("Content-Type", "application/json");

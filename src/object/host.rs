@@ -634,12 +634,7 @@ impl ObjectHost {
         };
         // A core that does not serve the partition (a standby, one still replaying it, one
         // deposed) loads nothing: what its store holds may be empty or stale.
-        let refusal = self
-            .replication
-            .borrow()
-            .as_ref()
-            .and_then(|r| r.refusal(&id));
-        if let Some(error) = refusal {
+        if let Some(error) = self.refusal(&id) {
             return Err(EventError::NotReplicated {
                 reason: error.to_string(),
             });
@@ -811,19 +806,14 @@ impl ObjectHost {
     /// object's partition: its store may lack what the object has); that event is refused
     /// anyway.
     pub fn is_new(&self, id: &ObjectId) -> bool {
-        let refused = self
-            .replication
-            .borrow()
-            .as_ref()
-            .and_then(|r| r.refusal(id));
-        refused.is_none()
+        self.refusal(id).is_none()
             && !self.objects.borrow().contains_key(id)
             && !self.store.contains_object(&id.0)
     }
 
     /// Takes the objects `leaving` picks out of memory, as after a failed commit: their
-    /// instances take no more writes, and their next events load them again. How many left.
-    pub fn forget_objects(&self, leaving: impl Fn(&ObjectId) -> bool, reason: &str) -> usize {
+    /// instances take no more writes, and their next events load them again.
+    pub fn forget_objects(&self, leaving: impl Fn(&ObjectId) -> bool, reason: &str) {
         let slots: Vec<Rc<Slot>> = self
             .objects
             .borrow()
@@ -835,7 +825,11 @@ impl ObjectHost {
             slot.storage.fail_commits(reason.to_string());
             self.detach(slot);
         }
-        slots.len()
+    }
+
+    /// In a cluster: why events of `id` are refused now, if they are.
+    fn refusal(&self, id: &ObjectId) -> Option<crate::cluster::ReplicationError> {
+        self.replication.borrow().as_ref()?.refusal(id)
     }
 
     /// Removes `slot` from the map if it is still the one there; returns whether it was.

@@ -37,6 +37,7 @@ mod tests;
 pub use crate::websocket::{Message as WebSocketMessage, SocketHandle};
 pub use call::{CallError, ObjectStub, Router, CALL_DEPTH_HEADER};
 pub use context::{AcceptedSocket, ObjectContext, Parked};
+pub(crate) use error::error_answer;
 pub use error::EventError;
 pub use fetch::{FetchClient, FetchError, FetchRequest};
 pub(crate) use history::HISTORY_PREFIX;

@@ -21,6 +21,7 @@
 //! object go to every core over the mesh (`Message::Admin`); those about one object go to its
 //! owning core only.
 
+use crate::object::error_answer;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -286,13 +287,9 @@ impl Shard {
                     .with_header("WWW-Authenticate", "Bearer"),
             ),
             // A standby's store is empty, a deposed node's may be stale.
-            Some(_) => self.cluster_refusal().map(|reason| {
-                Response::json(
-                    503,
-                    &serde_json::json!({ "error": reason, "retryable": true }),
-                )
-                .with_header("Retry-After", "1")
-            }),
+            Some(_) => self
+                .cluster_refusal()
+                .map(|reason| error_answer(503, &reason, true)),
         };
         if let Some(response) = refusal {
             let status = response.status;
@@ -433,11 +430,7 @@ impl Shard {
         // fresh lease) shows nothing: what it has may be empty or stale, and what it would
         // write would not reach the stream.
         if let Some(reason) = self.cluster_refusal() {
-            return Response::json(
-                503,
-                &serde_json::json!({ "error": reason, "retryable": true }),
-            )
-            .with_header("Retry-After", "1");
+            return error_answer(503, &reason, true);
         }
         let read = matches!(request.method, Method::Get | Method::Head);
         let answer = match segments.as_slice() {

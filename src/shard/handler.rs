@@ -19,7 +19,7 @@ use crate::http::{encode_response, route, Handler, ObjectTarget, Request, Respon
 use crate::id::ObjectId;
 use crate::limits::Client;
 use crate::metrics::{render, RequestLabels};
-use crate::object::overloaded;
+use crate::object::{error_answer, overloaded};
 use crate::shutdown::Shutdown;
 use crate::websocket::{serve_socket, CloseCode, EventSink};
 use std::net::IpAddr;
@@ -111,7 +111,9 @@ impl Shard {
             Route::NewId { class } => {
                 let response = if !self.registry.contains(&class) {
                     Response::not_found()
-                } else if let Some(refused) = self.creation_refused(&class, &request, peer) {
+                } else if let Some(refused) =
+                    self.refuse_creation(&class, None, self.client_of(&request, peer))
+                {
                     refused
                 } else {
                     match ObjectId::new_unique(self.registry.id_namespace(&class)) {
@@ -182,30 +184,19 @@ impl Shard {
         self.creations.client(authorization, peer)
     }
 
-    /// `POST /ids/{class}`: 429 when the client made its class's share of new ids this second.
-    fn creation_refused(
-        &self,
-        class: &str,
-        request: &Request,
-        peer: Option<IpAddr>,
-    ) -> Option<Response> {
-        let rate = self.config.creations_per_second(class);
-        let client = self.client_of(request, peer)?;
-        let wait = self.creations.take(client, class, rate).err()?;
-        Some(too_many_creations(class, rate, wait))
-    }
-
-    /// On the core owning `id`: 429 when `id` is a new object (nothing stored, not in memory)
-    /// and `client` created its class's share of objects this second. Nothing is created then.
+    /// 429 when `client` made its share of new objects of `class` this second (`id`: the
+    /// object the request is for, on the core owning it; it counts only if it is new, nothing
+    /// stored and not in memory. None: `POST /ids`, which always counts). Nothing is created
+    /// then.
     pub(super) fn refuse_creation(
         &self,
         class: &str,
-        id: &ObjectId,
+        id: Option<&ObjectId>,
         client: Option<Client>,
     ) -> Option<Response> {
         let client = client?;
         let rate = self.config.creations_per_second(class);
-        if rate == 0 || !self.host.is_new(id) {
+        if rate == 0 || id.is_some_and(|id| !self.host.is_new(id)) {
             return None;
         }
         let wait = self.creations.take(client, class, rate).err()?;
@@ -224,7 +215,7 @@ impl Shard {
     ) -> Response {
         let owner = id.core(self.partitions, self.cores);
         if owner == self.core {
-            if let Some(refused) = self.refuse_creation(class, &id, client) {
+            if let Some(refused) = self.refuse_creation(class, Some(&id), client) {
                 return refused;
             }
             return self
@@ -288,14 +279,9 @@ impl Shard {
     /// naming the owner for a request another node already forwarded (no second hop), 503
     /// when the owner gave no address or did not answer.
     async fn forward(&self, owner: crate::cluster::Owner, request: Request) -> Response {
-        let (Some(view), Some(client)) = (&self.cluster_view, &self.forwarder) else {
-            return Response::json_error(500, "forwarding outside a cluster");
-        };
-        if request.header(FORWARDED_BY_HEADER).is_some() {
-            return misdirected(&owner);
-        }
-        let Some(address) = owner.address.clone() else {
-            return unreachable_owner(&owner, "it gave no address (start it with --advertise)");
+        let (address, node, client) = match self.forward_route(&owner, &request) {
+            Ok(route) => route,
+            Err(response) => return response,
         };
         // The client's connection's own headers stay with it (the client sends its own
         // `Host`, `Content-Length` and `Connection`); a value that is not UTF-8 cannot be sent
@@ -320,15 +306,13 @@ impl Shard {
             .filter(|(name, _)| !HOP_BY_HOP.contains(&name.as_str()) && !named.contains(name))
             .filter_map(|(name, value)| Some((name, String::from_utf8(value).ok()?)))
             .collect();
-        headers.push((FORWARDED_BY_HEADER.to_string(), view.node().to_string()));
+        headers.push((FORWARDED_BY_HEADER.to_string(), node.to_string()));
         let fetch = crate::object::FetchRequest {
             method: request.method,
             url: format!("http://{address}{target}"),
             headers,
             body: request.body,
         };
-        let forwarded = self.metrics.cluster_forwarded_total.get() + 1;
-        self.metrics.cluster_forwarded_total.set(forwarded);
         match client.fetch(fetch).await {
             Ok(mut response) => {
                 // The connection's own headers; ours are written for the client's connection.
@@ -339,11 +323,38 @@ impl Shard {
                 response
             }
             Err(error) => {
-                let failures = self.metrics.cluster_forward_failures_total.get() + 1;
-                self.metrics.cluster_forward_failures_total.set(failures);
+                self.count_forward_failure();
                 forward_failed(&owner, &error)
             }
         }
+    }
+
+    /// Where a request for `owner` goes, counted as forwarded: its address, this node's id
+    /// and the client to send it with; or the answer when it cannot go: 421 for a request
+    /// another node already forwarded (no second hop), 503 when the owner gave no address.
+    fn forward_route(
+        &self,
+        owner: &crate::cluster::Owner,
+        request: &Request,
+    ) -> Result<(String, &str, &crate::object::FetchClient), Response> {
+        let (Some(view), Some(client)) = (&self.cluster_view, &self.forwarder) else {
+            return Err(Response::json_error(500, "forwarding outside a cluster"));
+        };
+        if request.header(FORWARDED_BY_HEADER).is_some() {
+            return Err(misdirected(owner));
+        }
+        let Some(address) = owner.address.clone() else {
+            let reason = "it gave no address (start it with --advertise)";
+            return Err(unreachable_owner(owner, reason));
+        };
+        let forwarded = self.metrics.cluster_forwarded_total.get() + 1;
+        self.metrics.cluster_forwarded_total.set(forwarded);
+        Ok((address, view.node(), client))
+    }
+
+    fn count_forward_failure(&self) {
+        let failures = self.metrics.cluster_forward_failures_total.get() + 1;
+        self.metrics.cluster_forward_failures_total.set(failures);
     }
 
     /// Forwards a WebSocket upgrade (as the client sent it) to `owner`, then carries the
@@ -355,23 +366,14 @@ impl Shard {
         request: Request,
         owner: crate::cluster::Owner,
     ) {
-        let (Some(view), Some(peers)) = (&self.cluster_view, &self.forwarder) else {
-            let response = Response::json_error(500, "forwarding outside a cluster");
-            write_and_close(client, &response).await;
-            return;
+        let (address, node, peers) = match self.forward_route(&owner, &request) {
+            Ok(route) => route,
+            Err(response) => {
+                write_and_close(client, &response).await;
+                return;
+            }
         };
-        if request.header(FORWARDED_BY_HEADER).is_some() {
-            write_and_close(client, &misdirected(&owner)).await;
-            return;
-        }
-        let Some(address) = owner.address.clone() else {
-            let reason = "it gave no address (start it with --advertise)";
-            write_and_close(client, &unreachable_owner(&owner, reason)).await;
-            return;
-        };
-        let forwarded = self.metrics.cluster_forwarded_total.get() + 1;
-        self.metrics.cluster_forwarded_total.set(forwarded);
-        let mut head = forwarded_head(&request, view.node());
+        let mut head = forwarded_head(&request, node);
         head.extend_from_slice(&unread);
         let connected = match peers.connect(&address).await {
             Ok(mut upstream) => match upstream.write_all(&head).await {
@@ -383,8 +385,7 @@ impl Shard {
         let upstream = match connected {
             Ok(upstream) => upstream,
             Err(reason) => {
-                let failures = self.metrics.cluster_forward_failures_total.get() + 1;
-                self.metrics.cluster_forward_failures_total.set(failures);
+                self.count_forward_failure();
                 write_and_close(client, &unreachable_owner(&owner, &reason)).await;
                 return;
             }
@@ -530,7 +531,7 @@ impl Shard {
         client: Option<Client>,
     ) {
         let start = Instant::now();
-        if let Some(refused) = self.refuse_creation(&class, &id, client) {
+        if let Some(refused) = self.refuse_creation(&class, Some(&id), client) {
             let labels = RequestLabels {
                 route: "object",
                 class,
@@ -779,8 +780,7 @@ fn unreachable_owner(owner: &crate::cluster::Owner, reason: &str) -> Response {
         "this node does not serve the object and could not reach its owner, node {:?}: {reason}",
         owner.node
     );
-    Response::json(503, &json!({ "error": error, "retryable": true }))
-        .with_header("Retry-After", "1")
+    error_answer(503, &error, true)
 }
 
 /// The answer to a request the owner did not answer: 503 (retry) when it never reached the
@@ -799,7 +799,7 @@ fn forward_failed(owner: &crate::cluster::Owner, error: &crate::object::FetchErr
          been applied",
         owner.node
     );
-    Response::json(status, &json!({ "error": error, "retryable": false }))
+    error_answer(status, &error, false)
 }
 
 /// 429 for a client past its creation limit of `class` (`rate` a second); it may try again

@@ -173,7 +173,7 @@ impl Shard {
                     .insert((from, tag), cancel.clone());
                 glommio::spawn_local(async move {
                     let dispatch = async {
-                        if let Some(refused) = shard.refuse_creation(&class, &id, client) {
+                        if let Some(refused) = shard.refuse_creation(&class, Some(&id), client) {
                             return Some(refused);
                         }
                         let name = name.as_deref();
@@ -277,7 +277,7 @@ async fn take_over(
     let core = shard.core;
     match replay_into(&shard, &mut replay).await {
         Ok(batches) => {
-            shard.alarms.load_stored();
+            shard.alarms.load_stored_of(|_| true);
             replication.start_serving();
             if let Some(view) = &shard.cluster_view {
                 view.core_serving();
@@ -358,7 +358,7 @@ async fn rebuild(
                 Some(error) => return Err(error),
                 None => break,
             },
-            Some(ReplayItem::RecoverFailed(_, reason)) => {
+            Some(ReplayItem::RecoverFailed(reason)) => {
                 return Err(format!("partition {partition}'s rebuild failed: {reason}"))
             }
             Some(other) => {
@@ -396,10 +396,7 @@ async fn replay_into(
                     "core {core}: a rebuild's item in the replay: {item:?}"
                 ))
             }
-            Some(ReplayItem::RecoverFailed(_, reason)) => {
-                return Err(format!("core {core}: the log's replay failed: {reason}"))
-            }
-            Some(ReplayItem::Failed(reason)) => {
+            Some(ReplayItem::Failed(reason) | ReplayItem::RecoverFailed(reason)) => {
                 return Err(format!("core {core}: the log's replay failed: {reason}"))
             }
             None => return Err(format!("core {core}: the log's replay stopped")),
