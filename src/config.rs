@@ -267,6 +267,16 @@ impl Default for FetchSettings {
     }
 }
 
+/// Scoped tokens (`[auth]`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// The token file (`stead token add|list|revoke` edit it; SIGHUP reloads it): each
+    /// token's name, SHA-256, classes and permissions. Set, every request but /healthz needs
+    /// one of its tokens (or `auth_token`).
+    pub tokens_file: Option<PathBuf>,
+}
+
 /// Settings of one class (`[classes.NAME]`).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -304,6 +314,8 @@ pub struct Config {
     /// The token the admin API (`/admin/…`) needs; without it the admin API takes the auth
     /// token, and with neither it is off (403).
     pub admin_token: Option<String>,
+    /// Scoped tokens (`[auth]`).
+    pub auth: AuthSettings,
     /// Serve a fixed body on every route (the benchmark floor), no objects.
     pub hello: bool,
     /// This node's jurisdiction tag (e.g. `eu`): a class pinned to a jurisdiction
@@ -412,6 +424,7 @@ impl Default for Config {
             spin_before_park_us: 50,
             auth_token: None,
             admin_token: None,
+            auth: AuthSettings::default(),
             hello: false,
             jurisdiction: None,
             http: HttpLimits::default(),

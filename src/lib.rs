@@ -40,6 +40,9 @@
 //!   listener, forwarding to the owning core.
 //! - `objects`: the built-in classes (`counter`, `ratelimiter`, `sqlratelimiter`, `sessions`, …).
 //! - `server`: the builder and the running server.
+//! - `auth`: the bearer tokens a server takes and what each grants (classes, write,
+//!   WebSockets, metrics, admin); the token file and its reload on SIGHUP.
+//! - `limits`: object creation limits.
 //! - `bench`: the load generator behind `stead bench`.
 //! - `cluster`: replication of every commit through NATS JetStream, on a control thread of
 //!   its own (`stead serve --cluster`).
@@ -51,6 +54,7 @@
 //! between nodes or takes over on its own.
 
 pub mod alarm;
+pub mod auth;
 pub mod backup;
 pub mod bench;
 pub mod cluster;

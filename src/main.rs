@@ -3,6 +3,7 @@
 //! a data directory from a backup.
 
 mod admin_cli;
+mod token_cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ enum Command {
     Admin(admin_cli::AdminArgs),
     /// Build a data directory from a backup (`GET /admin/backup`).
     Restore(RestoreArgs),
+    /// Add, list or revoke the tokens of a token file (`[auth] tokens_file`).
+    Token(token_cli::TokenArgs),
 }
 
 #[derive(clap::Args)]
@@ -73,6 +76,10 @@ struct ServeArgs {
     /// API takes the auth token, and with neither it is off.
     #[arg(long, env = "STEAD_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// A token file (see `stead token`): each token's classes and permissions; SIGHUP
+    /// reloads it. Overrides `[auth] tokens_file`.
+    #[arg(long, env = "STEAD_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
     /// Answer every request with a fixed body (the benchmark floor); no objects.
     #[arg(long)]
     hello: bool,
@@ -107,6 +114,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => stead::bench::run(args),
         Command::Admin(args) => admin_cli::run(args),
         Command::Restore(args) => restore(args),
+        Command::Token(args) => token_cli::run(args),
     }
 }
 
@@ -164,6 +172,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     if args.admin_token.is_some() {
         config.admin_token = args.admin_token;
+    }
+    if args.tokens_file.is_some() {
+        config.auth.tokens_file = args.tokens_file;
     }
     config.hello |= args.hello;
     if args.jurisdiction.is_some() {

@@ -161,6 +161,13 @@ impl Server {
                 "[classes.{unknown}]: no class {unknown:?} is registered"
             )));
         }
+        let auth = crate::auth::Auth::load(
+            config.auth_token.clone(),
+            config.admin_token.clone(),
+            config.auth.tokens_file.clone(),
+        )
+        .map_err(|error| ServerError::Config(error.to_string()))?;
+        let auth = Arc::new(auth);
         crate::object::set_heap_limit(config.sql.heap_bytes_max);
         // A class pinned to another jurisdiction: a single node refuses to start (it would
         // store the class's objects); a cluster node starts, but never owns the partitions.
@@ -250,6 +257,7 @@ impl Server {
                 classes_checked,
                 cluster: cluster_links.get_mut(core).and_then(Option::take),
                 creations: creations.clone(),
+                auth: auth.clone(),
             };
             let mut executor = LocalExecutorBuilder::new(Placement::Fixed(core % available))
                 .name(&format!("stead-core-{core}"))
@@ -278,6 +286,7 @@ impl Server {
             stop,
             threads,
             cluster: cluster_shutdown,
+            auth,
         };
         // No core deletes or serves anything before every core's objects are of known classes.
         if let Err(error) = await_class_checks(&events, cores) {
@@ -414,6 +423,7 @@ fn await_class_checks(events: &mpsc::Receiver<CoreEvent>, cores: usize) -> Resul
 }
 
 /// Serves until SIGINT or SIGTERM, then shuts `running` down gracefully and waits for it.
+/// SIGHUP reads the token file again.
 ///
 /// `on_ready` runs once the handlers are installed: announce the server there (print its
 /// address), so that a signal sent by whoever read the announcement is never missed (before
@@ -422,18 +432,28 @@ pub fn wait_for_signal(
     running: RunningServer,
     on_ready: impl FnOnce(&RunningServer),
 ) -> Result<(), ServerError> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let stop = running.stop.clone();
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let (stop, auth) = running.control();
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|error| ServerError::Config(format!("cannot install signal handlers: {error}")))?;
     let handle = signals.handle();
     on_ready(&running);
     std::thread::Builder::new()
         .name("stead-signals".to_string())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    match auth.reload() {
+                        Ok(tokens) => tracing::info!(tokens, "SIGHUP: tokens read again"),
+                        Err(error) => {
+                            tracing::error!(%error, "SIGHUP: the tokens stay as they were")
+                        }
+                    }
+                    continue;
+                }
                 tracing::info!(signal, "shutting down");
                 stop.store(true, Ordering::SeqCst);
+                break;
             }
         })
         .map_err(|error| ServerError::Config(format!("cannot start the signal thread: {error}")))?;
@@ -526,11 +546,25 @@ pub struct RunningServer {
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
     /// In a cluster: gives the lease up once the cores have stopped.
     cluster: Option<crate::cluster::ClusterShutdown>,
+    /// The tokens the cores take, read again by `reload_tokens`.
+    auth: Arc<crate::auth::Auth>,
 }
 
 impl RunningServer {
     pub fn local_addr(&self) -> SocketAddr {
         self.address
+    }
+
+    /// Reads the token file again (SIGHUP): the next request on every core sees the new
+    /// tokens. A file that cannot be read or is invalid leaves the tokens as they were.
+    /// Returns how many tokens the server takes now.
+    pub fn reload_tokens(&self) -> Result<usize, crate::auth::AuthError> {
+        self.auth.reload()
+    }
+
+    /// A handle that stops the server and reloads its tokens from another thread.
+    fn control(&self) -> (Arc<AtomicBool>, Arc<crate::auth::Auth>) {
+        (self.stop.clone(), self.auth.clone())
     }
 
     /// Asks every core to shut down gracefully; `wait` returns when they have.

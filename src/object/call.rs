@@ -22,6 +22,16 @@ use crate::id::ObjectId;
 /// client started). Requests from clients may carry it too: it only lowers what they may call.
 pub const CALL_DEPTH_HEADER: &str = "stead-call-depth";
 
+/// The request header that makes an event read-only: its writes are refused (403). The
+/// server adds it to a request whose token has no `write` permission, and a stub to every call
+/// from a read-only event. Requests from clients may carry it too: it only takes writes away.
+pub const READ_ONLY_HEADER: &str = "stead-read-only";
+
+/// Whether `request`'s event may not write.
+pub fn is_read_only(request: &Request) -> bool {
+    request.header(READ_ONLY_HEADER).is_some()
+}
+
 /// The call depth the object's cell holds while none of its events is being polled (and
 /// while `init` runs): a stub refuses to call then ([`CallError::OutsideEvent`]), since no
 /// event's chain can be told.
@@ -138,6 +148,8 @@ pub(super) struct Caller {
     pub(super) router: Option<Rc<dyn Router>>,
     /// The depth of the caller's event now running (set by the host before each poll).
     pub(super) depth: Rc<Cell<u32>>,
+    /// Whether the caller's event now running may not write (set with `depth`).
+    pub(super) read_only: Rc<Cell<bool>>,
     pub(super) call_depth_max: u32,
 }
 
@@ -196,6 +208,7 @@ impl ObjectStub {
         mut request: Request,
     ) -> impl std::future::Future<Output = Result<Response, CallError>> {
         let current = self.caller.depth.get();
+        let read_only = self.caller.read_only.get();
         let depth = current.saturating_add(1);
         let call_depth_max = self.caller.call_depth_max;
         let router = self.caller.router.clone();
@@ -220,6 +233,12 @@ impl ObjectStub {
                 CALL_DEPTH_HEADER.to_string(),
                 depth.to_string().into_bytes(),
             ));
+            // A read-only event cannot write through another object either.
+            if read_only && !is_read_only(&request) {
+                request
+                    .headers
+                    .push((READ_ONLY_HEADER.to_string(), b"1".to_vec()));
+            }
             Ok(router.call(class, id, name, request).await)
         }
     }

@@ -96,13 +96,18 @@ impl std::fmt::Debug for ObjectContext {
     }
 }
 
+/// The cells of an object's slot that its context shares: its count of parked events, and
+/// the call depth and read-only mode of the event being polled.
+pub(super) type EventCells = (Rc<Cell<usize>>, Rc<Cell<u32>>, Rc<Cell<bool>>);
+
 impl ObjectContext {
     /// The context of the object `id` of `class`, with what its core shares among objects.
-    /// `parked` counts its parked events, `depth` is the call depth of the event running.
+    /// `parked` counts its parked events, `depth` is the call depth of the event running and
+    /// `read_only` whether it may not write.
     pub(super) fn new(
         (id, class): (ObjectId, Rc<str>),
         storage: Storage,
-        (parked, depth): (Rc<Cell<usize>>, Rc<Cell<u32>>),
+        (parked, depth, read_only): EventCells,
         core: &CoreParts,
     ) -> ObjectContext {
         ObjectContext {
@@ -121,6 +126,7 @@ impl ObjectContext {
                 caller: Caller {
                     router: core.router.clone(),
                     depth,
+                    read_only,
                     call_depth_max: core.config.objects.call_depth_max,
                 },
             }),
@@ -254,11 +260,13 @@ impl ObjectContext {
             Response::json_error(400, "this request did not arrive as a WebSocket upgrade")
         })?;
         let tags = tags.iter().map(|tag| tag.to_string()).collect();
-        match self
-            .inner
-            .sockets
-            .accept(token, self.inner.id, self.inner.class.clone(), tags)
-        {
+        let read_only = super::call::is_read_only(request);
+        match self.inner.sockets.accept(
+            (token, read_only),
+            self.inner.id,
+            self.inner.class.clone(),
+            tags,
+        ) {
             Ok(socket) => Ok(AcceptedSocket {
                 socket,
                 response: upgrade.response(),

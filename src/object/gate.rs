@@ -5,6 +5,10 @@
 //! between two suspension points one atomic batch (an event that awaits nothing else commits
 //! once), and means a handler future dropped between polls (its connection went away) leaves no
 //! half-written batch behind.
+//!
+//! A read-only event (its request's token may not write) is polled with its object's storage
+//! refusing writes; whatever its poll still left pending (a path around the storage's check)
+//! is refused at commit, never stored.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +24,9 @@ use super::slot::Slot;
 pub(super) trait Commit {
     /// Commits what `slot`'s handler wrote since the last call.
     fn commit_pending(&self, slot: &Slot) -> Result<(), EventError>;
+
+    /// After a poll of a read-only event: refuses whatever it left pending.
+    fn refuse_pending(&self, slot: &Slot) -> Result<(), EventError>;
 }
 
 /// A handler future whose writes are committed after each of its polls.
@@ -34,15 +41,17 @@ pub(super) struct Gated<'a, T> {
     commit_error: Option<EventError>,
     /// The call depth of the event (see `call.rs`), the object's while the handler is polled.
     depth: u32,
+    /// Whether the event may not write.
+    read_only: bool,
 }
 
 impl<'a, T> Gated<'a, T> {
-    /// `handler` of an event at call depth `depth`.
+    /// `handler` of an event at call depth `depth`, read-only or not.
     pub(super) fn new(
         host: &'a dyn Commit,
         slot: &'a Slot,
         handler: BoxedLocal<T>,
-        depth: u32,
+        (depth, read_only): (u32, bool),
     ) -> Self {
         Gated {
             host,
@@ -50,6 +59,7 @@ impl<'a, T> Gated<'a, T> {
             handler,
             commit_error: None,
             depth,
+            read_only,
         }
     }
 }
@@ -60,12 +70,28 @@ impl<T> Future for Gated<'_, T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        // The event's depth while its handler is polled, then back to what it was (an outer
-        // poll of the same object, for a call to itself, or none).
+        if this.read_only {
+            // Writes made outside any event (a task of the object) since the last poll are
+            // committed first: only this poll's own writes are refused.
+            if let Err(error) = this.host.commit_pending(this.slot) {
+                this.commit_error.get_or_insert(error);
+            }
+        }
+        // The event's depth and mode while its handler is polled, then back to what they were
+        // (an outer poll of the same object, for a call to itself, or none).
         let outer = this.slot.call_depth.replace(this.depth);
+        let outer_read_only = this.slot.read_only.replace(this.read_only);
+        this.slot.storage.set_read_only(this.read_only);
         let poll = this.handler.as_mut().poll(cx);
         this.slot.call_depth.set(outer);
-        if let Err(error) = this.host.commit_pending(this.slot) {
+        this.slot.read_only.set(outer_read_only);
+        this.slot.storage.set_read_only(outer_read_only);
+        let committed = if this.read_only {
+            this.host.refuse_pending(this.slot)
+        } else {
+            this.host.commit_pending(this.slot)
+        };
+        if let Err(error) = committed {
             this.commit_error.get_or_insert(error);
         }
         match poll {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use futures_lite::future::BoxedLocal;
 use stead_storage::{Limits, Store};
 
-use super::call::{call_depth, Router, NO_EVENT_DEPTH};
+use super::call::{call_depth, is_read_only, Router, NO_EVENT_DEPTH};
 use super::context::CoreParts;
 use super::error::EventError;
 use super::fetch::FetchClient;
@@ -395,8 +395,8 @@ impl ObjectHost {
                 event.slot.storage.note_name(name);
             }
             let instance = event.ready().await?;
-            let depth = call_depth(&request);
-            self.run(&event.slot, instance.fetch(request), depth).await
+            let mode = (call_depth(&request), is_read_only(&request));
+            self.run(&event.slot, instance.fetch(request), mode).await
         };
         answer
             .await
@@ -423,7 +423,7 @@ impl ObjectHost {
             }
             Ok(())
         });
-        self.run(&event.slot, handler, 0).await
+        self.run(&event.slot, handler, (0, false)).await
     }
 
     /// Objects in memory (active or activating).
@@ -508,7 +508,8 @@ impl ObjectHost {
                             instance.websocket_error(handle, format!("{error:?}"))
                         }
                     };
-                    self.run(&event_guard.slot, handler, 0).await
+                    self.run(&event_guard.slot, handler, (0, owner.read_only))
+                        .await
                 }
             },
         };
@@ -661,14 +662,14 @@ impl ObjectHost {
         Ok(slot)
     }
 
-    /// Runs one handler (of an event at call depth `depth`) under the commit gate, then the
-    /// output gate. A handler's own error keeps its status (413 for a write the client made
+    /// Runs one handler (of an event at call depth `depth`, read-only or not) under the commit
+    /// gate, then the output gate. A handler's own error keeps its status (413 for a write the client made
     /// too large); a failed commit is 500.
     async fn run<T>(
         &self,
         slot: &Slot,
         handler: BoxedLocal<Result<T, ObjectError>>,
-        depth: u32,
+        mode: (u32, bool),
     ) -> Result<T, EventError> {
         let replication = self.replication.borrow().clone();
         // A node that no longer serves the partition answers nothing from its memory.
@@ -680,7 +681,7 @@ impl ObjectHost {
                 reason: error.to_string(),
             });
         }
-        let (result, commit_error) = Gated::new(self, slot, handler, depth).await;
+        let (result, commit_error) = Gated::new(self, slot, handler, mode).await;
         if let Some(error) = commit_error {
             return Err(error);
         }
@@ -776,14 +777,18 @@ impl ObjectHost {
         let context = ObjectContext::new(
             (slot.id, slot.class.clone()),
             slot.storage.clone(),
-            (slot.parked.clone(), slot.call_depth.clone()),
+            (
+                slot.parked.clone(),
+                slot.call_depth.clone(),
+                slot.read_only.clone(),
+            ),
             &core,
         );
         let instance = constructor(context);
         let init = instance.clone().init();
         // No calls from `init`: an object's activation would wait for itself (A's init calls
         // B, which calls A, which is still activating).
-        let (result, commit_error) = Gated::new(self, slot, init, NO_EVENT_DEPTH).await;
+        let (result, commit_error) = Gated::new(self, slot, init, (NO_EVENT_DEPTH, false)).await;
         if let Some(error) = commit_error {
             return Err(error);
         }
@@ -871,6 +876,18 @@ impl ObjectHost {
 }
 
 impl Commit for ObjectHost {
+    /// A read-only event's poll left writes pending (a write around the storage's check):
+    /// they leave with the instance, as after a failed commit, and the event answers 403.
+    fn refuse_pending(&self, slot: &Slot) -> Result<(), EventError> {
+        if !slot.storage.has_pending() {
+            return Ok(());
+        }
+        let reason = super::storage::READ_ONLY_REFUSAL;
+        slot.storage.fail_commits(reason.to_string());
+        self.detach(slot);
+        Err(EventError::Handler(ObjectError::with_status(403, reason)))
+    }
+
     /// Hands the object's writes since the last call to the store. On failure the object takes
     /// no more writes and leaves the map, so its next event reloads it from the store.
     fn commit_pending(&self, slot: &Slot) -> Result<(), EventError> {

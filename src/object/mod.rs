@@ -35,7 +35,7 @@ mod storage;
 mod tests;
 
 pub use crate::websocket::{Message as WebSocketMessage, SocketHandle};
-pub use call::{CallError, ObjectStub, Router, CALL_DEPTH_HEADER};
+pub use call::{CallError, ObjectStub, Router, CALL_DEPTH_HEADER, READ_ONLY_HEADER};
 pub use context::{AcceptedSocket, ObjectContext, Parked};
 pub(crate) use error::error_answer;
 pub use error::EventError;
@@ -99,6 +99,9 @@ const CLIENT_ERROR_STATUS: u16 = 400;
 /// The status of a write the client made too large (a key, a value, an event's batch).
 const TOO_LARGE_STATUS: u16 = 413;
 
+/// A write refused to a read-only event (its token may not write).
+const FORBIDDEN_STATUS: u16 = 403;
+
 impl ObjectError {
     /// A server error (500).
     pub fn new(message: impl Into<String>) -> ObjectError {
@@ -134,16 +137,21 @@ impl From<StorageError> for ObjectError {
             | StorageError::BatchTooLarge { .. } => TOO_LARGE_STATUS,
             StorageError::ReservedKey { .. } => CLIENT_ERROR_STATUS,
             StorageError::Unavailable { .. } => SERVER_ERROR_STATUS,
+            StorageError::ReadOnly => FORBIDDEN_STATUS,
         };
         ObjectError::with_status(status, error.to_string())
     }
 }
 
 /// A failed SQL statement in a handler is the server's error (500): the handler wrote the
-/// statement. A class that runs statements from its clients answers 400 itself.
+/// statement. A class that runs statements from its clients answers 400 itself. A write
+/// refused to a read-only event is 403.
 impl From<SqlError> for ObjectError {
     fn from(error: SqlError) -> ObjectError {
-        ObjectError::new(error.to_string())
+        match error {
+            SqlError::ReadOnly => ObjectError::with_status(FORBIDDEN_STATUS, error.to_string()),
+            _ => ObjectError::new(error.to_string()),
+        }
     }
 }
 

@@ -53,6 +53,9 @@ pub(super) struct Slot {
     /// The call depth of the event whose handler is being polled (see `call.rs`), shared with
     /// the object's context.
     pub(super) call_depth: Rc<Cell<u32>>,
+    /// Whether the event whose handler is being polled may not write, shared with the
+    /// object's context (its calls are read-only too).
+    pub(super) read_only: Rc<Cell<bool>>,
     /// Set by an activation that carried out a restore: the bookmark that undoes it.
     pub(super) restore_undo: Cell<Option<crate::object::history::Bookmark>>,
     /// In a cluster: the partition and ticket of the object's last batch (or, for a new
@@ -75,6 +78,7 @@ impl Slot {
             restore_undo: Cell::new(None),
             replica_ticket: Cell::new(None),
             call_depth: Rc::new(Cell::new(super::call::NO_EVENT_DEPTH)),
+            read_only: Rc::new(Cell::new(false)),
         }
     }
 

@@ -28,6 +28,8 @@ pub(crate) struct Owner {
     pub(crate) class: Rc<str>,
     /// The socket itself.
     pub(crate) handle: SocketHandle,
+    /// Whether its events may not write: the token that opened it has no `write` permission.
+    pub(crate) read_only: bool,
 }
 
 /// The sockets of one core.
@@ -71,10 +73,11 @@ impl CoreSockets {
         token
     }
 
-    /// Registers a socket for `object`, accepted by the request carrying `token`.
+    /// Registers a socket for `object`, accepted by the request carrying `token` (whose
+    /// events are `read_only` if that request's were).
     pub(crate) fn accept(
         &self,
-        token: u64,
+        (token, read_only): (u64, bool),
         object: ObjectId,
         class: Rc<str>,
         tags: Vec<String>,
@@ -96,6 +99,7 @@ impl CoreSockets {
                 object,
                 class,
                 handle: handle.clone(),
+                read_only,
             },
         );
         self.accepted.borrow_mut().insert(token, handle.clone());

@@ -63,6 +63,9 @@ pub enum StorageError {
     /// The store failed (an I/O error, a poisoned store, shutdown) or the object was evicted;
     /// this instance takes no more writes.
     Unavailable { reason: String },
+    /// The event may not write: its request's token has no `write` permission (or it is a
+    /// call from such an event).
+    ReadOnly,
 }
 
 impl fmt::Display for StorageError {
@@ -104,11 +107,16 @@ impl fmt::Display for StorageError {
                 "key of {key_bytes} bytes is reserved for stead's own data (SQL pages, the object's name and history)"
             ),
             StorageError::Unavailable { reason } => write!(f, "storage unavailable: {reason}"),
+            StorageError::ReadOnly => f.write_str(READ_ONLY_REFUSAL),
         }
     }
 }
 
 impl std::error::Error for StorageError {}
+
+/// Why a read-only event's write is refused.
+pub(crate) const READ_ONLY_REFUSAL: &str =
+    "this request may not write: its token has no write permission";
 
 /// The state behind one object's [`Storage`].
 #[derive(Debug)]
@@ -157,6 +165,8 @@ struct State {
     /// The version a requested restore goes back to: the records after it are not trimmed
     /// until it is carried out.
     restore_target: Option<u64>,
+    /// Set while a read-only event's handler is polled: every write is refused.
+    read_only: bool,
 }
 
 /// How to undo the key-value writes of one `transaction_sync`.
@@ -236,6 +246,7 @@ impl Storage {
             name_stored: false,
             history,
             restart_requested: false,
+            read_only: false,
             restore_target: None,
         };
         Storage {
@@ -710,6 +721,22 @@ impl Storage {
         Ok(())
     }
 
+    /// Refuses every write while `read_only` (a read-only event's handler is polled); returns
+    /// what it was.
+    pub(super) fn set_read_only(&self, read_only: bool) -> bool {
+        std::mem::replace(&mut self.state.borrow_mut().read_only, read_only)
+    }
+
+    /// Whether writes are refused now (see `set_read_only`).
+    pub(crate) fn is_read_only(&self) -> bool {
+        self.state.borrow().read_only
+    }
+
+    /// Whether writes wait to be handed to the store.
+    pub(super) fn has_pending(&self) -> bool {
+        !self.state.borrow().pending.is_empty()
+    }
+
     /// A commit of this object's writes failed: refuse later writes, and make `flush` fail.
     pub(super) fn fail_commits(&self, reason: String) {
         let mut state = self.state.borrow_mut();
@@ -779,6 +806,9 @@ impl State {
 
     fn check_writable(&self, key: &[u8]) -> Result<(), StorageError> {
         refuse_if(&self.unavailable)?;
+        if self.read_only {
+            return Err(StorageError::ReadOnly);
+        }
         if is_reserved_key(key) {
             return Err(StorageError::ReservedKey {
                 key_bytes: key.len(),

@@ -108,7 +108,8 @@ fn answer(status: u16, value: &Value) -> Result<Response, ObjectError> {
 /// The answer to a failed statement: the client's (400) unless the database failed.
 fn failure(error: &SqlError, statement: Option<usize>) -> Result<Response, ObjectError> {
     if !error.is_client_error() {
-        return Err(ObjectError::new(error.to_string()));
+        // The server's failure (500), or a write refused to a read-only request (403).
+        return Err(ObjectError::from(error.clone()));
     }
     let mut fields = Map::new();
     fields.insert("error".to_string(), Value::String(error.to_string()));

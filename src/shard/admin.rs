@@ -33,9 +33,10 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use stead_storage::Snapshot;
 
-use super::handler::{carries, object_id, write_and_close};
+use super::handler::{authorization, forbidden, object_id, unauthorized, write_and_close};
 use super::mesh::{Message, Reply, SendError};
 use super::Shard;
+use crate::auth::{Access, Permission};
 use crate::backup;
 use crate::http::{is_class_name, object_target, Method, Request, Response};
 use crate::id::{ClassTag, ObjectId};
@@ -277,20 +278,11 @@ impl Shard {
         mut stream: TcpStream,
         request: &Request,
     ) -> u16 {
-        let refusal = match &self.admin_header {
-            None => Some(Response::json_error(
-                403,
-                "the admin API is off: start stead with --admin-token (or --auth-token)",
-            )),
-            Some(expected) if !carries(request, expected) => Some(
-                Response::json_error(401, "missing or wrong admin bearer token")
-                    .with_header("WWW-Authenticate", "Bearer"),
-            ),
+        let refusal = self.admin_refusal(request).or_else(|| {
             // A standby's store is empty, a deposed node's may be stale.
-            Some(_) => self
-                .cluster_refusal()
-                .map(|reason| error_answer(503, &reason, true)),
-        };
+            self.cluster_refusal()
+                .map(|reason| error_answer(503, &reason, true))
+        });
         if let Some(response) = refusal {
             let status = response.status;
             write_and_close(stream, &response).await;
@@ -413,17 +405,30 @@ impl Shard {
             .await
     }
 
+    /// Why `request` may not use the admin API, if it may not: 403 when no token may (the API
+    /// is off) or its token has no `admin` permission, 401 without a known token.
+    fn admin_refusal(&self, request: &Request) -> Option<Response> {
+        if !self.auth.admin_enabled() {
+            return Some(Response::json_error(
+                403,
+                "the admin API is off: start stead with --admin-token (or --auth-token, or a \
+                 token file with an admin token)",
+            ));
+        }
+        let access = self.auth.admin_access(authorization(request));
+        match access {
+            Access::Refused | Access::Open => Some(unauthorized()),
+            Access::Granted(_) if !access.allows(Permission::Admin) => {
+                Some(forbidden(&access, "use the admin API"))
+            }
+            Access::Granted(_) => None,
+        }
+    }
+
     /// One request to the admin API; `path` follows `/admin`.
     pub(super) async fn admin(self: &Rc<Self>, request: &Request, path: &str) -> Response {
-        let Some(expected) = &self.admin_header else {
-            return Response::json_error(
-                403,
-                "the admin API is off: start stead with --admin-token (or --auth-token)",
-            );
-        };
-        if !carries(request, expected) {
-            return Response::json_error(401, "missing or wrong admin bearer token")
-                .with_header("WWW-Authenticate", "Bearer");
+        if let Some(refused) = self.admin_refusal(request) {
+            return refused;
         }
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         // A node that does not serve (a standby, one taking over, a deposed one, one without a

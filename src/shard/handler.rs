@@ -13,6 +13,7 @@ use super::Shard;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
+use crate::auth::{Access, Permission};
 use crate::http::upgrade::BACKUP_PATH;
 use crate::http::UpgradeToken;
 use crate::http::{encode_response, route, Handler, ObjectTarget, Request, Response, Route};
@@ -37,6 +38,8 @@ struct UpgradeTarget {
     id: ObjectId,
     name: Option<String>,
     path: String,
+    /// Whether the socket's events may not write (the token has no `write` permission).
+    read_only: bool,
 }
 
 /// The HTTP handler of one connection.
@@ -85,10 +88,9 @@ impl Shard {
         };
         // The admin API checks its own token (`admin.rs`).
         let admin = request.path == "/admin" || request.path.starts_with("/admin/");
-        if request.path != "/healthz" && !admin && !self.authorized(&request) {
-            let response = Response::json_error(401, "missing or wrong bearer token")
-                .with_header("WWW-Authenticate", "Bearer");
-            return (no_class("none"), response);
+        let access = self.auth.access(authorization(&request));
+        if request.path != "/healthz" && !admin && matches!(access, Access::Refused) {
+            return (no_class("none"), unauthorized());
         }
         let route = match route(request.method, &request.path, &self.config.http) {
             Ok(route) => route,
@@ -105,14 +107,19 @@ impl Shard {
                     .with_header("Content-Type", "text/html; charset=utf-8");
                 (no_class("chat"), page)
             }
+            Route::Metrics if !access.allows(Permission::Metrics) => {
+                (no_class("metrics"), forbidden(&access, "read /metrics"))
+            }
             Route::Metrics => (no_class("metrics"), self.metrics_response().await),
             Route::NotFound => (no_class("none"), Response::not_found()),
             Route::Admin { path } => (no_class("admin"), self.admin(&request, &path).await),
             Route::NewId { class } => {
                 let response = if !self.registry.contains(&class) {
                     Response::not_found()
+                } else if !access.reaches(&class) {
+                    forbidden(&access, &format!("reach class {class:?}"))
                 } else if let Some(refused) =
-                    self.refuse_creation(&class, None, self.client_of(&request, peer))
+                    self.refuse_creation(&class, None, self.client_of(&request, &access, peer))
                 {
                     refused
                 } else {
@@ -137,6 +144,16 @@ impl Shard {
                 if !self.registry.contains(&class) {
                     return (no_class("none"), Response::not_found());
                 }
+                if !access.reaches(&class) {
+                    let response = forbidden(&access, &format!("reach class {class:?}"));
+                    return (
+                        RequestLabels {
+                            route: "object",
+                            class,
+                        },
+                        response,
+                    );
+                }
                 let name = target_name(&target);
                 let id = match object_id(self.registry.id_namespace(&class), target) {
                     Ok(id) => id,
@@ -154,8 +171,11 @@ impl Shard {
                     // The request as the client sent it, path included.
                     Some(owner) => self.forward(owner, request).await,
                     None => {
-                        let client = self.client_of(&request, peer);
+                        let client = self.client_of(&request, &access, peer);
                         request.path = path;
+                        if !access.allows(Permission::Write) {
+                            mark_read_only(&mut request);
+                        }
                         self.run_on_owner(&class, id, name, request, client).await
                     }
                 };
@@ -170,17 +190,19 @@ impl Shard {
         }
     }
 
-    /// Who sent `request`, for the creation limits: its token when the server checks one
-    /// (then the request carried it), else `peer`. Without an auth token the header proves
-    /// nothing, and a client could name a new one for every request.
-    fn client_of(&self, request: &Request, peer: Option<IpAddr>) -> Option<Client> {
-        let authorization = self.auth_header.as_ref().and_then(|_| {
-            request
-                .headers
-                .iter()
-                .find(|(name, _)| name == "authorization")
-                .map(|(_, value)| value.as_slice())
-        });
+    /// Who sent `request`, for the creation limits: its token when the server checked one
+    /// (`access` granted it), else `peer`. Without a token check the header proves nothing,
+    /// and a client could name a new one for every request.
+    fn client_of(
+        &self,
+        request: &Request,
+        access: &Access,
+        peer: Option<IpAddr>,
+    ) -> Option<Client> {
+        let authorization = match access {
+            Access::Granted(_) => authorization(request),
+            Access::Open | Access::Refused => None,
+        };
         self.creations.client(authorization, peer)
     }
 
@@ -415,12 +437,14 @@ impl Shard {
             return;
         }
         let start = Instant::now();
-        let target = self.upgrade_target(&request);
+        let access = self.auth.access(authorization(&request));
+        let target = self.upgrade_target(&request, &access);
         let UpgradeTarget {
             class,
             id,
             name,
             path,
+            read_only,
         } = match target {
             Ok(target) => target,
             Err((labels, response)) => {
@@ -435,8 +459,11 @@ impl Shard {
             self.proxy_upgrade(stream, unread, request, owner).await;
             return;
         }
-        let client = self.client_of(&request, peer);
+        let client = self.client_of(&request, &access, peer);
         request.path = path;
+        if read_only {
+            mark_read_only(&mut request);
+        }
         let owner = id.core(self.partitions, self.cores);
         if owner == self.core {
             self.serve_upgrade(stream, unread, (class, id, name), request, client)
@@ -479,15 +506,14 @@ impl Shard {
     fn upgrade_target(
         &self,
         request: &Request,
+        access: &Access,
     ) -> Result<UpgradeTarget, (RequestLabels, Response)> {
         let no_class = |route| RequestLabels {
             route,
             class: String::new(),
         };
-        if !self.authorized(request) {
-            let response = Response::json_error(401, "missing or wrong bearer token")
-                .with_header("WWW-Authenticate", "Bearer");
-            return Err((no_class("none"), response));
+        if matches!(access, Access::Refused) {
+            return Err((no_class("none"), unauthorized()));
         }
         let route = route(request.method, &request.path, &self.config.http)
             .map_err(|response| (no_class("none"), response))?;
@@ -502,6 +528,20 @@ impl Shard {
         if !self.registry.contains(&class) || self.config.hello {
             return Err((no_class("none"), Response::not_found()));
         }
+        let refusal = if !access.reaches(&class) {
+            Some(format!("reach class {class:?}"))
+        } else if !access.allows(Permission::WebSocket) {
+            Some("open WebSockets".to_string())
+        } else {
+            None
+        };
+        if let Some(what) = refusal {
+            let labels = RequestLabels {
+                route: "object",
+                class,
+            };
+            return Err((labels, forbidden(access, &what)));
+        }
         let name = target_name(&target);
         match object_id(self.registry.id_namespace(&class), target) {
             Ok(id) => Ok(UpgradeTarget {
@@ -509,6 +549,7 @@ impl Shard {
                 id,
                 name,
                 path,
+                read_only: !access.allows(Permission::Write),
             }),
             Err(response) => Err((
                 RequestLabels {
@@ -642,14 +683,37 @@ impl Shard {
         Response::new(200, render(&snapshots))
             .with_header("Content-Type", "text/plain; version=0.0.4")
     }
+}
 
-    /// With an auth token configured: whether the request carries it.
-    fn authorized(&self, request: &Request) -> bool {
-        match &self.auth_header {
-            Some(expected) => carries(request, expected),
-            None => true,
-        }
-    }
+/// The request's `Authorization` header, as sent.
+pub(super) fn authorization(request: &Request) -> Option<&[u8]> {
+    request
+        .headers
+        .iter()
+        .find(|(name, _)| name == "authorization")
+        .map(|(_, value)| value.as_slice())
+}
+
+/// 401: no token, or one the server does not know.
+pub(super) fn unauthorized() -> Response {
+    Response::json_error(401, "missing or wrong bearer token")
+        .with_header("WWW-Authenticate", "Bearer")
+}
+
+/// 403: a known token without the permission to `what`.
+pub(super) fn forbidden(access: &Access, what: &str) -> Response {
+    let name = access.name().unwrap_or("(none)");
+    Response::json_error(403, &format!("token {name:?} may not {what}"))
+}
+
+/// Makes the request's event read-only (its token may not write); any value the client sent
+/// in the header goes.
+fn mark_read_only(request: &mut Request) {
+    use crate::object::READ_ONLY_HEADER;
+    request.headers.retain(|(name, _)| name != READ_ONLY_HEADER);
+    request
+        .headers
+        .push((READ_ONLY_HEADER.to_string(), b"1".to_vec()));
 }
 
 /// The header a node adds to a request it forwards to the owner: its own id. A node that
@@ -846,22 +910,6 @@ pub(super) fn close_fd(fd: std::os::fd::RawFd) {
     unsafe {
         libc::close(fd);
     }
-}
-
-/// Whether the request's `Authorization` header is `expected`, compared in constant time, so
-/// the answer's timing does not reveal how much of a guess was right.
-pub(super) fn carries(request: &Request, expected: &str) -> bool {
-    let Some(given) = request.header("authorization") else {
-        return false;
-    };
-    if given.len() != expected.len() {
-        return false;
-    }
-    given
-        .bytes()
-        .zip(expected.bytes())
-        .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-        == 0
 }
 
 /// The name a route gives its object, if it names it rather than giving its id.

@@ -95,6 +95,8 @@ pub struct CoreStart {
     pub cluster: Option<crate::cluster::ClusterLink>,
     /// The object creation limits' buckets, shared by every core.
     pub creations: Arc<crate::limits::CreationLimiter>,
+    /// The tokens the server takes, shared by every core.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// The state of one core, shared by its tasks.
@@ -130,11 +132,8 @@ pub struct Shard {
     metrics: CoreMetrics,
     /// Which cores' stores take no writes, for `/healthz`.
     health: Arc<StoreHealth>,
-    /// `Bearer <token>` when an auth token is configured.
-    auth_header: Option<String>,
-    /// `Bearer <token>` that `/admin/…` requires: the admin token, or else the auth token;
-    /// `None` turns the admin API off.
-    admin_header: Option<String>,
+    /// The tokens the server takes (this core's copy).
+    auth: crate::auth::AuthCache,
     /// The backups this core is giving its part of.
     backups: RefCell<admin::Backups>,
     /// Set when this core shuts down.
@@ -452,6 +451,7 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         classes_checked,
         cluster,
         creations,
+        auth,
     } = start;
     let config = Rc::new((*config).clone());
     let cores = layout.cores;
@@ -497,15 +497,7 @@ async fn serve(start: CoreStart) -> Result<(), String> {
     // only when the host stops taking events.
     let alarms_stop = Rc::new(Shutdown::new());
     let alarms = AlarmScheduler::start(host.clone(), alarms_stop.clone());
-    let auth_header = config
-        .auth_token
-        .as_ref()
-        .map(|token| format!("Bearer {token}"));
-    let admin_header = config
-        .admin_token
-        .as_ref()
-        .or(config.auth_token.as_ref())
-        .map(|token| format!("Bearer {token}"));
+    let auth = crate::auth::AuthCache::new(auth);
     let forwarder = cluster.as_ref().map(|_| {
         crate::object::FetchClient::to_peers(crate::config::FetchSettings {
             allow_hosts: Vec::new(),
@@ -533,8 +525,7 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         forwarded_running: RefCell::new(HashMap::new()),
         metrics: CoreMetrics::default(),
         health,
-        auth_header,
-        admin_header,
+        auth,
         backups: RefCell::default(),
         shutdown: shutdown.clone(),
         connection_slots: accept::connection_slots(config.http.connections_per_core_max),

@@ -308,7 +308,6 @@ impl Client {
     }
 }
 
-/// Polls `check` until it returns true or `timeout` passes.
 /// Runs `stead serve --listen 127.0.0.1:0 --cores 1 --data-dir DATA_DIR ARGS…` until it exits,
 /// as a start that must be refused does, and returns its stderr; panics if it succeeded.
 pub fn refused_start(data_dir: &Path, args: &[&str]) -> String {
@@ -330,6 +329,7 @@ pub fn refused_start(data_dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Polls `check` until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {

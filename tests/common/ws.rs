@@ -48,13 +48,27 @@ impl WsClient {
     /// Connects to any RFC 6455 server with `Host: host` and asks to upgrade `path`: the
     /// status, the response head and the client.
     pub fn handshake(addr: SocketAddr, path: &str, host: &str) -> (u16, String, WsClient) {
+        WsClient::handshake_with(addr, path, host, &[])
+    }
+
+    /// `handshake` with more header lines.
+    pub fn handshake_with(
+        addr: SocketAddr,
+        path: &str,
+        host: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String, WsClient) {
         let mut stream = TcpStream::connect(addr).expect("connect");
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
+        let extra: String = headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect();
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
         );
         stream.write_all(request.as_bytes()).expect("write");
         let mut client = WsClient {

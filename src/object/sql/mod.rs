@@ -74,6 +74,8 @@ pub enum SqlError {
     ResultTooLarge { result_bytes_max: usize },
     /// The statement is not allowed here (a transaction statement, ATTACH, a storage pragma).
     Refused { reason: &'static str },
+    /// The statement would write, and the event may not (its token has no write permission).
+    ReadOnly,
     /// `one()` found no row or several.
     NotOneRow { rows: usize },
     /// A column is absent or holds another type than asked for.
@@ -131,6 +133,7 @@ impl fmt::Display for SqlError {
                 "the result is larger than sql.result_bytes_max ({result_bytes_max} bytes)"
             ),
             SqlError::Refused { reason } => f.write_str(reason),
+            SqlError::ReadOnly => f.write_str(crate::object::storage::READ_ONLY_REFUSAL),
             SqlError::NotOneRow { rows } => {
                 write!(f, "expected exactly one row, the statement returned {rows}")
             }
@@ -163,6 +166,7 @@ impl From<super::StorageError> for SqlError {
     fn from(error: super::StorageError) -> SqlError {
         match error {
             super::StorageError::Unavailable { reason } => SqlError::Unavailable { reason },
+            super::StorageError::ReadOnly => SqlError::ReadOnly,
             other => SqlError::Unavailable {
                 reason: other.to_string(),
             },
@@ -174,7 +178,7 @@ impl SqlError {
     /// Whether the error is the caller's (a bad statement, a limit its statement hit) rather
     /// than the server's.
     pub fn is_client_error(&self) -> bool {
-        !matches!(self, SqlError::Unavailable { .. })
+        !matches!(self, SqlError::Unavailable { .. } | SqlError::ReadOnly)
             && !matches!(self, SqlError::Sqlite { code, .. } if is_failure_code(*code))
     }
 }
@@ -467,6 +471,15 @@ impl Database {
         params: &[SqlValue],
         totals: &mut (u64, u64),
     ) -> Result<(Vec<String>, Vec<Vec<SqlValue>>), SqlError> {
+        // Checked on every run, not by the authorizer: a cached statement is not prepared
+        // (authorized) again.
+        let read_only = self
+            .storage
+            .upgrade()
+            .is_some_and(|storage| storage.is_read_only());
+        if read_only && !statement.readonly() {
+            return Err(SqlError::ReadOnly);
+        }
         let expected = statement.parameter_count();
         if expected != params.len() {
             return Err(SqlError::ParameterCount {
