@@ -219,11 +219,12 @@ impl TokenFile {
         }
     }
 
-    /// Writes the file at `path` atomically (a temporary file renamed over it, both synced),
-    /// readable by its owner only.
+    /// Writes the file at `path` atomically: a new temporary file (created exclusively,
+    /// readable by its owner only, or with the mode and owner of the file it replaces) is
+    /// synced and renamed over it.
     pub fn write(&self, path: &Path) -> Result<(), AuthError> {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
         let io = |error: std::io::Error| AuthError::Io {
             path: path.to_path_buf(),
             reason: error.to_string(),
@@ -236,19 +237,33 @@ impl TokenFile {
             "# stead's tokens: `stead token add|list|revoke` edit this file; a running server \
              reads it again on SIGHUP.\n# Only each token's SHA-256 is kept.\n\n{text}"
         );
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce)
+            .map_err(|error| AuthError::Refused(format!("no randomness: {error}")))?;
         let mut temporary = path.as_os_str().to_owned();
-        temporary.push(".tmp");
+        temporary.push(format!(".{}.tmp", hex(&nonce)));
         let temporary = PathBuf::from(temporary);
         let mut file = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&temporary)
             .map_err(io)?;
-        file.write_all(text.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&temporary, path).map_err(io)?;
+        let written = (|| {
+            if let Ok(old) = std::fs::metadata(path) {
+                // The server may run as another user than the one editing the file: keep
+                // who may read it. (Only root may give a file away; otherwise it stays ours.)
+                let _ = std::os::unix::fs::fchown(&file, Some(old.uid()), Some(old.gid()));
+                file.set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o7777))?;
+            }
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, path)
+        })();
+        if let Err(error) = written {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(io(error));
+        }
         let parent = match path.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent,
             _ => Path::new("."),
@@ -256,6 +271,37 @@ impl TokenFile {
         std::fs::File::open(parent)
             .and_then(|dir| dir.sync_all())
             .map_err(io)
+    }
+
+    /// Reads the file at `path` (empty if there is none), changes it with `change` and writes
+    /// it back, holding an exclusive lock on `PATH.lock` throughout, so that two edits at once
+    /// do not lose one another.
+    pub fn update<T>(
+        path: &Path,
+        change: impl FnOnce(&mut TokenFile) -> Result<T, AuthError>,
+    ) -> Result<T, AuthError> {
+        use std::os::fd::AsRawFd;
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let io = |error: std::io::Error| AuthError::Io {
+            path: PathBuf::from(&lock_path),
+            reason: error.to_string(),
+        };
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io)?;
+        // SAFETY: flock(2) on a descriptor `lock` owns and keeps open; released when it closes.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io(std::io::Error::last_os_error()));
+        }
+        let mut file = TokenFile::read_or_empty(path)?;
+        let outcome = change(&mut file)?;
+        file.write(path)?;
+        drop(lock);
+        Ok(outcome)
     }
 
     /// Adds a token named `name` with `grant`'s classes and permissions; returns the token
@@ -341,11 +387,13 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    /// The tokens of `auth_token`, `admin_token` and the token file, read now.
+    /// The tokens of `auth_token`, `admin_token` and the token file, read now. With `known`,
+    /// a file that names a class not in it is invalid (a typo would grant nothing, silently).
     pub fn load(
         auth_token: Option<&str>,
         admin_token: Option<&str>,
         tokens_file: Option<&Path>,
+        known: Option<&BTreeSet<String>>,
     ) -> Result<Tokens, AuthError> {
         let mut entries = Vec::new();
         if let Some(token) = auth_token {
@@ -366,7 +414,24 @@ impl Tokens {
             entries.push((digest(token), Arc::new(grant)));
         }
         if let Some(path) = tokens_file {
-            for entry in TokenFile::read(path)?.tokens {
+            let file = TokenFile::read(path)?;
+            let unknown = file.tokens.iter().find_map(|token| {
+                let class = token.classes.iter().find(|class| {
+                    class.as_str() != EVERY_CLASS
+                        && known.is_some_and(|known| !known.contains(class.as_str()))
+                })?;
+                Some(format!(
+                    "token {:?} names class {class:?}, which is not registered",
+                    token.name
+                ))
+            });
+            if let Some(reason) = unknown {
+                return Err(AuthError::Invalid {
+                    path: path.to_path_buf(),
+                    reason,
+                });
+            }
+            for entry in file.tokens {
                 let Some(hash) = parse_hash(&entry.sha256) else {
                     continue; // `read` checked every hash
                 };
@@ -423,27 +488,39 @@ pub struct Auth {
     auth_token: Option<String>,
     admin_token: Option<String>,
     tokens_file: Option<PathBuf>,
+    /// The registered classes, which a token file may name.
+    known: BTreeSet<String>,
     current: RwLock<Arc<Tokens>>,
     /// Bumped on every reload, so that a core's copy knows it is stale.
     generation: AtomicU64,
 }
 
 impl Auth {
-    /// Reads the tokens the configuration names; a bad token file stops the start.
+    /// Reads the tokens the configuration names; a bad token file stops the start. `known`:
+    /// the registered classes.
     pub fn load(
-        auth_token: Option<String>,
-        admin_token: Option<String>,
+        (auth_token, admin_token): (Option<String>, Option<String>),
         tokens_file: Option<PathBuf>,
+        known: BTreeSet<String>,
     ) -> Result<Auth, AuthError> {
+        if auth_token.is_some() && auth_token == admin_token {
+            return Err(AuthError::Refused(
+                "auth_token and admin_token must differ (the admin token may only use the admin \
+                 API)"
+                    .to_string(),
+            ));
+        }
         let tokens = Tokens::load(
             auth_token.as_deref(),
             admin_token.as_deref(),
             tokens_file.as_deref(),
+            Some(&known),
         )?;
         Ok(Auth {
             auth_token,
             admin_token,
             tokens_file,
+            known,
             current: RwLock::new(Arc::new(tokens)),
             generation: AtomicU64::new(0),
         })
@@ -456,6 +533,7 @@ impl Auth {
             self.auth_token.as_deref(),
             self.admin_token.as_deref(),
             self.tokens_file.as_deref(),
+            Some(&self.known),
         )?;
         let count = tokens.len();
         match self.current.write() {
@@ -584,7 +662,15 @@ mod tests {
         file.write(&path).expect("write");
         let text = std::fs::read_to_string(&path).expect("read");
         assert!(!text.contains(&counter), "the secret itself is not stored");
-        let tokens = Tokens::load(None, None, Some(&path)).expect("load");
+        let tokens = Tokens::load(None, None, Some(&path), None).expect("load");
+        let known = ["lock".to_string()].into_iter().collect();
+        let error = Tokens::load(None, None, Some(&path), Some(&known)).expect_err("unknown");
+        assert!(
+            error
+                .to_string()
+                .contains("\"counter\", which is not registered"),
+            "{error}"
+        );
         let header = |token: &str| format!("Bearer {token}").into_bytes();
         let grant = tokens
             .grant_of(Some(&header(&counter)))
@@ -640,7 +726,8 @@ mod tests {
 
     #[test]
     fn without_tokens_every_route_but_admin_is_open() {
-        let auth = Arc::new(Auth::load(None, Some("secret".to_string()), None).expect("load"));
+        let auth = Auth::load((None, Some("secret".to_string())), None, BTreeSet::new());
+        let auth = Arc::new(auth.expect("load"));
         let cache = AuthCache::new(auth);
         let access = cache.access(None);
         assert!(matches!(access, Access::Open));

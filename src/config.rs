@@ -277,6 +277,16 @@ pub struct AuthSettings {
     pub tokens_file: Option<PathBuf>,
 }
 
+/// TLS on the listener (`[tls]`): PEM files, read at start and on SIGHUP.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
 /// Settings of one class (`[classes.NAME]`).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -316,6 +326,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Scoped tokens (`[auth]`).
     pub auth: AuthSettings,
+    /// HTTPS and WSS on the listener (`[tls]`); None: plain HTTP.
+    pub tls: Option<TlsSettings>,
     /// Serve a fixed body on every route (the benchmark floor), no objects.
     pub hello: bool,
     /// This node's jurisdiction tag (e.g. `eu`): a class pinned to a jurisdiction
@@ -425,6 +437,7 @@ impl Default for Config {
             auth_token: None,
             admin_token: None,
             auth: AuthSettings::default(),
+            tls: None,
             hello: false,
             jurisdiction: None,
             http: HttpLimits::default(),

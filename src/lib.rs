@@ -69,6 +69,7 @@ pub mod objects;
 pub mod server;
 mod shard;
 pub mod shutdown;
+pub mod tls;
 pub mod wake;
 pub mod websocket;
 

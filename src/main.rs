@@ -76,6 +76,13 @@ struct ServeArgs {
     /// API takes the auth token, and with neither it is off.
     #[arg(long, env = "STEAD_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Serve HTTPS and WSS with this certificate chain (PEM); needs --tls-key. Overrides
+    /// `[tls] cert_file`.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM); needs --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// A token file (see `stead token`): each token's classes and permissions; SIGHUP
     /// reloads it. Overrides `[auth] tokens_file`.
     #[arg(long, env = "STEAD_TOKENS_FILE")]
@@ -175,6 +182,12 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     if args.tokens_file.is_some() {
         config.auth.tokens_file = args.tokens_file;
+    }
+    if let (Some(cert_file), Some(key_file)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(stead::config::TlsSettings {
+            cert_file,
+            key_file,
+        });
     }
     config.hello |= args.hello;
     if args.jurisdiction.is_some() {

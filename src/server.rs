@@ -162,12 +162,19 @@ impl Server {
             )));
         }
         let auth = crate::auth::Auth::load(
-            config.auth_token.clone(),
-            config.admin_token.clone(),
+            (config.auth_token.clone(), config.admin_token.clone()),
             config.auth.tokens_file.clone(),
+            registry.names().map(str::to_string).collect(),
         )
         .map_err(|error| ServerError::Config(error.to_string()))?;
         let auth = Arc::new(auth);
+        let tls = match &config.tls {
+            Some(settings) => Some(Arc::new(
+                crate::tls::Tls::load(&settings.cert_file, &settings.key_file)
+                    .map_err(|error| ServerError::Config(error.to_string()))?,
+            )),
+            None => None,
+        };
         crate::object::set_heap_limit(config.sql.heap_bytes_max);
         // A class pinned to another jurisdiction: a single node refuses to start (it would
         // store the class's objects); a cluster node starts, but never owns the partitions.
@@ -258,6 +265,7 @@ impl Server {
                 cluster: cluster_links.get_mut(core).and_then(Option::take),
                 creations: creations.clone(),
                 auth: auth.clone(),
+                tls: tls.clone(),
             };
             let mut executor = LocalExecutorBuilder::new(Placement::Fixed(core % available))
                 .name(&format!("stead-core-{core}"))
@@ -287,6 +295,7 @@ impl Server {
             threads,
             cluster: cluster_shutdown,
             auth,
+            tls,
         };
         // No core deletes or serves anything before every core's objects are of known classes.
         if let Err(error) = await_class_checks(&events, cores) {
@@ -433,7 +442,7 @@ pub fn wait_for_signal(
     on_ready: impl FnOnce(&RunningServer),
 ) -> Result<(), ServerError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let (stop, auth) = running.control();
+    let (stop, (auth, tls)) = running.control();
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|error| ServerError::Config(format!("cannot install signal handlers: {error}")))?;
     let handle = signals.handle();
@@ -447,6 +456,13 @@ pub fn wait_for_signal(
                         Ok(tokens) => tracing::info!(tokens, "SIGHUP: tokens read again"),
                         Err(error) => {
                             tracing::error!(%error, "SIGHUP: the tokens stay as they were")
+                        }
+                    }
+                    match tls.as_ref().map(|tls| tls.reload()) {
+                        None => {}
+                        Some(Ok(())) => tracing::info!("SIGHUP: TLS certificate read again"),
+                        Some(Err(error)) => {
+                            tracing::error!(%error, "SIGHUP: the TLS certificate stays as it was")
                         }
                     }
                     continue;
@@ -548,6 +564,8 @@ pub struct RunningServer {
     cluster: Option<crate::cluster::ClusterShutdown>,
     /// The tokens the cores take, read again by `reload_tokens`.
     auth: Arc<crate::auth::Auth>,
+    /// The listener's TLS certificate, if it speaks TLS; read again on SIGHUP.
+    tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl RunningServer {
@@ -562,9 +580,18 @@ impl RunningServer {
         self.auth.reload()
     }
 
-    /// A handle that stops the server and reloads its tokens from another thread.
-    fn control(&self) -> (Arc<AtomicBool>, Arc<crate::auth::Auth>) {
-        (self.stop.clone(), self.auth.clone())
+    /// Reads the TLS certificate and key again (SIGHUP); on an error the old ones stay. New
+    /// connections get the new certificate; open ones keep theirs.
+    pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
+        match &self.tls {
+            Some(tls) => tls.reload(),
+            None => Ok(()),
+        }
+    }
+
+    /// What the signal thread needs: the stop flag, the tokens and the TLS certificate.
+    fn control(&self) -> (Arc<AtomicBool>, Reloadable) {
+        (self.stop.clone(), (self.auth.clone(), self.tls.clone()))
     }
 
     /// Asks every core to shut down gracefully; `wait` returns when they have.
@@ -588,6 +615,9 @@ impl RunningServer {
         }
     }
 }
+
+/// What SIGHUP reads again: the tokens, and the TLS certificate if the listener has one.
+type Reloadable = (Arc<crate::auth::Auth>, Option<Arc<crate::tls::Tls>>);
 
 /// Joins every thread; the first that panicked, if any.
 fn join_all(threads: Vec<glommio::ExecutorJoinHandle<()>>) -> Option<usize> {

@@ -75,7 +75,6 @@ fn execute(args: TokenArgs) -> Result<(), String> {
             metrics,
             admin,
         } => {
-            let mut file = TokenFile::read_or_empty(&path).map_err(|error| error.to_string())?;
             let entry = TokenEntry {
                 name: name.clone(),
                 sha256: String::new(),
@@ -85,8 +84,8 @@ fn execute(args: TokenArgs) -> Result<(), String> {
                 metrics,
                 admin,
             };
-            let token = file.add(entry).map_err(|error| error.to_string())?;
-            file.write(&path).map_err(|error| error.to_string())?;
+            let token = TokenFile::update(&path, |file| file.add(entry))
+                .map_err(|error| error.to_string())?;
             eprintln!(
                 "stead token: added {name:?} to {}; send SIGHUP to a running server",
                 path.display()
@@ -120,9 +119,8 @@ fn execute(args: TokenArgs) -> Result<(), String> {
             }
         }
         TokenCommand::Revoke { name } => {
-            let mut file = TokenFile::read(&path).map_err(|error| error.to_string())?;
-            file.revoke(&name).map_err(|error| error.to_string())?;
-            file.write(&path).map_err(|error| error.to_string())?;
+            TokenFile::update(&path, |file| file.revoke(&name))
+                .map_err(|error| error.to_string())?;
             eprintln!(
                 "stead token: revoked {name:?} in {}; send SIGHUP to a running server",
                 path.display()

@@ -75,6 +75,27 @@ fn every_permission_of_a_token_is_checked() {
         &file,
         &["add", "operator", "--classes", "*", "--admin", "--write"],
     );
+    let editor = token(
+        &file,
+        &[
+            "add",
+            "editor",
+            "--classes",
+            "doc",
+            "--websocket",
+            "--write",
+        ],
+    );
+    let viewer = token(
+        &file,
+        &[
+            "add",
+            "viewer",
+            "--classes",
+            "doc,sqlratelimiter",
+            "--websocket",
+        ],
+    );
     let listed = token(&file, &["list"]);
     assert!(
         listed.contains("reader") && listed.contains("read-only"),
@@ -126,7 +147,7 @@ fn every_permission_of_a_token_is_checked() {
     );
     let reply = get(&mut client, "/objects/counter/never/increment", &reader);
     assert_eq!(reply.status, 403, "{}", reply.text());
-    // In memory (its event ran) but nothing stored, not even its name.
+    // In memory (a counter's activation writes nothing) but nothing stored, not its name.
     let reply = get(&mut client, "/admin/objects/counter/never", &operator);
     let object = reply.json();
     assert_eq!(
@@ -163,18 +184,62 @@ fn every_permission_of_a_token_is_checked() {
     let reply = get(&mut client, "/objects/relay/r/counter/increment", &operator);
     assert_eq!((reply.status, reply.text()), (200, "1".to_string()));
 
+    // A read-only request may not create an object (its `init` could write): the
+    // sqlratelimiter's tables are never made.
+    let reply = get(&mut client, "/objects/sqlratelimiter/fresh/check", &viewer);
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    let reply = get(
+        &mut client,
+        "/admin/objects/sqlratelimiter/fresh",
+        &operator,
+    );
+    assert_eq!(reply.status, 404, "{}", reply.text());
+
     // WebSockets.
-    let bearer = |token: &str| format!("Bearer {token}");
     let upgrade = |path: &str, token: &str| {
-        let auth = bearer(token);
-        WsClient::handshake_with(server.addr, path, "test", &[("Authorization", &auth)]).0
+        let auth = format!("Bearer {token}");
+        let (status, _, socket) =
+            WsClient::handshake_with(server.addr, path, "test", &[("Authorization", &auth)]);
+        (status, socket)
     };
     assert_eq!(
-        upgrade("/objects/chat/room/websocket?name=a", &chatter),
+        upgrade("/objects/chat/room/websocket?name=a", &chatter).0,
         101
     );
-    assert_eq!(upgrade("/objects/chat/room/websocket?name=b", &reader), 403);
-    assert_eq!(upgrade("/objects/chat/room/websocket?name=c", "guess"), 401);
+    assert_eq!(
+        upgrade("/objects/chat/room/websocket?name=b", &reader).0,
+        403
+    );
+    assert_eq!(
+        upgrade("/objects/chat/room/websocket?name=c", "guess").0,
+        401
+    );
+    // A socket keeps the mode of the request that opened it: a viewer's edit is refused (the
+    // doc answers the refusal as an error message) and the document stays as it was.
+    let (status, mut editing) = upgrade("/objects/doc/d/ws", &editor);
+    assert_eq!(status, 101);
+    assert_eq!(editing.next_json()["type"], "init");
+    let (status, mut viewing) = upgrade("/objects/doc/d/ws", &viewer);
+    assert_eq!(status, 101);
+    assert_eq!(viewing.next_json()["type"], "init");
+    editing.send_text(r#"{"type":"edit","content":"v1"}"#);
+    // Sent on once it is stored.
+    assert_eq!(
+        viewing.next_json(),
+        serde_json::json!({"type":"edit","content":"v1"})
+    );
+    viewing.send_text(r#"{"type":"edit","content":"v2"}"#);
+    let refused = viewing.next_json();
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert!(
+        refused["error"].as_str().is_some_and(|error| error.contains("may not write")),
+        "{refused}"
+    );
+    let (_, mut later) = upgrade("/objects/doc/d/ws", &editor);
+    assert_eq!(
+        later.next_json(),
+        serde_json::json!({"type":"init","content":"v1"})
+    );
 
     // Metrics and the admin API.
     assert_eq!(get(&mut client, "/metrics", &watcher).status, 200);
@@ -226,12 +291,21 @@ fn a_revoked_token_is_refused_after_sighup_and_a_bad_file_changes_nothing() {
         before.text().parse::<u64>().ok().map(|n| n + 1)
     );
 
-    // A broken file on SIGHUP: the tokens stay as they were.
+    // A broken file on SIGHUP: the tokens stay as they were (had it been read, `second`
+    // would be gone); a good file after it is read again.
+    let good = std::fs::read_to_string(&file).expect("read");
     std::fs::write(&file, "[[tokens]]\nname = \"broken\n").expect("write");
     hup(&server);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(get(&mut client, path, &second).status, 200);
     assert_eq!(get(&mut client, path, &first).status, 401);
+    std::fs::write(&file, good).expect("write");
+    token(&file, &["revoke", "second"]);
+    hup(&server);
+    let reloaded = common::wait_until(Duration::from_secs(10), || {
+        get(&mut client, path, &second).status == 401
+    });
+    assert!(reloaded, "a good file after a broken one is not read");
     server.stop();
 }
 
@@ -257,4 +331,14 @@ fn a_bad_token_file_stops_the_start_with_the_reason() {
         .into_owned();
     let stderr = common::refused_start(&dir.path().join("data"), &["--tokens-file", &missing]);
     assert!(stderr.contains("absent.toml"), "{stderr}");
+    std::fs::remove_file(&file).expect("remove");
+    token(&file, &["add", "typo", "--classes", "countr"]);
+    let stderr = common::refused_start(&dir.path().join("data"), &["--tokens-file", &file_arg]);
+    assert!(
+        stderr.contains("names class \"countr\", which is not registered"),
+        "{stderr}"
+    );
+    let same = ["--auth-token", "same", "--admin-token", "same"];
+    let stderr = common::refused_start(&dir.path().join("data"), &same);
+    assert!(stderr.contains("must differ"), "{stderr}");
 }

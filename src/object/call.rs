@@ -27,9 +27,12 @@ pub const CALL_DEPTH_HEADER: &str = "stead-call-depth";
 /// from a read-only event. Requests from clients may carry it too: it only takes writes away.
 pub const READ_ONLY_HEADER: &str = "stead-read-only";
 
-/// Whether `request`'s event may not write.
+/// Whether `request`'s event may not write: the header is there, whatever its value.
 pub fn is_read_only(request: &Request) -> bool {
-    request.header(READ_ONLY_HEADER).is_some()
+    request
+        .headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case(READ_ONLY_HEADER))
 }
 
 /// The call depth the object's cell holds while none of its events is being polled (and
@@ -234,7 +237,10 @@ impl ObjectStub {
                 depth.to_string().into_bytes(),
             ));
             // A read-only event cannot write through another object either.
-            if read_only && !is_read_only(&request) {
+            if read_only {
+                request
+                    .headers
+                    .retain(|(header, _)| !header.eq_ignore_ascii_case(READ_ONLY_HEADER));
                 request
                     .headers
                     .push((READ_ONLY_HEADER.to_string(), b"1".to_vec()));

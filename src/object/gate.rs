@@ -71,9 +71,15 @@ impl<T> Future for Gated<'_, T> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         if this.read_only {
-            // Writes made outside any event (a task of the object) since the last poll are
-            // committed first: only this poll's own writes are refused.
-            if let Err(error) = this.host.commit_pending(this.slot) {
+            // What is pending before this poll is not this event's: writes of a task of the
+            // object since the last poll, committed first; or, for a call to itself, the
+            // writes of the outer event's poll, committed or refused as that event may write.
+            let before = if this.slot.read_only.get() {
+                this.host.refuse_pending(this.slot)
+            } else {
+                this.host.commit_pending(this.slot)
+            };
+            if let Err(error) = before {
                 this.commit_error.get_or_insert(error);
             }
         }

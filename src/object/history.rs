@@ -162,6 +162,9 @@ pub enum HistoryError {
     Damaged { reason: String },
     /// The instance takes no more writes (it left memory, or the store failed).
     Unavailable { reason: String },
+    /// The event may not write (a read-only request's token), so it may not ask for a
+    /// restore either.
+    ReadOnly,
 }
 
 impl fmt::Display for HistoryError {
@@ -204,6 +207,7 @@ impl fmt::Display for HistoryError {
             ),
             HistoryError::Damaged { reason } => write!(f, "the object's history is damaged: {reason}"),
             HistoryError::Unavailable { reason } => write!(f, "storage unavailable: {reason}"),
+            HistoryError::ReadOnly => f.write_str(super::storage::READ_ONLY_REFUSAL),
         }
     }
 }

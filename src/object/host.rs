@@ -390,12 +390,13 @@ impl ObjectHost {
         request: Request,
     ) -> Response {
         let answer = async {
-            let event = self.admit(class, id, Queue::Bounded)?;
+            let read_only = is_read_only(&request);
+            let event = self.admit(class, id, (Queue::Bounded, read_only))?;
             if let Some(name) = name.filter(|_| self.config.objects.keep_names) {
                 event.slot.storage.note_name(name);
             }
             let instance = event.ready().await?;
-            let mode = (call_depth(&request), is_read_only(&request));
+            let mode = (call_depth(&request), read_only);
             self.run(&event.slot, instance.fetch(request), mode).await
         };
         answer
@@ -412,7 +413,7 @@ impl ObjectHost {
         id: ObjectId,
         info: AlarmInfo,
     ) -> Result<(), EventError> {
-        let event = self.admit(class, id, Queue::Bounded)?;
+        let event = self.admit(class, id, (Queue::Bounded, false))?;
         let instance = event.ready().await?;
         let storage = event.slot.storage.clone();
         let handler = instance.alarm(info);
@@ -482,7 +483,12 @@ impl ObjectHost {
         };
         let terminal = event.is_terminal();
         self.count(|stats| stats.websocket_events_total += 1);
-        let outcome = match self.admit(&owner.class, owner.object, Queue::Unbounded) {
+        let admitted = self.admit(
+            &owner.class,
+            owner.object,
+            (Queue::Unbounded, owner.read_only),
+        );
+        let outcome = match admitted {
             Err(error) => Err(error),
             Ok(event_guard) => match event_guard.ready().await {
                 Err(error) => Err(error),
@@ -584,7 +590,7 @@ impl ObjectHost {
         self: &Rc<Self>,
         class: &str,
         id: ObjectId,
-        queue: Queue,
+        (queue, read_only): (Queue, bool),
     ) -> Result<Event<'_>, EventError> {
         if self.closing.get() {
             self.count(|stats| stats.overload_rejections_total += 1);
@@ -596,7 +602,7 @@ impl ObjectHost {
         let existing = self.objects.borrow().get(&id).cloned();
         let slot = match existing {
             Some(slot) => slot,
-            None => self.start_activation(class, id)?,
+            None => self.start_activation(class, id, read_only)?,
         };
         if &*slot.class != class {
             return Err(EventError::ClassMismatch {
@@ -627,6 +633,7 @@ impl ObjectHost {
         self: &Rc<Self>,
         class: &str,
         id: ObjectId,
+        read_only: bool,
     ) -> Result<Rc<Slot>, EventError> {
         let Some(constructor) = self.registry.constructor(class) else {
             return Err(EventError::UnknownClass {
@@ -658,7 +665,8 @@ impl ObjectHost {
         }
         self.objects.borrow_mut().insert(id, slot.clone());
         self.count(|stats| stats.activations_total += 1);
-        glommio::spawn_local(activate(self.clone(), slot.clone(), constructor)).detach();
+        let activation = activate(self.clone(), slot.clone(), (constructor, read_only));
+        glommio::spawn_local(activation).detach();
         Ok(slot)
     }
 
@@ -725,10 +733,12 @@ impl ObjectHost {
     }
 
     /// Builds the instance of an activating object: load, construct, `init`.
+    /// `read_only`: the activation comes from a read-only event, and `init` may not write
+    /// either (a read-only request cannot create an object whose `init` writes: 403).
     async fn build(
         &self,
         slot: &Slot,
-        constructor: Constructor,
+        (constructor, read_only): (Constructor, bool),
     ) -> Result<Rc<dyn DynObject>, EventError> {
         let load_failed = |error: stead_storage::StoreError| EventError::ActivationFailed {
             id: slot.id,
@@ -788,13 +798,20 @@ impl ObjectHost {
         let init = instance.clone().init();
         // No calls from `init`: an object's activation would wait for itself (A's init calls
         // B, which calls A, which is still activating).
-        let (result, commit_error) = Gated::new(self, slot, init, (NO_EVENT_DEPTH, false)).await;
+        let mode = (NO_EVENT_DEPTH, read_only);
+        let (result, commit_error) = Gated::new(self, slot, init, mode).await;
         if let Some(error) = commit_error {
             return Err(error);
         }
-        result.map_err(|error| EventError::ActivationFailed {
-            id: slot.id,
-            reason: format!("init failed: {error}"),
+        result.map_err(|error| {
+            if read_only && error.status == 403 {
+                // Its writes were refused: the event's answer is that refusal.
+                return EventError::Handler(error);
+            }
+            EventError::ActivationFailed {
+                id: slot.id,
+                reason: format!("init failed: {error}"),
+            }
         })?;
         if slot.storage.take_restart_request() {
             // The request is committed; the next activation carries it out.
@@ -971,8 +988,8 @@ impl Commit for ObjectHost {
 }
 
 /// The activation task of one object.
-async fn activate(host: Rc<ObjectHost>, slot: Rc<Slot>, constructor: Constructor) {
-    let state = match host.build(&slot, constructor).await {
+async fn activate(host: Rc<ObjectHost>, slot: Rc<Slot>, activation: (Constructor, bool)) {
+    let state = match host.build(&slot, activation).await {
         Ok(instance) => SlotState::Ready(instance),
         Err(error) => {
             tracing::warn!("{error}");

@@ -161,6 +161,7 @@ impl From<HistoryError> for ObjectError {
     fn from(error: HistoryError) -> ObjectError {
         let status = match error {
             HistoryError::Damaged { .. } | HistoryError::Unavailable { .. } => SERVER_ERROR_STATUS,
+            HistoryError::ReadOnly => FORBIDDEN_STATUS,
             _ => CLIENT_ERROR_STATUS,
         };
         ObjectError::with_status(status, error.to_string())

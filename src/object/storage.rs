@@ -378,6 +378,9 @@ impl Storage {
                 reason: reason.clone(),
             });
         }
+        if state.read_only {
+            return Err(HistoryError::ReadOnly);
+        }
         state.history.check_restore(bookmark, history::now_ms())?;
         state
             .pending

@@ -1,5 +1,6 @@
 //! The accept loop of one core: one task per connection, at most `connections_per_core_max`
-//! (a WebSocket handed over from another core takes one of these slots too).
+//! (a WebSocket handed over from another core takes one of these slots too). With TLS each
+//! connection's handshake runs here first (`crate::tls`).
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -91,7 +92,26 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             peer: stream.peer_addr().ok().map(|address| address.ip()),
         });
         let (shutdown, limits) = (shard.shutdown.clone(), limits.clone());
+        let acceptor = shard.tls.as_ref().map(|tls| tls.acceptor());
         glommio::spawn_local(async move {
+            // With TLS the connection loop gets the plain side of the handshaken connection
+            // (`tls.rs`); the handshake holds the slot too.
+            let stream = match acceptor {
+                None => stream,
+                Some(acceptor) => {
+                    let timeouts = (
+                        Duration::from_millis(limits.idle_connection_timeout_ms),
+                        Duration::from_millis(limits.write_timeout_ms),
+                    );
+                    match crate::tls::terminate(stream, acceptor, timeouts).await {
+                        Ok(plain) => plain,
+                        Err(error) => {
+                            tracing::debug!(%error, "TLS handshake failed");
+                            return;
+                        }
+                    }
+                }
+            };
             serve_connection(stream, handler, limits, shutdown).await;
             drop(slot);
         })

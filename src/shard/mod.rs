@@ -97,6 +97,8 @@ pub struct CoreStart {
     pub creations: Arc<crate::limits::CreationLimiter>,
     /// The tokens the server takes, shared by every core.
     pub auth: Arc<crate::auth::Auth>,
+    /// The listener's TLS configuration, if it speaks TLS.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// The state of one core, shared by its tasks.
@@ -134,6 +136,8 @@ pub struct Shard {
     health: Arc<StoreHealth>,
     /// The tokens the server takes (this core's copy).
     auth: crate::auth::AuthCache,
+    /// The listener's TLS configuration, if it speaks TLS.
+    pub(super) tls: Option<Arc<crate::tls::Tls>>,
     /// The backups this core is giving its part of.
     backups: RefCell<admin::Backups>,
     /// Set when this core shuts down.
@@ -452,6 +456,7 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         cluster,
         creations,
         auth,
+        tls,
     } = start;
     let config = Rc::new((*config).clone());
     let cores = layout.cores;
@@ -526,6 +531,7 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         metrics: CoreMetrics::default(),
         health,
         auth,
+        tls,
         backups: RefCell::default(),
         shutdown: shutdown.clone(),
         connection_slots: accept::connection_slots(config.http.connections_per_core_max),

@@ -253,7 +253,7 @@ impl ObjectHost {
             .await
             .map_err(|reason| (500, reason))?;
         let event = self
-            .admit(class, id, Queue::Unbounded)
+            .admit(class, id, (Queue::Unbounded, false))
             .map_err(|error| (503, error.to_string()))?;
         event
             .ready()
