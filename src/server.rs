@@ -525,6 +525,10 @@ fn validate(config: &Config) -> Result<(), ServerError> {
         Some("storage.compaction_dead_percent_min must be at most 100")
     } else if config.sql.heap_bytes_max < SQL_HEAP_BYTES_MIN {
         Some("sql.heap_bytes_max must be at least 8 MiB (8388608)")
+    } else if config.tls.is_some() && config.cluster.is_some() {
+        // The nodes forward requests to each other over plain HTTP (`FetchClient::to_peers`),
+        // which a TLS listener does not take.
+        Some("[tls] and a cluster cannot be combined yet: nodes forward requests to each other over plain HTTP")
     } else if config.auth_token.as_deref() == Some("") {
         Some("auth_token must not be empty")
     } else if config.admin_token.as_deref() == Some("") {

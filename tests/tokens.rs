@@ -232,7 +232,9 @@ fn every_permission_of_a_token_is_checked() {
     let refused = viewing.next_json();
     assert_eq!(refused["type"], "error", "{refused}");
     assert!(
-        refused["error"].as_str().is_some_and(|error| error.contains("may not write")),
+        refused["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("may not write")),
         "{refused}"
     );
     let (_, mut later) = upgrade("/objects/doc/d/ws", &editor);

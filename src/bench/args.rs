@@ -52,7 +52,8 @@ the run could not be carried out.";
 #[derive(clap::Args, Clone, Debug)]
 #[command(after_help = AFTER_HELP)]
 pub struct BenchArgs {
-    /// Base URL of the server (plain http), e.g. http://127.0.0.1:8080
+    /// Base URL of the server, e.g. http://127.0.0.1:8080 or https://localhost:8443 (with
+    /// --tls-ca)
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
     /// Workload to send (see below).
@@ -100,6 +101,10 @@ pub struct BenchArgs {
     /// member that reads nothing for this long (plus twice its sender's gap in open loop).
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub timeout: Duration,
+    /// https:// URLs: the PEM certificates to trust (the server's own, if it is
+    /// self-signed, or its CA).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
     /// Sent as `Authorization: Bearer <token>` when set.
     #[arg(long, env = "STEAD_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
@@ -138,6 +143,81 @@ pub struct Target {
     pub host: String,
     /// Path prefix of the base URL without its trailing slash, prepended to every path.
     pub prefix: String,
+    /// For an https:// URL: how to make each connection's TLS session (`with_tls`).
+    pub tls: Option<TargetTls>,
+    /// Whether the URL is https://.
+    pub https: bool,
+}
+
+/// The TLS side of an https:// target: the client configuration and the name to check the
+/// server's certificate against.
+#[derive(Clone)]
+pub struct TargetTls {
+    pub connector: futures_rustls::TlsConnector,
+    pub name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for TargetTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetTls")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Target {
+    /// For an https:// target: trusts the PEM certificates in `ca_file`. Plain http:// is
+    /// left as it is.
+    pub fn with_tls(mut self, ca_file: Option<&std::path::Path>) -> Result<Target, BenchError> {
+        use rustls::pki_types::pem::PemObject;
+        if !self.https {
+            return Ok(self);
+        }
+        let ca_file = ca_file.ok_or_else(|| {
+            invalid(
+                "--tls-ca",
+                "an https:// URL needs the certificates to trust (PEM)",
+            )
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        let certificates = rustls::pki_types::CertificateDer::pem_file_iter(ca_file)
+            .map_err(|error| invalid("--tls-ca", format!("{}: {error}", ca_file.display())))?;
+        for certificate in certificates {
+            let certificate = certificate
+                .map_err(|error| invalid("--tls-ca", format!("{}: {error}", ca_file.display())))?;
+            roots
+                .add(certificate)
+                .map_err(|error| invalid("--tls-ca", error.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(invalid(
+                "--tls-ca",
+                format!("{}: no certificate", ca_file.display()),
+            ));
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|error| invalid("--tls-ca", error.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let host = match self.host.rsplit_once(':') {
+            Some((host, port)) if !port.contains(']') => host,
+            _ => self.host.as_str(),
+        };
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let name = rustls::pki_types::ServerName::try_from(host)
+            .map_err(|error| invalid("--url", format!("not a TLS server name: {error}")))?;
+        self.tls = Some(TargetTls {
+            connector: futures_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+            name,
+        });
+        Ok(self)
+    }
 }
 
 /// When the measured part of a run ends.
@@ -197,11 +277,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("not a duration: {text:?}"))
 }
 
-/// Resolves `http://host[:port][/prefix]`.
+/// Resolves `http://host[:port][/prefix]` or `https://…` (then `with_tls` sets up TLS).
 pub fn parse_url(url: &str) -> Result<Target, BenchError> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| invalid("--url", format!("{url:?} is not an http:// URL")))?;
+    let (https, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => {
+            return Err(invalid(
+                "--url",
+                format!("{url:?} is not an http:// or https:// URL"),
+            ))
+        }
+    };
     let (authority, path) = match rest.find('/') {
         Some(slash) => rest.split_at(slash),
         None => (rest, ""),
@@ -214,6 +301,8 @@ pub fn parse_url(url: &str) -> Result<Target, BenchError> {
         .is_some_and(|(_, port)| !port.contains(']'))
     {
         authority.to_string()
+    } else if https {
+        format!("{authority}:443")
     } else {
         format!("{authority}:80")
     };
@@ -227,6 +316,8 @@ pub fn parse_url(url: &str) -> Result<Target, BenchError> {
         addr,
         host: authority.to_string(),
         prefix: path.trim_end_matches('/').to_string(),
+        tls: None,
+        https,
     })
 }
 
@@ -356,7 +447,8 @@ mod tests {
         assert_eq!(target.host, "127.0.0.1:8080");
         let target = parse_url("http://127.0.0.1").expect("url");
         assert_eq!(target.addr.port(), 80);
-        assert!(parse_url("https://127.0.0.1").is_err());
+        assert!(parse_url("https://127.0.0.1").is_ok_and(|target| target.https));
+        assert!(parse_url("ftp://127.0.0.1").is_err());
         assert!(parse_url("http:///x").is_err());
     }
 }

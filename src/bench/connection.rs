@@ -32,24 +32,51 @@ struct ConnectionState {
     finished: bool,
 }
 
-/// Connects to the target; a failure is counted and None returned.
-pub async fn connect(shared: &Shared) -> Option<TcpStream> {
-    match TcpStream::connect_timeout(shared.addr, shared.plan.timeout).await {
-        Ok(stream) => {
-            // Requests are small and latency-bound: never let Nagle hold them back.
-            let _ = stream.set_nodelay(true);
-            Some(stream)
+/// A connection's byte stream: plain TCP, or TLS over it.
+pub trait Duplex: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin {}
+
+impl<T: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin> Duplex for T {}
+
+/// Connects to the target (and for https:// runs the TLS handshake) within the timeout; a
+/// failure is counted and None returned.
+pub async fn connect(shared: &Shared) -> Option<Box<dyn Duplex>> {
+    let connected = async {
+        let stream = TcpStream::connect_timeout(shared.addr, shared.plan.timeout)
+            .await
+            .ok()?;
+        // Requests are small and latency-bound: never let Nagle hold them back.
+        let _ = stream.set_nodelay(true);
+        match &shared.tls {
+            None => Some(Box::new(stream) as Box<dyn Duplex>),
+            Some(tls) => {
+                let handshake = tls.connector.connect(tls.name.clone(), stream);
+                let secured = futures_lite::future::or(
+                    async {
+                        handshake
+                            .await
+                            .map_err(|error| tracing::debug!(%error, "TLS handshake failed"))
+                            .ok()
+                    },
+                    async {
+                        glommio::timer::sleep(shared.plan.timeout).await;
+                        None
+                    },
+                )
+                .await?;
+                Some(Box::new(secured) as Box<dyn Duplex>)
+            }
         }
-        Err(_) => {
-            shared.record(Instant::now(), Instant::now(), Outcome::ConnectFailed);
-            None
-        }
+    };
+    let stream = connected.await;
+    if stream.is_none() {
+        shared.record(Instant::now(), Instant::now(), Outcome::ConnectFailed);
     }
+    stream
 }
 
 /// Runs connection `index` from its first socket (`first`, None if that connect failed) until
 /// the run is over for it.
-pub async fn run(shared: Rc<Shared>, clock: Clock, index: u64, first: Option<TcpStream>) {
+pub async fn run(shared: Rc<Shared>, clock: Clock, index: u64, first: Option<Box<dyn Duplex>>) {
     let timetable = shared.plan.rate.map(|rate| Timetable {
         start: clock.start,
         rate,
@@ -89,7 +116,12 @@ pub async fn run(shared: Rc<Shared>, clock: Clock, index: u64, first: Option<Tcp
 
 /// Sends and reads on one socket until the run is over for this connection (state.finished) or
 /// the socket breaks.
-async fn session(shared: &Shared, clock: &Clock, state: &mut ConnectionState, socket: TcpStream) {
+async fn session(
+    shared: &Shared,
+    clock: &Clock,
+    state: &mut ConnectionState,
+    socket: Box<dyn Duplex>,
+) {
     let pipeline = shared.plan.pipeline;
     let (mut read_half, mut write_half) = futures_lite::io::split(socket);
     // Requests sent and not answered yet, at most `pipeline`.

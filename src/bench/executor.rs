@@ -58,6 +58,7 @@ pub fn run_load(
         let shared = SharedParts {
             plan: plan.clone(),
             addr: target.addr,
+            tls: target.tls.clone(),
             encoder: encoder.clone(),
             budget,
             live: live.clone(),
@@ -124,7 +125,7 @@ pub fn run_load(
 /// A connection's first socket: a plain one (None if its connect failed), or a chat member that
 /// joined its room (None if it could not).
 enum First {
-    Socket(Option<glommio::net::TcpStream>),
+    Socket(Option<Box<dyn connection::Duplex>>),
     Member(Option<chat::Joined>),
 }
 
@@ -132,6 +133,7 @@ enum First {
 struct SharedParts {
     plan: Plan,
     addr: SocketAddr,
+    tls: Option<super::args::TargetTls>,
     encoder: RequestEncoder,
     budget: Option<u64>,
     live: Arc<Live>,
@@ -147,6 +149,7 @@ async fn executor_main(
     let shared = Rc::new(Shared {
         plan: parts.plan,
         addr: parts.addr,
+        tls: parts.tls,
         encoder: parts.encoder,
         budget: Budget::new(parts.budget),
         clock: Cell::new(None),

@@ -88,10 +88,17 @@ pub fn execute(args: &BenchArgs) -> Result<bool, BenchError> {
         stopped?;
         return Ok(passed);
     }
-    let target = parse_url(&args.url)?;
+    let ca = args.tls_ca.as_deref();
+    let target = parse_url(&args.url)?.with_tls(ca)?;
+    if target.https && plan.scenario.chat_rooms().is_some() {
+        return Err(BenchError::InvalidArgument {
+            flag: "--url",
+            reason: "chat-fanout speaks plain http:// only".to_string(),
+        });
+    }
     match &args.compare {
         None => single(args, &plan, &target),
-        Some(other) => compare(args, &plan, &target, &parse_url(other)?),
+        Some(other) => compare(args, &plan, &target, &parse_url(other)?.with_tls(ca)?),
     }
 }
 

@@ -72,6 +72,8 @@ pub struct Shared {
     pub plan: Plan,
     /// Where to connect.
     pub addr: SocketAddr,
+    /// For https://: each connection's TLS session.
+    pub tls: Option<super::args::TargetTls>,
     /// Encodes the scenario's requests for the target.
     pub encoder: RequestEncoder,
     /// This executor's share of a `--requests` run.
