@@ -17,9 +17,13 @@ const ANSWER_BYTES_MAX: u64 = 2 * 1024 * 1024 * 1024;
 
 #[derive(clap::Args)]
 pub struct AdminArgs {
-    /// The server, `http://host:port`.
+    /// The server, `http://host:port` or `https://host:port` (with --tls-ca).
     #[arg(long, default_value = "http://127.0.0.1:8080", env = "STEAD_URL")]
     url: String,
+    /// https:// servers: the PEM certificates to trust (the server's own if it is
+    /// self-signed, or its CA).
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
     /// The admin token (or the auth token, when the server has no admin token).
     #[arg(long, env = "STEAD_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -111,9 +115,26 @@ impl Page {
     }
 }
 
+/// Where the requests go and what they carry.
+struct Target<'a> {
+    url: &'a str,
+    token: Option<&'a str>,
+    tls_ca: Option<&'a std::path::Path>,
+}
+
+/// A connection to the server: plain TCP, or TLS over it.
+trait Connection: Read + Write {}
+
+impl<T: Read + Write> Connection for T {}
+
 pub fn run(args: AdminArgs) -> ExitCode {
+    let target = Target {
+        url: &args.url,
+        token: args.token.as_deref(),
+        tls_ca: args.tls_ca.as_deref(),
+    };
     if let AdminCommand::Backup { out } = &args.command {
-        return match save_backup(&args.url, args.token.as_deref(), out) {
+        return match save_backup(&target, out) {
             Ok(bytes) => {
                 println!(
                     "stead admin: wrote a backup of {bytes} bytes to {}",
@@ -134,7 +155,7 @@ pub fn run(args: AdminArgs) -> ExitCode {
         }
         _ => String::new(),
     };
-    let answer = match send(&args.url, args.token.as_deref(), method, &path, &body) {
+    let answer = match send(&target, method, &path, &body) {
         Ok(answer) => answer,
         Err(error) => {
             eprintln!("stead admin: {error}");
@@ -214,14 +235,8 @@ struct Answer {
 }
 
 /// Sends one request on a new connection and reads the whole answer.
-fn send(
-    url: &str,
-    token: Option<&str>,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> Result<Answer, String> {
-    let stream = open(url, token, method, path, body)?;
+fn send(target: &Target, method: &str, path: &str, body: &str) -> Result<Answer, String> {
+    let stream = open(target, method, path, body)?;
     let mut raw = Vec::new();
     stream
         .take(ANSWER_BYTES_MAX)
@@ -232,27 +247,55 @@ fn send(
 
 /// Connects to the server of `url` and sends one request.
 fn open(
-    url: &str,
-    token: Option<&str>,
+    target: &Target,
     method: &str,
     path: &str,
     body: &str,
-) -> Result<TcpStream, String> {
-    let address = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("the url must start with http:// (got {url})"))?
-        .trim_end_matches('/');
+) -> Result<Box<dyn Connection>, String> {
+    let url = target.url;
+    let (https, address) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(address), _) => (true, address),
+        (None, Some(address)) => (false, address),
+        (None, None) => {
+            return Err(format!(
+                "the url must start with http:// or https:// (got {url})"
+            ))
+        }
+    };
+    let address = address.trim_end_matches('/');
     if address.contains('/') {
         return Err(format!(
             "the url must be http://host:port, with no path (got {url})"
         ));
     }
-    let mut stream = TcpStream::connect(address)
-        .map_err(|error| format!("cannot connect to {address}: {error}"))?;
-    let timeouts = stream
+    let default_port = if https { 443 } else { 80 };
+    let socket_address = if address
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.contains(']'))
+    {
+        address.to_string()
+    } else {
+        format!("{address}:{default_port}")
+    };
+    let socket = TcpStream::connect(&socket_address)
+        .map_err(|error| format!("cannot connect to {socket_address}: {error}"))?;
+    let timeouts = socket
         .set_read_timeout(Some(TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(TIMEOUT)));
+        .and_then(|()| socket.set_write_timeout(Some(TIMEOUT)));
     timeouts.map_err(|error| format!("cannot set timeouts: {error}"))?;
+    let mut stream: Box<dyn Connection> = if https {
+        let ca = target
+            .tls_ca
+            .ok_or("an https:// url needs --tls-ca (the certificates to trust, PEM)")?;
+        let config = stead::tls::client_config(ca).map_err(|error| error.to_string())?;
+        let name = stead::tls::server_name(address)?;
+        let session = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+            .map_err(|error| format!("cannot start TLS: {error}"))?;
+        Box::new(rustls::StreamOwned::new(session, socket))
+    } else {
+        Box::new(socket)
+    };
+    let token = target.token;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -273,8 +316,8 @@ fn open(
 
 /// Streams `GET /admin/backup` into `out` (through `out.partial`, renamed once the answer's
 /// last chunk arrived); returns the bytes written. A backup that ends early leaves no `out`.
-fn save_backup(url: &str, token: Option<&str>, out: &std::path::Path) -> Result<u64, String> {
-    let mut reader = std::io::BufReader::new(open(url, token, "GET", "/admin/backup", "")?);
+fn save_backup(target: &Target, out: &std::path::Path) -> Result<u64, String> {
+    let mut reader = std::io::BufReader::new(open(target, "GET", "/admin/backup", "")?);
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];

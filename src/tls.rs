@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -27,6 +26,11 @@ const PEM_FILE_BYTES_MAX: u64 = 1024 * 1024;
 
 /// Bytes the pump reads at a time, each way.
 const PUMP_CHUNK_BYTES: usize = 16 * 1024;
+
+/// How long, and how many bytes, the pump still reads from a client after the connection
+/// loop closed its connection (as the loop's own linger does for plain connections).
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Why the certificate or key could not be used.
 #[derive(Debug)]
@@ -97,14 +101,25 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
         path: path.to_path_buf(),
         reason: error.to_string(),
     };
-    let size = std::fs::metadata(path).map_err(io)?.len();
-    if size > PEM_FILE_BYTES_MAX {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(io)?;
+    if !file.metadata().map_err(io)?.is_file() {
         return Err(TlsError::Invalid {
             path: path.to_path_buf(),
-            reason: format!("{size} bytes, more than the {PEM_FILE_BYTES_MAX} read"),
+            reason: "not a regular file".to_string(),
         });
     }
-    std::fs::read(path).map_err(io)
+    let mut bytes = Vec::new();
+    file.take(PEM_FILE_BYTES_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > PEM_FILE_BYTES_MAX {
+        return Err(TlsError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("more than the {PEM_FILE_BYTES_MAX} bytes read"),
+        });
+    }
+    Ok(bytes)
 }
 
 /// A rustls server configuration of the chain in `cert_file` and the key in `key_file` (PEM),
@@ -138,14 +153,63 @@ fn server_config(cert_file: &Path, key_file: &Path) -> Result<rustls::ServerConf
     Ok(config)
 }
 
+/// A client configuration that trusts the PEM certificates in `ca_file` (a server's own
+/// self-signed certificate, or its CA) and offers HTTP/1.1: for `stead bench` and `stead admin`.
+pub fn client_config(ca_file: &Path) -> Result<rustls::ClientConfig, TlsError> {
+    let pem = read_pem(ca_file)?;
+    let invalid = |reason: String| TlsError::Invalid {
+        path: ca_file.to_path_buf(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(&pem) {
+        let certificate =
+            certificate.map_err(|error| invalid(format!("not a PEM certificate: {error}")))?;
+        roots
+            .add(certificate)
+            .map_err(|error| invalid(error.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(invalid("no CERTIFICATE in it".to_string()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| TlsError::Refused {
+            reason: error.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The name a client checks the server's certificate against: the host of `authority`
+/// (`host`, `host:port`, `[v6]` or `[v6]:port`).
+pub fn server_name(authority: &str) -> Result<rustls::pki_types::ServerName<'static>, String> {
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => host,
+        _ => authority,
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    rustls::pki_types::ServerName::try_from(host)
+        .map_err(|error| format!("{authority:?} is not a TLS server name: {error}"))
+}
+
 /// Runs the TLS handshake on `stream` within `handshake_timeout`, then returns the end of a
 /// socket pair that carries the connection's plain bytes, and pumps between the two on a task
-/// of its own until either side ends. A write to the client that makes no progress for
-/// `write_timeout` ends the connection (as the connection loop would).
-pub async fn terminate(
+/// of its own until either side ends. A 16 KiB chunk the client does not take within
+/// `write_timeout` ends the connection (as the connection loop would). `slot` (the core's
+/// connection slot) is held until the pump ends, so that the core's connection limit and its
+/// shutdown drain count the pump too.
+pub async fn terminate<G: 'static>(
     stream: TcpStream,
     acceptor: futures_rustls::TlsAcceptor,
     (handshake_timeout, write_timeout): (Duration, Duration),
+    slot: G,
 ) -> std::io::Result<TcpStream> {
     let tls = within(handshake_timeout, acceptor.accept(stream))
         .await
@@ -155,68 +219,127 @@ pub async fn terminate(
                 "the TLS handshake took too long",
             )
         })??;
-    let (inner, to_plain) = std::os::unix::net::UnixStream::pair()?;
-    // The pump reads and writes its end on two descriptors, so that each direction can end its
-    // own side.
-    let from_plain = to_plain.try_clone()?;
-    // SAFETY: each descriptor comes from the pair just made (or its clone) and is owned by
-    // exactly one stream from here on.
-    let (inner, to_plain, from_plain) = unsafe {
+    let (inner, pump_end) = std::os::unix::net::UnixStream::pair()?;
+    // SAFETY: each descriptor comes from the pair just made and is owned by exactly one
+    // stream from here on.
+    let (inner, pump_end) = unsafe {
         (
             TcpStream::from_raw_fd(inner.into_raw_fd()),
-            TcpStream::from_raw_fd(to_plain.into_raw_fd()),
-            TcpStream::from_raw_fd(from_plain.into_raw_fd()),
+            TcpStream::from_raw_fd(pump_end.into_raw_fd()),
         )
     };
-    glommio::spawn_local(pump(tls, (from_plain, to_plain), write_timeout)).detach();
+    glommio::spawn_local(async move {
+        pump(tls, pump_end, write_timeout).await;
+        drop(slot);
+    })
+    .detach();
     Ok(inner)
 }
 
-/// Carries bytes both ways between the client's TLS stream and the connection loop's socket.
-/// The client's end of sending ends the loop's reading; the loop's end (its connection closed)
-/// sends the client `close_notify` and ends the pump, whatever the client still sends.
+/// Carries bytes both ways between the client's TLS session and the connection loop's
+/// socket. The client's end of sending ends the loop's reading. The loop's end (its connection
+/// closed) sends the client `close_notify`, then drains what the client still sends for at
+/// most `LINGER` (closing with unread input would reset the connection and could destroy the
+/// end of the last answer), then ends the pump.
+///
+/// Both directions share the session and the socket: each poll borrows them only for its own
+/// duration, and the two directions are polled by this one task, never at once.
 async fn pump(
     tls: futures_rustls::server::TlsStream<TcpStream>,
-    (mut from_plain, mut to_plain): (TcpStream, TcpStream),
+    plain: TcpStream,
     write_timeout: Duration,
 ) {
-    let (mut from_client, mut to_client) = futures_lite::io::split(tls);
+    use futures_lite::io::{AsyncRead, AsyncWrite};
+    use std::cell::RefCell;
+    use std::pin::Pin;
+    let (tls, plain) = (RefCell::new(tls), RefCell::new(plain));
     let up = async {
         let mut buffer = vec![0u8; PUMP_CHUNK_BYTES];
         loop {
-            match from_client.read(&mut buffer).await {
+            let read = futures_lite::future::poll_fn(|cx| {
+                Pin::new(&mut *tls.borrow_mut()).poll_read(cx, &mut buffer)
+            })
+            .await;
+            let read = match read {
                 Ok(0) | Err(_) => break,
-                Ok(read) => {
-                    if to_plain.write_all(&buffer[..read]).await.is_err() {
-                        break;
-                    }
+                Ok(read) => read,
+            };
+            let mut written = 0;
+            while written < read {
+                let chunk = &buffer[written..read];
+                let wrote = futures_lite::future::poll_fn(|cx| {
+                    Pin::new(&mut *plain.borrow_mut()).poll_write(cx, chunk)
+                })
+                .await;
+                match wrote {
+                    Ok(0) | Err(_) => return std::future::pending::<bool>().await,
+                    Ok(bytes) => written += bytes,
                 }
             }
         }
-        let _ = to_plain.shutdown(std::net::Shutdown::Write).await;
+        let _ =
+            futures_lite::future::poll_fn(|cx| Pin::new(&mut *plain.borrow_mut()).poll_close(cx))
+                .await;
         // The answers to what the client sent may still be on their way: `down` ends the
         // pump.
-        std::future::pending::<()>().await;
+        std::future::pending::<bool>().await
     };
     let down = async {
         let mut buffer = vec![0u8; PUMP_CHUNK_BYTES];
         loop {
-            let read = match from_plain.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
+            let read = futures_lite::future::poll_fn(|cx| {
+                Pin::new(&mut *plain.borrow_mut()).poll_read(cx, &mut buffer)
+            })
+            .await;
+            let read = match read {
+                Ok(0) | Err(_) => return true,
                 Ok(read) => read,
             };
             let sent = within(write_timeout, async {
-                to_client.write_all(&buffer[..read]).await?;
-                to_client.flush().await
+                let mut written = 0;
+                while written < read {
+                    let chunk = &buffer[written..read];
+                    let wrote = futures_lite::future::poll_fn(|cx| {
+                        Pin::new(&mut *tls.borrow_mut()).poll_write(cx, chunk)
+                    })
+                    .await?;
+                    if wrote == 0 {
+                        return Err(std::io::ErrorKind::WriteZero.into());
+                    }
+                    written += wrote;
+                }
+                futures_lite::future::poll_fn(|cx| Pin::new(&mut *tls.borrow_mut()).poll_flush(cx))
+                    .await
             })
             .await;
             if !matches!(sent, Some(Ok(()))) {
-                return;
+                return false;
             }
         }
-        let _ = within(write_timeout, to_client.close()).await;
     };
-    futures_lite::future::or(up, down).await;
+    // `up` never ends on its own: the pump ends with `down`.
+    let loop_ended = futures_lite::future::or(up, down).await;
+    if !loop_ended {
+        return;
+    }
+    let mut tls = tls.into_inner();
+    tls.get_mut().1.send_close_notify();
+    let closed = within(write_timeout, futures_lite::AsyncWriteExt::flush(&mut tls)).await;
+    if !matches!(closed, Some(Ok(()))) {
+        return;
+    }
+    let _ = tls.get_mut().0.shutdown(std::net::Shutdown::Write).await;
+    let mut scratch = vec![0u8; PUMP_CHUNK_BYTES];
+    let drain = async {
+        let mut drained = 0;
+        while drained < LINGER_BYTES_MAX {
+            match futures_lite::AsyncReadExt::read(&mut tls, &mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => drained += read,
+            }
+        }
+    };
+    let _ = within(LINGER, drain).await;
 }
 
 /// `future`'s output, or None if it took longer than `limit`.

@@ -93,10 +93,11 @@ fn read_response(stream: &mut TlsStream) -> (u16, String) {
 }
 
 #[test]
-fn https_serves_keep_alive_pipelining_and_curl() {
+fn https_serves_keep_alive_pipelining_curl_bench_and_admin() {
     let dir = tempfile::tempdir().expect("tempdir");
     let trusted = make_certificate(dir.path());
-    let args = tls_args(dir.path());
+    let mut args = tls_args(dir.path());
+    args.extend(["--admin-token".to_string(), "adm".to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let server = TestServer::start(&dir.path().join("data"), 2, &args);
     let config = client_config(&trusted, &[b"http/1.1"]);
@@ -133,6 +134,15 @@ fn https_serves_keep_alive_pipelining_and_curl() {
     assert_eq!(status, 200);
     let session: serde_json::Value = serde_json::from_str(&session).expect("JSON");
     assert_eq!(session["data"], data.as_str());
+
+    // An answer before the upload ends (413: too large) arrives whole, though the client is
+    // still sending when the server closes (the pump lingers, as the loop does).
+    let mut upload = connect(server.addr, config.clone()).expect("a TLS connection");
+    let head = "PUT /objects/counter/big/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000000\r\n\r\n";
+    upload.write_all(head.as_bytes()).expect("write");
+    upload.write_all(&vec![b'x'; 256 * 1024]).expect("write");
+    let (status, _) = read_response(&mut upload);
+    assert_eq!(status, 413);
 
     // curl, as a user would.
     let cert = dir.path().join("cert.pem");
@@ -192,6 +202,32 @@ fn https_serves_keep_alive_pipelining_and_curl() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(report.contains("(500 ok)"), "{report}");
+
+    // `stead admin` too, backups included.
+    let admin = |command: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_stead"))
+            .args(["admin", "--url", &url, "--token", "adm", "--tls-ca"])
+            .arg(&cert)
+            .args(command)
+            .output()
+            .expect("stead admin")
+    };
+    let output = admin(&["object", "counter", "tls"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains(" tls "), "{text}");
+    let backup = dir.path().join("backup.stead");
+    let output = admin(&["backup", "--out", &backup.to_string_lossy()]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(std::fs::metadata(&backup).is_ok_and(|meta| meta.len() > 0));
     assert_eq!(server.stop(), Some(0));
 }
 
@@ -347,6 +383,20 @@ fn sighup_reads_the_certificate_again_and_a_silent_client_is_dropped() {
     );
     std::thread::sleep(Duration::from_millis(300));
     assert!(connect(server.addr, client_config(&second, &[])).is_ok());
+    // A good pair after it is read (so the broken one was read and refused, not skipped).
+    let third = make_certificate(dir.path());
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGHUP) },
+        0
+    );
+    let switched = common::wait_until(Duration::from_secs(10), || {
+        connect(server.addr, client_config(&third, &[])).is_ok()
+    });
+    assert!(
+        switched,
+        "a good certificate after a broken one is not served"
+    );
     assert_eq!(server.stop(), Some(0));
 }
 

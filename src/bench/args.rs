@@ -169,7 +169,6 @@ impl Target {
     /// For an https:// target: trusts the PEM certificates in `ca_file`. Plain http:// is
     /// left as it is.
     pub fn with_tls(mut self, ca_file: Option<&std::path::Path>) -> Result<Target, BenchError> {
-        use rustls::pki_types::pem::PemObject;
         if !self.https {
             return Ok(self);
         }
@@ -179,39 +178,9 @@ impl Target {
                 "an https:// URL needs the certificates to trust (PEM)",
             )
         })?;
-        let mut roots = rustls::RootCertStore::empty();
-        let certificates = rustls::pki_types::CertificateDer::pem_file_iter(ca_file)
-            .map_err(|error| invalid("--tls-ca", format!("{}: {error}", ca_file.display())))?;
-        for certificate in certificates {
-            let certificate = certificate
-                .map_err(|error| invalid("--tls-ca", format!("{}: {error}", ca_file.display())))?;
-            roots
-                .add(certificate)
-                .map_err(|error| invalid("--tls-ca", error.to_string()))?;
-        }
-        if roots.is_empty() {
-            return Err(invalid(
-                "--tls-ca",
-                format!("{}: no certificate", ca_file.display()),
-            ));
-        }
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|error| invalid("--tls-ca", error.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let host = match self.host.rsplit_once(':') {
-            Some((host, port)) if !port.contains(']') => host,
-            _ => self.host.as_str(),
-        };
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let name = rustls::pki_types::ServerName::try_from(host)
-            .map_err(|error| invalid("--url", format!("not a TLS server name: {error}")))?;
+        let config = crate::tls::client_config(ca_file)
+            .map_err(|error| invalid("--tls-ca", error.to_string()))?;
+        let name = crate::tls::server_name(&self.host).map_err(|error| invalid("--url", error))?;
         self.tls = Some(TargetTls {
             connector: futures_rustls::TlsConnector::from(std::sync::Arc::new(config)),
             name,

@@ -90,15 +90,20 @@ pub fn execute(args: &BenchArgs) -> Result<bool, BenchError> {
     }
     let ca = args.tls_ca.as_deref();
     let target = parse_url(&args.url)?.with_tls(ca)?;
-    if target.https && plan.scenario.chat_rooms().is_some() {
+    let other = match &args.compare {
+        Some(other) => Some(parse_url(other)?.with_tls(ca)?),
+        None => None,
+    };
+    let https = target.https || other.as_ref().is_some_and(|other| other.https);
+    if https && plan.scenario.chat_rooms().is_some() {
         return Err(BenchError::InvalidArgument {
             flag: "--url",
             reason: "chat-fanout speaks plain http:// only".to_string(),
         });
     }
-    match &args.compare {
+    match &other {
         None => single(args, &plan, &target),
-        Some(other) => compare(args, &plan, &target, &parse_url(other)?.with_tls(ca)?),
+        Some(other) => compare(args, &plan, &target, other),
     }
 }
 

@@ -103,8 +103,16 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                         Duration::from_millis(limits.idle_connection_timeout_ms),
                         Duration::from_millis(limits.write_timeout_ms),
                     );
-                    match crate::tls::terminate(stream, acceptor, timeouts).await {
-                        Ok(plain) => plain,
+                    // The pump holds the slot too: the core's limit and its shutdown drain
+                    // count it until the client's connection ends.
+                    let slot = Rc::new(slot);
+                    let pump_slot = slot.clone();
+                    match crate::tls::terminate(stream, acceptor, timeouts, pump_slot).await {
+                        Ok(plain) => {
+                            serve_connection(plain, handler, limits, shutdown).await;
+                            drop(slot);
+                            return;
+                        }
                         Err(error) => {
                             tracing::debug!(%error, "TLS handshake failed");
                             return;
