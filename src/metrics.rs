@@ -80,6 +80,8 @@ pub struct CoreMetrics {
     pub cluster_forwarded_total: Cell<u64>,
     /// In a cluster: forwarded requests that got no answer from the owner (503 here).
     pub cluster_forward_failures_total: Cell<u64>,
+    /// With TLS: connections whose handshake failed or timed out.
+    pub tls_handshake_failures_total: Cell<u64>,
     /// How late the core's stall probe woke; see [`run_stall_probe`].
     pub stalls: Rc<StallProbe>,
 }
@@ -227,6 +229,7 @@ impl CoreMetrics {
             websocket_handoffs_total: self.websocket_handoffs_total.get(),
             cluster_forwarded_total: self.cluster_forwarded_total.get(),
             cluster_forward_failures_total: self.cluster_forward_failures_total.get(),
+            tls_handshake_failures_total: self.tls_handshake_failures_total.get(),
             stalls: self.stalls.stats(),
             shutdown_waiters,
             host,
@@ -249,6 +252,7 @@ pub struct CoreSnapshot {
     pub websocket_handoffs_total: u64,
     pub cluster_forwarded_total: u64,
     pub cluster_forward_failures_total: u64,
+    pub tls_handshake_failures_total: u64,
     pub stalls: StallStats,
     /// Tasks registered to wake at shutdown: at most one per open connection plus the accept
     /// loop. More would be a leak (one once grew by two per accepted connection).
@@ -271,7 +275,7 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
     let mut out = String::with_capacity(8 * 1024);
     render_requests(&mut out, snapshots);
     render_latency(&mut out, snapshots);
-    let per_core: [PerCoreMetric; 46] = [
+    let per_core: [PerCoreMetric; 47] = [
         (
             "stead_shutdown_waiters",
             "gauge",
@@ -457,6 +461,14 @@ pub fn render(snapshots: &[CoreSnapshot]) -> String {
             "In a cluster: forwarded requests the owner did not answer (connection refused, \
              timed out, or a malformed answer): each was answered 503 here.",
             |s| s.cluster_forward_failures_total as f64,
+        ),
+        (
+            "stead_tls_handshake_failures_total",
+            "counter",
+            "With TLS: accepted connections whose handshake failed or took longer than \
+             idle_connection_timeout_ms (plain HTTP to the TLS port, a client that offers \
+             neither a shared version nor http/1.1, a silent client).",
+            |s| s.tls_handshake_failures_total as f64,
         ),
         (
             "stead_history_keys",

@@ -178,6 +178,23 @@ fn https_serves_keep_alive_pipelining_curl_bench_and_admin() {
     assert!(!answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
     let h2_only = client_config(&trusted, &[b"h2"]);
     assert!(connect(server.addr, h2_only).is_err(), "h2 was negotiated");
+    // Both counted (the server counts a failure just after its alert: ask until it shows).
+    let counted = common::wait_until(Duration::from_secs(5), || {
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .expect("write");
+        let (_, metrics) = read_response(&mut stream);
+        let failures: f64 = metrics
+            .lines()
+            .filter(|line| line.starts_with("stead_tls_handshake_failures_total{"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        failures >= 2.0
+    });
+    assert!(
+        counted,
+        "the failed handshakes are not in stead_tls_handshake_failures_total"
+    );
 
     // `stead bench` speaks https too.
     let url = format!("https://127.0.0.1:{}", server.addr.port());

@@ -93,6 +93,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         });
         let (shutdown, limits) = (shard.shutdown.clone(), limits.clone());
         let acceptor = shard.tls.as_ref().map(|tls| tls.acceptor());
+        let shard = shard.clone();
         glommio::spawn_local(async move {
             // With TLS the connection loop gets the plain side of the handshaken connection
             // (`tls.rs`); the handshake holds the slot too.
@@ -115,6 +116,8 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                         }
                         Err(error) => {
                             tracing::debug!(%error, "TLS handshake failed");
+                            let failures = &shard.metrics.tls_handshake_failures_total;
+                            failures.set(failures.get() + 1);
                             return;
                         }
                     }
