@@ -114,6 +114,8 @@ pub struct StorageSettings {
     /// How long objects keep the history that point-in-time recovery goes back through, in
     /// milliseconds, unless their class sets its own (`[classes.NAME]`); 0 keeps none.
     pub history_retention_ms: u64,
+    /// Encryption at rest: the key file (`src/encryption.rs`); unset: stored in plain text.
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 impl Default for StorageSettings {
@@ -127,6 +129,7 @@ impl Default for StorageSettings {
             compaction_dead_percent_min: 50,
             partitions: 4096,
             history_retention_ms: 0,
+            encryption_key_file: None,
         }
     }
 }
@@ -350,6 +353,9 @@ pub struct Config {
     /// Replication through NATS JetStream (`[cluster]`, or `--cluster` and `--node-id`); None
     /// for a single node, which needs no NATS.
     pub cluster: Option<ClusterSettings>,
+    /// The keys read from `storage.encryption_key_file` (`Config::load_keys`); not a setting.
+    #[serde(skip)]
+    pub encryption: Option<crate::encryption::KeyRing>,
 }
 
 /// A node of a cluster (see `src/cluster/`).
@@ -451,12 +457,22 @@ impl Default for Config {
             classes: std::collections::BTreeMap::new(),
             fetch: FetchSettings::default(),
             cluster: None,
+            encryption: None,
         }
     }
 }
 
 impl Config {
     /// Reads a TOML file; fields it leaves out keep their defaults.
+    /// Reads the keys of `storage.encryption_key_file`, if it is set (and they were not read
+    /// already).
+    pub fn load_keys(&mut self) -> Result<(), String> {
+        if let (Some(path), None) = (&self.storage.encryption_key_file, &self.encryption) {
+            self.encryption = Some(crate::encryption::KeyRing::load(path)?);
+        }
+        Ok(())
+    }
+
     pub fn from_toml_file(path: &std::path::Path) -> Result<Config, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|error| format!("cannot read {}: {error}", path.display()))?;

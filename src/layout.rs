@@ -147,6 +147,7 @@ pub fn store_config(config: &Config, dir: PathBuf) -> StoreConfig {
     store.compaction_dead_bytes_min = config.storage.compaction_dead_bytes_min;
     store.compaction_dead_percent_min = config.storage.compaction_dead_percent_min;
     store.counted_key_prefix = crate::object::HISTORY_PREFIX.to_vec();
+    store.encryption = config.encryption.as_ref().map(|ring| ring.0.clone());
     store
 }
 

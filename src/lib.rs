@@ -59,6 +59,7 @@ pub mod backup;
 pub mod bench;
 pub mod cluster;
 pub mod config;
+pub mod encryption;
 pub mod http;
 pub mod id;
 pub mod layout;

@@ -53,6 +53,10 @@ struct RestoreArgs {
     /// The server's configuration file, for its storage limits (`[storage] value_bytes_max`).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Encrypt the new data directory with these keys (as `stead serve
+    /// --encryption-key-file`).
+    #[arg(long, env = "STEAD_ENCRYPTION_KEY_FILE")]
+    encryption_key_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -83,6 +87,10 @@ struct ServeArgs {
     /// The certificate's private key (PEM); needs --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Encrypt the data directory at rest with the keys in this file (64 hex digits a line;
+    /// the first seals new writes). Overrides `[storage] encryption_key_file`.
+    #[arg(long, env = "STEAD_ENCRYPTION_KEY_FILE")]
+    encryption_key_file: Option<PathBuf>,
     /// A token file (see `stead token`): each token's classes and permissions; SIGHUP
     /// reloads it. Overrides `[auth] tokens_file`.
     #[arg(long, env = "STEAD_TOKENS_FILE")]
@@ -136,6 +144,14 @@ fn restore(args: RestoreArgs) -> ExitCode {
         },
         None => Config::default(),
     };
+    let mut base = base;
+    if args.encryption_key_file.is_some() {
+        base.storage.encryption_key_file = args.encryption_key_file.clone();
+    }
+    if let Err(error) = base.load_keys() {
+        eprintln!("stead restore: {error}");
+        return ExitCode::from(2);
+    }
     match stead::backup::restore(&base, &args.from, &args.data_dir, args.cores) {
         Ok(summary) => {
             println!(
@@ -182,6 +198,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     if args.tokens_file.is_some() {
         config.auth.tokens_file = args.tokens_file;
+    }
+    if args.encryption_key_file.is_some() {
+        config.storage.encryption_key_file = args.encryption_key_file;
     }
     if let (Some(cert_file), Some(key_file)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(stead::config::TlsSettings {

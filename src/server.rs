@@ -185,6 +185,7 @@ impl Server {
             )));
         }
         let mut config = config;
+        config.load_keys().map_err(ServerError::Config)?;
         if config.cluster.is_some() {
             config.data_dir = prepare_replica_dir(&config.data_dir)?;
         }

@@ -127,11 +127,11 @@ fn file_bytes(id: u64, content: &ContentInput, next_seq: &mut u64) -> Vec<u8> {
             .map_or(record.batches.len() as u32, u32::from);
         let segment = record.foreign_segment.map_or(id, u64::from);
         bytes.extend(encode_record(
-            seq,
-            segment,
+            (seq, segment),
             count,
             record.overlapped,
             &payload,
+            None,
         ));
         *next_seq = seq.saturating_add(u64::from(count.max(1)));
     }
@@ -290,6 +290,7 @@ async fn check(input: Input) {
             let manifest = ManifestData {
                 log_start: u64::from(*log_start),
                 base_segments: bases.iter().map(|id| u64::from(*id)).collect(),
+                encrypted: false,
             };
             disk.add("MANIFEST", encode_manifest(&manifest));
         }

@@ -4,7 +4,7 @@
 //! never trust their input: every length is checked against the bytes that are there, and a
 //! failure is a `DecodeError` naming what was wrong, never a panic.
 
-use crate::{ObjectId, Op};
+use crate::{Encryption, ObjectId, Op};
 
 /// Every write is a multiple of this, at an offset that is a multiple of this (O_DIRECT).
 pub const BLOCK_BYTES: usize = 4096;
@@ -22,6 +22,11 @@ pub const MANIFEST_MAGIC: u32 = 0x5354_4D46;
 pub const FORMAT_VERSION: u32 = 2;
 /// The oldest manifest format this build reads.
 pub const FORMAT_VERSION_MIN: u32 = 1;
+/// The manifest format of an encrypted store: version 2's layout, every record's payload
+/// sealed (`RECORD_ENCRYPTED`). A build without encryption refuses it by the version.
+pub const FORMAT_VERSION_ENCRYPTED: u32 = 3;
+/// Bit 30 of a record header's batch-count word: the payload is sealed (`cipher.rs`).
+const RECORD_ENCRYPTED: u32 = 1 << 30;
 /// Top bit of a record header's batch-count word: the record was written while the round
 /// before it was still in flight, so that round may be missing after a crash (see
 /// `DESIGN.md`, "Two rounds in flight"). Batch counts never come near it.
@@ -66,42 +71,75 @@ pub struct RecordHeader {
     pub batch_count: u32,
     /// Written while the round before it was still in flight.
     pub overlapped: bool,
+    /// The payload is sealed: key id, nonce, ciphertext, tag.
+    pub encrypted: bool,
+}
+
+/// The bytes of a record before its plaintext payload: the header, and for a sealed payload
+/// the key id and nonce. A value's offset in its file is the record's offset plus this plus
+/// its offset in the payload.
+pub fn payload_start(encrypted: bool) -> usize {
+    RECORD_HEADER_BYTES
+        + if encrypted {
+            crate::cipher::PREFIX_BYTES
+        } else {
+            0
+        }
 }
 
 /// Builds a whole record: header, payload, zero padding to the block boundary. `overlapped`
-/// marks a log record written while the previous round's write was still in flight.
+/// marks a log record written while the previous round's write was still in flight. With
+/// `encryption` the payload is sealed, with the header's first 28 bytes as associated data;
+/// the crc covers the sealed bytes, so a torn write is still found before any decryption.
 pub fn encode_record(
-    seq: u64,
-    segment: u64,
+    (seq, segment): (u64, u64),
     batch_count: u32,
     overlapped: bool,
     payload: &[u8],
+    encryption: Option<&Encryption>,
 ) -> Vec<u8> {
-    let length = RECORD_HEADER_BYTES + payload.len();
+    let stored_bytes = payload.len()
+        + if encryption.is_some() {
+            crate::cipher::OVERHEAD_BYTES
+        } else {
+            0
+        };
+    let length = RECORD_HEADER_BYTES + stored_bytes;
     assert!(
         length <= u32::MAX as usize,
         "record of {length} bytes does not fit its header"
     );
     assert!(
-        batch_count < RECORD_OVERLAPPED,
+        batch_count < RECORD_ENCRYPTED,
         "{batch_count} batches do not fit a record header"
     );
-    let flagged_count = if overlapped {
-        batch_count | RECORD_OVERLAPPED
-    } else {
-        batch_count
-    };
+    let mut flagged_count = batch_count;
+    if overlapped {
+        flagged_count |= RECORD_OVERLAPPED;
+    }
+    if encryption.is_some() {
+        flagged_count |= RECORD_ENCRYPTED;
+    }
     let mut out = Vec::with_capacity(block_align_up(length));
     out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
     out.extend_from_slice(&(length as u32).to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&segment.to_le_bytes());
     out.extend_from_slice(&flagged_count.to_le_bytes());
+    let sealed;
+    let stored = match encryption {
+        Some(encryption) => {
+            sealed = encryption.seal(&out[..RECORD_CRC_OFFSET], payload);
+            sealed.as_slice()
+        }
+        None => payload,
+    };
+    debug_assert_eq!(stored.len(), stored_bytes);
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&out[..RECORD_CRC_OFFSET]);
-    hasher.update(payload);
+    hasher.update(stored);
     out.extend_from_slice(&hasher.finalize().to_le_bytes());
-    out.extend_from_slice(payload);
+    out.extend_from_slice(stored);
     out.resize(block_align_up(length), 0);
     debug_assert_eq!(out.len() % BLOCK_BYTES, 0);
     out
@@ -141,10 +179,51 @@ pub fn decode_record(bytes: &[u8]) -> Result<(RecordHeader, &[u8]), DecodeError>
         length: length as u32,
         seq: read_u64(bytes, 8),
         segment: read_u64(bytes, 16),
-        batch_count: flagged_count & !RECORD_OVERLAPPED,
+        batch_count: flagged_count & !(RECORD_OVERLAPPED | RECORD_ENCRYPTED),
         overlapped: flagged_count & RECORD_OVERLAPPED != 0,
+        encrypted: flagged_count & RECORD_ENCRYPTED != 0,
     };
     Ok((header, &bytes[RECORD_HEADER_BYTES..length]))
+}
+
+/// Why a record's payload could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayloadError {
+    /// The tag does not match: damage, like a bad crc.
+    Damaged(DecodeError),
+    /// Not damage: the store was not given the key that sealed it, or the record is of the
+    /// other kind than the store's. Recovery stops rather than cut anything.
+    Refused(String),
+}
+
+/// The plaintext payload of the record at the start of `bytes`, whose header and stored
+/// payload `decode_record` returned: as stored for a plain record, opened for a sealed one.
+pub fn open_payload<'a>(
+    bytes: &[u8],
+    (header, stored): (&RecordHeader, &'a [u8]),
+    encryption: Option<&Encryption>,
+) -> Result<std::borrow::Cow<'a, [u8]>, PayloadError> {
+    match (header.encrypted, encryption) {
+        (false, None) => Ok(std::borrow::Cow::Borrowed(stored)),
+        (true, Some(encryption)) => encryption
+            .open(&bytes[..RECORD_CRC_OFFSET], stored)
+            .map(std::borrow::Cow::Owned)
+            .map_err(|error| match error {
+                crate::OpenError::UnknownKey(id) => PayloadError::Refused(format!(
+                    "a record is sealed under key id {id:016x}, which is not in the key file \
+                     (a key that was removed, or the wrong file)"
+                )),
+                crate::OpenError::Damaged => PayloadError::Damaged(DecodeError(
+                    "its payload does not authenticate (damaged)".to_string(),
+                )),
+            }),
+        (true, None) => Err(PayloadError::Refused(
+            "an encrypted record in a store opened without a key".to_string(),
+        )),
+        (false, Some(_)) => Err(PayloadError::Refused(
+            "a plain record in an encrypted store".to_string(),
+        )),
+    }
 }
 
 /// The exact encoded size of a batch, computed before encoding so limits are checked cheaply.
@@ -328,6 +407,8 @@ pub struct ManifestData {
     pub log_start: u64,
     /// The compacted base segments, replayed before the log, in ascending id order.
     pub base_segments: Vec<u64>,
+    /// Every record of the store is sealed (format version 3).
+    pub encrypted: bool,
 }
 
 /// Encodes the manifest into whole blocks.
@@ -340,7 +421,12 @@ pub fn encode_manifest(manifest: &ManifestData) -> Vec<u8> {
     }
     let mut out = Vec::with_capacity(block_align_up(MANIFEST_HEADER_BYTES + payload.len()));
     out.extend_from_slice(&MANIFEST_MAGIC.to_le_bytes());
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let version = if manifest.encrypted {
+        FORMAT_VERSION_ENCRYPTED
+    } else {
+        FORMAT_VERSION
+    };
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&out[4..12]);
@@ -371,7 +457,7 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<(u32, ManifestData), ManifestErro
         return Err(damaged(format!("bad magic {:#010x}", read_u32(bytes, 0))));
     }
     let version = read_u32(bytes, 4);
-    if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&version) {
+    if !(FORMAT_VERSION_MIN..=FORMAT_VERSION_ENCRYPTED).contains(&version) {
         return Err(ManifestError::UnknownVersion(version));
     }
     let length = read_u32(bytes, 8) as usize;
@@ -404,6 +490,7 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<(u32, ManifestData), ManifestErro
         ManifestData {
             log_start,
             base_segments,
+            encrypted: version == FORMAT_VERSION_ENCRYPTED,
         },
     ))
 }
@@ -448,7 +535,7 @@ mod tests {
             puts.push((offset, crc))
         });
         assert_eq!(payload.len(), batch_encoded_bytes(&ops));
-        let record = encode_record(9, 3, 1, false, &payload);
+        let record = encode_record((9, 3), 1, false, &payload, None);
         assert_eq!(record.len(), BLOCK_BYTES);
         let (header, decoded) = decode_record(&record).expect("record verifies");
         assert_eq!(header.seq, 9);
@@ -476,7 +563,7 @@ mod tests {
     #[test]
     fn overlap_flag_roundtrips_apart_from_the_batch_count() {
         for overlapped in [false, true] {
-            let record = encode_record(7, 2, 3, overlapped, b"abc");
+            let record = encode_record((7, 2), 3, overlapped, b"abc", None);
             let (header, payload) = decode_record(&record).expect("decodes");
             assert_eq!(header.batch_count, 3);
             assert_eq!(header.overlapped, overlapped);
@@ -486,7 +573,7 @@ mod tests {
 
     #[test]
     fn damaged_record_is_rejected() {
-        let mut record = encode_record(1, 1, 0, false, b"");
+        let mut record = encode_record((1, 1), 0, false, b"", None);
         record[30] ^= 1;
         assert!(decode_record(&record).is_err());
         assert!(decode_record(&record[..10]).is_err());
@@ -497,6 +584,7 @@ mod tests {
         let manifest = ManifestData {
             log_start: 12,
             base_segments: vec![3, 4],
+            encrypted: false,
         };
         let mut bytes = encode_manifest(&manifest);
         assert_eq!(decode_manifest(&bytes), Ok((FORMAT_VERSION, manifest)));

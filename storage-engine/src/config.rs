@@ -67,6 +67,9 @@ pub struct StoreConfig {
     /// Keys starting with this prefix are also counted apart, in `StoreStats::prefix_keys`
     /// and `prefix_bytes` (the server counts its objects' history this way); empty: none.
     pub counted_key_prefix: Vec<u8>,
+    /// Encryption at rest: every record's payload and the checkpoint are sealed under the
+    /// first key (`cipher.rs`); None: plain. A store written one way refuses to open the other.
+    pub encryption: Option<std::sync::Arc<crate::Encryption>>,
 }
 
 impl StoreConfig {
@@ -83,6 +86,7 @@ impl StoreConfig {
             compaction_automatic: true,
             recovery: RecoveryMode::Strict,
             counted_key_prefix: Vec::new(),
+            encryption: None,
         }
     }
 }

@@ -36,6 +36,9 @@ pub enum StoreError {
         found: u32,
         supported: u32,
     },
+    /// The store is encrypted and was opened without its key, or the other way round, or a
+    /// record names a key the store was not given.
+    Encryption { reason: String },
     /// An earlier write or fdatasync failed; nothing more is written until the store is reopened.
     Poisoned,
     /// The store was closed.
@@ -107,8 +110,9 @@ impl fmt::Display for StoreError {
                 supported,
             } => write!(
                 f,
-                "{file} has format version {found}, this build reads only version {supported}"
+                "{file} has format version {found}, this build reads versions up to {supported}"
             ),
+            StoreError::Encryption { reason } => write!(f, "encryption: {reason}"),
             StoreError::Poisoned => write!(
                 f,
                 "store is poisoned by an earlier failed write or fdatasync; reopen it to recover"

@@ -28,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 mod batch;
+mod cipher;
 // Public only with the `test-support` feature, so the fuzz targets and the integration tests
 // can reach the encoders and decoders; never a stable API.
 #[cfg(feature = "test-support")]
@@ -43,6 +44,7 @@ pub mod sim;
 mod store;
 
 pub use batch::{Batch, Op};
+pub use cipher::{Encryption, OpenError, KEY_BYTES as ENCRYPTION_KEY_BYTES};
 pub use config::{Limits, RecoveryMode, StoreConfig};
 pub use disk::{Disk, DiskFile, GlommioDisk, IoFuture};
 pub use error::StoreError;

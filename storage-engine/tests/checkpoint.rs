@@ -11,7 +11,14 @@ use std::path::Path;
 
 use stead_storage::sim::{CrashMode, SimDisk, SimRng};
 use stead_storage::{Batch, Store, StoreConfig, StoreStats};
-use support::{drive, dump, object_id, run, small_config, Model};
+use support::{drive, dump, object_id, run, Model};
+
+/// `support::small_config`, always plain: an encrypted store keeps no checkpoint.
+fn small_config(dir: &Path) -> StoreConfig {
+    let mut config = support::small_config(dir);
+    config.encryption = None;
+    config
+}
 
 const CHECKPOINT: &str = "CHECKPOINT";
 /// Where a test puts the checkpoint aside to force an open without it.

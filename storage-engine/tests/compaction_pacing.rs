@@ -7,7 +7,16 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use real_disk::{run, small_config, RECORD_HEADER_BYTES};
+use real_disk::{run, RECORD_HEADER_BYTES};
+
+/// `real_disk::small_config`, always plain: these tests write or read the plain record format
+/// byte by byte (the encrypted format's damage is in `tests/encryption.rs`).
+fn small_config(dir: &std::path::Path) -> stead_storage::StoreConfig {
+    let mut config = real_disk::small_config(dir);
+    config.encryption = None;
+    config
+}
+
 use stead_storage::{Batch, ObjectId, Store, StoreStats};
 
 const OBJECT: ObjectId = [7u8; 32];

@@ -9,7 +9,16 @@ mod real_disk;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use real_disk::{cut_at, file_name, log_segments, record_spans, run, small_config, RecordSpan};
+use real_disk::{cut_at, file_name, log_segments, record_spans, run, RecordSpan};
+
+/// `real_disk::small_config`, always plain: these tests write or read the plain record format
+/// byte by byte (the encrypted format's damage is in `tests/encryption.rs`).
+fn small_config(dir: &Path) -> StoreConfig {
+    let mut config = real_disk::small_config(dir);
+    config.encryption = None;
+    config
+}
+
 use stead_storage::codec::{encode_manifest, ManifestData, SEGMENT_ID_MAX};
 use stead_storage::{Batch, ObjectData, ObjectId, RecoveryMode, Store, StoreConfig, StoreError};
 
@@ -257,22 +266,22 @@ fn unknown_manifest_version_is_refused() {
         let original = std::fs::read(&manifest).expect("read manifest");
 
         let mut future = original.clone();
-        future[4..8].copy_from_slice(&3u32.to_le_bytes());
+        future[4..8].copy_from_slice(&4u32.to_le_bytes());
         std::fs::write(&manifest, &future).expect("write manifest");
         match open(&path, RecoveryMode::Strict).await {
             Err(
                 error @ StoreError::UnknownFormatVersion {
-                    found: 3,
-                    supported: 2,
+                    found: 4,
+                    supported: 3,
                     ..
                 },
             ) => {
                 let message = error.to_string();
                 assert!(message.contains("MANIFEST"), "{message}");
-                assert!(message.contains("format version 3"), "{message}");
+                assert!(message.contains("format version 4"), "{message}");
             }
             Err(other) => panic!("expected an unknown version, got {other}"),
-            Ok(_) => panic!("a manifest of version 3 opened"),
+            Ok(_) => panic!("a manifest of version 4 opened"),
         }
 
         let mut damaged = original.clone();
@@ -297,6 +306,7 @@ fn manifest_naming_a_base_before_the_log_start_is_refused() {
         let manifest = ManifestData {
             log_start: 2,
             base_segments: vec![2],
+            encrypted: false,
         };
         std::fs::write(path.join("MANIFEST"), encode_manifest(&manifest)).expect("manifest");
         std::fs::write(path.join("base-0000000000000002"), b"").expect("base");
@@ -355,10 +365,12 @@ fn segment_ids_are_accepted_up_to_the_format_limit_and_refused_above() {
             ManifestData {
                 log_start: SEGMENT_ID_MAX + 1,
                 base_segments: Vec::new(),
+                encrypted: false,
             },
             ManifestData {
                 log_start: 1,
                 base_segments: vec![SEGMENT_ID_MAX + 1],
+                encrypted: false,
             },
         ] {
             std::fs::write(path.join("MANIFEST"), encode_manifest(&manifest)).expect("manifest");

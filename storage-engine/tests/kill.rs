@@ -28,6 +28,7 @@ fn config(dir: &Path) -> StoreConfig {
     config.segment_bytes_max = 64 * 1024;
     config.inline_value_bytes_max = 64;
     config.compaction_automatic = false;
+    config.encryption = real_disk::test_encryption();
     config
 }
 

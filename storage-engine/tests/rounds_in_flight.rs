@@ -12,7 +12,15 @@ use std::rc::Rc;
 use stead_storage::codec::{self, BLOCK_BYTES};
 use stead_storage::sim::{CrashMode, Fault, FaultKind, OpKind, SimDisk, SimRng};
 use stead_storage::{Batch, ObjectId, Op, RecoveryMode, Store, StoreConfig, StoreError};
-use support::{run, small_config};
+use support::run;
+
+/// `support::small_config`, always plain: these tests write or read the plain record format
+/// byte by byte (the encrypted format's damage is in `tests/encryption.rs`).
+fn small_config(dir: &Path) -> StoreConfig {
+    let mut config = support::small_config(dir);
+    config.encryption = None;
+    config
+}
 
 const LOG: &str = "log-0000000000000001";
 const OBJECT: ObjectId = [4u8; 32];
@@ -31,7 +39,7 @@ fn record(seq: u64, overlapped: bool) -> Vec<u8> {
         value: b"v".to_vec(),
     }];
     codec::encode_batch(&mut payload, &OBJECT, &ops, |_, _| {});
-    codec::encode_record(seq, 1, 1, overlapped, &payload)
+    codec::encode_record((seq, 1), 1, overlapped, &payload, None)
 }
 
 /// A record damaged the way a torn write leaves it: its payload's last byte changed.

@@ -24,6 +24,11 @@ fn config(dir: &str) -> StoreConfig {
     config.compaction_dead_bytes_min = 256 * 1024;
     config.compaction_dead_percent_min = 50;
     config.compaction_automatic = true;
+    // The parent's encrypted runs (`STEAD_STORAGE_TEST_ENCRYPTION=1`) use the same key.
+    if std::env::var("STEAD_STORAGE_TEST_ENCRYPTION").is_ok_and(|value| value == "1") {
+        let keys = vec![(0x5EED, [0x42; stead_storage::ENCRYPTION_KEY_BYTES])];
+        config.encryption = stead_storage::Encryption::new(keys).map(std::sync::Arc::new);
+    }
     config
 }
 

@@ -470,8 +470,10 @@ fn build_index(
                 if end > file_bytes {
                     return Err(format!("value of key {at} ends at {end}, past its file"));
                 }
+                // Only a plain store has a checkpoint, and its reads need no record start.
                 Entry::OnDisk {
                     segment,
+                    record: 0,
                     offset,
                     len,
                     crc,

@@ -17,7 +17,7 @@ use super::durable::{Durable, FailureReport};
 use super::index::Entry;
 use super::pace::Pacer;
 use super::poison::poison;
-use super::read::read_value;
+use super::read::{read_value, ValuePlace};
 use super::segments::{segment_file_name, Segment, SegmentKind};
 use super::{io_error, manifest, Inner};
 use crate::codec::{self, ManifestData, RECORD_HEADER_BYTES};
@@ -121,6 +121,7 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
                 Entry::Pending { value, .. } => value.to_vec(),
                 Entry::OnDisk {
                     segment,
+                    record,
                     offset,
                     len,
                     crc,
@@ -129,7 +130,13 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
                     let Some(file) = file else {
                         unreachable!("index points into segment {segment}, which is not open")
                     };
-                    read_value(&*file, *offset, *len, *crc).await?
+                    let place = ValuePlace {
+                        record: *record,
+                        offset: *offset,
+                        len: *len,
+                        crc: *crc,
+                    };
+                    read_value(&*file, place, inner.config.encryption.as_deref()).await?
                 }
             };
             base.batch_ops.push(Op::Put {
@@ -174,6 +181,7 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
     let manifest = ManifestData {
         log_start: seal,
         base_segments,
+        encrypted: inner.config.encryption.is_some(),
     };
     manifest::write(inner.disk.as_ref(), &manifest).await?;
 
@@ -270,6 +278,11 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
         })
         .collect();
     let manifest = inner.state.borrow().manifest.clone();
+    // Not for an encrypted store: the checkpoint would hold keys and small values in plain
+    // text (its open replays the bases instead).
+    if inner.config.encryption.is_some() {
+        return Ok(());
+    }
     if let Some(data) = checkpoint.finish(&manifest, segments, seal_seq) {
         checkpoint::write(inner.disk.as_ref(), data).await?;
     }
@@ -296,6 +309,8 @@ struct Relocation {
     /// The segment the entry lived in when copied; if it changed since, the copy is stale.
     old_segment: u32,
     new_segment: u32,
+    /// Where the copy's record starts in the base file.
+    record: u32,
     /// Where the copied value starts in the base file.
     offset: u32,
     len: u32,
@@ -317,13 +332,12 @@ impl Relocation {
             },
             _ => {
                 debug_assert!(self.len as usize > inline_max, "small values are inline");
-                let (segment, offset, len, crc) =
-                    (self.new_segment, self.offset, self.len, self.crc);
                 Entry::OnDisk {
-                    segment,
-                    offset,
-                    len,
-                    crc,
+                    segment: self.new_segment,
+                    record: self.record,
+                    offset: self.offset,
+                    len: self.len,
+                    crc: self.crc,
                 }
             }
         })
@@ -415,6 +429,7 @@ impl<'a> BaseWriter<'a> {
                 key,
                 old_segment,
                 new_segment: 0,
+                record: 0,
                 offset: 0,
                 len: len as u32,
                 crc,
@@ -444,12 +459,13 @@ impl<'a> BaseWriter<'a> {
         let Some(current) = self.files.last_mut() else {
             unreachable!("start_file added one")
         };
+        let encryption = self.inner.config.encryption.as_deref();
         let record = codec::encode_record(
-            self.seal_seq,
-            current.id,
+            (self.seal_seq, current.id),
             self.batch_count,
             false,
             &self.payload,
+            encryption,
         );
         let offset = current.written_bytes;
         assert!(
@@ -468,9 +484,10 @@ impl<'a> BaseWriter<'a> {
         }
         current.written_bytes += record.len() as u64;
         current.record_bytes += (RECORD_HEADER_BYTES + self.payload.len()) as u64;
-        let payload_start = offset + RECORD_HEADER_BYTES as u64;
+        let payload_start = offset + codec::payload_start(encryption.is_some()) as u64;
         for (mut relocation, value_offset) in self.puts.drain(..) {
             relocation.new_segment = current.id as u32;
+            relocation.record = offset as u32;
             relocation.offset = (payload_start + value_offset as u64) as u32;
             self.checkpoint
                 .place_next(relocation.new_segment, relocation.offset);

@@ -25,9 +25,11 @@ pub enum Entry {
     /// A large value whose write has not completed; it switches to `OnDisk` after the write.
     /// The `Rc` identifies this version: the switch happens only if the entry still holds it.
     Pending { value: Rc<[u8]>, segment: u32 },
-    /// A large value read from disk on demand and checked against `crc` every time.
+    /// A large value read from disk on demand and checked against `crc` every time. `record`
+    /// is where its record starts (an encrypted store reads the record's nonce there).
     OnDisk {
         segment: u32,
+        record: u32,
         offset: u32,
         len: u32,
         crc: u32,

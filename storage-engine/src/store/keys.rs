@@ -217,6 +217,7 @@ mod tests {
     fn entry(n: u32) -> Entry {
         Entry::OnDisk {
             segment: n,
+            record: 0,
             offset: 0,
             len: 0,
             crc: 0,

@@ -280,7 +280,13 @@ async fn start_round(inner: &Inner, overlapped: bool) -> Result<Option<Round>, S
         batch_offsets.push(payload.len());
         payload.extend_from_slice(&batch.encoded);
     }
-    let record = codec::encode_record(first_seq, segment, group.len() as u32, overlapped, &payload);
+    let record = codec::encode_record(
+        (first_seq, segment),
+        group.len() as u32,
+        overlapped,
+        &payload,
+        inner.config.encryption.as_deref(),
+    );
     assert_eq!(
         offset % codec::BLOCK_BYTES as u64,
         0,
@@ -382,13 +388,15 @@ fn finish_round(inner: &Inner, round: Round, micros: u64) -> Result<(), StoreErr
     state.stats.record_fdatasync(micros);
     state.stats.record_group(round.group.len() as u64);
     state.stats.bytes_written_total += round.record_bytes;
+    let payload_start = codec::payload_start(inner.config.encryption.is_some());
     for (batch, batch_offset) in round.group.iter().zip(round.batch_offsets) {
         for large in &batch.large_values {
             let value_offset = round.offset
-                + (RECORD_HEADER_BYTES + batch_offset) as u64
+                + (payload_start + batch_offset) as u64
                 + u64::from(large.offset_in_batch);
             let on_disk = Entry::OnDisk {
                 segment: segment as u32,
+                record: round.offset as u32,
                 offset: value_offset as u32,
                 len: large.value.len() as u32,
                 crc: large.crc,

@@ -6,7 +6,7 @@
 
 use super::io_error;
 use super::segments::{MANIFEST_NAME, MANIFEST_TMP_NAME};
-use crate::codec::{self, ManifestData, ManifestError, FORMAT_VERSION};
+use crate::codec::{self, ManifestData, ManifestError};
 use crate::{Disk, StoreError};
 
 /// Reads and verifies the manifest; returns its format version and contents.
@@ -35,7 +35,7 @@ pub async fn read(disk: &dyn Disk) -> Result<(u32, ManifestData), StoreError> {
         ManifestError::UnknownVersion(found) => StoreError::UnknownFormatVersion {
             file: MANIFEST_NAME.to_string(),
             found,
-            supported: FORMAT_VERSION,
+            supported: codec::FORMAT_VERSION_ENCRYPTED,
         },
         ManifestError::Damaged(reason) => StoreError::Corruption {
             file: MANIFEST_NAME.to_string(),

@@ -13,10 +13,19 @@ pub(super) enum ValueRef {
     Bytes(Vec<u8>),
     Disk {
         file: Rc<dyn DiskFile>,
-        offset: u32,
-        len: u32,
-        crc: u32,
+        place: ValuePlace,
+        encryption: Option<std::sync::Arc<crate::Encryption>>,
     },
+}
+
+/// Where a value read back alone is: its record's start (for the nonce of an encrypted
+/// store), the value's offset in the file, its length and crc (over the plaintext).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ValuePlace {
+    pub record: u32,
+    pub offset: u32,
+    pub len: u32,
+    pub crc: u32,
 }
 
 impl Store {
@@ -27,6 +36,7 @@ impl Store {
             Entry::Pending { value, .. } => ValueRef::Bytes(value.to_vec()),
             Entry::OnDisk {
                 segment,
+                record,
                 offset,
                 len,
                 crc,
@@ -37,9 +47,13 @@ impl Store {
                 };
                 ValueRef::Disk {
                     file,
-                    offset: *offset,
-                    len: *len,
-                    crc: *crc,
+                    place: ValuePlace {
+                        record: *record,
+                        offset: *offset,
+                        len: *len,
+                        crc: *crc,
+                    },
+                    encryption: self.inner.config.encryption.clone(),
                 }
             }
         })
@@ -50,10 +64,9 @@ impl Store {
             ValueRef::Bytes(bytes) => Ok(bytes),
             ValueRef::Disk {
                 file,
-                offset,
-                len,
-                crc,
-            } => read_value(&*file, offset, len, crc).await,
+                place,
+                encryption,
+            } => read_value(&*file, place, encryption.as_deref()).await,
         }
     }
 
@@ -309,14 +322,20 @@ fn bounds<'a>(options: &'a ListOptions, prefix_end: Option<&'a [u8]>) -> Option<
     Some((lower, upper))
 }
 
-/// Reads one value from its segment and checks its length and crc.
+/// Reads one value from its segment and checks its length and crc; in an encrypted store,
+/// reads its record's key id and nonce too and decrypts it first.
 pub(super) async fn read_value(
     file: &dyn DiskFile,
-    offset: u32,
-    len: u32,
-    crc: u32,
+    place: ValuePlace,
+    encryption: Option<&crate::Encryption>,
 ) -> Result<Vec<u8>, StoreError> {
-    let bytes = file
+    let ValuePlace {
+        record,
+        offset,
+        len,
+        crc,
+    } = place;
+    let mut bytes = file
         .read_at(u64::from(offset), len as usize)
         .await
         .map_err(|source| io_error("read", file.name(), source))?;
@@ -330,6 +349,20 @@ pub(super) async fn read_value(
             "value of {len} bytes, only {} readable",
             bytes.len()
         )));
+    }
+    if let Some(encryption) = encryption {
+        let prefix_at = u64::from(record) + crate::codec::RECORD_HEADER_BYTES as u64;
+        let prefix = file
+            .read_at(prefix_at, crate::cipher::PREFIX_BYTES)
+            .await
+            .map_err(|source| io_error("read", file.name(), source))?;
+        let ciphertext_start = prefix_at + crate::cipher::PREFIX_BYTES as u64;
+        let position = u64::from(offset)
+            .checked_sub(ciphertext_start)
+            .ok_or_else(|| corruption("value before its record's ciphertext".to_string()))?;
+        encryption
+            .decrypt_at(&prefix, position, &mut bytes)
+            .map_err(|error| corruption(format!("cannot decrypt the value: {error:?}")))?;
     }
     let found = crc32fast::hash(&bytes);
     if found != crc {

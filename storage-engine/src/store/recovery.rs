@@ -13,8 +13,8 @@ use super::segments::{
 };
 use super::{io_error, State, StoreStats};
 use crate::codec::{
-    self, DecodedOp, ManifestData, PayloadReader, BLOCK_BYTES, FORMAT_VERSION, RECORD_HEADER_BYTES,
-    SEGMENT_ID_MAX,
+    self, DecodedOp, ManifestData, PayloadReader, BLOCK_BYTES, FORMAT_VERSION,
+    FORMAT_VERSION_ENCRYPTED, SEGMENT_ID_MAX,
 };
 use crate::{Disk, DiskFile, ObjectId, RecoveryMode, StoreConfig, StoreError};
 
@@ -102,6 +102,7 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
         let fresh = ManifestData {
             log_start: 1,
             base_segments: Vec::new(),
+            encrypted: config.encryption.is_some(),
         };
         if let Err(error @ StoreError::Io { .. }) = manifest::write(disk, &fresh).await {
             // A new store on a full (or failing) disk: open it empty and not writable rather
@@ -124,7 +125,12 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
                 from_checkpoint: false,
             });
         }
-        (FORMAT_VERSION, fresh)
+        let version = if fresh.encrypted {
+            FORMAT_VERSION_ENCRYPTED
+        } else {
+            FORMAT_VERSION
+        };
+        (version, fresh)
     } else {
         return Err(StoreError::Corruption {
             file: MANIFEST_NAME.to_string(),
@@ -132,6 +138,23 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
             reason: format!("missing while {} segment files exist", files.len()),
         });
     };
+    match (manifest.encrypted, config.encryption.is_some()) {
+        (true, false) => {
+            return Err(StoreError::Encryption {
+                reason: format!(
+                    "the store in {} is encrypted: open it with its key",
+                    config.dir.display()
+                ),
+            })
+        }
+        (false, true) => return Err(StoreError::Encryption {
+            reason: format!(
+                "the store in {} was written without encryption: it cannot be opened with a key",
+                config.dir.display()
+            ),
+        }),
+        _ => {}
+    }
     for id in &manifest.base_segments {
         // Compaction allocates its base ids after the seal that becomes the log start; the
         // log start's own id is then still free for the first log segment.
@@ -178,7 +201,7 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
         segments: Segments::default(),
         last_log_seq: 0,
         last_log_segment: 0,
-        gap: None,
+        fatal: None,
         max_seq: 0,
         losses: 0,
         record_bytes: 0,
@@ -187,6 +210,7 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
     // The checkpoint, when it matches the manifest, is the index the bases would replay to.
     // A salvage open replays everything, since it is there to find damage in the bases too.
     let checkpoint = if config.recovery == RecoveryMode::Strict
+        && config.encryption.is_none()
         && !manifest.base_segments.is_empty()
         && names.iter().any(|name| name == CHECKPOINT_NAME)
     {
@@ -329,7 +353,9 @@ struct Replay<'a> {
     last_log_segment: u64,
     /// Set by `replay_record` when a log record does not follow the one before it: batches
     /// were lost between them (a segment file gone, say), which no torn tail explains.
-    gap: Option<StoreError>,
+    /// An error that stops recovery whatever the tail rules would say: a sequence gap, or
+    /// a record this store cannot open (`StoreError::Encryption`).
+    fatal: Option<StoreError>,
     /// The highest sequence number seen in any file (base records carry their snapshot's).
     max_seq: u64,
     losses: u64,
@@ -385,7 +411,7 @@ impl Replay<'_> {
         let mut end = 0;
         while offset < bytes.len() {
             let replayed = self.replay_record(&bytes[offset..], offset, kind, id);
-            if let Some(gap) = self.gap.take() {
+            if let Some(gap) = self.fatal.take() {
                 return Err(gap);
             }
             match replayed {
@@ -462,7 +488,24 @@ impl Replay<'_> {
         kind: SegmentKind,
         id: u64,
     ) -> Result<usize, String> {
-        let (header, payload) = codec::decode_record(bytes).map_err(|error| error.0)?;
+        let (header, stored) = codec::decode_record(bytes).map_err(|error| error.0)?;
+        // Sealed: opened (authenticated) before anything is applied; a tag that does not
+        // match is damage like a bad crc.
+        let opened =
+            codec::open_payload(bytes, (&header, stored), self.config.encryption.as_deref());
+        let payload = match opened {
+            Ok(payload) => payload,
+            Err(codec::PayloadError::Damaged(error)) => return Err(error.0),
+            Err(codec::PayloadError::Refused(reason)) => {
+                self.fatal = Some(StoreError::Encryption {
+                    reason: format!(
+                        "{} at offset {file_offset}: {reason}",
+                        segment_file_name(kind, id)
+                    ),
+                });
+                return Err(reason);
+            }
+        };
         if header.segment != id {
             return Err(format!(
                 "record belongs to segment {}, not {id}",
@@ -482,7 +525,7 @@ impl Replay<'_> {
             .filter(|last| *last < u64::MAX)
             .ok_or_else(|| format!("sequence {} overflows", header.seq))?;
         // Decode everything before applying anything, so a bad record leaves no trace.
-        let mut reader = PayloadReader::new(payload);
+        let mut reader = PayloadReader::new(&payload);
         let mut batches: Vec<(ObjectId, Vec<DecodedOp<'_>>)> = Vec::new();
         for _ in 0..header.batch_count {
             let mut ops = Vec::new();
@@ -504,7 +547,7 @@ impl Replay<'_> {
                 tracing::warn!(%previous_file, %file, from = expected_seq, missing, "salvage: sequence numbers missing between log records");
                 self.losses += missing;
             } else {
-                self.gap = Some(StoreError::SequenceGap {
+                self.fatal = Some(StoreError::SequenceGap {
                     previous_file,
                     last_seq: self.last_log_seq,
                     file,
@@ -514,9 +557,9 @@ impl Replay<'_> {
                 return Err("sequence gap".to_string());
             }
         }
-        let payload_offset = file_offset + RECORD_HEADER_BYTES;
+        let payload_offset = file_offset + codec::payload_start(header.encrypted);
         for (object, ops) in &batches {
-            self.apply(object, ops, id as u32, payload_offset);
+            self.apply(object, ops, id as u32, (file_offset, payload_offset));
         }
         if kind == SegmentKind::Log {
             self.last_log_seq = last_seq;
@@ -532,7 +575,7 @@ impl Replay<'_> {
         object: &ObjectId,
         ops: &[DecodedOp<'_>],
         segment: u32,
-        payload_offset: usize,
+        (record, payload_offset): (usize, usize),
     ) {
         for op in ops {
             match *op {
@@ -545,6 +588,7 @@ impl Replay<'_> {
                     let entry = if value.len() > self.config.inline_value_bytes_max {
                         Entry::OnDisk {
                             segment,
+                            record: record as u32,
                             offset: (payload_offset + value_offset) as u32,
                             len: value.len() as u32,
                             crc: value_crc,

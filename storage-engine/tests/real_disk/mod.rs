@@ -41,7 +41,17 @@ pub fn small_config(dir: &Path) -> StoreConfig {
     config.segment_bytes_max = 16 * 1024;
     config.inline_value_bytes_max = 64;
     config.compaction_automatic = false;
+    config.encryption = test_encryption();
     config
+}
+
+/// As `support::test_encryption`: a key when `STEAD_STORAGE_TEST_ENCRYPTION=1`.
+pub fn test_encryption() -> Option<std::sync::Arc<stead_storage::Encryption>> {
+    let wanted = std::env::var("STEAD_STORAGE_TEST_ENCRYPTION").is_ok_and(|value| value == "1");
+    wanted.then(|| {
+        let keys = vec![(0x5EED, [0x42; stead_storage::ENCRYPTION_KEY_BYTES])];
+        std::sync::Arc::new(stead_storage::Encryption::new(keys).expect("one key"))
+    })
 }
 
 /// A record as found in a segment file: where it starts and its length without padding.

@@ -24,12 +24,24 @@ pub fn run<F: Future<Output = ()> + 'static>(make: impl FnOnce() -> F + Send + '
 
 /// A config that makes segments rotate after a few commits and keeps compaction explicit.
 /// The directory is only used by `Store::open`; simulated disks ignore it.
+/// With `STEAD_STORAGE_TEST_ENCRYPTION=1` every store is encrypted (`test_encryption`): the
+/// crash tests then run over sealed records (`.ci/run` runs the engine's tests both ways).
 pub fn small_config(dir: &std::path::Path) -> StoreConfig {
     let mut config = StoreConfig::new(dir);
     config.segment_bytes_max = 16 * 1024;
     config.inline_value_bytes_max = 64;
     config.compaction_automatic = false;
+    config.encryption = test_encryption();
     config
+}
+
+/// The key of the encrypted test runs, when `STEAD_STORAGE_TEST_ENCRYPTION=1`.
+pub fn test_encryption() -> Option<std::sync::Arc<stead_storage::Encryption>> {
+    let wanted = std::env::var("STEAD_STORAGE_TEST_ENCRYPTION").is_ok_and(|value| value == "1");
+    wanted.then(|| {
+        let keys = vec![(0x5EED, [0x42; stead_storage::ENCRYPTION_KEY_BYTES])];
+        std::sync::Arc::new(stead_storage::Encryption::new(keys).expect("one key"))
+    })
 }
 
 /// What a store should hold: every object that has a key or an alarm.
