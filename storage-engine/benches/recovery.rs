@@ -7,7 +7,8 @@
 //! `cargo bench -p stead-storage --bench recovery` (`STEAD_RECOVERY_KEYS` for another size,
 //! `STEAD_RECOVERY_RUNS` for another number of opens per figure, 5 by default;
 //! `STEAD_RECOVERY_DIR` to measure only the checkpoint open of a store filled and compacted
-//! by an earlier run, `STEAD_RECOVERY_KEYS` then saying how many keys it holds)
+//! by an earlier run, `STEAD_RECOVERY_KEYS` then saying how many keys it holds;
+//! `STEAD_RECOVERY_ENCRYPTED=1` for an encrypted store, which keeps no checkpoint)
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,11 @@ fn config(path: &std::path::Path) -> StoreConfig {
     let mut config = StoreConfig::new(path);
     config.inline_value_bytes_max = 64;
     config.compaction_automatic = false;
+    // `STEAD_RECOVERY_ENCRYPTED=1`: an encrypted store (no checkpoint: its open replays).
+    if std::env::var("STEAD_RECOVERY_ENCRYPTED").is_ok_and(|value| value == "1") {
+        let keys = vec![(1, [7u8; stead_storage::ENCRYPTION_KEY_BYTES])];
+        config.encryption = stead_storage::Encryption::new(keys).map(std::sync::Arc::new);
+    }
     config
 }
 
@@ -178,6 +184,11 @@ fn main() {
         directory_bytes(path, "base-") as f64 / 1e6,
         directory_bytes(path, "CHECKPOINT") as f64 / 1e6
     );
+    if std::env::var("STEAD_RECOVERY_ENCRYPTED").is_ok_and(|value| value == "1") {
+        // An encrypted store keeps no checkpoint: its open replays the base segments.
+        measure(path, keys, "base segments replayed (encrypted, no checkpoint)", false);
+        return;
+    }
     measure(path, keys, "checkpoint", true);
     let checkpoint = path.join("CHECKPOINT");
     let hidden = path.join("CHECKPOINT.hidden");
