@@ -463,7 +463,6 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Reads a TOML file; fields it leaves out keep their defaults.
     /// Reads the keys of `storage.encryption_key_file`, if it is set (and they were not read
     /// already).
     pub fn load_keys(&mut self) -> Result<(), String> {
@@ -473,6 +472,7 @@ impl Config {
         Ok(())
     }
 
+    /// Reads a TOML file; fields it leaves out keep their defaults.
     pub fn from_toml_file(path: &std::path::Path) -> Result<Config, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|error| format!("cannot read {}: {error}", path.display()))?;

@@ -186,7 +186,12 @@ fn main() {
     );
     if std::env::var("STEAD_RECOVERY_ENCRYPTED").is_ok_and(|value| value == "1") {
         // An encrypted store keeps no checkpoint: its open replays the base segments.
-        measure(path, keys, "base segments replayed (encrypted, no checkpoint)", false);
+        measure(
+            path,
+            keys,
+            "base segments replayed (encrypted, no checkpoint)",
+            false,
+        );
         return;
     }
     measure(path, keys, "checkpoint", true);

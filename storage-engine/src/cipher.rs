@@ -1,4 +1,5 @@
-//! Encryption at rest: XChaCha20-Poly1305 over each record's payload and over the checkpoint.
+//! Encryption at rest: XChaCha20-Poly1305 over each record's payload (an encrypted store
+//! keeps no checkpoint).
 //!
 //! A sealed payload is `key id (8) ‖ nonce (24) ‖ ciphertext ‖ tag (16)`. The key id names
 //! which of the configured keys sealed it (the first key seals, every key opens: rotation).
@@ -9,8 +10,13 @@
 //!
 //! One value read back alone from the middle of a record is decrypted with the stream cipher
 //! itself, started at its place in the ciphertext (XChaCha20-Poly1305 encrypts with the
-//! keystream from its second 64-byte block on; the first keys Poly1305); its crc, over the
-//! plaintext, checks it. The whole record's tag was checked when recovery or compaction read it.
+//! keystream from its second 64-byte block on; the first keys Poly1305). The record's tag
+//! cannot check a slice, and a crc would not stop a forgery (a stream cipher lets whoever can
+//! write the disk flip chosen plaintext bits, and a crc is linear): the index keeps, in place
+//! of the value's crc, a keyed tag of it (`value_tag`: BLAKE3 keyed with a key derived from
+//! the sealing key, cut to 32 bits), made when the value was written or recovery read its
+//! authenticated record, and checked on every read, compaction's included. A forged value
+//! passes with probability 2⁻³² per try, and each failed try is reported as corruption.
 
 use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -34,6 +40,8 @@ const POLY1305_KEY_BLOCK_BYTES: u64 = 64;
 #[derive(Clone)]
 pub struct Encryption {
     keys: Vec<(u64, [u8; KEY_BYTES])>,
+    /// The key of `value_tag`, derived from the sealing key.
+    tag_key: [u8; 32],
 }
 
 impl std::fmt::Debug for Encryption {
@@ -64,7 +72,19 @@ impl Encryption {
         let mut ids: Vec<u64> = keys.iter().map(|(id, _)| *id).collect();
         ids.sort_unstable();
         ids.dedup();
-        (!keys.is_empty() && ids.len() == keys.len()).then_some(Encryption { keys })
+        if keys.is_empty() || ids.len() != keys.len() {
+            return None;
+        }
+        let tag_key = blake3::derive_key("stead-storage value tag v1", &keys[0].1);
+        Some(Encryption { keys, tag_key })
+    }
+
+    /// The keyed tag the index keeps of a value read back alone (in place of its crc).
+    pub fn value_tag(&self, value: &[u8]) -> u32 {
+        let hash = blake3::keyed_hash(&self.tag_key, value);
+        let mut tag = [0u8; 4];
+        tag.copy_from_slice(&hash.as_bytes()[..4]);
+        u32::from_le_bytes(tag)
     }
 
     /// The id of the key that seals.

@@ -75,6 +75,18 @@ pub struct RecordHeader {
     pub encrypted: bool,
 }
 
+/// A record's length without padding (what its header's `length` says), for a payload of
+/// `payload_bytes` plaintext bytes.
+pub fn record_length(payload_bytes: usize, encrypted: bool) -> usize {
+    RECORD_HEADER_BYTES
+        + payload_bytes
+        + if encrypted {
+            crate::cipher::OVERHEAD_BYTES
+        } else {
+            0
+        }
+}
+
 /// The bytes of a record before its plaintext payload: the header, and for a sealed payload
 /// the key id and nonce. A value's offset in its file is the record's offset plus this plus
 /// its offset in the payload.

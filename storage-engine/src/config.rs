@@ -67,8 +67,9 @@ pub struct StoreConfig {
     /// Keys starting with this prefix are also counted apart, in `StoreStats::prefix_keys`
     /// and `prefix_bytes` (the server counts its objects' history this way); empty: none.
     pub counted_key_prefix: Vec<u8>,
-    /// Encryption at rest: every record's payload and the checkpoint are sealed under the
-    /// first key (`cipher.rs`); None: plain. A store written one way refuses to open the other.
+    /// Encryption at rest: every record's payload is sealed under the first key (`cipher.rs`),
+    /// and no checkpoint is kept (it would hold keys in plain text); None: plain. A store
+    /// written one way refuses to open the other.
     pub encryption: Option<std::sync::Arc<crate::Encryption>>,
 }
 

@@ -168,6 +168,53 @@ fn a_record_that_does_not_authenticate_is_damage() {
             Err(other) => panic!("expected corruption, got {other}"),
             Ok(_) => panic!("a record that does not authenticate was accepted"),
         }
+        // The same in the last record of the log, where a torn write would be cut: a record
+        // whose crc matches is no torn write, so it is refused, not cut.
+        let mut bytes = std::fs::read(&segment).expect("read");
+        let spans = record_spans(&bytes);
+        let last = spans[spans.len() - 1];
+        let at = last.offset + RECORD_HEADER_BYTES + 40;
+        bytes[at] ^= 0x01;
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&bytes[last.offset..last.offset + 28]);
+        hasher.update(&bytes[last.offset + RECORD_HEADER_BYTES..last.end()]);
+        let crc = hasher.finalize().to_le_bytes();
+        bytes[last.offset + 28..last.offset + 32].copy_from_slice(&crc);
+        std::fs::write(&segment, &bytes).expect("write");
+        assert!(matches!(
+            Store::open(config(&path, keys(&[1]))).await,
+            Err(StoreError::Corruption { .. })
+        ));
+    });
+}
+
+#[test]
+fn a_value_changed_on_disk_is_caught_by_its_keyed_tag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let store = Store::open(config(&path, keys(&[1]))).await.expect("open");
+        write(&store, 1, 1).await;
+        // Flip one bit of the large value's ciphertext, where the store reads it alone (the
+        // record was authenticated at commit; a read checks the value's keyed tag).
+        let segment = log_segments(&path)
+            .into_iter()
+            .next()
+            .expect("a log segment");
+        let mut bytes = std::fs::read(&segment).expect("read");
+        let large = NEEDLE.repeat(20).len() + 1;
+        let record = record_spans(&bytes)[0];
+        // The large value is the last thing of the record's payload, before the 16-byte tag.
+        let at = record.end() - 16 - large / 2;
+        bytes[at] ^= 0x04;
+        std::fs::write(&segment, &bytes).expect("write");
+        match store.get(&[0; 32], b"large").await {
+            Err(StoreError::Corruption { reason, .. }) => {
+                assert!(reason.contains("crc"), "{reason}")
+            }
+            other => panic!("a changed value was read back: {other:?}"),
+        }
+        let _ = store.close().await;
     });
 }
 
@@ -189,18 +236,31 @@ fn keys_rotate_through_compaction() {
         // Without the old key, the old segments cannot be read yet.
         let reason = encryption_reason(Store::open(config(&path, keys(&[2]))).await);
         assert!(reason.contains("not in the key file"), "{reason}");
-        // Compaction rewrites everything under the new key; then the old one can go.
+        // Nor with the old key alone: the newest records are sealed under the new one.
+        let reason = encryption_reason(Store::open(config(&path, keys(&[1]))).await);
+        assert!(reason.contains("not in the key file"), "{reason}");
+        // Compaction rewrites everything under the new key; then the old one can go. The
+        // values read back from the new base segments, before and after the reopen.
         let store = Store::open(config(&path, keys(&[2, 1])))
             .await
             .expect("reopen");
         write(&store, 4, 3).await;
         store.compact().await.expect("compact");
+        check(&store, 4, 3).await;
         write(&store, 1, 4).await;
         store.close().await.expect("close");
         let store = Store::open(config(&path, keys(&[2])))
             .await
             .expect("new key alone");
         check(&store, 1, 4).await;
+        for n in 1..4u8 {
+            let mut large = NEEDLE.repeat(20);
+            large.push(3);
+            assert_eq!(
+                store.get(&[n; 32], b"large").await.expect("get"),
+                Some(large)
+            );
+        }
         store.close().await.expect("close");
     });
 }

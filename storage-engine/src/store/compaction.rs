@@ -20,7 +20,7 @@ use super::poison::poison;
 use super::read::{read_value, ValuePlace};
 use super::segments::{segment_file_name, Segment, SegmentKind};
 use super::{io_error, manifest, Inner};
-use crate::codec::{self, ManifestData, RECORD_HEADER_BYTES};
+use crate::codec::{self, ManifestData};
 use crate::{DiskFile, ObjectId, Op, StoreError};
 
 /// A base record is written once its payload passes this.
@@ -417,12 +417,17 @@ impl<'a> BaseWriter<'a> {
             }
         }
         let puts = ops.iter().filter_map(|op| match op {
-            Op::Put { value, .. } => Some(value.len()),
+            Op::Put { value, .. } => Some(value),
             _ => None,
         });
-        for (len, (offset, crc)) in puts.zip(offsets) {
+        for (value, (offset, crc)) in puts.zip(offsets) {
             let Some((key, old_segment)) = keys.next() else {
                 unreachable!("every put has its key recorded")
+            };
+            let len = value.len();
+            let crc = match &self.inner.config.encryption {
+                Some(encryption) => encryption.value_tag(value),
+                None => crc,
             };
             let relocation = Relocation {
                 object: *object,
@@ -483,7 +488,8 @@ impl<'a> BaseWriter<'a> {
             return Err(io_error("write", file.name(), short));
         }
         current.written_bytes += record.len() as u64;
-        current.record_bytes += (RECORD_HEADER_BYTES + self.payload.len()) as u64;
+        current.record_bytes +=
+            codec::record_length(self.payload.len(), encryption.is_some()) as u64;
         let payload_start = offset + codec::payload_start(encryption.is_some()) as u64;
         for (mut relocation, value_offset) in self.puts.drain(..) {
             relocation.new_segment = current.id as u32;

@@ -21,7 +21,7 @@ use super::poison::poison;
 use super::prepare;
 use super::segments::{segment_file_name, Segment, SegmentKind};
 use super::{compaction, io_error, Inner};
-use crate::codec::{self, RECORD_HEADER_BYTES};
+use crate::codec;
 use crate::{DiskFile, ObjectId, StoreError};
 
 /// A round takes queued batches until their encoded bytes pass this (always at least one).
@@ -383,7 +383,8 @@ fn finish_round(inner: &Inner, round: Round, micros: u64) -> Result<(), StoreErr
     if let Some(segment_entry) = state.segments.by_id.get_mut(&segment) {
         segment_entry.written_bytes += round.record_bytes;
         // Without padding: the figure compaction's trigger counts (see `Segment`).
-        segment_entry.record_bytes += (RECORD_HEADER_BYTES + round.payload_bytes) as u64;
+        let encrypted = inner.config.encryption.is_some();
+        segment_entry.record_bytes += codec::record_length(round.payload_bytes, encrypted) as u64;
     }
     state.stats.record_fdatasync(micros);
     state.stats.record_group(round.group.len() as u64);

@@ -287,6 +287,11 @@ impl Store {
                     };
                     let entry = if value.len() > inner.config.inline_value_bytes_max {
                         let value: Rc<[u8]> = value.into();
+                        // Encrypted: the keyed tag, not the crc, checks its reads (`cipher.rs`).
+                        let crc = match &inner.config.encryption {
+                            Some(encryption) => encryption.value_tag(&value),
+                            None => crc,
+                        };
                         large_values.push(LargeValue {
                             key: key.clone().into_boxed_slice(),
                             value: value.clone(),

@@ -364,7 +364,10 @@ pub(super) async fn read_value(
             .decrypt_at(&prefix, position, &mut bytes)
             .map_err(|error| corruption(format!("cannot decrypt the value: {error:?}")))?;
     }
-    let found = crc32fast::hash(&bytes);
+    let found = match encryption {
+        Some(encryption) => encryption.value_tag(&bytes),
+        None => crc32fast::hash(&bytes),
+    };
     if found != crc {
         return Err(corruption(format!(
             "value crc {found:#010x}, index expects {crc:#010x}"

@@ -147,12 +147,14 @@ pub async fn recover(config: &StoreConfig, disk: &dyn Disk) -> Result<Recovered,
                 ),
             })
         }
-        (false, true) => return Err(StoreError::Encryption {
-            reason: format!(
+        (false, true) => {
+            return Err(StoreError::Encryption {
+                reason: format!(
                 "the store in {} was written without encryption: it cannot be opened with a key",
                 config.dir.display()
             ),
-        }),
+            })
+        }
         _ => {}
     }
     for id in &manifest.base_segments {
@@ -495,7 +497,16 @@ impl Replay<'_> {
             codec::open_payload(bytes, (&header, stored), self.config.encryption.as_deref());
         let payload = match opened {
             Ok(payload) => payload,
-            Err(codec::PayloadError::Damaged(error)) => return Err(error.0),
+            // The crc matched, so this is no torn write: tampering, or a bug. Never cut as a
+            // torn tail; strict and salvage opens both stop.
+            Err(codec::PayloadError::Damaged(error)) => {
+                self.fatal = Some(StoreError::Corruption {
+                    file: segment_file_name(kind, id),
+                    offset: file_offset as u64,
+                    reason: error.0.clone(),
+                });
+                return Err(error.0);
+            }
             Err(codec::PayloadError::Refused(reason)) => {
                 self.fatal = Some(StoreError::Encryption {
                     reason: format!(
@@ -591,7 +602,11 @@ impl Replay<'_> {
                             record: record as u32,
                             offset: (payload_offset + value_offset) as u32,
                             len: value.len() as u32,
-                            crc: value_crc,
+                            // Encrypted: the keyed tag of the authenticated value.
+                            crc: match &self.config.encryption {
+                                Some(encryption) => encryption.value_tag(value),
+                                None => value_crc,
+                            },
                         }
                     } else {
                         Entry::Inline {
