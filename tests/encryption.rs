@@ -121,3 +121,64 @@ fn nothing_clients_wrote_is_in_plain_text_and_it_survives_kill_9() {
     let stderr = common::refused_start(&data, &["--encryption-key-file", &other_arg]);
     assert!(stderr.contains("64 hex digits"), "{stderr}");
 }
+
+#[test]
+fn a_backup_restores_into_an_encrypted_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("keys");
+    write_key(&key, 'c');
+    let key_arg = key.to_string_lossy().into_owned();
+    let data = dir.path().join("data");
+    let server = TestServer::start(
+        &data,
+        1,
+        &["--encryption-key-file", &key_arg, "--admin-token", "adm"],
+    );
+    let id = session(&server);
+    let url = format!("http://{}", server.addr);
+    let backup = dir.path().join("backup.stead");
+    let stead = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_stead"))
+            .args(args)
+            .output()
+            .expect("run stead");
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let backup_arg = backup.to_string_lossy().into_owned();
+    stead(&[
+        "admin",
+        "--url",
+        &url,
+        "--token",
+        "adm",
+        "backup",
+        "--out",
+        &backup_arg,
+    ]);
+    assert_eq!(server.stop(), Some(0));
+    // The backup itself is plain (README says so); the restored directory is not.
+    assert!(!files_holding(dir.path(), NEEDLE.as_bytes()).is_empty());
+    let restored = dir.path().join("restored");
+    let restored_arg = restored.to_string_lossy().into_owned();
+    stead(&[
+        "restore",
+        "--from",
+        &backup_arg,
+        "--data-dir",
+        &restored_arg,
+        "--encryption-key-file",
+        &key_arg,
+    ]);
+    let found = files_holding(&restored, NEEDLE.as_bytes());
+    assert!(found.is_empty(), "plain text in {found:?}");
+    let server = TestServer::start(&restored, 1, &["--encryption-key-file", &key_arg]);
+    let reply = server
+        .client()
+        .get(&format!("/objects/sessions/store/sessions/{id}"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(server.stop(), Some(0));
+}
