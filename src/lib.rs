@@ -43,6 +43,10 @@
 //! - `auth`: the bearer tokens a server takes and what each grants (classes, write,
 //!   WebSockets, metrics, admin); the token file and its reload on SIGHUP.
 //! - `limits`: object creation limits.
+//! - `tls`: HTTPS and WSS on the listener (rustls; the handshake on the accepting core, then a
+//!   socket pair to the connection loop), and the TLS client settings of `stead bench`/`admin`.
+//! - `encryption`: the key file of encryption at rest, handed to every store (the engine seals
+//!   each record).
 //! - `bench`: the load generator behind `stead bench`.
 //! - `cluster`: replication of every commit through NATS JetStream, on a control thread of
 //!   its own (`stead serve --cluster`).
