@@ -278,11 +278,11 @@ async fn run(inner: &Inner, seal: u64, seal_seq: u64) -> Result<(), StoreError> 
         })
         .collect();
     let manifest = inner.state.borrow().manifest.clone();
-    // Not for an encrypted store: the checkpoint would hold keys and small values in plain
+    // None for an encrypted store: the checkpoint would hold keys and small values in plain
     // text (its open replays the bases instead).
-    if inner.config.encryption.is_some() {
+    let Some(checkpoint) = checkpoint else {
         return Ok(());
-    }
+    };
     if let Some(data) = checkpoint.finish(&manifest, segments, seal_seq) {
         checkpoint::write(inner.disk.as_ref(), data).await?;
     }
@@ -372,8 +372,9 @@ struct BaseWriter<'a> {
     batch_keys: Vec<(Box<[u8]>, u32)>,
     /// Entries written to base files, to be pointed at after the manifest switch.
     relocations: Vec<Relocation>,
-    /// The index as the base files hold it, written once the manifest names them.
-    checkpoint: CheckpointBuilder,
+    /// The index as the base files hold it, written once the manifest names them; None for
+    /// an encrypted store, which keeps no checkpoint.
+    checkpoint: Option<CheckpointBuilder>,
 }
 
 impl<'a> BaseWriter<'a> {
@@ -388,7 +389,11 @@ impl<'a> BaseWriter<'a> {
             batch_ops: Vec::new(),
             batch_keys: Vec::new(),
             relocations: Vec::new(),
-            checkpoint: CheckpointBuilder::new(inner.config.inline_value_bytes_max),
+            checkpoint: inner
+                .config
+                .encryption
+                .is_none()
+                .then(|| CheckpointBuilder::new(inner.config.inline_value_bytes_max)),
         }
     }
 
@@ -403,17 +408,19 @@ impl<'a> BaseWriter<'a> {
         codec::encode_batch(&mut self.payload, object, &ops, |offset, crc| {
             offsets.push((offset, crc))
         });
-        let mut crcs = offsets.iter().map(|(_, crc)| *crc);
-        for op in &ops {
-            match op {
-                Op::Put { key, value } => {
-                    let Some(crc) = crcs.next() else {
-                        unreachable!("every put has its offset recorded")
-                    };
-                    self.checkpoint.put(object, key, value, crc);
+        if let Some(checkpoint) = self.checkpoint.as_mut() {
+            let mut crcs = offsets.iter().map(|(_, crc)| *crc);
+            for op in &ops {
+                match op {
+                    Op::Put { key, value } => {
+                        let Some(crc) = crcs.next() else {
+                            unreachable!("every put has its offset recorded")
+                        };
+                        checkpoint.put(object, key, value, crc);
+                    }
+                    Op::SetAlarm { time_ms } => checkpoint.alarm(object, *time_ms),
+                    _ => unreachable!("compaction copies puts and alarms only"),
                 }
-                Op::SetAlarm { time_ms } => self.checkpoint.alarm(object, *time_ms),
-                _ => unreachable!("compaction copies puts and alarms only"),
             }
         }
         let puts = ops.iter().filter_map(|op| match op {
@@ -495,8 +502,9 @@ impl<'a> BaseWriter<'a> {
             relocation.new_segment = current.id as u32;
             relocation.record = offset as u32;
             relocation.offset = (payload_start + value_offset as u64) as u32;
-            self.checkpoint
-                .place_next(relocation.new_segment, relocation.offset);
+            if let Some(checkpoint) = self.checkpoint.as_mut() {
+                checkpoint.place_next(relocation.new_segment, relocation.offset);
+            }
             self.relocations.push(relocation);
         }
         self.inner.state.borrow_mut().stats.bytes_written_total += record.len() as u64;
