@@ -191,21 +191,18 @@ pub struct TokenFile {
 impl TokenFile {
     /// Reads and checks the file at `path`.
     pub fn read(path: &Path) -> Result<TokenFile, AuthError> {
-        let io = |error: std::io::Error| AuthError::Io {
-            path: path.to_path_buf(),
-            reason: error.to_string(),
-        };
         let invalid = |reason: String| AuthError::Invalid {
             path: path.to_path_buf(),
             reason,
         };
-        let size = std::fs::metadata(path).map_err(io)?.len();
-        if size > TOKEN_FILE_BYTES_MAX {
-            return Err(invalid(format!(
-                "{size} bytes, more than the {TOKEN_FILE_BYTES_MAX} read"
-            )));
-        }
-        let text = std::fs::read_to_string(path).map_err(io)?;
+        let bytes =
+            crate::config::read_operator_file(path, TOKEN_FILE_BYTES_MAX).map_err(|reason| {
+                AuthError::Io {
+                    path: path.to_path_buf(),
+                    reason,
+                }
+            })?;
+        let text = String::from_utf8(bytes).map_err(|_| invalid("not UTF-8".to_string()))?;
         let file: TokenFile = toml::from_str(&text).map_err(|error| invalid(error.to_string()))?;
         file.check().map_err(invalid)?;
         Ok(file)

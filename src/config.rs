@@ -462,6 +462,26 @@ impl Default for Config {
     }
 }
 
+/// Reads a file an operator hands the server (a key, certificate or token file): a regular
+/// file of at most `bytes_max` bytes (a FIFO or device would block or never end), read with
+/// that bound rather than by its size as it was a moment before.
+pub fn read_operator_file(path: &std::path::Path, bytes_max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|error| error.to_string())?;
+    let metadata = file.metadata().map_err(|error| error.to_string())?;
+    if !metadata.is_file() {
+        return Err("not a regular file".to_string());
+    }
+    let mut bytes = Vec::new();
+    file.take(bytes_max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| error.to_string())?;
+    if bytes.len() as u64 > bytes_max {
+        return Err(format!("larger than the {bytes_max} bytes read"));
+    }
+    Ok(bytes)
+}
+
 impl Config {
     /// Reads the keys of `storage.encryption_key_file`, if it is set (and they were not read
     /// already).

@@ -24,7 +24,7 @@ pub struct KeyRing(pub Arc<Encryption>);
 
 impl PartialEq for KeyRing {
     fn eq(&self, other: &KeyRing) -> bool {
-        format!("{:?}", self.0) == format!("{:?}", other.0)
+        self.0.key_ids().eq(other.0.key_ids())
     }
 }
 
@@ -33,16 +33,9 @@ impl Eq for KeyRing {}
 impl KeyRing {
     /// Reads the keys in `path`.
     pub fn load(path: &Path) -> Result<KeyRing, String> {
-        use std::io::Read;
         let context = |reason: String| format!("encryption key file {}: {reason}", path.display());
-        let file = std::fs::File::open(path).map_err(|error| context(error.to_string()))?;
-        let mut text = String::new();
-        file.take(KEY_FILE_BYTES_MAX + 1)
-            .read_to_string(&mut text)
-            .map_err(|error| context(error.to_string()))?;
-        if text.len() as u64 > KEY_FILE_BYTES_MAX {
-            return Err(context(format!("larger than {KEY_FILE_BYTES_MAX} bytes")));
-        }
+        let bytes = crate::config::read_operator_file(path, KEY_FILE_BYTES_MAX).map_err(context)?;
+        let text = String::from_utf8(bytes).map_err(|_| context("not UTF-8".to_string()))?;
         let mut keys = Vec::new();
         for (number, line) in text.lines().enumerate() {
             let line = line.trim();

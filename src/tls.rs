@@ -97,29 +97,10 @@ impl Tls {
 
 /// Reads at most `PEM_FILE_BYTES_MAX` of `path`.
 fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
-    let io = |error: std::io::Error| TlsError::Io {
+    crate::config::read_operator_file(path, PEM_FILE_BYTES_MAX).map_err(|reason| TlsError::Io {
         path: path.to_path_buf(),
-        reason: error.to_string(),
-    };
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(io)?;
-    if !file.metadata().map_err(io)?.is_file() {
-        return Err(TlsError::Invalid {
-            path: path.to_path_buf(),
-            reason: "not a regular file".to_string(),
-        });
-    }
-    let mut bytes = Vec::new();
-    file.take(PEM_FILE_BYTES_MAX + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > PEM_FILE_BYTES_MAX {
-        return Err(TlsError::Invalid {
-            path: path.to_path_buf(),
-            reason: format!("more than the {PEM_FILE_BYTES_MAX} bytes read"),
-        });
-    }
-    Ok(bytes)
+        reason,
+    })
 }
 
 /// A rustls server configuration of the chain in `cert_file` and the key in `key_file` (PEM),

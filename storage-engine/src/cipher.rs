@@ -46,11 +46,7 @@ pub struct Encryption {
 
 impl std::fmt::Debug for Encryption {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ids: Vec<String> = self
-            .keys
-            .iter()
-            .map(|(id, _)| format!("{id:016x}"))
-            .collect();
+        let ids: Vec<String> = self.key_ids().map(|id| format!("{id:016x}")).collect();
         f.debug_struct("Encryption")
             .field("key_ids", &ids)
             .finish_non_exhaustive()
@@ -85,6 +81,11 @@ impl Encryption {
         let mut tag = [0u8; 4];
         tag.copy_from_slice(&hash.as_bytes()[..4]);
         u32::from_le_bytes(tag)
+    }
+
+    /// The ids of the keys, the sealing key's first.
+    pub fn key_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.keys.iter().map(|(id, _)| *id)
     }
 
     /// The id of the key that seals.

@@ -188,6 +188,32 @@ fn a_record_that_does_not_authenticate_is_damage() {
     });
 }
 
+/// A change of the first 5 bytes of `value` (as XOR masks) that leaves its crc-32 as it is:
+/// the crc of a flip is linear in the flipped bits, so 33 of the 40 single-bit flips have a
+/// combination whose crc changes cancel out, found by elimination.
+fn crc_blind_flip(value: &[u8]) -> Vec<u8> {
+    let base = crc32fast::hash(value);
+    // Reduced crc changes, each with the set of bits (as a mask) that makes it.
+    let mut basis: Vec<(u32, u64)> = Vec::new();
+    for bit in 0..40u64 {
+        let mut flipped = value.to_vec();
+        flipped[(bit / 8) as usize] ^= 1 << (bit % 8);
+        let (mut change, mut bits) = (crc32fast::hash(&flipped) ^ base, 1u64 << bit);
+        for (vector, vector_bits) in &basis {
+            if change ^ vector < change {
+                change ^= vector;
+                bits ^= vector_bits;
+            }
+        }
+        if change == 0 {
+            return (0..5).map(|byte| (bits >> (8 * byte)) as u8).collect();
+        }
+        basis.push((change, bits));
+        basis.sort_unstable_by_key(|(change, _)| std::cmp::Reverse(*change));
+    }
+    unreachable!("40 flips in a 32-bit space always have a dependent combination")
+}
+
 #[test]
 fn a_value_changed_on_disk_is_caught_by_its_keyed_tag() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -195,18 +221,33 @@ fn a_value_changed_on_disk_is_caught_by_its_keyed_tag() {
     run(move || async move {
         let store = Store::open(config(&path, keys(&[1]))).await.expect("open");
         write(&store, 1, 1).await;
-        // Flip one bit of the large value's ciphertext, where the store reads it alone (the
-        // record was authenticated at commit; a read checks the value's keyed tag).
+        // Change the large value's ciphertext where the store reads it alone (the record was
+        // authenticated at commit) by a pattern that a crc-32 cannot see: with a stream
+        // cipher, flipping ciphertext bits flips the same plaintext bits, and a crc is linear.
+        let mut large = NEEDLE.repeat(20);
+        large.push(1);
+        let delta = crc_blind_flip(&large);
+        let mut changed = large.clone();
+        for (byte, flip) in changed.iter_mut().zip(&delta) {
+            *byte ^= flip;
+        }
+        assert_ne!(changed, large);
+        assert_eq!(
+            crc32fast::hash(&changed),
+            crc32fast::hash(&large),
+            "a crc would pass it"
+        );
         let segment = log_segments(&path)
             .into_iter()
             .next()
             .expect("a log segment");
         let mut bytes = std::fs::read(&segment).expect("read");
-        let large = NEEDLE.repeat(20).len() + 1;
         let record = record_spans(&bytes)[0];
         // The large value is the last thing of the record's payload, before the 16-byte tag.
-        let at = record.end() - 16 - large / 2;
-        bytes[at] ^= 0x04;
+        let start = record.end() - 16 - large.len();
+        for (byte, flip) in bytes[start..].iter_mut().zip(&delta) {
+            *byte ^= flip;
+        }
         std::fs::write(&segment, &bytes).expect("write");
         match store.get(&[0; 32], b"large").await {
             Err(StoreError::Corruption { reason, .. }) => {
