@@ -2,47 +2,53 @@
 //! cores through bounded channels only.
 //!
 //! At start ([`start`]) it connects and checks the cluster's settings, and returns: the cores
-//! then listen while the node is a standby (following the `owner` key, so that they can
-//! forward requests to the owner). Once the lease is this node's, it becomes the owner (see
-//! the module above), replays the stream to the cores (`ReplayItem`), watches the `owner` key
-//! (another node's takeover deposes this one), and publishes the cores' appends, each with
-//! the epoch and the partition's last sequence. It stops when every core has dropped its
-//! sender of appends, or the server says every core has stopped.
+//! then listen, serving no partition yet. The node then holds its node key (`node.<id>` in the
+//! lease bucket, whose entries expire; renewed every third of the lease): while it is fresh the
+//! node may serve ([`super::Lease`]). Every twelfth of the lease it surveys the cluster: the
+//! live nodes (their keys) and the assignment (`assignment` in the settings bucket); it
+//! releases the partitions the assignment no longer gives it (their cores forget them) and
+//! then says in its node key which generation it applied; it rebuilds the partitions the
+//! assignment gives it once every other live node has applied that generation (no node serves
+//! them any more), each after a takeover record on its subject (the fence). One node at a
+//! time (the holder of the `rebalancer` key) writes the next assignment when nodes come or
+//! go. It publishes the cores' appends, each with the partition's epoch and last sequence.
+//! It stops once the server says every core has stopped (deleting its node key).
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, kv, object_store, stream};
 use async_nats::HeaderMap;
 use futures_lite::StreamExt;
+use serde::{Deserialize, Serialize};
 use stead_storage::Batch;
 use tokio::sync::mpsc;
 
 use super::record;
-use super::{Append, ClusterError, ControlEvent, ReplicationError};
+use super::{Append, Assignment, ClusterError, ControlEvent, ReplicationError};
 use crate::config::ClusterSettings;
 use crate::id::ObjectId;
 
-/// Pause before making a failed watch of the owner key again.
-const REWATCH_PAUSE: Duration = Duration::from_secs(1);
-/// The KV bucket (entries expire after the lease) and key of the owner's lease.
+/// The KV bucket of the node keys and the rebalancer key (entries expire after the lease).
 const LEASE_BUCKET: &str = "stead_lease";
-const LEASE_KEY: &str = "lease";
+/// A node's key in the lease bucket is this and its id.
+const NODE_KEY_PREFIX: &str = "node.";
+/// The key of the node that writes the assignment.
+const REBALANCER_KEY: &str = "rebalancer";
 /// The stream of every partition's log, and its subjects.
 const STREAM: &str = "STEAD_LOG";
 const SUBJECT_PREFIX: &str = "stead.log.";
-/// The KV bucket of the cluster's settings and owner.
+/// The KV bucket of the cluster's settings and the assignment.
 const BUCKET: &str = "stead_cluster";
 /// The object store of the partitions' snapshots.
 const SNAPSHOT_BUCKET: &str = "stead_snapshots";
-/// Snapshots a start reads at once (each is held in memory until its core has it).
-const SNAPSHOT_READS: usize = 16;
 /// The longest a snapshot may take to store or to read.
 const SNAPSHOT_STORE_TIMEOUT: Duration = Duration::from_secs(120);
 const SETTINGS_KEY: &str = "settings";
-const OWNER_KEY: &str = "owner";
+const ASSIGNMENT_KEY: &str = "assignment";
 /// Headers of every append.
 const EXPECTED_LAST: &str = "Nats-Expected-Last-Subject-Sequence";
 /// The header naming a message for the stream's deduplication.
@@ -55,59 +61,44 @@ const NODE_HEADER: &str = "Stead-Node";
 /// 2.9.15 to 2.9.20) or for an empty subject (nats-server#5794, merged in August 2024): a warning, since
 /// a single-server stream (replicas 1) is not affected.
 const FENCE_SAFE_VERSION: (u64, u64, u64) = (2, 10, 20);
-
-/// Whether version text like `2.9.10` is below `minimum` (unreadable text counts as below).
-fn version_below(version: &str, minimum: (u64, u64, u64)) -> bool {
-    let mut parts = version
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|part| !part.is_empty())
-        .map(|part| part.parse::<u64>().unwrap_or(0));
-    let found = (
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-    );
-    found < minimum
-}
-
 /// Room in a NATS message for an append's headers and batch count.
 const APPEND_OVERHEAD_BYTES: usize = 4096;
 /// Tries to append a partition's takeover record after its last record.
 const FENCE_ATTEMPTS_MAX: u32 = 5;
-/// Partitions fenced at once at start.
+/// Partitions fenced at once.
 const FENCE_CONCURRENCY: usize = 256;
-/// The shortest pause between rebuilds of refused partitions.
+/// The shortest pause between rebuilds that failed.
 const RECOVER_PAUSE_MIN: Duration = Duration::from_millis(250);
 /// Batches a core's replay queue holds.
 const REPLAY_QUEUE: usize = 1024;
-/// How long start-up waits for NATS to answer one step.
+/// How long one step waits for NATS to answer.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What a core receives while the stream is replayed, before it serves.
+/// What a core receives from the control thread besides its answers: the partitions it gains
+/// (rebuilt from the stream) and those it loses.
 #[derive(Debug)]
 pub enum ReplayItem {
     /// A batch of one of the core's objects, in log order.
     Batch(ObjectId, Batch),
-    /// Every batch was sent.
-    Done,
-    /// The replay cannot go on: the core must not serve.
-    Failed(String),
-    /// Once the core serves: `partition`, refused for want of an acknowledgement, is rebuilt
-    /// from the stream. Its objects leave memory and the core's store, and the batches that
-    /// follow (up to `Recovered`) are its state.
-    Recover(u32, tokio::sync::oneshot::Sender<Result<(), String>>),
-    /// Every batch of the partition's rebuild was sent: it serves again.
-    Recovered(u32),
-    /// The rebuild stopped: the partition stays refused (another rebuild comes later).
+    /// `partitions` are rebuilt from the stream: their objects leave memory and the core's
+    /// store, and the batches that follow (up to `Recovered`) are their state. The core says
+    /// on the sender whether its part (the store's commits) worked.
+    Recover(Vec<u32>, tokio::sync::oneshot::Sender<Result<(), String>>),
+    /// Every batch of the rebuild was sent: the partitions serve.
+    Recovered(Vec<u32>),
+    /// The rebuild stopped: the partitions stay refused (another rebuild comes later).
     RecoverFailed(String),
+    /// `partitions` belong to another node now (the error says which): the core stops serving
+    /// them and forgets them, then answers.
+    Release(Vec<u32>, ReplicationError, tokio::sync::oneshot::Sender<()>),
 }
 
 /// A core's ends of the channels to the control thread.
 pub struct ClusterLink {
     /// The node's lease, shared by every core.
-    pub lease: std::sync::Arc<super::Lease>,
-    /// The owner as last read, and this node's id and address.
-    pub view: std::sync::Arc<super::ClusterView>,
+    pub lease: Arc<super::Lease>,
+    /// The assignment as last read, and this node's id and address.
+    pub view: Arc<super::ClusterView>,
     /// The most bytes of batches one append may carry.
     pub append_bytes_max: usize,
     pub appends: mpsc::Sender<Append>,
@@ -115,28 +106,28 @@ pub struct ClusterLink {
     pub replay: mpsc::Receiver<ReplayItem>,
 }
 
-/// A joined cluster (settings checked; not yet the owner): each core's link, and what the
-/// cores share.
+/// A joined cluster (settings checked; no partition served yet): each core's link, and what
+/// the cores share.
 pub struct StartedCluster {
     pub links: Vec<ClusterLink>,
-    pub view: std::sync::Arc<super::ClusterView>,
-    /// Waits, once every core has stopped, for the lease to be given up.
+    pub view: Arc<super::ClusterView>,
+    /// Waits, once every core has stopped, for the node key to be given up.
     pub shutdown: ClusterShutdown,
 }
 
 /// The end of a graceful shutdown: once every core has stopped (nothing is served any more),
-/// the server tells the control thread, which deletes this process's lease so that a standby
-/// takes over at its next try instead of when the lease expires.
+/// the server tells the control thread, which deletes this process's node key so that the
+/// rebalancer gives its partitions to the other nodes at once instead of when it expires.
 pub struct ClusterShutdown {
     /// Tells the control thread that the cores have stopped.
-    release: std::sync::Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Notify>,
     released: std::sync::mpsc::Receiver<()>,
     /// The longest wait: the deletion's own bound and a second more.
     wait_max: Duration,
 }
 
 impl ClusterShutdown {
-    /// Waits until the lease was given up (or could not be: it then expires by itself).
+    /// Waits until the node key was given up (or could not be: it then expires by itself).
     pub fn wait(self) {
         self.release.notify_one();
         let _ = self.released.recv_timeout(self.wait_max);
@@ -144,10 +135,10 @@ impl ClusterShutdown {
 }
 
 /// Joins the cluster on a thread of its own; returns once the cluster's settings are checked.
-/// The node is then a standby: the control thread takes the partitions over once the lease
-/// is free, and replays them to the cores (`ClusterLink::replay`).
-/// `never_own`: why this node may never own the partitions (a class pinned to a jurisdiction
-/// it does not have): it then only forwards.
+/// The node then takes its node key and the partitions the assignment gives it, and rebuilds
+/// them into the cores (`ClusterLink::replay`).
+/// `never_own`: why this node may never own partitions (a class pinned to a jurisdiction it
+/// does not have): it then only forwards.
 pub fn start(
     settings: &ClusterSettings,
     (partitions, cores): (u32, usize),
@@ -155,10 +146,10 @@ pub fn start(
 ) -> Result<StartedCluster, ClusterError> {
     // An append and a snapshot per partition at most, and room for each core.
     let (append_sender, append_receiver) = mpsc::channel(2 * partitions as usize + cores);
-    let lease = std::sync::Arc::new(super::Lease::new(Duration::from_millis(
+    let lease = Arc::new(super::Lease::new(Duration::from_millis(
         settings.lease_ms.max(1),
     )));
-    let view = std::sync::Arc::new(super::ClusterView::new(&settings.node_id));
+    let view = Arc::new(super::ClusterView::new(&settings.node_id));
     let mut links = Vec::with_capacity(cores);
     let mut event_senders = Vec::with_capacity(cores);
     let mut replay_senders = Vec::with_capacity(cores);
@@ -179,7 +170,7 @@ pub fn start(
     drop(append_sender);
     let (ready_sender, ready) = std::sync::mpsc::channel();
     let (released_sender, released) = std::sync::mpsc::channel();
-    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
     let shutdown = ClusterShutdown {
         release: release.clone(),
         released,
@@ -200,29 +191,49 @@ pub fn start(
                     return;
                 }
             };
-            let control = Control {
-                append_ids: process_number(),
-                lease,
-                view: thread_view,
-                held: RefCell::default(),
-                deposed: Rc::default(),
-                to_recover: RefCell::default(),
-                snapshots_in_flight: RefCell::default(),
-                settings,
-                partitions,
-                cores,
-                events: event_senders,
-            };
             let local = tokio::task::LocalSet::new();
-            local.block_on(
-                &runtime,
-                control.run(
-                    append_receiver,
-                    replay_senders,
-                    (ready_sender, release),
-                    never_own,
-                ),
-            );
+            local.block_on(&runtime, async move {
+                let connected = match connect(&settings, partitions).await {
+                    Ok(connected) => connected,
+                    Err(error) => {
+                        let _ = ready_sender.send(Err(error));
+                        return;
+                    }
+                };
+                let _ = ready_sender.send(Ok(connected.append_bytes_max));
+                let control = Rc::new(Control {
+                    append_ids: process_number(),
+                    process: process_number(),
+                    lease,
+                    view: thread_view,
+                    deposed: Rc::default(),
+                    stopping: Rc::default(),
+                    held: Rc::default(),
+                    applied: Cell::new(0),
+                    applying: tokio::sync::Mutex::new(()),
+                    live: RefCell::default(),
+                    last: Rc::new(RefCell::new(vec![0; partitions as usize])),
+                    snapshot_names: Rc::default(),
+                    snapshots_in_flight: RefCell::default(),
+                    may_own: never_own.is_none(),
+                    renew_now: tokio::sync::Notify::new(),
+                    rebuild_now: tokio::sync::Notify::new(),
+                    core_turns: (0..cores).map(|_| tokio::sync::Mutex::new(())).collect(),
+                    connected,
+                    settings,
+                    partitions,
+                    cores,
+                    events: event_senders,
+                    replay: replay_senders,
+                });
+                if let Some(reason) = never_own {
+                    tracing::warn!(
+                        %reason,
+                        "cluster: this node never owns partitions; it forwards to their owners"
+                    );
+                }
+                control.run(append_receiver, release).await;
+            });
             let _ = released_sender.send(());
             // The tasks left (a watch's subscriber) spawn their unsubscribes as they are
             // dropped, which needs the runtime.
@@ -257,601 +268,675 @@ pub fn start(
     }
 }
 
-fn nats_error(step: &'static str, error: impl std::fmt::Display) -> ClusterError {
-    ClusterError::Nats {
-        step,
-        reason: error.to_string(),
-    }
+/// What a node key says: the node, its process, where it listens, whether it may own
+/// partitions, and the generation of the assignment whose releases it has done.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct NodeValue {
+    node: String,
+    process: u64,
+    address: Option<String>,
+    may_own: bool,
+    applied: u64,
 }
 
-/// Runs `future` within `STEP_TIMEOUT`, naming `step` when it fails.
-async fn step<T, E: std::fmt::Display>(
-    step: &'static str,
-    future: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, ClusterError> {
-    match tokio::time::timeout(STEP_TIMEOUT, future).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(nats_error(step, error)),
-        Err(_) => Err(nats_error(
-            step,
-            format!("no answer within {STEP_TIMEOUT:?}"),
-        )),
-    }
+/// A partition the assignment gives this node.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    /// The generation it got the partition at (its epoch).
+    since: u64,
+    /// Whether its core serves it: rebuilt from the stream since, and not refused after.
+    serving: bool,
 }
 
-/// The headers of an append of `kind` by `node` at `epoch`, after sequence `expected`.
-fn headers(kind: &str, node: &str, epoch: u64, expected: u64) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(KIND_HEADER, kind);
-    headers.insert(EPOCH_HEADER, epoch.to_string().as_str());
-    headers.insert(NODE_HEADER, node);
-    headers.insert(EXPECTED_LAST, expected.to_string().as_str());
-    headers
-}
-
-/// The partition and the sequence a snapshot's object name (`p<partition>.<sequence>`) says.
-fn snapshot_name(name: &str) -> Option<(u32, u64)> {
-    let (partition, sequence) = name.strip_prefix('p')?.split_once('.')?;
-    Some((partition.parse().ok()?, sequence.parse().ok()?))
-}
-
-/// The subject of partition `partition`'s log.
-fn subject(partition: u32) -> String {
-    format!("{SUBJECT_PREFIX}{partition}")
-}
-
-/// A random number for this process; the clock's nanoseconds if the system has no randomness.
-fn process_number() -> u64 {
-    let mut bytes = [0u8; 8];
-    match getrandom::fill(&mut bytes) {
-        Ok(()) => u64::from_le_bytes(bytes),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_nanos() as u64),
-    }
-}
-
-/// How long giving the lease up may take.
-fn release_timeout(lease_ms: u64) -> Duration {
-    Duration::from_millis(lease_ms.max(1) / 6)
-}
-
-struct Control {
-    /// This process's part of its appends' message ids (random): a resent append is the
-    /// same message, another process's never is.
-    append_ids: u64,
-    lease: std::sync::Arc<super::Lease>,
-    view: std::sync::Arc<super::ClusterView>,
-    /// The lease bucket, this process's lease value, and what stops its renewals, once it
-    /// took the lease (a failed takeover gives it up and tries again with a lease of its own).
-    held: RefCell<Option<HeldLease>>,
-    /// Set once the node is deposed: the lease is no longer renewed, so a standby can take it.
-    deposed: Rc<std::cell::Cell<bool>>,
-    /// Partitions refused because an append was not acknowledged (not fenced): rebuilt from
-    /// the stream once the lease is fresh again.
-    to_recover: RefCell<std::collections::BTreeSet<u32>>,
-    /// Partitions whose snapshot is being stored (and its subject purged): not rebuilt
-    /// meanwhile, since the purge could remove messages the rebuild reads.
-    snapshots_in_flight: RefCell<std::collections::HashSet<u32>>,
-    settings: ClusterSettings,
-    partitions: u32,
-    cores: usize,
-    /// Each core's channel of answers.
-    events: Vec<mpsc::Sender<ControlEvent>>,
-}
-
-/// A connection to NATS, the cluster's settings checked: what a standby has.
+/// A connection to NATS, the cluster's settings checked.
 struct Connected {
     js: jetstream::Context,
+    /// The bucket of the settings and the assignment.
     bucket: kv::Store,
+    /// The bucket of the node keys and the rebalancer key.
+    leases: kv::Store,
     log: stream::Stream,
+    /// The object store of the partitions' snapshots.
     snapshots: object_store::ObjectStore,
     /// The most bytes of batches one append may carry: the server's `max_payload` less room
     /// for the headers and the count.
     append_bytes_max: usize,
 }
 
-/// A lease this process took: its bucket, its value, and the flag that stops its renewals.
-type HeldLease = (kv::Store, bytes::Bytes, Rc<std::cell::Cell<bool>>);
-
-/// What start-up leaves for the rest of the thread's life.
-struct Joined {
-    js: jetstream::Context,
-    /// The bucket of the settings and the owner key.
-    bucket: kv::Store,
-    log: stream::Stream,
-    /// The object store of the partitions' snapshots.
-    snapshots: object_store::ObjectStore,
+struct Control {
+    /// This process's part of its appends' message ids (random): a resent append is the
+    /// same message, another process's never is.
+    append_ids: u64,
+    /// This process's number in its node key and the rebalancer key, so that a restarted
+    /// node never mistakes its earlier run's keys for its own.
+    process: u64,
+    lease: Arc<super::Lease>,
+    view: Arc<super::ClusterView>,
+    /// Set once another process of this node id holds the node key: nothing is served again.
+    deposed: Rc<Cell<bool>>,
+    /// Set once the cores have stopped.
+    stopping: Rc<Cell<bool>>,
+    /// The partitions the assignment gives this node.
+    held: Rc<RefCell<BTreeMap<u32, Held>>>,
+    /// The generation of the assignment this node applied (released what it does not give
+    /// this node): what the node key says.
+    applied: Cell<u64>,
+    /// One application of an assignment at a time.
+    applying: tokio::sync::Mutex<()>,
+    /// The live nodes as last surveyed (their node keys).
+    live: RefCell<HashMap<String, NodeValue>>,
+    /// The last sequence of each partition's subject this node knows (its fence, its last
+    /// acknowledged append).
+    last: Rc<RefCell<Vec<u64>>>,
     /// Each partition's latest snapshot's object name, once known.
     snapshot_names: Rc<RefCell<HashMap<u32, String>>>,
-    epoch: u64,
-    /// The last sequence of each partition's subject.
-    last: Rc<RefCell<Vec<u64>>>,
-    /// The stream's last sequence once every partition was fenced: the end of the replay.
-    replay_end: u64,
-    /// Every change of the `owner` key after this node's, from the moment it became the owner.
-    owner_watch: Option<kv::Watch>,
+    /// Partitions whose snapshot is being stored (and its subject purged): not rebuilt
+    /// meanwhile, since the purge could remove messages the rebuild reads.
+    snapshots_in_flight: RefCell<HashSet<u32>>,
+    /// False for a node that may never own partitions (jurisdictions).
+    may_own: bool,
+    /// Wakes the node key's renewal at once (the applied generation changed).
+    renew_now: tokio::sync::Notify,
+    /// Wakes the rebuilds (partitions given to this node, or refused).
+    rebuild_now: tokio::sync::Notify,
+    /// One user of a core's replay channel at a time (a rebuild's items must not interleave
+    /// with another's, or with a release).
+    core_turns: Vec<tokio::sync::Mutex<()>>,
+    connected: Connected,
+    settings: ClusterSettings,
+    partitions: u32,
+    cores: usize,
+    /// Each core's channel of answers.
+    events: Vec<mpsc::Sender<ControlEvent>>,
+    /// Each core's channel of rebuilds and releases.
+    replay: Vec<mpsc::Sender<ReplayItem>>,
 }
 
 impl Control {
+    /// Holds the node key, then surveys, rebuilds and publishes until the server says every
+    /// core has stopped; then gives the node key (and the rebalancer key) up.
     async fn run(
-        self,
+        self: Rc<Self>,
         appends: mpsc::Receiver<Append>,
-        replay: Vec<mpsc::Sender<ReplayItem>>,
-        (ready, release): (
-            std::sync::mpsc::Sender<Result<usize, ClusterError>>,
-            std::sync::Arc<tokio::sync::Notify>,
-        ),
-        never_own: Option<String>,
+        release: Arc<tokio::sync::Notify>,
     ) {
-        let connected = match self.connect().await {
-            Ok(connected) => connected,
-            Err(error) => {
-                let _ = ready.send(Err(error));
+        let joined = tokio::select! {
+            joined = self.join() => joined,
+            () = release.notified() => {
+                self.stopping.set(true);
                 return;
             }
         };
-        let _ = ready.send(Ok(connected.append_bytes_max));
-        let control = Rc::new(self);
-        tokio::task::spawn_local(control.clone().follow_owner(connected.bucket.clone()));
-        if let Some(reason) = never_own {
-            tracing::warn!(
-                %reason,
-                "cluster: this node never takes the partitions over; it forwards to the owner"
-            );
-            release.notified().await;
-            return;
-        }
-        // A standby waits here; the server may stop meanwhile. A takeover that fails before
-        // the replay (NATS did not answer a step) has sent the cores nothing: the lease is
-        // given up and the node waits as a standby again.
-        // Each failed takeover doubles the wait before the next (a quarter lease at first, at
-        // most four leases): each try bumps the epoch and appends takeover records.
-        let quarter = Duration::from_millis(control.settings.lease_ms / 4);
-        let mut retry_pause = quarter;
-        let mut joined = loop {
-            let attempt = tokio::select! {
-                joined = control.take_over(&connected) => joined,
-                () = release.notified() => {
-                    control.release_lease().await;
-                    return;
-                }
-            };
-            match attempt {
-                Ok(joined) => break joined,
-                Err(error) => {
-                    // The lease's renewal found it taken meanwhile: the cores were told they
-                    // are deposed, and stay so; the node only forwards from now on.
-                    let deposed = control.deposed.get();
-                    tracing::error!(
-                        %error,
-                        deposed,
-                        "cluster: the takeover failed; the lease is given up"
-                    );
-                    control.release_lease().await;
-                    if deposed {
-                        release.notified().await;
-                        return;
-                    }
-                    control.deposed.set(false);
-                    tokio::time::sleep(retry_pause).await;
-                    retry_pause = (retry_pause * 2).min(quarter * 16);
-                }
+        let revision = match joined {
+            Ok(revision) => revision,
+            Err(error) => {
+                // The node only forwards (a later survey still follows the assignment).
+                tracing::error!(%error, "cluster: this node could not hold its node key");
+                tokio::task::spawn_local(self.clone().survey());
+                release.notified().await;
+                self.stopping.set(true);
+                return;
             }
         };
-        if let Some(watch) = joined.owner_watch.take() {
-            let bucket = joined.bucket.clone();
-            tokio::task::spawn_local(control.clone().watch_owner(bucket, watch, joined.epoch));
+        tokio::task::spawn_local(self.clone().renew(revision));
+        tokio::task::spawn_local(self.clone().survey());
+        if self.may_own {
+            tokio::task::spawn_local(self.clone().rebuild_loop());
         }
-        if let Err(error) = control.replay(&joined, &replay).await {
-            tracing::error!(%error, "cluster: replay failed");
-            for sender in &replay {
-                let _ = sender.send(ReplayItem::Failed(error.to_string())).await;
-            }
-            // The cores may hold part of the replay: they serve nothing until a restart, and
-            // another node may take over at once; this one goes on following the owner (to
-            // forward to it) until it stops.
-            control.release_lease().await;
-            release.notified().await;
-            return;
-        }
-        for sender in &replay {
-            let _ = sender.send(ReplayItem::Done).await;
-        }
-        tokio::task::spawn_local(control.clone().watch_takeover());
         // Until every core has stopped: their appends' channel closes, or the server says so
         // (a core's task may keep its end of the channel until the process exits).
         tokio::select! {
-            () = control.clone().serve_appends(appends, &joined) => {}
-            () = control.recover_partitions(&joined, &replay) => {}
+            () = self.clone().serve_appends(appends) => {}
             () = release.notified() => {}
         }
-        control.release_lease().await;
+        self.stopping.set(true);
+        self.give_up_keys().await;
     }
 
-    /// Once the cores have the whole replay: if one of them could not take its partitions over
-    /// (objects of classes this node does not have, a store error), the node must own none of
-    /// them, or they would answer 503 until a restart: every core is deposed (the others
-    /// stop serving) and the lease given up, so that another node takes over.
-    async fn watch_takeover(self: Rc<Self>) {
-        while self.view.cores_failed() == 0 {
-            if self.view.cores_serving() >= self.cores {
+    /// The value of this node's key now.
+    fn node_value(&self) -> bytes::Bytes {
+        let value = NodeValue {
+            node: self.settings.node_id.clone(),
+            process: self.process,
+            address: self.view.advertise(),
+            may_own: self.may_own,
+            applied: self.applied.get(),
+        };
+        bytes::Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
+    }
+
+    fn node_key(&self) -> String {
+        format!("{NODE_KEY_PREFIX}{}", self.settings.node_id)
+    }
+
+    /// Waits until no process holds this node's key (a previous run's expires), then takes
+    /// it; its revision. The node holds no partition then, so it has applied every
+    /// assignment so far.
+    async fn join(&self) -> Result<u64, ClusterError> {
+        // The node key names where this node listens: the server says once it is bound.
+        let since = Instant::now();
+        while self.view.advertise().is_none() && since.elapsed() < STEP_TIMEOUT {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let lease = Duration::from_millis(self.settings.lease_ms.max(1));
+        let mut said = false;
+        loop {
+            let generation = match self.read_assignment().await? {
+                Some((assignment, _)) => assignment.generation,
+                None => 0,
+            };
+            self.applied.set(self.applied.get().max(generation));
+            let sent = Instant::now();
+            let created = self
+                .connected
+                .leases
+                .create(self.node_key(), self.node_value())
+                .await;
+            match created {
+                Ok(revision) => {
+                    self.lease.renewed(sent);
+                    tracing::info!(node = %self.settings.node_id, "cluster: node key taken");
+                    return Ok(revision);
+                }
+                Err(error) => {
+                    if !said {
+                        tracing::info!(
+                            %error,
+                            "cluster: this node's key is held (an earlier run's?); waiting"
+                        );
+                        said = true;
+                    }
+                    tokio::time::sleep(lease / 12).await;
+                }
+            }
+        }
+    }
+
+    /// The assignment and its revision, if one was written.
+    async fn read_assignment(&self) -> Result<Option<(Arc<Assignment>, u64)>, ClusterError> {
+        let entry = step(
+            "read the assignment",
+            self.connected.bucket.entry(ASSIGNMENT_KEY),
+        )
+        .await?;
+        let Some(entry) = entry.filter(|entry| entry.operation == kv::Operation::Put) else {
+            return Ok(None);
+        };
+        match Assignment::parse(&entry.value, self.partitions) {
+            Some(assignment) => Ok(Some((Arc::new(assignment), entry.revision))),
+            None => Err(nats_error(
+                "read the assignment",
+                "it is not an assignment of this cluster's partitions",
+            )),
+        }
+    }
+
+    /// Renews the node key every third of the lease (at once when the applied generation
+    /// changed), retrying a failed renewal every twelfth. A renewal refused for a stale
+    /// revision is looked into: the key still this process's (a renewal that timed out but
+    /// was applied) is kept; gone (expired), the current assignment is applied first (another
+    /// node may have taken partitions meanwhile) and the key taken again; another process's,
+    /// the node is deposed and serves nothing again.
+    async fn renew(self: Rc<Self>, mut revision: u64) {
+        let lease = Duration::from_millis(self.settings.lease_ms.max(1));
+        let leases = self.connected.leases.clone();
+        let key = self.node_key();
+        let mut pause = lease / 3;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = self.renew_now.notified() => {}
+            }
+            if self.deposed.get() || self.stopping.get() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let error = ReplicationError::NotServing(
-            "a core of this node could not take its partitions over (see the node's log): \
-             the node gave them up"
-                .to_string(),
-        );
-        tracing::error!(%error, "cluster: the takeover failed; giving the lease up");
-        for sender in &self.events {
-            let _ = sender
-                .send(ControlEvent::Deposed {
-                    error: error.clone(),
-                })
-                .await;
-        }
-        self.release_lease().await;
-    }
-
-    /// Gives the lease up after every core has stopped: deletes the lease key if it still
-    /// holds this process's value (never a lease another process took since).
-    async fn release_lease(&self) {
-        let Some((bucket, value, stop)) = self.held.borrow_mut().take() else {
-            return;
-        };
-        stop.set(true);
-        if self.deposed.replace(true) {
-            return;
-        }
-        // The renewals stop at their next wake; one in flight may still move the revision,
-        // so a refused deletion reads the key once more.
-        let release = async {
-            let mut outcome = Err("no attempt".to_string());
-            for _ in 0..2 {
-                outcome = match bucket.entry(LEASE_KEY).await {
-                    Ok(Some(entry))
-                        if entry.value == value && entry.operation == kv::Operation::Put =>
-                    {
-                        bucket
-                            .delete_expect_revision(LEASE_KEY, Some(entry.revision))
-                            .await
-                            .map_err(|error| error.to_string())
-                    }
-                    Ok(_) => Err("the lease is no longer this process's".to_string()),
-                    Err(error) => Err(error.to_string()),
-                };
-                if outcome.is_ok() {
-                    break;
+            pause = lease / 12;
+            let sent = Instant::now();
+            let update = leases.update(&key, self.node_value(), revision);
+            let updated = tokio::time::timeout(lease / 6, update).await;
+            if self.stopping.get() {
+                return;
+            }
+            match updated {
+                Ok(Ok(next)) => {
+                    revision = next;
+                    self.lease.renewed(sent);
+                    pause = lease / 3;
                 }
+                Ok(Err(error)) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    // A deleted key reads as a delete marker: nobody holds it then.
+                    let current = leases
+                        .entry(&key)
+                        .await
+                        .map(|entry| entry.filter(|entry| entry.operation == kv::Operation::Put));
+                    if self.stopping.get() {
+                        return;
+                    }
+                    match current {
+                        Ok(Some(entry)) => {
+                            let holder: Option<NodeValue> =
+                                serde_json::from_slice(&entry.value).ok();
+                            if holder.is_some_and(|holder| holder.process == self.process) {
+                                revision = entry.revision;
+                                continue;
+                            }
+                            let error = ReplicationError::Unavailable(format!(
+                                "this node's key expired and was taken by another process: {}",
+                                String::from_utf8_lossy(&entry.value)
+                            ));
+                            tracing::error!(%error, "cluster: this node stops serving");
+                            self.deposed.set(true);
+                            for sender in &self.events {
+                                let _ = sender
+                                    .send(ControlEvent::Deposed {
+                                        error: error.clone(),
+                                    })
+                                    .await;
+                            }
+                            return;
+                        }
+                        Ok(None) => {
+                            tracing::warn!("cluster: this node's key expired; joining again");
+                            // Partitions the assignment moved meanwhile are released first.
+                            match self.read_assignment().await {
+                                Ok(Some((assignment, _))) => self.apply(&assignment).await,
+                                Ok(None) => {}
+                                Err(error) => {
+                                    tracing::warn!(%error, "cluster: cannot read the assignment");
+                                    continue;
+                                }
+                            }
+                            let sent = Instant::now();
+                            if let Ok(next) = leases.create(&key, self.node_value()).await {
+                                revision = next;
+                                self.lease.renewed(sent);
+                                pause = lease / 3;
+                            }
+                        }
+                        Err(error) => tracing::warn!(%error, "cluster: cannot read the node key"),
+                    }
+                }
+                Ok(Err(error)) => tracing::warn!(%error, "cluster: the node key was not renewed"),
+                Err(_) => tracing::warn!("cluster: the node key's renewal timed out"),
             }
-            outcome
-        };
-        match tokio::time::timeout(release_timeout(self.settings.lease_ms), release).await {
-            Ok(Ok(())) => tracing::info!("cluster: lease given up"),
-            Ok(Err(reason)) => tracing::warn!(%reason, "cluster: the lease was not given up"),
-            Err(_) => tracing::warn!("cluster: giving the lease up timed out; it expires"),
         }
     }
 
-    /// Connects to NATS and checks the cluster's settings (creating them, the stream and the
-    /// buckets for the first node).
-    async fn connect(&self) -> Result<Connected, ClusterError> {
-        let servers = self
-            .settings
-            .nats
-            .iter()
-            .map(|url| url.parse::<async_nats::ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|error| nats_error("read the NATS addresses", error))?;
-        let node = &self.settings.node_id;
-        let valid = !node.is_empty()
-            && node.len() <= 64
-            && node
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
-        if !valid {
-            return Err(nats_error(
-                "check the node id",
-                format!("{node:?}: use 1 to 64 letters, digits, '-' or '_'"),
-            ));
-        }
-        if servers.is_empty() {
-            return Err(nats_error("connect", "no NATS server given (--cluster)"));
-        }
-        let client = step(
-            "connect to NATS",
-            async_nats::ConnectOptions::new()
-                .connection_timeout(STEP_TIMEOUT)
-                // A connection whose link died without a reset is noticed after two unanswered
-                // pings: ping every quarter lease, so it is remade soon after the link heals
-                // (the client's default, a minute, kept a healed node deaf for two).
-                .ping_interval(Duration::from_millis(self.settings.lease_ms / 4))
-                .connect(servers),
-        )
-        .await?;
-        let version = client.server_info().version;
-        if version_below(&version, FENCE_SAFE_VERSION) {
-            tracing::warn!(
-                %version,
-                "cluster: this nats-server may not hold the fence on a clustered stream \
-                 (nats-server#4320, #5794): with replicas > 1, use a release with both fixes"
-            );
-        }
-        let append_bytes_max = client
-            .server_info()
-            .max_payload
-            .saturating_sub(APPEND_OVERHEAD_BYTES)
-            .max(1);
-        let js = jetstream::new(client);
-        let replicas = self.settings.replicas;
-        let bucket = match js.get_key_value(BUCKET).await {
-            Ok(bucket) => bucket,
-            Err(_) => {
-                let config = kv::Config {
-                    bucket: BUCKET.to_string(),
-                    history: 1,
-                    num_replicas: replicas,
-                    ..Default::default()
-                };
-                step("create the settings bucket", js.create_key_value(config)).await?
-            }
-        };
-        let ours = format!(
-            "{{\"partitions\":{},\"replicas\":{replicas},\"lease_ms\":{}}}",
-            self.partitions, self.settings.lease_ms
-        );
-        let stored = step("read the settings", bucket.get(SETTINGS_KEY)).await?;
-        let theirs = match stored {
-            Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-            None => match bucket.create(SETTINGS_KEY, ours.clone().into()).await {
-                Ok(_) => ours.clone(),
-                // Another node created them first: compare with theirs.
-                Err(_) => step("read the settings", bucket.get(SETTINGS_KEY))
-                    .await?
-                    .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-                    .unwrap_or_default(),
-            },
-        };
-        if theirs != ours {
-            return Err(ClusterError::Settings {
-                cluster: theirs,
-                node: ours,
-            });
-        }
-        let log = step(
-            "open the log stream",
-            js.get_or_create_stream(stream::Config {
-                name: STREAM.to_string(),
-                subjects: vec![format!("{SUBJECT_PREFIX}*")],
-                num_replicas: replicas,
-                ..Default::default()
-            }),
-        )
-        .await?;
-        let snapshots = match js.get_object_store(SNAPSHOT_BUCKET).await {
-            Ok(store) => store,
-            Err(_) => {
-                let config = object_store::Config {
-                    bucket: SNAPSHOT_BUCKET.to_string(),
-                    num_replicas: replicas,
-                    ..Default::default()
-                };
-                step("create the snapshot bucket", js.create_object_store(config)).await?
-            }
-        };
-        Ok(Connected {
-            js,
-            bucket,
-            log,
-            snapshots,
-            append_bytes_max,
-        })
-    }
-
-    /// Keeps the view of the owner current: reads the `owner` key every twelfth of the lease,
-    /// for as long as the control thread runs (a standby forwards to the owner it names, and
-    /// so does a deposed node).
-    async fn follow_owner(self: Rc<Self>, bucket: kv::Store) {
+    /// Every twelfth of the lease: reads the live nodes and the assignment, applies it, and
+    /// (on the rebalancer) writes the next one when nodes came or went. Runs until the
+    /// thread ends.
+    async fn survey(self: Rc<Self>) {
         let pause = Duration::from_millis(self.settings.lease_ms.max(12) / 12);
         loop {
-            match tokio::time::timeout(STEP_TIMEOUT, bucket.entry(OWNER_KEY)).await {
-                Ok(Ok(Some(entry))) if entry.operation == kv::Operation::Put => {
-                    if let Some(owner) = super::Owner::parse(&entry.value, entry.revision) {
-                        self.view.set_owner(owner);
-                    }
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => tracing::debug!(%error, "cluster: cannot read the owner"),
-                Err(_) => tracing::debug!("cluster: reading the owner timed out"),
+            if let Err(error) = self.survey_once().await {
+                tracing::debug!(%error, "cluster: a survey failed");
             }
             tokio::time::sleep(pause).await;
         }
     }
 
-    /// Waits for the lease (a standby waits here as long as the owner lives), becomes the
-    /// owner and fences every partition.
-    async fn take_over(&self, connected: &Connected) -> Result<Joined, ClusterError> {
-        let Connected {
-            js,
-            bucket,
-            log,
-            snapshots,
-            ..
-        } = connected;
-        let (js, bucket, log, snapshots) =
-            (js.clone(), bucket.clone(), log.clone(), snapshots.clone());
-        self.take_lease(&js).await?;
-        // The owner key names where this node listens: the server says once it is bound.
-        let address = {
-            let since = std::time::Instant::now();
-            loop {
-                if let Some(address) = self.view.advertise() {
-                    break Some(address);
-                }
-                if since.elapsed() > STEP_TIMEOUT {
-                    break None;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+    async fn survey_once(&self) -> Result<(), ClusterError> {
+        let live = self.read_nodes().await?;
+        self.view.set_addresses(
+            live.values()
+                .filter_map(|node| Some((node.node.clone(), node.address.clone()?)))
+                .collect(),
+        );
+        *self.live.borrow_mut() = live;
+        let current = self.read_assignment().await?;
+        if let Some((assignment, _)) = &current {
+            self.apply(assignment).await;
+        }
+        if self.stopping.get() || self.deposed.get() || !self.hold_rebalancer().await {
+            return Ok(());
+        }
+        let may_own: Vec<String> = self
+            .live
+            .borrow()
+            .values()
+            .filter(|node| node.may_own)
+            .map(|node| node.node.clone())
+            .collect();
+        let next = Assignment::rebalance(
+            current.as_ref().map(|(assignment, _)| assignment.as_ref()),
+            self.partitions,
+            &may_own,
+        );
+        let Some(next) = next else {
+            return Ok(());
         };
-        let owner = super::Owner::value(&self.settings.node_id, address.as_deref());
-        let current = step("read the owner", bucket.entry(OWNER_KEY)).await?;
-        let epoch = match current {
-            Some(entry) => {
+        let value = bytes::Bytes::from(next.to_json());
+        let bucket = &self.connected.bucket;
+        match &current {
+            Some((_, revision)) => {
                 step(
-                    "become the owner",
-                    bucket.update(OWNER_KEY, owner.into(), entry.revision),
+                    "write the assignment",
+                    bucket.update(ASSIGNMENT_KEY, value, *revision),
                 )
                 .await?
             }
-            None => step("become the owner", bucket.create(OWNER_KEY, owner.into())).await?,
+            None => step("write the assignment", bucket.create(ASSIGNMENT_KEY, value)).await?,
         };
-        tracing::info!(node = %self.settings.node_id, epoch, "cluster: owner of every partition");
-        self.view.set_owner(super::Owner {
-            node: self.settings.node_id.clone(),
-            address,
-            epoch,
-        });
-        // Watched before anything else, so that no takeover is missed however long the fence
-        // and the replay take; a change between the compare-and-set and the watch is caught by
-        // reading the key again once the watch is in place.
-        let owner_watch = step("watch the owner", bucket.watch(OWNER_KEY)).await?;
-        let now = step("read the owner again", bucket.entry(OWNER_KEY)).await?;
-        if now.map(|entry| entry.revision) != Some(epoch) {
-            return Err(nats_error(
-                "become the owner",
-                "another node became the owner while this one joined",
-            ));
-        }
-        let last = self.fence(&js, &log, epoch).await?;
-        let mut log = log;
-        let replay_end = step("read the log's end", log.info())
-            .await?
-            .state
-            .last_sequence;
-        Ok(Joined {
-            js,
-            bucket,
-            log,
-            snapshots,
-            snapshot_names: Rc::default(),
-            epoch,
-            last: Rc::new(RefCell::new(last)),
-            replay_end,
-            owner_watch: Some(owner_watch),
-        })
-    }
-
-    /// Waits until no node holds the lease, takes it, and keeps renewing it on a task of its
-    /// own. A standby node waits here for as long as the owner lives.
-    async fn take_lease(&self, js: &jetstream::Context) -> Result<(), ClusterError> {
-        let lease = Duration::from_millis(self.settings.lease_ms.max(1));
-        let bucket = match js.get_key_value(LEASE_BUCKET).await {
-            Ok(bucket) => bucket,
-            Err(_) => {
-                let config = kv::Config {
-                    bucket: LEASE_BUCKET.to_string(),
-                    history: 1,
-                    max_age: lease,
-                    num_replicas: self.settings.replicas,
-                    ..Default::default()
-                };
-                step("create the lease bucket", js.create_key_value(config)).await?
-            }
-        };
-        let mut process = [0u8; 8];
-        getrandom::fill(&mut process).map_err(|error| nats_error("make a lease id", error))?;
-        let value = bytes::Bytes::from(
-            serde_json::json!({
-                "node": self.settings.node_id,
-                "process": u64::from_le_bytes(process),
-            })
-            .to_string(),
+        let counts: Vec<String> = next
+            .nodes
+            .iter()
+            .map(|node| format!("{node}: {}", next.owned_by(node).len()))
+            .collect();
+        tracing::info!(
+            generation = next.generation,
+            owners = %counts.join(", "),
+            "cluster: assignment written"
         );
-        let mut said = false;
-        let revision = loop {
-            let sent = std::time::Instant::now();
-            match step("take the lease", bucket.create(LEASE_KEY, value.clone())).await {
-                Ok(revision) => {
-                    self.lease.renewed(sent);
-                    break revision;
-                }
-                Err(error) => {
-                    if !said {
-                        tracing::info!(%error, "cluster: another node holds the lease; waiting");
-                        said = true;
-                    }
-                    // Often enough to follow a lease given up at once.
-                    tokio::time::sleep(lease / 12).await;
-                }
-            }
-        };
-        tracing::info!(node = %self.settings.node_id, "cluster: lease taken");
-        let stop = Rc::new(std::cell::Cell::new(false));
-        *self.held.borrow_mut() = Some((bucket.clone(), value.clone(), stop.clone()));
-        let renewal = Renewal {
-            bucket,
-            value,
-            lease,
-            clock: self.lease.clone(),
-            deposed: self.deposed.clone(),
-            stop,
-            events: self.events.clone(),
-        };
-        tokio::task::spawn_local(renew_lease(renewal, revision));
+        self.apply(&Arc::new(next)).await;
         Ok(())
     }
 
-    /// Appends a takeover record to every partition's subject, after its last message: from
-    /// then on an append of the previous owner names a stale sequence and is refused.
-    async fn fence(
-        &self,
-        js: &jetstream::Context,
-        log: &stream::Stream,
-        epoch: u64,
-    ) -> Result<Vec<u64>, ClusterError> {
-        let mut last = vec![0u64; self.partitions as usize];
-        let partitions: Vec<u32> = (0..self.partitions).collect();
+    /// The live nodes: every node key present (an expired one is gone).
+    async fn read_nodes(&self) -> Result<HashMap<String, NodeValue>, ClusterError> {
+        let leases = &self.connected.leases;
+        let mut keys = step("list the nodes", leases.keys()).await?;
+        let mut names = Vec::new();
+        loop {
+            match tokio::time::timeout(STEP_TIMEOUT, keys.next()).await {
+                Ok(Some(Ok(key))) => names.push(key),
+                Ok(Some(Err(error))) => return Err(nats_error("list the nodes", error)),
+                Ok(None) => break,
+                Err(_) => return Err(nats_error("list the nodes", "no answer in time")),
+            }
+        }
+        let mut live = HashMap::new();
+        for name in names {
+            if !name.starts_with(NODE_KEY_PREFIX) {
+                continue;
+            }
+            let entry = step("read a node key", leases.entry(&name)).await?;
+            let Some(entry) = entry.filter(|entry| entry.operation == kv::Operation::Put) else {
+                continue;
+            };
+            if let Ok(node) = serde_json::from_slice::<NodeValue>(&entry.value) {
+                live.insert(node.node.clone(), node);
+            }
+        }
+        Ok(live)
+    }
+
+    /// Whether this process holds the rebalancer key (taken when free, renewed at each
+    /// survey; it expires with the lease when its holder dies).
+    async fn hold_rebalancer(&self) -> bool {
+        let leases = &self.connected.leases;
+        let ours = serde_json::json!({ "node": self.settings.node_id, "process": self.process })
+            .to_string();
+        let entry = tokio::time::timeout(STEP_TIMEOUT, leases.entry(REBALANCER_KEY)).await;
+        let held = match entry {
+            Ok(Ok(Some(entry))) if entry.operation == kv::Operation::Put => {
+                if entry.value != ours.as_bytes() {
+                    return false;
+                }
+                leases
+                    .update(REBALANCER_KEY, ours.into(), entry.revision)
+                    .await
+                    .is_ok()
+            }
+            Ok(Ok(_)) => leases.create(REBALANCER_KEY, ours.into()).await.is_ok(),
+            _ => false,
+        };
+        held
+    }
+
+    /// Applies `assignment`: the partitions it no longer gives this node (or gives it
+    /// anew, at a later generation) are released by their cores first, then the node key says
+    /// the generation is applied; the partitions it gives this node are rebuilt once every
+    /// other node has applied it too (`rebuild_loop`).
+    async fn apply(&self, assignment: &Arc<Assignment>) {
+        let _turn = self.applying.lock().await;
+        // An older read than one applied (a lagging server) changes nothing.
+        if assignment.generation < self.applied.get() {
+            return;
+        }
+        self.view.set_assignment(assignment.clone());
+        let mine: BTreeMap<u32, u64> = if self.may_own {
+            assignment
+                .owned_by(&self.settings.node_id)
+                .into_iter()
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        let released: Vec<u32> = self
+            .held
+            .borrow()
+            .iter()
+            .filter(|(partition, held)| mine.get(partition) != Some(&held.since))
+            .map(|(partition, _)| *partition)
+            .collect();
+        for partition in &released {
+            self.held.borrow_mut().remove(partition);
+        }
+        if !released.is_empty() {
+            self.release(&released, assignment).await;
+        }
+        let mut gained = 0;
+        {
+            let mut held = self.held.borrow_mut();
+            for (partition, since) in mine {
+                held.entry(partition).or_insert_with(|| {
+                    gained += 1;
+                    Held {
+                        since,
+                        serving: false,
+                    }
+                });
+            }
+        }
+        if assignment.generation > self.applied.get() {
+            self.applied.set(assignment.generation);
+            self.renew_now.notify_one();
+        }
+        if gained > 0 || !released.is_empty() {
+            tracing::info!(
+                generation = assignment.generation,
+                gained,
+                released = released.len(),
+                "cluster: assignment applied"
+            );
+            self.rebuild_now.notify_one();
+        }
+    }
+
+    /// Tells the cores of `partitions` to stop serving and forget them; returns once they all
+    /// have (or stopped).
+    async fn release(&self, partitions: &[u32], assignment: &Assignment) {
+        let mut per_core: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+        for partition in partitions {
+            per_core
+                .entry(*partition as usize % self.cores.max(1))
+                .or_default()
+                .push(*partition);
+        }
+        for (core, partitions) in per_core {
+            let (Some(sender), Some(turn)) = (self.replay.get(core), self.core_turns.get(core))
+            else {
+                continue;
+            };
+            let _turn = turn.lock().await;
+            // The first partition's new owner names them all in the error: they may differ.
+            let (node, epoch) = assignment
+                .owner(partitions[0])
+                .map_or((String::new(), 0), |(node, since)| {
+                    (node.to_string(), since)
+                });
+            let error = ReplicationError::Deposed { node, epoch };
+            let (done_sender, done) = tokio::sync::oneshot::channel();
+            if sender
+                .send(ReplayItem::Release(partitions, error, done_sender))
+                .await
+                .is_ok()
+            {
+                let _ = done.await;
+            }
+        }
+    }
+
+    /// Rebuilds the partitions this node holds but does not serve (given to it, or refused
+    /// since), once the lease is fresh and every other live node has applied the generation
+    /// that gave them: waits for work, a twelfth of the lease at most, and longer after a
+    /// failure. Never returns.
+    async fn rebuild_loop(self: Rc<Self>) {
+        let pause_min =
+            Duration::from_millis(self.settings.lease_ms.max(12) / 12).max(RECOVER_PAUSE_MIN);
+        let mut pause = pause_min;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = self.rebuild_now.notified() => {}
+            }
+            if self.deposed.get() || self.stopping.get() || !self.lease.is_fresh() {
+                continue;
+            }
+            let ready = self.ready_to_rebuild();
+            if ready.is_empty() {
+                pause = pause_min;
+                continue;
+            }
+            match self.rebuild(ready).await {
+                Ok(()) => pause = pause_min,
+                Err(error) => {
+                    tracing::warn!(%error, "cluster: a rebuild failed; trying again later");
+                    pause = (pause * 2).min(pause_min * 16);
+                }
+            }
+        }
+    }
+
+    /// Held partitions not served whose generation every other live node has applied (so
+    /// none of them serves it any more), and whose snapshot is not being stored.
+    fn ready_to_rebuild(&self) -> Vec<(u32, u64)> {
+        let live = self.live.borrow();
+        let in_flight = self.snapshots_in_flight.borrow();
+        let applied_by_all = |since: u64| {
+            live.values()
+                .filter(|node| node.node != self.settings.node_id && node.may_own)
+                .all(|node| node.applied >= since)
+        };
+        self.held
+            .borrow()
+            .iter()
+            .filter(|(partition, held)| {
+                !held.serving && !in_flight.contains(partition) && applied_by_all(held.since)
+            })
+            .map(|(partition, held)| (*partition, held.since))
+            .collect()
+    }
+
+    /// Rebuilds `partitions` (with their epochs): reads the assignment again (one that moved
+    /// meanwhile is released instead), fences each (a takeover record after its last
+    /// message, sent only while the lease is fresh), then hands each core its partitions'
+    /// snapshots and messages up to the fence.
+    async fn rebuild(&self, partitions: Vec<(u32, u64)>) -> Result<(), ClusterError> {
+        if let Some((assignment, _)) = self.read_assignment().await? {
+            self.apply(&assignment).await;
+        }
+        let partitions: Vec<(u32, u64)> = {
+            let held = self.held.borrow();
+            partitions
+                .into_iter()
+                .filter(|(partition, since)| {
+                    held.get(partition)
+                        .is_some_and(|held| held.since == *since && !held.serving)
+                })
+                .collect()
+        };
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let ends = self.fence(&partitions).await?;
+        self.refresh_snapshot_names().await?;
+        let mut per_core: BTreeMap<usize, Vec<(u32, u64, u64)>> = BTreeMap::new();
+        for (partition, since) in &partitions {
+            if let Some(end) = ends.get(partition) {
+                per_core
+                    .entry(*partition as usize % self.cores.max(1))
+                    .or_default()
+                    .push((*partition, *since, *end));
+            }
+        }
+        let rebuilds = per_core
+            .into_iter()
+            .map(|(core, partitions)| self.rebuild_on(core, partitions));
+        let outcomes = futures_util::future::join_all(rebuilds).await;
+        let mut failure = None;
+        for outcome in outcomes {
+            if let Err(error) = outcome {
+                failure = Some(error);
+            }
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Appends a takeover record to each partition's subject; the record's sequence of each
+    /// partition fenced (one that failed is left out, and rebuilt later).
+    async fn fence(&self, partitions: &[(u32, u64)]) -> Result<HashMap<u32, u64>, ClusterError> {
+        let mut ends = HashMap::new();
+        let mut failure = None;
         for chunk in partitions.chunks(FENCE_CONCURRENCY) {
             // Spawned together, so that the client pipelines the requests.
             let fences: Vec<_> = chunk
                 .iter()
-                .map(|partition| {
-                    let (js, log, partition) = (js.clone(), log.clone(), *partition);
+                .map(|(partition, since)| {
+                    let (js, log) = (self.connected.js.clone(), self.connected.log.clone());
+                    let (partition, since) = (*partition, *since);
                     let node = self.settings.node_id.clone();
-                    let ours = self.still_ours();
+                    let (lease, deposed, held) =
+                        (self.lease.clone(), self.deposed.clone(), self.held.clone());
+                    // Only while this node surely holds the partition: a fence retried after
+                    // the lease ran out could land after a new owner's.
+                    let ours = move || {
+                        lease.is_fresh()
+                            && !deposed.get()
+                            && held
+                                .borrow()
+                                .get(&partition)
+                                .is_some_and(|held| held.since == since)
+                    };
                     tokio::task::spawn_local(async move {
-                        let sequence = fence_one(&js, &log, &node, epoch, partition, ours).await?;
-                        Ok::<_, ClusterError>((partition, sequence))
+                        let fenced = fence_one(&js, &log, &node, since, partition, ours);
+                        (partition, fenced.await)
                     })
                 })
                 .collect();
-            // A failed (or abandoned) takeover leaves no fence running: one that went on
-            // after the lease was given up could land after the next owner's fence.
+            // A rebuild abandoned leaves no fence running.
             let mut fences = AbortOnDrop(fences);
             for fence in &mut fences.0 {
-                let (partition, sequence) = fence
-                    .await
-                    .map_err(|error| nats_error("fence a partition", error))??;
-                last[partition as usize] = sequence;
+                match fence.await {
+                    Ok((partition, Ok(sequence))) => {
+                        ends.insert(partition, sequence);
+                        if let Some(slot) = self.last.borrow_mut().get_mut(partition as usize) {
+                            *slot = sequence;
+                        }
+                    }
+                    Ok((partition, Err(error))) => {
+                        tracing::warn!(partition, %error, "cluster: a partition was not fenced");
+                        failure = Some(error);
+                    }
+                    Err(error) => failure = Some(nats_error("fence a partition", error)),
+                }
             }
         }
-        Ok(last)
+        match failure {
+            Some(error) if ends.is_empty() => Err(error),
+            _ => Ok(ends),
+        }
     }
 
-    /// Sends each partition's latest snapshot to the cores; the stream sequence each one
-    /// covers, by partition.
-    async fn replay_snapshots(
-        &self,
-        joined: &Joined,
-        cores: &[mpsc::Sender<ReplayItem>],
-    ) -> Result<HashMap<u32, u64>, ClusterError> {
-        let mut listed = step("list the snapshots", joined.snapshots.list()).await?;
+    /// Lists the snapshots: the latest of each partition is the one a rebuild reads; older
+    /// ones that outlived their replacement (a stop before their deletion) are deleted.
+    async fn refresh_snapshot_names(&self) -> Result<(), ClusterError> {
+        let snapshots = &self.connected.snapshots;
+        let mut listed = step("list the snapshots", snapshots.list()).await?;
         let mut latest: HashMap<u32, (u64, String)> = HashMap::new();
-        // Older snapshots that outlived their replacement (a stop before their deletion).
         let mut stale = Vec::new();
         while let Some(info) = tokio::time::timeout(STEP_TIMEOUT, listed.next())
             .await
@@ -871,80 +956,125 @@ impl Control {
             }
         }
         for name in stale {
-            let deleted = tokio::time::timeout(STEP_TIMEOUT, joined.snapshots.delete(&name)).await;
+            let deleted = tokio::time::timeout(STEP_TIMEOUT, snapshots.delete(&name)).await;
             if !matches!(deleted, Ok(Ok(()))) {
                 tracing::warn!(name, "cluster: an older snapshot stays");
             }
         }
-        let mut covered = HashMap::with_capacity(latest.len());
-        let mut batches = 0u64;
-        let latest: Vec<(u32, (u64, String))> = latest.into_iter().collect();
-        for chunk in latest.chunks(SNAPSHOT_READS) {
-            // Read together (the client pipelines them), handed to the cores in turn.
-            let reads: Vec<_> = chunk
-                .iter()
-                .map(|(_, (covers, name))| {
-                    let (snapshots, name) = (joined.snapshots.clone(), name.clone());
-                    tokio::task::spawn_local(read_snapshot(snapshots, name, *covers))
-                })
-                .collect();
-            for ((partition, (covers, name)), read) in chunk.iter().cloned().zip(reads) {
-                let decoded = read
-                    .await
-                    .map_err(|error| nats_error("read a snapshot", error))??;
-                for (id, batch) in decoded {
-                    let core = id.core(self.partitions, self.cores);
-                    if cores[core]
-                        .send(ReplayItem::Batch(id, batch))
-                        .await
-                        .is_err()
-                    {
-                        return Err(nats_error("replay", "a core stopped during the replay"));
-                    }
-                    batches += 1;
-                }
-                joined.snapshot_names.borrow_mut().insert(partition, name);
-                covered.insert(partition, covers);
-            }
+        let mut names = self.snapshot_names.borrow_mut();
+        for (partition, (_, name)) in latest {
+            names.insert(partition, name);
         }
-        if !covered.is_empty() {
-            tracing::info!(
-                partitions = covered.len(),
-                batches,
-                "cluster: snapshots replayed"
-            );
-        }
-        Ok(covered)
+        Ok(())
     }
 
-    /// Sends every batch of the stream, up to the end seen at start, to the core owning its
-    /// object, but those a partition's snapshot holds already.
-    async fn replay(
+    /// Rebuilds `partitions` (partition, epoch, fence sequence) of core `core`: their
+    /// snapshots, then their messages up to their fences; marks them served once the core
+    /// has committed them.
+    async fn rebuild_on(
         &self,
-        joined: &Joined,
-        cores: &[mpsc::Sender<ReplayItem>],
+        core: usize,
+        partitions: Vec<(u32, u64, u64)>,
     ) -> Result<(), ClusterError> {
-        let covered = self.replay_snapshots(joined, cores).await?;
-        if joined.replay_end == 0 {
-            return Ok(());
+        let (Some(sender), Some(turn)) = (self.replay.get(core), self.core_turns.get(core)) else {
+            return Err(nats_error("rebuild partitions", "no such core"));
+        };
+        let _turn = turn.lock().await;
+        let ids: Vec<u32> = partitions
+            .iter()
+            .map(|(partition, _, _)| *partition)
+            .collect();
+        let outcome = self.send_rebuild(sender, &partitions, &ids).await;
+        let outcome = match outcome {
+            Ok(done) => match done.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(reason)) => Err(nats_error("rebuild partitions", reason)),
+                Err(_) => Err(nats_error("rebuild partitions", "the core stopped")),
+            },
+            Err(error) => {
+                let _ = sender
+                    .send(ReplayItem::RecoverFailed(error.to_string()))
+                    .await;
+                Err(error)
+            }
+        };
+        if outcome.is_ok() {
+            let mut held = self.held.borrow_mut();
+            for (partition, since, _) in &partitions {
+                if let Some(held) = held.get_mut(partition).filter(|held| held.since == *since) {
+                    held.serving = true;
+                }
+            }
+            tracing::info!(
+                core,
+                partitions = ids.len(),
+                "cluster: partitions rebuilt from the log"
+            );
         }
+        outcome
+    }
+
+    /// Sends core `sender` the rebuild of `partitions`: `Recover`, the batches, `Recovered`;
+    /// what the core answers on.
+    async fn send_rebuild(
+        &self,
+        sender: &mpsc::Sender<ReplayItem>,
+        partitions: &[(u32, u64, u64)],
+        ids: &[u32],
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<(), String>>, ClusterError> {
+        let stopped = || nats_error("rebuild partitions", "the core stopped");
+        let (done_sender, done) = tokio::sync::oneshot::channel();
+        sender
+            .send(ReplayItem::Recover(ids.to_vec(), done_sender))
+            .await
+            .map_err(|_| stopped())?;
+        // What each partition's snapshot covers, and where its messages end.
+        let mut covered: HashMap<u32, u64> = HashMap::new();
+        let mut ends: HashMap<u32, u64> = HashMap::new();
+        for (partition, _, end) in partitions {
+            ends.insert(*partition, *end);
+            let name = self.snapshot_names.borrow().get(partition).cloned();
+            let Some(name) = name else {
+                covered.insert(*partition, 0);
+                continue;
+            };
+            let covers = snapshot_name(&name).map_or(0, |(_, covers)| covers);
+            covered.insert(*partition, covers);
+            let decoded = read_snapshot(self.connected.snapshots.clone(), name, covers).await?;
+            for (id, batch) in decoded {
+                sender
+                    .send(ReplayItem::Batch(id, batch))
+                    .await
+                    .map_err(|_| stopped())?;
+            }
+        }
+        // One partition: its subject alone; several: every subject, the others skipped
+        // (a consumer of this nats-server takes one filter).
+        let filter_subject = match ids {
+            [one] => subject(*one),
+            _ => format!("{SUBJECT_PREFIX}*"),
+        };
+        let start_sequence = covered.values().min().copied().unwrap_or(0) + 1;
+        let end = ends.values().max().copied().unwrap_or(0);
         let consumer = step(
-            "open the log for replay",
-            joined.log.create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: format!("{SUBJECT_PREFIX}*"),
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            }),
+            "open the log",
+            self.connected
+                .log
+                .create_consumer(consumer::pull::OrderedConfig {
+                    filter_subject,
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence },
+                    ..Default::default()
+                }),
         )
         .await?;
         let mut messages = step("read the log", consumer.messages()).await?;
-        let mut batches = 0u64;
         loop {
             let message = match tokio::time::timeout(STEP_TIMEOUT, messages.next()).await {
                 Ok(Some(Ok(message))) => message,
                 Ok(Some(Err(error))) => return Err(nats_error("read the log", error)),
-                Ok(None) => return Err(nats_error("read the log", "the log ended early")),
-                Err(_) => return Err(nats_error("read the log", "no message in time")),
+                Ok(None) | Err(_) => {
+                    return Err(nats_error("read the log", "it ended before the fence"))
+                }
             };
             let sequence = message
                 .info()
@@ -954,212 +1084,82 @@ impl Control {
                 .subject
                 .strip_prefix(SUBJECT_PREFIX)
                 .and_then(|partition| partition.parse::<u32>().ok());
-            // In the partition's snapshot already (its subject's purge may not have run).
-            let in_snapshot = partition
-                .and_then(|partition| covered.get(&partition))
-                .is_some_and(|covers| sequence <= *covers);
-            if !in_snapshot {
+            let wanted = partition.is_some_and(|partition| {
+                covered
+                    .get(&partition)
+                    .is_some_and(|covers| sequence > *covers)
+                    && ends.get(&partition).is_some_and(|end| sequence <= *end)
+            });
+            if wanted {
                 for (id, batch) in message_batches(&message, sequence)? {
-                    let core = id.core(self.partitions, self.cores);
-                    let sent = cores[core].send(ReplayItem::Batch(id, batch)).await;
-                    if sent.is_err() {
-                        return Err(nats_error("replay", "a core stopped during the replay"));
-                    }
-                    batches += 1;
+                    sender
+                        .send(ReplayItem::Batch(id, batch))
+                        .await
+                        .map_err(|_| stopped())?;
                 }
-            }
-            if sequence >= joined.replay_end {
-                break;
-            }
-        }
-        tracing::info!(
-            batches,
-            end = joined.replay_end,
-            "cluster: store rebuilt from the log"
-        );
-        Ok(())
-    }
-
-    /// Rebuilds, one at a time, the partitions refused for want of an acknowledgement, once
-    /// the lease is fresh (NATS answers again): the stream, not this node's memory or store,
-    /// says what they hold. Never returns.
-    async fn recover_partitions(&self, joined: &Joined, cores: &[mpsc::Sender<ReplayItem>]) {
-        let pause_min = Duration::from_millis(self.settings.lease_ms / 4).max(RECOVER_PAUSE_MIN);
-        let mut pause = pause_min;
-        loop {
-            tokio::time::sleep(pause).await;
-            if self.deposed.get() || !self.lease.is_fresh() {
-                continue;
-            }
-            let next = {
-                let in_flight = self.snapshots_in_flight.borrow();
-                let to_recover = self.to_recover.borrow();
-                to_recover
-                    .iter()
-                    .find(|partition| !in_flight.contains(partition))
-                    .copied()
-            };
-            let Some(partition) = next else {
-                pause = pause_min;
-                continue;
-            };
-            // A rebuild that failed is tried again later and later (up to 16 times the pause).
-            pause = (pause * 2).min(pause_min * 16);
-            let Some(core) = cores.get(partition as usize % self.cores.max(1)) else {
-                continue;
-            };
-            // The fence goes after whatever an unacknowledged append left in the subject.
-            let node = &self.settings.node_id;
-            // Only while this node is surely the owner: a fence retried after the lease ran
-            // out could land after a new owner's.
-            let ours = self.still_ours();
-            let fence = fence_one(&joined.js, &joined.log, node, joined.epoch, partition, ours);
-            let end = match tokio::time::timeout(self.lease.fresh_for(), fence).await {
-                Ok(Ok(end)) => end,
-                Ok(Err(error)) => {
-                    tracing::warn!(partition, %error, "cluster: a partition's rebuild failed");
-                    continue;
-                }
-                Err(_) => {
-                    tracing::warn!(partition, "cluster: a partition's rebuild ran out of lease");
-                    continue;
-                }
-            };
-            if let Some(slot) = joined.last.borrow_mut().get_mut(partition as usize) {
-                *slot = end;
-            }
-            match self.recover(joined, partition, end, core).await {
-                Ok(batches) => {
-                    self.to_recover.borrow_mut().remove(&partition);
-                    pause = pause_min;
-                    tracing::info!(
-                        partition,
-                        batches,
-                        "cluster: partition rebuilt from the log"
-                    );
-                }
-                Err(error) => {
-                    tracing::warn!(partition, %error, "cluster: a partition's rebuild failed");
-                    let _ = core
-                        .send(ReplayItem::RecoverFailed(error.to_string()))
-                        .await;
-                }
-            }
-        }
-    }
-
-    /// Sends `partition`'s core the partition's state: its snapshot, then its messages up to
-    /// `end` (the fence this node just appended). The batches sent.
-    async fn recover(
-        &self,
-        joined: &Joined,
-        partition: u32,
-        end: u64,
-        core: &mpsc::Sender<ReplayItem>,
-    ) -> Result<u64, ClusterError> {
-        let stopped = || nats_error("rebuild a partition", "its core stopped");
-        let (done_sender, done) = tokio::sync::oneshot::channel();
-        core.send(ReplayItem::Recover(partition, done_sender))
-            .await
-            .map_err(|_| stopped())?;
-        let mut batches = 0u64;
-        let mut covered = 0;
-        let name = joined.snapshot_names.borrow().get(&partition).cloned();
-        if let Some(name) = name {
-            covered = snapshot_name(&name).map_or(0, |(_, covers)| covers);
-            let decoded = read_snapshot(joined.snapshots.clone(), name, covered).await?;
-            for (id, batch) in decoded {
-                core.send(ReplayItem::Batch(id, batch))
-                    .await
-                    .map_err(|_| stopped())?;
-                batches += 1;
-            }
-        }
-        let consumer = step(
-            "open a partition's log",
-            joined.log.create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: subject(partition),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: covered + 1,
-                },
-                ..Default::default()
-            }),
-        )
-        .await?;
-        let mut messages = step("read a partition's log", consumer.messages()).await?;
-        loop {
-            let message = match tokio::time::timeout(STEP_TIMEOUT, messages.next()).await {
-                Ok(Some(Ok(message))) => message,
-                Ok(Some(Err(error))) => return Err(nats_error("read a partition's log", error)),
-                Ok(None) | Err(_) => {
-                    return Err(nats_error(
-                        "read a partition's log",
-                        "it ended before the fence",
-                    ))
-                }
-            };
-            let sequence = message
-                .info()
-                .map_err(|error| nats_error("read a log message's sequence", error))?
-                .stream_sequence;
-            for (id, batch) in message_batches(&message, sequence)? {
-                core.send(ReplayItem::Batch(id, batch))
-                    .await
-                    .map_err(|_| stopped())?;
-                batches += 1;
             }
             if sequence >= end {
                 break;
             }
         }
-        core.send(ReplayItem::Recovered(partition))
+        sender
+            .send(ReplayItem::Recovered(ids.to_vec()))
             .await
             .map_err(|_| stopped())?;
-        // The core's own part (its store's commits) may fail too.
-        match done.await {
-            Ok(Ok(())) => Ok(batches),
-            Ok(Err(reason)) => Err(nats_error("rebuild a partition", reason)),
-            Err(_) => Err(stopped()),
-        }
+        Ok(done)
     }
 
-    /// Whether this node is still surely the owner: its lease fresh and not deposed.
-    fn still_ours(&self) -> impl Fn() -> bool + 'static {
-        let (lease, deposed) = (self.lease.clone(), self.deposed.clone());
-        move || lease.is_fresh() && !deposed.get()
-    }
-
-    /// Deposes this node when another one writes the `owner` key. A watch that fails or ends
-    /// is made again, and the key read again (a change meanwhile deposes); until it is back,
-    /// the lease alone keeps this node from serving past a takeover.
-    async fn watch_owner(self: Rc<Self>, bucket: kv::Store, mut watch: kv::Watch, epoch: u64) {
-        let error = loop {
-            let broken = match watch.next().await {
-                Some(Ok(entry)) if entry.revision > epoch => {
-                    if let Some(owner) = super::Owner::parse(&entry.value, entry.revision) {
-                        self.view.set_owner(owner);
+    /// Gives the node key and the rebalancer key up after every core has stopped: deletes
+    /// each if it still holds this process's value (never one another process took since).
+    async fn give_up_keys(&self) {
+        let leases = self.connected.leases.clone();
+        let process = self.process;
+        let node_key = self.node_key();
+        let give_up = async move {
+            for key in [node_key.as_str(), REBALANCER_KEY] {
+                let entry = leases.entry(key).await;
+                let Ok(Some(entry)) = entry else {
+                    continue;
+                };
+                let ours = entry.operation == kv::Operation::Put
+                    && serde_json::from_slice::<serde_json::Value>(&entry.value)
+                        .is_ok_and(|value| value["process"].as_u64() == Some(process));
+                if ours {
+                    if let Err(error) = leases
+                        .delete_expect_revision(key, Some(entry.revision))
+                        .await
+                    {
+                        tracing::warn!(key, %error, "cluster: a key was not given up");
                     }
-                    break deposed_by(&entry);
                 }
-                Some(Ok(_)) => continue,
-                Some(Err(error)) => error.to_string(),
-                None => "the watch ended".to_string(),
-            };
-            tracing::warn!(reason = %broken, "cluster: watching the owner key again");
-            match rewatch(&bucket, epoch).await {
-                Ok(again) => watch = again,
-                Err(error) => break error,
             }
         };
-        tracing::error!(%error, "cluster: this node stops serving");
-        self.deposed.set(true);
-        for sender in &self.events {
-            let _ = sender
-                .send(ControlEvent::Deposed {
-                    error: error.clone(),
-                })
-                .await;
+        match tokio::time::timeout(release_timeout(self.settings.lease_ms), give_up).await {
+            Ok(()) => tracing::info!("cluster: node key given up"),
+            Err(_) => tracing::warn!("cluster: giving the node key up timed out; it expires"),
         }
+    }
+
+    /// Whether this node holds `partition` and its core serves it.
+    fn serves(&self, partition: u32) -> bool {
+        self.held
+            .borrow()
+            .get(&partition)
+            .is_some_and(|held| held.serving)
+    }
+
+    /// An append of `partition` (epoch `since`) was refused: its core refuses the partition
+    /// until it is rebuilt, which the rebuilds do if the node still holds it at that epoch.
+    fn refused(&self, partition: u32, since: u64) {
+        if let Some(held) = self
+            .held
+            .borrow_mut()
+            .get_mut(&partition)
+            .filter(|held| held.since == since)
+        {
+            held.serving = false;
+        }
+        self.rebuild_now.notify_one();
     }
 
     /// Keeps a partition's snapshot (the object `p<partition>.<sequence>` of the snapshot
@@ -1167,20 +1167,16 @@ impl Control {
     /// the fence names the subject's last sequence), and deletes the partition's previous
     /// snapshot (see `store_and_purge` for how the purge keeps within the lease); a snapshot
     /// never replaces a newer one (each has a name of its own, and a start takes the highest).
-    async fn keep_snapshot(
-        self: Rc<Self>,
-        log: stream::Stream,
-        snapshots: object_store::ObjectStore,
-        names: Rc<RefCell<HashMap<u32, String>>>,
-        (append, sequence): (Append, u64),
-    ) {
+    async fn keep_snapshot(self: Rc<Self>, (append, sequence): (Append, u64)) {
+        let (log, snapshots) = (&self.connected.log, &self.connected.snapshots);
+        let names = &self.snapshot_names;
         let partition = append.partition;
         let name = format!("p{partition}.{sequence:020}");
         self.snapshots_in_flight.borrow_mut().insert(partition);
         let kept = self
             .store_and_purge(
-                &log,
-                &snapshots,
+                log,
+                snapshots,
                 &name,
                 (partition, sequence),
                 &append.payload,
@@ -1240,9 +1236,9 @@ impl Control {
                 "the lease is not fresh".to_string(),
             ));
         }
-        if self.to_recover.borrow().contains(&partition) {
+        if !self.serves(partition) {
             return Err(SnapshotFailure::NotStored(
-                "the partition is refused and waits for its rebuild".to_string(),
+                "the partition is not served here (refused, or released)".to_string(),
             ));
         }
         let mut reader = payload;
@@ -1262,9 +1258,9 @@ impl Control {
                 "the lease is not fresh for long enough".to_string(),
             ));
         }
-        if self.to_recover.borrow().contains(&partition) {
+        if !self.serves(partition) {
             return Err(SnapshotFailure::NotPurged(
-                "the partition was refused meanwhile and waits for its rebuild".to_string(),
+                "the partition was refused or released meanwhile".to_string(),
             ));
         }
         let purge = log.purge().filter(subject(partition)).sequence(sequence);
@@ -1278,22 +1274,28 @@ impl Control {
     }
 
     /// Publishes the cores' appends until every core has stopped.
-    async fn serve_appends(self: Rc<Self>, mut appends: mpsc::Receiver<Append>, joined: &Joined) {
+    async fn serve_appends(self: Rc<Self>, mut appends: mpsc::Receiver<Append>) {
         let timeout = Duration::from_millis(self.settings.ack_timeout_ms.max(1));
         while let Some(append) = appends.recv().await {
             if let Some(sequence) = append.snapshot_of {
-                tokio::task::spawn_local(self.clone().keep_snapshot(
-                    joined.log.clone(),
-                    joined.snapshots.clone(),
-                    joined.snapshot_names.clone(),
-                    (append, sequence),
-                ));
+                tokio::task::spawn_local(self.clone().keep_snapshot((append, sequence)));
                 continue;
             }
             let control = self.clone();
-            let (js, last, epoch) = (joined.js.clone(), joined.last.clone(), joined.epoch);
+            let (js, last) = (self.connected.js.clone(), self.last.clone());
+            let partition = append.partition;
+            let held = self.held.borrow().get(&partition).copied();
+            let Some(Held { since: epoch, .. }) = held else {
+                // Released meanwhile: its core refuses it already.
+                if let Some(sender) = self.events.get(append.core) {
+                    let error = ReplicationError::NotServing(format!(
+                        "partition {partition} is no longer this node's"
+                    ));
+                    let _ = sender.send(ControlEvent::Failed { partition, error }).await;
+                }
+                continue;
+            };
             tokio::task::spawn_local(async move {
-                let partition = append.partition;
                 let expected = last.borrow().get(partition as usize).copied().unwrap_or(0);
                 let mut headers = headers("batches", &control.settings.node_id, epoch, expected);
                 let id = format!("{:016x}.{partition}.{}", control.append_ids, append.upto);
@@ -1337,12 +1339,10 @@ impl Control {
                         )),
                     },
                 };
-                if let ControlEvent::Failed {
-                    error: ReplicationError::Unavailable(_),
-                    ..
-                } = &event
-                {
-                    control.to_recover.borrow_mut().insert(partition);
+                // Refused: rebuilt from the stream once it can be (if the assignment still
+                // gives it to this node).
+                if let ControlEvent::Failed { .. } = &event {
+                    control.refused(partition, epoch);
                 }
                 if let Some(sender) = control.events.get(append.core) {
                     let _ = sender.send(event).await;
@@ -1350,6 +1350,208 @@ impl Control {
             });
         }
     }
+}
+
+/// Whether version text like `2.9.10` is below `minimum` (unreadable text counts as below).
+fn version_below(version: &str, minimum: (u64, u64, u64)) -> bool {
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|part| !part.is_empty())
+        .map(|part| part.parse::<u64>().unwrap_or(0));
+    let found = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    found < minimum
+}
+
+/// Connects to NATS and checks the cluster's settings (creating them, the stream and the
+/// buckets for the first node).
+async fn connect(settings: &ClusterSettings, partitions: u32) -> Result<Connected, ClusterError> {
+    let servers = settings
+        .nats
+        .iter()
+        .map(|url| url.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| nats_error("read the NATS addresses", error))?;
+    let node = &settings.node_id;
+    let valid = !node.is_empty()
+        && node.len() <= 64
+        && node
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
+    if !valid {
+        return Err(nats_error(
+            "check the node id",
+            format!("{node:?}: use 1 to 64 letters, digits, '-' or '_'"),
+        ));
+    }
+    if servers.is_empty() {
+        return Err(nats_error("connect", "no NATS server given (--cluster)"));
+    }
+    let client = step(
+        "connect to NATS",
+        async_nats::ConnectOptions::new()
+            .connection_timeout(STEP_TIMEOUT)
+            // A connection whose link died without a reset is noticed after two unanswered
+            // pings: ping every quarter lease, so it is remade soon after the link heals
+            // (the client's default, a minute, kept a healed node deaf for two).
+            .ping_interval(Duration::from_millis(settings.lease_ms / 4))
+            .connect(servers),
+    )
+    .await?;
+    let version = client.server_info().version;
+    if version_below(&version, FENCE_SAFE_VERSION) {
+        tracing::warn!(
+            %version,
+            "cluster: this nats-server may not hold the fence on a clustered stream \
+             (nats-server#4320, #5794): with replicas > 1, use a release with both fixes"
+        );
+    }
+    let append_bytes_max = client
+        .server_info()
+        .max_payload
+        .saturating_sub(APPEND_OVERHEAD_BYTES)
+        .max(1);
+    let js = jetstream::new(client);
+    let replicas = settings.replicas;
+    let bucket = match js.get_key_value(BUCKET).await {
+        Ok(bucket) => bucket,
+        Err(_) => {
+            let config = kv::Config {
+                bucket: BUCKET.to_string(),
+                history: 1,
+                num_replicas: replicas,
+                ..Default::default()
+            };
+            step("create the settings bucket", js.create_key_value(config)).await?
+        }
+    };
+    let ours = format!(
+        "{{\"partitions\":{},\"replicas\":{replicas},\"lease_ms\":{},\"ownership\":\"assignment\"}}",
+        partitions, settings.lease_ms
+    );
+    let stored = step("read the settings", bucket.get(SETTINGS_KEY)).await?;
+    let theirs = match stored {
+        Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        None => match bucket.create(SETTINGS_KEY, ours.clone().into()).await {
+            Ok(_) => ours.clone(),
+            // Another node created them first: compare with theirs.
+            Err(_) => step("read the settings", bucket.get(SETTINGS_KEY))
+                .await?
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .unwrap_or_default(),
+        },
+    };
+    if theirs != ours {
+        return Err(ClusterError::Settings {
+            cluster: theirs,
+            node: ours,
+        });
+    }
+    let log = step(
+        "open the log stream",
+        js.get_or_create_stream(stream::Config {
+            name: STREAM.to_string(),
+            subjects: vec![format!("{SUBJECT_PREFIX}*")],
+            num_replicas: replicas,
+            ..Default::default()
+        }),
+    )
+    .await?;
+    let snapshots = match js.get_object_store(SNAPSHOT_BUCKET).await {
+        Ok(store) => store,
+        Err(_) => {
+            let config = object_store::Config {
+                bucket: SNAPSHOT_BUCKET.to_string(),
+                num_replicas: replicas,
+                ..Default::default()
+            };
+            step("create the snapshot bucket", js.create_object_store(config)).await?
+        }
+    };
+    let lease = Duration::from_millis(settings.lease_ms.max(1));
+    let leases = match js.get_key_value(LEASE_BUCKET).await {
+        Ok(leases) => leases,
+        Err(_) => {
+            let config = kv::Config {
+                bucket: LEASE_BUCKET.to_string(),
+                history: 1,
+                max_age: lease,
+                num_replicas: settings.replicas,
+                ..Default::default()
+            };
+            step("create the lease bucket", js.create_key_value(config)).await?
+        }
+    };
+    Ok(Connected {
+        js,
+        bucket,
+        leases,
+        log,
+        snapshots,
+        append_bytes_max,
+    })
+}
+
+fn nats_error(step: &'static str, error: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Nats {
+        step,
+        reason: error.to_string(),
+    }
+}
+
+/// Runs `future` within `STEP_TIMEOUT`, naming `step` when it fails.
+async fn step<T, E: std::fmt::Display>(
+    step: &'static str,
+    future: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, ClusterError> {
+    match tokio::time::timeout(STEP_TIMEOUT, future).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(nats_error(step, error)),
+        Err(_) => Err(nats_error(
+            step,
+            format!("no answer within {STEP_TIMEOUT:?}"),
+        )),
+    }
+}
+
+/// The headers of an append of `kind` by `node` at `epoch`, after sequence `expected`.
+fn headers(kind: &str, node: &str, epoch: u64, expected: u64) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(KIND_HEADER, kind);
+    headers.insert(EPOCH_HEADER, epoch.to_string().as_str());
+    headers.insert(NODE_HEADER, node);
+    headers.insert(EXPECTED_LAST, expected.to_string().as_str());
+    headers
+}
+
+/// The partition and the sequence a snapshot's object name (`p<partition>.<sequence>`) says.
+fn snapshot_name(name: &str) -> Option<(u32, u64)> {
+    let (partition, sequence) = name.strip_prefix('p')?.split_once('.')?;
+    Some((partition.parse().ok()?, sequence.parse().ok()?))
+}
+
+/// The subject of partition `partition`'s log.
+fn subject(partition: u32) -> String {
+    format!("{SUBJECT_PREFIX}{partition}")
+}
+
+/// A random number for this process; the clock's nanoseconds if the system has no randomness.
+fn process_number() -> u64 {
+    let mut bytes = [0u8; 8];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as u64),
+    }
+}
+
+/// How long giving the lease up may take.
+fn release_timeout(lease_ms: u64) -> Duration {
+    Duration::from_millis(lease_ms.max(1) / 6)
 }
 
 /// Appends a takeover record of `node` (epoch `epoch`) to `partition`'s subject, right after
@@ -1461,133 +1663,6 @@ impl<T> Drop for AbortOnDrop<T> {
             task.abort();
         }
     }
-}
-
-/// The error of a node whose owner key now names `entry`'s node.
-fn deposed_by(entry: &kv::Entry) -> ReplicationError {
-    let node = super::Owner::parse(&entry.value, entry.revision).map_or_else(
-        || String::from_utf8_lossy(&entry.value).into_owned(),
-        |owner| owner.node,
-    );
-    ReplicationError::Deposed {
-        node,
-        epoch: entry.revision,
-    }
-}
-
-/// A new watch of the owner key, once one can be made and the key still holds `epoch`.
-async fn rewatch(bucket: &kv::Store, epoch: u64) -> Result<kv::Watch, ReplicationError> {
-    loop {
-        tokio::time::sleep(REWATCH_PAUSE).await;
-        let Ok(watch) = bucket.watch(OWNER_KEY).await else {
-            continue;
-        };
-        match bucket.entry(OWNER_KEY).await {
-            Ok(Some(entry)) if entry.revision == epoch => return Ok(watch),
-            Ok(Some(entry)) => return Err(deposed_by(&entry)),
-            Ok(None) => {
-                return Err(ReplicationError::Unavailable(
-                    "the owner key was deleted".to_string(),
-                ))
-            }
-            Err(_) => continue,
-        }
-    }
-}
-
-/// Renews the lease every third of it, retrying a failed renewal every twelfth. A renewal
-/// refused for a stale revision is looked into: the lease still ours (a renewal that timed
-/// out but was applied) is kept; gone (expired, taken by nobody) it is taken again; another
-/// node's, the node is deposed. Stops once the node is deposed, so a standby can take over.
-async fn renew_lease(renewal: Renewal, mut revision: u64) {
-    let Renewal {
-        bucket,
-        value,
-        lease,
-        clock,
-        deposed,
-        stop,
-        events,
-    } = renewal;
-    let mut pause = lease / 3;
-    loop {
-        tokio::time::sleep(pause).await;
-        if deposed.get() || stop.get() {
-            return;
-        }
-        pause = lease / 12;
-        let sent = std::time::Instant::now();
-        let update = bucket.update(LEASE_KEY, value.clone(), revision);
-        let updated = tokio::time::timeout(lease / 6, update).await;
-        // Given up meanwhile (a failed takeover): whatever the key holds now is not this
-        // renewal's business.
-        if stop.get() {
-            return;
-        }
-        match updated {
-            Ok(Ok(next)) => {
-                revision = next;
-                clock.renewed(sent);
-                pause = lease / 3;
-            }
-            Ok(Err(error)) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                // A deleted key reads as a delete marker: nobody holds the lease then.
-                let current = bucket
-                    .entry(LEASE_KEY)
-                    .await
-                    .map(|entry| entry.filter(|entry| entry.operation == kv::Operation::Put));
-                if stop.get() {
-                    return;
-                }
-                match current {
-                    Ok(Some(entry)) if entry.value == value => revision = entry.revision,
-                    Ok(Some(entry)) => {
-                        let error = ReplicationError::Unavailable(format!(
-                            "this node's lease expired and was taken by {}",
-                            String::from_utf8_lossy(&entry.value)
-                        ));
-                        tracing::error!(%error, "cluster: this node stops serving");
-                        deposed.set(true);
-                        for sender in &events {
-                            let _ = sender
-                                .send(ControlEvent::Deposed {
-                                    error: error.clone(),
-                                })
-                                .await;
-                        }
-                        return;
-                    }
-                    Ok(None) => {
-                        // Expired and taken by nobody: the owner key's watch would have told
-                        // of a takeover, so taking it again is safe.
-                        let sent = std::time::Instant::now();
-                        if let Ok(next) = bucket.create(LEASE_KEY, value.clone()).await {
-                            revision = next;
-                            clock.renewed(sent);
-                            pause = lease / 3;
-                        }
-                    }
-                    Err(error) => tracing::warn!(%error, "cluster: cannot read the lease"),
-                }
-            }
-            Ok(Err(error)) => tracing::warn!(%error, "cluster: the lease was not renewed"),
-            Err(_) => tracing::warn!("cluster: the lease renewal timed out"),
-        }
-    }
-}
-
-/// What the lease's renewal task needs.
-struct Renewal {
-    bucket: kv::Store,
-    /// This process's lease value: the node id and a number of this process, so that a
-    /// restarted node never mistakes its earlier run's lease for its own.
-    value: bytes::Bytes,
-    lease: Duration,
-    clock: std::sync::Arc<super::Lease>,
-    deposed: Rc<std::cell::Cell<bool>>,
-    /// Set when this lease was given up.
-    stop: Rc<std::cell::Cell<bool>>,
-    events: Vec<mpsc::Sender<ControlEvent>>,
 }
 
 /// Why a snapshot was not kept.

@@ -23,17 +23,20 @@
 //! serving core), `replica` (a core's side: batches grouped per partition, tickets the output
 //! gate waits on), `record` (the bytes of an append).
 
+mod assignment;
 mod control;
 mod record;
 mod replica;
 
+pub use assignment::Assignment;
 pub use control::{start, ClusterLink, ClusterShutdown, ReplayItem, StartedCluster};
 pub use record::DecodeError;
 pub use replica::{Replication, ReplicationCounts};
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// Until when this node may serve: its lease's last renewal (as sent) plus the lease, less a
@@ -76,55 +79,42 @@ impl Lease {
     }
 }
 
-/// The owner of the partitions as this node last read it from the `owner` key.
+/// The owner of a partition as this node last read it from the assignment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Owner {
     pub node: String,
-    /// Where the owner listens (`HOST:PORT`), if it said.
+    /// Where the owner listens (`HOST:PORT`), if it said (in its node key).
     pub address: Option<String>,
-    /// The key's revision when this owner wrote it.
+    /// The generation of the assignment at which it got the partition.
     pub epoch: u64,
 }
 
-impl Owner {
-    /// The `owner` key's value: `{"node":"a","address":"10.0.0.1:8080"}`.
-    pub(crate) fn value(node: &str, address: Option<&str>) -> String {
-        serde_json::json!({ "node": node, "address": address }).to_string()
-    }
-
-    /// The owner an `owner` key's value at `revision` names; None when it is not one.
-    pub(crate) fn parse(value: &[u8], revision: u64) -> Option<Owner> {
-        let value: serde_json::Value = serde_json::from_slice(value).ok()?;
-        Some(Owner {
-            node: value["node"].as_str()?.to_string(),
-            address: value["address"].as_str().map(str::to_string),
-            epoch: revision,
-        })
-    }
-}
-
 /// What every core knows of the cluster beyond its own partitions: this node's id and
-/// address, and the owner as last read. Written by the control thread (the address by the
-/// server once it is bound), read by the cores to forward requests to the owner.
+/// address, the assignment as last read and where each live node listens. Written by the
+/// control thread (the address by the server once it is bound), read by the cores to forward
+/// requests to a partition's owner.
 #[derive(Debug)]
 pub struct ClusterView {
     node: String,
-    owner: RwLock<Option<Owner>>,
+    assignment: RwLock<Option<Arc<Assignment>>>,
+    /// Where each live node listens, from the node keys.
+    addresses: RwLock<HashMap<String, String>>,
     advertise: RwLock<Option<String>>,
-    /// Cores that replayed their partitions and serve them.
-    cores_serving: AtomicUsize,
-    /// Cores whose takeover failed.
-    cores_failed: AtomicUsize,
+    /// Partitions the assignment gives this node.
+    assigned: AtomicUsize,
+    /// Partitions this node's cores serve (rebuilt from the stream, not refused).
+    serving: AtomicUsize,
 }
 
 impl ClusterView {
     pub fn new(node: &str) -> ClusterView {
         ClusterView {
             node: node.to_string(),
-            owner: RwLock::new(None),
+            assignment: RwLock::new(None),
+            addresses: RwLock::new(HashMap::new()),
             advertise: RwLock::new(None),
-            cores_serving: AtomicUsize::new(0),
-            cores_failed: AtomicUsize::new(0),
+            assigned: AtomicUsize::new(0),
+            serving: AtomicUsize::new(0),
         }
     }
 
@@ -133,53 +123,103 @@ impl ClusterView {
         &self.node
     }
 
-    /// The owner as last read, if any node owns the partitions yet.
-    pub fn owner(&self) -> Option<Owner> {
-        self.owner
+    /// The owner of `partition` as last read, if any node owns it yet.
+    pub fn owner_of(&self, partition: u32) -> Option<Owner> {
+        let assignment = self
+            .assignment
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()?;
+        let (node, epoch) = assignment.owner(partition)?;
+        let address = self
+            .addresses
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(node)
+            .cloned();
+        Some(Owner {
+            node: node.to_string(),
+            address,
+            epoch,
+        })
+    }
+
+    /// The owner of `partition`, when it is another node: a request for one of its objects
+    /// goes there. None: this node's cores decide (they serve, or answer 503 while taking
+    /// the partition over or when no node owns it yet).
+    pub fn owner_elsewhere(&self, partition: u32) -> Option<Owner> {
+        self.owner_of(partition)
+            .filter(|owner| owner.node != self.node)
+    }
+
+    /// The assignment as last read.
+    pub fn assignment(&self) -> Option<Arc<Assignment>> {
+        self.assignment
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
     }
 
-    /// Records the owner read at a newer (or the same) revision; an older read is ignored.
-    pub(crate) fn set_owner(&self, owner: Owner) {
+    /// Records the assignment read (an older generation than the one known is ignored) and
+    /// how many partitions it gives this node.
+    pub(crate) fn set_assignment(&self, assignment: Arc<Assignment>) {
         let mut current = self
-            .owner
+            .assignment
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if current
             .as_ref()
-            .is_none_or(|known| known.epoch <= owner.epoch)
+            .is_none_or(|known| known.generation <= assignment.generation)
         {
-            *current = Some(owner);
+            self.assigned
+                .store(assignment.owned_by(&self.node).len(), Ordering::SeqCst);
+            *current = Some(assignment);
         }
     }
 
-    /// The owner, when it is another node: a request for any object goes there (this node
-    /// is a standby, or was deposed). None: this node's cores decide (they serve, or answer
-    /// 503 while taking over or when no node owns the partitions).
-    pub fn owner_elsewhere(&self) -> Option<Owner> {
-        self.owner().filter(|owner| owner.node != self.node)
+    /// Where the live nodes listen, as their node keys say.
+    pub(crate) fn set_addresses(&self, addresses: HashMap<String, String>) {
+        *self
+            .addresses
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = addresses;
     }
 
-    /// One more core replayed its partitions and serves them.
-    pub fn core_serving(&self) {
-        self.cores_serving.fetch_add(1, Ordering::SeqCst);
+    /// A core serves one more partition (`true`) or one fewer.
+    pub fn count_serving(&self, serving: bool) {
+        if serving {
+            self.serving.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.serving.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
-    /// How many cores replayed their partitions and serve them.
-    pub fn cores_serving(&self) -> usize {
-        self.cores_serving.load(Ordering::SeqCst)
-    }
-
-    /// One more core could not take its partitions over: the control thread gives them up.
-    pub fn core_failed(&self) {
-        self.cores_failed.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// How many cores could not take their partitions over.
-    pub fn cores_failed(&self) -> usize {
-        self.cores_failed.load(Ordering::SeqCst)
+    /// Why this node is not (yet) serving everything the assignment gives it, if it is not:
+    /// no partition given, or some still being taken over.
+    pub fn ownership_refusal(&self) -> Option<String> {
+        let assigned = self.assigned.load(Ordering::SeqCst);
+        let serving = self.serving.load(Ordering::SeqCst);
+        if assigned == 0 {
+            let owners = match self.assignment() {
+                Some(assignment) => format!(
+                    "the partitions are owned by {}",
+                    assignment
+                        .nodes
+                        .iter()
+                        .map(|node| format!("{node:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => "no node owns the partitions yet".to_string(),
+            };
+            return Some(format!("this node owns no partition: {owners}"));
+        }
+        (serving < assigned).then(|| {
+            format!(
+                "this node is taking {} of its {assigned} partitions over",
+                assigned - serving
+            )
+        })
     }
 
     /// Where the other nodes reach this one, once the server knows (it is bound).

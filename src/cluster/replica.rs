@@ -7,9 +7,11 @@
 //! the partition; it is replicated once the partition's acknowledged number reaches it.
 //! A partition whose append was refused (fenced by a newer owner) or failed (no quorum within
 //! `cluster.ack_timeout_ms`) is refused from then on: its objects' state in memory holds writes
-//! that may not be in the stream, so this node answers 503 for them. One that failed is
-//! rebuilt from the stream once the lease is fresh again (`Replication::recovered`); a fenced
-//! one waits for a restart. A node that another node took over from refuses every partition.
+//! that may not be in the stream, so this node answers 503 for them, until the control thread
+//! has rebuilt it from the stream (`Replication::recovered`): a failed one once the lease is
+//! fresh again, a fenced one if the assignment still gives it to this node. A core serves
+//! only the partitions rebuilt since the assignment gave them to the node (`served`); one the
+//! assignment gives to another node is released (`Replication::release`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -46,17 +48,6 @@ pub struct ReplicationCounts {
     pub snapshots_total: u64,
     /// Another node took over (or the owner key's watch was lost).
     pub deposed: bool,
-}
-
-/// Where a core stands in the node's takeover of the partitions.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Phase {
-    /// Not (yet) the owner, or replaying the log after becoming it.
-    Standby,
-    /// The core's partitions were replayed: it serves them while the node owns them.
-    Serving,
-    /// The takeover failed on this core (the replay, or objects of unknown classes).
-    Failed(String),
 }
 
 /// What one partition has sent and what is waiting.
@@ -128,8 +119,6 @@ impl Default for PartitionState {
 pub struct Replication {
     core: usize,
     partitions: u32,
-    /// The node's cores: partition `p` is core `p % cores`'s.
-    cores: usize,
     /// Appends the stream refused because another writer appended first.
     fence_refusals: Cell<u64>,
     /// The core's store, whose state of a partition a snapshot copies.
@@ -150,16 +139,18 @@ pub struct Replication {
     states: RefCell<HashMap<u32, PartitionState>>,
     /// Set when another node took this node's partitions: every partition is refused.
     deposed: RefCell<Option<ReplicationError>>,
-    /// The owner as last read, to forward to.
+    /// The assignment as last read, and the node's count of served partitions.
     view: Arc<ClusterView>,
-    phase: RefCell<Phase>,
+    /// Partitions of this core the node serves: rebuilt from the stream since the assignment
+    /// gave them to it (they may still be refused: `PartitionState::failed`).
+    served: RefCell<std::collections::HashSet<u32>>,
 }
 
 impl Replication {
     /// The core's side; `events` is the control thread's answers, read by [`Replication::run`].
     pub fn new(
         core: usize,
-        (partitions, cores): (u32, usize),
+        partitions: u32,
         (appends, append_bytes_max): (mpsc::Sender<Append>, usize),
         (lease, view): (Arc<Lease>, Arc<ClusterView>),
         (store, limits, snapshot_batches): (Store, Limits, u64),
@@ -167,7 +158,6 @@ impl Replication {
         Rc::new(Replication {
             core,
             partitions,
-            cores: cores.max(1),
             fence_refusals: Cell::new(0),
             store,
             limits,
@@ -179,48 +169,28 @@ impl Replication {
             states: RefCell::default(),
             deposed: RefCell::new(None),
             view,
-            phase: RefCell::new(Phase::Standby),
+            served: RefCell::default(),
         })
     }
 
-    /// The core's partitions were replayed: it serves them from now on (while the node owns
-    /// them and its lease is fresh).
-    pub fn start_serving(&self) {
-        *self.phase.borrow_mut() = Phase::Serving;
-    }
-
-    /// The takeover failed on this core: it serves nothing until the node is restarted.
-    pub fn takeover_failed(&self, reason: String) {
-        *self.phase.borrow_mut() = Phase::Failed(reason);
-    }
-
-    /// Why a core that does not serve yet refuses, by what it knows of the owner.
-    fn standby_reason(&self) -> String {
-        match self.view.owner() {
+    /// Why a partition this core does not serve is refused, by what it knows of its owner.
+    fn unserved_reason(&self, partition: u32) -> String {
+        match self.view.owner_of(partition) {
             Some(owner) if owner.node == self.view.node() => {
-                "this node is taking the partitions over (replaying the log)".to_string()
+                format!(
+                    "this node is taking partition {partition} over (rebuilding it from the log)"
+                )
             }
             Some(owner) => format!(
-                "this node is a standby: node {:?} owns the partitions{}",
+                "partition {partition} is owned by node {:?}{}",
                 owner.node,
                 if owner.address.is_none() {
-                    " and gave no address to forward to"
+                    ", which gave no address to forward to"
                 } else {
                     ""
                 }
             ),
-            None => "this node is a standby and no node owns the partitions yet".to_string(),
-        }
-    }
-
-    /// Why the core serves nothing yet (or any more) by its phase: None once it serves.
-    fn phase_refusal(&self) -> Option<ReplicationError> {
-        match &*self.phase.borrow() {
-            Phase::Standby => Some(ReplicationError::NotServing(self.standby_reason())),
-            Phase::Failed(reason) => Some(ReplicationError::NotServing(format!(
-                "this node's takeover failed ({reason}); restart it"
-            ))),
-            Phase::Serving => None,
+            None => "no node owns the partitions yet".to_string(),
         }
     }
 
@@ -231,9 +201,6 @@ impl Replication {
 
     /// Why this node serves nothing at all, if it does not: deposed, or its lease not fresh.
     pub fn node_refusal(&self) -> Option<ReplicationError> {
-        if let Some(error) = self.phase_refusal() {
-            return Some(error);
-        }
         if let Some(error) = self.deposed.borrow().clone() {
             return Some(error);
         }
@@ -252,6 +219,11 @@ impl Replication {
             return Some(error);
         }
         let partition = self.partition_of(id);
+        if !self.served.borrow().contains(&partition) {
+            return Some(ReplicationError::NotServing(
+                self.unserved_reason(partition),
+            ));
+        }
         self.states
             .borrow()
             .get(&partition)
@@ -371,6 +343,9 @@ impl Replication {
     /// `partition` is about to be rebuilt from the stream: refused meanwhile (it is already,
     /// unless the failure's event has not arrived yet).
     pub fn begin_rebuild(&self, partition: u32) {
+        if self.served.borrow_mut().remove(&partition) {
+            self.view.count_serving(false);
+        }
         let mut states = self.states.borrow_mut();
         let state = states.entry(partition).or_default();
         if state.failed.is_none() {
@@ -400,6 +375,20 @@ impl Replication {
             ..PartitionState::default()
         };
         states.insert(partition, state);
+        if self.served.borrow_mut().insert(partition) {
+            self.view.count_serving(true);
+        }
+    }
+
+    /// `partition` now belongs to another node (`error` says which): refused from now on,
+    /// what was in flight included (an append that lands anyway is in the new owner's
+    /// rebuild, since its takeover record comes after it).
+    pub fn release(&self, partition: u32, error: ReplicationError) {
+        if self.served.borrow_mut().remove(&partition) {
+            self.view.count_serving(false);
+        }
+        let mut states = self.states.borrow_mut();
+        Self::fail(states.entry(partition).or_default(), error);
     }
 
     /// Resolves once ticket `ticket` of `partition` is replicated, or with why it never will be.
@@ -625,7 +614,12 @@ impl Replication {
             ..ReplicationCounts::default()
         };
         let now = Instant::now();
-        for state in states.values() {
+        let served = self.served.borrow();
+        // Partitions released to another node are not this node's any more.
+        let ours = states
+            .iter()
+            .filter(|(partition, _)| served.contains(partition));
+        for (_, state) in ours {
             if state.failed.is_some() {
                 counts.partitions_refused += 1;
                 continue;
@@ -638,13 +632,15 @@ impl Replication {
                 counts.oldest_append_micros = counts.oldest_append_micros.max(age);
             }
         }
-        let serving = *self.phase.borrow() == Phase::Serving;
-        if serving && !deposed && self.lease.is_fresh() {
-            let core = self.core as u32;
-            let cores = self.cores as u32;
-            let mine =
-                u64::from(self.partitions / cores) + u64::from(self.partitions % cores > core);
-            counts.partitions_served = mine.saturating_sub(counts.partitions_refused);
+        if !deposed && self.lease.is_fresh() {
+            counts.partitions_served = served
+                .iter()
+                .filter(|partition| {
+                    states
+                        .get(partition)
+                        .is_none_or(|state| state.failed.is_none())
+                })
+                .count() as u64;
         }
         counts
     }

@@ -167,7 +167,7 @@ impl Shard {
                         )
                     }
                 };
-                let response = match self.owner_elsewhere() {
+                let response = match self.owner_elsewhere(&id) {
                     // The request as the client sent it, path included.
                     Some(owner) => self.forward(owner, request).await,
                     None => {
@@ -281,20 +281,19 @@ impl Shard {
     /// In a cluster: why this node does not serve every object now (a standby, deposed, its
     /// lease not fresh, or a core still replaying its partitions).
     pub(super) fn cluster_refusal(&self) -> Option<String> {
-        // Every core must serve: each replays its own partitions when the node takes over.
-        let replaying = self
-            .cluster_view
-            .as_ref()
-            .is_some_and(|view| view.cores_serving() < self.cores);
         self.host.cluster_refusal().or_else(|| {
-            replaying.then(|| "this node is taking the partitions over (replaying the log)".into())
+            self.cluster_view
+                .as_ref()
+                .and_then(|view| view.ownership_refusal())
         })
     }
 
-    /// In a cluster: the owner, when it is another node (this one is a standby or was
-    /// deposed): every object request goes there.
-    fn owner_elsewhere(&self) -> Option<crate::cluster::Owner> {
-        self.cluster_view.as_ref()?.owner_elsewhere()
+    /// In a cluster: the owner of `id`'s partition, when it is another node: the request
+    /// goes there.
+    fn owner_elsewhere(&self, id: &ObjectId) -> Option<crate::cluster::Owner> {
+        self.cluster_view
+            .as_ref()?
+            .owner_elsewhere(id.partition(self.partitions))
     }
 
     /// Sends `request` (as the client sent it) to `owner` and answers with its answer: 421
@@ -454,7 +453,7 @@ impl Shard {
                 return;
             }
         };
-        if let Some(owner) = self.owner_elsewhere() {
+        if let Some(owner) = self.owner_elsewhere(&id) {
             // The request as the client sent it, path included; the owner counts its answer.
             self.proxy_upgrade(stream, unread, request, owner).await;
             return;

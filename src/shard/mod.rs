@@ -266,88 +266,104 @@ impl Shard {
     }
 }
 
-/// Once this node took the partitions over: commits the batches the control thread replays
-/// from the cluster's log into this core's store (empty: it was made at start and nothing was
-/// served from it), waits until they are durable, checks their classes (and deletes those of
-/// classes a migration deletes), schedules their alarms, and then serves. Until then the host
-/// refuses every event (`Replication::node_refusal`) and requests go to the owner.
-async fn take_over(
+/// In a cluster: rebuilds the partitions the control thread hands this core
+/// (`ReplayItem::Recover`: the assignment gave them to the node, or they were refused) and
+/// releases those the assignment gave to another node (`ReplayItem::Release`), until the
+/// control thread stops. A core serves no partition before its rebuild: until then the host
+/// refuses its events (`Replication::refusal`) and requests for it go to its owner.
+async fn follow_control(
     shard: Rc<Shard>,
     replication: Rc<crate::cluster::Replication>,
     mut replay: tokio::sync::mpsc::Receiver<crate::cluster::ReplayItem>,
 ) {
     use crate::cluster::ReplayItem;
     let core = shard.core;
-    match replay_into(&shard, &mut replay).await {
-        Ok(batches) => {
-            shard.alarms.load_stored_of(|_| true);
-            replication.start_serving();
-            if let Some(view) = &shard.cluster_view {
-                view.core_serving();
-            }
-            tracing::info!(
-                core,
-                batches,
-                "serving the partitions replayed from the log"
-            );
-        }
-        Err(reason) => {
-            tracing::error!(core, "{reason}");
-            replication.takeover_failed(reason);
-            if let Some(view) = &shard.cluster_view {
-                view.core_failed();
-            }
-            return;
-        }
-    }
-    // A partition refused for want of an acknowledgement comes back rebuilt from the stream.
     while let Some(item) = replay.recv().await {
-        let ReplayItem::Recover(partition, done) = item else {
-            tracing::warn!(core, ?item, "a rebuild's item out of place; ignored");
-            continue;
-        };
-        // Refused while it is rebuilt, whatever this core had heard of it.
-        replication.begin_rebuild(partition);
-        let outcome = match rebuild(&shard, partition, &mut replay).await {
-            Ok(batches) => {
-                replication.recovered(partition);
-                tracing::info!(core, partition, batches, "partition rebuilt from the log");
-                Ok(())
+        match item {
+            ReplayItem::Recover(partitions, done) => {
+                // Refused while they are rebuilt, whatever this core had heard of them.
+                for partition in &partitions {
+                    replication.begin_rebuild(*partition);
+                }
+                let outcome = match rebuild(&shard, &partitions, &mut replay).await {
+                    Ok(batches) => {
+                        for partition in &partitions {
+                            replication.recovered(*partition);
+                        }
+                        tracing::info!(
+                            core,
+                            partitions = partitions.len(),
+                            batches,
+                            "partitions rebuilt from the log: serving them"
+                        );
+                        Ok(())
+                    }
+                    Err(reason) => {
+                        tracing::warn!(core, "{reason}");
+                        Err(reason)
+                    }
+                };
+                let _ = done.send(outcome);
             }
-            Err(reason) => {
-                tracing::warn!(core, partition, "{reason}");
-                Err(reason)
+            ReplayItem::Release(partitions, error, done) => {
+                for partition in &partitions {
+                    replication.release(*partition, error.clone());
+                }
+                let reason = error.to_string();
+                if let Err(error) = forget_partitions(&shard, &partitions, &reason) {
+                    tracing::warn!(core, %error, "released partitions stay in the store");
+                }
+                tracing::info!(core, partitions = partitions.len(), %reason, "partitions released");
+                let _ = done.send(());
             }
-        };
-        let _ = done.send(outcome);
+            other => tracing::warn!(core, ?other, "a rebuild's item out of place; ignored"),
+        }
     }
 }
 
-/// Rebuilds `partition` from the stream (see `ReplayItem::Recover`): its objects leave memory
-/// and the store, then the batches the control thread sends are committed; the number of
-/// batches. The partition stays refused meanwhile (`Replication::recovered` ends that).
+/// Takes the objects of `partitions` out of memory (their events fail with `reason`) and
+/// deletes them from the store: this core no longer holds them.
+fn forget_partitions(
+    shard: &Shard,
+    partitions: &[u32],
+    reason: &str,
+) -> Result<(), stead_storage::StoreError> {
+    let (store, count) = (shard.host.store(), shard.partitions);
+    let leaving = |id: &crate::id::ObjectId| partitions.contains(&id.partition(count));
+    shard.host.forget_objects(leaving, reason);
+    for id in store.objects() {
+        if leaving(&crate::id::ObjectId(id)) {
+            let mut batch = stead_storage::Batch::new();
+            batch.delete_all().delete_alarm();
+            store.commit(&id, batch)?;
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds `partitions` from the stream (see `ReplayItem::Recover`): their objects leave
+/// memory and the store, the batches the control thread sends are committed, their classes
+/// are checked (and those a migration deletes deleted), and their alarms scheduled; the number
+/// of batches. The partitions stay refused meanwhile (`Replication::recovered` ends that).
 async fn rebuild(
     shard: &Shard,
-    partition: u32,
+    partitions: &[u32],
     replay: &mut tokio::sync::mpsc::Receiver<crate::cluster::ReplayItem>,
 ) -> Result<u64, String> {
     use crate::cluster::ReplayItem;
-    let (core, store, partitions) = (shard.core, shard.host.store(), shard.partitions);
-    let in_partition = |id: &crate::id::ObjectId| id.partition(partitions) == partition;
-    let reason = "the partition is being rebuilt from the cluster's log";
-    shard.host.forget_objects(in_partition, reason);
+    let (core, store, count) = (shard.core, shard.host.store(), shard.partitions);
+    let in_partitions = |id: &crate::id::ObjectId| partitions.contains(&id.partition(count));
     let failed = |error: stead_storage::StoreError| {
-        format!("core {core}: cannot rebuild partition {partition}: {error}")
+        format!("core {core}: cannot rebuild partitions {partitions:?}: {error}")
     };
-    // After a failed commit the rest of the partition's items are read and dropped.
-    let mut error = None;
-    for id in store.objects() {
-        if error.is_none() && in_partition(&crate::id::ObjectId(id)) {
-            let mut batch = stead_storage::Batch::new();
-            batch.delete_all().delete_alarm();
-            error = store.commit(&id, batch).err().map(failed);
-        }
-    }
+    // After a failed commit the rest of the items are read and dropped.
+    let mut error = forget_partitions(
+        shard,
+        partitions,
+        "the partition is being rebuilt from the cluster's log",
+    )
+    .err()
+    .map(failed);
     let mut batches = 0u64;
     loop {
         match replay.recv().await {
@@ -357,58 +373,24 @@ async fn rebuild(
                     batches += 1;
                 }
             }
-            Some(ReplayItem::Recovered(done)) if done == partition => match error {
+            Some(ReplayItem::Recovered(done)) if done == partitions => match error {
                 Some(error) => return Err(error),
                 None => break,
             },
             Some(ReplayItem::RecoverFailed(reason)) => {
-                return Err(format!("partition {partition}'s rebuild failed: {reason}"))
+                return Err(format!(
+                    "the rebuild of partitions {partitions:?} failed: {reason}"
+                ))
             }
             Some(other) => {
                 return Err(format!(
-                    "partition {partition}'s rebuild got an item out of place: {other:?}"
+                    "the rebuild of partitions {partitions:?} got an item out of place: {other:?}"
                 ))
             }
             None => return Err("the control thread stopped".to_string()),
         }
     }
     store.wait_durable(store.last_seq()).await.map_err(failed)?;
-    shard.alarms.load_stored_of(in_partition);
-    Ok(batches)
-}
-
-/// The replay of `take_over`; the number of batches replayed.
-async fn replay_into(
-    shard: &Shard,
-    replay: &mut tokio::sync::mpsc::Receiver<crate::cluster::ReplayItem>,
-) -> Result<u64, String> {
-    use crate::cluster::ReplayItem;
-    let (core, store) = (shard.core, shard.host.store());
-    let mut batches = 0u64;
-    loop {
-        match replay.recv().await {
-            Some(ReplayItem::Batch(id, batch)) => {
-                store
-                    .commit(&id.0, batch)
-                    .map_err(|error| format!("core {core}: cannot replay the log: {error}"))?;
-                batches += 1;
-            }
-            Some(ReplayItem::Done) => break,
-            Some(item @ (ReplayItem::Recover(..) | ReplayItem::Recovered(_))) => {
-                return Err(format!(
-                    "core {core}: a rebuild's item in the replay: {item:?}"
-                ))
-            }
-            Some(ReplayItem::Failed(reason) | ReplayItem::RecoverFailed(reason)) => {
-                return Err(format!("core {core}: the log's replay failed: {reason}"))
-            }
-            None => return Err(format!("core {core}: the log's replay stopped")),
-        }
-    }
-    store
-        .wait_durable(store.last_seq())
-        .await
-        .map_err(|error| format!("core {core}: the replayed log is not durable: {error}"))?;
     let check = classes::check(store, &shard.registry);
     if !check.unknown.is_empty() {
         let unknown: Vec<String> = check.unknown.iter().map(ToString::to_string).collect();
@@ -422,6 +404,7 @@ async fn replay_into(
         .map_err(|error| {
             format!("core {core}: cannot delete the objects of deleted classes: {error}")
         })?;
+    shard.alarms.load_stored_of(in_partitions);
     Ok(batches)
 }
 
@@ -548,7 +531,7 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         } = link;
         let replication = crate::cluster::Replication::new(
             core,
-            (layout.partitions, layout.cores),
+            layout.partitions,
             (appends, append_bytes_max),
             (lease, view),
             (
@@ -562,7 +545,7 @@ async fn serve(start: CoreStart) -> Result<(), String> {
         );
         glommio::spawn_local(replication.clone().run(events)).detach();
         host.set_replication(replication.clone());
-        glommio::spawn_local(take_over(shard.clone(), replication, replay)).detach();
+        glommio::spawn_local(follow_control(shard.clone(), replication, replay)).detach();
     }
     for (from, receiver) in receivers {
         glommio::spawn_local(receive_loop(shard.clone(), from, receiver)).detach();
