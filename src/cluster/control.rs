@@ -215,6 +215,7 @@ pub fn start(
                     last: Rc::new(RefCell::new(vec![0; partitions as usize])),
                     snapshot_names: Rc::default(),
                     snapshots_in_flight: RefCell::default(),
+                    purges_in_flight: RefCell::default(),
                     may_own: never_own.is_none(),
                     renew_now: tokio::sync::Notify::new(),
                     rebuild_now: tokio::sync::Notify::new(),
@@ -286,6 +287,9 @@ struct Held {
     since: u64,
     /// Whether its core serves it: rebuilt from the stream since, and not refused after.
     serving: bool,
+    /// A refused partition is rebuilt no sooner than this (a quarter lease after the refusal:
+    /// whatever refused it, NATS down or another writer, is given time to settle).
+    not_before: Option<Instant>,
 }
 
 /// A connection to NATS, the cluster's settings checked.
@@ -333,6 +337,10 @@ struct Control {
     /// Partitions whose snapshot is being stored (and its subject purged): not rebuilt
     /// meanwhile, since the purge could remove messages the rebuild reads.
     snapshots_in_flight: RefCell<HashSet<u32>>,
+    /// Partitions whose subject is being purged below a snapshot: a release waits for the
+    /// purge to be answered before the node says it applied the assignment, so that the new
+    /// owner never reads a subject the old one is still purging.
+    purges_in_flight: RefCell<HashSet<u32>>,
     /// False for a node that may never own partitions (jurisdictions).
     may_own: bool,
     /// Wakes the node key's renewal at once (the applied generation changed).
@@ -712,6 +720,14 @@ impl Control {
         for partition in &released {
             self.held.borrow_mut().remove(partition);
         }
+        // A purge sent before the release is answered first (it is bounded by the lease's
+        // freshness; no new one starts for a partition not held).
+        while released
+            .iter()
+            .any(|partition| self.purges_in_flight.borrow().contains(partition))
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         if !released.is_empty() {
             self.release(&released, assignment).await;
         }
@@ -724,6 +740,7 @@ impl Control {
                     Held {
                         since,
                         serving: false,
+                        not_before: None,
                     }
                 });
             }
@@ -813,6 +830,7 @@ impl Control {
     fn ready_to_rebuild(&self) -> Vec<(u32, u64)> {
         let live = self.live.borrow();
         let in_flight = self.snapshots_in_flight.borrow();
+        let now = Instant::now();
         let applied_by_all = |since: u64| {
             live.values()
                 .filter(|node| node.node != self.settings.node_id && node.may_own)
@@ -822,7 +840,10 @@ impl Control {
             .borrow()
             .iter()
             .filter(|(partition, held)| {
-                !held.serving && !in_flight.contains(partition) && applied_by_all(held.since)
+                !held.serving
+                    && held.not_before.is_none_or(|not_before| not_before <= now)
+                    && !in_flight.contains(partition)
+                    && applied_by_all(held.since)
             })
             .map(|(partition, held)| (*partition, held.since))
             .collect()
@@ -1158,8 +1179,9 @@ impl Control {
             .filter(|held| held.since == since)
         {
             held.serving = false;
+            held.not_before =
+                Some(Instant::now() + Duration::from_millis(self.settings.lease_ms / 4));
         }
-        self.rebuild_now.notify_one();
     }
 
     /// Keeps a partition's snapshot (the object `p<partition>.<sequence>` of the snapshot
@@ -1222,7 +1244,9 @@ impl Control {
     /// snapshot stored late is still the state as of its sequence. The purge is what a
     /// successor must never miss: it is sent only while the lease stays fresh for at least a
     /// quarter of it more, and waited for no longer than it stays fresh, which leaves the
-    /// quarter-lease margin between the end of freshness and the lease's expiry to it.
+    /// quarter-lease margin between the end of freshness and the key's expiry to it; and a
+    /// release of the partition waits for it (`purges_in_flight`) before the node says it
+    /// applied the assignment that moved it.
     async fn store_and_purge(
         &self,
         log: &stream::Stream,
@@ -1264,7 +1288,11 @@ impl Control {
             ));
         }
         let purge = log.purge().filter(subject(partition)).sequence(sequence);
-        match tokio::time::timeout(fresh_for, std::future::IntoFuture::into_future(purge)).await {
+        self.purges_in_flight.borrow_mut().insert(partition);
+        let purged =
+            tokio::time::timeout(fresh_for, std::future::IntoFuture::into_future(purge)).await;
+        self.purges_in_flight.borrow_mut().remove(&partition);
+        match purged {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) => Err(SnapshotFailure::NotPurged(error.to_string())),
             Err(_) => Err(SnapshotFailure::NotPurged(

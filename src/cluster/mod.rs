@@ -269,7 +269,7 @@ pub enum ControlEvent {
         partition: u32,
         error: ReplicationError,
     },
-    /// Another node took every partition over.
+    /// Another process of this node id holds the node key: every partition is refused.
     Deposed { error: ReplicationError },
 }
 
@@ -279,7 +279,7 @@ pub enum ControlEvent {
 pub enum ReplicationError {
     /// The stream refused the append: a newer owner has written to the partition.
     Fenced { partition: u32 },
-    /// Another node became the owner (epoch `epoch`).
+    /// The assignment gave the partition to node `node` (at generation `epoch`).
     Deposed { node: String, epoch: u64 },
     /// No acknowledgement from a quorum (NATS unreachable, timed out, or stopped).
     Unavailable(String),
@@ -302,7 +302,8 @@ impl fmt::Display for ReplicationError {
             ),
             ReplicationError::Deposed { node, epoch } => write!(
                 f,
-                "node {node:?} became the owner (epoch {epoch}): this node no longer serves"
+                "the partition is node {node:?}'s since generation {epoch} of the assignment: \
+                 this node no longer serves it"
             ),
             ReplicationError::Unavailable(reason) => {
                 write!(f, "the write was not replicated: {reason}")

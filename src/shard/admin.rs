@@ -33,7 +33,9 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use stead_storage::Snapshot;
 
-use super::handler::{authorization, forbidden, object_id, unauthorized, write_and_close};
+use super::handler::{
+    authorization, forbidden, misdirected, object_id, unauthorized, write_and_close,
+};
 use super::mesh::{Message, Reply, SendError};
 use super::Shard;
 use crate::auth::{Access, Permission};
@@ -698,7 +700,12 @@ impl Shard {
             return Err(Response::json_error(404, "no object named"));
         }
         let namespace = self.registry.id_namespace(class);
-        object_id(namespace, object_target(target, &self.config.http)?)
+        let id = object_id(namespace, object_target(target, &self.config.http)?)?;
+        // In a cluster, another node's object is shown (and deleted) by that node.
+        match self.owner_elsewhere(&id) {
+            Some(owner) => Err(misdirected(&owner)),
+            None => Ok(id),
+        }
     }
 }
 

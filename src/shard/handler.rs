@@ -290,7 +290,7 @@ impl Shard {
 
     /// In a cluster: the owner of `id`'s partition, when it is another node: the request
     /// goes there.
-    fn owner_elsewhere(&self, id: &ObjectId) -> Option<crate::cluster::Owner> {
+    pub(super) fn owner_elsewhere(&self, id: &ObjectId) -> Option<crate::cluster::Owner> {
         self.cluster_view
             .as_ref()?
             .owner_elsewhere(id.partition(self.partitions))
@@ -361,7 +361,16 @@ impl Shard {
         let (Some(view), Some(client)) = (&self.cluster_view, &self.forwarder) else {
             return Err(Response::json_error(500, "forwarding outside a cluster"));
         };
-        if request.header(FORWARDED_BY_HEADER).is_some() {
+        if let Some(from) = request.header(FORWARDED_BY_HEADER) {
+            // The node that sent it is the owner by this node's view: the two views differ
+            // because the partition is changing owner, and one of them will serve it soon.
+            if from == owner.node {
+                let error = format!(
+                    "the object's partition is changing owner: node {from:?} forwarded the \
+                     request here, and this node's view still names {from:?}"
+                );
+                return Err(error_answer(503, &error, true));
+            }
             return Err(misdirected(owner));
         }
         let Some(address) = owner.address.clone() else {
@@ -820,7 +829,7 @@ async fn carry(mut from: TcpStream, mut to: TcpStream) {
 }
 
 /// 421 Misdirected Request: this node does not serve the object; `owner` does.
-fn misdirected(owner: &crate::cluster::Owner) -> Response {
+pub(super) fn misdirected(owner: &crate::cluster::Owner) -> Response {
     // Fields in this order (a `json!` map would sort them).
     #[derive(serde::Serialize)]
     struct Misdirected<'a> {
