@@ -364,7 +364,7 @@ pub struct Config {
 pub struct ClusterSettings {
     /// NATS servers to connect to, e.g. `nats://127.0.0.1:4222`.
     pub nats: Vec<String>,
-    /// This node's name in the cluster (who owns the partitions).
+    /// This node's name in the cluster (the assignment names partitions' owners by it).
     pub node_id: String,
     /// Copies of each partition's log (the stream's replicas); fixed when the cluster is
     /// created, and a node with another value refuses to join.
@@ -374,11 +374,11 @@ pub struct ClusterSettings {
     /// partition stops being served here).
     #[serde(default = "default_ack_timeout_ms")]
     pub ack_timeout_ms: u64,
-    /// How long the owner's lease lasts without renewal (renewed every third of it). The
-    /// owner serves only while its lease is fresh (less a quarter, for clock drift); another
-    /// node takes over only once it has expired. It must outlast the NATS servers' election
-    /// of a new stream leader (seconds), or one NATS server's death deposes the owner. Fixed
-    /// when the cluster is created.
+    /// How long a node key lasts without renewal (renewed every third of it). A node serves
+    /// only while its key's last renewal is fresh (less a quarter, for clock drift); the
+    /// others take its partitions only once the key expired (or it released them). It must
+    /// outlast the NATS servers' election of a new stream leader (seconds), or one NATS
+    /// server's death moves every partition. Fixed when the cluster is created.
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
     /// A partition's state is written to the snapshot bucket once this many of its batches

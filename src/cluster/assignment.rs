@@ -61,10 +61,12 @@ impl Assignment {
     /// `current` needs no change. Partitions of nodes not live go to the live node owning the
     /// fewest; then, while two live nodes' counts differ by more than one, the most loaded
     /// gives its highest partition to the least loaded (ties by name). Nothing moves
-    /// otherwise, so a cluster whose nodes stay up keeps its assignment.
+    /// otherwise, so a cluster whose nodes stay up keeps its assignment. The next generation
+    /// is above `floor` too (the highest a live node applied), so it never goes back even if
+    /// the key was lost.
     pub fn rebalance(
         current: Option<&Assignment>,
-        partitions: u32,
+        (partitions, floor): (u32, u64),
         live: &[String],
     ) -> Option<Assignment> {
         let mut live: Vec<&str> = live.iter().map(String::as_str).collect();
@@ -116,7 +118,7 @@ impl Assignment {
             counts[high] -= 1;
             counts[low] += 1;
         }
-        let generation = current.map_or(0, |current| current.generation) + 1;
+        let generation = current.map_or(0, |current| current.generation).max(floor) + 1;
         let nodes: Vec<String> = live.iter().map(|node| node.to_string()).collect();
         let next = Assignment {
             generation,
@@ -161,11 +163,15 @@ mod tests {
 
     #[test]
     fn the_first_node_gets_every_partition_and_a_second_gets_half() {
-        let first = Assignment::rebalance(None, 8, &names(&["a"])).expect("made");
+        let first = Assignment::rebalance(None, (8, 0), &names(&["a"])).expect("made");
         assert_eq!(first.generation, 1);
         assert_eq!(first.owned_by("a").len(), 8);
-        assert_eq!(Assignment::rebalance(Some(&first), 8, &names(&["a"])), None);
-        let second = Assignment::rebalance(Some(&first), 8, &names(&["b", "a"])).expect("moved");
+        assert_eq!(
+            Assignment::rebalance(Some(&first), (8, 0), &names(&["a"])),
+            None
+        );
+        let second =
+            Assignment::rebalance(Some(&first), (8, 0), &names(&["b", "a"])).expect("moved");
         assert_eq!(second.generation, 2);
         assert_eq!(counts(&second), vec![("a".into(), 4), ("b".into(), 4)]);
         // The highest partitions moved, with the new generation; the rest kept theirs.
@@ -179,13 +185,13 @@ mod tests {
 
     #[test]
     fn a_dead_nodes_partitions_go_to_the_least_loaded() {
-        let three = Assignment::rebalance(None, 9, &names(&["a", "b", "c"])).expect("made");
+        let three = Assignment::rebalance(None, (9, 0), &names(&["a", "b", "c"])).expect("made");
         assert_eq!(
             counts(&three),
             vec![("a".into(), 3), ("b".into(), 3), ("c".into(), 3)]
         );
         let c_had = three.owned_by("c");
-        let two = Assignment::rebalance(Some(&three), 9, &names(&["a", "b"])).expect("moved");
+        let two = Assignment::rebalance(Some(&three), (9, 0), &names(&["a", "b"])).expect("moved");
         let counted = counts(&two);
         assert_eq!(counted.iter().map(|(_, n)| n).sum::<usize>(), 9);
         assert!(
@@ -200,11 +206,15 @@ mod tests {
             assert_eq!(two.owner(partition), Some(("a", since)));
         }
         // c back: it gets a share again, nobody else loses more than needed.
-        let back = Assignment::rebalance(Some(&two), 9, &names(&["a", "b", "c"])).expect("moved");
+        let back =
+            Assignment::rebalance(Some(&two), (9, 0), &names(&["a", "b", "c"])).expect("moved");
         assert_eq!(
             counts(&back),
             vec![("a".into(), 3), ("b".into(), 3), ("c".into(), 3)]
         );
-        assert_eq!(Assignment::rebalance(Some(&back), 9, &[]), None);
+        assert_eq!(Assignment::rebalance(Some(&back), (9, 0), &[]), None);
+        // A lost key: the next generation is above what the nodes applied.
+        let again = Assignment::rebalance(None, (9, 7), &names(&["a"])).expect("made");
+        assert_eq!(again.generation, 8);
     }
 }

@@ -211,6 +211,7 @@ pub fn start(
                     held: Rc::default(),
                     applied: Cell::new(0),
                     applying: tokio::sync::Mutex::new(()),
+                    must_settle: Cell::new(false),
                     live: RefCell::default(),
                     last: Rc::new(RefCell::new(vec![0; partitions as usize])),
                     snapshot_names: Rc::default(),
@@ -280,6 +281,26 @@ struct NodeValue {
     applied: u64,
 }
 
+/// The assignment key as read.
+enum Stored {
+    /// Never written (or deleted).
+    None,
+    /// The assignment, and the key's revision.
+    Valid(Arc<Assignment>, u64),
+    /// A value that is not an assignment of this cluster's partitions, at the revision: the
+    /// rebalancer writes a new one over it.
+    Damaged(u64),
+}
+
+impl Stored {
+    fn valid(&self) -> Option<&Arc<Assignment>> {
+        match self {
+            Stored::Valid(assignment, _) => Some(assignment),
+            Stored::None | Stored::Damaged(_) => None,
+        }
+    }
+}
+
 /// A partition the assignment gives this node.
 #[derive(Clone, Copy, Debug)]
 struct Held {
@@ -327,6 +348,9 @@ struct Control {
     applied: Cell<u64>,
     /// One application of an assignment at a time.
     applying: tokio::sync::Mutex<()>,
+    /// Set when the node key had expired and was made again: the lease counts again only
+    /// once an assignment read since was applied.
+    must_settle: Cell<bool>,
     /// The live nodes as last surveyed (their node keys).
     live: RefCell<HashMap<String, NodeValue>>,
     /// The last sequence of each partition's subject this node knows (its fence, its last
@@ -429,10 +453,8 @@ impl Control {
         let lease = Duration::from_millis(self.settings.lease_ms.max(1));
         let mut said = false;
         loop {
-            let generation = match self.read_assignment().await? {
-                Some((assignment, _)) => assignment.generation,
-                None => 0,
-            };
+            let stored = self.read_assignment().await?;
+            let generation = stored.valid().map_or(0, |assignment| assignment.generation);
             self.applied.set(self.applied.get().max(generation));
             let sent = Instant::now();
             let created = self
@@ -460,22 +482,43 @@ impl Control {
         }
     }
 
-    /// The assignment and its revision, if one was written.
-    async fn read_assignment(&self) -> Result<Option<(Arc<Assignment>, u64)>, ClusterError> {
+    /// The assignment key as it is now.
+    async fn read_assignment(&self) -> Result<Stored, ClusterError> {
         let entry = step(
             "read the assignment",
             self.connected.bucket.entry(ASSIGNMENT_KEY),
         )
         .await?;
         let Some(entry) = entry.filter(|entry| entry.operation == kv::Operation::Put) else {
-            return Ok(None);
+            return Ok(Stored::None);
         };
-        match Assignment::parse(&entry.value, self.partitions) {
-            Some(assignment) => Ok(Some((Arc::new(assignment), entry.revision))),
-            None => Err(nats_error(
-                "read the assignment",
-                "it is not an assignment of this cluster's partitions",
-            )),
+        Ok(match Assignment::parse(&entry.value, self.partitions) {
+            Some(assignment) => Stored::Valid(Arc::new(assignment), entry.revision),
+            None => {
+                tracing::error!(
+                    revision = entry.revision,
+                    "cluster: the assignment key holds no assignment of this cluster's \
+                     partitions; the rebalancer writes a new one"
+                );
+                Stored::Damaged(entry.revision)
+            }
+        })
+    }
+
+    /// Reads the assignment and applies it: what it moved away is released. False when it
+    /// could not be read (or is damaged).
+    async fn settle(&self) -> bool {
+        match self.read_assignment().await {
+            Ok(Stored::Valid(assignment, _)) => {
+                self.apply(&assignment).await;
+                true
+            }
+            Ok(Stored::None) => true,
+            Ok(Stored::Damaged(_)) => false,
+            Err(error) => {
+                tracing::warn!(%error, "cluster: cannot read the assignment");
+                false
+            }
         }
     }
 
@@ -508,6 +551,12 @@ impl Control {
             match updated {
                 Ok(Ok(next)) => {
                     revision = next;
+                    if self.must_settle.get() {
+                        if !self.settle().await {
+                            continue;
+                        }
+                        self.must_settle.set(false);
+                    }
                     self.lease.renewed(sent);
                     pause = lease / 3;
                 }
@@ -545,20 +594,25 @@ impl Control {
                         }
                         Ok(None) => {
                             tracing::warn!("cluster: this node's key expired; joining again");
-                            // Partitions the assignment moved meanwhile are released first.
-                            match self.read_assignment().await {
-                                Ok(Some((assignment, _))) => self.apply(&assignment).await,
-                                Ok(None) => {}
-                                Err(error) => {
-                                    tracing::warn!(%error, "cluster: cannot read the assignment");
-                                    continue;
-                                }
-                            }
+                            // The key is made first, then an assignment read after it is
+                            // applied (what moved meanwhile released), and only then does the
+                            // lease count again: a node that read the node keys before this
+                            // one came back has written any assignment it acts on before this
+                            // read.
                             let sent = Instant::now();
-                            if let Ok(next) = leases.create(&key, self.node_value()).await {
-                                revision = next;
-                                self.lease.renewed(sent);
-                                pause = lease / 3;
+                            match leases.create(&key, self.node_value()).await {
+                                Ok(next) => {
+                                    revision = next;
+                                    self.must_settle.set(true);
+                                    if self.settle().await {
+                                        self.must_settle.set(false);
+                                        self.lease.renewed(sent);
+                                        pause = lease / 3;
+                                    }
+                                }
+                                Err(error) => {
+                                    tracing::warn!(%error, "cluster: cannot take the node key")
+                                }
                             }
                         }
                         Err(error) => tracing::warn!(%error, "cluster: cannot read the node key"),
@@ -584,17 +638,13 @@ impl Control {
     }
 
     async fn survey_once(&self) -> Result<(), ClusterError> {
-        let live = self.read_nodes().await?;
-        self.view.set_addresses(
-            live.values()
-                .filter_map(|node| Some((node.node.clone(), node.address.clone()?)))
-                .collect(),
-        );
-        *self.live.borrow_mut() = live;
         let current = self.read_assignment().await?;
-        if let Some((assignment, _)) = &current {
+        if let Some(assignment) = current.valid() {
             self.apply(assignment).await;
         }
+        // Read after the assignment: a node that appears after this read applies an
+        // assignment read after its key was made.
+        self.refresh_live().await?;
         if self.stopping.get() || self.deposed.get() || !self.hold_rebalancer().await {
             return Ok(());
         }
@@ -605,9 +655,17 @@ impl Control {
             .filter(|node| node.may_own)
             .map(|node| node.node.clone())
             .collect();
+        let floor = self
+            .live
+            .borrow()
+            .values()
+            .map(|node| node.applied)
+            .chain([self.applied.get()])
+            .max()
+            .unwrap_or(0);
         let next = Assignment::rebalance(
-            current.as_ref().map(|(assignment, _)| assignment.as_ref()),
-            self.partitions,
+            current.valid().map(|assignment| assignment.as_ref()),
+            (self.partitions, floor),
             &may_own,
         );
         let Some(next) = next else {
@@ -616,14 +674,16 @@ impl Control {
         let value = bytes::Bytes::from(next.to_json());
         let bucket = &self.connected.bucket;
         match &current {
-            Some((_, revision)) => {
+            Stored::Valid(_, revision) | Stored::Damaged(revision) => {
                 step(
                     "write the assignment",
                     bucket.update(ASSIGNMENT_KEY, value, *revision),
                 )
                 .await?
             }
-            None => step("write the assignment", bucket.create(ASSIGNMENT_KEY, value)).await?,
+            Stored::None => {
+                step("write the assignment", bucket.create(ASSIGNMENT_KEY, value)).await?
+            }
         };
         let counts: Vec<String> = next
             .nodes
@@ -636,6 +696,18 @@ impl Control {
             "cluster: assignment written"
         );
         self.apply(&Arc::new(next)).await;
+        Ok(())
+    }
+
+    /// Reads the live nodes into `live` and the view's addresses.
+    async fn refresh_live(&self) -> Result<(), ClusterError> {
+        let live = self.read_nodes().await?;
+        self.view.set_addresses(
+            live.values()
+                .filter_map(|node| Some((node.node.clone(), node.address.clone()?)))
+                .collect(),
+        );
+        *self.live.borrow_mut() = live;
         Ok(())
     }
 
@@ -854,16 +926,32 @@ impl Control {
     /// message, sent only while the lease is fresh), then hands each core its partitions'
     /// snapshots and messages up to the fence.
     async fn rebuild(&self, partitions: Vec<(u32, u64)>) -> Result<(), ClusterError> {
-        if let Some((assignment, _)) = self.read_assignment().await? {
-            self.apply(&assignment).await;
+        match self.read_assignment().await? {
+            Stored::Valid(assignment, _) => self.apply(&assignment).await,
+            Stored::None => {}
+            Stored::Damaged(_) => {
+                return Err(nats_error(
+                    "rebuild partitions",
+                    "the assignment is damaged",
+                ))
+            }
         }
+        // The nodes read again, after the assignment: each live one must have applied it.
+        self.refresh_live().await?;
+        let ready: HashSet<u32> = self
+            .ready_to_rebuild()
+            .into_iter()
+            .map(|(partition, _)| partition)
+            .collect();
         let partitions: Vec<(u32, u64)> = {
             let held = self.held.borrow();
             partitions
                 .into_iter()
                 .filter(|(partition, since)| {
-                    held.get(partition)
-                        .is_some_and(|held| held.since == *since && !held.serving)
+                    ready.contains(partition)
+                        && held
+                            .get(partition)
+                            .is_some_and(|held| held.since == *since && !held.serving)
                 })
                 .collect()
         };
@@ -1133,6 +1221,14 @@ impl Control {
     /// Gives the node key and the rebalancer key up after every core has stopped: deletes
     /// each if it still holds this process's value (never one another process took since).
     async fn give_up_keys(&self) {
+        // A purge sent before the stop is answered first (no new one starts once stopping,
+        // and each is bounded by the lease's freshness): the partitions' next owners must
+        // never read a subject still being purged.
+        let lease = Duration::from_millis(self.settings.lease_ms.max(1));
+        let since = Instant::now();
+        while !self.purges_in_flight.borrow().is_empty() && since.elapsed() < lease {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let leases = self.connected.leases.clone();
         let process = self.process;
         let node_key = self.node_key();
@@ -1194,7 +1290,18 @@ impl Control {
         let names = &self.snapshot_names;
         let partition = append.partition;
         let name = format!("p{partition}.{sequence:020}");
-        self.snapshots_in_flight.borrow_mut().insert(partition);
+        // One snapshot of a partition at a time (one of before a release may still run).
+        if !self.snapshots_in_flight.borrow_mut().insert(partition) {
+            if let Some(sender) = self.events.get(append.core) {
+                let done = ControlEvent::SnapshotDone {
+                    partition,
+                    sequence,
+                    kept: false,
+                };
+                let _ = sender.send(done).await;
+            }
+            return;
+        }
         let kept = self
             .store_and_purge(
                 log,
@@ -1234,7 +1341,11 @@ impl Control {
         let kept = kept.is_ok();
         if let Some(sender) = self.events.get(append.core) {
             let _ = sender
-                .send(ControlEvent::SnapshotDone { partition, kept })
+                .send(ControlEvent::SnapshotDone {
+                    partition,
+                    sequence,
+                    kept,
+                })
                 .await;
         }
     }
@@ -1277,7 +1388,7 @@ impl Control {
         }
         let quarter = Duration::from_millis(self.settings.lease_ms.max(1) / 4);
         let fresh_for = self.lease.fresh_for();
-        if fresh_for < quarter || self.deposed.get() {
+        if fresh_for < quarter || self.deposed.get() || self.stopping.get() {
             return Err(SnapshotFailure::NotPurged(
                 "the lease is not fresh for long enough".to_string(),
             ));
@@ -1319,7 +1430,13 @@ impl Control {
                     let error = ReplicationError::NotServing(format!(
                         "partition {partition} is no longer this node's"
                     ));
-                    let _ = sender.send(ControlEvent::Failed { partition, error }).await;
+                    let upto = append.upto;
+                    let failed = ControlEvent::Failed {
+                        partition,
+                        upto,
+                        error,
+                    };
+                    let _ = sender.send(failed).await;
                 }
                 continue;
             };
@@ -1353,14 +1470,17 @@ impl Control {
                     }
                     Ok(Err(PublishFailure::Fenced)) => ControlEvent::Failed {
                         partition,
+                        upto: append.upto,
                         error: ReplicationError::Fenced { partition },
                     },
                     Ok(Err(other)) => ControlEvent::Failed {
                         partition,
+                        upto: append.upto,
                         error: ReplicationError::Unavailable(other.to_string()),
                     },
                     Err(_) => ControlEvent::Failed {
                         partition,
+                        upto: append.upto,
                         error: ReplicationError::Unavailable(format!(
                             "no acknowledgement within cluster.ack_timeout_ms ({} ms)",
                             timeout.as_millis()

@@ -1,27 +1,25 @@
-//! The cluster (first part): every write acknowledged by a NATS JetStream quorum as well as
-//! by the local disk, a fence against a deposed owner, a node's store rebuilt from the stream
-//! when it takes over, and requests forwarded to the owner by every other node.
+//! The cluster: partitions owned across nodes, every write acknowledged by a NATS JetStream
+//! quorum as well as by the local disk, a fence against an earlier owner, partitions rebuilt
+//! from the stream by the node that gains them, and requests forwarded to each partition's
+//! owner by every other node.
 //!
-//! What is built: with `stead serve --cluster nats://… --node-id N`, one node owns every
-//! partition. At start a node checks the cluster's settings (partition count, replicas, lease)
-//! in the KV bucket `stead_cluster` and listens as a standby, forwarding every object request
-//! to the owner the `owner` key names ([`ClusterView`]). It takes the lease (a key of the bucket
-//! `stead_lease` whose entries expire) once no other node holds it, becomes the owner by a
-//! compare-and-set on the key `owner` (the new revision is its epoch; the value names its
-//! address), appends a takeover record to each partition's subject `stead.log.<partition>` of
-//! the stream `STEAD_LOG` (which refuses the previous owner's next append: the fence), and
-//! rebuilds its cores' stores from the stream before they serve. Each commit's batch then goes
-//! to its partition's subject, with `Nats-Expected-Last-Subject-Sequence`, and an event's
-//! answer waits for the acknowledgement as well as for the local fdatasync.
-//!
-//! A node serves only while its lease is fresh ([`Lease`]).
-//!
-//! What is not built yet (see README, Cluster): ownership of partitions spread over several
-//! nodes, and a rebalancer.
+//! With `stead serve --cluster nats://… --node-id N`, a node checks the cluster's settings
+//! (partition count, replicas, lease) in the KV bucket `stead_cluster`, listens, and holds its
+//! node key (`node.<N>` in the bucket `stead_lease`, whose entries expire: [`Lease`]). The
+//! [`Assignment`] (one value of `stead_cluster`, written by compare-and-set by the node
+//! holding the rebalancer key) names each partition's owner and epoch. A node releases the
+//! partitions the assignment moves away before it says it applied it, and takes a partition
+//! only once every other live node applied the assignment that gave it: a takeover record on
+//! the partition's subject `stead.log.<partition>` of the stream `STEAD_LOG` (the fence), then
+//! its snapshot and messages. Each commit's batch goes to its partition's subject with
+//! `Nats-Expected-Last-Subject-Sequence`, and an event's answer waits for the acknowledgement
+//! as well as for the local fdatasync. Requests for another node's partitions are forwarded
+//! there ([`ClusterView`]).
 //!
 //! Layout: `control` (the control thread: NATS on a tokio runtime of its own, never on a
-//! serving core), `replica` (a core's side: batches grouped per partition, tickets the output
-//! gate waits on), `record` (the bytes of an append).
+//! serving core), `assignment` (the map and the rebalancer's rule), `replica` (a core's side:
+//! batches grouped per partition, tickets the output gate waits on), `record` (the bytes of an
+//! append).
 
 mod assignment;
 mod control;
@@ -262,11 +260,18 @@ pub enum ControlEvent {
         /// The stream sequence of the append that carried ticket `upto`.
         sequence: u64,
     },
-    /// The partition's snapshot was kept (and its subject purged), or not.
-    SnapshotDone { partition: u32, kept: bool },
-    /// The partition's append failed: it is refused from now on.
+    /// The partition's snapshot as of message `sequence` was kept (and its subject purged),
+    /// or not.
+    SnapshotDone {
+        partition: u32,
+        sequence: u64,
+        kept: bool,
+    },
+    /// The partition's append that carried tickets up to `upto` failed: it is refused from
+    /// now on.
     Failed {
         partition: u32,
+        upto: u64,
         error: ReplicationError,
     },
     /// Another process of this node id holds the node key: every partition is refused.

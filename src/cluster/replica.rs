@@ -91,8 +91,9 @@ enum Snapshotting {
         ticket: u64,
         snapshot: Box<Snapshot>,
     },
-    /// Sent to the control thread, not answered yet.
-    Sending,
+    /// Sent to the control thread (the state as of the stream's message `sequence`), not
+    /// answered yet.
+    Sending { sequence: u64 },
 }
 
 impl Default for PartitionState {
@@ -434,7 +435,13 @@ impl Replication {
                 } => {
                     let send = {
                         let mut states = self.states.borrow_mut();
-                        match states.get_mut(&partition) {
+                        // The answer to the append in flight only: one to an append sent
+                        // before the partition was released or rebuilt is stale (tickets
+                        // only grow, so it never names the one in flight now).
+                        match states
+                            .get_mut(&partition)
+                            .filter(|state| state.in_flight_upto == upto && upto != 0)
+                        {
                             Some(state) => {
                                 state.acked_since_snapshot += upto.saturating_sub(state.acked);
                                 if upto > state.acked {
@@ -451,13 +458,20 @@ impl Replication {
                     };
                     self.clone().go_on(partition, send);
                 }
-                ControlEvent::SnapshotDone { partition, kept } => {
+                ControlEvent::SnapshotDone {
+                    partition,
+                    sequence,
+                    kept,
+                } => {
                     if kept {
                         self.snapshots.set(self.snapshots.get() + 1);
                     }
                     // What was acknowledged while this one was on its way may call for the
-                    // next at once: a partition that went quiet still gets its tail kept.
-                    self.snapshot_finished(partition);
+                    // next at once: a partition that went quiet still gets its tail kept. The
+                    // answer about an earlier snapshot (sent before a release) changes nothing.
+                    if !self.snapshot_finished(partition, sequence) {
+                        continue;
+                    }
                     let send = match self.states.borrow_mut().get_mut(&partition) {
                         Some(state) => {
                             if kept {
@@ -470,13 +484,23 @@ impl Replication {
                     };
                     self.clone().go_on(partition, send);
                 }
-                ControlEvent::Failed { partition, error } => {
+                ControlEvent::Failed {
+                    partition,
+                    upto,
+                    error,
+                } => {
+                    let mut states = self.states.borrow_mut();
+                    // As for `Acked`: the failure of an append no longer in flight is stale.
+                    let Some(state) = states
+                        .get_mut(&partition)
+                        .filter(|state| state.in_flight_upto == upto && upto != 0)
+                    else {
+                        continue;
+                    };
                     if matches!(error, ReplicationError::Fenced { .. }) {
                         self.fence_refusals.set(self.fence_refusals.get() + 1);
                     }
                     tracing::error!(core = self.core, partition, %error, "partition refused");
-                    let mut states = self.states.borrow_mut();
-                    let state = states.entry(partition).or_default();
                     Self::fail(state, error);
                 }
                 ControlEvent::Deposed { error } => {
@@ -536,7 +560,9 @@ impl Replication {
         }
         match std::mem::take(&mut state.snapshot) {
             Snapshotting::Cut { ticket, snapshot } if state.acked >= ticket => {
-                state.snapshot = Snapshotting::Sending;
+                state.snapshot = Snapshotting::Sending {
+                    sequence: state.acked_sequence,
+                };
                 Some((snapshot, state.acked_sequence))
             }
             other => {
@@ -576,7 +602,7 @@ impl Replication {
                 }
                 Err(error) => {
                     tracing::warn!(core = self.core, partition, %error, "snapshot not read");
-                    self.snapshot_finished(partition);
+                    self.snapshot_finished(partition, sequence);
                     return;
                 }
             }
@@ -590,17 +616,23 @@ impl Replication {
         };
         // The channel holds one append and one snapshot per partition of the core.
         if self.appends.try_send(append).is_err() {
-            self.snapshot_finished(partition);
+            self.snapshot_finished(partition, sequence);
         }
     }
 
-    /// The partition's snapshot in flight is done with (kept, or not): the next may be taken.
-    fn snapshot_finished(&self, partition: u32) {
-        if let Some(state) = self.states.borrow_mut().get_mut(&partition) {
-            if matches!(state.snapshot, Snapshotting::Sending) {
-                state.snapshot = Snapshotting::Idle;
-            }
+    /// The partition's snapshot as of `sequence` is done with (kept, or not): the next may be
+    /// taken. False when it is not the one in flight (one sent before a release).
+    fn snapshot_finished(&self, partition: u32, sequence: u64) -> bool {
+        let mut states = self.states.borrow_mut();
+        let Some(state) = states.get_mut(&partition) else {
+            return false;
+        };
+        let current =
+            matches!(state.snapshot, Snapshotting::Sending { sequence: sent } if sent == sequence);
+        if current {
+            state.snapshot = Snapshotting::Idle;
         }
+        current
     }
 
     /// What `/metrics` shows of this core's replication.

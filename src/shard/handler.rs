@@ -350,6 +350,34 @@ impl Shard {
         }
     }
 
+    /// A call to an object of a partition `owner` serves: sent there as a request to the
+    /// object's URL (by name, or `id:` when it has none), with the call's depth and read-only
+    /// mark as headers, and the server's `auth_token` when it has one (a call carries no
+    /// client's token; the owner keeps the read-only mark, which only restricts).
+    async fn forward_call(
+        &self,
+        owner: crate::cluster::Owner,
+        class: &str,
+        (id, name): (ObjectId, Option<String>),
+        mut request: Request,
+    ) -> Response {
+        let target = match &name {
+            Some(name) => crate::http::percent_encode(name),
+            None => format!("id:{id}"),
+        };
+        request.path = format!("/objects/{class}/{target}{}", request.path);
+        request
+            .headers
+            .retain(|(name, _)| name != "authorization" && name != FORWARDED_BY_HEADER);
+        if let Some(token) = &self.config.auth_token {
+            request.headers.push((
+                "authorization".to_string(),
+                format!("Bearer {token}").into_bytes(),
+            ));
+        }
+        self.forward(owner, request).await
+    }
+
     /// Where a request for `owner` goes, counted as forwarded: its address, this node's id
     /// and the client to send it with; or the answer when it cannot go: 421 for a request
     /// another node already forwarded (no second hop), 503 when the owner gave no address.
@@ -953,7 +981,10 @@ impl crate::object::Router for ShardRouter {
         let shard = self.0.upgrade();
         Box::pin(async move {
             match shard {
-                Some(shard) => shard.run_on_owner(&class, id, name, request, None).await,
+                Some(shard) => match shard.owner_elsewhere(&id) {
+                    Some(owner) => shard.forward_call(owner, &class, (id, name), request).await,
+                    None => shard.run_on_owner(&class, id, name, request, None).await,
+                },
                 None => crate::object::shutting_down(),
             }
         })
