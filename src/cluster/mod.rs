@@ -150,6 +150,19 @@ impl ClusterView {
             .filter(|owner| owner.node != self.node)
     }
 
+    /// Whether `node` is a node of the cluster: live (it gave an address) or an owner in the
+    /// assignment.
+    pub fn knows(&self, node: &str) -> bool {
+        let live = self
+            .addresses
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains_key(node);
+        live || self
+            .assignment()
+            .is_some_and(|assignment| assignment.nodes.iter().any(|known| known == node))
+    }
+
     /// The assignment as last read.
     pub fn assignment(&self) -> Option<Arc<Assignment>> {
         self.assignment

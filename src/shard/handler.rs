@@ -390,12 +390,14 @@ impl Shard {
             return Err(Response::json_error(500, "forwarding outside a cluster"));
         };
         if let Some(from) = request.header(FORWARDED_BY_HEADER) {
-            // The node that sent it is the owner by this node's view: the two views differ
-            // because the partition is changing owner, and one of them will serve it soon.
-            if from == owner.node {
+            // Sent by a node of the cluster that thought this one the owner: the two nodes
+            // have read different assignments (the partition is changing owner), and the
+            // views agree again within a survey. Anything else is answered with the owner.
+            if from == owner.node || view.knows(from) {
                 let error = format!(
                     "the object's partition is changing owner: node {from:?} forwarded the \
-                     request here, and this node's view still names {from:?}"
+                     request here, and this node's view names {:?}",
+                    owner.node
                 );
                 return Err(error_answer(503, &error, true));
             }
