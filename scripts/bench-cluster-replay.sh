@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # How long a cluster node takes to start from the stream: one nats-server (replicas 1) or a
 # cluster of three (replicas 3), a node (`--cores 1`, 256 partitions) that takes N increments
-# over 1,000 counters (`stead bench --requests N`), is stopped (SIGTERM: it gives its lease up,
-# so the start does not wait for the lease to expire) and started again, its store rebuilt:
-# the time from the start to its listening (fence 256 partitions, replay, serve), and the
+# over 1,000 counters (`stead bench --requests N`), is stopped (SIGTERM: it gives its node key
+# up, so the start does not wait for it to expire) and started again, its store rebuilt:
+# the time from the start to /healthz answering 200 (fence 256 partitions, rebuild, serve), the
 # batches it replayed from the log and from snapshots, without snapshots
 # (`snapshot_batches = 0`) and with one every 50 batches of a partition. Medians of
 # interleaved runs. Needs nats-server.
@@ -38,8 +38,11 @@ measure() { # replicas snapshot_batches
   start_stead --config "$WORK/cluster.toml"
   local ready=$(date +%s%N)
   local batches from_snapshots
-  batches=$(grep -o 'rebuilt from the log.*batches[^ ]*=[^ ]*[0-9]\+' "$WORK/server.log" | grep -o '[0-9]\+$' | tail -1)
-  from_snapshots=$(grep -o 'snapshots replayed.*batches[^ ]*=[^ ]*[0-9]\+' "$WORK/server.log" | grep -o '[0-9]\+$' | tail -1)
+  # The control thread's line of the rebuild (one core): "… from_snapshots=N … from_log=M".
+  local line
+  line=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/server.log" | grep 'rebuilt from snapshots and the log' | tail -1)
+  batches=$(printf '%s' "$line" | grep -o 'from_log=[0-9]*' | cut -d= -f2)
+  from_snapshots=$(printf '%s' "$line" | grep -o 'from_snapshots=[0-9]*' | cut -d= -f2)
   stop_stead
   stop_nats
   wait 2>/dev/null || true

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # What replication costs a write: `stead bench` (counter-hot and counter-spread over 1,000
 # objects, 32 connections, closed loop) against one `stead serve --cores 1` (pinned to core 0)
-# alone, in a cluster on one nats-server (replicas 1), and on three (replicas 3); and through a
-# standby (a second node, `--cores 1` on core 1, which forwards every request to the owner) in
-# the replicas-1 cluster. NATS runs unpinned on the same 2 cores, the bench on core 1; each run
+# alone, as the one node of a cluster on one nats-server (replicas 1) and on three (replicas
+# 3); through the second node of a two-node cluster (replicas 1: half the partitions are the
+# first node's, so half the requests are forwarded); and through the first node of a
+# three-node cluster on three NATS servers (replicas 3; two thirds forwarded). The extra nodes
+# run `--cores 1` on core 1 with the bench; NATS runs unpinned on the same 2 cores. Each run
 # gets fresh NATS stores and fresh nodes. Interleaved runs, medians. Needs nats-server.
 # Usage: scripts/bench-cluster.sh [seconds] [runs]   (default: 5 3)
 set -euo pipefail
@@ -14,41 +16,63 @@ PORT=18088
 WORK_NAME=bench-cluster
 source scripts/bench-common.sh
 source scripts/nats-cluster.sh
-trap 'stop_nats; cleanup' EXIT
+trap 'for pid in "${EXTRA_PIDS[@]}"; do kill "$pid" 2>/dev/null; done; stop_nats; cleanup' EXIT
+
+EXTRA_PIDS=()
+# Starts one more node of the cluster (`--cores 1`, pinned to core 1) on port $2 and waits
+# until it serves its share of the partitions.
+start_node() { # node port
+  sed "s/node_id = \"bench\"/node_id = \"$1\"/" "$WORK/cluster.toml" >"$WORK/$1.toml"
+  taskset -c 1 "$BIN" serve --listen "127.0.0.1:$2" --data-dir "$WORK/$1" --cores 1 \
+    --config "$WORK/$1.toml" >"$WORK/$1.log" 2>&1 &
+  EXTRA_PIDS+=($!)
+  for _ in $(seq 600); do
+    curl -sf "http://127.0.0.1:$2/healthz" >/dev/null 2>&1 && return 0
+    sleep 0.05
+  done
+  echo "node $1 did not serve" >&2; cat "$WORK/$1.log" >&2; exit 1
+}
+# Waits until the first node (port $PORT) serves exactly its share again ($1 partitions).
+wait_share() { # partitions
+  for _ in $(seq 600); do
+    local served
+    served=$(curl -s "http://127.0.0.1:$PORT/metrics" | awk '/^stead_cluster_partitions_served/ { s += $2 } END { print s + 0 }')
+    [ "$served" = "$1" ] && return 0
+    sleep 0.05
+  done
+  echo "the first node did not settle at $1 partitions" >&2; exit 1
+}
 
 # Prints "rps p50_us p99_us" of one run.
 measure() { # mode scenario
-  local config=() nats target=$PORT standby_pid=
-  rm -rf "$WORK"/nats-* "$WORK/standby"
+  local config=() nats target=$PORT pid
+  # Runs in a subshell of its own ($(measure …)): what it starts stops with it on a failure.
+  trap 'for pid in "${EXTRA_PIDS[@]}" ${SERVER_PID:-}; do kill "$pid" 2>/dev/null; done; stop_nats' EXIT
+  rm -rf "$WORK"/nats-* "$WORK"/b "$WORK"/c
   case $1 in
     single) ;;
-    r1|r1-forwarded) start_nats_single 14322 "$WORK"; nats='"nats://127.0.0.1:14322"';;
-    r3) start_nats_cluster 14330 "$WORK"
+    r1|r1-two) start_nats_single 14322 "$WORK"; nats='"nats://127.0.0.1:14322"';;
+    r3|r3-three) start_nats_cluster 14330 "$WORK"
         nats='"nats://127.0.0.1:14331", "nats://127.0.0.1:14332", "nats://127.0.0.1:14333"';;
   esac
   if [ "$1" != single ]; then
     local replicas=${1#r}
-    replicas=${replicas%-forwarded}
+    replicas=${replicas%%-*}
     printf '[storage]\npartitions = 256\n\n[cluster]\nnats = [%s]\nnode_id = "bench"\nreplicas = %s\n' \
       "$nats" "$replicas" >"$WORK/cluster.toml"
     config=(--config "$WORK/cluster.toml")
   fi
   start_stead "${config[@]}"
-  if [ "$1" = r1-forwarded ]; then
-    sed 's/node_id = "bench"/node_id = "standby"/' "$WORK/cluster.toml" >"$WORK/standby.toml"
-    target=$((PORT + 1))
-    taskset -c 1 "$BIN" serve --listen "127.0.0.1:$target" --data-dir "$WORK/standby" --cores 1 \
-      --config "$WORK/standby.toml" >"$WORK/standby.log" 2>&1 &
-    standby_pid=$!
-    # Serving through the standby once it knows the owner.
-    for _ in $(seq 200); do
-      curl -sf "http://127.0.0.1:$target/objects/counter/warm/value" >/dev/null 2>&1 && break
-      sleep 0.05
-    done
-  fi
+  case $1 in
+    # Through the second node: half the requests are forwarded to the first.
+    r1-two) start_node b $((PORT + 1)); wait_share 128; target=$((PORT + 1));;
+    # Through the first of three: two thirds are forwarded.
+    r3-three) start_node b $((PORT + 1)); start_node c $((PORT + 2)); wait_share 86;;
+  esac
   taskset -c 1 "$BIN" bench --url "http://127.0.0.1:$target" --scenario "$2" --objects 1000 \
     --connections 32 --duration "${SECONDS_PER_RUN}s" --warmup 1s --json "$WORK/run.json" >/dev/null
-  if [ -n "$standby_pid" ]; then kill -TERM "$standby_pid"; wait "$standby_pid" || true; fi
+  for pid in "${EXTRA_PIDS[@]}"; do kill -TERM "$pid"; wait "$pid" || true; done
+  EXTRA_PIDS=()
   stop_stead
   stop_nats
   wait 2>/dev/null || true
@@ -60,7 +84,7 @@ print(round(f["throughput_rps"]), round(l["p50"]*1000), round(l["p99"]*1000))' "
 declare -A RESULTS
 for run in $(seq "$RUNS"); do
   for scenario in counter-hot counter-spread; do
-    for mode in single r1 r3 r1-forwarded; do
+    for mode in single r1 r3 r1-two r3-three; do
       RESULTS["$mode $scenario"]+="$(measure "$mode" "$scenario")"$'\n'
     done
   done
@@ -72,9 +96,11 @@ echo "| scenario | node | req/s | p50 ms | p99 ms | req/s / alone |"
 echo "|---|---|---:|---:|---:|---:|"
 for scenario in counter-hot counter-spread; do
   base=$(field "single $scenario" 1)
-  for mode in single r1 r3 r1-forwarded; do
-    case $mode in single) name="alone";; r1) name="cluster, 1 NATS, replicas 1";; r3) name="cluster, 3 NATS, replicas 3";;
-      r1-forwarded) name="cluster, 1 NATS, replicas 1, through a standby";; esac
+  for mode in single r1 r3 r1-two r3-three; do
+    case $mode in single) name="alone";; r1) name="cluster of 1, 1 NATS, replicas 1";;
+      r3) name="cluster of 1, 3 NATS, replicas 3";;
+      r1-two) name="cluster of 2, 1 NATS, replicas 1, through the second (1/2 forwarded)";;
+      r3-three) name="cluster of 3, 3 NATS, replicas 3, through the first (2/3 forwarded)";; esac
     awk -v s="$scenario" -v n="$name" -v r="$(field "$mode $scenario" 1)" -v m="$(field "$mode $scenario" 2)" \
       -v p="$(field "$mode $scenario" 3)" -v b="$base" \
       'BEGIN { printf "| %s | %s | %d | %.2f | %.2f | %.2f |\n", s, n, r, m / 1000, p / 1000, (b > 0 ? r / b : 0) }'

@@ -118,7 +118,10 @@ impl Assignment {
             counts[high] -= 1;
             counts[low] += 1;
         }
-        let generation = current.map_or(0, |current| current.generation).max(floor) + 1;
+        let generation = current
+            .map_or(0, |current| current.generation)
+            .max(floor)
+            .saturating_add(1);
         let nodes: Vec<String> = live.iter().map(|node| node.to_string()).collect();
         let next = Assignment {
             generation,

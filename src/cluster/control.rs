@@ -73,6 +73,8 @@ const RECOVER_PAUSE_MIN: Duration = Duration::from_millis(250);
 const REPLAY_QUEUE: usize = 1024;
 /// How long one step waits for NATS to answer.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a start tries to open the cluster's buckets and stream while NATS is not ready.
+const SETUP_RETRY: Duration = Duration::from_secs(30);
 
 /// What a core receives from the control thread besides its answers: the partitions it gains
 /// (rebuilt from the stream) and those it loses.
@@ -174,7 +176,10 @@ pub fn start(
     let shutdown = ClusterShutdown {
         release: release.clone(),
         released,
-        wait_max: release_timeout(settings.lease_ms) + Duration::from_secs(1),
+        // A purge in flight is waited for first (at most a lease), then the deletion.
+        wait_max: Duration::from_millis(settings.lease_ms)
+            + release_timeout(settings.lease_ms)
+            + Duration::from_secs(1),
     };
     let settings = settings.clone();
     let thread_view = view.clone();
@@ -318,6 +323,9 @@ struct Connected {
     js: jetstream::Context,
     /// The bucket of the settings and the assignment.
     bucket: kv::Store,
+    /// The streams behind the two buckets, whose leaders answer `read_key`.
+    bucket_log: stream::Stream,
+    leases_log: stream::Stream,
     /// The bucket of the node keys and the rebalancer key.
     leases: kv::Store,
     log: stream::Stream,
@@ -484,23 +492,19 @@ impl Control {
 
     /// The assignment key as it is now.
     async fn read_assignment(&self) -> Result<Stored, ClusterError> {
-        let entry = step(
-            "read the assignment",
-            self.connected.bucket.entry(ASSIGNMENT_KEY),
-        )
-        .await?;
-        let Some(entry) = entry.filter(|entry| entry.operation == kv::Operation::Put) else {
+        let read = read_key(&self.connected.bucket_log, BUCKET, ASSIGNMENT_KEY).await?;
+        let Some((value, revision)) = read else {
             return Ok(Stored::None);
         };
-        Ok(match Assignment::parse(&entry.value, self.partitions) {
-            Some(assignment) => Stored::Valid(Arc::new(assignment), entry.revision),
+        Ok(match Assignment::parse(&value, self.partitions) {
+            Some(assignment) => Stored::Valid(Arc::new(assignment), revision),
             None => {
                 tracing::error!(
-                    revision = entry.revision,
+                    revision,
                     "cluster: the assignment key holds no assignment of this cluster's \
                      partitions; the rebalancer writes a new one"
                 );
-                Stored::Damaged(entry.revision)
+                Stored::Damaged(revision)
             }
         })
     }
@@ -561,25 +565,23 @@ impl Control {
                     pause = lease / 3;
                 }
                 Ok(Err(error)) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    // A deleted key reads as a delete marker: nobody holds it then.
-                    let current = leases
-                        .entry(&key)
-                        .await
-                        .map(|entry| entry.filter(|entry| entry.operation == kv::Operation::Put));
+                    // A deleted or expired key reads as None: nobody holds it then.
+                    let node_key = self.node_key();
+                    let current =
+                        read_key(&self.connected.leases_log, LEASE_BUCKET, &node_key).await;
                     if self.stopping.get() {
                         return;
                     }
                     match current {
-                        Ok(Some(entry)) => {
-                            let holder: Option<NodeValue> =
-                                serde_json::from_slice(&entry.value).ok();
+                        Ok(Some((value, current_revision))) => {
+                            let holder: Option<NodeValue> = serde_json::from_slice(&value).ok();
                             if holder.is_some_and(|holder| holder.process == self.process) {
-                                revision = entry.revision;
+                                revision = current_revision;
                                 continue;
                             }
                             let error = ReplicationError::Unavailable(format!(
                                 "this node's key expired and was taken by another process: {}",
-                                String::from_utf8_lossy(&entry.value)
+                                String::from_utf8_lossy(&value)
                             ));
                             tracing::error!(%error, "cluster: this node stops serving");
                             self.deposed.set(true);
@@ -599,11 +601,13 @@ impl Control {
                             // lease count again: a node that read the node keys before this
                             // one came back has written any assignment it acts on before this
                             // read.
+                            // Set before the create: one whose answer is lost but which took
+                            // effect is found ours at a later renewal, which settles first too.
+                            self.must_settle.set(true);
                             let sent = Instant::now();
                             match leases.create(&key, self.node_value()).await {
                                 Ok(next) => {
                                     revision = next;
-                                    self.must_settle.set(true);
                                     if self.settle().await {
                                         self.must_settle.set(false);
                                         self.lease.renewed(sent);
@@ -661,6 +665,8 @@ impl Control {
             .values()
             .map(|node| node.applied)
             .chain([self.applied.get()])
+            // A value no assignment could have reached (a damaged key) is not a floor.
+            .filter(|applied| *applied < u64::MAX / 2)
             .max()
             .unwrap_or(0);
         let next = Assignment::rebalance(
@@ -729,11 +735,11 @@ impl Control {
             if !name.starts_with(NODE_KEY_PREFIX) {
                 continue;
             }
-            let entry = step("read a node key", leases.entry(&name)).await?;
-            let Some(entry) = entry.filter(|entry| entry.operation == kv::Operation::Put) else {
+            let read = read_key(&self.connected.leases_log, LEASE_BUCKET, &name).await?;
+            let Some((value, _)) = read else {
                 continue;
             };
-            if let Ok(node) = serde_json::from_slice::<NodeValue>(&entry.value) {
+            if let Ok(node) = serde_json::from_slice::<NodeValue>(&value) {
                 live.insert(node.node.clone(), node);
             }
         }
@@ -1094,9 +1100,13 @@ impl Control {
             .map(|(partition, _, _)| *partition)
             .collect();
         let outcome = self.send_rebuild(sender, &partitions, &ids).await;
+        let mut counts = (0, 0);
         let outcome = match outcome {
-            Ok(done) => match done.await {
-                Ok(Ok(())) => Ok(()),
+            Ok((done, sent)) => match done.await {
+                Ok(Ok(())) => {
+                    counts = sent;
+                    Ok(())
+                }
                 Ok(Err(reason)) => Err(nats_error("rebuild partitions", reason)),
                 Err(_) => Err(nats_error("rebuild partitions", "the core stopped")),
             },
@@ -1114,23 +1124,33 @@ impl Control {
                     held.serving = true;
                 }
             }
+            let (from_snapshots, from_log) = counts;
             tracing::info!(
                 core,
                 partitions = ids.len(),
-                "cluster: partitions rebuilt from the log"
+                from_snapshots,
+                from_log,
+                "cluster: partitions rebuilt from snapshots and the log"
             );
         }
         outcome
     }
 
     /// Sends core `sender` the rebuild of `partitions`: `Recover`, the batches, `Recovered`;
-    /// what the core answers on.
+    /// what the core answers on, and the batches sent from snapshots and from the log.
     async fn send_rebuild(
         &self,
         sender: &mpsc::Sender<ReplayItem>,
         partitions: &[(u32, u64, u64)],
         ids: &[u32],
-    ) -> Result<tokio::sync::oneshot::Receiver<Result<(), String>>, ClusterError> {
+    ) -> Result<
+        (
+            tokio::sync::oneshot::Receiver<Result<(), String>>,
+            (u64, u64),
+        ),
+        ClusterError,
+    > {
+        let (mut from_snapshots, mut from_log) = (0u64, 0u64);
         let stopped = || nats_error("rebuild partitions", "the core stopped");
         let (done_sender, done) = tokio::sync::oneshot::channel();
         sender
@@ -1155,6 +1175,7 @@ impl Control {
                     .send(ReplayItem::Batch(id, batch))
                     .await
                     .map_err(|_| stopped())?;
+                from_snapshots += 1;
             }
         }
         // One partition: its subject alone; several: every subject, the others skipped
@@ -1205,6 +1226,7 @@ impl Control {
                         .send(ReplayItem::Batch(id, batch))
                         .await
                         .map_err(|_| stopped())?;
+                    from_log += 1;
                 }
             }
             if sequence >= end {
@@ -1215,7 +1237,7 @@ impl Control {
             .send(ReplayItem::Recovered(ids.to_vec()))
             .await
             .map_err(|_| stopped())?;
-        Ok(done)
+        Ok((done, (from_snapshots, from_log)))
     }
 
     /// Gives the node key and the rebalancer key up after every core has stopped: deletes
@@ -1563,6 +1585,38 @@ async fn connect(settings: &ClusterSettings, partitions: u32) -> Result<Connecte
         .saturating_sub(APPEND_OVERHEAD_BYTES)
         .max(1);
     let js = jetstream::new(client);
+    // NATS servers that have just started (a cluster still placing its streams: "no suitable
+    // peers for placement", a step timing out while a leader is elected) are given a while;
+    // a cluster with other settings is refused at once.
+    let since = Instant::now();
+    let (bucket, log, snapshots, leases, (bucket_log, leases_log)) = loop {
+        match open_cluster(&js, settings, partitions).await {
+            Ok(opened) => break opened,
+            Err(error @ ClusterError::Nats { .. }) if since.elapsed() < SETUP_RETRY => {
+                tracing::info!(%error, "cluster: NATS is not ready; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    };
+    Ok(Connected {
+        js,
+        bucket,
+        bucket_log,
+        leases_log,
+        leases,
+        log,
+        snapshots,
+        append_bytes_max,
+    })
+}
+
+/// The cluster's buckets and stream, made by the first node; the settings checked.
+async fn open_cluster(
+    js: &jetstream::Context,
+    settings: &ClusterSettings,
+    partitions: u32,
+) -> Result<Opened, ClusterError> {
     let replicas = settings.replicas;
     let bucket = match js.get_key_value(BUCKET).await {
         Ok(bucket) => bucket,
@@ -1633,14 +1687,60 @@ async fn connect(settings: &ClusterSettings, partitions: u32) -> Result<Connecte
             step("create the lease bucket", js.create_key_value(config)).await?
         }
     };
-    Ok(Connected {
-        js,
-        bucket,
-        leases,
-        log,
-        snapshots,
-        append_bytes_max,
-    })
+    let bucket_log = step(
+        "open the settings bucket's stream",
+        js.get_stream(format!("KV_{BUCKET}")),
+    )
+    .await?;
+    let leases_log = step(
+        "open the lease bucket's stream",
+        js.get_stream(format!("KV_{LEASE_BUCKET}")),
+    )
+    .await?;
+    Ok((bucket, log, snapshots, leases, (bucket_log, leases_log)))
+}
+
+/// What `open_cluster` opens: the settings bucket, the log, the snapshots, the lease bucket,
+/// and the two buckets' streams.
+type Opened = (
+    kv::Store,
+    stream::Stream,
+    object_store::ObjectStore,
+    kv::Store,
+    (stream::Stream, stream::Stream),
+);
+
+/// The value of `key` in `bucket` (backed by `stream`) and its revision, read from the
+/// stream's leader; None when the key is absent, deleted or expired. A KV read is a direct
+/// get, which any replica may answer, a lagging one too: the hand-over's reads must see every
+/// write made before them.
+async fn read_key(
+    stream: &stream::Stream,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<(bytes::Bytes, u64)>, ClusterError> {
+    let subject = format!("$KV.{bucket}.{key}");
+    let read = tokio::time::timeout(
+        STEP_TIMEOUT,
+        stream.get_last_raw_message_by_subject(&subject),
+    )
+    .await
+    .map_err(|_| nats_error("read a key", format!("{key}: no answer in time")))?;
+    let message = match read {
+        Ok(message) => message,
+        Err(error)
+            if error.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+        {
+            return Ok(None)
+        }
+        Err(error) => return Err(nats_error("read a key", format!("{key}: {error}"))),
+    };
+    // A delete or a purge leaves a marker with this header; a put has none (or PUT).
+    let deleted = message
+        .headers
+        .get("KV-Operation")
+        .is_some_and(|operation| operation.as_str() != "PUT");
+    Ok((!deleted).then_some((message.payload, message.sequence)))
 }
 
 fn nats_error(step: &'static str, error: impl std::fmt::Display) -> ClusterError {

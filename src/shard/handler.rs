@@ -300,7 +300,7 @@ impl Shard {
     /// naming the owner for a request another node already forwarded (no second hop), 503
     /// when the owner gave no address or did not answer.
     async fn forward(&self, owner: crate::cluster::Owner, request: Request) -> Response {
-        let (address, node, client) = match self.forward_route(&owner, &request) {
+        let (address, (node, generation), client) = match self.forward_route(&owner, &request) {
             Ok(route) => route,
             Err(response) => return response,
         };
@@ -328,6 +328,7 @@ impl Shard {
             .filter_map(|(name, value)| Some((name, String::from_utf8(value).ok()?)))
             .collect();
         headers.push((FORWARDED_BY_HEADER.to_string(), node.to_string()));
+        headers.push((GENERATION_HEADER.to_string(), generation.to_string()));
         let fetch = crate::object::FetchRequest {
             method: request.method,
             url: format!("http://{address}{target}"),
@@ -335,6 +336,18 @@ impl Shard {
             body: request.body,
         };
         match client.fetch(fetch).await {
+            // The owner by this node's view says another node owns it: this node's view is
+            // behind. While its lease is fresh it reads the assignment again within a survey,
+            // so the client is told to retry; a node cut off from NATS passes the 421 on (the
+            // client had better ask another node).
+            Ok(response) if response.status == 421 && self.host.cluster_refusal().is_none() => {
+                let error = format!(
+                    "the object's partition is changing owner: node {:?} no longer owns it by \
+                     its assignment, and this node's will say so within a survey",
+                    owner.node
+                );
+                error_answer(503, &error, true)
+            }
             Ok(mut response) => {
                 // The connection's own headers; ours are written for the client's connection.
                 response.headers.retain(|(name, _)| {
@@ -365,10 +378,31 @@ impl Shard {
             Some(name) => crate::http::percent_encode(name),
             None => format!("id:{id}"),
         };
-        request.path = format!("/objects/{class}/{target}{}", request.path);
-        request
-            .headers
-            .retain(|(name, _)| name != "authorization" && name != FORWARDED_BY_HEADER);
+        // What follows the object in its URL: a path of other characters would name
+        // something else at the other node than it does here.
+        let path = match request.path.strip_prefix('/') {
+            Some(_) => request.path.clone(),
+            None => format!("/{}", request.path),
+        };
+        if !path
+            .bytes()
+            .all(|byte| byte.is_ascii_graphic() && byte != b'?' && byte != b'#')
+        {
+            return Response::json_error(
+                400,
+                "a call to an object on another node needs a path of URL characters \
+                 (no spaces, '?' or '#')",
+            );
+        }
+        request.path = format!("/objects/{class}/{target}{path}");
+        // The call's own headers (its depth, its read-only mark) must reach the other node:
+        // no connection header may name them away, and no hop-by-hop header goes.
+        request.headers.retain(|(name, _)| {
+            !name.eq_ignore_ascii_case("authorization")
+                && !name.eq_ignore_ascii_case(FORWARDED_BY_HEADER)
+                && !name.eq_ignore_ascii_case(GENERATION_HEADER)
+                && !HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
+        });
         if let Some(token) = &self.config.auth_token {
             request.headers.push((
                 "authorization".to_string(),
@@ -385,15 +419,23 @@ impl Shard {
         &self,
         owner: &crate::cluster::Owner,
         request: &Request,
-    ) -> Result<(String, &str, &crate::object::FetchClient), Response> {
+    ) -> Result<(String, (&str, u64), &crate::object::FetchClient), Response> {
         let (Some(view), Some(client)) = (&self.cluster_view, &self.forwarder) else {
             return Err(Response::json_error(500, "forwarding outside a cluster"));
         };
+        let generation = view
+            .assignment()
+            .map_or(0, |assignment| assignment.generation);
         if let Some(from) = request.header(FORWARDED_BY_HEADER) {
-            // Sent by a node of the cluster that thought this one the owner: the two nodes
-            // have read different assignments (the partition is changing owner), and the
-            // views agree again within a survey. Anything else is answered with the owner.
-            if from == owner.node || view.knows(from) {
+            // Sent by a node of the cluster that thought this one the owner, from an
+            // assignment no older than this node's: this node's view is behind (the partition
+            // is changing owner), and the views agree again within a survey. A sender behind
+            // this node (or anything else) is answered with the owner.
+            let theirs = request
+                .header(GENERATION_HEADER)
+                .and_then(|theirs| theirs.parse::<u64>().ok());
+            let known = from == owner.node || view.knows(from);
+            if known && theirs.is_some_and(|theirs| theirs >= generation) {
                 let error = format!(
                     "the object's partition is changing owner: node {from:?} forwarded the \
                      request here, and this node's view names {:?}",
@@ -409,7 +451,7 @@ impl Shard {
         };
         let forwarded = self.metrics.cluster_forwarded_total.get() + 1;
         self.metrics.cluster_forwarded_total.set(forwarded);
-        Ok((address, view.node(), client))
+        Ok((address, (view.node(), generation), client))
     }
 
     fn count_forward_failure(&self) {
@@ -426,14 +468,14 @@ impl Shard {
         request: Request,
         owner: crate::cluster::Owner,
     ) {
-        let (address, node, peers) = match self.forward_route(&owner, &request) {
+        let (address, (node, generation), peers) = match self.forward_route(&owner, &request) {
             Ok(route) => route,
             Err(response) => {
                 write_and_close(client, &response).await;
                 return;
             }
         };
-        let mut head = forwarded_head(&request, node);
+        let mut head = forwarded_head(&request, (node, generation));
         head.extend_from_slice(&unread);
         let connected = match peers.connect(&address).await {
             Ok(mut upstream) => match upstream.write_all(&head).await {
@@ -755,8 +797,11 @@ fn mark_read_only(request: &mut Request) {
 }
 
 /// The header a node adds to a request it forwards to the owner: its own id. A node that
-/// gets a request with it and does not serve it answers 421 instead of forwarding it again.
+/// gets a request with it and does not serve it answers 503 or 421 instead of forwarding it
+/// again.
 pub(super) const FORWARDED_BY_HEADER: &str = "stead-forwarded-by";
+/// With it, the generation of the assignment the forwarding node went by.
+const GENERATION_HEADER: &str = "stead-assignment-generation";
 
 /// Headers of one connection (RFC 9110 §7.6.1), not sent on by a forwarding node.
 const HOP_BY_HOP: [&str; 7] = [
@@ -775,7 +820,7 @@ const PIPE_LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The head of an upgrade request as a node forwards it: the client's request line and
 /// headers (their framing aside), the body's length if it has one, and `stead-forwarded-by`.
-fn forwarded_head(request: &Request, node: &str) -> Vec<u8> {
+fn forwarded_head(request: &Request, (node, generation): (&str, u64)) -> Vec<u8> {
     let mut head = format!("{} {}", request.method.as_str(), request.path);
     if !request.query.is_empty() {
         head.push('?');
@@ -795,7 +840,9 @@ fn forwarded_head(request: &Request, node: &str) -> Vec<u8> {
     if !request.body.is_empty() {
         head.push_str(&format!("content-length: {}\r\n", request.body.len()));
     }
-    head.push_str(&format!("{FORWARDED_BY_HEADER}: {node}\r\n\r\n"));
+    head.push_str(&format!(
+        "{FORWARDED_BY_HEADER}: {node}\r\n{GENERATION_HEADER}: {generation}\r\n\r\n"
+    ));
     let mut head = head.into_bytes();
     head.extend_from_slice(&request.body);
     head
