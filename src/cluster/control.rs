@@ -400,26 +400,16 @@ impl Control {
         appends: mpsc::Receiver<Append>,
         release: Arc<tokio::sync::Notify>,
     ) {
-        let joined = tokio::select! {
-            joined = self.join() => joined,
+        // Surveys from the start, so that the node forwards while it waits for its key.
+        tokio::task::spawn_local(self.clone().survey());
+        let revision = tokio::select! {
+            revision = self.join() => revision,
             () = release.notified() => {
                 self.stopping.set(true);
                 return;
             }
         };
-        let revision = match joined {
-            Ok(revision) => revision,
-            Err(error) => {
-                // The node only forwards (a later survey still follows the assignment).
-                tracing::error!(%error, "cluster: this node could not hold its node key");
-                tokio::task::spawn_local(self.clone().survey());
-                release.notified().await;
-                self.stopping.set(true);
-                return;
-            }
-        };
         tokio::task::spawn_local(self.clone().renew(revision));
-        tokio::task::spawn_local(self.clone().survey());
         if self.may_own {
             tokio::task::spawn_local(self.clone().rebuild_loop());
         }
@@ -452,7 +442,7 @@ impl Control {
     /// Waits until no process holds this node's key (a previous run's expires), then takes
     /// it; its revision. The node holds no partition then, so it has applied every
     /// assignment so far.
-    async fn join(&self) -> Result<u64, ClusterError> {
+    async fn join(&self) -> u64 {
         // The node key names where this node listens: the server says once it is bound.
         let since = Instant::now();
         while self.view.advertise().is_none() && since.elapsed() < STEP_TIMEOUT {
@@ -461,7 +451,15 @@ impl Control {
         let lease = Duration::from_millis(self.settings.lease_ms.max(1));
         let mut said = false;
         loop {
-            let stored = self.read_assignment().await?;
+            // NATS not answering yet (a stream electing its leader) is waited out.
+            let stored = match self.read_assignment().await {
+                Ok(stored) => stored,
+                Err(error) => {
+                    tracing::info!(%error, "cluster: cannot read the assignment yet; waiting");
+                    tokio::time::sleep(lease / 12).await;
+                    continue;
+                }
+            };
             let generation = stored.valid().map_or(0, |assignment| assignment.generation);
             self.applied.set(self.applied.get().max(generation));
             let sent = Instant::now();
@@ -474,7 +472,7 @@ impl Control {
                 Ok(revision) => {
                     self.lease.renewed(sent);
                     tracing::info!(node = %self.settings.node_id, "cluster: node key taken");
-                    return Ok(revision);
+                    return revision;
                 }
                 Err(error) => {
                     if !said {
@@ -719,12 +717,23 @@ impl Control {
 
     /// The live nodes: every node key present (an expired one is gone).
     async fn read_nodes(&self) -> Result<HashMap<String, NodeValue>, ClusterError> {
-        let leases = &self.connected.leases;
-        let mut keys = step("list the nodes", leases.keys()).await?;
+        // The subjects that hold messages, from the stream's leader: one request, where
+        // listing the bucket's keys would make a consumer at every survey.
+        let prefix = format!("$KV.{LEASE_BUCKET}.");
+        let filter = format!("{prefix}{NODE_KEY_PREFIX}>");
+        let mut subjects = step(
+            "list the nodes",
+            self.connected.leases_log.info_with_subjects(filter),
+        )
+        .await?;
         let mut names = Vec::new();
         loop {
-            match tokio::time::timeout(STEP_TIMEOUT, keys.next()).await {
-                Ok(Some(Ok(key))) => names.push(key),
+            match tokio::time::timeout(STEP_TIMEOUT, subjects.next()).await {
+                Ok(Some(Ok((subject, _)))) => {
+                    if let Some(name) = subject.strip_prefix(&prefix) {
+                        names.push(name.to_string());
+                    }
+                }
                 Ok(Some(Err(error))) => return Err(nats_error("list the nodes", error)),
                 Ok(None) => break,
                 Err(_) => return Err(nats_error("list the nodes", "no answer in time")),
@@ -732,9 +741,6 @@ impl Control {
         }
         let mut live = HashMap::new();
         for name in names {
-            if !name.starts_with(NODE_KEY_PREFIX) {
-                continue;
-            }
             let read = read_key(&self.connected.leases_log, LEASE_BUCKET, &name).await?;
             let Some((value, _)) = read else {
                 continue;
@@ -752,21 +758,21 @@ impl Control {
         let leases = &self.connected.leases;
         let ours = serde_json::json!({ "node": self.settings.node_id, "process": self.process })
             .to_string();
-        let entry = tokio::time::timeout(STEP_TIMEOUT, leases.entry(REBALANCER_KEY)).await;
-        let held = match entry {
-            Ok(Ok(Some(entry))) if entry.operation == kv::Operation::Put => {
-                if entry.value != ours.as_bytes() {
+        let read = read_key(&self.connected.leases_log, LEASE_BUCKET, REBALANCER_KEY).await;
+        match read {
+            Ok(Some((value, revision))) => {
+                if value != ours.as_bytes() {
                     return false;
                 }
-                leases
-                    .update(REBALANCER_KEY, ours.into(), entry.revision)
-                    .await
-                    .is_ok()
+                let renew = leases.update(REBALANCER_KEY, ours.into(), revision);
+                matches!(tokio::time::timeout(STEP_TIMEOUT, renew).await, Ok(Ok(_)))
             }
-            Ok(Ok(_)) => leases.create(REBALANCER_KEY, ours.into()).await.is_ok(),
-            _ => false,
-        };
-        held
+            Ok(None) => {
+                let take = leases.create(REBALANCER_KEY, ours.into());
+                matches!(tokio::time::timeout(STEP_TIMEOUT, take).await, Ok(Ok(_)))
+            }
+            Err(_) => false,
+        }
     }
 
     /// Applies `assignment`: the partitions it no longer gives this node (or gives it
