@@ -22,6 +22,8 @@ EXTRA_PIDS=()
 # Starts one more node of the cluster (`--cores 1`, pinned to core 1) on port $2 and waits
 # until it serves its share of the partitions.
 start_node() { # node port
+  # A node of the previous run may still be finishing its stop on this port.
+  for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null || break; sleep 0.1; done
   sed "s/node_id = \"bench\"/node_id = \"$1\"/" "$WORK/cluster.toml" >"$WORK/$1.toml"
   taskset -c 1 "$BIN" serve --listen "127.0.0.1:$2" --data-dir "$WORK/$1" --cores 1 \
     --config "$WORK/$1.toml" >"$WORK/$1.log" 2>&1 &
@@ -30,7 +32,7 @@ start_node() { # node port
     curl -sf "http://127.0.0.1:$2/healthz" >/dev/null 2>&1 && return 0
     sleep 0.05
   done
-  echo "node $1 did not serve" >&2; cat "$WORK/$1.log" >&2; exit 1
+  echo "node $1 did not serve" >&2; cat "$WORK/$1.log" >&2; ss -ltnp >&2; exit 1
 }
 # Waits until the first node (port $PORT) serves exactly its share again ($1 partitions).
 wait_share() { # partitions
@@ -67,7 +69,7 @@ measure() { # mode scenario
     # Through the second node: half the requests are forwarded to the first.
     r1-two) start_node b $((PORT + 1)); wait_share 128; target=$((PORT + 1));;
     # Through the first of three: two thirds are forwarded.
-    r3-three) start_node b $((PORT + 1)); start_node c $((PORT + 2)); wait_share 86;;
+    r3-three) start_node b $((PORT + 2)); start_node c $((PORT + 3)); wait_share 86;;
   esac
   taskset -c 1 "$BIN" bench --url "http://127.0.0.1:$target" --scenario "$2" --objects 1000 \
     --connections 32 --duration "${SECONDS_PER_RUN}s" --warmup 1s --json "$WORK/run.json" >/dev/null

@@ -899,6 +899,24 @@ fn a_node_cut_off_from_nats_stops_serving_before_another_takes_over_and_rejoins_
     assert_eq!(a.stop(), Some(0));
 }
 
+/// Checks the statuses of a load sent through a node that forwards to one that dies: 200;
+/// 503 (the request never reached the owner, or the partition was changing owner); 502 or
+/// 504 (a forwarded request the dying node may have applied); and, for the lock, 403 (a
+/// release after the lock's lease ended).
+fn check_forwarded_statuses(
+    counters: &[common::load::CounterLog],
+    locks: &[common::load::LockLog],
+) {
+    common::load::check_statuses(
+        counters.iter().map(|log| &log.statuses),
+        &[200, 502, 503, 504],
+    );
+    common::load::check_statuses(
+        locks.iter().map(|log| &log.statuses),
+        &[200, 403, 502, 503, 504],
+    );
+}
+
 /// The longest time without any acknowledgement, over every counter writer, from `since`
 /// to the last one: how long service stopped.
 fn longest_gap(logs: &[common::load::CounterLog], since: std::time::Instant) -> Duration {
@@ -1010,15 +1028,7 @@ fn clients_of_one_node_lose_nothing_when_the_other_dies() {
         .filter(|holding| holding.from > serving_since)
         .count();
     assert!(after > 0, "nobody held the lock after the takeover");
-    // 502 or 504: a forwarded request the dying node may have applied; 503: it never got it.
-    common::load::check_statuses(
-        counters.iter().map(|log| &log.statuses),
-        &[200, 502, 503, 504],
-    );
-    common::load::check_statuses(
-        locks.iter().map(|log| &log.statuses),
-        &[200, 403, 502, 503, 504],
-    );
+    check_forwarded_statuses(&counters, &locks);
     assert_eq!(b.stop(), Some(0));
 }
 
@@ -1105,16 +1115,7 @@ fn three_nodes_share_the_partitions_and_two_take_a_killed_ones() {
     common::load::check_counters(&counters, |name| value(&a, name));
     let holdings = common::load::check_lock(&locks);
     assert!(holdings > 0, "nobody held the lock");
-    // 502 or 504: a forwarded request the dying node may have applied; 503: it never got it,
-    // or its partition was changing owner.
-    common::load::check_statuses(
-        counters.iter().map(|log| &log.statuses),
-        &[200, 502, 503, 504],
-    );
-    common::load::check_statuses(
-        locks.iter().map(|log| &log.statuses),
-        &[200, 403, 502, 503, 504],
-    );
+    check_forwarded_statuses(&counters, &locks);
     for node in [a, b, c] {
         assert_eq!(node.stop(), Some(0));
     }

@@ -45,6 +45,8 @@ const SUBJECT_PREFIX: &str = "stead.log.";
 const BUCKET: &str = "stead_cluster";
 /// The object store of the partitions' snapshots.
 const SNAPSHOT_BUCKET: &str = "stead_snapshots";
+/// Snapshots a rebuild reads at once (each is held in memory until its core has it).
+const SNAPSHOT_READS: usize = 16;
 /// The longest a snapshot may take to store or to read.
 const SNAPSHOT_STORE_TIMEOUT: Duration = Duration::from_secs(120);
 const SETTINGS_KEY: &str = "settings";
@@ -761,7 +763,14 @@ impl Control {
         let read = read_key(&self.connected.leases_log, LEASE_BUCKET, REBALANCER_KEY).await;
         match read {
             Ok(Some((value, revision))) => {
-                if value != ours.as_bytes() {
+                // Another process's key is taken over once its node's key is gone (it died):
+                // the assignment's compare-and-set keeps two rebalancers from both writing.
+                let holder = serde_json::from_slice::<serde_json::Value>(&value)
+                    .ok()
+                    .and_then(|holder| holder["node"].as_str().map(str::to_string));
+                let holder_gone =
+                    holder.is_some_and(|holder| !self.live.borrow().contains_key(&holder));
+                if value != ours.as_bytes() && !holder_gone {
                     return false;
                 }
                 let renew = leases.update(REBALANCER_KEY, ours.into(), revision);
@@ -1166,22 +1175,40 @@ impl Control {
         // What each partition's snapshot covers, and where its messages end.
         let mut covered: HashMap<u32, u64> = HashMap::new();
         let mut ends: HashMap<u32, u64> = HashMap::new();
+        let mut to_read = Vec::new();
         for (partition, _, end) in partitions {
             ends.insert(*partition, *end);
             let name = self.snapshot_names.borrow().get(partition).cloned();
-            let Some(name) = name else {
-                covered.insert(*partition, 0);
-                continue;
-            };
-            let covers = snapshot_name(&name).map_or(0, |(_, covers)| covers);
+            let covers = name
+                .as_deref()
+                .and_then(snapshot_name)
+                .map_or(0, |(_, covers)| covers);
             covered.insert(*partition, covers);
-            let decoded = read_snapshot(self.connected.snapshots.clone(), name, covers).await?;
-            for (id, batch) in decoded {
-                sender
-                    .send(ReplayItem::Batch(id, batch))
+            if let Some(name) = name {
+                to_read.push((name, covers));
+            }
+        }
+        for chunk in to_read.chunks(SNAPSHOT_READS) {
+            // Read together (the client pipelines them), handed to the core in turn.
+            let reads: Vec<_> = chunk
+                .iter()
+                .map(|(name, covers)| {
+                    let (snapshots, name) = (self.connected.snapshots.clone(), name.clone());
+                    tokio::task::spawn_local(read_snapshot(snapshots, name, *covers))
+                })
+                .collect();
+            let mut reads = AbortOnDrop(reads);
+            for read in &mut reads.0 {
+                let decoded = read
                     .await
-                    .map_err(|_| stopped())?;
-                from_snapshots += 1;
+                    .map_err(|error| nats_error("read a snapshot", error))??;
+                for (id, batch) in decoded {
+                    sender
+                        .send(ReplayItem::Batch(id, batch))
+                        .await
+                        .map_err(|_| stopped())?;
+                    from_snapshots += 1;
+                }
             }
         }
         // One partition: its subject alone; several: every subject, the others skipped
