@@ -195,11 +195,11 @@ impl Server {
         let mut cluster_view = None;
         let mut cluster_links = match &config.cluster {
             Some(settings) => {
-                // Joining deposes the running owner: first make sure this node could serve.
-                if let Err(error) = std::net::TcpListener::bind(config.listen) {
+                // The assignment gives a joining node partitions: first make sure it can serve.
+                if let Err(error) = can_listen(config.listen) {
                     return Err(ServerError::Config(format!(
                         "cannot listen on {}: {error} (checked before joining the cluster, \
-                         which would take the partitions over)",
+                         which would give this node partitions)",
                         config.listen
                     )));
                 }
@@ -647,4 +647,39 @@ mod tests {
         let error = validate(&config).expect_err("too small");
         assert!(error.to_string().contains("sql.heap_bytes_max"), "{error}");
     }
+}
+
+/// Whether a cluster node can listen on `address` before it joins: nothing answers there (a
+/// server already listening would share the port, since the cores bind with SO_REUSEPORT),
+/// and a socket bound the way the cores bind it can listen. A plain bind would refuse the port
+/// while the previous run's connections are still closing on it (a peer that has not closed
+/// its side yet), which is the common case right after a restart.
+fn can_listen(address: std::net::SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let probe = match address.ip() {
+        ip if ip.is_unspecified() && address.is_ipv4() => {
+            std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, address.port()))
+        }
+        ip if ip.is_unspecified() => {
+            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, address.port()))
+        }
+        _ => address,
+    };
+    if address.port() != 0
+        && std::net::TcpStream::connect_timeout(&probe, std::time::Duration::from_secs(1)).is_ok()
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another server answers there",
+        ));
+    }
+    let domain = if address.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1)
 }

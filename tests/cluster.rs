@@ -626,6 +626,21 @@ fn a_node_with_other_settings_refuses_to_join() {
     );
     // The refused node took nothing over.
     assert_eq!(increment(&first, "still-mine"), Ok(1));
+    // A node asked to listen where another server answers is refused before it joins.
+    let config = node_config(dir.path(), "e", &nats.url(), PARTITIONS);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_stead"))
+        .args(["serve", "--listen", &first.addr.to_string(), "--cores", "1"])
+        .arg("--data-dir")
+        .arg(dir.path().join("e"))
+        .args(["--config", &config])
+        .output()
+        .expect("run stead");
+    assert!(
+        !output.status.success(),
+        "a second node started on a busy port"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("another server answers there"), "{stderr}");
     assert_eq!(first.stop(), Some(0));
 
     // No NATS at all: the node says so and does not start.
