@@ -635,20 +635,6 @@ fn join_all(threads: Vec<glommio::ExecutorJoinHandle<()>>) -> Option<usize> {
     failed
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_sql_heap_below_the_minimum_is_refused_at_start() {
-        let mut config = Config::default();
-        assert!(validate(&config).is_ok());
-        config.sql.heap_bytes_max = SQL_HEAP_BYTES_MIN - 1;
-        let error = validate(&config).expect_err("too small");
-        assert!(error.to_string().contains("sql.heap_bytes_max"), "{error}");
-    }
-}
-
 /// Whether a cluster node can listen on `address` before it joins: nothing answers there (a
 /// server already listening would share the port, since the cores bind with SO_REUSEPORT),
 /// and a socket bound the way the cores bind it can listen. A plain bind would refuse the port
@@ -682,4 +668,18 @@ fn can_listen(address: std::net::SocketAddr) -> std::io::Result<()> {
     socket.set_reuse_port(true)?;
     socket.bind(&address.into())?;
     socket.listen(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sql_heap_below_the_minimum_is_refused_at_start() {
+        let mut config = Config::default();
+        assert!(validate(&config).is_ok());
+        config.sql.heap_bytes_max = SQL_HEAP_BYTES_MIN - 1;
+        let error = validate(&config).expect_err("too small");
+        assert!(error.to_string().contains("sql.heap_bytes_max"), "{error}");
+    }
 }
