@@ -628,13 +628,24 @@ fn a_node_with_other_settings_refuses_to_join() {
     assert_eq!(increment(&first, "still-mine"), Ok(1));
     // A node asked to listen where another server answers is refused before it joins.
     let config = node_config(dir.path(), "e", &nats.url(), PARTITIONS);
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_stead"))
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_stead"))
         .args(["serve", "--listen", &first.addr.to_string(), "--cores", "1"])
         .arg("--data-dir")
         .arg(dir.path().join("e"))
         .args(["--config", &config])
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run stead");
+    let exited = common::wait_until(Duration::from_secs(30), || {
+        second.try_wait().ok().flatten().is_some()
+    });
+    if !exited {
+        let _ = second.kill();
+        let _ = second.wait();
+        panic!("a second node started on a busy port");
+    }
+    let output = second.wait_with_output().expect("its output");
     assert!(
         !output.status.success(),
         "a second node started on a busy port"

@@ -478,9 +478,11 @@ impl Control {
                 }
                 Err(error) => {
                     if !said {
-                        tracing::info!(
+                        tracing::warn!(
                             %error,
-                            "cluster: this node's key is held (an earlier run's?); waiting"
+                            "cluster: cannot take this node's key (held by an earlier run \
+                             until it expires, or by another process with this node id); \
+                             trying again every twelfth of the lease"
                         );
                         said = true;
                     }
@@ -719,8 +721,8 @@ impl Control {
 
     /// The live nodes: every node key present (an expired one is gone).
     async fn read_nodes(&self) -> Result<HashMap<String, NodeValue>, ClusterError> {
-        // The subjects that hold messages, from the stream's leader: one request, where
-        // listing the bucket's keys would make a consumer at every survey.
+        // The subjects that hold messages, from the stream's leader (a request or two),
+        // where listing the bucket's keys would make a consumer at every survey.
         let prefix = format!("$KV.{LEASE_BUCKET}.");
         let filter = format!("{prefix}{NODE_KEY_PREFIX}>");
         let mut subjects = step(

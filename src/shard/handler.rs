@@ -325,6 +325,8 @@ impl Shard {
             .headers
             .into_iter()
             .filter(|(name, _)| !HOP_BY_HOP.contains(&name.as_str()) && !named.contains(name))
+            // The node's own, added below: a client's copy must not decide the owner's answer.
+            .filter(|(name, _)| name != FORWARDED_BY_HEADER && name != GENERATION_HEADER)
             .filter_map(|(name, value)| Some((name, String::from_utf8(value).ok()?)))
             .collect();
         headers.push((FORWARDED_BY_HEADER.to_string(), node.to_string()));
@@ -340,7 +342,14 @@ impl Shard {
             // behind. While its lease is fresh it reads the assignment again within a survey,
             // so the client is told to retry; a node cut off from NATS passes the 421 on (the
             // client had better ask another node).
-            Ok(response) if response.status == 421 && self.host.cluster_refusal().is_none() => {
+            Ok(response)
+                if response.status == 421
+                    && response
+                        .headers
+                        .iter()
+                        .any(|(name, _)| name.eq_ignore_ascii_case(MISDIRECTED_HEADER))
+                    && self.host.cluster_refusal().is_none() =>
+            {
                 let error = format!(
                     "the object's partition is changing owner: node {:?} no longer owns it by \
                      its assignment, and this node's will say so within a survey",
@@ -802,6 +811,9 @@ fn mark_read_only(request: &mut Request) {
 pub(super) const FORWARDED_BY_HEADER: &str = "stead-forwarded-by";
 /// With it, the generation of the assignment the forwarding node went by.
 const GENERATION_HEADER: &str = "stead-assignment-generation";
+/// On a 421 a node answers itself (not one an object answered): a forwarding node whose lease
+/// is fresh turns only those into 503 (its own view of the assignment is behind).
+const MISDIRECTED_HEADER: &str = "stead-misdirected";
 
 /// Headers of one connection (RFC 9110 §7.6.1), not sent on by a forwarding node.
 const HOP_BY_HOP: [&str; 7] = [
@@ -829,10 +841,12 @@ fn forwarded_head(request: &Request, (node, generation): (&str, u64)) -> Vec<u8>
     head.push_str(" HTTP/1.1\r\n");
     for (name, value) in &request.headers {
         let framing = name == "content-length" || name == "transfer-encoding";
+        // The node's own, added below.
+        let ours = name == FORWARDED_BY_HEADER || name == GENERATION_HEADER;
         let Ok(value) = std::str::from_utf8(value) else {
             continue;
         };
-        if framing || !crate::http::is_token(name) || !crate::http::is_field_value(value) {
+        if framing || ours || !crate::http::is_token(name) || !crate::http::is_field_value(value) {
             continue;
         }
         head.push_str(&format!("{name}: {value}\r\n"));
@@ -921,6 +935,7 @@ pub(super) fn misdirected(owner: &crate::cluster::Owner) -> Response {
     };
     Response::json_of(421, &body)
         .unwrap_or_else(|error| Response::json_error(421, &format!("misdirected: {error}")))
+        .with_header(MISDIRECTED_HEADER, "1")
 }
 
 /// 503 for a request that could not be forwarded to `owner`.
