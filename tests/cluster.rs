@@ -272,6 +272,31 @@ fn every_node_forwards_what_it_does_not_own_and_a_restarted_node_gets_its_share_
             a.addr
         )
     );
+    assert_eq!(misdirected.header("stead-misdirected"), Some("1"));
+    // Sent by a node of the cluster: from an assignment no older than b's (b's view would be
+    // the one behind) the answer is 503, retry; from an older one (the sender's view is
+    // behind), 421 naming the owner.
+    let forwarded_by_a = |generation: &str| {
+        b.client().request_with(
+            "GET",
+            &format!("/objects/counter/{f}/value"),
+            &[
+                ("stead-forwarded-by", "a"),
+                ("stead-assignment-generation", generation),
+            ],
+            b"",
+        )
+    };
+    let behind_here = forwarded_by_a("1000000");
+    assert_eq!(behind_here.status, 503, "{}", behind_here.text());
+    assert_eq!(behind_here.header("retry-after"), Some("1"));
+    assert!(
+        behind_here.text().contains("changing owner"),
+        "{}",
+        behind_here.text()
+    );
+    let behind_there = forwarded_by_a("0");
+    assert_eq!(behind_there.status, 421, "{}", behind_there.text());
     // A WebSocket through b: the owner's room, which a member on the owner shares.
     let room = name_in("chat", "room", |partition| !upper_half(partition));
     let socket = |node: &TestServer, name: &str| {
