@@ -1653,18 +1653,7 @@ async fn open_cluster(
     partitions: u32,
 ) -> Result<Opened, ClusterError> {
     let replicas = settings.replicas;
-    let bucket = match js.get_key_value(BUCKET).await {
-        Ok(bucket) => bucket,
-        Err(_) => {
-            let config = kv::Config {
-                bucket: BUCKET.to_string(),
-                history: 1,
-                num_replicas: replicas,
-                ..Default::default()
-            };
-            step("create the settings bucket", js.create_key_value(config)).await?
-        }
-    };
+    let bucket = key_value(js, (BUCKET, replicas), Duration::ZERO).await?;
     let ours = format!(
         "{{\"partitions\":{},\"replicas\":{replicas},\"lease_ms\":{},\"ownership\":\"assignment\"}}",
         partitions, settings.lease_ms
@@ -1709,19 +1698,7 @@ async fn open_cluster(
         }
     };
     let lease = Duration::from_millis(settings.lease_ms.max(1));
-    let leases = match js.get_key_value(LEASE_BUCKET).await {
-        Ok(leases) => leases,
-        Err(_) => {
-            let config = kv::Config {
-                bucket: LEASE_BUCKET.to_string(),
-                history: 1,
-                max_age: lease,
-                num_replicas: settings.replicas,
-                ..Default::default()
-            };
-            step("create the lease bucket", js.create_key_value(config)).await?
-        }
-    };
+    let leases = key_value(js, (LEASE_BUCKET, replicas), lease).await?;
     let bucket_log = step(
         "open the settings bucket's stream",
         js.get_stream(format!("KV_{BUCKET}")),
@@ -1733,6 +1710,26 @@ async fn open_cluster(
     )
     .await?;
     Ok((bucket, log, snapshots, leases, (bucket_log, leases_log)))
+}
+
+/// The KV bucket `name` (one value a key), made with `replicas` copies and entries expiring
+/// after `max_age` (zero: never) when it does not exist yet.
+async fn key_value(
+    js: &jetstream::Context,
+    (name, replicas): (&str, usize),
+    max_age: Duration,
+) -> Result<kv::Store, ClusterError> {
+    if let Ok(bucket) = js.get_key_value(name).await {
+        return Ok(bucket);
+    }
+    let config = kv::Config {
+        bucket: name.to_string(),
+        history: 1,
+        max_age,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    step("create a KV bucket", js.create_key_value(config)).await
 }
 
 /// What `open_cluster` opens: the settings bucket, the log, the snapshots, the lease bucket,

@@ -123,12 +123,20 @@ impl ClusterView {
 
     /// The owner of `partition` as last read, if any node owns it yet.
     pub fn owner_of(&self, partition: u32) -> Option<Owner> {
+        self.owner_unless(partition, None)
+    }
+
+    /// The owner of `partition`, unless it is `except` (then None, without copying anything:
+    /// every object request asks this).
+    fn owner_unless(&self, partition: u32, except: Option<&str>) -> Option<Owner> {
         let assignment = self
             .assignment
             .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()?;
-        let (node, epoch) = assignment.owner(partition)?;
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (node, epoch) = assignment.as_ref()?.owner(partition)?;
+        if except == Some(node) {
+            return None;
+        }
         let address = self
             .addresses
             .read()
@@ -146,8 +154,7 @@ impl ClusterView {
     /// goes there. None: this node's cores decide (they serve, or answer 503 while taking
     /// the partition over or when no node owns it yet).
     pub fn owner_elsewhere(&self, partition: u32) -> Option<Owner> {
-        self.owner_of(partition)
-            .filter(|owner| owner.node != self.node)
+        self.owner_unless(partition, Some(&self.node))
     }
 
     /// Whether `node` is a node of the cluster: live (it gave an address) or an owner in the

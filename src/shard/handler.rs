@@ -325,8 +325,12 @@ impl Shard {
             .headers
             .into_iter()
             .filter(|(name, _)| !HOP_BY_HOP.contains(&name.as_str()) && !named.contains(name))
-            // The node's own, added below: a client's copy must not decide the owner's answer.
-            .filter(|(name, _)| name != FORWARDED_BY_HEADER && name != GENERATION_HEADER)
+            // The node's own, added below: a client's (or a call's) copy must not decide the
+            // owner's answer.
+            .filter(|(name, _)| {
+                !name.eq_ignore_ascii_case(FORWARDED_BY_HEADER)
+                    && !name.eq_ignore_ascii_case(GENERATION_HEADER)
+            })
             .filter_map(|(name, value)| Some((name, String::from_utf8(value).ok()?)))
             .collect();
         headers.push((FORWARDED_BY_HEADER.to_string(), node.to_string()));
@@ -406,10 +410,9 @@ impl Shard {
         request.path = format!("/objects/{class}/{target}{path}");
         // The call's own headers (its depth, its read-only mark) must reach the other node:
         // no connection header may name them away, and no hop-by-hop header goes.
+        // (`forward` replaces the node's own headers.)
         request.headers.retain(|(name, _)| {
             !name.eq_ignore_ascii_case("authorization")
-                && !name.eq_ignore_ascii_case(FORWARDED_BY_HEADER)
-                && !name.eq_ignore_ascii_case(GENERATION_HEADER)
                 && !HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
         });
         if let Some(token) = &self.config.auth_token {
